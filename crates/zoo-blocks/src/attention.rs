@@ -1,0 +1,418 @@
+//! Causal self-attention with a fused QKV projection, padding and causal masks, grouped-query
+//! heads (multi-query when `n_kv_heads == 1`) and a KV cache for incremental decoding.
+//!
+//! Positions that act inside attention live here too: RoPE rotates queries and keys, ALiBi adds
+//! a per-head distance penalty to the scores.
+
+use crate::positions::{PositionKind, Rotary, alibi_bias, alibi_slopes};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+/// Shapes and options of a [`CausalSelfAttention`].
+#[derive(Clone, Debug)]
+pub struct CausalSelfAttentionConfig {
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads: `n_heads` for multi-head, 1 for multi-query, a divisor of
+    /// `n_heads` in between for grouped-query attention.
+    pub n_kv_heads: usize,
+    /// Whether the projections carry a bias.
+    pub bias: bool,
+    /// Dropout on the attention weights and on the output projection.
+    pub dropout: f64,
+    /// Position scheme; only `Rope` and `Alibi` change what attention does.
+    pub position: PositionKind,
+    /// Longest sequence (RoPE's tables are built this long).
+    pub max_len: usize,
+    /// Standard deviation of the output projection's initial weights (GPT-2 scales it down by
+    /// `sqrt(2 * n_layers)`); the QKV projection uses 0.02.
+    pub proj_init_std: f64,
+}
+
+impl CausalSelfAttentionConfig {
+    /// Multi-head attention with learned positions, no dropout, bias on, GPT-2's init.
+    pub fn new(d_model: usize, n_heads: usize, max_len: usize) -> Self {
+        Self {
+            d_model,
+            n_heads,
+            n_kv_heads: n_heads,
+            bias: true,
+            dropout: 0.0,
+            position: PositionKind::Learned,
+            max_len,
+            proj_init_std: 0.02,
+        }
+    }
+
+    /// Checks the head arithmetic; the message names the offending fields.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return Err(format!(
+                "d_model ({}) must be a positive multiple of n_heads ({})",
+                self.d_model, self.n_heads
+            ));
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!(
+                "n_heads ({}) must be a multiple of n_kv_heads ({})",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.position == PositionKind::Rope && (self.d_model / self.n_heads) % 2 != 0 {
+            return Err(format!(
+                "RoPE needs an even head dimension, d_model / n_heads = {}",
+                self.d_model / self.n_heads
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Initialises the layer. Panics on a config that [`validate`](Self::validate) rejects.
+    pub fn init(&self, device: &Device) -> CausalSelfAttention {
+        if let Err(message) = self.validate() {
+            panic!("invalid attention config: {message}");
+        }
+        let head_dim = self.d_model / self.n_heads;
+        let qkv_width = (self.n_heads + 2 * self.n_kv_heads) * head_dim;
+        let normal = |std| Initializer::Normal { mean: 0.0, std };
+        CausalSelfAttention {
+            qkv: LinearConfig::new(self.d_model, qkv_width)
+                .with_bias(self.bias)
+                .with_initializer(normal(0.02))
+                .init(device),
+            proj: LinearConfig::new(self.d_model, self.d_model)
+                .with_bias(self.bias)
+                .with_initializer(normal(self.proj_init_std))
+                .init(device),
+            attn_dropout: DropoutConfig::new(self.dropout).init(),
+            resid_dropout: DropoutConfig::new(self.dropout).init(),
+            rotary: (self.position == PositionKind::Rope)
+                .then(|| Rotary::new(self.max_len, head_dim, device)),
+            alibi: self.position == PositionKind::Alibi,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+        }
+    }
+}
+
+/// Multi-head causal self-attention; see the module docs.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention {
+    /// One projection to queries, keys and values: `[d_model, (n_heads + 2 n_kv_heads) head_dim]`.
+    pub qkv: Linear,
+    /// Output projection.
+    pub proj: Linear,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+    rotary: Option<Rotary>,
+    alibi: bool,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+/// Keys and values of the tokens seen so far, per layer, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct AttentionCache {
+    /// `[batch, n_kv_heads, past, head_dim]`.
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
+}
+
+impl AttentionCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of tokens cached.
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let keys = match self.keys.take() {
+            Some(past) => Tensor::cat(vec![past, keys], 2),
+            None => keys,
+        };
+        let values = match self.values.take() {
+            Some(past) => Tensor::cat(vec![past, values], 2),
+            None => values,
+        };
+        self.keys = Some(keys.clone());
+        self.values = Some(values.clone());
+        (keys, values)
+    }
+}
+
+impl CausalSelfAttention {
+    /// Attends over `x` (`[batch, len, d_model]`).
+    ///
+    /// `padding` (`[batch, past + len]`, true where a key is padding) hides padded keys.
+    /// With a `cache`, `x` continues the cached sequence: its tokens sit at positions
+    /// `past..past + len`, and their keys and values are appended to the cache.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        padding: Option<Tensor<2, Bool>>,
+        cache: Option<&mut AttentionCache>,
+    ) -> Tensor<3> {
+        let [batch, len, d_model] = x.dims();
+        let head_dim = d_model / self.n_heads;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+
+        let qkv = self.qkv.forward(x);
+        let heads = |start: usize, count: usize| {
+            qkv.clone()
+                .narrow(2, start * head_dim, count * head_dim)
+                .reshape([batch, len, count, head_dim])
+                .swap_dims(1, 2)
+        };
+        let mut q = heads(0, self.n_heads);
+        let mut k = heads(self.n_heads, self.n_kv_heads);
+        let v = heads(self.n_heads + self.n_kv_heads, self.n_kv_heads);
+        if let Some(rotary) = &self.rotary {
+            q = rotary.apply(q, past);
+            k = rotary.apply(k, past);
+        }
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let total = past + len;
+        let device = q.device();
+
+        let bias = self.alibi.then(|| {
+            alibi_bias(&alibi_slopes(self.n_heads), len, total, &device)
+                .expand([batch, self.n_heads, len, total])
+        });
+        let padding = padding.map(|p| {
+            p.reshape([batch, 1, 1, total])
+                .expand([batch, self.n_heads, len, total])
+        });
+
+        let y = if device.is_autodiff() {
+            // Training: explicit scores so dropout can act on the attention weights.
+            let scale = (head_dim as f64).powf(-0.5);
+            let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            if let Some(bias) = bias {
+                scores = scores + bias;
+            }
+            let mut mask = causal_mask(len, total, &device)
+                .reshape([1, 1, len, total])
+                .expand([batch, self.n_heads, len, total]);
+            if let Some(padding) = padding {
+                mask = mask.bool_or(padding);
+            }
+            let weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+            self.attn_dropout.forward(weights).matmul(v)
+        } else {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: true,
+            };
+            attention(q, k, v, padding, bias, options)
+        };
+
+        let y = y.swap_dims(1, 2).reshape([batch, len, d_model]);
+        self.resid_dropout.forward(self.proj.forward(y))
+    }
+
+    /// Repeats each key/value head for the query heads that share it.
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let group = self.n_heads / self.n_kv_heads;
+        if group == 1 {
+            return x;
+        }
+        let [batch, kv_heads, len, head_dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, group, len, head_dim])
+            .reshape([batch, kv_heads * group, len, head_dim])
+    }
+}
+
+/// `[q_len, k_len]`, true where query `i` (at position `k_len - q_len + i`) must not see key `j`.
+pub fn causal_mask(q_len: usize, k_len: usize, device: &Device) -> Tensor<2, Bool> {
+    let offset = k_len - q_len;
+    let values: Vec<bool> = (0..q_len)
+        .flat_map(|i| (0..k_len).map(move |j| j > i + offset))
+        .collect();
+    Tensor::from_data(TensorData::new(values, [q_len, k_len]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, check_gradients, test_device, to_vec};
+    use burn::tensor::Distribution;
+
+    const SCHEMES: [PositionKind; 4] = [
+        PositionKind::Learned,
+        PositionKind::Sinusoidal,
+        PositionKind::Rope,
+        PositionKind::Alibi,
+    ];
+
+    fn config(position: PositionKind, n_kv_heads: usize) -> CausalSelfAttentionConfig {
+        CausalSelfAttentionConfig {
+            n_kv_heads,
+            position,
+            ..CausalSelfAttentionConfig::new(16, 4, 32)
+        }
+    }
+
+    fn input(batch: usize, len: usize, device: &Device) -> Tensor<3> {
+        Tensor::random([batch, len, 16], Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// Changing the token at `t + 1` must leave outputs at `0..=t` as they were, on the
+    /// inference path and on the training path.
+    #[test]
+    fn outputs_never_depend_on_later_tokens() {
+        for device in [test_device(), test_device().autodiff()] {
+            for position in SCHEMES {
+                let layer = config(position, 2).init(&device);
+                let x = input(2, 10, &device);
+                let y = layer.forward(x.clone(), None, None);
+                for t in 0..9 {
+                    let noise = Tensor::random([2, 1, 16], Distribution::Normal(0.0, 5.0), &device);
+                    let changed = x.clone().slice_assign([0..2, t + 1..t + 2, 0..16], noise);
+                    let y2 = layer.forward(changed, None, None);
+                    assert_close(
+                        y.clone().narrow(1, 0, t + 1),
+                        y2.clone().narrow(1, 0, t + 1),
+                        1e-5,
+                    );
+                    let later = to_vec(y.clone().narrow(1, t + 1, 1) - y2.narrow(1, t + 1, 1));
+                    assert!(later.iter().any(|d| d.abs() > 1e-4), "{position:?} ignores t+1");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cached_decoding_equals_the_full_forward() {
+        let device = test_device();
+        for position in SCHEMES {
+            let layer = config(position, 2).init(&device);
+            let x = input(2, 9, &device);
+            let full = layer.forward(x.clone(), None, None);
+            let mut cache = AttentionCache::new();
+            // A prompt of 4 tokens, then one token at a time, then a chunk of 2.
+            let mut pieces = vec![layer.forward(x.clone().narrow(1, 0, 4), None, Some(&mut cache))];
+            for t in 4..7 {
+                pieces.push(layer.forward(x.clone().narrow(1, t, 1), None, Some(&mut cache)));
+            }
+            pieces.push(layer.forward(x.clone().narrow(1, 7, 2), None, Some(&mut cache)));
+            assert_eq!(cache.len(), 9);
+            assert_close(Tensor::cat(pieces, 1), full, 1e-5);
+        }
+    }
+
+    #[test]
+    fn training_and_inference_paths_agree() {
+        let device = test_device();
+        for position in SCHEMES {
+            let layer = config(position, 4).init(&device);
+            let x = input(2, 7, &device);
+            let inference = layer.forward(x.clone(), None, None);
+            let trained = layer.clone().fork(&device.clone().autodiff());
+            let training = trained.forward(x.autodiff(), None, None);
+            assert_close(training.inner(), inference, 1e-5);
+        }
+    }
+
+    #[test]
+    fn grouped_query_with_all_heads_equals_multi_head() {
+        let device = test_device();
+        let gqa = config(PositionKind::Rope, 4).init(&device);
+        // Build plain multi-head attention from the same weights: with n_kv_heads == n_heads the
+        // fused projection's layout [q | k | v] is exactly multi-head attention's.
+        let x = input(2, 6, &device);
+        let y = gqa.forward(x.clone(), None, None);
+        let [_, width] = gqa.qkv.weight.dims();
+        assert_eq!(width, 3 * 16);
+        let w = gqa.qkv.weight.val();
+        let b = gqa.qkv.bias.as_ref().unwrap().val();
+        let project = |i: usize| {
+            x.clone().matmul(w.clone().narrow(1, 16 * i, 16).unsqueeze())
+                + b.clone().narrow(0, 16 * i, 16).unsqueeze()
+        };
+        let split = |t: Tensor<3>| t.reshape([2, 6, 4, 4]).swap_dims(1, 2);
+        let rotary = Rotary::new(32, 4, &device);
+        let (q, k, v) = (
+            rotary.apply(split(project(0)), 0),
+            rotary.apply(split(project(1)), 0),
+            split(project(2)),
+        );
+        let scores = q.matmul(k.swap_dims(2, 3)) * 0.5;
+        let mask = causal_mask(6, 6, &device).reshape([1, 1, 6, 6]).expand([2, 4, 6, 6]);
+        let heads = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3).matmul(v);
+        let reference = gqa.proj.forward(heads.swap_dims(1, 2).reshape([2, 6, 16]));
+        assert_close(y, reference, 1e-5);
+    }
+
+    #[test]
+    fn multi_query_shares_one_key_value_head() {
+        let device = test_device();
+        let mqa = config(PositionKind::Learned, 1).init(&device);
+        assert_eq!(mqa.qkv.weight.dims(), [16, 16 + 2 * 4]);
+        let y = mqa.forward(input(1, 5, &device), None, None);
+        assert_eq!(y.dims(), [1, 5, 16]);
+    }
+
+    #[test]
+    fn padded_keys_do_not_change_unpadded_outputs() {
+        let device = test_device();
+        let layer = config(PositionKind::Alibi, 2).init(&device);
+        // Sequence 0 is 7 long; sequence 1 has 3 padding tokens at the start (left padding).
+        let x = input(2, 7, &device);
+        let padding = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                [[false; 7], [true, true, true, false, false, false, false]].concat(),
+                [2, 7],
+            ),
+            &device,
+        );
+        let y = layer.forward(x.clone(), Some(padding.clone()), None);
+        let noise = Tensor::random([1, 3, 16], Distribution::Normal(0.0, 5.0), &device);
+        let changed = x.slice_assign([1..2, 0..3, 0..16], noise);
+        let y2 = layer.forward(changed, Some(padding), None);
+        assert_close(y.narrow(1, 3, 4), y2.narrow(1, 3, 4), 1e-5);
+    }
+
+    #[test]
+    fn attention_gradients_match_finite_differences() {
+        let device = test_device().autodiff();
+        for position in SCHEMES {
+            let layer = CausalSelfAttentionConfig {
+                n_kv_heads: 1,
+                position,
+                ..CausalSelfAttentionConfig::new(8, 2, 8)
+            }
+            .init(&device);
+            let weights = Tensor::<3>::random([2, 4, 8], Distribution::Normal(0.0, 1.0), &device);
+            check_gradients(
+                [2, 4, 8],
+                |x| (layer.forward(x, None, None) * weights.clone()).sum(),
+                &device,
+            );
+        }
+    }
+}

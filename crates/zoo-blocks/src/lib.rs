@@ -1,0 +1,24 @@
+//! Building blocks every zoo model family shares.
+//!
+//! Each block is a Burn [`Module`](burn::module::Module) with no backend of its own: it runs on
+//! whatever device its parameters were initialised on. The blocks promise properties that the
+//! tests in each file check: causality, KV-cache equivalence, gradients that match finite
+//! differences, and MQA/GQA reducing to multi-head attention when `n_kv_heads == n_heads`.
+
+pub mod attention;
+pub mod decoding;
+pub mod embedding;
+pub mod feed_forward;
+pub mod loss;
+pub mod norm;
+pub mod positions;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use attention::{AttentionCache, CausalSelfAttention, CausalSelfAttentionConfig};
+pub use decoding::{Sampler, SamplingConfig};
+pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
+pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
+pub use norm::{Norm, NormKind, NormPlacement};
+pub use positions::{AbsolutePositions, PositionKind, Rotary, alibi_slopes};

@@ -1,0 +1,63 @@
+//! Helpers shared by the blocks' tests: the test device, closeness checks and a finite-difference
+//! gradient check.
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+pub fn test_device() -> Device {
+    let device = Device::flex();
+    device.seed(7);
+    device
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Asserts two tensors are equal element-wise within `tol` (absolute).
+pub fn assert_close<const D: usize>(a: Tensor<D>, b: Tensor<D>, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let (a, b) = (to_vec(a), to_vec(b));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= tol, "max abs difference {worst} > {tol}");
+}
+
+/// Checks the gradient of the scalar `f(x)` with respect to `x` (of `shape`, drawn at random)
+/// against central finite differences, on every coordinate. `device` must be an autodiff device.
+///
+/// In f32 a step of 1e-2 balances truncation and rounding error for the smooth functions
+/// blocks compute; the tolerance is relative to the gradient's scale.
+pub fn check_gradients<const D: usize>(
+    shape: [usize; D],
+    f: impl Fn(Tensor<D>) -> Tensor<1>,
+    device: &Device,
+) {
+    let x = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let base = to_vec(x.clone());
+    let x = x.require_grad();
+    let grads = f(x.clone()).backward();
+    let analytic = to_vec(x.grad(&grads).expect("input takes part in the graph"));
+
+    let eval = |values: Vec<f32>| -> f64 {
+        let t = Tensor::<D>::from_data(TensorData::new(values, shape), device);
+        f(t).into_scalar::<f64>()
+    };
+    let eps = 1e-2f32;
+    let scale = analytic.iter().map(|g| g.abs()).fold(1e-3f32, f32::max);
+    for i in 0..base.len() {
+        let mut plus = base.clone();
+        plus[i] += eps;
+        let mut minus = base.clone();
+        minus[i] -= eps;
+        let numeric = ((eval(plus) - eval(minus)) / (2.0 * eps as f64)) as f32;
+        let err = (numeric - analytic[i]).abs();
+        assert!(
+            err <= 2e-2 * scale,
+            "gradient mismatch at {i}: analytic {} numeric {numeric} (scale {scale})",
+            analytic[i]
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Decoder-only GPT language models: the model in [`model`], named shapes in [`presets`].
+
+pub mod model;
+pub mod presets;
+
+pub use model::{Gpt, GptCache, GptConfig, ModelSize};
+pub use presets::{PRESETS, preset};

@@ -1,0 +1,488 @@
+//! The decoder-only transformer (GPT), top to bottom: config, block, model, forward, loss,
+//! incremental decoding.
+//!
+//! With the defaults this is GPT-2 / nanoGPT: learned positions, pre-norm LayerNorm, GELU,
+//! weight tying, N(0, 0.02) init with residual projections scaled by `1/sqrt(2 n_layer)`.
+//! Every choice that later models changed is a config field: RoPE or ALiBi, RMSNorm, post-norm,
+//! SwiGLU, grouped-query attention.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use zoo_blocks::loss::cross_entropy;
+use zoo_blocks::{
+    AbsolutePositions, Activation, AttentionCache, CausalSelfAttention,
+    CausalSelfAttentionConfig, FeedForward, FeedForwardConfig, Norm, NormKind, NormPlacement,
+    PositionKind, Sampler, TokenEmbedding, TokenEmbeddingConfig,
+};
+
+/// Every shape and option of a GPT. Recipes override any field by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GptConfig {
+    /// Vocabulary size; 0 means "take it from the tokenizer".
+    pub vocab_size: usize,
+    /// Longest context the model sees.
+    pub block_size: usize,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Number of query heads.
+    pub n_head: usize,
+    /// Number of key/value heads (0 = `n_head`: plain multi-head attention; 1 = multi-query).
+    pub n_kv_head: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Hidden width of the feed-forward block (0 = `4 * n_embd`).
+    pub d_ff: usize,
+    /// Dropout on embeddings, attention weights and residual branches.
+    pub dropout: f64,
+    /// Bias in linear layers and LayerNorms.
+    pub bias: bool,
+    /// Position scheme.
+    pub position: PositionKind,
+    /// LayerNorm or RMSNorm.
+    pub norm: NormKind,
+    /// Pre-norm (GPT-2) or post-norm (original transformer).
+    pub norm_placement: NormPlacement,
+    /// Feed-forward non-linearity.
+    pub activation: Activation,
+    /// Share the token embedding with the output head.
+    pub tie_weights: bool,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 0,
+            block_size: 128,
+            n_layer: 4,
+            n_head: 4,
+            n_kv_head: 0,
+            n_embd: 128,
+            d_ff: 0,
+            dropout: 0.0,
+            bias: true,
+            position: PositionKind::Learned,
+            norm: NormKind::LayerNorm,
+            norm_placement: NormPlacement::Pre,
+            activation: Activation::Gelu,
+            tie_weights: true,
+        }
+    }
+}
+
+impl GptConfig {
+    /// Key/value heads after resolving the 0 default.
+    pub fn kv_heads(&self) -> usize {
+        if self.n_kv_head == 0 { self.n_head } else { self.n_kv_head }
+    }
+
+    /// Feed-forward width after resolving the 0 default.
+    pub fn ff_width(&self) -> usize {
+        if self.d_ff == 0 { 4 * self.n_embd } else { self.d_ff }
+    }
+
+    fn attention(&self) -> CausalSelfAttentionConfig {
+        CausalSelfAttentionConfig {
+            d_model: self.n_embd,
+            n_heads: self.n_head,
+            n_kv_heads: self.kv_heads(),
+            bias: self.bias,
+            dropout: self.dropout,
+            position: self.position,
+            max_len: self.block_size,
+            proj_init_std: self.residual_init_std(),
+        }
+    }
+
+    fn feed_forward(&self) -> FeedForwardConfig {
+        FeedForwardConfig {
+            d_model: self.n_embd,
+            d_ff: self.ff_width(),
+            activation: self.activation,
+            bias: self.bias,
+            dropout: self.dropout,
+            out_init_std: self.residual_init_std(),
+        }
+    }
+
+    /// GPT-2 scales the init of projections into the residual stream by `1/sqrt(2 n_layer)`
+    /// so the stream's variance does not grow with depth.
+    fn residual_init_std(&self) -> f64 {
+        0.02 / (2.0 * self.n_layer as f64).sqrt()
+    }
+
+    /// Checks that the shapes fit together; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vocab_size == 0 {
+            return Err("vocab_size is 0: set it or let the tokenizer decide".into());
+        }
+        for (name, value) in [
+            ("block_size", self.block_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        self.attention().validate()
+    }
+
+    /// Builds the model with freshly initialised weights.
+    pub fn init(&self, device: &Device) -> Result<Gpt, String> {
+        self.validate()?;
+        Ok(Gpt {
+            tokens: TokenEmbeddingConfig {
+                vocab_size: self.vocab_size,
+                d_model: self.n_embd,
+                tie_weights: self.tie_weights,
+                head_bias: false,
+            }
+            .init(device),
+            positions: AbsolutePositions::new(
+                self.position,
+                self.block_size,
+                self.n_embd,
+                device,
+            ),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            blocks: (0..self.n_layer)
+                .map(|_| GptBlock {
+                    attention_norm: Norm::new(self.norm, self.n_embd, self.bias, device),
+                    attention: self.attention().init(device),
+                    ff_norm: Norm::new(self.norm, self.n_embd, self.bias, device),
+                    feed_forward: self.feed_forward().init(device),
+                    placement: self.norm_placement,
+                })
+                .collect(),
+            final_norm: (self.norm_placement == NormPlacement::Pre)
+                .then(|| Norm::new(self.norm, self.n_embd, self.bias, device)),
+            block_size: self.block_size,
+        })
+    }
+
+    /// Parameter counts and compute per token, from the shapes alone.
+    pub fn size(&self) -> ModelSize {
+        let d = self.n_embd;
+        let head_dim = d / self.n_head.max(1);
+        let bias = self.bias as usize;
+        let norm = if self.norm == NormKind::LayerNorm { d * (1 + bias) } else { d };
+        let qkv = d * (self.n_head + 2 * self.kv_heads()) * head_dim
+            + bias * (self.n_head + 2 * self.kv_heads()) * head_dim;
+        let proj = d * d + bias * d;
+        let branches = if self.activation == Activation::Swiglu { 2 } else { 1 };
+        let ff = d * branches * self.ff_width() + bias * branches * self.ff_width()
+            + self.ff_width() * d + bias * d;
+        let per_block = 2 * norm + qkv + proj + ff;
+        let final_norm = if self.norm_placement == NormPlacement::Pre { norm } else { 0 };
+        let token_embedding = self.vocab_size * d;
+        let position_embedding = if self.position == PositionKind::Learned {
+            self.block_size * d
+        } else {
+            0
+        };
+        let head = if self.tie_weights { 0 } else { d * self.vocab_size };
+        let non_embedding = self.n_layer * per_block + final_norm + head;
+        let total = non_embedding + token_embedding + position_embedding;
+        // Parameters that take part in a matmul per token: the blocks and the output head (tied
+        // or not); embedding lookups cost no FLOPs.
+        let matmul_params = self.n_layer * per_block + d * self.vocab_size;
+        // PaLM's estimate (appendix B), as nanoGPT uses it: 6 FLOPs per parameter per token for
+        // forward + backward, plus the attention scores and weighted sum, 12 * L * d * T.
+        let attention_flops = 12 * self.n_layer * d * self.block_size;
+        ModelSize {
+            total,
+            non_embedding,
+            train_flops_per_token: 6 * matmul_params + attention_flops,
+        }
+    }
+}
+
+/// What [`GptConfig::size`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelSize {
+    /// Every parameter.
+    pub total: usize,
+    /// Without the token and position embedding matrices.
+    pub non_embedding: usize,
+    /// FLOPs to train on one token (forward and backward) at full context.
+    pub train_flops_per_token: usize,
+}
+
+/// One transformer block: attention then feed-forward, each a residual branch.
+#[derive(Module, Debug)]
+pub struct GptBlock {
+    attention_norm: Norm,
+    attention: CausalSelfAttention,
+    ff_norm: Norm,
+    feed_forward: FeedForward,
+    #[module(skip)]
+    placement: NormPlacement,
+}
+
+impl GptBlock {
+    fn forward(&self, x: Tensor<3>, cache: Option<&mut AttentionCache>) -> Tensor<3> {
+        match self.placement {
+            NormPlacement::Pre => {
+                let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), None, cache);
+                x.clone() + self.feed_forward.forward(self.ff_norm.forward(x))
+            }
+            NormPlacement::Post => {
+                let x = self.attention_norm.forward(x.clone() + self.attention.forward(x, None, cache));
+                self.ff_norm.forward(x.clone() + self.feed_forward.forward(x))
+            }
+        }
+    }
+}
+
+/// The GPT language model.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    tokens: TokenEmbedding,
+    positions: Option<AbsolutePositions>,
+    dropout: Dropout,
+    blocks: Vec<GptBlock>,
+    final_norm: Option<Norm>,
+    block_size: usize,
+}
+
+/// Per-layer keys and values for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct GptCache {
+    layers: Vec<AttentionCache>,
+}
+
+impl GptCache {
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, AttentionCache::len)
+    }
+
+    /// True before the first forward.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Gpt {
+    /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
+    ///
+    /// With a cache, `ids` continue the cached sequence and the cache grows by `len`.
+    pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut GptCache>) -> Tensor<3> {
+        let [_, len] = ids.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        assert!(
+            start + len <= self.block_size,
+            "sequence of {} tokens exceeds block_size {}",
+            start + len,
+            self.block_size
+        );
+        let mut x = self.tokens.forward(ids);
+        if let Some(positions) = &self.positions {
+            x = x + positions.forward(start, len);
+        }
+        x = self.dropout.forward(x);
+        match cache {
+            Some(cache) => {
+                cache.layers.resize_with(self.blocks.len(), AttentionCache::new);
+                for (block, layer_cache) in self.blocks.iter().zip(&mut cache.layers) {
+                    x = block.forward(x, Some(layer_cache));
+                }
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(x, None);
+                }
+            }
+        }
+        if let Some(norm) = &self.final_norm {
+            x = norm.forward(x);
+        }
+        self.tokens.logits(x)
+    }
+
+    /// Mean next-token cross-entropy of `targets` (`[batch, len]`) given `ids`, and the logits.
+    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> (Tensor<1>, Tensor<3>) {
+        let logits = self.forward(ids, None);
+        let [batch, len, vocab] = logits.dims();
+        let loss = cross_entropy(
+            logits.clone().reshape([batch * len, vocab]),
+            targets.reshape([batch * len]),
+        );
+        (loss, logits)
+    }
+
+    /// Continues `prompt` by `max_new_tokens` tokens picked by `sampler`, decoding one token at a
+    /// time with the KV cache. When the context fills up, the cache restarts from the last half
+    /// block of tokens (so positions stay within `block_size`).
+    pub fn generate(&self, prompt: &[u32], max_new_tokens: usize, sampler: &mut Sampler) -> Vec<u32> {
+        assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+        let device = self.tokens.weight.device();
+        let mut tokens = prompt.to_vec();
+        let mut cache = GptCache::default();
+        let mut pending: Vec<u32> = tokens[tokens.len().saturating_sub(self.block_size)..].to_vec();
+        for _ in 0..max_new_tokens {
+            if cache.len() + pending.len() > self.block_size {
+                cache = GptCache::default();
+                let keep = (self.block_size / 2).max(1);
+                pending = tokens[tokens.len() - keep..].to_vec();
+            }
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(pending.iter().map(|&t| t as i64).collect(), [1, pending.len()]),
+                &device,
+            );
+            let logits = self.forward(ids, Some(&mut cache));
+            let [_, len, vocab] = logits.dims();
+            let last = logits
+                .narrow(1, len - 1, 1)
+                .reshape([vocab])
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("logits read back as f32");
+            let next = sampler.sample(&last) as u32;
+            tokens.push(next);
+            pending = vec![next];
+        }
+        tokens
+    }
+
+    /// The longest context.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.vocab_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use zoo_blocks::SamplingConfig;
+
+    fn device() -> Device {
+        let device = Device::flex();
+        device.seed(3);
+        device
+    }
+
+    fn tiny(position: PositionKind) -> GptConfig {
+        GptConfig {
+            vocab_size: 11,
+            block_size: 12,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            position,
+            ..GptConfig::default()
+        }
+    }
+
+    fn ids(batch: usize, len: usize, device: &Device) -> Tensor<2, Int> {
+        Tensor::<2>::random([batch, len], Distribution::Uniform(0.0, 11.0), device).int()
+    }
+
+    fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn the_size_formula_counts_every_parameter() {
+        let device = device();
+        for config in [
+            tiny(PositionKind::Learned),
+            GptConfig { tie_weights: false, bias: false, ..tiny(PositionKind::Rope) },
+            GptConfig {
+                activation: Activation::Swiglu,
+                norm: NormKind::RmsNorm,
+                n_kv_head: 1,
+                ..tiny(PositionKind::Alibi)
+            },
+            GptConfig { norm_placement: NormPlacement::Post, ..tiny(PositionKind::Sinusoidal) },
+        ] {
+            let model = config.init(&device).unwrap();
+            assert_eq!(config.size().total, model.num_params(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn logits_never_depend_on_later_tokens() {
+        let device = device();
+        for position in [PositionKind::Learned, PositionKind::Sinusoidal, PositionKind::Rope, PositionKind::Alibi] {
+            let model = tiny(position).init(&device).unwrap();
+            let x = ids(1, 10, &device);
+            let y = model.forward(x.clone(), None);
+            let changed = x.slice_assign([0..1, 6..7], Tensor::from_data(TensorData::from([[10i64]]), &device));
+            let y2 = model.forward(changed, None);
+            assert!(max_abs_diff(y.clone().narrow(1, 0, 6), y2.clone().narrow(1, 0, 6)) < 1e-5);
+            assert!(max_abs_diff(y.narrow(1, 6, 1), y2.narrow(1, 6, 1)) > 1e-5);
+        }
+    }
+
+    #[test]
+    fn cached_decoding_equals_the_full_forward() {
+        let device = device();
+        for placement in [NormPlacement::Pre, NormPlacement::Post] {
+            let config = GptConfig { norm_placement: placement, n_kv_head: 1, ..tiny(PositionKind::Rope) };
+            let model = config.init(&device).unwrap();
+            let x = ids(2, 8, &device);
+            let full = model.forward(x.clone(), None);
+            let mut cache = GptCache::default();
+            let mut steps = vec![model.forward(x.clone().narrow(1, 0, 3), Some(&mut cache))];
+            for t in 3..8 {
+                steps.push(model.forward(x.clone().narrow(1, t, 1), Some(&mut cache)));
+            }
+            assert!(max_abs_diff(Tensor::cat(steps, 1), full) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn initial_loss_is_near_uniform() {
+        let device = device();
+        let model = tiny(PositionKind::Learned).init(&device).unwrap();
+        let (loss, _) = model.loss(ids(4, 12, &device), ids(4, 12, &device));
+        let loss = loss.into_scalar::<f32>();
+        assert!((loss - (11f32).ln()).abs() < 0.1, "initial loss {loss}");
+    }
+
+    #[test]
+    fn generation_is_seeded_and_runs_past_the_block_size() {
+        let device = device();
+        let model = tiny(PositionKind::Learned).init(&device).unwrap();
+        let sample = |seed| {
+            let mut sampler = Sampler::new(SamplingConfig { seed, ..SamplingConfig::default() });
+            model.generate(&[1, 2, 3], 30, &mut sampler)
+        };
+        let a = sample(1);
+        assert_eq!(a.len(), 33);
+        assert_eq!(&a[..3], &[1, 2, 3]);
+        assert!(a.iter().all(|&t| t < 11));
+        assert_eq!(a, sample(1));
+        assert_ne!(a, sample(2));
+    }
+
+    #[test]
+    fn greedy_generation_matches_argmax_of_the_full_forward() {
+        let device = device();
+        let model = tiny(PositionKind::Alibi).init(&device).unwrap();
+        let mut sampler = Sampler::new(SamplingConfig::greedy());
+        let out = model.generate(&[4, 5], 6, &mut sampler);
+        // Recompute each step without a cache.
+        for t in 2..out.len() {
+            let prefix = Tensor::<2, Int>::from_data(
+                TensorData::new(out[..t].iter().map(|&v| v as i64).collect(), [1, t]),
+                &device,
+            );
+            let logits = model.forward(prefix, None).narrow(1, t - 1, 1);
+            let best = logits.argmax(2).into_scalar::<i64>();
+            assert_eq!(best as u32, out[t]);
+        }
+    }
+}
