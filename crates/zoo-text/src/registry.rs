@@ -1,0 +1,392 @@
+//! The dataset registry: named datasets, their files, checksums, download addresses, formats
+//! and splits, read from a data directory. The manifest is `datasets/registry.toml`, compiled
+//! into the binary; the embedded corpus is registered as `embedded` and needs no files.
+
+use crate::TextError;
+use crate::corpus::embedded_corpus;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The registry manifest shipped with the project.
+pub const MANIFEST: &str = include_str!("../../../datasets/registry.toml");
+
+/// The name of the embedded, generated corpus.
+pub const EMBEDDED: &str = "embedded";
+
+/// How a dataset's files turn into text.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// The file as it is.
+    Text,
+    /// One sentence per line; each line ends with an end-of-sentence token.
+    LinesEos,
+}
+
+/// One file of a dataset.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFile {
+    /// File name inside the dataset's directory.
+    pub name: String,
+    /// Expected SHA-256, hex.
+    pub sha256: String,
+    /// Where to download it from.
+    pub url: String,
+}
+
+/// A split: a whole file or a fraction of one.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// The file.
+    pub file: String,
+    /// Start, as a fraction of the file's characters.
+    #[serde(default)]
+    pub from: f64,
+    /// End, as a fraction of the file's characters.
+    #[serde(default = "one")]
+    pub to: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A registered dataset.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// One line about what it is.
+    pub description: String,
+    /// How its files become text.
+    pub format: Format,
+    /// Its files.
+    pub files: Vec<DatasetFile>,
+    /// Its splits by name (`train`, `val`, `test`).
+    pub splits: BTreeMap<String, Split>,
+}
+
+/// All registered datasets.
+#[derive(Clone, Debug)]
+pub struct DatasetRegistry {
+    datasets: BTreeMap<String, Dataset>,
+}
+
+/// Where dataset files live, and whether missing ones may be downloaded.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    /// The directory holding `<dataset>/<file>`.
+    pub root: PathBuf,
+    /// Try to download missing files.
+    pub download: bool,
+}
+
+impl DataDir {
+    /// `explicit` if given, else `$ZOO_DATA_DIR`, else `~/.cache/zoo/datasets`; downloads allowed.
+    pub fn resolve(explicit: Option<&Path>) -> Self {
+        let root = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("ZOO_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                home.join(".cache").join("zoo").join("datasets")
+            });
+        Self { root, download: true }
+    }
+}
+
+impl DatasetRegistry {
+    /// The registry of the shipped manifest.
+    pub fn builtin() -> Self {
+        Self::parse(MANIFEST).expect("the shipped dataset manifest parses")
+    }
+
+    /// A registry from manifest text.
+    pub fn parse(manifest: &str) -> Result<Self, String> {
+        let datasets: BTreeMap<String, Dataset> =
+            toml::from_str(manifest).map_err(|e| e.to_string())?;
+        Ok(Self { datasets })
+    }
+
+    /// Every dataset name, the embedded corpus included.
+    pub fn names(&self) -> Vec<String> {
+        std::iter::once(EMBEDDED.to_string())
+            .chain(self.datasets.keys().cloned())
+            .collect()
+    }
+
+    /// A dataset's entry.
+    pub fn get(&self, name: &str) -> Result<&Dataset, TextError> {
+        self.datasets.get(name).ok_or_else(|| TextError::UnknownDataset {
+            name: name.into(),
+            known: self.names(),
+        })
+    }
+
+    /// Checks that `name` is registered and has `split`, without touching any file.
+    pub fn check(&self, name: &str, split: &str) -> Result<(), TextError> {
+        if name == EMBEDDED {
+            return embedded_range(split).map(|_| ());
+        }
+        let dataset = self.get(name)?;
+        if dataset.splits.contains_key(split) {
+            Ok(())
+        } else {
+            Err(unknown_split(name, split, dataset.splits.keys()))
+        }
+    }
+
+    /// The text of `split` of dataset `name`, fetching and verifying files as needed.
+    pub fn load_split(&self, name: &str, split: &str, dir: &DataDir) -> Result<String, TextError> {
+        if name == EMBEDDED {
+            let (from, to) = embedded_range(split)?;
+            return Ok(slice_chars(&embedded_corpus(), from, to).to_string());
+        }
+        let dataset = self.get(name)?;
+        let part = dataset
+            .splits
+            .get(split)
+            .ok_or_else(|| unknown_split(name, split, dataset.splits.keys()))?;
+        let file = dataset
+            .files
+            .iter()
+            .find(|f| f.name == part.file)
+            .ok_or_else(|| TextError::Parse {
+                path: PathBuf::from("datasets/registry.toml"),
+                message: format!("split '{split}' of '{name}' names unlisted file {}", part.file),
+            })?;
+        let path = fetch(name, file, dir)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| TextError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let text = slice_chars(&text, part.from, part.to);
+        Ok(match dataset.format {
+            Format::Text => text.to_string(),
+            Format::LinesEos => text.lines().map(|line| format!("{} <eos>\n", line.trim())).collect(),
+        })
+    }
+}
+
+fn embedded_range(split: &str) -> Result<(f64, f64), TextError> {
+    match split {
+        "train" => Ok((0.0, 0.9)),
+        "val" => Ok((0.9, 1.0)),
+        _ => Err(unknown_split(EMBEDDED, split, ["train", "val"].iter())),
+    }
+}
+
+fn unknown_split<'a>(
+    dataset: &str,
+    split: &str,
+    known: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>,
+) -> TextError {
+    TextError::UnknownSplit {
+        dataset: dataset.into(),
+        split: split.into(),
+        known: known.map(|k| k.as_ref().to_string()).collect(),
+    }
+}
+
+/// The characters from `from` to `to` (fractions of the character count), as nanoGPT splits.
+fn slice_chars(text: &str, from: f64, to: f64) -> &str {
+    let n = text.chars().count();
+    let byte_at = |fraction: f64| {
+        let index = ((n as f64) * fraction) as usize;
+        text.char_indices().nth(index).map_or(text.len(), |(b, _)| b)
+    };
+    &text[byte_at(from)..byte_at(to)]
+}
+
+/// The local path of `file`, downloading it if it is missing; always checksummed.
+pub fn fetch(dataset: &str, file: &DatasetFile, dir: &DataDir) -> Result<PathBuf, TextError> {
+    let path = dir.root.join(dataset).join(&file.name);
+    if !path.is_file() {
+        let missing = |reason: String| TextError::DatasetFileMissing {
+            dataset: dataset.into(),
+            file: file.name.clone(),
+            path: path.clone(),
+            url: file.url.clone(),
+            reason,
+        };
+        if !dir.download {
+            return Err(missing("downloads are disabled".into()));
+        }
+        download(&file.url, &path).map_err(missing)?;
+    }
+    verify(&path, &file.sha256)?;
+    Ok(path)
+}
+
+/// Checks the SHA-256 of `path`.
+pub fn verify(path: &Path, expected: &str) -> Result<(), TextError> {
+    let bytes = std::fs::read(path).map_err(|e| TextError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let actual = hex(&Sha256::digest(&bytes));
+    if actual != expected.to_ascii_lowercase() {
+        return Err(TextError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Downloads `url` to `path` through a temporary file, so an interrupted download leaves nothing
+/// that looks complete.
+fn download(url: &str, path: &Path) -> Result<(), String> {
+    eprintln!("downloading {url} -> {}", path.display());
+    let response = ureq::get(url).call().map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let parent = path.parent().expect("dataset files live in a directory");
+    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, &bytes).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    std::fs::rename(&partial, path).map_err(|e| format!("cannot move into {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("zoo-registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Serves `body` once on a loopback port and returns the URL.
+    fn serve_once(body: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/file.txt", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let header = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(header.as_bytes()).unwrap();
+            stream.write_all(body).unwrap();
+        });
+        url
+    }
+
+    fn registry_for(url: &str, sha: &str) -> DatasetRegistry {
+        DatasetRegistry::parse(&format!(
+            r#"[toy]
+description = "a toy"
+format = "lines-eos"
+files = [{{ name = "toy.txt", sha256 = "{sha}", url = "{url}" }}]
+splits.train = {{ file = "toy.txt", to = 0.5 }}
+splits.val = {{ file = "toy.txt", from = 0.5 }}
+"#
+        ))
+        .unwrap()
+    }
+
+    const TOY: &[u8] = b"a b c\nd e f\n";
+    const WRONG_SHA: &str = "cb1a7c7c9ab8bd1c29b5ae2be3a8ea79a1bc1b80b8da3ee9e7e81bb0a52c8dfe";
+
+    fn toy_sha() -> String {
+        hex(&Sha256::digest(TOY))
+    }
+
+    #[test]
+    fn the_shipped_manifest_registers_tinyshakespeare_and_ptb() {
+        let registry = DatasetRegistry::builtin();
+        assert_eq!(registry.names(), vec!["embedded", "ptb", "tinyshakespeare"]);
+        assert!(registry.check("ptb", "test").is_ok());
+        assert!(registry.check("tinyshakespeare", "val").is_ok());
+        let err = registry.check("wikitext", "train").unwrap_err().to_string();
+        assert!(err.contains("wikitext") && err.contains("tinyshakespeare"), "{err}");
+        let err = registry.check("tinyshakespeare", "test").unwrap_err().to_string();
+        assert!(err.contains("no split 'test'"), "{err}");
+    }
+
+    #[test]
+    fn embedded_splits_need_no_files() {
+        let registry = DatasetRegistry::builtin();
+        let nowhere = DataDir { root: PathBuf::from("/nonexistent"), download: false };
+        let train = registry.load_split(EMBEDDED, "train", &nowhere).unwrap();
+        let val = registry.load_split(EMBEDDED, "val", &nowhere).unwrap();
+        assert!(train.len() > 8 * val.len() && val.len() > 10_000);
+    }
+
+    #[test]
+    fn a_missing_file_is_downloaded_checked_and_split() {
+        let root = scratch("download");
+        let url = serve_once(TOY);
+        let registry = registry_for(&url, &toy_sha());
+        let dir = DataDir { root: root.clone(), download: true };
+        let train = registry.load_split("toy", "train", &dir).unwrap();
+        assert_eq!(train, "a b c <eos>\n");
+        assert!(root.join("toy/toy.txt").is_file());
+        // Now present: no server needed.
+        let val = registry.load_split("toy", "val", &dir).unwrap();
+        assert_eq!(val, "d e f <eos>\n");
+    }
+
+    #[test]
+    fn a_failed_download_says_which_file_to_put_where() {
+        let root = scratch("missing");
+        // Nothing listens on port 9 of loopback (the discard port is closed on test machines).
+        let registry = registry_for("http://127.0.0.1:9/toy.txt", &toy_sha());
+        let err = registry
+            .load_split("toy", "train", &DataDir { root: root.clone(), download: true })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("toy.txt") && err.contains(&root.join("toy").display().to_string()), "{err}");
+        assert!(err.contains("--data-dir"), "{err}");
+        assert!(!root.join("toy/toy.txt").exists());
+    }
+
+    #[test]
+    fn a_checksum_mismatch_is_an_error() {
+        let root = scratch("checksum");
+        std::fs::create_dir_all(root.join("toy")).unwrap();
+        std::fs::write(root.join("toy/toy.txt"), b"something else\n").unwrap();
+        let registry = registry_for("http://127.0.0.1:9/", WRONG_SHA);
+        let err = registry
+            .load_split("toy", "train", &DataDir { root, download: false })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn shared_datasets_match_their_registered_checksums() {
+        // The development copies beside the project, when present.
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
+        if !shared.is_dir() {
+            return;
+        }
+        let registry = DatasetRegistry::builtin();
+        let dir = DataDir { root: shared, download: false };
+        let val = registry.load_split("tinyshakespeare", "val", &dir).unwrap();
+        assert_eq!(val.chars().count(), 1_115_394 - 1_003_854);
+        let test = registry.load_split("ptb", "test", &dir).unwrap();
+        assert_eq!(test.lines().count(), 3761);
+        assert!(test.lines().all(|l| l.ends_with(" <eos>")));
+    }
+}

@@ -1,0 +1,281 @@
+//! Tokenizers, all on the `tokenizers` crate so that every one saves to and loads from a
+//! Hugging Face `tokenizer.json`: character level, word level, byte-level BPE trained on a
+//! corpus, or any existing `tokenizer.json`.
+
+use crate::TextError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// Which tokenizer a recipe asks for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TokenizerSpec {
+    /// One token per character seen in the training text (nanoGPT's shakespeare_char).
+    Char,
+    /// One token per whitespace-separated word, the `vocab_size - 1` most frequent plus `<unk>`.
+    Word {
+        /// Largest vocabulary, `<unk>` included.
+        vocab_size: usize,
+    },
+    /// Byte-level BPE (GPT-2's scheme) trained on the training text.
+    ByteBpe {
+        /// Vocabulary size, the 256 byte symbols and `<|endoftext|>` included.
+        vocab_size: usize,
+    },
+    /// A `tokenizer.json` from elsewhere (for example a Hugging Face model's).
+    File {
+        /// Path of the `tokenizer.json`.
+        path: String,
+    },
+}
+
+/// The unknown-word token of word-level vocabularies.
+pub const UNK: &str = "<unk>";
+/// The document separator of BPE vocabularies (GPT-2's).
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// A trained or loaded tokenizer.
+#[derive(Clone)]
+pub struct ZooTokenizer {
+    inner: Tokenizer,
+}
+
+impl ZooTokenizer {
+    /// Builds the tokenizer `spec` asks for, training it on `text` where it needs training.
+    pub fn build(spec: &TokenizerSpec, text: &str) -> Result<Self, TextError> {
+        match spec {
+            TokenizerSpec::Char => Self::char_level(text),
+            TokenizerSpec::Word { vocab_size } => Self::word_level(text, *vocab_size),
+            TokenizerSpec::ByteBpe { vocab_size } => Self::byte_bpe(text, *vocab_size),
+            TokenizerSpec::File { path } => Self::load(Path::new(path)),
+        }
+    }
+
+    /// A character vocabulary: every distinct character of `text`, in code point order.
+    pub fn char_level(text: &str) -> Result<Self, TextError> {
+        let chars: BTreeSet<char> = text.chars().collect();
+        let vocab = chars
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token(UNK.into())
+            .build()
+            .map_err(TextError::tokenizer)?;
+        let mut inner = Tokenizer::new(model);
+        // Every character is its own piece, and decoding concatenates them back.
+        let each_char = Split::new(
+            SplitPattern::Regex("(?s).".into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(TextError::tokenizer)?;
+        inner.with_pre_tokenizer(Some(each_char));
+        inner.with_decoder(Some(Fuse::new()));
+        Ok(Self { inner })
+    }
+
+    /// A word vocabulary of the `vocab_size - 1` most frequent words of `text`, plus `<unk>`.
+    pub fn word_level(text: &str, vocab_size: usize) -> Result<Self, TextError> {
+        let trainer = WordLevelTrainer::builder()
+            .vocab_size(vocab_size)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(UNK, true)])
+            .build()
+            .map_err(TextError::tokenizer)?;
+        let mut inner = Tokenizer::new(WordLevel::default());
+        inner.with_pre_tokenizer(Some(WhitespaceSplit));
+        inner
+            .train(&mut TrainerWrapper::from(trainer), text.lines())
+            .map_err(TextError::tokenizer)?;
+        Ok(Self { inner })
+    }
+
+    /// Byte-level BPE with `vocab_size` entries trained on `text`.
+    pub fn byte_bpe(text: &str, vocab_size: usize) -> Result<Self, TextError> {
+        let trainer = BpeTrainer::builder()
+            .vocab_size(vocab_size)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .build();
+        let mut inner = Tokenizer::new(BPE::default());
+        // GPT-2 does not invent a space before the first word.
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        inner
+            .train(&mut TrainerWrapper::from(trainer), text.lines())
+            .map_err(TextError::tokenizer)?;
+        Ok(Self { inner })
+    }
+
+    /// Loads a `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Self, TextError> {
+        if !path.is_file() {
+            return Err(TextError::Missing {
+                what: "tokenizer".into(),
+                path: path.to_path_buf(),
+            });
+        }
+        let inner = Tokenizer::from_file(path).map_err(|e| TextError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// Writes `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<(), TextError> {
+        self.inner.save(path, true).map_err(|e| TextError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Number of token ids.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of `token`, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Token ids of `text`. Long texts are encoded a chunk of lines at a time, in parallel.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        const CHUNK: usize = 1 << 16;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + CHUNK).min(text.len());
+            // End chunks just after a newline so no word or character is split.
+            if end < text.len() {
+                end = text[start..end].rfind('\n').map_or(end, |i| start + i + 1);
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+            }
+            chunks.push(&text[start..end]);
+            start = end;
+        }
+        let encodings = self
+            .inner
+            .encode_batch(chunks, false)
+            .map_err(TextError::tokenizer)?;
+        let unk = self.inner.token_to_id(UNK);
+        let mut ids = Vec::with_capacity(text.len() / 2);
+        for encoding in &encodings {
+            ids.extend_from_slice(encoding.get_ids());
+        }
+        if self.is_char_level()
+            && let Some(position) = unk.and_then(|u| ids.iter().position(|&i| i == u))
+        {
+            return Err(TextError::UnknownCharacter(
+                self.inner.decode(&[ids[position]], false).unwrap_or_default(),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
+        self.inner.decode(ids, false).map_err(TextError::tokenizer)
+    }
+
+    fn is_char_level(&self) -> bool {
+        matches!(self.inner.get_decoder(), Some(tokenizers::DecoderWrapper::Fuse(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "the cat sat on the mat.\nthe dog sat on the log.\nthe cat saw the dog.\n";
+
+    #[test]
+    fn char_level_round_trips_and_sorts_its_vocabulary() {
+        let tok = ZooTokenizer::char_level(TEXT).unwrap();
+        let distinct: BTreeSet<char> = TEXT.chars().collect();
+        assert_eq!(tok.vocab_size(), distinct.len());
+        assert_eq!(tok.token_id("\n"), Some(0));
+        let ids = tok.encode(TEXT).unwrap();
+        assert_eq!(ids.len(), TEXT.chars().count());
+        assert_eq!(tok.decode(&ids).unwrap(), TEXT);
+    }
+
+    #[test]
+    fn char_level_rejects_characters_it_never_saw() {
+        let tok = ZooTokenizer::char_level("abc").unwrap();
+        let err = tok.encode("abz").unwrap_err().to_string();
+        assert!(err.contains('z') || err.contains("unknown"), "{err}");
+    }
+
+    #[test]
+    fn word_level_keeps_the_most_frequent_words_and_maps_the_rest_to_unk() {
+        let tok = ZooTokenizer::word_level(TEXT, 4).unwrap();
+        assert_eq!(tok.vocab_size(), 4);
+        assert_eq!(tok.token_id(UNK), Some(0));
+        // "the" (6), "sat" (2)... are kept; "log." is rare and becomes <unk>.
+        let ids = tok.encode("the log.").unwrap();
+        assert_eq!(ids, vec![tok.token_id("the").unwrap(), 0]);
+        assert_eq!(tok.decode(&[tok.token_id("the").unwrap(), 0]).unwrap(), "the <unk>");
+    }
+
+    #[test]
+    fn byte_bpe_learns_merges_and_round_trips_any_text() {
+        let tok = ZooTokenizer::byte_bpe(&TEXT.repeat(20), 300).unwrap();
+        assert!(tok.vocab_size() > 256 && tok.vocab_size() <= 300);
+        let ids = tok.encode(TEXT).unwrap();
+        assert!(ids.len() < TEXT.len() / 2, "merges should shorten the text");
+        // Bytes never seen in training still round-trip.
+        let unseen = "Zürich ☃ 42\n";
+        assert_eq!(tok.decode(&tok.encode(unseen).unwrap()).unwrap(), unseen);
+    }
+
+    #[test]
+    fn a_saved_tokenizer_loads_back_identically() {
+        let dir = std::env::temp_dir().join(format!("zoo-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tok in [
+            ZooTokenizer::char_level(TEXT).unwrap(),
+            ZooTokenizer::word_level(TEXT, 10).unwrap(),
+            ZooTokenizer::byte_bpe(TEXT, 270).unwrap(),
+        ] {
+            let path = dir.join("tokenizer.json");
+            tok.save(&path).unwrap();
+            let back = ZooTokenizer::build(
+                &TokenizerSpec::File {
+                    path: path.display().to_string(),
+                },
+                "",
+            )
+            .unwrap();
+            assert_eq!(back.encode(TEXT).unwrap(), tok.encode(TEXT).unwrap());
+            assert_eq!(back.vocab_size(), tok.vocab_size());
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn long_texts_encode_the_same_in_chunks() {
+        let tok = ZooTokenizer::char_level(TEXT).unwrap();
+        let long = TEXT.repeat(5000);
+        let ids = tok.encode(&long).unwrap();
+        assert_eq!(ids.len(), long.len());
+        assert_eq!(tok.decode(&ids).unwrap(), long);
+    }
+}
