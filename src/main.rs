@@ -1,1 +1,334 @@
-fn main(){}
+//! `zoo`: train, evaluate, sample from and measure the zoo's models. Thin: it parses the
+//! command line, picks the device, and calls the crates.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use zoo::device::{DeviceChoice, pick_device};
+use zoo_blocks::SamplingConfig;
+use zoo_gpt::GptConfig;
+use zoo_train::run::{TrainOptions, evaluate, generate, load_run, train};
+use zoo_train::{Recipe, ZooError};
+use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
+
+#[derive(Parser)]
+#[command(name = "zoo", version, about = "Train, compare and fine-tune sequence models on Burn.")]
+struct Cli {
+    /// Backend to run on (among those compiled in); also read from BURN_DEVICE.
+    #[arg(long, global = true, env = "BURN_DEVICE", default_value = "flex")]
+    device: DeviceChoice,
+    /// Directory holding the datasets (default: $ZOO_DATA_DIR, else ~/.cache/zoo/datasets).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a recipe; checkpoints, tokenizer and metrics go to the run directory.
+    Train {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Run directory (default: runs/<recipe name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue the run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Stop after this many steps (resumable), whatever the recipe's budget.
+        #[arg(long)]
+        stop_after_steps: Option<usize>,
+    },
+    /// Print a run's validation loss and perplexity over a whole split.
+    Eval {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Split to score.
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+    },
+    /// Sample text from a run with the KV cache.
+    Generate {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Text to continue.
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        /// Softmax temperature (0: greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Sample from the smallest set of tokens with this much probability.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+    },
+    /// Parameters, FLOPs per token and training memory of a preset or recipe.
+    Info {
+        /// A preset name (e.g. gpt-mini) or a recipe file.
+        model: String,
+        /// Vocabulary size for presets that take it from the tokenizer.
+        #[arg(long)]
+        vocab_size: Option<usize>,
+        /// Batch size, for the per-step figures.
+        #[arg(long, default_value_t = 12)]
+        batch_size: usize,
+    },
+    /// Measure training throughput.
+    Bench {
+        #[command(subcommand)]
+        family: BenchFamily,
+    },
+    /// List presets and datasets.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BenchFamily {
+    /// Forward + backward + AdamW steps of a GPT on random tokens (dropout off).
+    Gpt(GptBench),
+}
+
+#[derive(Args)]
+struct GptBench {
+    /// The preset to time.
+    #[arg(long, default_value = "gpt-baby-char")]
+    preset: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 12)]
+    batch_size: usize,
+    /// Tokens per sequence (default: the preset's block size).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Vocabulary size (default: the preset's, or 65 as for tinyshakespeare characters).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let device = match pick_device(&cli.device) {
+        Ok(device) => device,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = DataDir::resolve(cli.data_dir.as_deref());
+    match run(cli.command, device, data_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Result<(), ZooError> {
+    match command {
+        Command::Train {
+            recipe,
+            run_dir,
+            resume,
+            stop_after_steps,
+        } => {
+            let options = TrainOptions {
+                run_dir,
+                resume,
+                data_dir,
+                device,
+                stop_after_steps,
+            };
+            let report = train(&recipe, &options)?;
+            println!(
+                "trained {} steps in {:.1}s; final validation loss {}; run directory {}",
+                report.steps,
+                report.seconds,
+                report.val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
+                report.run_dir.display()
+            );
+            if let Some(sample) = report.sample {
+                println!("--- sample ---\n{sample}\n--------------");
+            }
+        }
+        Command::Eval {
+            run_dir,
+            split,
+            checkpoint,
+        } => {
+            let run = load_run(&run_dir, checkpoint, &device)?;
+            let report = evaluate(&run, &split, &data_dir)?;
+            println!(
+                "{}: split {} | step {} | loss {:.4} | perplexity {:.3} | {} tokens",
+                run_dir.display(),
+                report.split,
+                report.steps,
+                report.loss,
+                report.perplexity,
+                report.tokens
+            );
+        }
+        Command::Generate {
+            run_dir,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            checkpoint,
+        } => {
+            let run = load_run(&run_dir, checkpoint, &device)?;
+            let sampling = SamplingConfig {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            };
+            println!("{}", generate(&run, &prompt, max_tokens, sampling)?);
+        }
+        Command::Info {
+            model,
+            vocab_size,
+            batch_size,
+        } => info(&model, vocab_size, batch_size, &data_dir)?,
+        Command::Bench {
+            family: BenchFamily::Gpt(args),
+        } => bench_gpt(args, &device)?,
+        Command::List => {
+            println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
+            println!("datasets:    {}", DatasetRegistry::builtin().names().join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn preset_config(name: &str) -> Result<GptConfig, ZooError> {
+    zoo_gpt::preset(name).ok_or_else(|| {
+        ZooError::Usage(format!(
+            "unknown preset '{name}'; presets: {}",
+            zoo_gpt::PRESETS.join(", ")
+        ))
+    })
+}
+
+/// The config of a preset name or a recipe file, with the vocabulary size resolved.
+fn resolve_model(model: &str, vocab_size: Option<usize>, data_dir: &DataDir) -> Result<(String, GptConfig), ZooError> {
+    let path = Path::new(model);
+    let (label, mut config, recipe) = if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
+        let recipe = Recipe::load(path)?;
+        let config = recipe.gpt_config().map_err(|message| ZooError::Recipe {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        (recipe.name().to_string(), config, Some(recipe))
+    } else {
+        (model.to_string(), preset_config(model)?, None)
+    };
+    if let Some(v) = vocab_size {
+        config.vocab_size = v;
+    }
+    if config.vocab_size == 0 {
+        // The tokenizer decides: build it the way training would.
+        config.vocab_size = match &recipe {
+            Some(recipe) => {
+                let text = DatasetRegistry::builtin().load_split(&recipe.data.dataset, &recipe.data.train_split, data_dir)?;
+                ZooTokenizer::build(&recipe.tokenizer, &text)?.vocab_size()
+            }
+            None => {
+                return Err(ZooError::Usage(format!(
+                    "preset '{model}' takes its vocabulary size from the tokenizer: pass --vocab-size N"
+                )));
+            }
+        };
+    }
+    config.validate().map_err(ZooError::Usage)?;
+    Ok((label, config))
+}
+
+fn info(model: &str, vocab_size: Option<usize>, batch_size: usize, data_dir: &DataDir) -> Result<(), ZooError> {
+    let (label, config) = resolve_model(model, vocab_size, data_dir)?;
+    let size = config.size();
+    let mb = |bytes: usize| bytes as f64 / 1e6;
+    let weights = 4 * size.total;
+    println!("model                {label}");
+    println!(
+        "shape                {} layers, {} heads ({} kv), width {}, ff {}, block {}, vocab {}",
+        config.n_layer,
+        config.n_head,
+        config.kv_heads(),
+        config.n_embd,
+        config.ff_width(),
+        config.block_size,
+        config.vocab_size
+    );
+    println!(
+        "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, tied {}, dropout {}",
+        config.position, config.norm, config.norm_placement, config.activation, config.bias, config.tie_weights, config.dropout
+    );
+    println!("parameters           {} total, {} non-embedding", size.total, size.non_embedding);
+    println!(
+        "training FLOPs       {:.3} MFLOP per token (6N + 12·L·d·T), {:.2} GFLOP per step of {} x {}",
+        size.train_flops_per_token as f64 / 1e6,
+        (size.train_flops_per_token * batch_size * config.block_size) as f64 / 1e9,
+        batch_size,
+        config.block_size
+    );
+    println!(
+        "training memory      weights {:.1} MB + gradients {:.1} MB + AdamW state {:.1} MB = {:.1} MB (f32, before activations)",
+        mb(weights),
+        mb(weights),
+        mb(2 * weights),
+        mb(4 * weights)
+    );
+    Ok(())
+}
+
+fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
+    let mut config = preset_config(&args.preset)?;
+    config.dropout = 0.0;
+    if let Some(block) = args.block_size {
+        config.block_size = block;
+    }
+    config.vocab_size = args.vocab_size.unwrap_or(if config.vocab_size == 0 { 65 } else { config.vocab_size });
+    if args.steps == 0 || args.batch_size == 0 {
+        return Err(ZooError::Usage("--steps and --batch-size must be at least 1".into()));
+    }
+    let report = zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
+        .map_err(ZooError::Usage)?;
+    println!(
+        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} params={} step_ms={:.2} (mean {:.2}) tokens_per_s={:.0}",
+        args.preset,
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.block_size,
+        args.batch_size,
+        config.vocab_size,
+        report.params,
+        report.step_ms_median,
+        report.step_ms_mean,
+        report.tokens_per_s
+    );
+    Ok(())
+}

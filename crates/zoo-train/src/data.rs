@@ -1,0 +1,188 @@
+//! burn-train data loaders over token streams.
+
+use crate::lm::LmBatch;
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::prelude::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use zoo_text::RandomWindows;
+use zoo_text::batcher::WindowBatch;
+
+/// Serves nanoGPT-style random windows, `batches_per_epoch` micro-batches per burn-train epoch.
+///
+/// Training loaders draw epoch `e`'s batches from `(seed, e)`, counting epochs from where the run
+/// starts (or resumes), so a resumed run sees the same data it would have seen uninterrupted.
+/// Validation loaders draw the same batches every time, so validation losses compare.
+#[derive(Clone)]
+pub struct WindowLoader {
+    windows: RandomWindows,
+    batches_per_epoch: usize,
+    /// Micro-batches in the whole run; the last epoch is cut short to match.
+    total_batches: Option<usize>,
+    /// The next epoch to draw (training) or `None` (validation: always epoch 0).
+    next_epoch: Option<Arc<AtomicUsize>>,
+    device: Device,
+}
+
+impl WindowLoader {
+    /// A training loader whose first `iter()` is epoch `start_epoch` (0-based).
+    pub fn training(
+        windows: RandomWindows,
+        batches_per_epoch: usize,
+        total_batches: usize,
+        start_epoch: usize,
+        device: &Device,
+    ) -> Self {
+        Self {
+            windows,
+            batches_per_epoch,
+            total_batches: Some(total_batches),
+            next_epoch: Some(Arc::new(AtomicUsize::new(start_epoch))),
+            device: device.clone(),
+        }
+    }
+
+    /// A validation loader of `batches` fixed batches.
+    pub fn validation(windows: RandomWindows, batches: usize, device: &Device) -> Self {
+        Self {
+            windows,
+            batches_per_epoch: batches,
+            total_batches: None,
+            next_epoch: None,
+            device: device.clone(),
+        }
+    }
+
+    fn batches_in(&self, epoch: usize) -> usize {
+        match self.total_batches {
+            Some(total) => total
+                .saturating_sub(epoch * self.batches_per_epoch)
+                .min(self.batches_per_epoch),
+            None => self.batches_per_epoch,
+        }
+    }
+}
+
+/// Moves a host batch onto `device` as `[batch, block]` id tensors.
+pub fn to_tensors(batch: WindowBatch, device: &Device) -> LmBatch {
+    let shape = [batch.batch_size, batch.block_size];
+    let ids = |v: Vec<u32>| {
+        Tensor::<2, Int>::from_data(
+            TensorData::new(v.into_iter().map(|t| t as i64).collect::<Vec<_>>(), shape),
+            device,
+        )
+    };
+    LmBatch {
+        inputs: ids(batch.inputs),
+        targets: ids(batch.targets),
+    }
+}
+
+struct WindowIter<'a> {
+    loader: &'a WindowLoader,
+    epoch: usize,
+    index: usize,
+    count: usize,
+}
+
+impl Iterator for WindowIter<'_> {
+    type Item = Result<LmBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let batch = self.loader.windows.batch(self.epoch, self.index);
+        self.index += 1;
+        Some(Ok(to_tensors(batch, &self.loader.device)))
+    }
+}
+
+impl DataLoaderIterator<LmBatch> for WindowIter<'_> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.index, self.count, Some("batches".into()))
+    }
+}
+
+impl DataLoader<LmBatch> for WindowLoader {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
+        let epoch = match &self.next_epoch {
+            Some(next) => next.fetch_add(1, Ordering::SeqCst),
+            None => 0,
+        };
+        Box::new(WindowIter {
+            loader: self,
+            epoch,
+            index: 0,
+            count: self.batches_in(epoch),
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        match &self.next_epoch {
+            Some(next) => self.batches_in(next.load(Ordering::SeqCst)),
+            None => self.batches_per_epoch,
+        }
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
+        Arc::new(Self {
+            batches_per_epoch: end.saturating_sub(start).min(self.batches_per_epoch),
+            ..self.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows() -> RandomWindows {
+        RandomWindows::new(Arc::new((0..500).collect()), 8, 2, 1).unwrap()
+    }
+
+    fn first_inputs(loader: &WindowLoader) -> Vec<Vec<i64>> {
+        loader
+            .iter()
+            .map(|b| {
+                b.unwrap()
+                    .inputs
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_loader_continues_the_same_stream() {
+        let device = Device::flex();
+        let fresh = WindowLoader::training(windows(), 3, 100, 0, &device);
+        let _epoch0 = first_inputs(&fresh);
+        let epoch1 = first_inputs(&fresh);
+        let resumed = WindowLoader::training(windows(), 3, 100, 1, &device);
+        assert_eq!(first_inputs(&resumed), epoch1);
+    }
+
+    #[test]
+    fn the_last_epoch_is_cut_to_the_budget() {
+        let loader = WindowLoader::training(windows(), 4, 10, 0, &Device::flex());
+        let sizes: Vec<usize> = (0..3).map(|_| loader.iter().count()).collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn validation_batches_are_the_same_every_time() {
+        let loader = WindowLoader::validation(windows(), 3, &Device::flex());
+        assert_eq!(first_inputs(&loader), first_inputs(&loader));
+    }
+}

@@ -1,0 +1,217 @@
+//! The causal language model as burn-train sees it: one training step (loss, backward, global
+//! gradient-norm clipping) and one validation step.
+
+use crate::metrics::LmLossInput;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn_std::ExecutionError;
+use burn::train::metric::{Adaptor, LossInput};
+use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use zoo_gpt::Gpt;
+
+/// A GPT with what training needs beside the weights.
+#[derive(Module, Debug)]
+pub struct GptLm {
+    /// The model.
+    pub gpt: Gpt,
+    /// Multiplies the loss before backward: `1 / grad_accumulation`, so that burn-train's
+    /// summed micro-batch gradients are the mean gradient of the whole batch.
+    #[module(skip)]
+    pub loss_scale: f32,
+    /// Clip the global gradient norm to this (0 = off).
+    #[module(skip)]
+    pub grad_clip: f32,
+}
+
+impl GptLm {
+    /// Wraps a model for training.
+    pub fn new(gpt: Gpt, grad_accumulation: usize, grad_clip: f64) -> Self {
+        Self {
+            gpt,
+            loss_scale: 1.0 / grad_accumulation as f32,
+            grad_clip: grad_clip as f32,
+        }
+    }
+}
+
+/// Input and target token ids, `[batch, block]` each.
+#[derive(Clone, Debug)]
+pub struct LmBatch {
+    /// Tokens fed to the model.
+    pub inputs: Tensor<2, Int>,
+    /// The next token at every position.
+    pub targets: Tensor<2, Int>,
+}
+
+/// What one step reports to the metrics.
+pub struct LmOutput {
+    /// Mean cross-entropy per token.
+    pub loss: Tensor<1>,
+    /// Tokens the loss averages over.
+    pub tokens: usize,
+}
+
+impl ItemLazy for LmOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(LmOutput {
+            loss: self.loss.without_autodiff(),
+            tokens: self.tokens,
+        })
+    }
+}
+
+impl Adaptor<LossInput> for LmOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+impl Adaptor<LmLossInput> for LmOutput {
+    fn adapt(&self) -> LmLossInput {
+        LmLossInput {
+            loss: self.loss.clone(),
+            tokens: self.tokens,
+        }
+    }
+}
+
+impl TrainStep for GptLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        let tokens = batch.inputs.shape().num_elements();
+        let (loss, _) = self.gpt.loss(batch.inputs, batch.targets);
+        let scaled = if self.loss_scale == 1.0 {
+            loss.clone()
+        } else {
+            loss.clone() * self.loss_scale
+        };
+        let mut grads = GradientsParams::from_grads(scaled.backward(), self);
+        if self.grad_clip > 0.0 {
+            clip_global_norm(self, &mut grads, self.grad_clip);
+        }
+        TrainOutput {
+            grads,
+            item: LmOutput {
+                loss: loss.detach(),
+                tokens,
+            },
+        }
+    }
+}
+
+impl InferenceStep for GptLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> LmOutput {
+        let tokens = batch.inputs.shape().num_elements();
+        let (loss, _) = self.gpt.loss(batch.inputs, batch.targets);
+        LmOutput { loss, tokens }
+    }
+}
+
+/// Scales every gradient by `min(1, max_norm / ‖g‖)`, where `‖g‖` is the norm of all gradients
+/// together (PyTorch's `clip_grad_norm_`). Burn's own clipping works per parameter tensor.
+pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.grads.get::<D>(param.id) {
+                let s = grad.square().sum();
+                self.total = Some(match self.total.take() {
+                    Some(total) => total + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: Tensor<1>,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.grads.remove::<D>(param.id) {
+                let factor = self.factor.clone().reshape([1; D]);
+                self.grads.register::<D>(param.id, grad * factor);
+            }
+        }
+    }
+
+    let mut sum = SumSquares { grads, total: None };
+    module.visit(&mut sum);
+    let Some(total) = sum.total else { return };
+    // Stays on the device: no read-back, so clipping does not stall the step.
+    let factor = (total.sqrt().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
+    module.visit(&mut Scale { grads, factor });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+
+    #[derive(Module, Debug)]
+    struct Two {
+        a: Linear,
+        b: Linear,
+    }
+
+    fn norm_of(model: &Two, grads: &GradientsParams) -> f32 {
+        let mut total = 0.0;
+        for layer in [&model.a, &model.b] {
+            total += grads.get::<2>(layer.weight.id).unwrap().square().sum().into_scalar::<f32>();
+            total += grads
+                .get::<1>(layer.bias.as_ref().unwrap().id)
+                .unwrap()
+                .square()
+                .sum()
+                .into_scalar::<f32>();
+        }
+        total.sqrt()
+    }
+
+    fn setup() -> (Two, GradientsParams) {
+        let device = Device::flex().autodiff();
+        let model = Two {
+            a: LinearConfig::new(3, 4).init(&device),
+            b: LinearConfig::new(4, 2).init(&device),
+        };
+        let x = Tensor::<2>::ones([5, 3], &device) * 10.0;
+        let loss = model.b.forward(model.a.forward(x)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (model, grads)
+    }
+
+    #[test]
+    fn clipping_scales_all_gradients_to_the_global_norm() {
+        let (model, mut grads) = setup();
+        let before = norm_of(&model, &grads);
+        assert!(before > 1.0);
+        let weight_before = grads.get::<2>(model.a.weight.id).unwrap();
+        clip_global_norm(&model, &mut grads, 1.0);
+        assert!((norm_of(&model, &grads) - 1.0).abs() < 1e-4);
+        // One common factor: directions are unchanged.
+        let ratio = (grads.get::<2>(model.a.weight.id).unwrap() / weight_before)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(ratio.iter().all(|r| (r - 1.0 / before).abs() < 1e-4));
+    }
+
+    #[test]
+    fn small_gradients_are_left_alone() {
+        let (model, mut grads) = setup();
+        let before = norm_of(&model, &grads);
+        clip_global_norm(&model, &mut grads, before * 2.0);
+        assert!((norm_of(&model, &grads) - before).abs() < 1e-3);
+    }
+}

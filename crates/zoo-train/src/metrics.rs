@@ -1,0 +1,330 @@
+//! What a run reports: a perplexity metric computed from the loss (no second pass over the
+//! logits), the metrics log as JSON lines in the run directory, and one line of progress per
+//! validation when no terminal is attached (burn-train's TUI takes over on a terminal).
+
+use burn::prelude::*;
+use burn::tensor::TensorReadError;
+use burn::train::logger::{
+    EvaluationProgressLogger, InMemoryMetricLogger, MetricLogger, TrainingProgressLogger,
+};
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{
+    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata,
+    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
+use burn::train::renderer::{
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The loss of a batch and how many tokens it averages over.
+pub struct LmLossInput {
+    /// Mean cross-entropy.
+    pub loss: Tensor<1>,
+    /// Token count.
+    pub tokens: usize,
+}
+
+/// Perplexity, `exp` of the token-weighted mean loss: per batch, and over the epoch.
+#[derive(Clone)]
+pub struct Perplexity {
+    name: MetricName,
+    nll_sum: f64,
+    tokens: usize,
+    current: f64,
+    current_tokens: usize,
+}
+
+impl Default for Perplexity {
+    fn default() -> Self {
+        Self {
+            name: Arc::new("Perplexity".into()),
+            nll_sum: 0.0,
+            tokens: 0,
+            current: f64::NAN,
+            current_tokens: 0,
+        }
+    }
+}
+
+impl Perplexity {
+    fn epoch_value(&self) -> f64 {
+        if self.tokens == 0 {
+            f64::NAN
+        } else {
+            (self.nll_sum / self.tokens as f64).exp()
+        }
+    }
+}
+
+impl Metric for Perplexity {
+    type Input = LmLossInput;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: false,
+        }
+        .into()
+    }
+
+    fn update(&mut self, item: &LmLossInput, _: &MetricMetadata) -> Result<SerializedEntry, TensorReadError> {
+        let loss = item.loss.clone().mean().try_into_scalar::<f64>()?;
+        self.nll_sum += loss * item.tokens as f64;
+        self.tokens += item.tokens;
+        self.current = loss.exp();
+        self.current_tokens = item.tokens;
+        Ok(SerializedEntry::new(
+            format!("epoch {:.3} - batch {:.3}", self.epoch_value(), self.current),
+            NumericEntry::Aggregated {
+                aggregated_value: self.current,
+                count: self.current_tokens,
+            }
+            .serialize(),
+        ))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        let value = self.epoch_value();
+        Ok(SerializedEntry::new(format!("{value:.3}"), NumericEntry::Final(value).serialize()))
+    }
+
+    fn clear(&mut self) {
+        *self = Self {
+            name: self.name.clone(),
+            ..Self::default()
+        };
+    }
+}
+
+impl Numeric for Perplexity {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.current,
+            count: self.current_tokens,
+        })
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.epoch_value(),
+            count: self.tokens,
+        })
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        NumericEntry::Final(self.epoch_value())
+    }
+}
+
+/// Writes `metrics.jsonl`: one line per epoch and split, with every metric's epoch value, the
+/// optimiser step the epoch ended on, and the wall time. Reads are answered from memory, as
+/// burn-train's checkpoint strategies need.
+pub struct JsonlMetricLogger {
+    path: PathBuf,
+    steps_per_epoch: usize,
+    started: Instant,
+    names: HashMap<MetricId, String>,
+    finals: BTreeMap<(usize, String), BTreeMap<String, f64>>,
+    memory: InMemoryMetricLogger,
+}
+
+impl JsonlMetricLogger {
+    /// Appends to `path` (a resumed run continues its log).
+    pub fn new(path: PathBuf, steps_per_epoch: usize) -> Self {
+        Self {
+            path,
+            steps_per_epoch,
+            started: Instant::now(),
+            names: HashMap::new(),
+            finals: BTreeMap::new(),
+            memory: InMemoryMetricLogger::default(),
+        }
+    }
+}
+
+fn split_name(split: &Split) -> String {
+    split.to_string()
+}
+
+impl MetricLogger for JsonlMetricLogger {
+    fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+        for numeric in &update.entries_numeric {
+            if let Some(NumericEntry::Final(value)) = numeric.numeric_entry
+                && let Some(name) = self.names.get(&numeric.entry.metric_id)
+            {
+                self.finals
+                    .entry((epoch, split_name(split)))
+                    .or_default()
+                    .insert(name.clone(), value);
+            }
+        }
+        self.memory.log(update, epoch, split);
+    }
+
+    fn read_numeric(&mut self, name: &str, epoch: usize, split: &Split) -> Result<Vec<NumericEntry>, String> {
+        self.memory.read_numeric(name, epoch, split)
+    }
+
+    fn log_metric_definition(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id.clone(), definition.name.to_string());
+        self.memory.log_metric_definition(definition);
+    }
+
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        let key = (summary.epoch_number, split_name(&summary.split));
+        let metrics = self.finals.remove(&key).unwrap_or_default();
+        let mut line = serde_json::Map::new();
+        line.insert("epoch".into(), summary.epoch_number.into());
+        line.insert("step".into(), (summary.epoch_number * self.steps_per_epoch).into());
+        line.insert("split".into(), key.1.into());
+        line.insert("elapsed_s".into(), self.started.elapsed().as_secs_f64().into());
+        for (name, value) in metrics {
+            let key = name.to_lowercase().replace(' ', "_");
+            line.insert(key, serde_json::json!(value));
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| writeln!(f, "{}", serde_json::Value::Object(line)));
+        if let Err(e) = written {
+            eprintln!("warning: cannot append to {}: {e}", self.path.display());
+        }
+        self.memory.log_epoch_summary(summary);
+    }
+}
+
+/// One line per validation: step, train and validation loss, perplexity, learning rate,
+/// throughput and elapsed time. For logs and pipes, where a TUI would be noise.
+pub struct LineRenderer {
+    names: HashMap<MetricId, String>,
+    latest: HashMap<(bool, String), f64>,
+    steps_per_epoch: usize,
+    total_epochs: usize,
+    /// Epochs finished, counting those before a resume.
+    epoch: usize,
+    tokens_per_epoch: usize,
+    split: String,
+    started: Instant,
+    epoch_started: Instant,
+}
+
+impl LineRenderer {
+    /// A renderer for epochs of `steps_per_epoch` optimiser steps and `tokens_per_epoch` tokens.
+    pub fn new(steps_per_epoch: usize, tokens_per_epoch: usize) -> Self {
+        Self {
+            names: HashMap::new(),
+            latest: HashMap::new(),
+            steps_per_epoch,
+            total_epochs: 0,
+            epoch: 0,
+            tokens_per_epoch,
+            split: String::new(),
+            started: Instant::now(),
+            epoch_started: Instant::now(),
+        }
+    }
+
+    fn record(&mut self, valid: bool, state: MetricState) {
+        if let MetricState::Numeric(entry, Some(NumericEntry::Final(value))) = state
+            && let Some(name) = self.names.get(&entry.metric_id)
+        {
+            self.latest.insert((valid, name.clone()), value);
+        }
+    }
+
+    fn get(&self, valid: bool, name: &str) -> f64 {
+        self.latest.get(&(valid, name.to_string())).copied().unwrap_or(f64::NAN)
+    }
+}
+
+impl MetricsRendererTraining for LineRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        self.record(false, state);
+    }
+
+    fn update_valid(&mut self, state: MetricState) {
+        self.record(true, state);
+    }
+}
+
+impl MetricsRendererEvaluation for LineRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+}
+
+impl MetricsRenderer for LineRenderer {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names.insert(definition.metric_id, definition.name.to_string());
+    }
+}
+
+impl TrainingProgressLogger for LineRenderer {
+    fn start(&mut self, total_epochs: usize, starting_epoch: usize, _: Option<usize>, _: Option<&str>) {
+        self.total_epochs = total_epochs;
+        self.epoch = starting_epoch.saturating_sub(1);
+        if starting_epoch > 1 {
+            println!(
+                "resuming at step {} of {}",
+                (starting_epoch - 1) * self.steps_per_epoch,
+                total_epochs * self.steps_per_epoch
+            );
+        }
+    }
+
+    fn update_epoch(&mut self, _epoch: usize) {}
+
+    fn start_split(&mut self, split: &str, _total_items: usize) {
+        if split == "train" {
+            self.epoch_started = Instant::now();
+        }
+        self.split = split.to_string();
+    }
+
+    fn update_split(&mut self, _items_processed: usize) {}
+
+    fn end_split(&mut self) {
+        if self.split != "valid" {
+            return;
+        }
+        // burn-train counts epochs from 1; the line reports optimiser steps.
+        self.epoch += 1;
+        let epoch_seconds = self.epoch_started.elapsed().as_secs_f64();
+        let step = self.epoch * self.steps_per_epoch;
+        println!(
+            "step {step:>6}/{} | train loss {:.4} | val loss {:.4} | val ppl {:.3} | lr {:.2e} | {:.0} tok/s | {:.0}s",
+            self.total_epochs * self.steps_per_epoch,
+            self.get(false, "Loss"),
+            self.get(true, "Loss"),
+            self.get(true, "Perplexity"),
+            self.get(false, "Learning Rate"),
+            self.tokens_per_epoch as f64 / epoch_seconds,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+
+    fn end(&mut self) {}
+
+    fn log_event_training(&mut self, _event: String) {}
+}
+
+impl EvaluationProgressLogger for LineRenderer {
+    fn start_global_progress(&mut self, _: usize) {}
+    fn start_test(&mut self, _: &str, _: usize) {}
+    fn update_test_progress(&mut self, _: usize) {}
+    fn end_test(&mut self) {}
+    fn end_global_progress(&mut self) {}
+    fn log_event_evaluation(&mut self, _: String) {}
+}

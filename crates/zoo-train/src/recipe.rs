@@ -1,0 +1,472 @@
+//! The recipe: one TOML file that names everything a run needs. Every section and key is
+//! checked; an unknown key or a bad value is an error naming the key and the file.
+//!
+//! ```toml
+//! name = "baby-char"            # run directory name (default: the file's stem)
+//! seed = 1337
+//!
+//! [model]
+//! preset = "gpt-baby-char"      # any field of the preset can be overridden below
+//! dropout = 0.0
+//!
+//! [tokenizer]
+//! kind = "char"                 # char | word | byte-bpe | file
+//!
+//! [data]
+//! dataset = "tinyshakespeare"   # a name from the dataset registry
+//!
+//! [optimizer]
+//! kind = "adamw"                # adamw | sgd
+//! lr = 1e-3
+//! weight_decay = 0.1
+//! beta2 = 0.99
+//! grad_clip = 1.0               # global gradient norm; 0 turns clipping off
+//!
+//! [schedule]
+//! kind = "warmup-cosine"        # constant | warmup-cosine | noam
+//! warmup_steps = 100
+//! min_lr = 1e-4
+//!
+//! [training]
+//! batch_size = 12
+//! steps = 2000                  # or epochs = N (passes over the training tokens)
+//! eval_interval = 250
+//! ```
+
+use crate::ZooError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use zoo_blocks::SamplingConfig;
+use zoo_gpt::GptConfig;
+use zoo_text::TokenizerSpec;
+
+/// A parsed recipe.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Run name; the run directory is `runs/<name>` unless given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seed of initialisation, batches and dropout.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The model: `arch`, `preset` and overrides of the preset's fields.
+    pub model: ModelSpec,
+    /// The tokenizer.
+    pub tokenizer: TokenizerSpec,
+    /// The data.
+    pub data: DataSpec,
+    /// The optimiser.
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// Budget, batch and intervals.
+    pub training: TrainingSpec,
+    /// The sample printed at the end of training.
+    #[serde(default)]
+    pub sample: SampleSpec,
+}
+
+fn default_seed() -> u64 {
+    1337
+}
+
+/// `[model]`: an architecture, a preset and field overrides. Stored resolved in a run directory.
+/// (Unknown keys are caught when the overrides meet the config's fields.)
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// The family; only `gpt` so far.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// A named shape to start from.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Fields that replace the preset's.
+    #[serde(flatten)]
+    pub overrides: toml::Table,
+}
+
+fn default_arch() -> String {
+    "gpt".into()
+}
+
+/// `[data]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A dataset registry name (`embedded`, `tinyshakespeare`, `ptb`, ...).
+    pub dataset: String,
+    /// Split to train on.
+    #[serde(default = "train_split")]
+    pub train_split: String,
+    /// Split to validate on.
+    #[serde(default = "val_split")]
+    pub val_split: String,
+}
+
+fn train_split() -> String {
+    "train".into()
+}
+fn val_split() -> String {
+    "val".into()
+}
+
+/// Which optimiser.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// AdamW (decoupled weight decay).
+    #[default]
+    Adamw,
+    /// SGD with optional momentum.
+    Sgd,
+}
+
+/// `[optimizer]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSpec {
+    /// AdamW or SGD.
+    pub kind: OptimizerKind,
+    /// Peak learning rate (for `noam`, the schedule's scale factor).
+    pub lr: f64,
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
+    pub weight_decay: f64,
+    /// AdamW's first-moment decay.
+    pub beta1: f64,
+    /// AdamW's second-moment decay.
+    pub beta2: f64,
+    /// AdamW's epsilon.
+    pub eps: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adamw,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            momentum: 0.0,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// Which learning-rate schedule.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// The same rate throughout (after an optional linear warmup).
+    #[default]
+    Constant,
+    /// Linear warmup, then cosine decay to `min_lr` (nanoGPT).
+    WarmupCosine,
+    /// `lr * d^-0.5 * min(step^-0.5, step * warmup^-1.5)` (Vaswani et al.).
+    Noam,
+}
+
+/// `[schedule]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSpec {
+    /// The schedule.
+    pub kind: ScheduleKind,
+    /// Steps of linear warmup from 0.
+    pub warmup_steps: usize,
+    /// Floor of the cosine decay (default: lr / 10).
+    pub min_lr: Option<f64>,
+    /// Step at which the cosine reaches `min_lr` (default: the run's last step).
+    pub decay_steps: Option<usize>,
+}
+
+/// `[training]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    #[serde(default = "one")]
+    pub grad_accumulation: usize,
+    /// Budget in optimiser steps...
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// ...or in passes over the training tokens.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Steps between validations (each one ends a burn-train epoch).
+    #[serde(default = "default_eval_interval")]
+    pub eval_interval: usize,
+    /// Batches per validation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Steps between checkpoints (a multiple of `eval_interval`; default: every validation).
+    #[serde(default)]
+    pub checkpoint_interval: Option<usize>,
+    /// Checkpoints kept (the newest).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eval_interval() -> usize {
+    250
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_keep() -> usize {
+    2
+}
+
+/// `[sample]`: the text printed when training ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSpec {
+    /// Prompt (empty: the first token of the validation text).
+    pub prompt: String,
+    /// Tokens to generate (0: no sample).
+    pub tokens: usize,
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Sample among the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Sample from the nucleus of mass `top_p`.
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+impl Default for SampleSpec {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            tokens: 300,
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SampleSpec {
+    /// The decoding strategy.
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+}
+
+impl Recipe {
+    /// Reads and validates a recipe file.
+    pub fn load(path: &Path) -> Result<Self, ZooError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ZooError::Recipe {
+            path: path.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        let mut recipe = Self::parse(&text).map_err(|message| ZooError::Recipe {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        if recipe.name.is_none() {
+            recipe.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        Ok(recipe)
+    }
+
+    /// Parses and validates recipe text; the error names the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let recipe: Recipe = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// The model config: preset, then overrides. The vocabulary size is filled in later from
+    /// the tokenizer when the recipe leaves it at 0.
+    pub fn gpt_config(&self) -> Result<GptConfig, String> {
+        resolve_gpt(&self.model)
+    }
+
+    /// The run's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("run")
+    }
+
+    /// Where the run lives unless the command line says otherwise.
+    pub fn default_run_dir(&self) -> PathBuf {
+        PathBuf::from("runs").join(self.name())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.gpt_config()?;
+        let t = &self.training;
+        let positive = [
+            ("training.batch_size", t.batch_size),
+            ("training.grad_accumulation", t.grad_accumulation),
+            ("training.eval_interval", t.eval_interval),
+            ("training.eval_batches", t.eval_batches),
+            ("training.keep_checkpoints", t.keep_checkpoints),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        match (t.steps, t.epochs) {
+            (Some(0), _) | (_, Some(0)) => return Err("training budget must be at least 1".into()),
+            (Some(_), Some(_)) => {
+                return Err("give either training.steps or training.epochs, not both".into());
+            }
+            (None, None) => return Err("training needs a budget: steps = N or epochs = N".into()),
+            _ => {}
+        }
+        if let Some(interval) = t.checkpoint_interval
+            && (interval == 0 || interval % t.eval_interval != 0)
+        {
+            return Err(format!(
+                "training.checkpoint_interval ({interval}) must be a positive multiple of training.eval_interval ({})",
+                t.eval_interval
+            ));
+        }
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(format!("optimizer.lr must be positive, got {}", o.lr));
+        }
+        for (key, value) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2), ("optimizer.momentum", o.momentum)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(format!("{key} must be in [0, 1), got {value}"));
+            }
+        }
+        for (key, value) in [("optimizer.weight_decay", o.weight_decay), ("optimizer.grad_clip", o.grad_clip), ("optimizer.eps", o.eps)] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(format!("{key} must be >= 0, got {value}"));
+            }
+        }
+        if let Some(min_lr) = self.schedule.min_lr
+            && !(0.0..=o.lr).contains(&min_lr)
+        {
+            return Err(format!("schedule.min_lr ({min_lr}) must be in [0, optimizer.lr = {}]", o.lr));
+        }
+        if self.schedule.kind == ScheduleKind::Noam && self.schedule.warmup_steps == 0 {
+            return Err("schedule.warmup_steps must be at least 1 for the noam schedule".into());
+        }
+        self.sample.sampling().validate().map_err(|e| format!("sample.{e}"))?;
+        Ok(())
+    }
+}
+
+/// Applies `[model]` to its preset and checks every key against the config's fields.
+pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
+    if spec.arch != "gpt" {
+        return Err(format!("model.arch = \"{}\" is not available; architectures: gpt", spec.arch));
+    }
+    let base = match &spec.preset {
+        Some(name) => zoo_gpt::preset(name).ok_or_else(|| {
+            format!(
+                "model.preset = \"{name}\" is not a GPT preset; presets: {}",
+                zoo_gpt::PRESETS.join(", ")
+            )
+        })?,
+        None => GptConfig::default(),
+    };
+    let mut table = toml::Table::try_from(&base).expect("configs serialise to TOML");
+    for (key, value) in &spec.overrides {
+        table.insert(key.clone(), value.clone());
+    }
+    let config: GptConfig = table
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("[model]: {}", e.message()))?;
+    if config.vocab_size > 0 {
+        config.validate().map_err(|e| format!("[model]: {e}"))?;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[model]
+preset = "gpt-nano"
+n_layer = 2
+[tokenizer]
+kind = "char"
+[data]
+dataset = "embedded"
+[training]
+batch_size = 4
+steps = 10
+"#;
+
+    #[test]
+    fn a_minimal_recipe_fills_in_defaults_and_applies_overrides() {
+        let recipe = Recipe::parse(MINIMAL).unwrap();
+        let config = recipe.gpt_config().unwrap();
+        assert_eq!((config.n_layer, config.n_head, config.n_embd), (2, 3, 48));
+        assert_eq!(recipe.optimizer.kind, OptimizerKind::Adamw);
+        assert_eq!(recipe.training.eval_interval, 250);
+        assert_eq!(recipe.seed, 1337);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Recipe::parse(&MINIMAL.replace("[data]", "[data]\nshuffle = true")).unwrap_err();
+        assert!(err.contains("shuffle"), "{err}");
+        let err = Recipe::parse(&MINIMAL.replace("n_layer = 2", "n_layers = 2")).unwrap_err();
+        assert!(err.contains("n_layers"), "{err}");
+        let err = Recipe::parse(&format!("{MINIMAL}\n[optimiser]\nlr = 1.0\n")).unwrap_err();
+        assert!(err.contains("optimiser"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (from, to, key) in [
+            ("steps = 10", "steps = 0", "budget"),
+            ("batch_size = 4", "batch_size = 0", "training.batch_size"),
+            ("preset = \"gpt-nano\"", "preset = \"gpt-giant\"", "gpt-giant"),
+            ("n_layer = 2", "n_layer = \"two\"", "n_layer"),
+            ("n_layer = 2", "n_head = 5", "n_head"),
+            ("kind = \"char\"", "kind = \"sentencepiece\"", "sentencepiece"),
+        ] {
+            let err = Recipe::parse(&MINIMAL.replace(from, to)).unwrap_err();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        let err = Recipe::parse(&format!("{MINIMAL}\n[optimizer]\nlr = -1.0\n")).unwrap_err();
+        assert!(err.contains("optimizer.lr"), "{err}");
+    }
+
+    #[test]
+    fn a_recipe_file_error_names_the_file() {
+        let path = std::env::temp_dir().join(format!("zoo-bad-recipe-{}.toml", std::process::id()));
+        std::fs::write(&path, MINIMAL.replace("steps = 10", "stepz = 10")).unwrap();
+        let err = Recipe::load(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()) && err.contains("stepz"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_name_defaults_to_the_file_stem() {
+        let path = std::env::temp_dir().join(format!("zoo-stem-{}.toml", std::process::id()));
+        std::fs::write(&path, MINIMAL).unwrap();
+        let recipe = Recipe::load(&path).unwrap();
+        assert!(recipe.name().starts_with("zoo-stem-"));
+        std::fs::remove_file(path).unwrap();
+    }
+}

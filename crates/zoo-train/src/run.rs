@@ -1,0 +1,562 @@
+//! Runs: train a recipe into a run directory (resumable), evaluate a run, sample from a run.
+//!
+//! A run directory holds everything needed to repeat or continue the run:
+//!
+//! ```text
+//! runs/NAME/
+//!   recipe.toml        the recipe as resolved (preset expanded, vocabulary size filled in)
+//!   tokenizer.json     the tokenizer (Hugging Face format)
+//!   checkpoint/        model-E.bpk, optim-E.bpk, scheduler-E.bpk after epoch E
+//!   metrics.jsonl      one line per validation: step, losses, perplexity, learning rate
+//!   experiment.log     burn-train's log
+//! ```
+//!
+//! One burn-train epoch is `eval_interval` optimiser steps followed by a validation.
+
+use crate::data::{WindowLoader, to_tensors};
+use crate::lm::GptLm;
+use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
+use crate::recipe::{OptimizerKind, Recipe};
+use crate::schedule::LrSchedule;
+use crate::ZooError;
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, SgdConfig};
+use burn::prelude::*;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{LearningRateMetric, LossMetric};
+use burn::train::renderer::default_renderer;
+use burn::train::{Learner, SupervisedTraining};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use zoo_blocks::Sampler;
+use zoo_blocks::SamplingConfig;
+use zoo_gpt::GptConfig;
+use zoo_text::{DataDir, DatasetRegistry, RandomWindows, ZooTokenizer};
+
+/// Options of `zoo train` beside the recipe.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Run directory (default: `runs/<recipe name>`).
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the run directory's last checkpoint.
+    pub resume: bool,
+    /// Where datasets live.
+    pub data_dir: DataDir,
+    /// The device to train on (its autodiff version is used for training).
+    pub device: Device,
+    /// Stop after this many optimiser steps even if the recipe's budget is larger (the run
+    /// can be resumed). Used to test interruption.
+    pub stop_after_steps: Option<usize>,
+}
+
+/// What a finished `zoo train` reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Optimiser steps done in total (including before a resume).
+    pub steps: usize,
+    /// Validation loss at the last validation.
+    pub val_loss: Option<f64>,
+    /// Wall time of this invocation.
+    pub seconds: f64,
+    /// The sample the recipe asks for.
+    pub sample: Option<String>,
+}
+
+const RECIPE_FILE: &str = "recipe.toml";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+const METRICS_FILE: &str = "metrics.jsonl";
+const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Budget arithmetic: how many optimiser steps and burn-train epochs a recipe asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Optimiser steps in the whole run.
+    pub total_steps: usize,
+    /// Optimiser steps per burn-train epoch (one validation each).
+    pub steps_per_epoch: usize,
+    /// burn-train epochs.
+    pub epochs: usize,
+}
+
+impl Budget {
+    /// The budget of `recipe` when the training stream holds `train_tokens` tokens.
+    pub fn of(recipe: &Recipe, block_size: usize, train_tokens: usize) -> Self {
+        let t = &recipe.training;
+        let tokens_per_step = t.batch_size * block_size * t.grad_accumulation;
+        let total_steps = match (t.steps, t.epochs) {
+            (Some(steps), _) => steps,
+            (None, Some(epochs)) => epochs * (train_tokens / tokens_per_step).max(1),
+            (None, None) => unreachable!("validated recipes have a budget"),
+        };
+        let steps_per_epoch = t.eval_interval.min(total_steps);
+        Self {
+            total_steps,
+            steps_per_epoch,
+            epochs: total_steps.div_ceil(steps_per_epoch),
+        }
+    }
+}
+
+/// Saves every `every` epochs and at the last one, keeping the newest `keep`.
+struct EveryNKeepLast {
+    every: usize,
+    last: usize,
+    keep: usize,
+    saved: Vec<usize>,
+}
+
+impl CheckpointingStrategy for EveryNKeepLast {
+    fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        if epoch % self.every != 0 && epoch != self.last {
+            return Vec::new();
+        }
+        let mut actions = vec![CheckpointingAction::Save];
+        self.saved.push(epoch);
+        while self.saved.len() > self.keep {
+            actions.push(CheckpointingAction::Delete(self.saved.remove(0)));
+        }
+        actions
+    }
+}
+
+/// The epochs that have a complete checkpoint (model, optimiser and scheduler), oldest first.
+pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
+    let dir = run_dir.join(CHECKPOINT_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut epochs: Vec<usize> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()
+        })
+        .filter(|epoch| {
+            ["optim", "scheduler"]
+                .iter()
+                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir.join(CHECKPOINT_DIR).join(format!("model-{epoch}.bpk"))
+}
+
+/// Trains the recipe at `recipe_path`.
+pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, ZooError> {
+    let started = Instant::now();
+    let recipe = Recipe::load(recipe_path)?;
+    let run_dir = options.run_dir.clone().unwrap_or_else(|| recipe.default_run_dir());
+    let registry = DatasetRegistry::builtin();
+    let data = &recipe.data;
+    let recipe_error = |message: String| ZooError::Recipe {
+        path: recipe_path.to_path_buf(),
+        message,
+    };
+    registry
+        .check(&data.dataset, &data.train_split)
+        .and_then(|_| registry.check(&data.dataset, &data.val_split))
+        .map_err(|e| recipe_error(format!("[data]: {e}")))?;
+
+    let existing = checkpoint_epochs(&run_dir);
+    let resume_epoch = if options.resume {
+        let epoch = *existing.last().ok_or_else(|| ZooError::RunDir {
+            path: run_dir.clone(),
+            message: "has no complete checkpoint to resume from".into(),
+        })?;
+        Some(epoch)
+    } else {
+        if !existing.is_empty() {
+            return Err(ZooError::RunDir {
+                path: run_dir.clone(),
+                message: "already holds checkpoints of a run: pass --resume to continue it, or --run-dir to start a new one elsewhere".into(),
+            });
+        }
+        None
+    };
+
+    let train_text = registry.load_split(&data.dataset, &data.train_split, &options.data_dir)?;
+    let val_text = registry.load_split(&data.dataset, &data.val_split, &options.data_dir)?;
+
+    std::fs::create_dir_all(&run_dir).map_err(|e| ZooError::io(&run_dir, e))?;
+    let (tokenizer, config) = match resume_epoch {
+        Some(_) => {
+            let stored = load_run_recipe(&run_dir)?;
+            let config = stored.gpt_config().map_err(|message| ZooError::RunDir {
+                path: run_dir.clone(),
+                message,
+            })?;
+            let mut wanted = recipe.gpt_config().map_err(recipe_error)?;
+            wanted.vocab_size = config.vocab_size;
+            if wanted != config {
+                return Err(ZooError::RunDir {
+                    path: run_dir.clone(),
+                    message: "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
+                });
+            }
+            let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+            (tokenizer, config)
+        }
+        None => {
+            let tokenizer = ZooTokenizer::build(&recipe.tokenizer, &train_text)?;
+            let mut config = recipe.gpt_config().map_err(recipe_error)?;
+            if config.vocab_size == 0 {
+                config.vocab_size = tokenizer.vocab_size();
+            }
+            if config.vocab_size < tokenizer.vocab_size() {
+                return Err(recipe_error(format!(
+                    "[model] vocab_size = {} is smaller than the tokenizer's {} tokens",
+                    config.vocab_size,
+                    tokenizer.vocab_size()
+                )));
+            }
+            config.validate().map_err(|e| recipe_error(format!("[model]: {e}")))?;
+            tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
+            write_run_recipe(&run_dir, &recipe, &config)?;
+            (tokenizer, config)
+        }
+    };
+
+    let train_tokens = Arc::new(tokenizer.encode(&train_text)?);
+    let val_tokens = Arc::new(tokenizer.encode(&val_text)?);
+    let t = &recipe.training;
+    let budget = Budget::of(&recipe, config.block_size, train_tokens.len());
+    let micro_batches = t.grad_accumulation;
+    let train_windows = RandomWindows::new(train_tokens, config.block_size, t.batch_size, recipe.seed)
+        .map_err(|e| recipe_error(format!("training split: {e}")))?;
+    // A validation seed of its own, fixed for the run, so every validation sees the same batches.
+    let val_windows = RandomWindows::new(val_tokens, config.block_size, t.batch_size, recipe.seed ^ 0x7661_6C)
+        .map_err(|e| recipe_error(format!("validation split: {e}")))?;
+
+    let total_steps = match options.stop_after_steps {
+        Some(stop) => stop.min(budget.total_steps),
+        None => budget.total_steps,
+    };
+    let epochs = total_steps.div_ceil(budget.steps_per_epoch);
+    let start_epoch = resume_epoch.unwrap_or(0);
+    if start_epoch >= epochs {
+        return Err(ZooError::RunDir {
+            path: run_dir.clone(),
+            message: format!("is already complete ({} steps)", start_epoch * budget.steps_per_epoch),
+        });
+    }
+
+    let device = options.device.clone();
+    device.seed(recipe.seed);
+    // Parameters must be created on the autodiff device to be tracked.
+    let model = GptLm::new(
+        config.init(&device.clone().autodiff()).map_err(|e| recipe_error(format!("[model]: {e}")))?,
+        micro_batches,
+        recipe.optimizer.grad_clip,
+    );
+    if let Some(epoch) = resume_epoch {
+        check_checkpoint(&run_dir, epoch, &model)?;
+    }
+
+    let o = &recipe.optimizer;
+    let optimizer = match o.kind {
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_beta_1(o.beta1 as f32)
+            .with_beta_2(o.beta2 as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(o.weight_decay as f32)
+            .init(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay((o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)))
+            .with_momentum((o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)))
+            .init(),
+    };
+    let schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.n_embd);
+    let learner = Learner::new(model, optimizer, schedule);
+
+    let train_loader = WindowLoader::training(
+        train_windows,
+        budget.steps_per_epoch * micro_batches,
+        total_steps * micro_batches,
+        start_epoch,
+        &device,
+    );
+    let val_loader = WindowLoader::validation(val_windows, t.eval_batches, &device);
+    let tokens_per_epoch = budget.steps_per_epoch * micro_batches * t.batch_size * config.block_size;
+    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
+
+    let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .metric_train_numeric(Perplexity::default())
+        .metric_valid_numeric(Perplexity::default())
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_metric_logger(JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch))
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(EveryNKeepLast {
+            every: checkpoint_every.max(1),
+            last: epochs,
+            keep: t.keep_checkpoints,
+            saved: checkpoint_epochs(&run_dir),
+        })
+        .num_epochs(epochs);
+    if micro_batches > 1 {
+        training = training.grads_accumulation(micro_batches);
+    }
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+    let renderer = if std::io::stdout().is_terminal() {
+        default_renderer(training.interrupter(), resume_epoch)
+    } else {
+        Box::new(LineRenderer::new(budget.steps_per_epoch, tokens_per_epoch))
+    };
+    println!(
+        "training {} ({} parameters) on {} tokens of '{}' for {} steps of {} x {} tokens{}; run directory {}",
+        recipe.name(),
+        config.size().total,
+        train_text.len(),
+        data.dataset,
+        budget.total_steps,
+        t.batch_size * micro_batches,
+        config.block_size,
+        if micro_batches > 1 { format!(" ({micro_batches} micro-batches)") } else { String::new() },
+        run_dir.display()
+    );
+    let result = training.renderer(renderer).launch(learner);
+    if let Some(error) = &result.error {
+        return Err(ZooError::Training(error.to_string()));
+    }
+
+    let sample = if recipe.sample.tokens > 0 {
+        let model = result.model.gpt.clone().fork(&device);
+        Some(sample_text(&model, &tokenizer, &recipe.sample.prompt, &val_text, recipe.sample.tokens, recipe.sample.sampling())?)
+    } else {
+        None
+    };
+    Ok(TrainReport {
+        val_loss: last_val_loss(&run_dir),
+        run_dir,
+        steps: total_steps,
+        seconds: started.elapsed().as_secs_f64(),
+        sample,
+    })
+}
+
+/// Generates `tokens` tokens after `prompt` (or, if it is empty, after the first token of
+/// `fallback`) and returns the text including the prompt.
+fn sample_text(
+    model: &zoo_gpt::Gpt,
+    tokenizer: &ZooTokenizer,
+    prompt: &str,
+    fallback: &str,
+    tokens: usize,
+    sampling: SamplingConfig,
+) -> Result<String, ZooError> {
+    let mut ids = tokenizer.encode(prompt)?;
+    if ids.is_empty() {
+        ids = tokenizer.encode(fallback)?.into_iter().take(1).collect();
+    }
+    let out = model.generate(&ids, tokens, &mut Sampler::new(sampling));
+    Ok(tokenizer.decode(&out)?)
+}
+
+/// Loads the last model checkpoint once, before training, so a damaged file is reported
+/// clearly instead of failing inside burn-train.
+fn check_checkpoint(run_dir: &Path, epoch: usize, model: &GptLm) -> Result<(), ZooError> {
+    let path = model_checkpoint(run_dir, epoch);
+    model
+        .clone()
+        .try_load_file(&path)
+        .map_err(|e| ZooError::Checkpoint {
+            path: path.clone(),
+            message: format!("cannot be loaded ({e}); delete it to resume from an earlier checkpoint"),
+        })?;
+    for kind in ["optim", "scheduler"] {
+        let path = run_dir.join(CHECKPOINT_DIR).join(format!("{kind}-{epoch}.bpk"));
+        let valid = match kind {
+            "optim" => burn::optim::OptimizerRecord::load(&path).is_ok(),
+            _ => burn::lr_scheduler::LrSchedulerRecord::load(&path).is_ok(),
+        };
+        if !valid {
+            return Err(ZooError::Checkpoint {
+                path,
+                message: "cannot be loaded; delete this epoch's files to resume from an earlier checkpoint".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &GptConfig) -> Result<(), ZooError> {
+    let mut resolved = recipe.clone();
+    resolved.model.preset = None;
+    resolved.model.overrides = toml::Table::try_from(config).expect("configs serialise to TOML");
+    let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
+    let path = run_dir.join(RECIPE_FILE);
+    std::fs::write(&path, format!("# Resolved by zoo train: the preset is expanded.\n{text}"))
+        .map_err(|e| ZooError::io(&path, e))
+}
+
+fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
+    let path = run_dir.join(RECIPE_FILE);
+    if !path.is_file() {
+        return Err(ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message: format!("has no {RECIPE_FILE}: is it a run directory made by zoo train?"),
+        });
+    }
+    Recipe::load(&path)
+}
+
+fn last_val_loss(run_dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["split"] == "valid")
+        .filter_map(|v| v["loss"].as_f64())
+        .next_back()
+}
+
+/// A trained run, loaded for evaluation or generation.
+pub struct LoadedRun {
+    /// The run's resolved recipe.
+    pub recipe: Recipe,
+    /// Its model config.
+    pub config: GptConfig,
+    /// Its tokenizer.
+    pub tokenizer: ZooTokenizer,
+    /// The model, on the plain (non-autodiff) device.
+    pub model: zoo_gpt::Gpt,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+    /// Optimiser steps the checkpoint had taken.
+    pub steps: usize,
+}
+
+/// Loads `run_dir`'s model from its last checkpoint (or `epoch`).
+pub fn load_run(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedRun, ZooError> {
+    if !run_dir.is_dir() {
+        return Err(ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message: "does not exist".into(),
+        });
+    }
+    let recipe = load_run_recipe(run_dir)?;
+    let config = recipe.gpt_config().map_err(|message| ZooError::RunDir {
+        path: run_dir.to_path_buf(),
+        message,
+    })?;
+    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+    let epochs = checkpoint_epochs(run_dir);
+    let epoch = match epoch {
+        Some(e) if epochs.contains(&e) => e,
+        Some(e) => {
+            return Err(ZooError::RunDir {
+                path: run_dir.to_path_buf(),
+                message: format!("has no checkpoint for epoch {e}; it has {epochs:?}"),
+            });
+        }
+        None => *epochs.last().ok_or_else(|| ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message: "has no checkpoint yet".into(),
+        })?,
+    };
+    let path = model_checkpoint(run_dir, epoch);
+    let model = GptLm::new(
+        config.init(device).map_err(|message| ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message,
+        })?,
+        1,
+        0.0,
+    )
+    .try_load_file(&path)
+    .map_err(|e| ZooError::Checkpoint {
+        path: path.clone(),
+        message: format!("cannot be loaded: {e}"),
+    })?;
+    let steps = epoch * Budget::of(&recipe, config.block_size, usize::MAX / 2).steps_per_epoch;
+    Ok(LoadedRun {
+        recipe,
+        config,
+        tokenizer,
+        model: model.gpt,
+        epoch,
+        steps,
+    })
+}
+
+/// What `zoo eval` reports.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    /// The split evaluated.
+    pub split: String,
+    /// Mean cross-entropy per token (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Tokens scored.
+    pub tokens: usize,
+    /// Optimiser steps of the checkpoint.
+    pub steps: usize,
+}
+
+/// Scores every token of a split: the split is cut into consecutive windows of `block_size`
+/// tokens, each predicting its next tokens, batched by the recipe's batch size.
+pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<EvalReport, ZooError> {
+    let registry = DatasetRegistry::builtin();
+    let text = registry.load_split(&run.recipe.data.dataset, split, data_dir)?;
+    let tokens = run.tokenizer.encode(&text)?;
+    let block = run.config.block_size;
+    if tokens.len() <= block {
+        return Err(ZooError::Usage(format!(
+            "split '{split}' has {} tokens, fewer than one window of {block}",
+            tokens.len()
+        )));
+    }
+    let windows: Vec<usize> = (0..(tokens.len() - 1) / block).map(|w| w * block).collect();
+    let device = run.model.devices()[0].clone();
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    for starts in windows.chunks(run.recipe.training.batch_size) {
+        let mut batch = zoo_text::batcher::WindowBatch {
+            inputs: Vec::with_capacity(starts.len() * block),
+            targets: Vec::with_capacity(starts.len() * block),
+            batch_size: starts.len(),
+            block_size: block,
+        };
+        for &s in starts {
+            batch.inputs.extend_from_slice(&tokens[s..s + block]);
+            batch.targets.extend_from_slice(&tokens[s + 1..s + 1 + block]);
+        }
+        let batch = to_tensors(batch, &device);
+        let (loss, _) = run.model.loss(batch.inputs, batch.targets);
+        let n = starts.len() * block;
+        nll += loss.into_scalar::<f64>() * n as f64;
+        count += n;
+    }
+    let loss = nll / count as f64;
+    Ok(EvalReport {
+        split: split.to_string(),
+        loss,
+        perplexity: loss.exp(),
+        tokens: count,
+        steps: run.steps,
+    })
+}
+
+/// Samples from a loaded run.
+pub fn generate(run: &LoadedRun, prompt: &str, max_tokens: usize, sampling: SamplingConfig) -> Result<String, ZooError> {
+    sampling.validate().map_err(ZooError::Usage)?;
+    let ids = run.tokenizer.encode(prompt)?;
+    if ids.is_empty() {
+        return Err(ZooError::Usage("the prompt is empty after tokenisation; give --prompt some text".into()));
+    }
+    let out = run.model.generate(&ids, max_tokens, &mut Sampler::new(sampling));
+    Ok(run.tokenizer.decode(&out)?)
+}
