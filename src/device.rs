@@ -70,6 +70,9 @@ mod tests {
         assert!(compiled_backends().contains(&"flex"));
         assert!(pick_device(&"flex".parse().unwrap()).is_ok());
         let err = pick_device(&"tpu".parse().unwrap()).unwrap_err();
-        assert!(err.contains("unknown device 'tpu'") && err.contains("flex"), "{err}");
+        assert!(
+            err.contains("unknown device 'tpu'") && err.contains("flex"),
+            "{err}"
+        );
     }
 }

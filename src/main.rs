@@ -7,12 +7,16 @@ use std::process::ExitCode;
 use zoo::device::{DeviceChoice, pick_device};
 use zoo_blocks::SamplingConfig;
 use zoo_gpt::GptConfig;
+use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
 use zoo_train::run::{TrainOptions, evaluate, generate, load_run, train};
 use zoo_train::{Recipe, ZooError};
-use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
 
 #[derive(Parser)]
-#[command(name = "zoo", version, about = "Train, compare and fine-tune sequence models on Burn.")]
+#[command(
+    name = "zoo",
+    version,
+    about = "Train, compare and fine-tune sequence models on Burn."
+)]
 struct Cli {
     /// Backend to run on (among those compiled in); also read from BURN_DEVICE.
     #[arg(long, global = true, env = "BURN_DEVICE", default_value = "flex")]
@@ -217,7 +221,10 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         } => bench_gpt(args, &device)?,
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
-            println!("datasets:    {}", DatasetRegistry::builtin().names().join(", "));
+            println!(
+                "datasets:    {}",
+                DatasetRegistry::builtin().names().join(", ")
+            );
         }
     }
     Ok(())
@@ -233,18 +240,23 @@ fn preset_config(name: &str) -> Result<GptConfig, ZooError> {
 }
 
 /// The config of a preset name or a recipe file, with the vocabulary size resolved.
-fn resolve_model(model: &str, vocab_size: Option<usize>, data_dir: &DataDir) -> Result<(String, GptConfig), ZooError> {
+fn resolve_model(
+    model: &str,
+    vocab_size: Option<usize>,
+    data_dir: &DataDir,
+) -> Result<(String, GptConfig), ZooError> {
     let path = Path::new(model);
-    let (label, mut config, recipe) = if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
-        let recipe = Recipe::load(path)?;
-        let config = recipe.gpt_config().map_err(|message| ZooError::Recipe {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        (recipe.name().to_string(), config, Some(recipe))
-    } else {
-        (model.to_string(), preset_config(model)?, None)
-    };
+    let (label, mut config, recipe) =
+        if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
+            let recipe = Recipe::load(path)?;
+            let config = recipe.gpt_config().map_err(|message| ZooError::Recipe {
+                path: path.to_path_buf(),
+                message,
+            })?;
+            (recipe.name().to_string(), config, Some(recipe))
+        } else {
+            (model.to_string(), preset_config(model)?, None)
+        };
     if let Some(v) = vocab_size {
         config.vocab_size = v;
     }
@@ -252,7 +264,11 @@ fn resolve_model(model: &str, vocab_size: Option<usize>, data_dir: &DataDir) -> 
         // The tokenizer decides: build it the way training would.
         config.vocab_size = match &recipe {
             Some(recipe) => {
-                let text = DatasetRegistry::builtin().load_split(&recipe.data.dataset, &recipe.data.train_split, data_dir)?;
+                let text = DatasetRegistry::builtin().load_split(
+                    &recipe.data.dataset,
+                    &recipe.data.train_split,
+                    data_dir,
+                )?;
                 ZooTokenizer::build(&recipe.tokenizer, &text)?.vocab_size()
             }
             None => {
@@ -266,7 +282,12 @@ fn resolve_model(model: &str, vocab_size: Option<usize>, data_dir: &DataDir) -> 
     Ok((label, config))
 }
 
-fn info(model: &str, vocab_size: Option<usize>, batch_size: usize, data_dir: &DataDir) -> Result<(), ZooError> {
+fn info(
+    model: &str,
+    vocab_size: Option<usize>,
+    batch_size: usize,
+    data_dir: &DataDir,
+) -> Result<(), ZooError> {
     let (label, config) = resolve_model(model, vocab_size, data_dir)?;
     let size = config.size();
     let mb = |bytes: usize| bytes as f64 / 1e6;
@@ -284,9 +305,18 @@ fn info(model: &str, vocab_size: Option<usize>, batch_size: usize, data_dir: &Da
     );
     println!(
         "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, tied {}, dropout {}",
-        config.position, config.norm, config.norm_placement, config.activation, config.bias, config.tie_weights, config.dropout
+        config.position,
+        config.norm,
+        config.norm_placement,
+        config.activation,
+        config.bias,
+        config.tie_weights,
+        config.dropout
     );
-    println!("parameters           {} total, {} non-embedding", size.total, size.non_embedding);
+    println!(
+        "parameters           {} total, {} non-embedding",
+        size.total, size.non_embedding
+    );
     println!(
         "training FLOPs       {:.3} MFLOP per token (6N + 12·L·d·T), {:.2} GFLOP per step of {} x {}",
         size.train_flops_per_token as f64 / 1e6,
@@ -310,12 +340,19 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
     if let Some(block) = args.block_size {
         config.block_size = block;
     }
-    config.vocab_size = args.vocab_size.unwrap_or(if config.vocab_size == 0 { 65 } else { config.vocab_size });
+    config.vocab_size = args.vocab_size.unwrap_or(if config.vocab_size == 0 {
+        65
+    } else {
+        config.vocab_size
+    });
     if args.steps == 0 || args.batch_size == 0 {
-        return Err(ZooError::Usage("--steps and --batch-size must be at least 1".into()));
+        return Err(ZooError::Usage(
+            "--steps and --batch-size must be at least 1".into(),
+        ));
     }
-    let report = zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
-        .map_err(ZooError::Usage)?;
+    let report =
+        zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
+            .map_err(ZooError::Usage)?;
     println!(
         "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} params={} step_ms={:.2} (mean {:.2}) tokens_per_s={:.0}",
         args.preset,

@@ -198,8 +198,12 @@ impl CausalSelfAttention {
         let device = q.device();
 
         let bias = self.alibi.then(|| {
-            alibi_bias(&alibi_slopes(self.n_heads), len, total, &device)
-                .expand([batch, self.n_heads, len, total])
+            alibi_bias(&alibi_slopes(self.n_heads), len, total, &device).expand([
+                batch,
+                self.n_heads,
+                len,
+                total,
+            ])
         });
         let padding = padding.map(|p| {
             p.reshape([batch, 1, 1, total])
@@ -300,7 +304,10 @@ mod tests {
                         1e-5,
                     );
                     let later = to_vec(y.clone().narrow(1, t + 1, 1) - y2.narrow(1, t + 1, 1));
-                    assert!(later.iter().any(|d| d.abs() > 1e-4), "{position:?} ignores t+1");
+                    assert!(
+                        later.iter().any(|d| d.abs() > 1e-4),
+                        "{position:?} ignores t+1"
+                    );
                 }
             }
         }
@@ -351,7 +358,8 @@ mod tests {
         let w = gqa.qkv.weight.val();
         let b = gqa.qkv.bias.as_ref().unwrap().val();
         let project = |i: usize| {
-            x.clone().matmul(w.clone().narrow(1, 16 * i, 16).unsqueeze())
+            x.clone()
+                .matmul(w.clone().narrow(1, 16 * i, 16).unsqueeze())
                 + b.clone().narrow(0, 16 * i, 16).unsqueeze()
         };
         let split = |t: Tensor<3>| t.reshape([2, 6, 4, 4]).swap_dims(1, 2);
@@ -362,7 +370,9 @@ mod tests {
             split(project(2)),
         );
         let scores = q.matmul(k.swap_dims(2, 3)) * 0.5;
-        let mask = causal_mask(6, 6, &device).reshape([1, 1, 6, 6]).expand([2, 4, 6, 6]);
+        let mask = causal_mask(6, 6, &device)
+            .reshape([1, 1, 6, 6])
+            .expand([2, 4, 6, 6]);
         let heads = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3).matmul(v);
         let reference = gqa.proj.forward(heads.swap_dims(1, 2).reshape([2, 6, 16]));
         assert_close(y, reference, 1e-5);

@@ -43,7 +43,10 @@ impl SamplingConfig {
     /// Checks ranges; the message names the option.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -80,7 +83,10 @@ impl Sampler {
             r -= p;
         }
         // Rounding left a sliver of mass: the last kept token takes it.
-        probs.last().expect("top-k and top-p keep at least one token").0
+        probs
+            .last()
+            .expect("top-k and top-p keep at least one token")
+            .0
     }
 
     /// The renormalised distribution sampling draws from: `(token, probability)` pairs, most
@@ -119,7 +125,9 @@ pub fn argmax(values: &[f32]) -> usize {
     values
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
         .0
 }
 

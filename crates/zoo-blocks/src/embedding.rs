@@ -22,7 +22,10 @@ pub struct TokenEmbeddingConfig {
 impl TokenEmbeddingConfig {
     /// Initialises embeddings (and the head) from N(0, 0.02²), as GPT-2 does.
     pub fn init(&self, device: &Device) -> TokenEmbedding {
-        let init = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
         let weight = init.init_with(
             [self.vocab_size, self.d_model],
             Some(self.vocab_size),

@@ -53,7 +53,11 @@ impl FeedForwardConfig {
 
     /// Initialises the block.
     pub fn init(&self, device: &Device) -> FeedForward {
-        let branches = if self.activation == Activation::Swiglu { 2 } else { 1 };
+        let branches = if self.activation == Activation::Swiglu {
+            2
+        } else {
+            1
+        };
         let normal = |std| Initializer::Normal { mean: 0.0, std };
         FeedForward {
             fc: LinearConfig::new(self.d_model, branches * self.d_ff)
@@ -132,7 +136,11 @@ mod tests {
                 (0.5 * v * (1.0 + inner.tanh())) as f32
             })
             .collect();
-        assert_close(gelu(x.clone()), Tensor::from_data(TensorData::from(exact.as_slice()), &device), 1e-5);
+        assert_close(
+            gelu(x.clone()),
+            Tensor::from_data(TensorData::from(exact.as_slice()), &device),
+            1e-5,
+        );
         assert_close(
             gelu_approximate(x),
             Tensor::from_data(TensorData::from(tanh.as_slice()), &device),
@@ -161,7 +169,11 @@ mod tests {
         .init(&device);
         assert_eq!(block.fc.weight.dims(), [8, 24]);
         assert_eq!(block.out.weight.dims(), [12, 8]);
-        let y = block.forward(Tensor::<3>::random([2, 3, 8], Distribution::Default, &device));
+        let y = block.forward(Tensor::<3>::random(
+            [2, 3, 8],
+            Distribution::Default,
+            &device,
+        ));
         assert_eq!(y.dims(), [2, 3, 8]);
     }
 

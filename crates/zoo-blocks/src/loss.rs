@@ -19,7 +19,10 @@ mod tests {
     #[test]
     fn cross_entropy_matches_the_definition() {
         let device = test_device();
-        let logits = Tensor::<2>::from_data(TensorData::from([[1.0f32, 2.0, 0.0], [0.5, 0.5, 3.0]]), &device);
+        let logits = Tensor::<2>::from_data(
+            TensorData::from([[1.0f32, 2.0, 0.0], [0.5, 0.5, 3.0]]),
+            &device,
+        );
         let targets = Tensor::<1, Int>::from_data(TensorData::from([1i64, 0]), &device);
         let lse = |row: [f64; 3]| row.iter().map(|v| v.exp()).sum::<f64>().ln();
         let expected = ((lse([1.0, 2.0, 0.0]) - 2.0) + (lse([0.5, 0.5, 3.0]) - 0.5)) / 2.0;

@@ -40,11 +40,9 @@ impl Norm {
     /// A norm over the last dimension of size `d_model`. `bias` only matters for LayerNorm.
     pub fn new(kind: NormKind, d_model: usize, bias: bool, device: &Device) -> Self {
         match kind {
-            NormKind::LayerNorm => Norm::Layer(
-                LayerNormConfig::new(d_model)
-                    .with_bias(bias)
-                    .init(device),
-            ),
+            NormKind::LayerNorm => {
+                Norm::Layer(LayerNormConfig::new(d_model).with_bias(bias).init(device))
+            }
             NormKind::RmsNorm => Norm::Rms(RmsNormConfig::new(d_model).init(device)),
         }
     }

@@ -40,11 +40,19 @@ pub enum AbsolutePositions {
 
 impl AbsolutePositions {
     /// Builds the embeddings for `kind`; `None` for schemes that work inside attention.
-    pub fn new(kind: PositionKind, max_len: usize, d_model: usize, device: &Device) -> Option<Self> {
+    pub fn new(
+        kind: PositionKind,
+        max_len: usize,
+        d_model: usize,
+        device: &Device,
+    ) -> Option<Self> {
         match kind {
             PositionKind::Learned => Some(AbsolutePositions::Learned(
                 EmbeddingConfig::new(max_len, d_model)
-                    .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                    .with_initializer(Initializer::Normal {
+                        mean: 0.0,
+                        std: 0.02,
+                    })
                     .init(device),
             )),
             PositionKind::Sinusoidal => Some(AbsolutePositions::Sinusoidal(sinusoidal_table(
@@ -63,9 +71,7 @@ impl AbsolutePositions {
                     Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &device);
                 embedding.forward(positions.unsqueeze())
             }
-            AbsolutePositions::Sinusoidal(table) => {
-                table.clone().narrow(0, start, len).unsqueeze()
-            }
+            AbsolutePositions::Sinusoidal(table) => table.clone().narrow(0, start, len).unsqueeze(),
         }
     }
 
@@ -106,7 +112,10 @@ pub struct Rotary {
 impl Rotary {
     /// Tables for positions `0..max_len` with the usual base of 10000.
     pub fn new(max_len: usize, head_dim: usize, device: &Device) -> Self {
-        assert!(head_dim % 2 == 0, "RoPE needs an even head dimension, got {head_dim}");
+        assert!(
+            head_dim % 2 == 0,
+            "RoPE needs an even head dimension, got {head_dim}"
+        );
         let half = head_dim / 2;
         let mut cos = vec![0.0f32; max_len * head_dim];
         let mut sin = vec![0.0f32; max_len * head_dim];
@@ -135,7 +144,10 @@ impl Rotary {
         let sin = self.sin.clone().narrow(0, start, len).unsqueeze::<4>();
         // (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); the sign lives in the sine table.
         let swapped = Tensor::cat(
-            vec![x.clone().narrow(3, half, half), x.clone().narrow(3, 0, half)],
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
             3,
         );
         x * cos + swapped * sin
@@ -182,7 +194,10 @@ pub fn alibi_bias(slopes: &[f32], q_len: usize, k_len: usize, device: &Device) -
             }
         }
     }
-    Tensor::from_data(TensorData::new(values, [1, slopes.len(), q_len, k_len]), device)
+    Tensor::from_data(
+        TensorData::new(values, [1, slopes.len(), q_len, k_len]),
+        device,
+    )
 }
 
 #[cfg(test)]
@@ -227,7 +242,10 @@ mod tests {
 
     #[test]
     fn alibi_slopes_follow_the_paper() {
-        assert_eq!(alibi_slopes(8), (1..=8).map(|i| 0.5f32.powi(i)).collect::<Vec<_>>());
+        assert_eq!(
+            alibi_slopes(8),
+            (1..=8).map(|i| 0.5f32.powi(i)).collect::<Vec<_>>()
+        );
         let six = alibi_slopes(6);
         assert_eq!(six.len(), 6);
         assert_eq!(&six[..4], &alibi_slopes(4)[..]);

@@ -12,9 +12,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
-    AbsolutePositions, Activation, AttentionCache, CausalSelfAttention,
-    CausalSelfAttentionConfig, FeedForward, FeedForwardConfig, Norm, NormKind, NormPlacement,
-    PositionKind, Sampler, TokenEmbedding, TokenEmbeddingConfig,
+    AbsolutePositions, Activation, AttentionCache, CausalSelfAttention, CausalSelfAttentionConfig,
+    FeedForward, FeedForwardConfig, Norm, NormKind, NormPlacement, PositionKind, Sampler,
+    TokenEmbedding, TokenEmbeddingConfig,
 };
 
 /// Every shape and option of a GPT. Recipes override any field by name.
@@ -75,12 +75,20 @@ impl Default for GptConfig {
 impl GptConfig {
     /// Key/value heads after resolving the 0 default.
     pub fn kv_heads(&self) -> usize {
-        if self.n_kv_head == 0 { self.n_head } else { self.n_kv_head }
+        if self.n_kv_head == 0 {
+            self.n_head
+        } else {
+            self.n_kv_head
+        }
     }
 
     /// Feed-forward width after resolving the 0 default.
     pub fn ff_width(&self) -> usize {
-        if self.d_ff == 0 { 4 * self.n_embd } else { self.d_ff }
+        if self.d_ff == 0 {
+            4 * self.n_embd
+        } else {
+            self.d_ff
+        }
     }
 
     fn attention(&self) -> CausalSelfAttentionConfig {
@@ -142,12 +150,7 @@ impl GptConfig {
                 head_bias: false,
             }
             .init(device),
-            positions: AbsolutePositions::new(
-                self.position,
-                self.block_size,
-                self.n_embd,
-                device,
-            ),
+            positions: AbsolutePositions::new(self.position, self.block_size, self.n_embd, device),
             dropout: DropoutConfig::new(self.dropout).init(),
             blocks: (0..self.n_layer)
                 .map(|_| GptBlock {
@@ -169,22 +172,40 @@ impl GptConfig {
         let d = self.n_embd;
         let head_dim = d / self.n_head.max(1);
         let bias = self.bias as usize;
-        let norm = if self.norm == NormKind::LayerNorm { d * (1 + bias) } else { d };
+        let norm = if self.norm == NormKind::LayerNorm {
+            d * (1 + bias)
+        } else {
+            d
+        };
         let qkv = d * (self.n_head + 2 * self.kv_heads()) * head_dim
             + bias * (self.n_head + 2 * self.kv_heads()) * head_dim;
         let proj = d * d + bias * d;
-        let branches = if self.activation == Activation::Swiglu { 2 } else { 1 };
-        let ff = d * branches * self.ff_width() + bias * branches * self.ff_width()
-            + self.ff_width() * d + bias * d;
+        let branches = if self.activation == Activation::Swiglu {
+            2
+        } else {
+            1
+        };
+        let ff = d * branches * self.ff_width()
+            + bias * branches * self.ff_width()
+            + self.ff_width() * d
+            + bias * d;
         let per_block = 2 * norm + qkv + proj + ff;
-        let final_norm = if self.norm_placement == NormPlacement::Pre { norm } else { 0 };
+        let final_norm = if self.norm_placement == NormPlacement::Pre {
+            norm
+        } else {
+            0
+        };
         let token_embedding = self.vocab_size * d;
         let position_embedding = if self.position == PositionKind::Learned {
             self.block_size * d
         } else {
             0
         };
-        let head = if self.tie_weights { 0 } else { d * self.vocab_size };
+        let head = if self.tie_weights {
+            0
+        } else {
+            d * self.vocab_size
+        };
         let non_embedding = self.n_layer * per_block + final_norm + head;
         let total = non_embedding + token_embedding + position_embedding;
         // Parameters that take part in a matmul per token: the blocks and the output head (tied
@@ -227,12 +248,18 @@ impl GptBlock {
     fn forward(&self, x: Tensor<3>, cache: Option<&mut AttentionCache>) -> Tensor<3> {
         match self.placement {
             NormPlacement::Pre => {
-                let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), None, cache);
+                let x = x.clone()
+                    + self
+                        .attention
+                        .forward(self.attention_norm.forward(x), None, cache);
                 x.clone() + self.feed_forward.forward(self.ff_norm.forward(x))
             }
             NormPlacement::Post => {
-                let x = self.attention_norm.forward(x.clone() + self.attention.forward(x, None, cache));
-                self.ff_norm.forward(x.clone() + self.feed_forward.forward(x))
+                let x = self
+                    .attention_norm
+                    .forward(x.clone() + self.attention.forward(x, None, cache));
+                self.ff_norm
+                    .forward(x.clone() + self.feed_forward.forward(x))
             }
         }
     }
@@ -287,7 +314,9 @@ impl Gpt {
         x = self.dropout.forward(x);
         match cache {
             Some(cache) => {
-                cache.layers.resize_with(self.blocks.len(), AttentionCache::new);
+                cache
+                    .layers
+                    .resize_with(self.blocks.len(), AttentionCache::new);
                 for (block, layer_cache) in self.blocks.iter().zip(&mut cache.layers) {
                     x = block.forward(x, Some(layer_cache));
                 }
@@ -318,8 +347,16 @@ impl Gpt {
     /// Continues `prompt` by `max_new_tokens` tokens picked by `sampler`, decoding one token at a
     /// time with the KV cache. When the context fills up, the cache restarts from the last half
     /// block of tokens (so positions stay within `block_size`).
-    pub fn generate(&self, prompt: &[u32], max_new_tokens: usize, sampler: &mut Sampler) -> Vec<u32> {
-        assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: &mut Sampler,
+    ) -> Vec<u32> {
+        assert!(
+            !prompt.is_empty(),
+            "generation needs at least one prompt token"
+        );
         let device = self.tokens.weight.device();
         let mut tokens = prompt.to_vec();
         let mut cache = GptCache::default();
@@ -331,7 +368,10 @@ impl Gpt {
                 pending = tokens[tokens.len() - keep..].to_vec();
             }
             let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(pending.iter().map(|&t| t as i64).collect(), [1, pending.len()]),
+                TensorData::new(
+                    pending.iter().map(|&t| t as i64).collect(),
+                    [1, pending.len()],
+                ),
                 &device,
             );
             let logits = self.forward(ids, Some(&mut cache));
@@ -398,14 +438,21 @@ mod tests {
         let device = device();
         for config in [
             tiny(PositionKind::Learned),
-            GptConfig { tie_weights: false, bias: false, ..tiny(PositionKind::Rope) },
+            GptConfig {
+                tie_weights: false,
+                bias: false,
+                ..tiny(PositionKind::Rope)
+            },
             GptConfig {
                 activation: Activation::Swiglu,
                 norm: NormKind::RmsNorm,
                 n_kv_head: 1,
                 ..tiny(PositionKind::Alibi)
             },
-            GptConfig { norm_placement: NormPlacement::Post, ..tiny(PositionKind::Sinusoidal) },
+            GptConfig {
+                norm_placement: NormPlacement::Post,
+                ..tiny(PositionKind::Sinusoidal)
+            },
         ] {
             let model = config.init(&device).unwrap();
             assert_eq!(config.size().total, model.num_params(), "{config:?}");
@@ -415,11 +462,19 @@ mod tests {
     #[test]
     fn logits_never_depend_on_later_tokens() {
         let device = device();
-        for position in [PositionKind::Learned, PositionKind::Sinusoidal, PositionKind::Rope, PositionKind::Alibi] {
+        for position in [
+            PositionKind::Learned,
+            PositionKind::Sinusoidal,
+            PositionKind::Rope,
+            PositionKind::Alibi,
+        ] {
             let model = tiny(position).init(&device).unwrap();
             let x = ids(1, 10, &device);
             let y = model.forward(x.clone(), None);
-            let changed = x.slice_assign([0..1, 6..7], Tensor::from_data(TensorData::from([[10i64]]), &device));
+            let changed = x.slice_assign(
+                [0..1, 6..7],
+                Tensor::from_data(TensorData::from([[10i64]]), &device),
+            );
             let y2 = model.forward(changed, None);
             assert!(max_abs_diff(y.clone().narrow(1, 0, 6), y2.clone().narrow(1, 0, 6)) < 1e-5);
             assert!(max_abs_diff(y.narrow(1, 6, 1), y2.narrow(1, 6, 1)) > 1e-5);
@@ -430,7 +485,11 @@ mod tests {
     fn cached_decoding_equals_the_full_forward() {
         let device = device();
         for placement in [NormPlacement::Pre, NormPlacement::Post] {
-            let config = GptConfig { norm_placement: placement, n_kv_head: 1, ..tiny(PositionKind::Rope) };
+            let config = GptConfig {
+                norm_placement: placement,
+                n_kv_head: 1,
+                ..tiny(PositionKind::Rope)
+            };
             let model = config.init(&device).unwrap();
             let x = ids(2, 8, &device);
             let full = model.forward(x.clone(), None);
@@ -457,7 +516,10 @@ mod tests {
         let device = device();
         let model = tiny(PositionKind::Learned).init(&device).unwrap();
         let sample = |seed| {
-            let mut sampler = Sampler::new(SamplingConfig { seed, ..SamplingConfig::default() });
+            let mut sampler = Sampler::new(SamplingConfig {
+                seed,
+                ..SamplingConfig::default()
+            });
             model.generate(&[1, 2, 3], 30, &mut sampler)
         };
         let a = sample(1);

@@ -18,9 +18,24 @@ pub fn preset(name: &str) -> Option<GptConfig> {
     let base = GptConfig::default();
     let config = match name {
         // minGPT's model_type shapes (vocabulary and block size come from the data).
-        "gpt-nano" => GptConfig { n_layer: 3, n_head: 3, n_embd: 48, ..base },
-        "gpt-micro" => GptConfig { n_layer: 4, n_head: 4, n_embd: 128, ..base },
-        "gpt-mini" => GptConfig { n_layer: 6, n_head: 6, n_embd: 192, ..base },
+        "gpt-nano" => GptConfig {
+            n_layer: 3,
+            n_head: 3,
+            n_embd: 48,
+            ..base
+        },
+        "gpt-micro" => GptConfig {
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            ..base
+        },
+        "gpt-mini" => GptConfig {
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 192,
+            ..base
+        },
         // nanoGPT's README "baby GPT" for a CPU: train.py defaults (no bias) with these flags.
         "gpt-baby-char" => GptConfig {
             n_layer: 4,

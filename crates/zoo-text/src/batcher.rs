@@ -35,14 +35,24 @@ pub struct WindowBatch {
 
 impl RandomWindows {
     /// Windows over `tokens`; fails when the stream is too short for one window.
-    pub fn new(tokens: Arc<Vec<u32>>, block_size: usize, batch_size: usize, seed: u64) -> Result<Self, String> {
+    pub fn new(
+        tokens: Arc<Vec<u32>>,
+        block_size: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self, String> {
         if tokens.len() <= block_size {
             return Err(format!(
                 "the token stream has {} tokens, too few for one window of block_size {block_size} plus its target",
                 tokens.len()
             ));
         }
-        Ok(Self { tokens, block_size, batch_size, seed })
+        Ok(Self {
+            tokens,
+            block_size,
+            batch_size,
+            seed,
+        })
     }
 
     /// Number of tokens in the stream.
@@ -53,9 +63,7 @@ impl RandomWindows {
     /// Batch number `index` of `epoch`.
     pub fn batch(&self, epoch: usize, index: usize) -> WindowBatch {
         // Mix the three numbers so neighbouring (epoch, index) pairs get unrelated streams.
-        let stream = self
-            .seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        let stream = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
             ^ (index as u64).wrapping_mul(0x94D0_49BB_1331_11EB);
         let mut rng = StdRng::seed_from_u64(stream);
@@ -67,7 +75,12 @@ impl RandomWindows {
             inputs.extend_from_slice(&self.tokens[start..start + self.block_size]);
             targets.extend_from_slice(&self.tokens[start + 1..start + 1 + self.block_size]);
         }
-        WindowBatch { inputs, targets, batch_size: self.batch_size, block_size: self.block_size }
+        WindowBatch {
+            inputs,
+            targets,
+            batch_size: self.batch_size,
+            block_size: self.block_size,
+        }
     }
 }
 
@@ -105,9 +118,17 @@ mod tests {
         let w = windows(9);
         let mut first_half = 0;
         for i in 0..200 {
-            first_half += w.batch(0, i).inputs.chunks(8).filter(|x| x[0] < 496).count();
+            first_half += w
+                .batch(0, i)
+                .inputs
+                .chunks(8)
+                .filter(|x| x[0] < 496)
+                .count();
         }
-        assert!((first_half as f64 / 800.0 - 0.5).abs() < 0.06, "{first_half}");
+        assert!(
+            (first_half as f64 / 800.0 - 0.5).abs() < 0.06,
+            "{first_half}"
+        );
     }
 
     #[test]

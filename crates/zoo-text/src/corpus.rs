@@ -19,7 +19,9 @@ pub fn embedded_corpus() -> String {
 
 /// A corpus of about `bytes` bytes from `seed`.
 pub fn generate(seed: u64, bytes: usize) -> String {
-    let mut g = Grammar { rng: SplitMix64(seed) };
+    let mut g = Grammar {
+        rng: SplitMix64(seed),
+    };
     let mut text = String::with_capacity(bytes + 1024);
     while text.len() < bytes {
         g.story(&mut text);
@@ -60,8 +62,8 @@ const ANIMALS: &[(&str, &str)] = &[
     ("crow", "crows"),
 ];
 const NAMES: &[&str] = &[
-    "Ada", "Bram", "Cleo", "Dov", "Edda", "Finn", "Greta", "Hugo", "Ines", "Jonas", "Kaia",
-    "Lev", "Mira", "Nils", "Olga", "Pim",
+    "Ada", "Bram", "Cleo", "Dov", "Edda", "Finn", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lev",
+    "Mira", "Nils", "Olga", "Pim",
 ];
 const PLACES: &[&str] = &[
     "the old mill",
@@ -112,8 +114,25 @@ const TIMES: &[&str] = &[
 ];
 const FEELINGS: &[&str] = &["happy", "tired", "hungry", "glad", "worried", "surprised"];
 const NUMBERS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
 ];
 
 struct Grammar {
@@ -140,7 +159,9 @@ impl Grammar {
             out.push('\n');
         }
         let feeling = self.pick(FEELINGS);
-        out.push_str(&format!("That night {hero} went home, {feeling} and warm.\n"));
+        out.push_str(&format!(
+            "That night {hero} went home, {feeling} and warm.\n"
+        ));
     }
 
     fn sentence(&mut self, hero: &str) -> String {
@@ -226,7 +247,10 @@ mod tests {
         let text = generate(9, 50_000);
         let value = |w: &str| NUMBERS.iter().position(|n| *n == w).unwrap();
         let mut checked = 0;
-        for line in text.lines().filter(|l| l.contains("\" ") && l.contains("They make")) {
+        for line in text
+            .lines()
+            .filter(|l| l.contains("\" ") && l.contains("They make"))
+        {
             let words: Vec<&str> = line
                 .split(|c: char| !c.is_ascii_alphabetic())
                 .filter(|w| !w.is_empty())

@@ -86,16 +86,19 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// `explicit` if given, else `$ZOO_DATA_DIR`, else `~/.cache/zoo/datasets`; downloads allowed.
+    /// `explicit` if given, else `$ZOO_DATA_DIR`, else `~/.cache/zoo/datasets`. Downloads are
+    /// allowed unless `$ZOO_OFFLINE` is set.
     pub fn resolve(explicit: Option<&Path>) -> Self {
         let root = explicit
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("ZOO_DATA_DIR").map(PathBuf::from))
             .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                let home =
+                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
                 home.join(".cache").join("zoo").join("datasets")
             });
-        Self { root, download: true }
+        let download = std::env::var_os("ZOO_OFFLINE").is_none_or(|v| v.is_empty() || v == "0");
+        Self { root, download }
     }
 }
 
@@ -121,10 +124,12 @@ impl DatasetRegistry {
 
     /// A dataset's entry.
     pub fn get(&self, name: &str) -> Result<&Dataset, TextError> {
-        self.datasets.get(name).ok_or_else(|| TextError::UnknownDataset {
-            name: name.into(),
-            known: self.names(),
-        })
+        self.datasets
+            .get(name)
+            .ok_or_else(|| TextError::UnknownDataset {
+                name: name.into(),
+                known: self.names(),
+            })
     }
 
     /// Checks that `name` is registered and has `split`, without touching any file.
@@ -157,7 +162,10 @@ impl DatasetRegistry {
             .find(|f| f.name == part.file)
             .ok_or_else(|| TextError::Parse {
                 path: PathBuf::from("datasets/registry.toml"),
-                message: format!("split '{split}' of '{name}' names unlisted file {}", part.file),
+                message: format!(
+                    "split '{split}' of '{name}' names unlisted file {}",
+                    part.file
+                ),
             })?;
         let path = fetch(name, file, dir)?;
         let text = std::fs::read_to_string(&path).map_err(|e| TextError::Io {
@@ -167,7 +175,10 @@ impl DatasetRegistry {
         let text = slice_chars(&text, part.from, part.to);
         Ok(match dataset.format {
             Format::Text => text.to_string(),
-            Format::LinesEos => text.lines().map(|line| format!("{} <eos>\n", line.trim())).collect(),
+            Format::LinesEos => text
+                .lines()
+                .map(|line| format!("{} <eos>\n", line.trim()))
+                .collect(),
         })
     }
 }
@@ -197,7 +208,9 @@ fn slice_chars(text: &str, from: f64, to: f64) -> &str {
     let n = text.chars().count();
     let byte_at = |fraction: f64| {
         let index = ((n as f64) * fraction) as usize;
-        text.char_indices().nth(index).map_or(text.len(), |(b, _)| b)
+        text.char_indices()
+            .nth(index)
+            .map_or(text.len(), |(b, _)| b)
     };
     &text[byte_at(from)..byte_at(to)]
 }
@@ -214,7 +227,7 @@ pub fn fetch(dataset: &str, file: &DatasetFile, dir: &DataDir) -> Result<PathBuf
             reason,
         };
         if !dir.download {
-            return Err(missing("downloads are disabled".into()));
+            return Err(missing("downloads are disabled by ZOO_OFFLINE".into()));
         }
         download(&file.url, &path).map_err(missing)?;
     }
@@ -255,9 +268,11 @@ fn download(url: &str, path: &Path) -> Result<(), String> {
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
     let parent = path.parent().expect("dataset files live in a directory");
-    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, &bytes).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    std::fs::write(&partial, &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     std::fs::rename(&partial, path).map_err(|e| format!("cannot move into {}: {e}", path.display()))
 }
 
@@ -319,15 +334,24 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         assert!(registry.check("ptb", "test").is_ok());
         assert!(registry.check("tinyshakespeare", "val").is_ok());
         let err = registry.check("wikitext", "train").unwrap_err().to_string();
-        assert!(err.contains("wikitext") && err.contains("tinyshakespeare"), "{err}");
-        let err = registry.check("tinyshakespeare", "test").unwrap_err().to_string();
+        assert!(
+            err.contains("wikitext") && err.contains("tinyshakespeare"),
+            "{err}"
+        );
+        let err = registry
+            .check("tinyshakespeare", "test")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no split 'test'"), "{err}");
     }
 
     #[test]
     fn embedded_splits_need_no_files() {
         let registry = DatasetRegistry::builtin();
-        let nowhere = DataDir { root: PathBuf::from("/nonexistent"), download: false };
+        let nowhere = DataDir {
+            root: PathBuf::from("/nonexistent"),
+            download: false,
+        };
         let train = registry.load_split(EMBEDDED, "train", &nowhere).unwrap();
         let val = registry.load_split(EMBEDDED, "val", &nowhere).unwrap();
         assert!(train.len() > 8 * val.len() && val.len() > 10_000);
@@ -338,7 +362,10 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         let root = scratch("download");
         let url = serve_once(TOY);
         let registry = registry_for(&url, &toy_sha());
-        let dir = DataDir { root: root.clone(), download: true };
+        let dir = DataDir {
+            root: root.clone(),
+            download: true,
+        };
         let train = registry.load_split("toy", "train", &dir).unwrap();
         assert_eq!(train, "a b c <eos>\n");
         assert!(root.join("toy/toy.txt").is_file());
@@ -353,10 +380,20 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         // Nothing listens on port 9 of loopback (the discard port is closed on test machines).
         let registry = registry_for("http://127.0.0.1:9/toy.txt", &toy_sha());
         let err = registry
-            .load_split("toy", "train", &DataDir { root: root.clone(), download: true })
+            .load_split(
+                "toy",
+                "train",
+                &DataDir {
+                    root: root.clone(),
+                    download: true,
+                },
+            )
             .unwrap_err()
             .to_string();
-        assert!(err.contains("toy.txt") && err.contains(&root.join("toy").display().to_string()), "{err}");
+        assert!(
+            err.contains("toy.txt") && err.contains(&root.join("toy").display().to_string()),
+            "{err}"
+        );
         assert!(err.contains("--data-dir"), "{err}");
         assert!(!root.join("toy/toy.txt").exists());
     }
@@ -368,7 +405,14 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         std::fs::write(root.join("toy/toy.txt"), b"something else\n").unwrap();
         let registry = registry_for("http://127.0.0.1:9/", WRONG_SHA);
         let err = registry
-            .load_split("toy", "train", &DataDir { root, download: false })
+            .load_split(
+                "toy",
+                "train",
+                &DataDir {
+                    root,
+                    download: false,
+                },
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
@@ -382,7 +426,10 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
             return;
         }
         let registry = DatasetRegistry::builtin();
-        let dir = DataDir { root: shared, download: false };
+        let dir = DataDir {
+            root: shared,
+            download: false,
+        };
         let val = registry.load_split("tinyshakespeare", "val", &dir).unwrap();
         assert_eq!(val.chars().count(), 1_115_394 - 1_003_854);
         let test = registry.load_split("ptb", "test", &dir).unwrap();

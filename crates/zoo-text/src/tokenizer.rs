@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
-use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -184,7 +184,9 @@ impl ZooTokenizer {
             && let Some(position) = unk.and_then(|u| ids.iter().position(|&i| i == u))
         {
             return Err(TextError::UnknownCharacter(
-                self.inner.decode(&[ids[position]], false).unwrap_or_default(),
+                self.inner
+                    .decode(&[ids[position]], false)
+                    .unwrap_or_default(),
             ));
         }
         Ok(ids)
@@ -196,7 +198,10 @@ impl ZooTokenizer {
     }
 
     fn is_char_level(&self) -> bool {
-        matches!(self.inner.get_decoder(), Some(tokenizers::DecoderWrapper::Fuse(_)))
+        matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::Fuse(_))
+        )
     }
 }
 
@@ -232,7 +237,10 @@ mod tests {
         // "the" (6), "sat" (2)... are kept; "log." is rare and becomes <unk>.
         let ids = tok.encode("the log.").unwrap();
         assert_eq!(ids, vec![tok.token_id("the").unwrap(), 0]);
-        assert_eq!(tok.decode(&[tok.token_id("the").unwrap(), 0]).unwrap(), "the <unk>");
+        assert_eq!(
+            tok.decode(&[tok.token_id("the").unwrap(), 0]).unwrap(),
+            "the <unk>"
+        );
     }
 
     #[test]

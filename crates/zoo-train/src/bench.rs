@@ -23,7 +23,13 @@ pub struct BenchReport {
 /// Times `steps` forward + backward + AdamW steps of a GPT on random tokens (after `warmup`
 /// untimed ones), the way `shared/reference/torch_gpt.py` times PyTorch: batch `batch` of
 /// `config.block_size` tokens, learning rate 1e-3, the loss read back every step.
-pub fn bench_gpt(config: &GptConfig, batch: usize, steps: usize, warmup: usize, device: &Device) -> Result<BenchReport, String> {
+pub fn bench_gpt(
+    config: &GptConfig,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<BenchReport, String> {
     let device = device.clone().autodiff();
     device.seed(0);
     let mut model = GptLm::new(config.init(&device)?, 1, 0.0);
@@ -33,7 +39,9 @@ pub fn bench_gpt(config: &GptConfig, batch: usize, steps: usize, warmup: usize, 
     let vocab = config.vocab_size as f64;
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
-        let random_ids = || Tensor::<2>::random([batch, block], Distribution::Uniform(0.0, vocab), &device).int();
+        let random_ids = || {
+            Tensor::<2>::random([batch, block], Distribution::Uniform(0.0, vocab), &device).int()
+        };
         let batch = LmBatch {
             inputs: random_ids(),
             targets: random_ids(),

@@ -5,9 +5,9 @@ use crate::metrics::LmLossInput;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn_std::ExecutionError;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use burn_std::ExecutionError;
 use zoo_gpt::Gpt;
 
 /// A GPT with what training needs beside the weights.
@@ -167,7 +167,12 @@ mod tests {
     fn norm_of(model: &Two, grads: &GradientsParams) -> f32 {
         let mut total = 0.0;
         for layer in [&model.a, &model.b] {
-            total += grads.get::<2>(layer.weight.id).unwrap().square().sum().into_scalar::<f32>();
+            total += grads
+                .get::<2>(layer.weight.id)
+                .unwrap()
+                .square()
+                .sum()
+                .into_scalar::<f32>();
             total += grads
                 .get::<1>(layer.bias.as_ref().unwrap().id)
                 .unwrap()

@@ -9,8 +9,8 @@ use burn::train::logger::{
 };
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata,
-    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric,
+    NumericAttributes, NumericEntry, SerializedEntry,
 };
 use burn::train::renderer::{
     EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
@@ -77,14 +77,22 @@ impl Metric for Perplexity {
         .into()
     }
 
-    fn update(&mut self, item: &LmLossInput, _: &MetricMetadata) -> Result<SerializedEntry, TensorReadError> {
+    fn update(
+        &mut self,
+        item: &LmLossInput,
+        _: &MetricMetadata,
+    ) -> Result<SerializedEntry, TensorReadError> {
         let loss = item.loss.clone().mean().try_into_scalar::<f64>()?;
         self.nll_sum += loss * item.tokens as f64;
         self.tokens += item.tokens;
         self.current = loss.exp();
         self.current_tokens = item.tokens;
         Ok(SerializedEntry::new(
-            format!("epoch {:.3} - batch {:.3}", self.epoch_value(), self.current),
+            format!(
+                "epoch {:.3} - batch {:.3}",
+                self.epoch_value(),
+                self.current
+            ),
             NumericEntry::Aggregated {
                 aggregated_value: self.current,
                 count: self.current_tokens,
@@ -95,7 +103,10 @@ impl Metric for Perplexity {
 
     fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
         let value = self.epoch_value();
-        Ok(SerializedEntry::new(format!("{value:.3}"), NumericEntry::Final(value).serialize()))
+        Ok(SerializedEntry::new(
+            format!("{value:.3}"),
+            NumericEntry::Final(value).serialize(),
+        ))
     }
 
     fn clear(&mut self) {
@@ -171,7 +182,12 @@ impl MetricLogger for JsonlMetricLogger {
         self.memory.log(update, epoch, split);
     }
 
-    fn read_numeric(&mut self, name: &str, epoch: usize, split: &Split) -> Result<Vec<NumericEntry>, String> {
+    fn read_numeric(
+        &mut self,
+        name: &str,
+        epoch: usize,
+        split: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
         self.memory.read_numeric(name, epoch, split)
     }
 
@@ -186,9 +202,15 @@ impl MetricLogger for JsonlMetricLogger {
         let metrics = self.finals.remove(&key).unwrap_or_default();
         let mut line = serde_json::Map::new();
         line.insert("epoch".into(), summary.epoch_number.into());
-        line.insert("step".into(), (summary.epoch_number * self.steps_per_epoch).into());
+        line.insert(
+            "step".into(),
+            (summary.epoch_number * self.steps_per_epoch).into(),
+        );
         line.insert("split".into(), key.1.into());
-        line.insert("elapsed_s".into(), self.started.elapsed().as_secs_f64().into());
+        line.insert(
+            "elapsed_s".into(),
+            self.started.elapsed().as_secs_f64().into(),
+        );
         for (name, value) in metrics {
             let key = name.to_lowercase().replace(' ', "_");
             line.insert(key, serde_json::json!(value));
@@ -245,7 +267,10 @@ impl LineRenderer {
     }
 
     fn get(&self, valid: bool, name: &str) -> f64 {
-        self.latest.get(&(valid, name.to_string())).copied().unwrap_or(f64::NAN)
+        self.latest
+            .get(&(valid, name.to_string()))
+            .copied()
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -267,12 +292,19 @@ impl MetricsRenderer for LineRenderer {
     fn manual_close(&mut self) {}
 
     fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names.insert(definition.metric_id, definition.name.to_string());
+        self.names
+            .insert(definition.metric_id, definition.name.to_string());
     }
 }
 
 impl TrainingProgressLogger for LineRenderer {
-    fn start(&mut self, total_epochs: usize, starting_epoch: usize, _: Option<usize>, _: Option<&str>) {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        _: Option<usize>,
+        _: Option<&str>,
+    ) {
         self.total_epochs = total_epochs;
         self.epoch = starting_epoch.saturating_sub(1);
         if starting_epoch > 1 {

@@ -292,7 +292,8 @@ impl Recipe {
 
     /// Parses and validates recipe text; the error names the key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let recipe: Recipe = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let recipe: Recipe =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         recipe.validate()?;
         Ok(recipe)
     }
@@ -348,12 +349,20 @@ impl Recipe {
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return Err(format!("optimizer.lr must be positive, got {}", o.lr));
         }
-        for (key, value) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2), ("optimizer.momentum", o.momentum)] {
+        for (key, value) in [
+            ("optimizer.beta1", o.beta1),
+            ("optimizer.beta2", o.beta2),
+            ("optimizer.momentum", o.momentum),
+        ] {
             if !(0.0..1.0).contains(&value) {
                 return Err(format!("{key} must be in [0, 1), got {value}"));
             }
         }
-        for (key, value) in [("optimizer.weight_decay", o.weight_decay), ("optimizer.grad_clip", o.grad_clip), ("optimizer.eps", o.eps)] {
+        for (key, value) in [
+            ("optimizer.weight_decay", o.weight_decay),
+            ("optimizer.grad_clip", o.grad_clip),
+            ("optimizer.eps", o.eps),
+        ] {
             if !(value >= 0.0 && value.is_finite()) {
                 return Err(format!("{key} must be >= 0, got {value}"));
             }
@@ -361,12 +370,18 @@ impl Recipe {
         if let Some(min_lr) = self.schedule.min_lr
             && !(0.0..=o.lr).contains(&min_lr)
         {
-            return Err(format!("schedule.min_lr ({min_lr}) must be in [0, optimizer.lr = {}]", o.lr));
+            return Err(format!(
+                "schedule.min_lr ({min_lr}) must be in [0, optimizer.lr = {}]",
+                o.lr
+            ));
         }
         if self.schedule.kind == ScheduleKind::Noam && self.schedule.warmup_steps == 0 {
             return Err("schedule.warmup_steps must be at least 1 for the noam schedule".into());
         }
-        self.sample.sampling().validate().map_err(|e| format!("sample.{e}"))?;
+        self.sample
+            .sampling()
+            .validate()
+            .map_err(|e| format!("sample.{e}"))?;
         Ok(())
     }
 }
@@ -374,7 +389,10 @@ impl Recipe {
 /// Applies `[model]` to its preset and checks every key against the config's fields.
 pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
     if spec.arch != "gpt" {
-        return Err(format!("model.arch = \"{}\" is not available; architectures: gpt", spec.arch));
+        return Err(format!(
+            "model.arch = \"{}\" is not available; architectures: gpt",
+            spec.arch
+        ));
     }
     let base = match &spec.preset {
         Some(name) => zoo_gpt::preset(name).ok_or_else(|| {
@@ -385,16 +403,33 @@ pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
         })?,
         None => GptConfig::default(),
     };
-    let mut table = toml::Table::try_from(&base).expect("configs serialise to TOML");
-    for (key, value) in &spec.overrides {
-        table.insert(key.clone(), value.clone());
-    }
-    let config: GptConfig = table
-        .try_into()
-        .map_err(|e: toml::de::Error| format!("[model]: {}", e.message()))?;
-    if config.vocab_size > 0 {
-        config.validate().map_err(|e| format!("[model]: {e}"))?;
-    }
+    let base_table = toml::Table::try_from(&base).expect("configs serialise to TOML");
+    let with = |overrides: &mut dyn Iterator<Item = (&String, &toml::Value)>| {
+        let mut table = base_table.clone();
+        for (key, value) in overrides {
+            table.insert(key.clone(), value.clone());
+        }
+        table.try_into::<GptConfig>()
+    };
+    let config = with(&mut spec.overrides.iter()).map_err(|e| {
+        // Serde's message may not say which key; find the override that fails on its own.
+        let culprit = spec
+            .overrides
+            .iter()
+            .find(|(key, value)| with(&mut std::iter::once((*key, *value))).is_err());
+        match culprit {
+            Some((key, _)) => format!("model.{key}: {}", e.message()),
+            None => format!("[model]: {}", e.message()),
+        }
+    })?;
+    // The shapes must fit even before the tokenizer fills in a vocabulary size of 0.
+    let placeholder_vocab = GptConfig {
+        vocab_size: config.vocab_size.max(1),
+        ..config.clone()
+    };
+    placeholder_vocab
+        .validate()
+        .map_err(|e| format!("[model]: {e}"))?;
     Ok(config)
 }
 
@@ -440,10 +475,18 @@ steps = 10
         for (from, to, key) in [
             ("steps = 10", "steps = 0", "budget"),
             ("batch_size = 4", "batch_size = 0", "training.batch_size"),
-            ("preset = \"gpt-nano\"", "preset = \"gpt-giant\"", "gpt-giant"),
+            (
+                "preset = \"gpt-nano\"",
+                "preset = \"gpt-giant\"",
+                "gpt-giant",
+            ),
             ("n_layer = 2", "n_layer = \"two\"", "n_layer"),
             ("n_layer = 2", "n_head = 5", "n_head"),
-            ("kind = \"char\"", "kind = \"sentencepiece\"", "sentencepiece"),
+            (
+                "kind = \"char\"",
+                "kind = \"sentencepiece\"",
+                "sentencepiece",
+            ),
         ] {
             let err = Recipe::parse(&MINIMAL.replace(from, to)).unwrap_err();
             assert!(err.contains(key), "{to}: {err}");
@@ -457,7 +500,10 @@ steps = 10
         let path = std::env::temp_dir().join(format!("zoo-bad-recipe-{}.toml", std::process::id()));
         std::fs::write(&path, MINIMAL.replace("steps = 10", "stepz = 10")).unwrap();
         let err = Recipe::load(&path).unwrap_err().to_string();
-        assert!(err.contains(&path.display().to_string()) && err.contains("stepz"), "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("stepz"),
+            "{err}"
+        );
         std::fs::remove_file(path).unwrap();
     }
 

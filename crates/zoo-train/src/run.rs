@@ -13,12 +13,12 @@
 //!
 //! One burn-train epoch is `eval_interval` optimiser steps followed by a validation.
 
+use crate::ZooError;
 use crate::data::{WindowLoader, to_tensors};
 use crate::lm::GptLm;
 use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
 use crate::recipe::{OptimizerKind, Recipe};
 use crate::schedule::LrSchedule;
-use crate::ZooError;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -136,7 +136,10 @@ pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
         })
         .filter(|epoch| {
             ["optim", "scheduler"]
@@ -149,14 +152,19 @@ pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
 }
 
 fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
-    run_dir.join(CHECKPOINT_DIR).join(format!("model-{epoch}.bpk"))
+    run_dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("model-{epoch}.bpk"))
 }
 
 /// Trains the recipe at `recipe_path`.
 pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, ZooError> {
     let started = Instant::now();
     let recipe = Recipe::load(recipe_path)?;
-    let run_dir = options.run_dir.clone().unwrap_or_else(|| recipe.default_run_dir());
+    let run_dir = options
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| recipe.default_run_dir());
     let registry = DatasetRegistry::builtin();
     let data = &recipe.data;
     let recipe_error = |message: String| ZooError::Recipe {
@@ -220,7 +228,9 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
                     tokenizer.vocab_size()
                 )));
             }
-            config.validate().map_err(|e| recipe_error(format!("[model]: {e}")))?;
+            config
+                .validate()
+                .map_err(|e| recipe_error(format!("[model]: {e}")))?;
             tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
             write_run_recipe(&run_dir, &recipe, &config)?;
             (tokenizer, config)
@@ -232,11 +242,17 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let t = &recipe.training;
     let budget = Budget::of(&recipe, config.block_size, train_tokens.len());
     let micro_batches = t.grad_accumulation;
-    let train_windows = RandomWindows::new(train_tokens, config.block_size, t.batch_size, recipe.seed)
-        .map_err(|e| recipe_error(format!("training split: {e}")))?;
+    let train_windows =
+        RandomWindows::new(train_tokens, config.block_size, t.batch_size, recipe.seed)
+            .map_err(|e| recipe_error(format!("training split: {e}")))?;
     // A validation seed of its own, fixed for the run, so every validation sees the same batches.
-    let val_windows = RandomWindows::new(val_tokens, config.block_size, t.batch_size, recipe.seed ^ 0x7661_6C)
-        .map_err(|e| recipe_error(format!("validation split: {e}")))?;
+    let val_windows = RandomWindows::new(
+        val_tokens,
+        config.block_size,
+        t.batch_size,
+        recipe.seed ^ 0x7661_6C,
+    )
+    .map_err(|e| recipe_error(format!("validation split: {e}")))?;
 
     let total_steps = match options.stop_after_steps {
         Some(stop) => stop.min(budget.total_steps),
@@ -247,7 +263,10 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     if start_epoch >= epochs {
         return Err(ZooError::RunDir {
             path: run_dir.clone(),
-            message: format!("is already complete ({} steps)", start_epoch * budget.steps_per_epoch),
+            message: format!(
+                "is already complete ({} steps)",
+                start_epoch * budget.steps_per_epoch
+            ),
         });
     }
 
@@ -255,7 +274,9 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     device.seed(recipe.seed);
     // Parameters must be created on the autodiff device to be tracked.
     let model = GptLm::new(
-        config.init(&device.clone().autodiff()).map_err(|e| recipe_error(format!("[model]: {e}")))?,
+        config
+            .init(&device.clone().autodiff())
+            .map_err(|e| recipe_error(format!("[model]: {e}")))?,
         micro_batches,
         recipe.optimizer.grad_clip,
     );
@@ -272,8 +293,12 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             .with_weight_decay(o.weight_decay as f32)
             .init(),
         OptimizerKind::Sgd => SgdConfig::new()
-            .with_weight_decay((o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)))
-            .with_momentum((o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)))
+            .with_weight_decay(
+                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+            )
+            .with_momentum(
+                (o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)),
+            )
             .init(),
     };
     let schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.n_embd);
@@ -287,24 +312,29 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         &device,
     );
     let val_loader = WindowLoader::validation(val_windows, t.eval_batches, &device);
-    let tokens_per_epoch = budget.steps_per_epoch * micro_batches * t.batch_size * config.block_size;
+    let tokens_per_epoch =
+        budget.steps_per_epoch * micro_batches * t.batch_size * config.block_size;
     let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
 
-    let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
-        .metric_train_numeric(LossMetric::new())
-        .metric_valid_numeric(LossMetric::new())
-        .metric_train_numeric(Perplexity::default())
-        .metric_valid_numeric(Perplexity::default())
-        .metric_train_numeric(LearningRateMetric::new())
-        .with_metric_logger(JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch))
-        .with_default_checkpointers()
-        .with_checkpointing_strategy(EveryNKeepLast {
-            every: checkpoint_every.max(1),
-            last: epochs,
-            keep: t.keep_checkpoints,
-            saved: checkpoint_epochs(&run_dir),
-        })
-        .num_epochs(epochs);
+    let mut training =
+        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .metric_train_numeric(Perplexity::default())
+            .metric_valid_numeric(Perplexity::default())
+            .metric_train_numeric(LearningRateMetric::new())
+            .with_metric_logger(JsonlMetricLogger::new(
+                run_dir.join(METRICS_FILE),
+                budget.steps_per_epoch,
+            ))
+            .with_default_checkpointers()
+            .with_checkpointing_strategy(EveryNKeepLast {
+                every: checkpoint_every.max(1),
+                last: epochs,
+                keep: t.keep_checkpoints,
+                saved: checkpoint_epochs(&run_dir),
+            })
+            .num_epochs(epochs);
     if micro_batches > 1 {
         training = training.grads_accumulation(micro_batches);
     }
@@ -325,7 +355,11 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         budget.total_steps,
         t.batch_size * micro_batches,
         config.block_size,
-        if micro_batches > 1 { format!(" ({micro_batches} micro-batches)") } else { String::new() },
+        if micro_batches > 1 {
+            format!(" ({micro_batches} micro-batches)")
+        } else {
+            String::new()
+        },
         run_dir.display()
     );
     let result = training.renderer(renderer).launch(learner);
@@ -335,7 +369,14 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
 
     let sample = if recipe.sample.tokens > 0 {
         let model = result.model.gpt.clone().fork(&device);
-        Some(sample_text(&model, &tokenizer, &recipe.sample.prompt, &val_text, recipe.sample.tokens, recipe.sample.sampling())?)
+        Some(sample_text(
+            &model,
+            &tokenizer,
+            &recipe.sample.prompt,
+            &val_text,
+            recipe.sample.tokens,
+            recipe.sample.sampling(),
+        )?)
     } else {
         None
     };
@@ -375,10 +416,14 @@ fn check_checkpoint(run_dir: &Path, epoch: usize, model: &GptLm) -> Result<(), Z
         .try_load_file(&path)
         .map_err(|e| ZooError::Checkpoint {
             path: path.clone(),
-            message: format!("cannot be loaded ({e}); delete it to resume from an earlier checkpoint"),
+            message: format!(
+                "cannot be loaded ({e}); delete it to resume from an earlier checkpoint"
+            ),
         })?;
     for kind in ["optim", "scheduler"] {
-        let path = run_dir.join(CHECKPOINT_DIR).join(format!("{kind}-{epoch}.bpk"));
+        let path = run_dir
+            .join(CHECKPOINT_DIR)
+            .join(format!("{kind}-{epoch}.bpk"));
         let valid = match kind {
             "optim" => burn::optim::OptimizerRecord::load(&path).is_ok(),
             _ => burn::lr_scheduler::LrSchedulerRecord::load(&path).is_ok(),
@@ -399,8 +444,11 @@ fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &GptConfig) -> Resu
     resolved.model.overrides = toml::Table::try_from(config).expect("configs serialise to TOML");
     let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
     let path = run_dir.join(RECIPE_FILE);
-    std::fs::write(&path, format!("# Resolved by zoo train: the preset is expanded.\n{text}"))
-        .map_err(|e| ZooError::io(&path, e))
+    std::fs::write(
+        &path,
+        format!("# Resolved by zoo train: the preset is expanded.\n{text}"),
+    )
+    .map_err(|e| ZooError::io(&path, e))
 }
 
 fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
@@ -440,7 +488,11 @@ pub struct LoadedRun {
 }
 
 /// Loads `run_dir`'s model from its last checkpoint (or `epoch`).
-pub fn load_run(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedRun, ZooError> {
+pub fn load_run(
+    run_dir: &Path,
+    epoch: Option<usize>,
+    device: &Device,
+) -> Result<LoadedRun, ZooError> {
     if !run_dir.is_dir() {
         return Err(ZooError::RunDir {
             path: run_dir.to_path_buf(),
@@ -532,7 +584,9 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
         };
         for &s in starts {
             batch.inputs.extend_from_slice(&tokens[s..s + block]);
-            batch.targets.extend_from_slice(&tokens[s + 1..s + 1 + block]);
+            batch
+                .targets
+                .extend_from_slice(&tokens[s + 1..s + 1 + block]);
         }
         let batch = to_tensors(batch, &device);
         let (loss, _) = run.model.loss(batch.inputs, batch.targets);
@@ -551,12 +605,21 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
 }
 
 /// Samples from a loaded run.
-pub fn generate(run: &LoadedRun, prompt: &str, max_tokens: usize, sampling: SamplingConfig) -> Result<String, ZooError> {
+pub fn generate(
+    run: &LoadedRun,
+    prompt: &str,
+    max_tokens: usize,
+    sampling: SamplingConfig,
+) -> Result<String, ZooError> {
     sampling.validate().map_err(ZooError::Usage)?;
     let ids = run.tokenizer.encode(prompt)?;
     if ids.is_empty() {
-        return Err(ZooError::Usage("the prompt is empty after tokenisation; give --prompt some text".into()));
+        return Err(ZooError::Usage(
+            "the prompt is empty after tokenisation; give --prompt some text".into(),
+        ));
     }
-    let out = run.model.generate(&ids, max_tokens, &mut Sampler::new(sampling));
+    let out = run
+        .model
+        .generate(&ids, max_tokens, &mut Sampler::new(sampling));
     Ok(run.tokenizer.decode(&out)?)
 }

@@ -58,7 +58,9 @@ impl LrSchedule {
             ScheduleKind::Noam => {
                 let step = (it + 1) as f64;
                 let warmup = warmup.max(1) as f64;
-                self.lr * (self.model_size as f64).powf(-0.5) * (step.powf(-0.5)).min(step * warmup.powf(-1.5))
+                self.lr
+                    * (self.model_size as f64).powf(-0.5)
+                    * (step.powf(-0.5)).min(step * warmup.powf(-1.5))
             }
         }
     }
@@ -111,7 +113,9 @@ mod tests {
     #[test]
     fn noam_peaks_at_the_end_of_warmup() {
         let s = schedule(ScheduleKind::Noam, 20);
-        let peak = (0..100).max_by(|&a, &b| s.lr_at(a).total_cmp(&s.lr_at(b))).unwrap();
+        let peak = (0..100)
+            .max_by(|&a, &b| s.lr_at(a).total_cmp(&s.lr_at(b)))
+            .unwrap();
         assert_eq!(peak, 19);
         assert!((s.lr_at(19) - 1e-3 / 8.0 / 20f64.sqrt()).abs() < 1e-12);
     }

@@ -1,0 +1,341 @@
+//! End-to-end tests of the `zoo` binary: train, interrupt, resume, evaluate, generate, and the
+//! errors a user can run into.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn zoo(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zoo"))
+        .args(args)
+        .current_dir(dir)
+        .env("ZOO_OFFLINE", "1")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .expect("the zoo binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zoo-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A GPT small enough to train a few steps in seconds on the embedded corpus.
+const TINY: &str = r#"
+seed = 7
+
+[model]
+preset = "gpt-nano"
+n_layer = 2
+block_size = 32
+
+[tokenizer]
+kind = "char"
+
+[data]
+dataset = "embedded"
+
+[optimizer]
+lr = 3e-3
+
+[schedule]
+kind = "warmup-cosine"
+warmup_steps = 2
+
+[training]
+batch_size = 8
+steps = 6
+eval_interval = 2
+eval_batches = 2
+
+[sample]
+prompt = "Ada"
+tokens = 20
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn val_losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .into_iter()
+        .filter(|m| m["split"] == "valid")
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn train_resume_eval_and_generate() {
+    let dir = scratch("run");
+    write(&dir, "tiny.toml", TINY);
+
+    // Uninterrupted: 6 steps, a validation every 2.
+    let full = zoo(&["train", "tiny.toml", "--run-dir", "full"], &dir);
+    assert!(full.status.success(), "{}", stderr(&full));
+    let out = stdout(&full);
+    assert!(out.contains("step      6/6"), "{out}");
+    assert!(out.contains("--- sample ---\nAda"), "{out}");
+    let run = dir.join("full");
+    for file in ["recipe.toml", "tokenizer.json", "metrics.jsonl"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    let uninterrupted = val_losses(&run);
+    assert_eq!(
+        uninterrupted.iter().map(|v| v.0).collect::<Vec<_>>(),
+        vec![2, 4, 6]
+    );
+    assert!(
+        uninterrupted[2].1 < uninterrupted[0].1,
+        "loss should fall: {uninterrupted:?}"
+    );
+
+    // Interrupted after 4 steps, then resumed: the same losses, step for step.
+    let first = zoo(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "split",
+            "--stop-after-steps",
+            "4",
+        ],
+        &dir,
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = zoo(&["train", "tiny.toml", "--run-dir", "split"], &dir);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--resume"), "{}", stderr(&again));
+    let resumed = zoo(
+        &["train", "tiny.toml", "--run-dir", "split", "--resume"],
+        &dir,
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("resuming at step 4"),
+        "{}",
+        stdout(&resumed)
+    );
+    let split = val_losses(&dir.join("split"));
+    assert_eq!(split.len(), 3);
+    for (a, b) in uninterrupted.iter().zip(&split) {
+        assert_eq!(a.0, b.0);
+        assert!(
+            (a.1 - b.1).abs() < 1e-4,
+            "resumed run diverged: {uninterrupted:?} vs {split:?}"
+        );
+    }
+
+    // Evaluation over the whole validation split.
+    let eval = zoo(&["eval", "full"], &dir);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let line = stdout(&eval);
+    assert!(
+        line.contains("split val") && line.contains("step 6") && line.contains("perplexity"),
+        "{line}"
+    );
+    let loss: f64 = line
+        .split("loss ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(loss.is_finite() && loss < uninterrupted[0].1, "{line}");
+
+    // Generation: seeded, starts with the prompt, and reproducible.
+    let args = [
+        "generate",
+        "full",
+        "--prompt",
+        "Mira",
+        "--max-tokens",
+        "30",
+        "--seed",
+        "4",
+        "--top-k",
+        "10",
+    ];
+    let a = zoo(&args, &dir);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(stdout(&a).starts_with("Mira"));
+    assert!(stdout(&a).trim_end().chars().count() >= 4 + 20);
+    assert_eq!(stdout(&a), stdout(&zoo(&args, &dir)));
+    let greedy = zoo(
+        &[
+            "generate",
+            "full",
+            "--prompt",
+            "Mira",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "10",
+        ],
+        &dir,
+    );
+    assert!(greedy.status.success(), "{}", stderr(&greedy));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One line on stderr that names `needles`, a failing exit code, and no panic.
+fn assert_clean_error(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    for needle in needles {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+}
+
+#[test]
+fn bad_recipes_name_the_file_and_the_key() {
+    let dir = scratch("bad");
+    write(
+        &dir,
+        "typo.toml",
+        &TINY.replace("batch_size = 8", "batch_sise = 8"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "typo.toml"], &dir),
+        1,
+        &["typo.toml", "batch_sise"],
+    );
+    write(&dir, "value.toml", &TINY.replace("lr = 3e-3", "lr = -1.0"));
+    assert_clean_error(
+        &zoo(&["train", "value.toml"], &dir),
+        1,
+        &["value.toml", "optimizer.lr"],
+    );
+    write(
+        &dir,
+        "preset.toml",
+        &TINY.replace("gpt-nano", "gpt-enormous"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "preset.toml"], &dir),
+        1,
+        &["preset.toml", "gpt-enormous", "gpt-mini"],
+    );
+    assert_clean_error(&zoo(&["train", "nowhere.toml"], &dir), 1, &["nowhere.toml"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_dataset_says_which_file_to_put_where() {
+    let dir = scratch("missing");
+    write(
+        &dir,
+        "shakespeare.toml",
+        &TINY.replace("\"embedded\"", "\"tinyshakespeare\""),
+    );
+    let empty = dir.join("empty-data");
+    let out = zoo(
+        &[
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "train",
+            "shakespeare.toml",
+        ],
+        &dir,
+    );
+    let place = empty.join("tinyshakespeare").display().to_string();
+    assert_clean_error(
+        &out,
+        1,
+        &["tinyshakespeare", "input.txt", &place, "--data-dir"],
+    );
+    assert!(
+        !dir.join("runs").exists(),
+        "nothing should be written for a run that cannot start"
+    );
+    write(
+        &dir,
+        "unknown.toml",
+        &TINY.replace("\"embedded\"", "\"wikitext-103\""),
+    );
+    assert_clean_error(
+        &zoo(&["train", "unknown.toml"], &dir),
+        1,
+        &["wikitext-103", "tinyshakespeare", "ptb"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_reported_by_name() {
+    let dir = scratch("corrupt");
+    write(&dir, "tiny.toml", &TINY.replace("steps = 6", "steps = 2"));
+    let run = zoo(
+        &[
+            "train",
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--stop-after-steps",
+            "2",
+        ],
+        &dir,
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    write(&dir, "tiny.toml", TINY);
+    let checkpoint = dir.join("r/checkpoint/model-1.bpk");
+    std::fs::write(&checkpoint, b"not a burnpack").unwrap();
+    let out = zoo(&["train", "tiny.toml", "--run-dir", "r", "--resume"], &dir);
+    assert_clean_error(&out, 1, &["model-1.bpk"]);
+    assert_clean_error(&zoo(&["eval", "r"], &dir), 1, &["model-1.bpk"]);
+    assert_clean_error(&zoo(&["eval", "no-such-run"], &dir), 1, &["no-such-run"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_device_that_is_not_compiled_in_exits_2_and_lists_the_ones_that_are() {
+    let dir = scratch("device");
+    let out = zoo(&["--device", "cuda", "list"], &dir);
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    assert_clean_error(&out, 2, &["cuda", "flex"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn info_reports_parameters_flops_and_memory() {
+    let dir = scratch("info");
+    let out = zoo(&["info", "gpt2-small"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("124439808 total"), "{text}");
+    assert!(
+        text.contains("MFLOP per token") && text.contains("AdamW state"),
+        "{text}"
+    );
+    assert_clean_error(&zoo(&["info", "gpt-mini"], &dir), 1, &["--vocab-size"]);
+    let out = zoo(&["info", "gpt-mini", "--vocab-size", "65"], &dir);
+    assert!(stdout(&out).contains("6 layers"), "{}", stdout(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}
