@@ -129,6 +129,9 @@ struct GptBench {
     warmup: usize,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let device = match pick_device(&cli.device) {

@@ -236,25 +236,30 @@ pub struct LineRenderer {
     total_epochs: usize,
     /// Epochs finished, counting those before a resume.
     epoch: usize,
-    tokens_per_epoch: usize,
+    tokens_per_batch: usize,
+    train_batches: usize,
     split: String,
     started: Instant,
-    epoch_started: Instant,
+    train_started: Instant,
+    train_seconds: f64,
 }
 
 impl LineRenderer {
-    /// A renderer for epochs of `steps_per_epoch` optimiser steps and `tokens_per_epoch` tokens.
-    pub fn new(steps_per_epoch: usize, tokens_per_epoch: usize) -> Self {
+    /// A renderer for epochs of `steps_per_epoch` optimiser steps, of micro-batches of
+    /// `tokens_per_batch` tokens.
+    pub fn new(steps_per_epoch: usize, tokens_per_batch: usize) -> Self {
         Self {
             names: HashMap::new(),
             latest: HashMap::new(),
             steps_per_epoch,
             total_epochs: 0,
             epoch: 0,
-            tokens_per_epoch,
+            tokens_per_batch,
+            train_batches: 0,
             split: String::new(),
             started: Instant::now(),
-            epoch_started: Instant::now(),
+            train_started: Instant::now(),
+            train_seconds: f64::NAN,
         }
     }
 
@@ -320,29 +325,35 @@ impl TrainingProgressLogger for LineRenderer {
 
     fn start_split(&mut self, split: &str, _total_items: usize) {
         if split == "train" {
-            self.epoch_started = Instant::now();
+            self.train_started = Instant::now();
         }
         self.split = split.to_string();
     }
 
-    fn update_split(&mut self, _items_processed: usize) {}
+    fn update_split(&mut self, items_processed: usize) {
+        if self.split == "train" {
+            self.train_batches = items_processed;
+        }
+    }
 
     fn end_split(&mut self) {
+        if self.split == "train" {
+            self.train_seconds = self.train_started.elapsed().as_secs_f64();
+        }
         if self.split != "valid" {
             return;
         }
         // burn-train counts epochs from 1; the line reports optimiser steps.
         self.epoch += 1;
-        let epoch_seconds = self.epoch_started.elapsed().as_secs_f64();
         let step = self.epoch * self.steps_per_epoch;
         println!(
-            "step {step:>6}/{} | train loss {:.4} | val loss {:.4} | val ppl {:.3} | lr {:.2e} | {:.0} tok/s | {:.0}s",
+            "step {step:>6}/{} | train loss {:.4} | val loss {:.4} | val ppl {:.3} | lr {:.2e} | {:.0} train tok/s | {:.0}s",
             self.total_epochs * self.steps_per_epoch,
             self.get(false, "Loss"),
             self.get(true, "Loss"),
             self.get(true, "Perplexity"),
             self.get(false, "Learning Rate"),
-            self.tokens_per_epoch as f64 / epoch_seconds,
+            (self.train_batches * self.tokens_per_batch) as f64 / self.train_seconds,
             self.started.elapsed().as_secs_f64(),
         );
     }

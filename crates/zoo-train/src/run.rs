@@ -312,8 +312,6 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         &device,
     );
     let val_loader = WindowLoader::validation(val_windows, t.eval_batches, &device);
-    let tokens_per_epoch =
-        budget.steps_per_epoch * micro_batches * t.batch_size * config.block_size;
     let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
 
     let mut training =
@@ -344,7 +342,10 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let renderer = if std::io::stdout().is_terminal() {
         default_renderer(training.interrupter(), resume_epoch)
     } else {
-        Box::new(LineRenderer::new(budget.steps_per_epoch, tokens_per_epoch))
+        Box::new(LineRenderer::new(
+            budget.steps_per_epoch,
+            t.batch_size * config.block_size,
+        ))
     };
     println!(
         "training {} ({} parameters) on {} tokens of '{}' for {} steps of {} x {} tokens{}; run directory {}",
@@ -462,6 +463,16 @@ fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
     Recipe::load(&path)
 }
 
+/// The optimiser step an epoch ended on, from the metrics log.
+fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
+    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["epoch"].as_u64() == Some(epoch as u64))
+        .and_then(|v| v["step"].as_u64())
+        .map(|s| s as usize)
+}
+
 fn last_val_loss(run_dir: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
     text.lines()
@@ -533,7 +544,7 @@ pub fn load_run(
         path: path.clone(),
         message: format!("cannot be loaded: {e}"),
     })?;
-    let steps = epoch * Budget::of(&recipe, config.block_size, usize::MAX / 2).steps_per_epoch;
+    let steps = steps_at_epoch(run_dir, epoch).unwrap_or(epoch * recipe.training.eval_interval);
     Ok(LoadedRun {
         recipe,
         config,
