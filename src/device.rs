@@ -35,7 +35,9 @@ pub fn pick_device(choice: &DeviceChoice) -> Result<Device, String> {
     let device = match choice.0.as_str() {
         #[cfg(feature = "flex")]
         "flex" => Device::flex(),
+        // Burn 0.22 deprecates ndarray in favour of flex; the zoo keeps it while Burn ships it.
         #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
         "ndarray" => Device::ndarray(),
         #[cfg(feature = "wgpu")]
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),

@@ -357,7 +357,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
             .map_err(ZooError::Usage)?;
     println!(
-        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} params={} step_ms={:.2} (mean {:.2}) tokens_per_s={:.0}",
+        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} params={} step_ms={:.2} (mean {:.2}; forward {:.1}, backward {:.1}, optimizer {:.1}) tokens_per_s={:.0}",
         args.preset,
         config.n_layer,
         config.n_head,
@@ -368,6 +368,9 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         report.params,
         report.step_ms_median,
         report.step_ms_mean,
+        report.phases_ms[0],
+        report.phases_ms[1],
+        report.phases_ms[2],
         report.tokens_per_s
     );
     Ok(())

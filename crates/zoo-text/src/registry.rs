@@ -372,6 +372,7 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         // Now present: no server needed.
         let val = registry.load_split("toy", "val", &dir).unwrap();
         assert_eq!(val, "d e f <eos>\n");
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
@@ -396,6 +397,7 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
         );
         assert!(err.contains("--data-dir"), "{err}");
         assert!(!root.join("toy/toy.txt").exists());
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
@@ -409,13 +411,14 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
                 "toy",
                 "train",
                 &DataDir {
-                    root,
+                    root: root.clone(),
                     download: false,
                 },
             )
             .unwrap_err()
             .to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]

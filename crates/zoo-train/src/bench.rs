@@ -18,6 +18,9 @@ pub struct BenchReport {
     pub step_ms_mean: f64,
     /// Training tokens per second at the median step time.
     pub tokens_per_s: f64,
+    /// Median milliseconds of the forward pass and loss, of the backward pass, and of the
+    /// optimiser update (the three parts of a step; the CPU backends run eagerly).
+    pub phases_ms: [f64; 3],
 }
 
 /// Times `steps` forward + backward + AdamW steps of a GPT on random tokens (after `warmup`
@@ -38,6 +41,7 @@ pub fn bench_gpt(
     let block = config.block_size;
     let vocab = config.vocab_size as f64;
     let mut times = Vec::with_capacity(steps);
+    let mut phases: [Vec<f64>; 3] = Default::default();
     for step in 0..warmup + steps {
         let random_ids = || {
             Tensor::<2>::random([batch, block], Distribution::Uniform(0.0, vocab), &device).int()
@@ -48,20 +52,33 @@ pub fn bench_gpt(
         };
         let started = Instant::now();
         let (loss, _) = model.gpt.loss(batch.inputs, batch.targets);
+        device.sync().map_err(|e| e.to_string())?;
+        let forward = started.elapsed();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        device.sync().map_err(|e| e.to_string())?;
+        let backward = started.elapsed();
         model = optimizer.step(1e-3, model, grads);
         let _ = loss.into_scalar::<f32>();
+        let total = started.elapsed();
         if step >= warmup {
-            times.push(started.elapsed().as_secs_f64() * 1e3);
+            times.push(total.as_secs_f64() * 1e3);
+            phases[0].push(forward.as_secs_f64() * 1e3);
+            phases[1].push((backward - forward).as_secs_f64() * 1e3);
+            phases[2].push((total - backward).as_secs_f64() * 1e3);
         }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     Ok(BenchReport {
         params,
         step_ms_median: median,
         step_ms_mean: mean,
         tokens_per_s: (batch * block) as f64 / (median / 1e3),
+        phases_ms: phases.map(|mut p| self::median(&mut p)),
     })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }

@@ -19,7 +19,8 @@ pub struct GptLm {
     /// summed micro-batch gradients are the mean gradient of the whole batch.
     #[module(skip)]
     pub loss_scale: f32,
-    /// Clip the global gradient norm to this (0 = off).
+    /// Clip the global gradient norm to this (0 = off). burn-train sums micro-batch gradients
+    /// outside the step, so with gradient accumulation each micro-batch is clipped on its own.
     #[module(skip)]
     pub grad_clip: f32,
 }

@@ -132,7 +132,8 @@ pub struct OptimizerSpec {
     pub kind: OptimizerKind,
     /// Peak learning rate (for `noam`, the schedule's scale factor).
     pub lr: f64,
-    /// Weight decay (decoupled for AdamW, L2 for SGD).
+    /// Weight decay (decoupled for AdamW, L2 for SGD), on every parameter: burn's optimisers
+    /// have no per-parameter groups, so unlike nanoGPT biases and norm gains decay too.
     pub weight_decay: f64,
     /// AdamW's first-moment decay.
     pub beta1: f64,
