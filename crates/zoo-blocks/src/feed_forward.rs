@@ -1,8 +1,9 @@
 //! The position-wise feed-forward block: `out(act(fc(x)))`, or SwiGLU's gated form.
 
+use crate::kernels::gelu;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use burn::tensor::activation::{gelu_approximate, relu, silu};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod decoding;
 pub mod embedding;
 pub mod feed_forward;
+pub mod kernels;
 pub mod loss;
 pub mod norm;
 pub mod positions;
