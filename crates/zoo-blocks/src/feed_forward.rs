@@ -107,7 +107,7 @@ impl FeedForward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_gradients, test_device};
+    use crate::testing::{assert_close, check_gradients, erf_reference, test_device};
     use burn::tensor::{Distribution, TensorData};
 
     const ALL: [Activation; 4] = [
@@ -126,7 +126,7 @@ mod tests {
             .iter()
             .map(|&v| {
                 let v = v as f64;
-                (0.5 * v * (1.0 + erf(v / 2f64.sqrt()))) as f32
+                (0.5 * v * (1.0 + erf_reference(v / 2f64.sqrt()))) as f32
             })
             .collect();
         let tanh: Vec<f32> = values
@@ -147,17 +147,6 @@ mod tests {
             Tensor::from_data(TensorData::from(tanh.as_slice()), &device),
             1e-5,
         );
-    }
-
-    /// Abramowitz-Stegun 7.1.26 is only good to 1e-7; use the series for the test's small inputs.
-    fn erf(x: f64) -> f64 {
-        let mut sum = 0.0;
-        let mut term = x;
-        for n in 0..60 {
-            sum += term / (2 * n + 1) as f64;
-            term *= -x * x / (n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     #[test]

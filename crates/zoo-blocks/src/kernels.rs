@@ -191,19 +191,8 @@ mod autodiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_gradients, test_device, to_vec};
+    use crate::testing::{assert_close, check_gradients, erf_reference, test_device, to_vec};
     use burn::tensor::{Distribution, TensorData};
-
-    /// erf by its Taylor series in f64, exact enough for |x| <= 4.
-    fn erf_reference(x: f64) -> f64 {
-        let mut sum = 0.0;
-        let mut term = x;
-        for n in 0..200 {
-            sum += term / (2 * n + 1) as f64;
-            term *= -x * x / (n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
 
     #[test]
     fn the_rational_erf_is_accurate_to_a_few_ulp() {

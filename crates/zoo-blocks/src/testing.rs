@@ -64,3 +64,14 @@ pub fn check_gradients<const D: usize>(
         );
     }
 }
+
+/// erf by its Taylor series in f64: exact to f64 rounding for |x| <= 4.
+pub fn erf_reference(x: f64) -> f64 {
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..200 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
