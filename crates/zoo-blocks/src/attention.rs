@@ -4,6 +4,7 @@
 //! Positions that act inside attention live here too: RoPE rotates queries and keys, ALiBi adds
 //! a per-head distance penalty to the scores.
 
+use crate::kernels::causal_attention;
 use crate::positions::{PositionKind, Rotary, alibi_bias, alibi_slopes};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -210,9 +211,19 @@ impl CausalSelfAttention {
                 .expand([batch, self.n_heads, len, total])
         });
 
-        let y = if device.is_autodiff() {
+        let scale = (head_dim as f64).powf(-0.5);
+        // Training with plain causal attention: our fused kernel, when it serves the device.
+        let fused = (device.is_autodiff()
+            && past == 0
+            && bias.is_none()
+            && padding.is_none()
+            && self.attn_dropout.prob == 0.0)
+            .then(|| causal_attention(q.clone(), k.clone(), v.clone(), scale as f32))
+            .flatten();
+        let y = if let Some(y) = fused {
+            y
+        } else if device.is_autodiff() {
             // Training: explicit scores so dropout can act on the attention weights.
-            let scale = (head_dim as f64).powf(-0.5);
             let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
             if let Some(bias) = bias {
                 scores = scores + bias;
@@ -405,6 +416,43 @@ mod tests {
         let changed = x.slice_assign([1..2, 0..3, 0..16], noise);
         let y2 = layer.forward(changed, Some(padding), None);
         assert_close(y.narrow(1, 3, 4), y2.narrow(1, 3, 4), 1e-5);
+    }
+
+    /// The fused kernel against Burn's composed ops: values and all three input gradients.
+    #[test]
+    fn the_fused_kernel_matches_composed_attention() {
+        let device = test_device().autodiff();
+        for [batch, heads, len, dim] in [[2, 3, 7, 12], [1, 2, 16, 8], [1, 1, 1, 4]] {
+            let input = || {
+                Tensor::<4>::random(
+                    [batch, heads, len, dim],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                )
+                .require_grad()
+            };
+            let (q, k, v) = (input(), input(), input());
+            let scale = 0.37;
+            let fused =
+                causal_attention(q.clone(), k.clone(), v.clone(), scale).expect("flex is served");
+            let mask = causal_mask(len, len, &device)
+                .reshape([1, 1, len, len])
+                .expand([batch, heads, len, len]);
+            let scores = (q.clone().matmul(k.clone().swap_dims(2, 3)) * scale)
+                .mask_fill(mask, f32::NEG_INFINITY);
+            let composed = softmax(scores, 3).matmul(v.clone());
+            assert_close(fused.clone().inner(), composed.clone().inner(), 1e-5);
+            let weights = Tensor::<4>::random(
+                [batch, heads, len, dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let g1 = (fused * weights.clone()).sum().backward();
+            let g2 = (composed * weights).sum().backward();
+            for x in [&q, &k, &v] {
+                assert_close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), 1e-4);
+            }
+        }
     }
 
     #[test]

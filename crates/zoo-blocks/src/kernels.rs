@@ -22,6 +22,27 @@ pub trait ZooOps: Backend {
     fn zoo_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_backward(x, grad)
     }
+
+    /// Causal attention `softmax(q kᵀ scale + causal mask) v` over `[batch, heads, len, dim]`,
+    /// with the attention probabilities (`[batch, heads, len, len]`) that the backward needs.
+    fn zoo_causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dq, dk, dv)` of [`zoo_causal_attention`](Self::zoo_causal_attention) given
+    /// its inputs, output, probabilities and the output's gradient.
+    fn zoo_causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`; see the module docs.
@@ -33,6 +54,22 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         burn::tensor::activation::gelu(x)
     }
+}
+
+/// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, keys and values as many
+/// heads as queries), scores scaled by `scale`, through our fused kernel with its own backward.
+/// `None` when the kernel does not serve the device; callers then compose Burn's ops.
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Option<Tensor<4>> {
+    if !runs_on_flex(&q) {
+        return None;
+    }
+    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
+    );
+    Some(Tensor::from_dispatch(out))
 }
 
 #[cfg(feature = "flex")]
@@ -73,11 +110,167 @@ pub fn erf_f32(x: f32) -> f32 {
     p / q
 }
 
+/// One attention head at a time, on row-major slices: the fused causal-attention kernels behind
+/// [`causal_attention`]. The forward keeps each head's attention probabilities for the backward;
+/// every product is one `gemm` call per head (heads run in parallel, each call on one thread).
+#[cfg(feature = "flex")]
+mod attention {
+    /// A head's forward tensors (`[len, dim]`, probabilities `[len, len]`) and the gradient of
+    /// its output.
+    pub struct Head<'a> {
+        pub q: &'a [f32],
+        pub k: &'a [f32],
+        pub v: &'a [f32],
+        pub out: &'a [f32],
+        pub probs: &'a [f32],
+        pub grad: &'a [f32],
+    }
+
+    /// A row-major matrix operand, possibly read transposed.
+    #[derive(Clone, Copy)]
+    struct Operand<'a> {
+        data: &'a [f32],
+        cols: usize,
+        transposed: bool,
+    }
+
+    fn plain(data: &[f32], cols: usize) -> Operand<'_> {
+        Operand {
+            data,
+            cols,
+            transposed: false,
+        }
+    }
+
+    fn transposed(data: &[f32], cols: usize) -> Operand<'_> {
+        Operand {
+            data,
+            cols,
+            transposed: true,
+        }
+    }
+
+    /// `dst = lhs · rhs`, with `dst` `[m, n]` row-major and `k` the inner dimension.
+    fn matmul(dst: &mut [f32], lhs: Operand, rhs: Operand, m: usize, n: usize, k: usize) {
+        let strides = |op: Operand| -> (isize, isize) {
+            if op.transposed {
+                (op.cols as isize, 1)
+            } else {
+                (1, op.cols as isize)
+            }
+        };
+        let ((lhs_cs, lhs_rs), (rhs_cs, rhs_rs)) = (strides(lhs), strides(rhs));
+        assert!(dst.len() >= m * n && lhs.data.len() >= m * k && rhs.data.len() >= k * n);
+        // SAFETY: the three buffers hold the [m, k], [k, n] and [m, n] matrices the strides
+        // describe (checked above), and `dst` does not alias the operands.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.data.as_ptr(),
+                lhs_cs,
+                lhs_rs,
+                rhs.data.as_ptr(),
+                rhs_cs,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// `out = softmax(q kᵀ scale + causal mask) v`; `probs` receives the softmax.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        probs: &mut [f32],
+        len: usize,
+        dim: usize,
+        scale: f32,
+    ) {
+        matmul(probs, plain(q, dim), transposed(k, dim), len, len, dim);
+        for (i, row) in probs.chunks_exact_mut(len).enumerate() {
+            let (seen, future) = row.split_at_mut(i + 1);
+            future.fill(0.0);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
+            let mut sum = 0.0;
+            for p in seen.iter_mut() {
+                *p = (*p * scale - max).exp();
+                sum += *p;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|p| *p *= inv);
+        }
+        matmul(out, plain(probs, len), plain(v, dim), len, dim, len);
+    }
+
+    /// `dv = pᵀ do`, `ds = p ∘ (do vᵀ − rowsum(do ∘ o))`, `dq = ds k scale`, `dk = dsᵀ q scale`;
+    /// `scratch` holds `[len, len]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        h: Head,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        scratch: &mut [f32],
+        len: usize,
+        dim: usize,
+        scale: f32,
+    ) {
+        matmul(
+            dv,
+            transposed(h.probs, len),
+            plain(h.grad, dim),
+            len,
+            dim,
+            len,
+        );
+        matmul(
+            scratch,
+            plain(h.grad, dim),
+            transposed(h.v, dim),
+            len,
+            len,
+            dim,
+        );
+        for (i, (ds, p)) in scratch
+            .chunks_exact_mut(len)
+            .zip(h.probs.chunks_exact(len))
+            .enumerate()
+        {
+            let rows = i * dim..(i + 1) * dim;
+            let delta: f32 = h.grad[rows.clone()]
+                .iter()
+                .zip(&h.out[rows])
+                .map(|(g, o)| g * o)
+                .sum();
+            for (d, &p) in ds.iter_mut().zip(p) {
+                *d = p * (*d - delta) * scale;
+            }
+        }
+        matmul(dq, plain(scratch, len), plain(h.k, dim), len, dim, len);
+        matmul(dk, transposed(scratch, len), plain(h.q, dim), len, dim, len);
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex {
+    use super::attention;
     use super::{ZooOps, erf_f32};
     use burn::backend::DType;
-    use burn::backend::ops::ActivationOps;
+    use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
     use rayon::prelude::*;
 
@@ -143,6 +336,142 @@ mod flex {
                 });
             output(out, &x)
         }
+
+        fn zoo_causal_attention(
+            q: FlexTensor,
+            k: FlexTensor,
+            v: FlexTensor,
+            scale: f32,
+        ) -> (FlexTensor, FlexTensor) {
+            let shape = Shape4::of(&q);
+            let (q, k, v) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v));
+            let (q, k, v) = (
+                q.as_slice::<f32>().unwrap(),
+                k.as_slice::<f32>().unwrap(),
+                v.as_slice::<f32>().unwrap(),
+            );
+            let (t, d) = (shape.len, shape.dim);
+            let mut out = vec![0.0f32; q.len()];
+            let mut probs = vec![0.0f32; shape.heads() * t * t];
+            out.par_chunks_mut(t * d)
+                .zip(probs.par_chunks_mut(t * t))
+                .enumerate()
+                .for_each(|(h, (out, probs))| {
+                    let at = h * t * d;
+                    attention::forward(
+                        &q[at..at + t * d],
+                        &k[at..at + t * d],
+                        &v[at..at + t * d],
+                        out,
+                        probs,
+                        t,
+                        d,
+                        scale,
+                    );
+                });
+            (shape.tensor(out, d), shape.tensor(probs, t))
+        }
+
+        fn zoo_causal_attention_backward(
+            q: FlexTensor,
+            k: FlexTensor,
+            v: FlexTensor,
+            out: FlexTensor,
+            probs: FlexTensor,
+            grad: FlexTensor,
+            scale: f32,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let shape = Shape4::of(&q);
+            let tensors = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
+            let [q, k, v, out, probs, grad] =
+                tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let (t, d) = (shape.len, shape.dim);
+            let mut dq = vec![0.0f32; q.len()];
+            let mut dk = vec![0.0f32; q.len()];
+            let mut dv = vec![0.0f32; q.len()];
+            let mut scratch = vec![0.0f32; shape.heads() * t * t];
+            dq.par_chunks_mut(t * d)
+                .zip(dk.par_chunks_mut(t * d))
+                .zip(dv.par_chunks_mut(t * d))
+                .zip(scratch.par_chunks_mut(t * t))
+                .enumerate()
+                .for_each(|(h, (((dq, dk), dv), scratch))| {
+                    let at = h * t * d;
+                    fn head(x: &[f32], at: usize, n: usize) -> &[f32] {
+                        &x[at..at + n]
+                    }
+                    let n = t * d;
+                    attention::backward(
+                        attention::Head {
+                            q: head(q, at, n),
+                            k: head(k, at, n),
+                            v: head(v, at, n),
+                            out: head(out, at, n),
+                            probs: head(probs, h * t * t, t * t),
+                            grad: head(grad, at, n),
+                        },
+                        dq,
+                        dk,
+                        dv,
+                        scratch,
+                        t,
+                        d,
+                        scale,
+                    );
+                });
+            (
+                shape.tensor(dq, d),
+                shape.tensor(dk, d),
+                shape.tensor(dv, d),
+            )
+        }
+    }
+
+    fn f32_contiguous(t: &FlexTensor) -> FlexTensor {
+        let t = if t.dtype() == DType::F32 {
+            t.clone()
+        } else {
+            Flex::float_cast(t.clone(), burn::backend::FloatDType::F32)
+        };
+        if t.is_contiguous() && t.layout().start_offset() == 0 {
+            t
+        } else {
+            t.to_contiguous()
+        }
+    }
+
+    /// `[batch, heads, len, dim]`.
+    struct Shape4 {
+        batch: usize,
+        n_heads: usize,
+        len: usize,
+        dim: usize,
+    }
+
+    impl Shape4 {
+        fn of(t: &FlexTensor) -> Self {
+            let dims = t.layout().shape().dims::<4>();
+            Self {
+                batch: dims[0],
+                n_heads: dims[1],
+                len: dims[2],
+                dim: dims[3],
+            }
+        }
+
+        fn heads(&self) -> usize {
+            self.batch * self.n_heads
+        }
+
+        /// `[batch, heads, len, last]` holding `values`.
+        fn tensor(&self, values: Vec<f32>, last: usize) -> FlexTensor {
+            let shape: burn::tensor::Shape = [self.batch, self.n_heads, self.len, last].into();
+            FlexTensor::new(
+                burn::tensor::Bytes::from_elems(values),
+                Layout::contiguous(shape),
+                DType::F32,
+            )
+        }
     }
 }
 
@@ -175,6 +504,33 @@ mod autodiff {
         }
     }
 
+    #[derive(Debug)]
+    struct ZooCausalAttention;
+
+    type AttentionState<B> = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        f32,
+    );
+
+    impl<B: Backend + ZooOps> Backward<B, 3> for ZooCausalAttention {
+        type State = AttentionState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (q, k, v, out, probs, scale) = ops.state;
+            let grad = grads.consume::<B>(&ops.node);
+            let (dq, dk, dv) = B::zoo_causal_attention_backward(q, k, v, out, probs, grad, scale);
+            for (parent, gradient) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, gradient);
+                }
+            }
+        }
+    }
+
     impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         fn zoo_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
             match ZooGelu.prepare::<C>([x.node()]).compute_bound().stateful() {
@@ -184,6 +540,45 @@ mod autodiff {
                 }
                 OpsKind::UnTracked(prep) => prep.finish(B::zoo_gelu(x.into_primitive())),
             }
+        }
+
+        fn zoo_causal_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f32,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (qp, kp, vp) = (
+                q.primitive().clone(),
+                k.primitive().clone(),
+                v.primitive().clone(),
+            );
+            let (out, probs) = B::zoo_causal_attention(qp.clone(), kp.clone(), vp.clone(), scale);
+            // The probabilities leave as a constant: nothing differentiates through them.
+            let probs_leaf = FloatTensor::<Self>::new(probs.clone());
+            let out = match ZooCausalAttention
+                .prepare::<C>([q.node(), k.node(), v.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((qp, kp, vp, out.clone(), probs, scale), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            (out, probs_leaf)
+        }
+
+        fn zoo_causal_attention_backward(
+            _q: FloatTensor<Self>,
+            _k: FloatTensor<Self>,
+            _v: FloatTensor<Self>,
+            _out: FloatTensor<Self>,
+            _probs: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+            _scale: f32,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            panic!(
+                "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+            )
         }
     }
 }
