@@ -288,18 +288,22 @@ mod flex {
         cdf + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
     }
 
-    fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
-        (t.dtype() == DType::F32).then(|| {
-            if t.is_contiguous() {
-                t.clone()
-            } else {
-                t.to_contiguous()
-            }
-        })
+    /// `t` laid out contiguously (a cheap clone when it already is).
+    fn contiguous(t: &FlexTensor) -> FlexTensor {
+        if t.is_contiguous() {
+            t.clone()
+        } else {
+            t.to_contiguous()
+        }
     }
 
-    fn output(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
-        let shape = like.layout().shape().clone();
+    /// `t` as a contiguous f32 tensor; `None` for other dtypes.
+    fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+        (t.dtype() == DType::F32).then(|| contiguous(t))
+    }
+
+    /// A contiguous f32 tensor of `shape` holding `values`.
+    fn from_f32(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
         FlexTensor::new(
             burn::tensor::Bytes::from_elems(values),
             Layout::contiguous(shape),
@@ -317,7 +321,7 @@ mod flex {
             out.par_chunks_mut(CHUNK)
                 .zip(input.par_chunks(CHUNK))
                 .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = gelu(v)));
-            output(out, &x)
+            from_f32(out, x.layout().shape().clone())
         }
 
         fn zoo_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -334,7 +338,7 @@ mod flex {
                         *o = g * gelu_derivative(v);
                     }
                 });
-            output(out, &x)
+            from_f32(out, x.layout().shape().clone())
         }
 
         fn zoo_causal_attention(
@@ -427,17 +431,11 @@ mod flex {
         }
     }
 
+    /// `t` as a contiguous f32 tensor, cast if it is another float dtype.
     fn f32_contiguous(t: &FlexTensor) -> FlexTensor {
-        let t = if t.dtype() == DType::F32 {
-            t.clone()
-        } else {
-            Flex::float_cast(t.clone(), burn::backend::FloatDType::F32)
-        };
-        if t.is_contiguous() && t.layout().start_offset() == 0 {
-            t
-        } else {
-            t.to_contiguous()
-        }
+        contiguous_f32(t).unwrap_or_else(|| {
+            contiguous(&Flex::float_cast(t.clone(), burn::backend::FloatDType::F32))
+        })
     }
 
     /// `[batch, heads, len, dim]`.
@@ -465,12 +463,7 @@ mod flex {
 
         /// `[batch, heads, len, last]` holding `values`.
         fn tensor(&self, values: Vec<f32>, last: usize) -> FlexTensor {
-            let shape: burn::tensor::Shape = [self.batch, self.n_heads, self.len, last].into();
-            FlexTensor::new(
-                burn::tensor::Bytes::from_elems(values),
-                Layout::contiguous(shape),
-                DType::F32,
-            )
+            from_f32(values, [self.batch, self.n_heads, self.len, last].into())
         }
     }
 }

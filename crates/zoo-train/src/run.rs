@@ -81,8 +81,6 @@ pub struct Budget {
     pub total_steps: usize,
     /// Optimiser steps per burn-train epoch (one validation each).
     pub steps_per_epoch: usize,
-    /// burn-train epochs.
-    pub epochs: usize,
 }
 
 impl Budget {
@@ -95,11 +93,9 @@ impl Budget {
             (None, Some(epochs)) => epochs * (train_tokens / tokens_per_step).max(1),
             (None, None) => unreachable!("validated recipes have a budget"),
         };
-        let steps_per_epoch = t.eval_interval.min(total_steps);
         Self {
             total_steps,
-            steps_per_epoch,
-            epochs: total_steps.div_ceil(steps_per_epoch),
+            steps_per_epoch: t.eval_interval.min(total_steps),
         }
     }
 }
@@ -404,7 +400,18 @@ fn sample_text(
     if ids.is_empty() {
         ids = tokenizer.encode(fallback)?.into_iter().take(1).collect();
     }
-    let out = model.generate(&ids, tokens, &mut Sampler::new(sampling));
+    continue_text(model, tokenizer, &ids, tokens, sampling)
+}
+
+/// The text of `ids` followed by `tokens` sampled tokens.
+fn continue_text(
+    model: &zoo_gpt::Gpt,
+    tokenizer: &ZooTokenizer,
+    ids: &[u32],
+    tokens: usize,
+    sampling: SamplingConfig,
+) -> Result<String, ZooError> {
+    let out = model.generate(ids, tokens, &mut Sampler::new(sampling));
     Ok(tokenizer.decode(&out)?)
 }
 
@@ -463,20 +470,29 @@ fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
     Recipe::load(&path)
 }
 
+/// The lines of the run's metrics log (none if it has none yet).
+fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join(METRICS_FILE))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The optimiser step an epoch ended on, from the metrics log.
 fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
-    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    read_metrics(run_dir)
+        .into_iter()
         .find(|v| v["epoch"].as_u64() == Some(epoch as u64))
         .and_then(|v| v["step"].as_u64())
         .map(|s| s as usize)
 }
 
 fn last_val_loss(run_dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    read_metrics(run_dir)
+        .into_iter()
         .filter(|v| v["split"] == "valid")
         .filter_map(|v| v["loss"].as_f64())
         .next_back()
@@ -629,8 +645,5 @@ pub fn generate(
             "the prompt is empty after tokenisation; give --prompt some text".into(),
         ));
     }
-    let out = run
-        .model
-        .generate(&ids, max_tokens, &mut Sampler::new(sampling));
-    Ok(run.tokenizer.decode(&out)?)
+    continue_text(&run.model, &run.tokenizer, &ids, max_tokens, sampling)
 }
