@@ -11,9 +11,6 @@ use burn::backend::{Backend, backend_extension};
 use burn::tensor::Tensor;
 
 /// The operations the zoo implements itself.
-// Without `flex` no concrete backend is routed, and the generated dispatch leaves plain
-// arguments such as `scale` unused.
-#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
 pub trait ZooOps: Backend {
     /// Exact GELU.
@@ -32,7 +29,8 @@ pub trait ZooOps: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: f32,
+        // `_scale`: without `flex` the generated dispatch has no backend to pass it to.
+        _scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients `(dq, dk, dv)` of [`zoo_causal_attention`](Self::zoo_causal_attention) given
@@ -44,7 +42,7 @@ pub trait ZooOps: Backend {
         out: FloatTensor<Self>,
         probs: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        scale: f32,
+        _scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
