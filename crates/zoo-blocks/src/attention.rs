@@ -4,7 +4,7 @@
 //! Positions that act inside attention live here too: RoPE rotates queries and keys, ALiBi adds
 //! a per-head distance penalty to the scores.
 
-use crate::kernels::causal_attention;
+use crate::kernels::{self, causal_attention};
 use crate::positions::{PositionKind, Rotary, alibi_bias, alibi_slopes};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -175,7 +175,7 @@ impl CausalSelfAttention {
         let head_dim = d_model / self.n_heads;
         let past = cache.as_ref().map_or(0, |c| c.len());
 
-        let qkv = self.qkv.forward(x);
+        let qkv = kernels::linear(&self.qkv, x);
         let heads = |start: usize, count: usize| {
             qkv.clone()
                 .narrow(2, start * head_dim, count * head_dim)
@@ -246,7 +246,7 @@ impl CausalSelfAttention {
         };
 
         let y = y.swap_dims(1, 2).reshape([batch, len, d_model]);
-        self.resid_dropout.forward(self.proj.forward(y))
+        self.resid_dropout.forward(kernels::linear(&self.proj, y))
     }
 
     /// Repeats each key/value head for the query heads that share it.

@@ -1,6 +1,7 @@
 //! Token embeddings and the output head, optionally sharing one matrix (weight tying, Press &
 //! Wolf 2017): the head's logits are then `h · Eᵀ`.
 
+use crate::kernels;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::module::embedding;
@@ -60,8 +61,8 @@ impl TokenEmbedding {
     /// Projects hidden states `[batch, len, d_model]` to logits `[batch, len, vocab_size]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.weight.val().transpose().unsqueeze()),
+            Some(head) => kernels::linear(head, hidden),
+            None => kernels::matmul_weight(hidden, self.weight.val().transpose()),
         }
     }
 

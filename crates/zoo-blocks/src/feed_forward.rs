@@ -1,6 +1,6 @@
 //! The position-wise feed-forward block: `out(act(fc(x)))`, or SwiGLU's gated form.
 
-use crate::kernels::gelu;
+use crate::kernels::{self, gelu};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu_approximate, relu, silu};
@@ -90,7 +90,7 @@ pub struct FeedForward {
 impl FeedForward {
     /// Applies the block to `[..., d_model]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = self.fc.forward(x);
+        let h = kernels::linear(&self.fc, x);
         let h = match self.activation {
             Activation::Relu => relu(h),
             Activation::Gelu => gelu(h),
@@ -100,7 +100,7 @@ impl FeedForward {
                 silu(gate) * value
             }
         };
-        self.dropout.forward(self.out.forward(h))
+        self.dropout.forward(kernels::linear(&self.out, h))
     }
 }
 

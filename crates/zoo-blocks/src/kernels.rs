@@ -8,6 +8,7 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
+use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 /// The operations the zoo implements itself.
@@ -44,6 +45,29 @@ pub trait ZooOps: Backend {
         grad: FloatTensor<Self>,
         _scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
+    fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// LayerNorm of the rows of `x` (`[rows, d]`) with gain `gamma` and bias `beta` (`[d]`):
+    /// the output, and each row's mean and reciprocal standard deviation (`[rows]`) that the
+    /// backward needs.
+    fn zoo_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        _epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dx, dgamma, dbeta)` of [`zoo_layer_norm`](Self::zoo_layer_norm) given its
+    /// input, gain, row statistics and the output's gradient.
+    fn zoo_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`; see the module docs.
@@ -71,6 +95,69 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) ->
         scale,
     );
     Some(Tensor::from_dispatch(out))
+}
+
+/// `x · weight` over the last dimension of `x` (`[..., d_in]` by `[d_in, d_out]`): the leading
+/// dimensions fold into the rows of one matrix product. On `flex` it runs through our own matmul,
+/// which hands transposed views straight to gemm (Burn's copies them, zero-fills and then copies
+/// every output, and computes a batched weight gradient that it then reduces).
+pub fn matmul_weight<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
+    if !runs_on_flex_f32(&x) {
+        return x.matmul(weight.unsqueeze());
+    }
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, dims[D - 1]]);
+    let out = Tensor::<2>::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_matmul(
+        x.into_dispatch(),
+        weight.clone().into_dispatch(),
+    ));
+    let mut out_dims = dims;
+    out_dims[D - 1] = weight.dims()[1];
+    out.reshape(out_dims)
+}
+
+/// A [`Linear`] layer's forward through [`matmul_weight`].
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if !runs_on_flex_f32(&x) {
+        return layer.forward(x);
+    }
+    let out = matmul_weight(x, layer.weight.val());
+    match &layer.bias {
+        Some(bias) => out + bias.val().unsqueeze(),
+        None => out,
+    }
+}
+
+/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + epsilon) * gamma + beta`. On
+/// `flex` one fused pass per row each way (Burn composes it from a dozen whole-tensor ops and
+/// their backwards); elsewhere Burn's `layer_norm`.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    if !runs_on_flex_f32(&x) {
+        return burn::tensor::module::layer_norm(x, gamma, beta, epsilon);
+    }
+    let dims = x.dims();
+    let d = dims[D - 1];
+    let x = x.reshape([dims[..D - 1].iter().product::<usize>(), d]);
+    // Without a bias the kernel adds zeros, a constant nothing differentiates.
+    let beta = beta.unwrap_or_else(|| Tensor::zeros([d], &gamma.device()));
+    let (out, _mean, _rstd) = <burn::backend::Dispatch as ZooOps>::zoo_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon as f32,
+    );
+    Tensor::<2>::from_dispatch(out).reshape(dims)
+}
+
+/// Whether `x` is an f32 tensor on `flex`, the case the matmul and LayerNorm kernels serve.
+fn runs_on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == burn::tensor::DType::F32 && runs_on_flex(x)
 }
 
 #[cfg(feature = "flex")]
@@ -266,10 +353,55 @@ mod attention {
     }
 }
 
+/// LayerNorm one row at a time, on plain slices.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+mod layer_norm_rows {
+    /// Normalises `x` into `y`; returns the row's mean and reciprocal standard deviation.
+    pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f32) -> (f32, f32) {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *y = (x - mean) * rstd * g + b;
+        }
+        (mean, rstd)
+    }
+
+    /// With `x̂ = (x - mean) rstd` and `g = dy ∘ gamma`:
+    /// `dx = rstd (g - mean(g) - x̂ mean(g ∘ x̂))`; adds the row's `dy ∘ x̂` and `dy` to
+    /// `dgamma` and `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        x: &[f32],
+        gamma: &[f32],
+        (mean, rstd): (f32, f32),
+        dy: &[f32],
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+        for i in 0..x.len() {
+            let x_hat = (x[i] - mean) * rstd;
+            let g = dy[i] * gamma[i];
+            sum_g += g;
+            sum_gx += g * x_hat;
+            dgamma[i] += dy[i] * x_hat;
+            dbeta[i] += dy[i];
+        }
+        let n = x.len() as f32;
+        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+        for i in 0..x.len() {
+            let x_hat = (x[i] - mean) * rstd;
+            dx[i] = rstd * (dy[i] * gamma[i] - mean_g - x_hat * mean_gx);
+        }
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex {
-    use super::attention;
-    use super::{ZooOps, erf_f32};
+    use super::{ZooOps, attention, erf_f32, layer_norm_rows};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -430,6 +562,161 @@ mod flex {
                 shape.tensor(dv, d),
             )
         }
+
+        fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+            let (lhs, rhs) = (Matrix::of(lhs), Matrix::of(rhs));
+            let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+            assert_eq!(
+                k, rhs.rows,
+                "zoo_matmul: [{m}, {k}] times [{}, {n}]",
+                rhs.rows
+            );
+            let mut out = Vec::<f32>::with_capacity(m * n);
+            if k == 0 {
+                out.resize(m * n, 0.0);
+            } else {
+                // Above about 192³ multiply-adds gemm's own threads pay off (flex's threshold).
+                let parallelism = if m * n * k >= 192 * 192 * 192 {
+                    gemm::Parallelism::Rayon(0)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // SAFETY: the operands' pointers and strides describe [m, k] and [k, n] matrices
+                // inside their storage (`Matrix::of`); gemm writes all of the `[m, n]` row-major
+                // output without reading it (`read_dst` false), so it is initialised after.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.ptr(),
+                        lhs.col_stride,
+                        lhs.row_stride,
+                        rhs.ptr(),
+                        rhs.col_stride,
+                        rhs.row_stride,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                    out.set_len(m * n);
+                }
+            }
+            from_f32(out, [m, n].into())
+        }
+
+        fn zoo_layer_norm(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            beta: FlexTensor,
+            epsilon: f32,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let [x, gamma, beta] = [&x, &gamma, &beta].map(f32_contiguous);
+            let [xs, gamma, beta] = [&x, &gamma, &beta].map(|t| t.as_slice::<f32>().unwrap());
+            let d = gamma.len();
+            let rows = xs.len() / d;
+            let mut y = vec![0.0f32; xs.len()];
+            let mut stats = vec![(0.0f32, 0.0f32); rows];
+            y.par_chunks_mut(d * ROWS)
+                .zip(xs.par_chunks(d * ROWS))
+                .zip(stats.par_chunks_mut(ROWS))
+                .for_each(|((y, x), stats)| {
+                    for ((y, x), stats) in y.chunks_mut(d).zip(x.chunks(d)).zip(stats) {
+                        *stats = layer_norm_rows::forward(x, gamma, beta, y, epsilon);
+                    }
+                });
+            let (mean, rstd) = stats.into_iter().unzip();
+            (
+                from_f32(y, x.layout().shape().clone()),
+                from_f32(mean, [rows].into()),
+                from_f32(rstd, [rows].into()),
+            )
+        }
+
+        fn zoo_layer_norm_backward(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            mean: FlexTensor,
+            rstd: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let tensors = [&x, &gamma, &mean, &rstd, &grad].map(f32_contiguous);
+            let [xs, gamma, mean, rstd, dy] =
+                tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let d = gamma.len();
+            let mut dx = vec![0.0f32; xs.len()];
+            // Each chunk of rows sums its own share of dgamma and dbeta; the shares add up after.
+            let add = |(mut g, mut b): (Vec<f32>, Vec<f32>), (g2, b2): (Vec<f32>, Vec<f32>)| {
+                g.iter_mut().zip(g2).for_each(|(g, g2)| *g += g2);
+                b.iter_mut().zip(b2).for_each(|(b, b2)| *b += b2);
+                (g, b)
+            };
+            let (dgamma, dbeta) = dx
+                .par_chunks_mut(d * ROWS)
+                .zip(xs.par_chunks(d * ROWS).zip(dy.par_chunks(d * ROWS)))
+                .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
+                .map(|((dx, (x, dy)), (mean, rstd))| {
+                    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                    let rows = dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d));
+                    for (((dx, x), dy), stats) in rows.zip(mean.iter().zip(rstd)) {
+                        let stats = (*stats.0, *stats.1);
+                        layer_norm_rows::backward(x, gamma, stats, dy, dx, &mut dgamma, &mut dbeta);
+                    }
+                    (dgamma, dbeta)
+                })
+                .reduce(|| (vec![0.0; d], vec![0.0; d]), add);
+            (
+                from_f32(dx, x.layout().shape().clone()),
+                from_f32(dgamma, [d].into()),
+                from_f32(dbeta, [d].into()),
+            )
+        }
+    }
+
+    /// Rows per parallel task in the LayerNorm kernels.
+    const ROWS: usize = 16;
+
+    /// A 2-D f32 operand as gemm reads it: row-major or a transposed view, in place.
+    struct Matrix {
+        tensor: FlexTensor,
+        rows: usize,
+        cols: usize,
+        row_stride: isize,
+        col_stride: isize,
+    }
+
+    impl Matrix {
+        fn of(t: FlexTensor) -> Self {
+            let t = if t.dtype() == DType::F32 { t } else { f32_contiguous(&t) };
+            // Row-major and transposed views go to gemm as they are; anything else is copied.
+            let in_place = |t: &FlexTensor| match t.layout().as_2d_strides() {
+                Some((_, _, rs, cs)) => rs >= 0 && cs >= 0 && (rs == 1 || cs == 1),
+                None => false,
+            };
+            let tensor = if in_place(&t) { t } else { t.to_contiguous() };
+            let (rows, cols, row_stride, col_stride) = tensor
+                .layout()
+                .as_2d_strides()
+                .expect("zoo_matmul takes 2-D operands");
+            Self {
+                tensor,
+                rows,
+                cols,
+                row_stride,
+                col_stride,
+            }
+        }
+
+        fn ptr(&self) -> *const f32 {
+            self.tensor.storage::<f32>()[self.tensor.layout().start_offset()..].as_ptr()
+        }
     }
 
     /// `t` as a contiguous f32 tensor, cast if it is another float dtype.
@@ -476,7 +763,7 @@ mod autodiff {
     use burn_autodiff::checkpoint::base::Checkpointer;
     use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn_autodiff::grads::Gradients;
-    use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
     use burn_autodiff::{Autodiff, NodeId};
 
     #[derive(Debug)]
@@ -525,7 +812,113 @@ mod autodiff {
         }
     }
 
+    #[derive(Debug)]
+    struct ZooMatmul;
+
+    impl<B: Backend + ZooOps> Backward<B, 2> for ZooMatmul {
+        /// The left operand when the right one needs its gradient, and the other way round.
+        type State = (Option<NodeId>, Option<NodeId>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let (lhs, rhs) = ops.state;
+            let lhs = lhs.map(|lhs| checkpointer.retrieve_node_output(lhs));
+            let rhs = rhs.map(|rhs| checkpointer.retrieve_node_output(rhs));
+            // Transposes are views on flex: gemm reads them in place.
+            binary::<B, _, _>(
+                ops.parents,
+                ops.node,
+                grads,
+                |grad| B::zoo_matmul(grad, B::float_transpose(rhs.unwrap())),
+                |grad| B::zoo_matmul(B::float_transpose(lhs.unwrap()), grad),
+            );
+        }
+    }
+
+    #[derive(Debug)]
+    struct ZooLayerNorm;
+
+    /// Input, gain, row means and row reciprocal standard deviations.
+    type LayerNormState<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    impl<B: Backend + ZooOps> Backward<B, 3> for ZooLayerNorm {
+        type State = LayerNormState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (x, gamma, mean, rstd) = ops.state;
+            let grad = grads.consume::<B>(&ops.node);
+            let (dx, dgamma, dbeta) = B::zoo_layer_norm_backward(x, gamma, mean, rstd, grad);
+            for (parent, gradient) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, gradient);
+                }
+            }
+        }
+    }
+
     impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
+        fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+            match ZooMatmul
+                .prepare::<C>([lhs.node(), rhs.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+                    let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+                    prep.finish(
+                        (lhs_state, rhs_state),
+                        B::zoo_matmul(lhs.into_primitive(), rhs.into_primitive()),
+                    )
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(B::zoo_matmul(lhs.into_primitive(), rhs.into_primitive()))
+                }
+            }
+        }
+
+        fn zoo_layer_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f32,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let (xp, gp) = (x.primitive().clone(), gamma.primitive().clone());
+            let (out, mean, rstd) =
+                B::zoo_layer_norm(xp.clone(), gp.clone(), beta.primitive().clone(), epsilon);
+            // The statistics leave as constants: nothing differentiates through them.
+            let stats = (
+                FloatTensor::<Self>::new(mean.clone()),
+                FloatTensor::<Self>::new(rstd.clone()),
+            );
+            let out = match ZooLayerNorm
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((xp, gp, mean, rstd), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            (out, stats.0, stats.1)
+        }
+
+        fn zoo_layer_norm_backward(
+            _x: FloatTensor<Self>,
+            _gamma: FloatTensor<Self>,
+            _mean: FloatTensor<Self>,
+            _rstd: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            panic!(
+                "zoo's LayerNorm has no second-order gradient; its backward runs on the inner backend"
+            )
+        }
+
         fn zoo_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
             match ZooGelu.prepare::<C>([x.node()]).compute_bound().stateful() {
                 OpsKind::Tracked(mut prep) => {
@@ -626,5 +1019,88 @@ mod tests {
         let device = test_device().autodiff();
         let weights = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
         check_gradients([3, 5], |x| (gelu(x) * weights.clone()).sum(), &device);
+    }
+
+    #[test]
+    fn matmul_matches_burns_for_plain_and_transposed_operands() {
+        let device = test_device().autodiff();
+        let normal = Distribution::Normal(0.0, 1.0);
+        // Inputs `[2, 3, 40]` against a `[40, 30]` weight, held as is or as a transposed view.
+        let x0 = Tensor::<3>::random([2, 3, 40], normal, &device);
+        let w0 = Tensor::<2>::random([40, 30], normal, &device);
+        let probe = Tensor::<3>::random([2, 3, 30], normal, &device);
+        for transposed in [false, true] {
+            // Output, input gradient and weight gradient, each side on a graph of its own.
+            let run = |ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let held = if transposed { w0.clone().transpose() } else { w0.clone() };
+                let held = held.detach().require_grad();
+                let weight = if transposed { held.clone().transpose() } else { held.clone() };
+                let out = if ours {
+                    matmul_weight(x.clone(), weight)
+                } else {
+                    x.clone().matmul(weight.unsqueeze())
+                };
+                let grads = (out.clone() * probe.clone()).sum().backward();
+                (out.inner(), x.grad(&grads).unwrap(), held.grad(&grads).unwrap())
+            };
+            let (ours, theirs) = (run(true), run(false));
+            assert_close(ours.0, theirs.0, 1e-5);
+            assert_close(ours.1, theirs.1, 1e-5);
+            assert_close(ours.2, theirs.2, 1e-5);
+        }
+    }
+
+    #[test]
+    fn matmul_gradients_match_finite_differences() {
+        let device = test_device().autodiff();
+        let weight = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
+        let probe = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+        check_gradients(
+            [5, 4],
+            |x| (matmul_weight(x, weight.clone()) * probe.clone()).sum(),
+            &device,
+        );
+        let x = Tensor::<2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
+        check_gradients(
+            [3, 4],
+            |w| (matmul_weight(x.clone(), w.transpose()) * probe.clone()).sum(),
+            &device,
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_values_and_gradients() {
+        let device = test_device().autodiff();
+        // More rows than one parallel task takes, so the dgamma shares are summed.
+        let x0 = Tensor::<3>::random([3, 50, 24], Distribution::Normal(2.0, 3.0), &device);
+        let gamma0 = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device);
+        let beta0 = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device);
+        let probe = Tensor::<3>::random([3, 50, 24], Distribution::Normal(0.0, 1.0), &device);
+        for with_bias in [true, false] {
+            // Output and the gradients of input, gain and bias, each side on its own graph.
+            let run = |ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let gamma = gamma0.clone().detach().require_grad();
+                let beta = beta0.clone().detach().require_grad();
+                let bias = with_bias.then(|| beta.clone());
+                let out = if ours {
+                    layer_norm(x.clone(), gamma.clone(), bias, 1e-5)
+                } else {
+                    burn::tensor::module::layer_norm(x.clone(), gamma.clone(), bias, 1e-5)
+                };
+                let grads = (out.clone() * probe.clone()).sum().backward();
+                let beta_grad = beta.grad(&grads).map(to_vec);
+                (out.inner(), x.grad(&grads).unwrap(), gamma.grad(&grads).unwrap(), beta_grad)
+            };
+            let (ours, theirs) = (run(true), run(false));
+            assert_close(ours.0, theirs.0, 1e-5);
+            assert_close(ours.1, theirs.1, 1e-4);
+            assert_close(ours.2, theirs.2, 1e-4);
+            assert_eq!(ours.3.is_some(), with_bias);
+            if let (Some(ours), Some(theirs)) = (ours.3, theirs.3) {
+                assert!(ours.iter().zip(&theirs).all(|(a, b)| (a - b).abs() < 1e-4));
+            }
+        }
     }
 }

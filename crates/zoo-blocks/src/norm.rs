@@ -1,5 +1,6 @@
 //! Normalisation layers (LayerNorm, RMSNorm) and where a block puts them (pre- or post-norm).
 
+use crate::kernels;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
@@ -27,6 +28,10 @@ pub enum NormPlacement {
     Post,
 }
 
+/// LayerNorm's epsilon (PyTorch's and Burn's default). Burn's module keeps its own private, so
+/// [`Norm::new`] sets it and [`Norm::forward`] hands the same value to our kernel.
+const LAYER_NORM_EPSILON: f64 = 1e-5;
+
 /// A LayerNorm or an RMSNorm, chosen at construction.
 #[derive(Module, Debug)]
 pub enum Norm {
@@ -40,9 +45,12 @@ impl Norm {
     /// A norm over the last dimension of size `d_model`. `bias` only matters for LayerNorm.
     pub fn new(kind: NormKind, d_model: usize, bias: bool, device: &Device) -> Self {
         match kind {
-            NormKind::LayerNorm => {
-                Norm::Layer(LayerNormConfig::new(d_model).with_bias(bias).init(device))
-            }
+            NormKind::LayerNorm => Norm::Layer(
+                LayerNormConfig::new(d_model)
+                    .with_bias(bias)
+                    .with_epsilon(LAYER_NORM_EPSILON)
+                    .init(device),
+            ),
             NormKind::RmsNorm => Norm::Rms(RmsNormConfig::new(d_model).init(device)),
         }
     }
@@ -50,7 +58,12 @@ impl Norm {
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Norm::Layer(norm) => norm.forward(x),
+            Norm::Layer(norm) => kernels::layer_norm(
+                x,
+                norm.gamma.val(),
+                norm.beta.as_ref().map(|beta| beta.val()),
+                LAYER_NORM_EPSILON,
+            ),
             Norm::Rms(norm) => norm.forward(x),
         }
     }
