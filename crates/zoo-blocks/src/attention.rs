@@ -176,6 +176,26 @@ impl CausalSelfAttention {
         let past = cache.as_ref().map_or(0, |c| c.len());
 
         let qkv = kernels::linear(&self.qkv, x);
+        let scale = (head_dim as f64).powf(-0.5);
+        // Training with plain causal attention: our fused kernel reads the heads where the
+        // projection left them, when it serves the device.
+        let plain_causal = qkv.device().is_autodiff()
+            && past == 0
+            && self.rotary.is_none()
+            && !self.alibi
+            && padding.is_none()
+            && self.attn_dropout.prob == 0.0;
+        if plain_causal {
+            let packed = kernels::causal_attention_packed(
+                qkv.clone(),
+                self.n_heads,
+                self.n_kv_heads,
+                scale as f32,
+            );
+            if let Some(y) = packed {
+                return self.resid_dropout.forward(kernels::linear(&self.proj, y));
+            }
+        }
         let heads = |start: usize, count: usize| {
             qkv.clone()
                 .narrow(2, start * head_dim, count * head_dim)
@@ -211,8 +231,7 @@ impl CausalSelfAttention {
                 .expand([batch, self.n_heads, len, total])
         });
 
-        let scale = (head_dim as f64).powf(-0.5);
-        // Training with plain causal attention: our fused kernel, when it serves the device.
+        // Training with RoPE: our fused kernel on the rotated heads, when it serves the device.
         let fused = (device.is_autodiff()
             && past == 0
             && bias.is_none()
@@ -452,6 +471,56 @@ mod tests {
             for x in [&q, &k, &v] {
                 assert_close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), 1e-4);
             }
+        }
+    }
+
+    #[test]
+    fn the_packed_kernel_matches_composed_attention() {
+        let device = test_device().autodiff();
+        // [batch, len, query heads, key/value heads, head dim]
+        for [batch, len, heads, kv_heads, dim] in [[2, 9, 4, 2, 6], [1, 5, 3, 3, 4], [2, 1, 2, 1, 2]] {
+            let width = (heads + 2 * kv_heads) * dim;
+            let qkv0 = Tensor::<3>::random([batch, len, width], Distribution::Normal(0.0, 1.0), &device);
+            let probe = Tensor::<3>::random(
+                [batch, len, heads * dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let scale = 0.41;
+            // Output and the packed projection's gradient, each side on a graph of its own.
+            let run = |packed: bool| {
+                let qkv = qkv0.clone().detach().require_grad();
+                let out = if packed {
+                    kernels::causal_attention_packed(qkv.clone(), heads, kv_heads, scale)
+                        .expect("flex is served")
+                } else {
+                    let split = |start: usize, count: usize| {
+                        let x = qkv
+                            .clone()
+                            .narrow(2, start * dim, count * dim)
+                            .reshape([batch, len, count, dim])
+                            .swap_dims(1, 2);
+                        // Each key/value head serves `heads / kv_heads` query heads in turn.
+                        x.unsqueeze_dim::<5>(2)
+                            .repeat_dim(2, heads / count)
+                            .reshape([batch, heads, len, dim])
+                    };
+                    let (q, k, v) = (split(0, heads), split(heads, kv_heads), split(heads + kv_heads, kv_heads));
+                    let mask = causal_mask(len, len, &device)
+                        .reshape([1, 1, len, len])
+                        .expand([batch, heads, len, len]);
+                    let scores = (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(mask, f32::NEG_INFINITY);
+                    softmax(scores, 3)
+                        .matmul(v)
+                        .swap_dims(1, 2)
+                        .reshape([batch, len, heads * dim])
+                };
+                let grads = (out.clone() * probe.clone()).sum().backward();
+                (out.inner(), qkv.grad(&grads).unwrap())
+            };
+            let (packed, composed) = (run(true), run(false));
+            assert_close(packed.0, composed.0, 1e-5);
+            assert_close(packed.1, composed.1, 1e-4);
         }
     }
 

@@ -46,6 +46,29 @@ pub trait ZooOps: Backend {
         _scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// Causal attention straight from a packed QKV projection `[batch, len, (n_heads +
+    /// 2 n_kv_heads) head_dim]` (queries, then keys, then values along each row) to
+    /// `[batch, len, n_heads head_dim]`, with the attention probabilities.
+    fn zoo_causal_attention_packed(
+        qkv: FloatTensor<Self>,
+        _n_heads: usize,
+        _n_kv_heads: usize,
+        _scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient of [`zoo_causal_attention_packed`](Self::zoo_causal_attention_packed) with
+    /// respect to the packed projection.
+    #[allow(clippy::too_many_arguments)]
+    fn zoo_causal_attention_packed_backward(
+        qkv: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        _n_heads: usize,
+        _n_kv_heads: usize,
+        _scale: f32,
+    ) -> FloatTensor<Self>;
+
     /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
     fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
 
@@ -92,6 +115,28 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) ->
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
+        scale,
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
+/// Causal self-attention straight from a packed QKV projection (`[batch, len, (n_heads +
+/// 2 n_kv_heads) head_dim]`: queries, keys, values along each row) to `[batch, len, n_heads
+/// head_dim]`, scores scaled by `scale`, through our fused kernel: no splitting, transposing or
+/// repeating of heads either way. `None` when the kernel does not serve the device.
+pub fn causal_attention_packed(
+    qkv: Tensor<3>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    scale: f32,
+) -> Option<Tensor<3>> {
+    if !runs_on_flex_f32(&qkv) {
+        return None;
+    }
+    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention_packed(
+        qkv.into_dispatch(),
+        n_heads,
+        n_kv_heads,
         scale,
     );
     Some(Tensor::from_dispatch(out))
@@ -198,75 +243,170 @@ pub fn erf_f32(x: f32) -> f32 {
     p / q
 }
 
-/// One attention head at a time, on row-major slices: the fused causal-attention kernels behind
-/// [`causal_attention`]. The forward keeps each head's attention probabilities for the backward;
-/// every product is one `gemm` call per head (heads run in parallel, each call on one thread).
+/// The fused causal-attention kernels behind [`causal_attention`] and [`causal_attention_packed`],
+/// one head at a time. Each head's `[len, dim]` query, key, value and output matrices are read and
+/// written where they lie (described by [`Heads`]), so the packed QKV projection's output needs no
+/// splitting or transposing, and the gradient lands packed the same way. The forward keeps each
+/// head's attention probabilities for the backward; every product is one `gemm` call on one thread,
+/// with heads (forward) or key/value heads (backward) in parallel.
 #[cfg(feature = "flex")]
 mod attention {
-    /// A head's forward tensors (`[len, dim]`, probabilities `[len, len]`) and the gradient of
-    /// its output.
-    pub struct Head<'a> {
-        pub q: &'a [f32],
-        pub k: &'a [f32],
-        pub v: &'a [f32],
-        pub out: &'a [f32],
-        pub probs: &'a [f32],
-        pub grad: &'a [f32],
+    use rayon::prelude::*;
+
+    /// Where every head's `[len, dim]` matrix sits in a buffer: element `(t, j)` of head `h` of
+    /// batch row `b` is at `offset + b * batch + h * head + t * row + j`.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Heads {
+        pub offset: usize,
+        pub batch: usize,
+        pub head: usize,
+        pub row: usize,
     }
 
-    /// A row-major matrix operand, possibly read transposed.
-    #[derive(Clone, Copy)]
-    struct Operand<'a> {
-        data: &'a [f32],
-        cols: usize,
-        transposed: bool,
-    }
-
-    fn plain(data: &[f32], cols: usize) -> Operand<'_> {
-        Operand {
-            data,
-            cols,
-            transposed: false,
-        }
-    }
-
-    fn transposed(data: &[f32], cols: usize) -> Operand<'_> {
-        Operand {
-            data,
-            cols,
-            transposed: true,
-        }
-    }
-
-    /// `dst = lhs · rhs`, with `dst` `[m, n]` row-major and `k` the inner dimension.
-    fn matmul(dst: &mut [f32], lhs: Operand, rhs: Operand, m: usize, n: usize, k: usize) {
-        let strides = |op: Operand| -> (isize, isize) {
-            if op.transposed {
-                (op.cols as isize, 1)
-            } else {
-                (1, op.cols as isize)
+    impl Heads {
+        /// Heads of a contiguous `[batch, heads, len, dim]` tensor.
+        pub fn split(heads: usize, len: usize, dim: usize) -> Self {
+            Heads {
+                offset: 0,
+                batch: heads * len * dim,
+                head: len * dim,
+                row: dim,
             }
-        };
-        let ((lhs_cs, lhs_rs), (rhs_cs, rhs_rs)) = (strides(lhs), strides(rhs));
-        assert!(dst.len() >= m * n && lhs.data.len() >= m * k && rhs.data.len() >= k * n);
-        // SAFETY: the three buffers hold the [m, k], [k, n] and [m, n] matrices the strides
-        // describe (checked above), and `dst` does not alias the operands.
+        }
+
+        /// Heads side by side in the rows of a contiguous `[batch, len, width]` tensor, head `h`
+        /// in columns `offset + h * dim ..`.
+        pub fn packed(offset: usize, len: usize, width: usize, dim: usize) -> Self {
+            Heads {
+                offset,
+                batch: len * width,
+                head: dim,
+                row: width,
+            }
+        }
+
+        fn at(&self, b: usize, h: usize) -> usize {
+            self.offset + b * self.batch + h * self.head
+        }
+
+        /// Panics unless `heads` heads of every batch row fit in a buffer of `len` elements.
+        fn check(&self, shape: &Shape, heads: usize, len: usize) {
+            let last = self.at(shape.batch - 1, heads - 1) + (shape.len - 1) * self.row + shape.dim;
+            assert!(last <= len, "attention heads {self:?} overrun a buffer of {len}");
+        }
+    }
+
+    /// `batch` rows of `heads` query heads sharing `kv_heads` key/value heads, `len` positions,
+    /// `dim` wide.
+    #[derive(Clone, Copy)]
+    pub struct Shape {
+        pub batch: usize,
+        pub heads: usize,
+        pub kv_heads: usize,
+        pub len: usize,
+        pub dim: usize,
+    }
+
+    impl Shape {
+        /// The key/value head query head `h` reads.
+        fn kv_head(&self, h: usize) -> usize {
+            h / (self.heads / self.kv_heads)
+        }
+    }
+
+    /// A read-only buffer and where its heads sit.
+    #[derive(Clone, Copy)]
+    pub struct Input<'a>(pub &'a [f32], pub Heads);
+
+    impl<'a> Input<'a> {
+        fn matrix(&self, b: usize, h: usize) -> Matrix {
+            Matrix::rows(self.0[self.1.at(b, h)..].as_ptr(), self.1.row)
+        }
+
+        /// Row `t` of head `(b, h)`, `dim` wide.
+        fn row(&self, b: usize, h: usize, t: usize, dim: usize) -> &'a [f32] {
+            &self.0[self.1.at(b, h) + t * self.1.row..][..dim]
+        }
+    }
+
+    /// A buffer that parallel tasks write disjoint heads of, and where its heads sit.
+    #[derive(Clone, Copy)]
+    pub struct Output(*mut f32, usize, Heads);
+
+    // SAFETY: tasks only write the heads they own (see `forward` and `backward`).
+    unsafe impl Send for Output {}
+    unsafe impl Sync for Output {}
+
+    impl Output {
+        pub fn new(buffer: &mut [f32], heads: Heads) -> Self {
+            Output(buffer.as_mut_ptr(), buffer.len(), heads)
+        }
+
+        fn at(&self, b: usize, h: usize) -> *mut f32 {
+            // SAFETY: in bounds, checked by `Heads::check` before any task runs.
+            unsafe { self.0.add(self.2.at(b, h)) }
+        }
+    }
+
+    /// A matrix operand for gemm: its first element and its row and column strides.
+    #[derive(Clone, Copy)]
+    struct Matrix {
+        ptr: *const f32,
+        row: isize,
+        col: isize,
+    }
+
+    impl Matrix {
+        fn rows(ptr: *const f32, row: usize) -> Self {
+            Matrix {
+                ptr,
+                row: row as isize,
+                col: 1,
+            }
+        }
+
+        fn transposed(self) -> Self {
+            Matrix {
+                ptr: self.ptr,
+                row: self.col,
+                col: self.row,
+            }
+        }
+    }
+
+    /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `dst` `[m, n]` with rows
+    /// `dst_row` apart, `k` the inner dimension.
+    ///
+    /// # Safety
+    /// The operands must describe `[m, k]` and `[k, n]` matrices inside live buffers, `dst` an
+    /// `[m, n]` matrix that nothing else touches during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_row: usize,
+        accumulate: bool,
+        lhs: Matrix,
+        rhs: Matrix,
+    ) {
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst,
                 1,
-                n as isize,
-                false,
-                lhs.data.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                rhs.data.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                0.0,
+                dst_row as isize,
+                accumulate,
+                lhs.ptr,
+                lhs.col,
+                lhs.row,
+                rhs.ptr,
+                rhs.col,
+                rhs.row,
+                if accumulate { 1.0 } else { 0.0 },
                 1.0,
                 false,
                 false,
@@ -276,80 +416,110 @@ mod attention {
         }
     }
 
-    /// `out = softmax(q kᵀ scale + causal mask) v`; `probs` receives the softmax.
-    #[allow(clippy::too_many_arguments)]
+    /// `out = softmax(q kᵀ scale + causal mask) v` for every head; `probs`
+    /// (`[batch, heads, len, len]`) receives the softmax.
     pub fn forward(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        out: &mut [f32],
+        shape: Shape,
+        [q, k, v]: [Input; 3],
+        out: Output,
         probs: &mut [f32],
-        len: usize,
-        dim: usize,
         scale: f32,
     ) {
-        matmul(probs, plain(q, dim), transposed(k, dim), len, len, dim);
-        for (i, row) in probs.chunks_exact_mut(len).enumerate() {
-            let (seen, future) = row.split_at_mut(i + 1);
-            future.fill(0.0);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
-            let mut sum = 0.0;
-            for p in seen.iter_mut() {
-                *p = (*p * scale - max).exp();
-                sum += *p;
-            }
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|p| *p *= inv);
-        }
-        matmul(out, plain(probs, len), plain(v, dim), len, dim, len);
+        let Shape { heads, len, dim, .. } = shape;
+        q.1.check(&shape, heads, q.0.len());
+        k.1.check(&shape, shape.kv_heads, k.0.len());
+        v.1.check(&shape, shape.kv_heads, v.0.len());
+        out.2.check(&shape, heads, out.1);
+        assert_eq!(probs.len(), shape.batch * heads * len * len);
+        probs
+            .par_chunks_mut(len * len)
+            .enumerate()
+            .for_each(|(i, p)| {
+                let (b, h) = (i / heads, i % heads);
+                let g = shape.kv_head(h);
+                // SAFETY: operands inside their checked buffers; this task alone writes head
+                // (b, h) of `out` and its own `p`.
+                unsafe {
+                    let k_t = k.matrix(b, g).transposed();
+                    gemm(len, len, dim, p.as_mut_ptr(), len, false, q.matrix(b, h), k_t);
+                }
+                for (i, row) in p.chunks_exact_mut(len).enumerate() {
+                    let (seen, future) = row.split_at_mut(i + 1);
+                    future.fill(0.0);
+                    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
+                    let mut sum = 0.0;
+                    for p in seen.iter_mut() {
+                        *p = (*p * scale - max).exp();
+                        sum += *p;
+                    }
+                    let inv = 1.0 / sum;
+                    seen.iter_mut().for_each(|p| *p *= inv);
+                }
+                let p = Matrix::rows(p.as_ptr(), len);
+                // SAFETY: as above.
+                unsafe { gemm(len, dim, len, out.at(b, h), out.2.row, false, p, v.matrix(b, g)) };
+            });
     }
 
-    /// `dv = pᵀ do`, `ds = p ∘ (do vᵀ − rowsum(do ∘ o))`, `dq = ds k scale`, `dk = dsᵀ q scale`;
-    /// `scratch` holds `[len, len]`.
+    /// The gradients of [`forward`] given its inputs, output, probabilities and the output's
+    /// gradient: `dv = pᵀ do`, `ds = p ∘ (do vᵀ − rowsum(do ∘ o))`, `dq = ds k scale`,
+    /// `dk = dsᵀ q scale`, summed over the query heads that share a key/value head. Every element
+    /// of `dq`, `dk` and `dv`'s heads is written.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
-        h: Head,
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-        scratch: &mut [f32],
-        len: usize,
-        dim: usize,
+        shape: Shape,
+        [q, k, v]: [Input; 3],
+        out: Input,
+        grad: Input,
+        probs: &[f32],
+        [dq, dk, dv]: [Output; 3],
         scale: f32,
     ) {
-        matmul(
-            dv,
-            transposed(h.probs, len),
-            plain(h.grad, dim),
-            len,
-            dim,
-            len,
-        );
-        matmul(
-            scratch,
-            plain(h.grad, dim),
-            transposed(h.v, dim),
-            len,
-            len,
-            dim,
-        );
-        for (i, (ds, p)) in scratch
-            .chunks_exact_mut(len)
-            .zip(h.probs.chunks_exact(len))
-            .enumerate()
-        {
-            let rows = i * dim..(i + 1) * dim;
-            let delta: f32 = h.grad[rows.clone()]
-                .iter()
-                .zip(&h.out[rows])
-                .map(|(g, o)| g * o)
-                .sum();
-            for (d, &p) in ds.iter_mut().zip(p) {
-                *d = p * (*d - delta) * scale;
-            }
+        let Shape { heads, len, dim, .. } = shape;
+        for (input, n) in [(q, heads), (k, shape.kv_heads), (v, shape.kv_heads)] {
+            input.1.check(&shape, n, input.0.len());
         }
-        matmul(dq, plain(scratch, len), plain(h.k, dim), len, dim, len);
-        matmul(dk, transposed(scratch, len), plain(h.q, dim), len, dim, len);
+        out.1.check(&shape, heads, out.0.len());
+        grad.1.check(&shape, heads, grad.0.len());
+        dq.2.check(&shape, heads, dq.1);
+        dk.2.check(&shape, shape.kv_heads, dk.1);
+        dv.2.check(&shape, shape.kv_heads, dv.1);
+        assert_eq!(probs.len(), shape.batch * heads * len * len);
+        let group = heads / shape.kv_heads;
+        (0..shape.batch * shape.kv_heads)
+            .into_par_iter()
+            .for_each(|task| {
+                let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
+                let mut ds = vec![0.0f32; len * len];
+                for h in g * group..(g + 1) * group {
+                    let first = h == g * group;
+                    let p = &probs[(b * heads + h) * len * len..][..len * len];
+                    let p_t = Matrix::rows(p.as_ptr(), len).transposed();
+                    let d_out = grad.matrix(b, h);
+                    // SAFETY: operands inside their checked buffers; this task alone writes the
+                    // heads (b, g) of dk and dv, the query heads of group g of dq, and `ds`.
+                    unsafe {
+                        gemm(len, dim, len, dv.at(b, g), dv.2.row, !first, p_t, d_out);
+                        let v_t = v.matrix(b, g).transposed();
+                        gemm(len, len, dim, ds.as_mut_ptr(), len, false, d_out, v_t);
+                    }
+                    for (i, (ds, p)) in ds.chunks_exact_mut(len).zip(p.chunks_exact(len)).enumerate()
+                    {
+                        let (d_out, out) = (grad.row(b, h, i, dim), out.row(b, h, i, dim));
+                        let delta: f32 = d_out.iter().zip(out).map(|(g, o)| g * o).sum();
+                        for (d, &p) in ds.iter_mut().zip(p) {
+                            *d = p * (*d - delta) * scale;
+                        }
+                    }
+                    let ds_m = Matrix::rows(ds.as_ptr(), len);
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm(len, dim, len, dq.at(b, h), dq.2.row, false, ds_m, k.matrix(b, g));
+                        let ds_t = ds_m.transposed();
+                        gemm(len, dim, len, dk.at(b, g), dk.2.row, !first, ds_t, q.matrix(b, h));
+                    }
+                }
+            });
     }
 }
 
@@ -480,33 +650,20 @@ mod flex {
             v: FlexTensor,
             scale: f32,
         ) -> (FlexTensor, FlexTensor) {
-            let shape = Shape4::of(&q);
-            let (q, k, v) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v));
-            let (q, k, v) = (
-                q.as_slice::<f32>().unwrap(),
-                k.as_slice::<f32>().unwrap(),
-                v.as_slice::<f32>().unwrap(),
+            let shape = split_shape(&q, &k);
+            let [q, k, v] = [&q, &k, &v].map(f32_contiguous);
+            let mut out = vec![0.0f32; q.layout().num_elements()];
+            let mut probs = vec![0.0f32; shape.batch * shape.heads * shape.len * shape.len];
+            let (query, kv) = split_heads(&shape);
+            attention::forward(
+                shape,
+                [input(&q, query), input(&k, kv), input(&v, kv)],
+                attention::Output::new(&mut out, query),
+                &mut probs,
+                scale,
             );
-            let (t, d) = (shape.len, shape.dim);
-            let mut out = vec![0.0f32; q.len()];
-            let mut probs = vec![0.0f32; shape.heads() * t * t];
-            out.par_chunks_mut(t * d)
-                .zip(probs.par_chunks_mut(t * t))
-                .enumerate()
-                .for_each(|(h, (out, probs))| {
-                    let at = h * t * d;
-                    attention::forward(
-                        &q[at..at + t * d],
-                        &k[at..at + t * d],
-                        &v[at..at + t * d],
-                        out,
-                        probs,
-                        t,
-                        d,
-                        scale,
-                    );
-                });
-            (shape.tensor(out, d), shape.tensor(probs, t))
+            let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
+            (from_f32(out, [b, h, t, d].into()), from_f32(probs, [b, h, t, t].into()))
         }
 
         fn zoo_causal_attention_backward(
@@ -518,49 +675,81 @@ mod flex {
             grad: FlexTensor,
             scale: f32,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
-            let shape = Shape4::of(&q);
-            let tensors = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
-            let [q, k, v, out, probs, grad] =
-                tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
-            let (t, d) = (shape.len, shape.dim);
-            let mut dq = vec![0.0f32; q.len()];
-            let mut dk = vec![0.0f32; q.len()];
-            let mut dv = vec![0.0f32; q.len()];
-            let mut scratch = vec![0.0f32; shape.heads() * t * t];
-            dq.par_chunks_mut(t * d)
-                .zip(dk.par_chunks_mut(t * d))
-                .zip(dv.par_chunks_mut(t * d))
-                .zip(scratch.par_chunks_mut(t * t))
-                .enumerate()
-                .for_each(|(h, (((dq, dk), dv), scratch))| {
-                    let at = h * t * d;
-                    fn head(x: &[f32], at: usize, n: usize) -> &[f32] {
-                        &x[at..at + n]
-                    }
-                    let n = t * d;
-                    attention::backward(
-                        attention::Head {
-                            q: head(q, at, n),
-                            k: head(k, at, n),
-                            v: head(v, at, n),
-                            out: head(out, at, n),
-                            probs: head(probs, h * t * t, t * t),
-                            grad: head(grad, at, n),
-                        },
-                        dq,
-                        dk,
-                        dv,
-                        scratch,
-                        t,
-                        d,
-                        scale,
-                    );
-                });
+            let shape = split_shape(&q, &k);
+            let [q, k, v, out, probs, grad] = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
+            let (query, kv) = split_heads(&shape);
+            let mut dq = vec![0.0f32; q.layout().num_elements()];
+            let mut dk = vec![0.0f32; k.layout().num_elements()];
+            let mut dv = vec![0.0f32; k.layout().num_elements()];
+            attention::backward(
+                shape,
+                [input(&q, query), input(&k, kv), input(&v, kv)],
+                input(&out, query),
+                input(&grad, query),
+                probs.as_slice::<f32>().unwrap(),
+                [
+                    attention::Output::new(&mut dq, query),
+                    attention::Output::new(&mut dk, kv),
+                    attention::Output::new(&mut dv, kv),
+                ],
+                scale,
+            );
             (
-                shape.tensor(dq, d),
-                shape.tensor(dk, d),
-                shape.tensor(dv, d),
+                from_f32(dq, q.layout().shape().clone()),
+                from_f32(dk, k.layout().shape().clone()),
+                from_f32(dv, k.layout().shape().clone()),
             )
+        }
+
+        fn zoo_causal_attention_packed(
+            qkv: FlexTensor,
+            n_heads: usize,
+            n_kv_heads: usize,
+            scale: f32,
+        ) -> (FlexTensor, FlexTensor) {
+            let shape = packed_shape(&qkv, n_heads, n_kv_heads);
+            let qkv = f32_contiguous(&qkv);
+            let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
+            let mut out = vec![0.0f32; b * t * h * d];
+            let mut probs = vec![0.0f32; b * h * t * t];
+            let heads = packed_heads(&shape);
+            attention::forward(
+                shape,
+                heads.map(|heads| input(&qkv, heads)),
+                attention::Output::new(&mut out, attention::Heads::packed(0, t, h * d, d)),
+                &mut probs,
+                scale,
+            );
+            (from_f32(out, [b, t, h * d].into()), from_f32(probs, [b, h, t, t].into()))
+        }
+
+        fn zoo_causal_attention_packed_backward(
+            qkv: FlexTensor,
+            out: FlexTensor,
+            probs: FlexTensor,
+            grad: FlexTensor,
+            n_heads: usize,
+            n_kv_heads: usize,
+            scale: f32,
+        ) -> FlexTensor {
+            let shape = packed_shape(&qkv, n_heads, n_kv_heads);
+            let [qkv, out, probs, grad] = [&qkv, &out, &probs, &grad].map(f32_contiguous);
+            let [t, d] = [shape.len, shape.dim];
+            let out_heads = attention::Heads::packed(0, t, shape.heads * d, d);
+            let heads = packed_heads(&shape);
+            // Every element is written: each head of q, k and v gets its gradient.
+            let mut dqkv = vec![0.0f32; qkv.layout().num_elements()];
+            let d_heads = heads.map(|heads| attention::Output::new(&mut dqkv, heads));
+            attention::backward(
+                shape,
+                heads.map(|heads| input(&qkv, heads)),
+                input(&out, out_heads),
+                input(&grad, out_heads),
+                probs.as_slice::<f32>().unwrap(),
+                d_heads,
+                scale,
+            );
+            from_f32(dqkv, qkv.layout().shape().clone())
         }
 
         fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
@@ -726,33 +915,57 @@ mod flex {
         })
     }
 
-    /// `[batch, heads, len, dim]`.
-    struct Shape4 {
-        batch: usize,
-        n_heads: usize,
-        len: usize,
-        dim: usize,
+    /// The shape of attention over `[batch, heads, len, dim]` queries and
+    /// `[batch, kv_heads, len, dim]` keys.
+    fn split_shape(q: &FlexTensor, k: &FlexTensor) -> attention::Shape {
+        let [batch, heads, len, dim] = q.layout().shape().dims::<4>();
+        attention::Shape {
+            batch,
+            heads,
+            kv_heads: k.layout().shape().dims::<4>()[1],
+            len,
+            dim,
+        }
     }
 
-    impl Shape4 {
-        fn of(t: &FlexTensor) -> Self {
-            let dims = t.layout().shape().dims::<4>();
-            Self {
-                batch: dims[0],
-                n_heads: dims[1],
-                len: dims[2],
-                dim: dims[3],
-            }
-        }
+    /// Where the query heads and the key/value heads sit in contiguous split tensors.
+    fn split_heads(shape: &attention::Shape) -> (attention::Heads, attention::Heads) {
+        let (t, d) = (shape.len, shape.dim);
+        (
+            attention::Heads::split(shape.heads, t, d),
+            attention::Heads::split(shape.kv_heads, t, d),
+        )
+    }
 
-        fn heads(&self) -> usize {
-            self.batch * self.n_heads
+    /// The shape of attention over a packed `[batch, len, (heads + 2 kv_heads) dim]` projection.
+    fn packed_shape(qkv: &FlexTensor, heads: usize, kv_heads: usize) -> attention::Shape {
+        let [batch, len, width] = qkv.layout().shape().dims::<3>();
+        assert!(
+            heads % kv_heads == 0 && width % (heads + 2 * kv_heads) == 0,
+            "packed attention: width {width} is not {heads} query + 2 x {kv_heads} key/value heads"
+        );
+        attention::Shape {
+            batch,
+            heads,
+            kv_heads,
+            len,
+            dim: width / (heads + 2 * kv_heads),
         }
+    }
 
-        /// `[batch, heads, len, last]` holding `values`.
-        fn tensor(&self, values: Vec<f32>, last: usize) -> FlexTensor {
-            from_f32(values, [self.batch, self.n_heads, self.len, last].into())
-        }
+    /// Where the query, key and value heads sit in a packed projection: side by side in that
+    /// order along each row.
+    fn packed_heads(shape: &attention::Shape) -> [attention::Heads; 3] {
+        let (t, d) = (shape.len, shape.dim);
+        let width = (shape.heads + 2 * shape.kv_heads) * d;
+        let kv_start = shape.heads * d;
+        [0, kv_start, kv_start + shape.kv_heads * d]
+            .map(|offset| attention::Heads::packed(offset, t, width, d))
+    }
+
+    /// A contiguous f32 tensor's elements and where its heads sit.
+    fn input(t: &FlexTensor, heads: attention::Heads) -> attention::Input<'_> {
+        attention::Input(t.as_slice::<f32>().expect("contiguous f32"), heads)
     }
 }
 
@@ -813,6 +1026,32 @@ mod autodiff {
     }
 
     #[derive(Debug)]
+    struct ZooPackedAttention;
+
+    /// Packed projection, output, probabilities, query heads, key/value heads, scale.
+    type PackedAttentionState<B> = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        usize,
+        usize,
+        f32,
+    );
+
+    impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
+        type State = PackedAttentionState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (qkv, out, probs, n_heads, n_kv_heads, scale) = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                B::zoo_causal_attention_packed_backward(
+                    qkv, out, probs, grad, n_heads, n_kv_heads, scale,
+                )
+            });
+        }
+    }
+
+    #[derive(Debug)]
     struct ZooMatmul;
 
     impl<B: Backend + ZooOps> Backward<B, 2> for ZooMatmul {
@@ -861,6 +1100,45 @@ mod autodiff {
     }
 
     impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
+        fn zoo_causal_attention_packed(
+            qkv: FloatTensor<Self>,
+            n_heads: usize,
+            n_kv_heads: usize,
+            scale: f32,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let packed = qkv.primitive().clone();
+            let (out, probs) =
+                B::zoo_causal_attention_packed(packed.clone(), n_heads, n_kv_heads, scale);
+            // The probabilities leave as a constant: nothing differentiates through them.
+            let probs_leaf = FloatTensor::<Self>::new(probs.clone());
+            let out = match ZooPackedAttention
+                .prepare::<C>([qkv.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let state = (packed, out.clone(), probs, n_heads, n_kv_heads, scale);
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            (out, probs_leaf)
+        }
+
+        fn zoo_causal_attention_packed_backward(
+            _qkv: FloatTensor<Self>,
+            _out: FloatTensor<Self>,
+            _probs: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+            _n_heads: usize,
+            _n_kv_heads: usize,
+            _scale: f32,
+        ) -> FloatTensor<Self> {
+            panic!(
+                "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+            )
+        }
+
         fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
             let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
             match ZooMatmul
