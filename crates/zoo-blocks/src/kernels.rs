@@ -69,6 +69,16 @@ pub trait ZooOps: Backend {
         _scale: f32,
     ) -> FloatTensor<Self>;
 
+    /// One AdamW update of a parameter from its gradient and moments (see [`AdamWStep`]): the new
+    /// parameter, first moment and second moment.
+    fn zoo_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        _step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
     fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
 
@@ -140,6 +150,71 @@ pub fn causal_attention_packed(
         scale,
     );
     Some(Tensor::from_dispatch(out))
+}
+
+/// The scalars of one AdamW update at step `time` (from 1), as PyTorch applies it:
+/// `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
+/// `p ← p (1 − lr λ) − lr m̂ / (√v̂ + ε)` with `m̂ = m / (1 − β₁ᵗ)` and `v̂ = v / (1 − β₂ᵗ)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    pub time: i32,
+}
+
+impl AdamWStep {
+    /// `(p, m, v)` after the update of one element.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    #[inline(always)]
+    fn apply(&self, p: f32, g: f32, m: f32, v: f32, [bias_1, bias_2]: [f32; 2]) -> [f32; 3] {
+        let m = self.beta_1 * m + (1.0 - self.beta_1) * g;
+        let v = self.beta_2 * v + (1.0 - self.beta_2) * g * g;
+        let delta = (m / bias_1) / ((v / bias_2).sqrt() + self.epsilon);
+        [p * (1.0 - self.lr * self.weight_decay) - self.lr * delta, m, v]
+    }
+
+    /// The bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`.
+    fn bias_corrections(&self) -> [f32; 2] {
+        [
+            1.0 - self.beta_1.powi(self.time),
+            1.0 - self.beta_2.powi(self.time),
+        ]
+    }
+}
+
+/// One AdamW update (see [`AdamWStep`]) of `param` given its gradient and moments: the new
+/// parameter, first and second moments. On `flex` one parallel pass over the four tensors
+/// (Burn's AdamW makes a dozen whole-tensor passes on one thread); elsewhere Burn's ops.
+pub fn adamw<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    if runs_on_flex_f32(&param) {
+        let (p, m, v) = <burn::backend::Dispatch as ZooOps>::zoo_adamw(
+            param.into_dispatch(),
+            grad.into_dispatch(),
+            moment_1.into_dispatch(),
+            moment_2.into_dispatch(),
+            step,
+        );
+        return (
+            Tensor::from_dispatch(p),
+            Tensor::from_dispatch(m),
+            Tensor::from_dispatch(v),
+        );
+    }
+    let [bias_1, bias_2] = step.bias_corrections();
+    let moment_1 = moment_1 * step.beta_1 + grad.clone() * (1.0 - step.beta_1);
+    let moment_2 = moment_2 * step.beta_2 + grad.square() * (1.0 - step.beta_2);
+    let delta = (moment_1.clone() / bias_1) / ((moment_2.clone() / bias_2).sqrt() + step.epsilon);
+    let param = param * (1.0 - step.lr * step.weight_decay) - delta * step.lr;
+    (param, moment_1, moment_2)
 }
 
 /// `x · weight` over the last dimension of `x` (`[..., d_in]` by `[d_in, d_out]`): the leading
@@ -571,7 +646,7 @@ mod layer_norm_rows {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{ZooOps, attention, erf_f32, layer_norm_rows};
+    use super::{AdamWStep, ZooOps, attention, erf_f32, layer_norm_rows};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -750,6 +825,38 @@ mod flex {
                 scale,
             );
             from_f32(dqkv, qkv.layout().shape().clone())
+        }
+
+        fn zoo_adamw(
+            param: FlexTensor,
+            grad: FlexTensor,
+            moment_1: FlexTensor,
+            moment_2: FlexTensor,
+            step: AdamWStep,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let tensors = [&param, &grad, &moment_1, &moment_2].map(f32_contiguous);
+            let [p, g, m, v] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let bias = step.bias_corrections();
+            let mut out = [p, m, v].map(|x| vec![0.0f32; x.len()]);
+            let [out_p, out_m, out_v] = &mut out;
+            out_p
+                .par_chunks_mut(CHUNK)
+                .zip(out_m.par_chunks_mut(CHUNK).zip(out_v.par_chunks_mut(CHUNK)))
+                .enumerate()
+                .for_each(|(c, (out_p, (out_m, out_v)))| {
+                    let at = c * CHUNK;
+                    for i in 0..out_p.len() {
+                        let j = at + i;
+                        [out_p[i], out_m[i], out_v[i]] = step.apply(p[j], g[j], m[j], v[j], bias);
+                    }
+                });
+            let shape = param.layout().shape().clone();
+            let [p, m, v] = out;
+            (
+                from_f32(p, shape.clone()),
+                from_f32(m, shape.clone()),
+                from_f32(v, shape),
+            )
         }
 
         fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
@@ -970,7 +1077,7 @@ mod flex {
 }
 
 mod autodiff {
-    use super::ZooOps;
+    use super::{AdamWStep, ZooOps};
     use burn::backend::Backend;
     use burn::backend::tensor::FloatTensor;
     use burn_autodiff::checkpoint::base::Checkpointer;
@@ -1136,6 +1243,28 @@ mod autodiff {
         ) -> FloatTensor<Self> {
             panic!(
                 "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+            )
+        }
+
+        fn zoo_adamw(
+            param: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            moment_1: FloatTensor<Self>,
+            moment_2: FloatTensor<Self>,
+            step: AdamWStep,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            // An optimizer update is never differentiated: it runs on the inner tensors.
+            let (p, m, v) = B::zoo_adamw(
+                param.into_primitive(),
+                grad.into_primitive(),
+                moment_1.into_primitive(),
+                moment_2.into_primitive(),
+                step,
+            );
+            (
+                FloatTensor::<Self>::new(p),
+                FloatTensor::<Self>::new(m),
+                FloatTensor::<Self>::new(v),
             )
         }
 
@@ -1380,5 +1509,32 @@ mod tests {
                 assert!(ours.iter().zip(&theirs).all(|(a, b)| (a - b).abs() < 1e-4));
             }
         }
+    }
+
+    #[test]
+    fn adamw_kernel_matches_the_formula() {
+        let device = test_device();
+        let normal = Distribution::Normal(0.0, 1.0);
+        // More elements than one parallel chunk, so chunk offsets are exercised.
+        let n = 3 * (1 << 14) + 5;
+        let [p, g, m] = [0; 3].map(|_| Tensor::<1>::random([n], normal, &device));
+        let v = Tensor::<1>::random([n], Distribution::Uniform(0.0, 2.0), &device);
+        let step = AdamWStep {
+            lr: 0.01,
+            beta_1: 0.9,
+            beta_2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            time: 3,
+        };
+        let (p2, m2, v2) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), step);
+        let m_ref = m * 0.9 + g.clone() * 0.1;
+        let v_ref = v * 0.95 + g.square() * 0.05;
+        let (bias_1, bias_2) = (1.0 - 0.9f32.powi(3), 1.0 - 0.95f32.powi(3));
+        let delta = (m_ref.clone() / bias_1) / ((v_ref.clone() / bias_2).sqrt() + 1e-8);
+        let p_ref = p * (1.0 - 0.01 * 0.1) - delta * 0.01;
+        assert_close(p2, p_ref, 1e-6);
+        assert_close(m2, m_ref, 1e-6);
+        assert_close(v2, v_ref, 1e-6);
     }
 }

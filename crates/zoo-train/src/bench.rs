@@ -1,7 +1,8 @@
 //! Throughput benchmarks: they print figures; nothing here asserts a time.
 
 use crate::lm::{GptLm, LmBatch};
-use burn::optim::{AdamWConfig, GradientsParams};
+use crate::optim::AdamW;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use std::time::Instant;
@@ -37,7 +38,14 @@ pub fn bench_gpt(
     device.seed(0);
     let mut model = GptLm::new(config.init(&device)?, 1, 0.0);
     let params = model.num_params();
-    let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).init();
+    // PyTorch's AdamW defaults, as the reference script uses them.
+    let mut optimizer: ModuleOptimizer = AdamW {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.01,
+    }
+    .into();
     let block = config.block_size;
     let vocab = config.vocab_size as f64;
     let mut times = Vec::with_capacity(steps);

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod lm;
 pub mod metrics;
+pub mod optim;
 pub mod recipe;
 pub mod run;
 pub mod schedule;

@@ -22,7 +22,8 @@ use crate::schedule::LrSchedule;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, SgdConfig};
+use crate::optim::AdamW;
+use burn::optim::SgdConfig;
 use burn::prelude::*;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
@@ -282,12 +283,13 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
 
     let o = &recipe.optimizer;
     let optimizer = match o.kind {
-        OptimizerKind::Adamw => AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(o.weight_decay as f32)
-            .init(),
+        OptimizerKind::Adamw => AdamW {
+            beta_1: o.beta1 as f32,
+            beta_2: o.beta2 as f32,
+            epsilon: o.eps as f32,
+            weight_decay: o.weight_decay as f32,
+        }
+        .into(),
         OptimizerKind::Sgd => SgdConfig::new()
             .with_weight_decay(
                 (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
