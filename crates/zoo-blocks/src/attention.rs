@@ -53,19 +53,19 @@ impl CausalSelfAttentionConfig {
 
     /// Checks the head arithmetic; the message names the offending fields.
     pub fn validate(&self) -> Result<(), String> {
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "d_model ({}) must be a positive multiple of n_heads ({})",
                 self.d_model, self.n_heads
             ));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.position == PositionKind::Rope && (self.d_model / self.n_heads) % 2 != 0 {
+        if self.position == PositionKind::Rope && !(self.d_model / self.n_heads).is_multiple_of(2) {
             return Err(format!(
                 "RoPE needs an even head dimension, d_model / n_heads = {}",
                 self.d_model / self.n_heads
@@ -441,7 +441,8 @@ mod tests {
     #[test]
     fn the_fused_kernel_matches_composed_attention() {
         let device = test_device().autodiff();
-        for [batch, heads, len, dim] in [[2, 3, 7, 12], [1, 2, 16, 8], [1, 1, 1, 4]] {
+        for [batch, heads, len, dim] in [[2, 3, 7, 12], [1, 2, 16, 8], [1, 1, 1, 4], [1, 2, 130, 8]]
+        {
             let input = || {
                 Tensor::<4>::random(
                     [batch, heads, len, dim],
@@ -478,9 +479,17 @@ mod tests {
     fn the_packed_kernel_matches_composed_attention() {
         let device = test_device().autodiff();
         // [batch, len, query heads, key/value heads, head dim]
-        for [batch, len, heads, kv_heads, dim] in [[2, 9, 4, 2, 6], [1, 5, 3, 3, 4], [2, 1, 2, 1, 2]] {
+        // The kernel works in blocks of 64 query rows: 150 makes two full blocks and a partial one.
+        let shapes = [
+            [2, 9, 4, 2, 6],
+            [1, 5, 3, 3, 4],
+            [2, 1, 2, 1, 2],
+            [1, 150, 4, 2, 8],
+        ];
+        for [batch, len, heads, kv_heads, dim] in shapes {
             let width = (heads + 2 * kv_heads) * dim;
-            let qkv0 = Tensor::<3>::random([batch, len, width], Distribution::Normal(0.0, 1.0), &device);
+            let qkv0 =
+                Tensor::<3>::random([batch, len, width], Distribution::Normal(0.0, 1.0), &device);
             let probe = Tensor::<3>::random(
                 [batch, len, heads * dim],
                 Distribution::Normal(0.0, 1.0),
@@ -505,11 +514,16 @@ mod tests {
                             .repeat_dim(2, heads / count)
                             .reshape([batch, heads, len, dim])
                     };
-                    let (q, k, v) = (split(0, heads), split(heads, kv_heads), split(heads + kv_heads, kv_heads));
+                    let (q, k, v) = (
+                        split(0, heads),
+                        split(heads, kv_heads),
+                        split(heads + kv_heads, kv_heads),
+                    );
                     let mask = causal_mask(len, len, &device)
                         .reshape([1, 1, len, len])
                         .expand([batch, heads, len, len]);
-                    let scores = (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(mask, f32::NEG_INFINITY);
+                    let scores =
+                        (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(mask, f32::NEG_INFINITY);
                     softmax(scores, 3)
                         .matmul(v)
                         .swap_dims(1, 2)

@@ -113,7 +113,7 @@ impl Rotary {
     /// Tables for positions `0..max_len` with the usual base of 10000.
     pub fn new(max_len: usize, head_dim: usize, device: &Device) -> Self {
         assert!(
-            head_dim % 2 == 0,
+            head_dim.is_multiple_of(2),
             "RoPE needs an even head dimension, got {head_dim}"
         );
         let half = head_dim / 2;

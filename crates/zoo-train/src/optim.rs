@@ -139,7 +139,10 @@ mod tests {
         // the LayerNorm gain move exactly as without decay.
         let plain = values(&train(start.clone(), ours(0.0), 1, &data));
         let decayed = values(&train(start, ours(0.5), 1, &data));
-        let moved = plain[0].iter().zip(&decayed[0]).any(|(a, b)| (a - b).abs() > 1e-4);
+        let moved = plain[0]
+            .iter()
+            .zip(&decayed[0])
+            .any(|(a, b)| (a - b).abs() > 1e-4);
         assert!(moved, "the weight matrix was not decayed");
         for i in [1, 2] {
             assert_eq!(plain[i], decayed[i], "parameter {i} was decayed");

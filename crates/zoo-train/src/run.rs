@@ -17,13 +17,13 @@ use crate::ZooError;
 use crate::data::{WindowLoader, to_tensors};
 use crate::lm::GptLm;
 use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
+use crate::optim::AdamW;
 use crate::recipe::{OptimizerKind, Recipe};
 use crate::schedule::LrSchedule;
 use burn::module::Module;
+use burn::optim::SgdConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use crate::optim::AdamW;
-use burn::optim::SgdConfig;
 use burn::prelude::*;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
@@ -111,7 +111,7 @@ struct EveryNKeepLast {
 
 impl CheckpointingStrategy for EveryNKeepLast {
     fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
-        if epoch % self.every != 0 && epoch != self.last {
+        if !epoch.is_multiple_of(self.every) && epoch != self.last {
             return Vec::new();
         }
         let mut actions = vec![CheckpointingAction::Save];
@@ -247,7 +247,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         val_tokens,
         config.block_size,
         t.batch_size,
-        recipe.seed ^ 0x7661_6C,
+        recipe.seed ^ 0x76_616C,
     )
     .map_err(|e| recipe_error(format!("validation split: {e}")))?;
 
