@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod loss;
 pub mod norm;
 pub mod positions;
+pub mod recurrent;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -23,3 +24,4 @@ pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use norm::{Norm, NormKind, NormPlacement};
 pub use positions::{AbsolutePositions, PositionKind, Rotary, alibi_slopes};
+pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState};
