@@ -202,8 +202,16 @@ mod tests {
             .init(&device);
         // PyTorch's gate order (i, f, g, o); burn keeps a separate input and hidden bias per
         // gate, which act as their sum.
-        let forget = theirs.forget_gate.as_ref().expect("an uncoupled forget gate");
-        let gates = [&theirs.input_gate, forget, &theirs.cell_gate, &theirs.output_gate];
+        let forget = theirs
+            .forget_gate
+            .as_ref()
+            .expect("an uncoupled forget gate");
+        let gates = [
+            &theirs.input_gate,
+            forget,
+            &theirs.cell_gate,
+            &theirs.output_gate,
+        ];
         let cat_weights = |of: fn(&burn::nn::GateController) -> &Linear| {
             Tensor::cat(gates.iter().map(|g| of(g).weight.val()).collect(), 1)
         };

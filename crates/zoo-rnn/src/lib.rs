@@ -1,0 +1,7 @@
+//! Recurrent language models (LSTM and GRU): the model in [`model`], named shapes in [`presets`].
+
+pub mod model;
+pub mod presets;
+
+pub use model::{RnnConfig, RnnLm, RnnSize, RnnState};
+pub use presets::{PRESETS, preset};
