@@ -105,6 +105,33 @@ enum Command {
 enum BenchFamily {
     /// Forward + backward + AdamW steps of a GPT on random tokens (dropout off).
     Gpt(GptBench),
+    /// Truncated-BPTT steps of a recurrent LM on random tokens (SGD, clipping, dropout on).
+    Rnn(RnnBench),
+}
+
+#[derive(Args)]
+struct RnnBench {
+    /// The preset to time.
+    #[arg(long, default_value = "lstm-small")]
+    preset: String,
+    /// Parallel streams per step.
+    #[arg(long, default_value_t = 20)]
+    batch_size: usize,
+    /// Tokens per stream per step.
+    #[arg(long, default_value_t = 35)]
+    bptt: usize,
+    /// Vocabulary size (PTB's 10,000 words by default).
+    #[arg(long, default_value_t = 10_000)]
+    vocab_size: usize,
+    /// Tie the decoder to the embedding (default: untied, as the PyTorch reference times).
+    #[arg(long)]
+    tied: bool,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
 }
 
 #[derive(Args)]
@@ -237,6 +264,9 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         Command::Bench {
             family: BenchFamily::Gpt(args),
         } => bench_gpt(args, &device)?,
+        Command::Bench {
+            family: BenchFamily::Rnn(args),
+        } => bench_rnn(args, &device)?,
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
             println!(
@@ -348,6 +378,54 @@ fn info(
         mb(weights),
         mb(2 * weights),
         mb(4 * weights)
+    );
+    Ok(())
+}
+
+fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
+    let mut config = zoo::rnn::preset(&args.preset).ok_or_else(|| {
+        ZooError::Usage(format!(
+            "unknown preset '{}'; recurrent presets: {}",
+            args.preset,
+            zoo::rnn::PRESETS.join(", ")
+        ))
+    })?;
+    config.vocab_size = args.vocab_size;
+    config.tie_weights = args.tied;
+    if config.tie_weights {
+        config.d_embed = 0;
+    }
+    if args.steps == 0 || args.batch_size == 0 || args.bptt == 0 {
+        return Err(ZooError::Usage(
+            "--steps, --batch-size and --bptt must be at least 1".into(),
+        ));
+    }
+    let report = zoo_train::bench::bench_rnn(
+        &config,
+        args.batch_size,
+        args.bptt,
+        args.steps,
+        args.warmup,
+        device,
+    )
+    .map_err(ZooError::Usage)?;
+    println!(
+        "zoo-rnn preset={} cell={:?} layers={} hidden={} bptt={} batch={} vocab={} tied={} params={} step_ms={:.2} (mean {:.2}; forward {:.1}, backward {:.1}, optimizer {:.1}) tokens_per_s={:.0}",
+        args.preset,
+        config.cell,
+        config.n_layer,
+        config.d_hidden,
+        args.bptt,
+        args.batch_size,
+        config.vocab_size,
+        config.tie_weights,
+        report.params,
+        report.step_ms_median,
+        report.step_ms_mean,
+        report.phases_ms[0],
+        report.phases_ms[1],
+        report.phases_ms[2],
+        report.tokens_per_s
     );
     Ok(())
 }
