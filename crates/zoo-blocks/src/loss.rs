@@ -1,10 +1,15 @@
 //! Losses every family uses.
 
+use crate::kernels;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-/// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`).
+/// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`): our fused kernel
+/// on `flex`, Burn's log-softmax elsewhere.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    if let Some(loss) = kernels::cross_entropy(logits.clone(), targets.clone()) {
+        return loss;
+    }
     let [n, _] = logits.dims();
     let log_probs = log_softmax(logits, 1);
     -log_probs.gather(1, targets.reshape([n, 1])).mean()
@@ -13,8 +18,8 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::test_device;
-    use burn::tensor::TensorData;
+    use crate::testing::{assert_close, test_device};
+    use burn::tensor::{Distribution, TensorData};
 
     #[test]
     fn cross_entropy_matches_the_definition() {
@@ -28,5 +33,29 @@ mod tests {
         let expected = ((lse([1.0, 2.0, 0.0]) - 2.0) + (lse([0.5, 0.5, 3.0]) - 0.5)) / 2.0;
         let got = cross_entropy(logits, targets).into_scalar::<f64>();
         assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn the_fused_kernel_matches_burns_log_softmax_with_gradients() {
+        let device = test_device().autodiff();
+        let logits0 = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 3.0), &device);
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new((0..37).map(|i| (i * 53 % 300) as i64).collect(), [37]),
+            &device,
+        );
+        let run = |fused: bool| {
+            let logits = logits0.clone().detach().require_grad();
+            let loss = if fused {
+                cross_entropy(logits.clone(), targets.clone())
+            } else {
+                let log_probs = log_softmax(logits.clone(), 1);
+                -log_probs.gather(1, targets.clone().reshape([37, 1])).mean()
+            };
+            let grads = (loss.clone() * 1.7).backward();
+            (loss.inner(), logits.grad(&grads).unwrap())
+        };
+        let (fused, composed) = (run(true), run(false));
+        assert_close(fused.0, composed.0, 1e-5);
+        assert_close(fused.1, composed.1, 1e-6);
     }
 }

@@ -131,11 +131,36 @@ impl Recurrent {
         state: Option<RecurrentState>,
     ) -> (Tensor<3>, RecurrentState) {
         let [batch, len, _] = x.dims();
-        let width = self.kind.gates() * self.d_hidden;
-        let mut state = state.unwrap_or_else(|| self.zero_state(batch, &x.device()));
+        let state = state.unwrap_or_else(|| self.zero_state(batch, &x.device()));
         // Every step's input contribution at once.
         let from_input = kernels::linear(&self.input, x);
         let recurrent = self.recurrent.val();
+        if self.kind == CellKind::Lstm {
+            let cell = state.cell.clone().expect("an LSTM state has a cell");
+            let fused = kernels::lstm_sequence(
+                from_input.clone(),
+                recurrent.clone(),
+                state.hidden.clone(),
+                cell,
+            );
+            if let Some((out, hidden, cell)) = fused {
+                let cell = Some(cell);
+                return (out, RecurrentState { hidden, cell });
+            }
+        }
+        self.step_through(from_input, recurrent, state, len)
+    }
+
+    /// The sequence one step at a time in Burn's ops: every GRU, and LSTMs where the fused
+    /// kernel does not serve the device.
+    fn step_through(
+        &self,
+        from_input: Tensor<3>,
+        recurrent: Tensor<2>,
+        mut state: RecurrentState,
+        len: usize,
+    ) -> (Tensor<3>, RecurrentState) {
+        let [batch, _, width] = from_input.dims();
         let recurrent_bias = self.recurrent_bias.as_ref().map(|b| b.val().unsqueeze());
         let mut outputs = Vec::with_capacity(len);
         for t in 0..len {
@@ -269,6 +294,61 @@ mod tests {
         let (out, state) = ours.forward(x, None);
         assert_close(out.clone(), expected, 1e-5);
         assert_close(state.hidden, out.narrow(1, 6, 1).reshape([3, 4]), 0.0);
+    }
+
+    #[test]
+    fn the_fused_lstm_matches_stepping_through_burns_ops() {
+        let device = test_device().autodiff();
+        let layer = RecurrentConfig {
+            kind: CellKind::Lstm,
+            d_input: 5,
+            d_hidden: 6,
+        }
+        .init(&device);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x0 = Tensor::<3>::random([3, 9, 5], normal, &device);
+        let h0 = Tensor::<2>::random([3, 6], normal, &device);
+        let c0 = Tensor::<2>::random([3, 6], normal, &device);
+        // A loss on every output and on both final states, so every gradient path is used.
+        let probe = Tensor::<3>::random([3, 9, 6], normal, &device);
+        let probe_state = Tensor::<2>::random([3, 6], normal, &device);
+        let run = |fused: bool| {
+            let x = x0.clone().detach().require_grad();
+            let start = RecurrentState {
+                hidden: h0.clone().detach().require_grad(),
+                cell: Some(c0.clone().detach().require_grad()),
+            };
+            let (out, end) = if fused {
+                layer.forward(x.clone(), Some(start.clone()))
+            } else {
+                let from_input = kernels::linear(&layer.input, x.clone());
+                layer.step_through(from_input, layer.recurrent.val(), start.clone(), 9)
+            };
+            let end_cell = end.cell.clone().unwrap();
+            let loss = (out.clone() * probe.clone()).sum()
+                + (end.hidden.clone() * probe_state.clone()).sum()
+                + (end_cell.clone() * probe_state.clone() * 0.5).sum();
+            let grads = loss.backward();
+            let grad = |t: &Tensor<2>| t.grad(&grads).unwrap();
+            (
+                [out.inner(), x.grad(&grads).unwrap()],
+                [
+                    end.hidden.inner(),
+                    end_cell.inner(),
+                    grad(&start.hidden),
+                    grad(start.cell.as_ref().unwrap()),
+                    layer.recurrent.val().grad(&grads).unwrap(),
+                    layer.input.weight.val().grad(&grads).unwrap(),
+                ],
+            )
+        };
+        let (fused, stepped) = (run(true), run(false));
+        for (a, b) in fused.0.into_iter().zip(stepped.0) {
+            assert_close(a, b, 1e-5);
+        }
+        for (a, b) in fused.1.into_iter().zip(stepped.1) {
+            assert_close(a, b, 1e-5);
+        }
     }
 
     #[test]

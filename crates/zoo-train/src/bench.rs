@@ -50,7 +50,10 @@ pub fn bench_gpt(
     let shape = [batch, config.block_size];
     let vocab = config.vocab_size;
     time_steps(params, batch * config.block_size, steps, warmup, || {
-        let (inputs, targets) = (random_ids(shape, vocab, &device), random_ids(shape, vocab, &device));
+        let (inputs, targets) = (
+            random_ids(shape, vocab, &device),
+            random_ids(shape, vocab, &device),
+        );
         let started = Instant::now();
         let (loss, _) = model.gpt.loss(inputs, targets);
         device.sync().map_err(|e| e.to_string())?;
@@ -85,9 +88,14 @@ pub fn bench_rnn(
     let shape = [batch, bptt];
     let vocab = config.vocab_size;
     time_steps(params, batch * bptt, steps, warmup, || {
-        let (inputs, targets) = (random_ids(shape, vocab, &device), random_ids(shape, vocab, &device));
+        let (inputs, targets) = (
+            random_ids(shape, vocab, &device),
+            random_ids(shape, vocab, &device),
+        );
         let started = Instant::now();
-        let carried = state.take().map(|s: RnnState| s.into_iter().map(|s| s.detach()).collect());
+        let carried = state
+            .take()
+            .map(|s: RnnState| s.into_iter().map(|s| s.detach()).collect());
         let (loss, next) = model.loss(inputs, targets, carried);
         state = Some(next);
         device.sync().map_err(|e| e.to_string())?;

@@ -6,10 +6,10 @@
 //! chunks, with its own backward. On every other backend, and for other dtypes, it is Burn's
 //! `gelu`.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 /// The operations the zoo implements itself.
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
@@ -78,6 +78,51 @@ pub trait ZooOps: Backend {
         moment_2: FloatTensor<Self>,
         _step: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// A whole LSTM layer over a sequence (see [`lstm_sequence`]): from the gates' input part
+    /// `x_proj` (`[batch, len, 4 hidden]`), the recurrent weights (`[hidden, 4 hidden]`) and the
+    /// starting state, `y` (`[batch, len + 1, hidden]`: every step's hidden state, then the final
+    /// cell state), and the activated gates and cell states the backward needs.
+    fn zoo_lstm(
+        x_proj: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dx_proj, dweight, dh0, dc0)` of [`zoo_lstm`](Self::zoo_lstm) given its
+    /// inputs, outputs and the gradient of `y`.
+    #[allow(clippy::too_many_arguments)]
+    fn zoo_lstm_backward(
+        weight: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        cells: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+
+    /// Mean cross-entropy of `logits` (`[n, classes]`) against class ids `targets` (`[n]`),
+    /// shape `[1]`, and each row's log-sum-exp (`[n]`) for the backward.
+    fn zoo_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient of [`zoo_cross_entropy`](Self::zoo_cross_entropy) with respect to the
+    /// logits: `(softmax(logits) − onehot(targets)) · grad / n`.
+    fn zoo_cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
     fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -221,6 +266,50 @@ pub fn adamw<const D: usize>(
     (param, moment_1, moment_2)
 }
 
+/// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`). On `flex` one
+/// parallel pass over the logits each way (Burn's composed log-softmax makes several, one thread
+/// each, and at a 10,000-word vocabulary they cost more than the model); elsewhere `None`.
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Option<Tensor<1>> {
+    if !runs_on_flex_f32(&logits) {
+        return None;
+    }
+    let (loss, _lse) = <burn::backend::Dispatch as ZooOps>::zoo_cross_entropy(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+    );
+    Some(Tensor::from_dispatch(loss))
+}
+
+/// A whole LSTM layer over a sequence, on our fused kernel: `x_proj` (`[batch, len,
+/// 4 hidden]`) is the gates' input part for every step (input projection and bias, PyTorch's gate
+/// order `i, f, g, o`), `weight` (`[hidden, 4 hidden]`) the recurrent weights, `(h0, c0)` the
+/// starting state. Returns every step's hidden state (`[batch, len, hidden]`) and the final
+/// hidden and cell states, all differentiable. `None` when the kernel does not serve the device
+/// (or `len` is 0); callers then step through Burn's ops.
+pub fn lstm_sequence(
+    x_proj: Tensor<3>,
+    weight: Tensor<2>,
+    h0: Tensor<2>,
+    c0: Tensor<2>,
+) -> Option<(Tensor<3>, Tensor<2>, Tensor<2>)> {
+    let [batch, len, _] = x_proj.dims();
+    let hidden = weight.dims()[0];
+    if !runs_on_flex_f32(&x_proj) || len == 0 {
+        return None;
+    }
+    let (y, _gates, _cells) = <burn::backend::Dispatch as ZooOps>::zoo_lstm(
+        x_proj.into_dispatch(),
+        weight.into_dispatch(),
+        h0.into_dispatch(),
+        c0.into_dispatch(),
+    );
+    // One output carries the outputs and the final cell state, so one node takes every gradient.
+    let y = Tensor::<3>::from_dispatch(y);
+    let out = y.clone().narrow(1, 0, len);
+    let last = |slot: usize| y.clone().narrow(1, slot, 1).reshape([batch, hidden]);
+    Some((out, last(len - 1), last(len)))
+}
+
 /// `x · weight` over the last dimension of `x` (`[..., d_in]` by `[d_in, d_out]`): the leading
 /// dimensions fold into the rows of one matrix product. On `flex` it runs through our own matmul,
 /// which hands transposed views straight to gemm (Burn's copies them, zero-fills and then copies
@@ -322,340 +411,12 @@ pub fn erf_f32(x: f32) -> f32 {
     p / q
 }
 
-/// The fused causal-attention kernels behind [`causal_attention`] and [`causal_attention_packed`],
-/// one head at a time. Each head's `[len, dim]` query, key, value and output matrices are read and
-/// written where they lie (described by [`Heads`]), so the packed QKV projection's output needs no
-/// splitting or transposing, and the gradient lands packed the same way. The forward keeps each
-/// head's attention probabilities for the backward; every product is one `gemm` call on one thread,
-/// with heads (forward) or key/value heads (backward) in parallel.
 #[cfg(feature = "flex")]
-mod attention {
-    use rayon::prelude::*;
-
-    /// Where every head's `[len, dim]` matrix sits in a buffer: element `(t, j)` of head `h` of
-    /// batch row `b` is at `offset + b * batch + h * head + t * row + j`.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Heads {
-        pub offset: usize,
-        pub batch: usize,
-        pub head: usize,
-        pub row: usize,
-    }
-
-    impl Heads {
-        /// Heads of a contiguous `[batch, heads, len, dim]` tensor.
-        pub fn split(heads: usize, len: usize, dim: usize) -> Self {
-            Heads {
-                offset: 0,
-                batch: heads * len * dim,
-                head: len * dim,
-                row: dim,
-            }
-        }
-
-        /// Heads side by side in the rows of a contiguous `[batch, len, width]` tensor, head `h`
-        /// in columns `offset + h * dim ..`.
-        pub fn packed(offset: usize, len: usize, width: usize, dim: usize) -> Self {
-            Heads {
-                offset,
-                batch: len * width,
-                head: dim,
-                row: width,
-            }
-        }
-
-        fn at(&self, b: usize, h: usize) -> usize {
-            self.offset + b * self.batch + h * self.head
-        }
-
-        /// Panics unless `heads` heads of every batch row fit in a buffer of `len` elements.
-        fn check(&self, shape: &Shape, heads: usize, len: usize) {
-            let last = self.at(shape.batch - 1, heads - 1) + (shape.len - 1) * self.row + shape.dim;
-            assert!(
-                last <= len,
-                "attention heads {self:?} overrun a buffer of {len}"
-            );
-        }
-    }
-
-    /// `batch` rows of `heads` query heads sharing `kv_heads` key/value heads, `len` positions,
-    /// `dim` wide.
-    #[derive(Clone, Copy)]
-    pub struct Shape {
-        pub batch: usize,
-        pub heads: usize,
-        pub kv_heads: usize,
-        pub len: usize,
-        pub dim: usize,
-    }
-
-    impl Shape {
-        /// The key/value head query head `h` reads.
-        fn kv_head(&self, h: usize) -> usize {
-            h / (self.heads / self.kv_heads)
-        }
-    }
-
-    /// A read-only buffer and where its heads sit.
-    #[derive(Clone, Copy)]
-    pub struct Input<'a>(pub &'a [f32], pub Heads);
-
-    impl<'a> Input<'a> {
-        fn matrix(&self, b: usize, h: usize) -> Matrix {
-            Matrix::rows(self.0[self.1.at(b, h)..].as_ptr(), self.1.row)
-        }
-
-        /// Row `t` of head `(b, h)`, `dim` wide.
-        fn row(&self, b: usize, h: usize, t: usize, dim: usize) -> &'a [f32] {
-            &self.0[self.1.at(b, h) + t * self.1.row..][..dim]
-        }
-    }
-
-    /// A buffer that parallel tasks write disjoint heads of, and where its heads sit.
-    #[derive(Clone, Copy)]
-    pub struct Output(*mut f32, usize, Heads);
-
-    // SAFETY: tasks only write the heads they own (see `forward` and `backward`).
-    unsafe impl Send for Output {}
-    unsafe impl Sync for Output {}
-
-    impl Output {
-        pub fn new(buffer: &mut [f32], heads: Heads) -> Self {
-            Output(buffer.as_mut_ptr(), buffer.len(), heads)
-        }
-
-        fn at(&self, b: usize, h: usize) -> *mut f32 {
-            // SAFETY: in bounds, checked by `Heads::check` before any task runs.
-            unsafe { self.0.add(self.2.at(b, h)) }
-        }
-    }
-
-    /// A matrix operand for gemm: its first element and its row and column strides.
-    #[derive(Clone, Copy)]
-    struct Matrix {
-        ptr: *const f32,
-        row: isize,
-        col: isize,
-    }
-
-    impl Matrix {
-        fn rows(ptr: *const f32, row: usize) -> Self {
-            Matrix {
-                ptr,
-                row: row as isize,
-                col: 1,
-            }
-        }
-
-        fn transposed(self) -> Self {
-            Matrix {
-                ptr: self.ptr,
-                row: self.col,
-                col: self.row,
-            }
-        }
-
-        /// The matrix from row `rows` on.
-        fn down(self, rows: usize) -> Self {
-            Matrix {
-                ptr: self.ptr.wrapping_offset(rows as isize * self.row),
-                ..self
-            }
-        }
-    }
-
-    /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `dst` `[m, n]` with rows
-    /// `dst_row` apart, `k` the inner dimension.
-    ///
-    /// # Safety
-    /// The operands must describe `[m, k]` and `[k, n]` matrices inside live buffers, `dst` an
-    /// `[m, n]` matrix that nothing else touches during the call.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut f32,
-        dst_row: usize,
-        accumulate: bool,
-        lhs: Matrix,
-        rhs: Matrix,
-    ) {
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                dst_row as isize,
-                accumulate,
-                lhs.ptr,
-                lhs.col,
-                lhs.row,
-                rhs.ptr,
-                rhs.col,
-                rhs.row,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-
-    /// `out = softmax(q kᵀ scale + causal mask) v` for every head; `probs`
-    /// (`[batch, heads, len, len]`) receives the softmax.
-    pub fn forward(
-        shape: Shape,
-        [q, k, v]: [Input; 3],
-        out: Output,
-        probs: &mut [f32],
-        scale: f32,
-    ) {
-        let Shape {
-            heads, len, dim, ..
-        } = shape;
-        q.1.check(&shape, heads, q.0.len());
-        k.1.check(&shape, shape.kv_heads, k.0.len());
-        v.1.check(&shape, shape.kv_heads, v.0.len());
-        out.2.check(&shape, heads, out.1);
-        assert_eq!(probs.len(), shape.batch * heads * len * len);
-        probs
-            .par_chunks_mut(len * len)
-            .enumerate()
-            .for_each(|(i, p)| {
-                let (b, h) = (i / heads, i % heads);
-                let g = shape.kv_head(h);
-                let (q, k_t, v) = (q.matrix(b, h), k.matrix(b, g).transposed(), v.matrix(b, g));
-                for (r0, r1) in row_blocks(len) {
-                    let rows = r1 - r0;
-                    let block = &mut p[r0 * len..];
-                    // SAFETY: operands inside their checked buffers; this task alone writes head
-                    // (b, h) of `out` and its own `p`. Rows r0..r1 only see keys 0..r1.
-                    unsafe {
-                        gemm(
-                            rows,
-                            r1,
-                            dim,
-                            block.as_mut_ptr(),
-                            len,
-                            false,
-                            q.down(r0),
-                            k_t,
-                        );
-                    }
-                    for (i, row) in block.chunks_exact_mut(len).take(rows).enumerate() {
-                        let (seen, future) = row.split_at_mut(r0 + i + 1);
-                        future.fill(0.0);
-                        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
-                        let mut sum = 0.0;
-                        for p in seen.iter_mut() {
-                            *p = (*p * scale - max).exp();
-                            sum += *p;
-                        }
-                        let inv = 1.0 / sum;
-                        seen.iter_mut().for_each(|p| *p *= inv);
-                    }
-                    let p = Matrix::rows(block.as_ptr(), len);
-                    let dst = out.at(b, h).wrapping_add(r0 * out.2.row);
-                    // SAFETY: as above.
-                    unsafe { gemm(rows, dim, r1, dst, out.2.row, false, p, v) };
-                }
-            });
-    }
-
-    /// The gradients of [`forward`] given its inputs, output, probabilities and the output's
-    /// gradient: `dv = pᵀ do`, `ds = p ∘ (do vᵀ − rowsum(do ∘ o))`, `dq = ds k scale`,
-    /// `dk = dsᵀ q scale`, summed over the query heads that share a key/value head. Every element
-    /// of `dq`, `dk` and `dv`'s heads is written.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        shape: Shape,
-        [q, k, v]: [Input; 3],
-        out: Input,
-        grad: Input,
-        probs: &[f32],
-        [dq, dk, dv]: [Output; 3],
-        scale: f32,
-    ) {
-        let Shape {
-            heads, len, dim, ..
-        } = shape;
-        for (input, n) in [(q, heads), (k, shape.kv_heads), (v, shape.kv_heads)] {
-            input.1.check(&shape, n, input.0.len());
-        }
-        out.1.check(&shape, heads, out.0.len());
-        grad.1.check(&shape, heads, grad.0.len());
-        dq.2.check(&shape, heads, dq.1);
-        dk.2.check(&shape, shape.kv_heads, dk.1);
-        dv.2.check(&shape, shape.kv_heads, dv.1);
-        assert_eq!(probs.len(), shape.batch * heads * len * len);
-        let group = heads / shape.kv_heads;
-        (0..shape.batch * shape.kv_heads)
-            .into_par_iter()
-            .for_each(|task| {
-                let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
-                let mut ds = vec![0.0f32; len * len];
-                let (k, v_t) = (k.matrix(b, g), v.matrix(b, g).transposed());
-                for h in g * group..(g + 1) * group {
-                    let p = &probs[(b * heads + h) * len * len..][..len * len];
-                    // Last block first: it reaches every key, so the group's first head's first
-                    // block writes all of dk and dv, and everything after adds to them.
-                    for (n, (r0, r1)) in row_blocks(len).rev().enumerate() {
-                        let write = h == g * group && n == 0;
-                        let rows = r1 - r0;
-                        let p_block = Matrix::rows(p[r0 * len..].as_ptr(), len);
-                        let d_out = grad.matrix(b, h).down(r0);
-                        let ds_block = &mut ds[r0 * len..];
-                        // SAFETY: operands inside their checked buffers; this task alone writes
-                        // the heads (b, g) of dk and dv, the query heads of group g of dq, and
-                        // `ds`. Rows r0..r1 only involve keys 0..r1.
-                        unsafe {
-                            let p_t = p_block.transposed();
-                            gemm(r1, dim, rows, dv.at(b, g), dv.2.row, !write, p_t, d_out);
-                            let ds_ptr = ds_block.as_mut_ptr();
-                            gemm(rows, r1, dim, ds_ptr, len, false, d_out, v_t);
-                        }
-                        let p_rows = p[r0 * len..].chunks_exact(len);
-                        for (i, (ds, p)) in ds_block
-                            .chunks_exact_mut(len)
-                            .zip(p_rows)
-                            .take(rows)
-                            .enumerate()
-                        {
-                            let t = r0 + i;
-                            let (d_out, out) = (grad.row(b, h, t, dim), out.row(b, h, t, dim));
-                            let delta: f32 = d_out.iter().zip(out).map(|(g, o)| g * o).sum();
-                            for (d, &p) in ds[..r1].iter_mut().zip(&p[..r1]) {
-                                *d = p * (*d - delta) * scale;
-                            }
-                        }
-                        let ds_m = Matrix::rows(ds_block.as_ptr(), len);
-                        let dq_at = dq.at(b, h).wrapping_add(r0 * dq.2.row);
-                        // SAFETY: as above.
-                        unsafe {
-                            gemm(rows, dim, r1, dq_at, dq.2.row, false, ds_m, k);
-                            let (ds_t, q) = (ds_m.transposed(), q.matrix(b, h).down(r0));
-                            gemm(r1, dim, rows, dk.at(b, g), dk.2.row, !write, ds_t, q);
-                        }
-                    }
-                }
-            });
-    }
-
-    /// Query rows in blocks of [`BLOCK`]: `(first, end)` pairs. A block of rows attends to
-    /// keys `0..end` only, which skips nearly half of the causal products.
-    fn row_blocks(len: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
-        (0..len.div_ceil(BLOCK)).map(move |i| (i * BLOCK, ((i + 1) * BLOCK).min(len)))
-    }
-
-    /// Query rows per block: at 256 positions, 64 cut the attention's forward and backward by
-    /// about 10% here (32 was slower: smaller products run further from gemm's peak).
-    const BLOCK: usize = 64;
-}
+mod attention;
+#[cfg(feature = "flex")]
+mod lstm;
+#[cfg(feature = "flex")]
+mod strided;
 
 /// LayerNorm one row at a time, on plain slices.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
@@ -705,7 +466,7 @@ mod layer_norm_rows {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{AdamWStep, ZooOps, attention, erf_f32, layer_norm_rows};
+    use super::{AdamWStep, ZooOps, attention, erf_f32, layer_norm_rows, lstm};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -924,6 +685,110 @@ mod flex {
             )
         }
 
+        fn zoo_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+            let logits = f32_contiguous(&logits);
+            let values = logits.as_slice::<f32>().unwrap();
+            let [n, classes] = logits.layout().shape().dims::<2>();
+            let targets = class_ids(targets, n, classes);
+            let mut lse = vec![0.0f32; n];
+            let total: f64 = lse
+                .par_iter_mut()
+                .zip(values.par_chunks(classes))
+                .zip(targets.par_iter())
+                .map(|((lse, row), &target)| {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+                    *lse = max + sum.ln();
+                    (*lse - row[target]) as f64
+                })
+                .sum();
+            let loss = vec![(total / n.max(1) as f64) as f32];
+            (from_f32(loss, [1].into()), from_f32(lse, [n].into()))
+        }
+
+        fn zoo_cross_entropy_backward(
+            logits: FlexTensor,
+            targets: FlexTensor,
+            log_sum_exp: FlexTensor,
+            grad: FlexTensor,
+        ) -> FlexTensor {
+            let tensors = [&logits, &log_sum_exp, &grad].map(f32_contiguous);
+            let [values, lse, grad] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let [n, classes] = logits.layout().shape().dims::<2>();
+            let targets = class_ids(targets, n, classes);
+            let scale = grad[0] / n.max(1) as f32;
+            let mut out = vec![0.0f32; values.len()];
+            out.par_chunks_mut(classes)
+                .zip(values.par_chunks(classes))
+                .zip(lse.par_iter().zip(targets.par_iter()))
+                .for_each(|((out, row), (&lse, &target))| {
+                    for (o, &x) in out.iter_mut().zip(row) {
+                        *o = (x - lse).exp() * scale;
+                    }
+                    out[target] -= scale;
+                });
+            from_f32(out, [n, classes].into())
+        }
+
+        fn zoo_lstm(
+            x_proj: FlexTensor,
+            weight: FlexTensor,
+            h0: FlexTensor,
+            c0: FlexTensor,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let [batch, len, width] = x_proj.layout().shape().dims::<3>();
+            let dims = lstm::Dims {
+                batch,
+                len,
+                hidden: width / 4,
+            };
+            let tensors = [&x_proj, &weight, &h0, &c0].map(f32_contiguous);
+            let [x, w, h0, c0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let hidden = dims.hidden;
+            let mut y = vec![0.0f32; batch * (len + 1) * hidden];
+            let mut gates = vec![0.0f32; x.len()];
+            let mut cells = vec![0.0f32; batch * len * hidden];
+            lstm::forward(dims, x, w, h0, c0, &mut y, &mut gates, &mut cells);
+            (
+                from_f32(y, [batch, len + 1, hidden].into()),
+                from_f32(gates, [batch, len, width].into()),
+                from_f32(cells, [batch, len, hidden].into()),
+            )
+        }
+
+        fn zoo_lstm_backward(
+            weight: FlexTensor,
+            h0: FlexTensor,
+            c0: FlexTensor,
+            y: FlexTensor,
+            gates: FlexTensor,
+            cells: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+            let [batch, len, width] = gates.layout().shape().dims::<3>();
+            let dims = lstm::Dims {
+                batch,
+                len,
+                hidden: width / 4,
+            };
+            let tensors = [&weight, &h0, &c0, &y, &gates, &cells, &grad].map(f32_contiguous);
+            let [w, h0s, c0s, y, gates, cells, dy] =
+                tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let mut dx = vec![0.0f32; gates.len()];
+            let mut dw = vec![0.0f32; w.len()];
+            let mut dh0 = vec![0.0f32; h0s.len()];
+            let mut dc0 = vec![0.0f32; c0s.len()];
+            lstm::backward(
+                dims, w, h0s, c0s, y, gates, cells, dy, &mut dx, &mut dw, &mut dh0, &mut dc0,
+            );
+            (
+                from_f32(dx, [batch, len, width].into()),
+                from_f32(dw, weight.layout().shape().clone()),
+                from_f32(dh0, h0.layout().shape().clone()),
+                from_f32(dc0, c0.layout().shape().clone()),
+            )
+        }
+
         fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
             let (lhs, rhs) = (Matrix::of(lhs), Matrix::of(rhs));
             let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
@@ -1041,6 +906,30 @@ mod flex {
         }
     }
 
+    /// Class ids as indices, checked against the number of classes.
+    fn class_ids(targets: FlexTensor, n: usize, classes: usize) -> Vec<usize> {
+        let ids = targets
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("class ids read back as integers");
+        assert_eq!(
+            ids.len(),
+            n,
+            "cross-entropy: {n} rows but {} targets",
+            ids.len()
+        );
+        ids.into_iter()
+            .map(|id| {
+                assert!(
+                    (0..classes as i64).contains(&id),
+                    "cross-entropy: class id {id} outside 0..{classes}"
+                );
+                id as usize
+            })
+            .collect()
+    }
+
     /// Rows per parallel task in the LayerNorm kernels.
     const ROWS: usize = 16;
 
@@ -1148,7 +1037,7 @@ mod flex {
 mod autodiff {
     use super::{AdamWStep, ZooOps};
     use burn::backend::Backend;
-    use burn::backend::tensor::FloatTensor;
+    use burn::backend::tensor::{FloatTensor, IntTensor};
     use burn_autodiff::checkpoint::base::Checkpointer;
     use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn_autodiff::grads::Gradients;
@@ -1224,6 +1113,44 @@ mod autodiff {
                     qkv, out, probs, grad, n_heads, n_kv_heads, scale,
                 )
             });
+        }
+    }
+
+    #[derive(Debug)]
+    struct ZooCrossEntropy;
+
+    /// Logits, targets and the rows' log-sum-exp.
+    type CrossEntropyState<B> = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+    impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
+        type State = CrossEntropyState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (logits, targets, lse) = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                B::zoo_cross_entropy_backward(logits, targets, lse, grad)
+            });
+        }
+    }
+
+    #[derive(Debug)]
+    struct ZooLstm;
+
+    /// Recurrent weights, starting hidden and cell states, output, gates and cells.
+    type LstmState<B> = [FloatTensor<B>; 6];
+
+    impl<B: Backend + ZooOps> Backward<B, 4> for ZooLstm {
+        type State = LstmState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [weight, h0, c0, y, gates, cells] = ops.state;
+            let grad = grads.consume::<B>(&ops.node);
+            let (dx, dw, dh0, dc0) = B::zoo_lstm_backward(weight, h0, c0, y, gates, cells, grad);
+            for (parent, gradient) in ops.parents.into_iter().zip([dx, dw, dh0, dc0]) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, gradient);
+                }
+            }
         }
     }
 
@@ -1339,6 +1266,79 @@ mod autodiff {
                 FloatTensor::<Self>::new(p),
                 FloatTensor::<Self>::new(m),
                 FloatTensor::<Self>::new(v),
+            )
+        }
+
+        fn zoo_cross_entropy(
+            logits: FloatTensor<Self>,
+            targets: IntTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let values = logits.primitive().clone();
+            let (loss, lse) = B::zoo_cross_entropy(values.clone(), targets.clone());
+            let lse_leaf = FloatTensor::<Self>::new(lse.clone());
+            let loss = match ZooCrossEntropy
+                .prepare::<C>([logits.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((values, targets, lse), loss),
+                OpsKind::UnTracked(prep) => prep.finish(loss),
+            };
+            (loss, lse_leaf)
+        }
+
+        fn zoo_cross_entropy_backward(
+            _logits: FloatTensor<Self>,
+            _targets: IntTensor<Self>,
+            _log_sum_exp: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            panic!(
+                "zoo's cross-entropy has no second-order gradient; its backward runs on the inner backend"
+            )
+        }
+
+        fn zoo_lstm(
+            x_proj: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            h0: FloatTensor<Self>,
+            c0: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let inputs = [&x_proj, &weight, &h0, &c0].map(|t| t.primitive().clone());
+            let [x, w, h0p, c0p] = inputs;
+            let (y, gates, cells) = B::zoo_lstm(x, w.clone(), h0p.clone(), c0p.clone());
+            // Gates and cells leave as constants: nothing differentiates through them.
+            let saved = (
+                FloatTensor::<Self>::new(gates.clone()),
+                FloatTensor::<Self>::new(cells.clone()),
+            );
+            let y = match ZooLstm
+                .prepare::<C>([x_proj.node(), weight.node(), h0.node(), c0.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish([w, h0p, c0p, y.clone(), gates, cells], y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            (y, saved.0, saved.1)
+        }
+
+        fn zoo_lstm_backward(
+            _weight: FloatTensor<Self>,
+            _h0: FloatTensor<Self>,
+            _c0: FloatTensor<Self>,
+            _y: FloatTensor<Self>,
+            _gates: FloatTensor<Self>,
+            _cells: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+        ) -> (
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+        ) {
+            panic!(
+                "zoo's LSTM has no second-order gradient; its backward runs on the inner backend"
             )
         }
 

@@ -1,0 +1,184 @@
+//! The fused LSTM kernels behind [`super::lstm_sequence`]: a whole sequence of one layer, forward
+//! and backward through time, on plain slices. Per time step one gemm multiplies the hidden state
+//! by all four gates' recurrent weights (added onto the precomputed input part), then one pass over
+//! `[batch, hidden]` applies the gates. The backward runs the steps in reverse, one gemm per step
+//! for the gradient flowing to the previous hidden state; the recurrent weights' gradient is one
+//! gemm over all steps at the end. Gate order is PyTorch's `(i, f, g, o)`.
+//!
+//! Layouts (row-major): `x_proj` and `gates` `[batch, len, 4 hidden]`, `weight`
+//! `[hidden, 4 hidden]`, states `[batch, hidden]`, `cells` `[batch, len, hidden]`, and `y`
+//! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
+
+use super::strided::{Matrix, gemm_parallel};
+
+/// `batch` sequences of `len` steps through `hidden` units.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub batch: usize,
+    pub len: usize,
+    pub hidden: usize,
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// tanh through one exp (libm's `tanhf` is several times slower); saturates to ±1 cleanly.
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
+}
+
+/// Runs the sequence from `(h0, c0)`; fills `y`, and `gates` (after their non-linearities) and
+/// `cells` for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    d: Dims,
+    x_proj: &[f32],
+    weight: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    y: &mut [f32],
+    gates: &mut [f32],
+    cells: &mut [f32],
+) {
+    let Dims { batch, len, hidden } = d;
+    let width = 4 * hidden;
+    assert!(len > 0, "an LSTM sequence needs at least one step");
+    assert!(x_proj.len() == batch * len * width && gates.len() == x_proj.len());
+    assert!(weight.len() == hidden * width && h0.len() == batch * hidden && c0.len() == h0.len());
+    assert!(y.len() == batch * (len + 1) * hidden && cells.len() == batch * len * hidden);
+    gates.copy_from_slice(x_proj);
+    for t in 0..len {
+        // The previous hidden state: h0, or step t - 1 of y (rows (len + 1) hidden apart).
+        let h_prev = if t == 0 {
+            Matrix::rows(h0.as_ptr(), hidden)
+        } else {
+            Matrix::rows(y[(t - 1) * hidden..].as_ptr(), (len + 1) * hidden)
+        };
+        let w = Matrix::rows(weight.as_ptr(), width);
+        let dst = gates[t * width..].as_mut_ptr();
+        // SAFETY: every operand lies inside its slice (lengths asserted above); `gates` does not
+        // alias `y` or `weight`.
+        unsafe { gemm_parallel(batch, width, hidden, dst, len * width, true, h_prev, w) };
+        for b in 0..batch {
+            let g = &mut gates[(b * len + t) * width..][..width];
+            let c_prev = if t == 0 {
+                &c0[b * hidden..][..hidden]
+            } else {
+                &cells[(b * len + t - 1) * hidden..][..hidden]
+            };
+            let mut c_new = vec![0.0f32; hidden];
+            for j in 0..hidden {
+                let (i, f) = (sigmoid(g[j]), sigmoid(g[hidden + j]));
+                let (c, o) = (tanh(g[2 * hidden + j]), sigmoid(g[3 * hidden + j]));
+                [g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]] = [i, f, c, o];
+                c_new[j] = f * c_prev[j] + i * c;
+            }
+            let h = &mut y[(b * (len + 1) + t) * hidden..][..hidden];
+            for j in 0..hidden {
+                h[j] = g[3 * hidden + j] * tanh(c_new[j]);
+            }
+            cells[(b * len + t) * hidden..][..hidden].copy_from_slice(&c_new);
+        }
+    }
+    for b in 0..batch {
+        let last = &cells[(b * len + len - 1) * hidden..][..hidden];
+        y[(b * (len + 1) + len) * hidden..][..hidden].copy_from_slice(last);
+    }
+}
+
+/// The gradients of [`forward`] given its inputs, outputs and `dy` (the gradient of `y`, whose
+/// last slot is the final cell state's): fills `dx_proj`, `dweight`, `dh0` and `dc0`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    d: Dims,
+    weight: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    y: &[f32],
+    gates: &[f32],
+    cells: &[f32],
+    dy: &[f32],
+    dx_proj: &mut [f32],
+    dweight: &mut [f32],
+    dh0: &mut [f32],
+    dc0: &mut [f32],
+) {
+    let Dims { batch, len, hidden } = d;
+    let width = 4 * hidden;
+    assert!(dy.len() == y.len() && dx_proj.len() == gates.len());
+    assert!(dweight.len() == weight.len() && dh0.len() == h0.len() && dc0.len() == c0.len());
+    // Gradients reaching step t's state from step t + 1; the cell's starts as the final cell's.
+    let mut dh_next = vec![0.0f32; batch * hidden];
+    let mut dc_next = vec![0.0f32; batch * hidden];
+    for b in 0..batch {
+        let slot = &dy[(b * (len + 1) + len) * hidden..][..hidden];
+        dc_next[b * hidden..][..hidden].copy_from_slice(slot);
+    }
+    for t in (0..len).rev() {
+        for b in 0..batch {
+            let g = &gates[(b * len + t) * width..][..width];
+            let dg = &mut dx_proj[(b * len + t) * width..][..width];
+            let c = &cells[(b * len + t) * hidden..][..hidden];
+            let c_prev = if t == 0 {
+                &c0[b * hidden..][..hidden]
+            } else {
+                &cells[(b * len + t - 1) * hidden..][..hidden]
+            };
+            let dy_t = &dy[(b * (len + 1) + t) * hidden..][..hidden];
+            for j in 0..hidden {
+                let (i, f, cand, o) = (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
+                let dh = dy_t[j] + dh_next[b * hidden + j];
+                let tc = tanh(c[j]);
+                let dc = dc_next[b * hidden + j] + dh * o * (1.0 - tc * tc);
+                dc_next[b * hidden + j] = dc * f;
+                dg[j] = dc * cand * i * (1.0 - i);
+                dg[hidden + j] = dc * c_prev[j] * f * (1.0 - f);
+                dg[2 * hidden + j] = dc * i * (1.0 - cand * cand);
+                dg[3 * hidden + j] = dh * tc * o * (1.0 - o);
+            }
+        }
+        // dh_{t-1} = dgates_t · Wᵀ
+        let dg = Matrix::rows(dx_proj[t * width..].as_ptr(), len * width);
+        let w_t = Matrix::rows(weight.as_ptr(), width).transposed();
+        // SAFETY: operands inside their slices; `dh_next` is a separate buffer.
+        unsafe {
+            gemm_parallel(
+                batch,
+                hidden,
+                width,
+                dh_next.as_mut_ptr(),
+                hidden,
+                false,
+                dg,
+                w_t,
+            )
+        };
+    }
+    dh0.copy_from_slice(&dh_next);
+    dc0.copy_from_slice(&dc_next);
+    // dW = Σ_t h_{t-1}ᵀ dgates_t: the previous hidden states laid out as dgates' rows are.
+    let mut prev = vec![0.0f32; batch * len * hidden];
+    for b in 0..batch {
+        let rows = &mut prev[b * len * hidden..][..len * hidden];
+        rows[..hidden].copy_from_slice(&h0[b * hidden..][..hidden]);
+        rows[hidden..].copy_from_slice(&y[b * (len + 1) * hidden..][..(len - 1) * hidden]);
+    }
+    let prev_t = Matrix::rows(prev.as_ptr(), hidden).transposed();
+    let dg = Matrix::rows(dx_proj.as_ptr(), width);
+    // SAFETY: as above; `dweight` is its own buffer.
+    unsafe {
+        gemm_parallel(
+            hidden,
+            width,
+            batch * len,
+            dweight.as_mut_ptr(),
+            width,
+            false,
+            prev_t,
+            dg,
+        )
+    };
+}
