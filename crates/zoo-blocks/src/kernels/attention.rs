@@ -6,6 +6,7 @@
 //! head's attention probabilities for the backward; every product is one `gemm` call on one thread,
 //! with heads (forward) or key/value heads (backward) in parallel.
 
+use super::exp_f32;
 use super::strided::{Matrix, gemm};
 use rayon::prelude::*;
 
@@ -148,7 +149,7 @@ pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f3
                     let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
                     let mut sum = 0.0;
                     for p in seen.iter_mut() {
-                        *p = (*p * scale - max).exp();
+                        *p = exp_f32(*p * scale - max);
                         sum += *p;
                     }
                     let inv = 1.0 / sum;

@@ -9,6 +9,7 @@
 //! `[hidden, 4 hidden]`, states `[batch, hidden]`, `cells` `[batch, len, hidden]`, and `y`
 //! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
 
+use super::exp_f32;
 use super::strided::{Matrix, gemm_parallel};
 
 /// `batch` sequences of `len` steps through `hidden` units.
@@ -21,13 +22,13 @@ pub struct Dims {
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_f32(-x))
 }
 
 /// tanh through one exp (libm's `tanhf` is several times slower); saturates to ±1 cleanly.
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
+    1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
 }
 
 /// Runs the sequence from `(h0, c0)`; fills `y`, and `gates` (after their non-linearities) and

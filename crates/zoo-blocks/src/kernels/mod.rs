@@ -390,6 +390,67 @@ fn runs_on_flex<const D: usize>(_: &Tensor<D>) -> bool {
     false
 }
 
+/// e^x for f32 in plain arithmetic the compiler can inline and vectorise (libm's `expf` is a
+/// call per element): Cephes' `expf`, `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6
+/// polynomial for `e^r`, and `2^n` built from exponent bits; within 2 ulp. Inputs are clamped to
+/// `[-87.3, 88.7]`, so the result never overflows and at worst underflows to about 1e-38, not 0.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n ln 2 is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer in plain arithmetic.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.376_26);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // 2^n: n + 127 lands in the low mantissa bits of (n + 127 + ROUND); integer arithmetic moves
+    // it into the exponent (a float-to-int cast would be a saturating conversion per element).
+    let biased = (n + (127.0 + ROUND)).to_bits() - ROUND.to_bits();
+    e_r * f32::from_bits(biased << 23)
+}
+
+/// The largest of `xs` (−∞ when empty), in sixteen lanes so that it vectorises.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[inline(always)]
+fn max_f32(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = if x > *lane { x } else { *lane };
+        }
+    }
+    lanes.iter().fold(rest, |m, &x| m.max(x))
+}
+
+/// `Σ e^(x - shift)` over `xs`, in sixteen lanes so that the sum vectorises too.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[inline(always)]
+fn sum_exp(xs: &[f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&x| exp_f32(x - shift)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += exp_f32(x - shift);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// erf(x) for f32 as a ratio of an odd and an even polynomial on [-4, 4] (beyond it erf is ±1
 /// in f32); the approximation Eigen and XLA use, accurate to a few ulp. Plain `*` and `+`, not
 /// `mul_add`: without the `fma` target feature `mul_add` is a libm call and nothing vectorises.
@@ -466,7 +527,9 @@ mod layer_norm_rows {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{AdamWStep, ZooOps, attention, erf_f32, layer_norm_rows, lstm};
+    use super::{
+        AdamWStep, ZooOps, attention, erf_f32, exp_f32, layer_norm_rows, lstm, max_f32, sum_exp,
+    };
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -483,7 +546,7 @@ mod flex {
 
     fn gelu_derivative(x: f32) -> f32 {
         let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
-        cdf + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+        cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
     }
 
     /// `t` laid out contiguously (a cheap clone when it already is).
@@ -696,8 +759,8 @@ mod flex {
                 .zip(values.par_chunks(classes))
                 .zip(targets.par_iter())
                 .map(|((lse, row), &target)| {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+                    let max = max_f32(row);
+                    let sum = sum_exp(row, max);
                     *lse = max + sum.ln();
                     (*lse - row[target]) as f64
                 })
@@ -723,7 +786,7 @@ mod flex {
                 .zip(lse.par_iter().zip(targets.par_iter()))
                 .for_each(|((out, row), (&lse, &target))| {
                     for (o, &x) in out.iter_mut().zip(row) {
-                        *o = (x - lse).exp() * scale;
+                        *o = exp_f32(x - lse) * scale;
                     }
                     out[target] -= scale;
                 });
@@ -1627,5 +1690,19 @@ mod tests {
         assert_close(p2, p_ref, 1e-6);
         assert_close(m2, m_ref, 1e-6);
         assert_close(v2, v_ref, 1e-6);
+    }
+
+    #[test]
+    fn the_polynomial_exp_is_accurate_to_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 / 10_000.0;
+            let exact = (x as f64).exp();
+            worst = worst.max(((exp_f32(x) as f64) - exact).abs() / exact);
+        }
+        assert!(worst < 3e-7, "max relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1e4) < 1.2e-38 && exp_f32(-1e4) >= 0.0 && exp_f32(1e4).is_finite());
+        assert!(exp_f32(f32::NAN).is_nan());
     }
 }
