@@ -10,7 +10,7 @@
 //! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
 
 use super::exp_f32;
-use super::strided::{Matrix, gemm_parallel};
+use super::strided::{Matrix, gemm_parallel, gemm_two_halves};
 
 /// `batch` sequences of `len` steps through `hidden` units.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +29,80 @@ fn sigmoid(x: f32) -> f32 {
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
+}
+
+/// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
+/// values in place, and writes the new cell and hidden states. Slices and zips throughout, so
+/// that the loop has no bounds checks and vectorises.
+// Not inlined: as its own function its slices keep their no-alias guarantee, which the
+// vectoriser needs (inlined into the step loop, it stayed scalar).
+#[inline(never)]
+fn apply_gates(g: &mut [f32], c_prev: &[f32], c_new: &mut [f32], h_new: &mut [f32]) {
+    let n = c_prev.len();
+    let (i, rest) = g.split_at_mut(n);
+    let (f, rest) = rest.split_at_mut(n);
+    let (cand, o) = rest.split_at_mut(n);
+    // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
+    let (f, cand, o, c_new, h_new) = (
+        &mut f[..n],
+        &mut cand[..n],
+        &mut o[..n],
+        &mut c_new[..n],
+        &mut h_new[..n],
+    );
+    for j in 0..n {
+        i[j] = sigmoid(i[j]);
+        f[j] = sigmoid(f[j]);
+        cand[j] = tanh(cand[j]);
+        o[j] = sigmoid(o[j]);
+        c_new[j] = f[j] * c_prev[j] + i[j] * cand[j];
+        h_new[j] = o[j] * tanh(c_new[j]);
+    }
+}
+
+/// One step of one sequence backwards: from the gates' values `g`, the cell states after and
+/// before the step, the gradient `dy` of the step's output and the gradients `dh` and `dc`
+/// arriving from the next step, writes the gates' pre-activation gradients `dg` and leaves in
+/// `dc` the gradient passed to the previous cell state.
+// Not inlined, for the same reason as `apply_gates`.
+#[inline(never)]
+fn gate_gradients(
+    g: &[f32],
+    c: &[f32],
+    c_prev: &[f32],
+    dy: &[f32],
+    dh: &[f32],
+    dc: &mut [f32],
+    dg: &mut [f32],
+) {
+    let n = c.len();
+    let (i, rest) = g.split_at(n);
+    let (f, rest) = rest.split_at(n);
+    let (cand, o) = rest.split_at(n);
+    let (di, rest) = dg.split_at_mut(n);
+    let (df, rest) = rest.split_at_mut(n);
+    let (dcand, d_o) = rest.split_at_mut(n);
+    // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
+    let (f, cand, o, c_prev, dy, dh, dc) = (
+        &f[..n],
+        &cand[..n],
+        &o[..n],
+        &c_prev[..n],
+        &dy[..n],
+        &dh[..n],
+        &mut dc[..n],
+    );
+    let (df, dcand, d_o) = (&mut df[..n], &mut dcand[..n], &mut d_o[..n]);
+    for j in 0..n {
+        let dh = dy[j] + dh[j];
+        let tc = tanh(c[j]);
+        let dc_here = dc[j] + dh * o[j] * (1.0 - tc * tc);
+        dc[j] = dc_here * f[j];
+        di[j] = dc_here * cand[j] * i[j] * (1.0 - i[j]);
+        df[j] = dc_here * c_prev[j] * f[j] * (1.0 - f[j]);
+        dcand[j] = dc_here * i[j] * (1.0 - cand[j] * cand[j]);
+        d_o[j] = dh * tc * o[j] * (1.0 - o[j]);
+    }
 }
 
 /// Runs the sequence from `(h0, c0)`; fills `y`, and `gates` (after their non-linearities) and
@@ -62,26 +136,17 @@ pub fn forward(
         let dst = gates[t * width..].as_mut_ptr();
         // SAFETY: every operand lies inside its slice (lengths asserted above); `gates` does not
         // alias `y` or `weight`.
-        unsafe { gemm_parallel(batch, width, hidden, dst, len * width, true, h_prev, w) };
+        unsafe { gemm_two_halves(batch, width, hidden, dst, len * width, true, h_prev, w) };
         for b in 0..batch {
             let g = &mut gates[(b * len + t) * width..][..width];
+            let (before, now) = cells.split_at_mut((b * len + t) * hidden);
             let c_prev = if t == 0 {
                 &c0[b * hidden..][..hidden]
             } else {
-                &cells[(b * len + t - 1) * hidden..][..hidden]
+                &before[(b * len + t - 1) * hidden..][..hidden]
             };
-            let mut c_new = vec![0.0f32; hidden];
-            for j in 0..hidden {
-                let (i, f) = (sigmoid(g[j]), sigmoid(g[hidden + j]));
-                let (c, o) = (tanh(g[2 * hidden + j]), sigmoid(g[3 * hidden + j]));
-                [g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]] = [i, f, c, o];
-                c_new[j] = f * c_prev[j] + i * c;
-            }
             let h = &mut y[(b * (len + 1) + t) * hidden..][..hidden];
-            for j in 0..hidden {
-                h[j] = g[3 * hidden + j] * tanh(c_new[j]);
-            }
-            cells[(b * len + t) * hidden..][..hidden].copy_from_slice(&c_new);
+            apply_gates(g, c_prev, &mut now[..hidden], h);
         }
     }
     for b in 0..batch {
@@ -120,33 +185,28 @@ pub fn backward(
     }
     for t in (0..len).rev() {
         for b in 0..batch {
-            let g = &gates[(b * len + t) * width..][..width];
-            let dg = &mut dx_proj[(b * len + t) * width..][..width];
-            let c = &cells[(b * len + t) * hidden..][..hidden];
+            let at = |t: usize| (b * len + t) * hidden;
             let c_prev = if t == 0 {
                 &c0[b * hidden..][..hidden]
             } else {
-                &cells[(b * len + t - 1) * hidden..][..hidden]
+                &cells[at(t - 1)..][..hidden]
             };
-            let dy_t = &dy[(b * (len + 1) + t) * hidden..][..hidden];
-            for j in 0..hidden {
-                let (i, f, cand, o) = (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
-                let dh = dy_t[j] + dh_next[b * hidden + j];
-                let tc = tanh(c[j]);
-                let dc = dc_next[b * hidden + j] + dh * o * (1.0 - tc * tc);
-                dc_next[b * hidden + j] = dc * f;
-                dg[j] = dc * cand * i * (1.0 - i);
-                dg[hidden + j] = dc * c_prev[j] * f * (1.0 - f);
-                dg[2 * hidden + j] = dc * i * (1.0 - cand * cand);
-                dg[3 * hidden + j] = dh * tc * o * (1.0 - o);
-            }
+            gate_gradients(
+                &gates[(b * len + t) * width..][..width],
+                &cells[at(t)..][..hidden],
+                c_prev,
+                &dy[(b * (len + 1) + t) * hidden..][..hidden],
+                &dh_next[b * hidden..][..hidden],
+                &mut dc_next[b * hidden..][..hidden],
+                &mut dx_proj[(b * len + t) * width..][..width],
+            );
         }
         // dh_{t-1} = dgates_t · Wᵀ
         let dg = Matrix::rows(dx_proj[t * width..].as_ptr(), len * width);
         let w_t = Matrix::rows(weight.as_ptr(), width).transposed();
         // SAFETY: operands inside their slices; `dh_next` is a separate buffer.
         unsafe {
-            gemm_parallel(
+            gemm_two_halves(
                 batch,
                 hidden,
                 width,
