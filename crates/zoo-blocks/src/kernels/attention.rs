@@ -6,7 +6,7 @@
 //! head's attention probabilities for the backward; every product is one `gemm` call on one thread,
 //! with heads (forward) or key/value heads (backward) in parallel.
 
-use super::exp_f32;
+use super::rows;
 use super::strided::{Matrix, gemm};
 use rayon::prelude::*;
 
@@ -146,14 +146,7 @@ pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f3
                 for (i, row) in block.chunks_exact_mut(len).take(rows).enumerate() {
                     let (seen, future) = row.split_at_mut(r0 + i + 1);
                     future.fill(0.0);
-                    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
-                    let mut sum = 0.0;
-                    for p in seen.iter_mut() {
-                        *p = exp_f32(*p * scale - max);
-                        sum += *p;
-                    }
-                    let inv = 1.0 / sum;
-                    seen.iter_mut().for_each(|p| *p *= inv);
+                    rows::softmax_scaled(seen, scale);
                 }
                 let p = Matrix::rows(block.as_ptr(), len);
                 let dst = out.at(b, h).wrapping_add(r0 * out.2.row);
@@ -224,10 +217,7 @@ pub fn backward(
                     {
                         let t = r0 + i;
                         let (d_out, out) = (grad.row(b, h, t, dim), out.row(b, h, t, dim));
-                        let delta: f32 = d_out.iter().zip(out).map(|(g, o)| g * o).sum();
-                        for (d, &p) in ds[..r1].iter_mut().zip(&p[..r1]) {
-                            *d = p * (*d - delta) * scale;
-                        }
+                        rows::score_gradient(&mut ds[..r1], &p[..r1], d_out, out, scale);
                     }
                     let ds_m = Matrix::rows(ds_block.as_ptr(), len);
                     let dq_at = dq.at(b, h).wrapping_add(r0 * dq.2.row);

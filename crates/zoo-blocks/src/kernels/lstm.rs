@@ -31,77 +31,79 @@ fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
 }
 
-/// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
-/// values in place, and writes the new cell and hidden states. Slices and zips throughout, so
-/// that the loop has no bounds checks and vectorises.
-// Not inlined: as its own function its slices keep their no-alias guarantee, which the
-// vectoriser needs (inlined into the step loop, it stayed scalar).
-#[inline(never)]
-fn apply_gates(g: &mut [f32], c_prev: &[f32], c_new: &mut [f32], h_new: &mut [f32]) {
-    let n = c_prev.len();
-    let (i, rest) = g.split_at_mut(n);
-    let (f, rest) = rest.split_at_mut(n);
-    let (cand, o) = rest.split_at_mut(n);
-    // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
-    let (f, cand, o, c_new, h_new) = (
-        &mut f[..n],
-        &mut cand[..n],
-        &mut o[..n],
-        &mut c_new[..n],
-        &mut h_new[..n],
-    );
-    for j in 0..n {
-        i[j] = sigmoid(i[j]);
-        f[j] = sigmoid(f[j]);
-        cand[j] = tanh(cand[j]);
-        o[j] = sigmoid(o[j]);
-        c_new[j] = f[j] * c_prev[j] + i[j] * cand[j];
-        h_new[j] = o[j] * tanh(c_new[j]);
+vectorised! {
+    /// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
+    /// values in place, and writes the new cell and hidden states. Slices and zips throughout, so
+    /// that the loop has no bounds checks and vectorises.
+    // Kept out of line (multiversioned): as its own function its slices keep their no-alias
+    // guarantee, which the vectoriser needs (inlined into the step loop, it stayed scalar).
+    pub fn apply_gates(g: &mut [f32], c_prev: &[f32], c_new: &mut [f32], h_new: &mut [f32]) {
+        let n = c_prev.len();
+        let (i, rest) = g.split_at_mut(n);
+        let (f, rest) = rest.split_at_mut(n);
+        let (cand, o) = rest.split_at_mut(n);
+        // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
+        let (f, cand, o, c_new, h_new) = (
+            &mut f[..n],
+            &mut cand[..n],
+            &mut o[..n],
+            &mut c_new[..n],
+            &mut h_new[..n],
+        );
+        for j in 0..n {
+            i[j] = sigmoid(i[j]);
+            f[j] = sigmoid(f[j]);
+            cand[j] = tanh(cand[j]);
+            o[j] = sigmoid(o[j]);
+            c_new[j] = f[j] * c_prev[j] + i[j] * cand[j];
+            h_new[j] = o[j] * tanh(c_new[j]);
+        }
     }
 }
 
-/// One step of one sequence backwards: from the gates' values `g`, the cell states after and
-/// before the step, the gradient `dy` of the step's output and the gradients `dh` and `dc`
-/// arriving from the next step, writes the gates' pre-activation gradients `dg` and leaves in
-/// `dc` the gradient passed to the previous cell state.
-// Not inlined, for the same reason as `apply_gates`.
-#[inline(never)]
-fn gate_gradients(
-    g: &[f32],
-    c: &[f32],
-    c_prev: &[f32],
-    dy: &[f32],
-    dh: &[f32],
-    dc: &mut [f32],
-    dg: &mut [f32],
-) {
-    let n = c.len();
-    let (i, rest) = g.split_at(n);
-    let (f, rest) = rest.split_at(n);
-    let (cand, o) = rest.split_at(n);
-    let (di, rest) = dg.split_at_mut(n);
-    let (df, rest) = rest.split_at_mut(n);
-    let (dcand, d_o) = rest.split_at_mut(n);
-    // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
-    let (f, cand, o, c_prev, dy, dh, dc) = (
-        &f[..n],
-        &cand[..n],
-        &o[..n],
-        &c_prev[..n],
-        &dy[..n],
-        &dh[..n],
-        &mut dc[..n],
-    );
-    let (df, dcand, d_o) = (&mut df[..n], &mut dcand[..n], &mut d_o[..n]);
-    for j in 0..n {
-        let dh = dy[j] + dh[j];
-        let tc = tanh(c[j]);
-        let dc_here = dc[j] + dh * o[j] * (1.0 - tc * tc);
-        dc[j] = dc_here * f[j];
-        di[j] = dc_here * cand[j] * i[j] * (1.0 - i[j]);
-        df[j] = dc_here * c_prev[j] * f[j] * (1.0 - f[j]);
-        dcand[j] = dc_here * i[j] * (1.0 - cand[j] * cand[j]);
-        d_o[j] = dh * tc * o[j] * (1.0 - o[j]);
+vectorised! {
+    /// One step of one sequence backwards: from the gates' values `g`, the cell states after and
+    /// before the step, the gradient `dy` of the step's output and the gradients `dh` and `dc`
+    /// arriving from the next step, writes the gates' pre-activation gradients `dg` and leaves in
+    /// `dc` the gradient passed to the previous cell state.
+    // Out of line and multiversioned, as `apply_gates`.
+    pub fn gate_gradients(
+        g: &[f32],
+        c: &[f32],
+        c_prev: &[f32],
+        dy: &[f32],
+        dh: &[f32],
+        dc: &mut [f32],
+        dg: &mut [f32],
+    ) {
+        let n = c.len();
+        let (i, rest) = g.split_at(n);
+        let (f, rest) = rest.split_at(n);
+        let (cand, o) = rest.split_at(n);
+        let (di, rest) = dg.split_at_mut(n);
+        let (df, rest) = rest.split_at_mut(n);
+        let (dcand, d_o) = rest.split_at_mut(n);
+        // Equal lengths, stated once, let the compiler drop every bounds check and vectorise.
+        let (f, cand, o, c_prev, dy, dh, dc) = (
+            &f[..n],
+            &cand[..n],
+            &o[..n],
+            &c_prev[..n],
+            &dy[..n],
+            &dh[..n],
+            &mut dc[..n],
+        );
+        let (df, dcand, d_o) = (&mut df[..n], &mut dcand[..n], &mut d_o[..n]);
+        for j in 0..n {
+            let dh = dy[j] + dh[j];
+            let tc = tanh(c[j]);
+            let dc_here = dc[j] + dh * o[j] * (1.0 - tc * tc);
+            dc[j] = dc_here * f[j];
+            di[j] = dc_here * cand[j] * i[j] * (1.0 - i[j]);
+            df[j] = dc_here * c_prev[j] * f[j] * (1.0 - f[j]);
+            dcand[j] = dc_here * i[j] * (1.0 - cand[j] * cand[j]);
+            d_o[j] = dh * tc * o[j] * (1.0 - o[j]);
+        }
     }
 }
 

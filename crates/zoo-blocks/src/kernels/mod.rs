@@ -418,39 +418,6 @@ pub fn exp_f32(x: f32) -> f32 {
     e_r * f32::from_bits(biased << 23)
 }
 
-/// The largest of `xs` (−∞ when empty), in sixteen lanes so that it vectorises.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-#[inline(always)]
-fn max_f32(xs: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = if x > *lane { x } else { *lane };
-        }
-    }
-    lanes.iter().fold(rest, |m, &x| m.max(x))
-}
-
-/// `Σ e^(x - shift)` over `xs`, in sixteen lanes so that the sum vectorises too.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-#[inline(always)]
-fn sum_exp(xs: &[f32], shift: f32) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().map(|&x| exp_f32(x - shift)).sum();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += exp_f32(x - shift);
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
-}
-
 /// erf(x) for f32 as a ratio of an odd and an even polynomial on [-4, 4] (beyond it erf is ±1
 /// in f32); the approximation Eigen and XLA use, accurate to a few ulp. Plain `*` and `+`, not
 /// `mul_add`: without the `fma` target feature `mul_add` is a libm call and nothing vectorises.
@@ -472,83 +439,88 @@ pub fn erf_f32(x: f32) -> f32 {
     p / q
 }
 
+/// Marks a function (inside the `flex` kernels) to be compiled per instruction set and dispatched at run time.
+macro_rules! vectorised {
+    ($(#[$meta:meta])* pub fn $($rest:tt)*) => {
+        $(#[$meta])*
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma",
+            "x86_64+avx2+fma",
+            "aarch64+neon",
+        ))]
+        pub fn $($rest)*
+    };
+}
+
 #[cfg(feature = "flex")]
 mod attention;
 #[cfg(feature = "flex")]
 mod lstm;
 #[cfg(feature = "flex")]
+mod rows;
+#[cfg(feature = "flex")]
 mod strided;
 
 /// LayerNorm one row at a time, on plain slices.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[cfg(feature = "flex")]
 mod layer_norm_rows {
-    /// Normalises `x` into `y`; returns the row's mean and reciprocal standard deviation.
-    pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f32) -> (f32, f32) {
-        let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-            *y = (x - mean) * rstd * g + b;
+    vectorised! {
+        /// Normalises `x` into `y`; returns the row's mean and reciprocal standard deviation.
+        pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f32) -> (f32, f32) {
+            let n = x.len() as f32;
+            let mean = x.iter().sum::<f32>() / n;
+            let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *y = (x - mean) * rstd * g + b;
+            }
+            (mean, rstd)
         }
-        (mean, rstd)
     }
 
-    /// With `x̂ = (x - mean) rstd` and `g = dy ∘ gamma`:
-    /// `dx = rstd (g - mean(g) - x̂ mean(g ∘ x̂))`; adds the row's `dy ∘ x̂` and `dy` to
-    /// `dgamma` and `dbeta`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        x: &[f32],
-        gamma: &[f32],
-        (mean, rstd): (f32, f32),
-        dy: &[f32],
-        dx: &mut [f32],
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
-    ) {
-        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-        for i in 0..x.len() {
-            let x_hat = (x[i] - mean) * rstd;
-            let g = dy[i] * gamma[i];
-            sum_g += g;
-            sum_gx += g * x_hat;
-            dgamma[i] += dy[i] * x_hat;
-            dbeta[i] += dy[i];
-        }
-        let n = x.len() as f32;
-        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-        for i in 0..x.len() {
-            let x_hat = (x[i] - mean) * rstd;
-            dx[i] = rstd * (dy[i] * gamma[i] - mean_g - x_hat * mean_gx);
+    vectorised! {
+        /// With `x̂ = (x - mean) rstd` and `g = dy ∘ gamma`:
+        /// `dx = rstd (g - mean(g) - x̂ mean(g ∘ x̂))`; adds the row's `dy ∘ x̂` and `dy` to
+        /// `dgamma` and `dbeta`. `stats` is the row's `(mean, rstd)`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward(
+            x: &[f32],
+            gamma: &[f32],
+            stats: (f32, f32),
+            dy: &[f32],
+            dx: &mut [f32],
+            dgamma: &mut [f32],
+            dbeta: &mut [f32],
+        ) {
+            let (mean, rstd) = stats;
+            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+            for i in 0..x.len() {
+                let x_hat = (x[i] - mean) * rstd;
+                let g = dy[i] * gamma[i];
+                sum_g += g;
+                sum_gx += g * x_hat;
+                dgamma[i] += dy[i] * x_hat;
+                dbeta[i] += dy[i];
+            }
+            let n = x.len() as f32;
+            let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+            for i in 0..x.len() {
+                let x_hat = (x[i] - mean) * rstd;
+                dx[i] = rstd * (dy[i] * gamma[i] - mean_g - x_hat * mean_gx);
+            }
         }
     }
 }
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{
-        AdamWStep, ZooOps, attention, erf_f32, exp_f32, layer_norm_rows, lstm, max_f32, sum_exp,
-    };
+    use super::{AdamWStep, ZooOps, attention, layer_norm_rows, lstm, rows};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
     use rayon::prelude::*;
 
     const CHUNK: usize = 1 << 14;
-    const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-    /// 1 / sqrt(2 pi)
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
-
-    fn gelu(x: f32) -> f32 {
-        0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
-    }
-
-    fn gelu_derivative(x: f32) -> f32 {
-        let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
-        cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
-    }
-
     /// `t` laid out contiguously (a cheap clone when it already is).
     fn contiguous(t: &FlexTensor) -> FlexTensor {
         if t.is_contiguous() {
@@ -581,7 +553,7 @@ mod flex {
             let mut out = vec![0.0f32; input.len()];
             out.par_chunks_mut(CHUNK)
                 .zip(input.par_chunks(CHUNK))
-                .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = gelu(v)));
+                .for_each(|(o, i)| rows::gelu(o, i));
             from_f32(out, x.layout().shape().clone())
         }
 
@@ -594,11 +566,7 @@ mod flex {
             let mut out = vec![0.0f32; input.len()];
             out.par_chunks_mut(CHUNK)
                 .zip(input.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))
-                .for_each(|(o, (i, g))| {
-                    for ((o, &v), &g) in o.iter_mut().zip(i).zip(g) {
-                        *o = g * gelu_derivative(v);
-                    }
-                });
+                .for_each(|(o, (i, g))| rows::gelu_backward(o, i, g));
             from_f32(out, x.layout().shape().clone())
         }
 
@@ -759,9 +727,7 @@ mod flex {
                 .zip(values.par_chunks(classes))
                 .zip(targets.par_iter())
                 .map(|((lse, row), &target)| {
-                    let max = max_f32(row);
-                    let sum = sum_exp(row, max);
-                    *lse = max + sum.ln();
+                    *lse = rows::log_sum_exp(row);
                     (*lse - row[target]) as f64
                 })
                 .sum();
@@ -785,9 +751,7 @@ mod flex {
                 .zip(values.par_chunks(classes))
                 .zip(lse.par_iter().zip(targets.par_iter()))
                 .for_each(|((out, row), (&lse, &target))| {
-                    for (o, &x) in out.iter_mut().zip(row) {
-                        *o = exp_f32(x - lse) * scale;
-                    }
+                    rows::scaled_softmax(out, row, lse, scale);
                     out[target] -= scale;
                 });
             from_f32(out, [n, classes].into())

@@ -1,0 +1,95 @@
+//! The element loops of the fused kernels, one row or chunk at a time. Each is compiled for
+//! AVX-512, AVX2 + FMA and NEON as well as the baseline (SSE2 on x86-64), and the widest the CPU
+//! has is picked at run time: the baseline alone leaves these loops 4 floats wide and without
+//! fused multiply-adds.
+
+use super::{erf_f32, exp_f32};
+
+/// The largest of `xs` (−∞ when empty), in sixteen lanes so that it vectorises.
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = if x > *lane { x } else { *lane };
+        }
+    }
+    lanes.iter().fold(rest, |m, &x| m.max(x))
+}
+
+vectorised! {
+    /// `log Σ e^x` over a row, shifted by its maximum so that nothing overflows.
+    pub fn log_sum_exp(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        let mut lanes = [0.0f32; 16];
+        let chunks = row.chunks_exact(16);
+        let rest: f32 = chunks.remainder().iter().map(|&x| exp_f32(x - max)).sum();
+        for chunk in chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += exp_f32(x - max);
+            }
+        }
+        max + (lanes.iter().sum::<f32>() + rest).ln()
+    }
+}
+
+vectorised! {
+    /// `out = e^(row − lse) · scale`: a softmax row scaled, from its log-sum-exp.
+    pub fn scaled_softmax(out: &mut [f32], row: &[f32], lse: f32, scale: f32) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = exp_f32(x - lse) * scale;
+        }
+    }
+}
+
+vectorised! {
+    /// Softmax in place of `scores · scale`.
+    pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+        let max = max_of(row) * scale;
+        let mut sum = 0.0;
+        for p in row.iter_mut() {
+            *p = exp_f32(*p * scale - max);
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|p| *p *= inv);
+    }
+}
+
+vectorised! {
+    /// `ds = p ∘ (ds − Σ do ∘ o) · scale`: attention's score gradient for one query row, with
+    /// `ds` holding `do · vᵀ` on entry.
+    pub fn score_gradient(ds: &mut [f32], p: &[f32], d_out: &[f32], out: &[f32], scale: f32) {
+        let delta: f32 = d_out.iter().zip(out).map(|(g, o)| g * o).sum();
+        for (d, &p) in ds.iter_mut().zip(p) {
+            *d = p * (*d - delta) * scale;
+        }
+    }
+}
+
+/// 1 / √(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+vectorised! {
+    /// Exact GELU, `x Φ(x)`, of a chunk.
+    pub fn gelu(out: &mut [f32], x: &[f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+vectorised! {
+    /// `grad · GELU'(x)` of a chunk.
+    pub fn gelu_backward(out: &mut [f32], x: &[f32], grad: &[f32]) {
+        for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
+            let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = g * (cdf + v * INV_SQRT_2PI * exp_f32(-0.5 * v * v));
+        }
+    }
+}
