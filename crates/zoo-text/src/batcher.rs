@@ -84,6 +84,79 @@ impl RandomWindows {
     }
 }
 
+/// The classic RNN language-model batcher (Zaremba et al.; PyTorch's `word_language_model`):
+/// the token stream is cut into `batch_size` contiguous streams laid side by side, and consumed
+/// front to back in windows of `bptt` tokens, so that row `b` of window `i + 1` continues row `b`
+/// of window `i` and a model's state can carry from one window to the next. The last window of
+/// a pass may be shorter; the few tokens that do not fill a whole stream are dropped.
+#[derive(Clone, Debug)]
+pub struct Streams {
+    tokens: Arc<Vec<u32>>,
+    /// Parallel streams (rows of every window).
+    pub batch_size: usize,
+    /// Tokens per window (backpropagation-through-time length).
+    pub bptt: usize,
+    /// Tokens in each stream.
+    stream_len: usize,
+}
+
+impl Streams {
+    /// Streams over `tokens`; fails when they cannot give every stream a token and its target.
+    pub fn new(tokens: Arc<Vec<u32>>, batch_size: usize, bptt: usize) -> Result<Self, String> {
+        if batch_size == 0 || bptt == 0 {
+            return Err("batch_size and bptt must be at least 1".into());
+        }
+        let stream_len = tokens.len() / batch_size;
+        if stream_len < 2 {
+            return Err(format!(
+                "the token stream has {} tokens, too few for {batch_size} streams of a token and its target",
+                tokens.len()
+            ));
+        }
+        Ok(Self {
+            tokens,
+            batch_size,
+            bptt,
+            stream_len,
+        })
+    }
+
+    /// Windows in one pass over the streams.
+    pub fn windows(&self) -> usize {
+        (self.stream_len - 1).div_ceil(self.bptt)
+    }
+
+    /// Tokens predicted in one pass (every stream position but the last of each stream).
+    pub fn targets_per_pass(&self) -> usize {
+        self.batch_size * (self.stream_len - 1)
+    }
+
+    /// Window number `index` (`0..windows()`): row `b` holds stream `b`'s tokens from
+    /// `index * bptt` on, and its targets are the same tokens shifted by one.
+    pub fn window(&self, index: usize) -> WindowBatch {
+        assert!(
+            index < self.windows(),
+            "window {index} of {}",
+            self.windows()
+        );
+        let start = index * self.bptt;
+        let len = self.bptt.min(self.stream_len - 1 - start);
+        let mut inputs = Vec::with_capacity(self.batch_size * len);
+        let mut targets = Vec::with_capacity(self.batch_size * len);
+        for b in 0..self.batch_size {
+            let stream = &self.tokens[b * self.stream_len..(b + 1) * self.stream_len];
+            inputs.extend_from_slice(&stream[start..start + len]);
+            targets.extend_from_slice(&stream[start + 1..start + 1 + len]);
+        }
+        WindowBatch {
+            inputs,
+            targets,
+            batch_size: self.batch_size,
+            block_size: len,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +208,36 @@ mod tests {
     fn a_stream_shorter_than_a_window_is_refused() {
         let err = RandomWindows::new(Arc::new(vec![1, 2, 3]), 8, 2, 0).unwrap_err();
         assert!(err.contains("block_size 8"), "{err}");
+    }
+
+    #[test]
+    fn streams_are_contiguous_and_windows_continue_each_other() {
+        // 0..23 in 3 streams of 7 (the last 2 tokens dropped), windows of 4 then 2.
+        let tokens: Arc<Vec<u32>> = Arc::new((0..23).collect());
+        let streams = Streams::new(tokens, 3, 4).unwrap();
+        assert_eq!(streams.windows(), 2);
+        assert_eq!(streams.targets_per_pass(), 18);
+        let first = streams.window(0);
+        assert_eq!(first.block_size, 4);
+        assert_eq!(first.inputs, [0, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 17]);
+        assert_eq!(first.targets, [1, 2, 3, 4, 8, 9, 10, 11, 15, 16, 17, 18]);
+        let second = streams.window(1);
+        assert_eq!(second.block_size, 2);
+        assert_eq!(second.inputs, [4, 5, 11, 12, 18, 19]);
+        assert_eq!(second.targets, [5, 6, 12, 13, 19, 20]);
+        // Every target of the pass, each once.
+        let mut seen: Vec<u32> = (0..streams.windows())
+            .flat_map(|i| streams.window(i).targets)
+            .collect();
+        seen.sort();
+        let expected: Vec<u32> = (0..21).filter(|t| t % 7 != 0).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn too_few_tokens_for_the_streams_is_an_error() {
+        let message = Streams::new(Arc::new(vec![1, 2, 3]), 2, 4).unwrap_err();
+        assert!(message.contains("too few"), "{message}");
+        assert!(Streams::new(Arc::new(vec![1, 2, 3, 4]), 2, 0).is_err());
     }
 }

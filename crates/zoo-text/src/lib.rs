@@ -7,7 +7,7 @@ pub mod corpus;
 pub mod registry;
 pub mod tokenizer;
 
-pub use batcher::RandomWindows;
+pub use batcher::{RandomWindows, Streams};
 pub use registry::{DataDir, DatasetRegistry};
 pub use tokenizer::{TokenizerSpec, ZooTokenizer};
 
