@@ -4,10 +4,12 @@
 
 pub mod batcher;
 pub mod corpus;
+pub mod ngram;
 pub mod registry;
 pub mod tokenizer;
 
 pub use batcher::{RandomWindows, Streams};
+pub use ngram::KneserNey;
 pub use registry::{DataDir, DatasetRegistry};
 pub use tokenizer::{TokenizerSpec, ZooTokenizer};
 
