@@ -8,6 +8,7 @@ use zoo::device::{DeviceChoice, pick_device};
 use zoo_blocks::SamplingConfig;
 use zoo_gpt::GptConfig;
 use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
+use zoo_train::recipe::ModelConfig;
 use zoo_train::run::{TrainOptions, evaluate, generate, load_run, train};
 use zoo_train::{Recipe, ZooError};
 
@@ -269,6 +270,7 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         } => bench_rnn(args, &device)?,
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
+            println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
             println!(
                 "datasets:    {}",
                 DatasetRegistry::builtin().names().join(", ")
@@ -281,36 +283,51 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
 fn preset_config(name: &str) -> Result<GptConfig, ZooError> {
     zoo_gpt::preset(name).ok_or_else(|| {
         ZooError::Usage(format!(
-            "unknown preset '{name}'; presets: {}",
+            "unknown GPT preset '{name}'; GPT presets: {}",
             zoo_gpt::PRESETS.join(", ")
         ))
     })
 }
 
-/// The config of a preset name or a recipe file, with the vocabulary size resolved.
+/// A GPT or recurrent preset by name.
+fn any_preset(name: &str) -> Result<ModelConfig, ZooError> {
+    if let Some(config) = zoo_gpt::preset(name) {
+        return Ok(ModelConfig::Gpt(config));
+    }
+    zoo::rnn::preset(name).map(ModelConfig::Rnn).ok_or_else(|| {
+        ZooError::Usage(format!(
+            "unknown preset '{name}'; presets: {}, {}",
+            zoo_gpt::PRESETS.join(", "),
+            zoo::rnn::PRESETS.join(", ")
+        ))
+    })
+}
+
+/// The config of a preset name or a recipe file, with the vocabulary size resolved, and the
+/// tokens per training sequence.
 fn resolve_model(
     model: &str,
     vocab_size: Option<usize>,
     data_dir: &DataDir,
-) -> Result<(String, GptConfig), ZooError> {
+) -> Result<(String, ModelConfig, usize), ZooError> {
     let path = Path::new(model);
     let (label, mut config, recipe) =
         if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
             let recipe = Recipe::load(path)?;
-            let config = recipe.gpt_config().map_err(|message| ZooError::Recipe {
+            let config = recipe.model_config().map_err(|message| ZooError::Recipe {
                 path: path.to_path_buf(),
                 message,
             })?;
             (recipe.name().to_string(), config, Some(recipe))
         } else {
-            (model.to_string(), preset_config(model)?, None)
+            (model.to_string(), any_preset(model)?, None)
         };
     if let Some(v) = vocab_size {
-        config.vocab_size = v;
+        config.set_vocab_size(v);
     }
-    if config.vocab_size == 0 {
+    if config.vocab_size() == 0 {
         // The tokenizer decides: build it the way training would.
-        config.vocab_size = match &recipe {
+        let vocab = match &recipe {
             Some(recipe) => {
                 let text = DatasetRegistry::builtin().load_split(
                     &recipe.data.dataset,
@@ -325,9 +342,15 @@ fn resolve_model(
                 )));
             }
         };
+        config.set_vocab_size(vocab);
     }
     config.validate().map_err(ZooError::Usage)?;
-    Ok((label, config))
+    let seq_len = match (&recipe, &config) {
+        (Some(recipe), _) => recipe.sequence_len(&config),
+        (None, ModelConfig::Gpt(gpt)) => gpt.block_size,
+        (None, ModelConfig::Rnn(_)) => zoo_train::recipe::DEFAULT_BPTT,
+    };
+    Ok((label, config, seq_len))
 }
 
 fn info(
@@ -336,41 +359,61 @@ fn info(
     batch_size: usize,
     data_dir: &DataDir,
 ) -> Result<(), ZooError> {
-    let (label, config) = resolve_model(model, vocab_size, data_dir)?;
+    let (label, config, seq_len) = resolve_model(model, vocab_size, data_dir)?;
     let size = config.size();
     let mb = |bytes: usize| bytes as f64 / 1e6;
     let weights = 4 * size.total;
     println!("model                {label}");
-    println!(
-        "shape                {} layers, {} heads ({} kv), width {}, ff {}, block {}, vocab {}",
-        config.n_layer,
-        config.n_head,
-        config.kv_heads(),
-        config.n_embd,
-        config.ff_width(),
-        config.block_size,
-        config.vocab_size
-    );
-    println!(
-        "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, tied {}, dropout {}",
-        config.position,
-        config.norm,
-        config.norm_placement,
-        config.activation,
-        config.bias,
-        config.tie_weights,
-        config.dropout
-    );
+    let flops_formula = match &config {
+        ModelConfig::Gpt(config) => {
+            println!(
+                "shape                {} layers, {} heads ({} kv), width {}, ff {}, block {}, vocab {}",
+                config.n_layer,
+                config.n_head,
+                config.kv_heads(),
+                config.n_embd,
+                config.ff_width(),
+                config.block_size,
+                config.vocab_size
+            );
+            println!(
+                "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, tied {}, dropout {}",
+                config.position,
+                config.norm,
+                config.norm_placement,
+                config.activation,
+                config.bias,
+                config.tie_weights,
+                config.dropout
+            );
+            "6N + 12·L·d·T"
+        }
+        ModelConfig::Rnn(config) => {
+            println!(
+                "shape                {:?}, {} layers x {} units, embedding {}, vocab {}",
+                config.cell,
+                config.n_layer,
+                config.d_hidden,
+                config.embed_width(),
+                config.vocab_size
+            );
+            println!(
+                "options              tied {}, dropout {}",
+                config.tie_weights, config.dropout
+            );
+            "6 x matrix parameters"
+        }
+    };
     println!(
         "parameters           {} total, {} non-embedding",
         size.total, size.non_embedding
     );
     println!(
-        "training FLOPs       {:.3} MFLOP per token (6N + 12·L·d·T), {:.2} GFLOP per step of {} x {}",
+        "training FLOPs       {:.3} MFLOP per token ({flops_formula}), {:.2} GFLOP per step of {} x {}",
         size.train_flops_per_token as f64 / 1e6,
-        (size.train_flops_per_token * batch_size * config.block_size) as f64 / 1e9,
+        (size.train_flops_per_token * batch_size * seq_len) as f64 / 1e9,
         batch_size,
-        config.block_size
+        seq_len
     );
     println!(
         "training memory      weights {:.1} MB + gradients {:.1} MB + AdamW state {:.1} MB = {:.1} MB (f32, before activations)",

@@ -1,6 +1,6 @@
 //! Throughput benchmarks: they print figures; nothing here asserts a time.
 
-use crate::lm::{GptLm, clip_global_norm};
+use crate::lm::clip_global_norm;
 use crate::optim::AdamW;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
@@ -37,7 +37,7 @@ pub fn bench_gpt(
 ) -> Result<BenchReport, String> {
     let device = device.clone().autodiff();
     device.seed(0);
-    let mut model = GptLm::new(config.init(&device)?, 1, 0.0);
+    let mut model = config.init(&device)?;
     let params = model.num_params();
     // PyTorch's AdamW defaults, as the reference script uses them.
     let mut optimizer: ModuleOptimizer = AdamW {
@@ -55,7 +55,7 @@ pub fn bench_gpt(
             random_ids(shape, vocab, &device),
         );
         let started = Instant::now();
-        let (loss, _) = model.gpt.loss(inputs, targets);
+        let (loss, _) = model.loss(inputs, targets);
         device.sync().map_err(|e| e.to_string())?;
         let forward = started.elapsed();
         let grads = GradientsParams::from_grads(loss.backward(), &model);

@@ -6,17 +6,42 @@ use burn::data::dataset::DatasetError;
 use burn::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use zoo_text::RandomWindows;
 use zoo_text::batcher::WindowBatch;
+use zoo_text::{RandomWindows, Streams};
 
-/// Serves nanoGPT-style random windows, `batches_per_epoch` micro-batches per burn-train epoch.
+/// Where a loader's windows come from.
+#[derive(Clone)]
+pub enum Windows {
+    /// nanoGPT-style random windows (GPT).
+    Random(RandomWindows),
+    /// Contiguous streams read front to back (recurrent models); the state carries across.
+    Streams(Streams),
+}
+
+impl Windows {
+    /// Micro-batch `index` of `epoch`, `per_epoch` micro-batches to an epoch.
+    fn batch(&self, epoch: usize, index: usize, per_epoch: usize) -> (WindowBatch, bool) {
+        match self {
+            Windows::Random(windows) => (windows.batch(epoch, index), false),
+            Windows::Streams(streams) => {
+                // Epochs of the run are eval intervals, not passes: count windows through
+                // the whole run and wrap around at the end of each pass.
+                let window = (epoch * per_epoch + index) % streams.windows();
+                (streams.window(window), window == 0)
+            }
+        }
+    }
+}
+
+/// Serves windows of token ids to burn-train, `batches_per_epoch` micro-batches per epoch.
 ///
-/// Training loaders draw epoch `e`'s batches from `(seed, e)`, counting epochs from where the run
-/// starts (or resumes), so a resumed run sees the same data it would have seen uninterrupted.
-/// Validation loaders draw the same batches every time, so validation losses compare.
+/// Training loaders draw epoch `e`'s batches from `(seed, e)` (random windows) or continue the
+/// streams where epoch `e - 1` stopped, counting epochs from where the run starts (or resumes),
+/// so a resumed run sees the same data it would have seen uninterrupted. Validation loaders
+/// serve the same batches every time, so validation losses compare.
 #[derive(Clone)]
 pub struct WindowLoader {
-    windows: RandomWindows,
+    windows: Windows,
     batches_per_epoch: usize,
     /// Micro-batches in the whole run; the last epoch is cut short to match.
     total_batches: Option<usize>,
@@ -28,7 +53,7 @@ pub struct WindowLoader {
 impl WindowLoader {
     /// A training loader whose first `iter()` is epoch `start_epoch` (0-based).
     pub fn training(
-        windows: RandomWindows,
+        windows: Windows,
         batches_per_epoch: usize,
         total_batches: usize,
         start_epoch: usize,
@@ -43,8 +68,13 @@ impl WindowLoader {
         }
     }
 
-    /// A validation loader of `batches` fixed batches.
-    pub fn validation(windows: RandomWindows, batches: usize, device: &Device) -> Self {
+    /// A validation loader of `batches` fixed random batches, or of one whole pass over
+    /// contiguous streams.
+    pub fn validation(windows: Windows, batches: usize, device: &Device) -> Self {
+        let batches = match &windows {
+            Windows::Random(_) => batches,
+            Windows::Streams(streams) => streams.windows(),
+        };
         Self {
             windows,
             batches_per_epoch: batches,
@@ -65,7 +95,7 @@ impl WindowLoader {
 }
 
 /// Moves a host batch onto `device` as `[batch, block]` id tensors.
-pub fn to_tensors(batch: WindowBatch, device: &Device) -> LmBatch {
+pub fn to_tensors(batch: WindowBatch, reset: bool, device: &Device) -> LmBatch {
     let shape = [batch.batch_size, batch.block_size];
     let ids = |v: Vec<u32>| {
         Tensor::<2, Int>::from_data(
@@ -76,6 +106,7 @@ pub fn to_tensors(batch: WindowBatch, device: &Device) -> LmBatch {
     LmBatch {
         inputs: ids(batch.inputs),
         targets: ids(batch.targets),
+        reset,
     }
 }
 
@@ -93,9 +124,10 @@ impl Iterator for WindowIter<'_> {
         if self.index >= self.count {
             return None;
         }
-        let batch = self.loader.windows.batch(self.epoch, self.index);
+        let per_epoch = self.loader.batches_per_epoch;
+        let (batch, reset) = self.loader.windows.batch(self.epoch, self.index, per_epoch);
         self.index += 1;
-        Some(Ok(to_tensors(batch, &self.loader.device)))
+        Some(Ok(to_tensors(batch, reset, &self.loader.device)))
     }
 }
 
@@ -145,8 +177,8 @@ impl DataLoader<LmBatch> for WindowLoader {
 mod tests {
     use super::*;
 
-    fn windows() -> RandomWindows {
-        RandomWindows::new(Arc::new((0..500).collect()), 8, 2, 1).unwrap()
+    fn windows() -> Windows {
+        Windows::Random(RandomWindows::new(Arc::new((0..500).collect()), 8, 2, 1).unwrap())
     }
 
     fn first_inputs(loader: &WindowLoader) -> Vec<Vec<i64>> {
@@ -184,5 +216,29 @@ mod tests {
     fn validation_batches_are_the_same_every_time() {
         let loader = WindowLoader::validation(windows(), 3, &Device::flex());
         assert_eq!(first_inputs(&loader), first_inputs(&loader));
+    }
+
+    #[test]
+    fn streams_continue_across_epochs_and_reset_at_each_pass() {
+        // 2 streams of 50 tokens in windows of 10: 5 windows per pass.
+        let streams = Streams::new(Arc::new((0..100).collect()), 2, 10).unwrap();
+        let loader = WindowLoader::training(Windows::Streams(streams), 3, 12, 0, &Device::flex());
+        let mut resets = Vec::new();
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            for batch in loader.iter() {
+                let batch = batch.unwrap();
+                resets.push(batch.reset);
+                let inputs = batch
+                    .inputs
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>();
+                firsts.push(inputs.unwrap()[0]);
+            }
+        }
+        assert_eq!(firsts, [0, 10, 20, 30, 40, 0, 10, 20, 30, 40, 0, 10]);
+        let expected: Vec<bool> = firsts.iter().map(|&f| f == 0).collect();
+        assert_eq!(resets, expected);
     }
 }

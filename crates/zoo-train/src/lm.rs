@@ -1,20 +1,74 @@
 //! The causal language model as burn-train sees it: one training step (loss, backward, global
-//! gradient-norm clipping) and one validation step.
+//! gradient-norm clipping) and one validation step, for a GPT or a recurrent LM (whose state
+//! carries from one window to the next).
 
 use crate::metrics::LmLossInput;
+use crate::recipe::ModelConfig;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
+use std::sync::{Arc, Mutex};
+use zoo_blocks::{RecurrentState, Sampler};
 use zoo_gpt::Gpt;
+use zoo_rnn::{RnnLm, RnnState};
 
-/// A GPT with what training needs beside the weights.
+/// The model of a language-model run: a GPT or a recurrent LM.
 #[derive(Module, Debug)]
-pub struct GptLm {
+pub enum LmModel {
+    /// A decoder-only transformer.
+    Gpt(Gpt),
+    /// An LSTM or GRU language model.
+    Rnn(RnnLm),
+}
+
+impl LmModel {
+    /// Builds the model of `config` with fresh weights.
+    pub fn init(config: &ModelConfig, device: &Device) -> Result<Self, String> {
+        Ok(match config {
+            ModelConfig::Gpt(c) => LmModel::Gpt(c.init(device)?),
+            ModelConfig::Rnn(c) => LmModel::Rnn(c.init(device)?),
+        })
+    }
+
+    /// Mean next-token cross-entropy of `targets` given `inputs` (`[batch, len]` each). A
+    /// recurrent model starts from `state` and returns the state after the window.
+    pub fn loss(
+        &self,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        state: Option<RnnState>,
+    ) -> (Tensor<1>, Option<RnnState>) {
+        match self {
+            LmModel::Gpt(gpt) => (gpt.loss(inputs, targets).0, None),
+            LmModel::Rnn(rnn) => {
+                let (loss, state) = rnn.loss(inputs, targets, state);
+                (loss, Some(state))
+            }
+        }
+    }
+
+    /// Continues `prompt` by `max_new_tokens` sampled tokens.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: &mut Sampler,
+    ) -> Vec<u32> {
+        match self {
+            LmModel::Gpt(gpt) => gpt.generate(prompt, max_new_tokens, sampler),
+            LmModel::Rnn(rnn) => rnn.generate(prompt, max_new_tokens, sampler),
+        }
+    }
+}
+
+/// A language model with what training needs beside the weights.
+#[derive(Module, Debug)]
+pub struct Lm {
     /// The model.
-    pub gpt: Gpt,
+    pub model: LmModel,
     /// Multiplies the loss before backward: `1 / grad_accumulation`, so that burn-train's
     /// summed micro-batch gradients are the mean gradient of the whole batch.
     #[module(skip)]
@@ -23,26 +77,55 @@ pub struct GptLm {
     /// outside the step, so with gradient accumulation each micro-batch is clipped on its own.
     #[module(skip)]
     pub grad_clip: f32,
+    /// A recurrent model's state between windows, kept apart for training and validation.
+    #[module(skip)]
+    carry: StateCarry,
 }
 
-impl GptLm {
+/// The state a recurrent model carries from one window to the next. burn-train steps take the
+/// model by shared reference, so the state sits behind a lock; it is detached from the graph
+/// (truncated backpropagation through time) and restarts from zeros when a pass over the data
+/// starts again.
+#[derive(Clone, Debug, Default)]
+struct StateCarry {
+    train: Arc<Mutex<Option<RnnState>>>,
+    valid: Arc<Mutex<Option<RnnState>>>,
+}
+
+impl StateCarry {
+    /// The state to start `batch` from, and a place to put the state after it.
+    fn start(slot: &Mutex<Option<RnnState>>, batch: &LmBatch) -> Option<RnnState> {
+        let carried = slot.lock().expect("state lock").take();
+        if batch.reset { None } else { carried }
+    }
+
+    fn keep(slot: &Mutex<Option<RnnState>>, state: Option<RnnState>) {
+        let detached = state.map(|s| s.into_iter().map(RecurrentState::detach).collect());
+        *slot.lock().expect("state lock") = detached;
+    }
+}
+
+impl Lm {
     /// Wraps a model for training.
-    pub fn new(gpt: Gpt, grad_accumulation: usize, grad_clip: f64) -> Self {
+    pub fn new(model: LmModel, grad_accumulation: usize, grad_clip: f64) -> Self {
         Self {
-            gpt,
+            model,
             loss_scale: 1.0 / grad_accumulation as f32,
             grad_clip: grad_clip as f32,
+            carry: StateCarry::default(),
         }
     }
 }
 
-/// Input and target token ids, `[batch, block]` each.
+/// Input and target token ids, `[batch, len]` each.
 #[derive(Clone, Debug)]
 pub struct LmBatch {
     /// Tokens fed to the model.
     pub inputs: Tensor<2, Int>,
     /// The next token at every position.
     pub targets: Tensor<2, Int>,
+    /// The first window of a pass over contiguous streams: a recurrent model starts from zeros.
+    pub reset: bool,
 }
 
 /// What one step reports to the metrics.
@@ -78,13 +161,15 @@ impl Adaptor<LmLossInput> for LmOutput {
     }
 }
 
-impl TrainStep for GptLm {
+impl TrainStep for Lm {
     type Input = LmBatch;
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
         let tokens = batch.inputs.shape().num_elements();
-        let (loss, _) = self.gpt.loss(batch.inputs, batch.targets);
+        let state = StateCarry::start(&self.carry.train, &batch);
+        let (loss, state) = self.model.loss(batch.inputs, batch.targets, state);
+        StateCarry::keep(&self.carry.train, state);
         let scaled = if self.loss_scale == 1.0 {
             loss.clone()
         } else {
@@ -104,13 +189,15 @@ impl TrainStep for GptLm {
     }
 }
 
-impl InferenceStep for GptLm {
+impl InferenceStep for Lm {
     type Input = LmBatch;
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> LmOutput {
         let tokens = batch.inputs.shape().num_elements();
-        let (loss, _) = self.gpt.loss(batch.inputs, batch.targets);
+        let state = StateCarry::start(&self.carry.valid, &batch);
+        let (loss, state) = self.model.loss(batch.inputs, batch.targets, state);
+        StateCarry::keep(&self.carry.valid, state);
         LmOutput { loss, tokens }
     }
 }

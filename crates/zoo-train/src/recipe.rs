@@ -34,10 +34,12 @@
 //! ```
 
 use crate::ZooError;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use zoo_blocks::SamplingConfig;
-use zoo_gpt::GptConfig;
+use zoo_gpt::{GptConfig, ModelSize};
+use zoo_rnn::RnnConfig;
 use zoo_text::TokenizerSpec;
 
 /// A parsed recipe.
@@ -77,7 +79,7 @@ fn default_seed() -> u64 {
 /// (Unknown keys are caught when the overrides meet the config's fields.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelSpec {
-    /// The family; only `gpt` so far.
+    /// The family: `gpt` or `rnn` (LSTM/GRU language models).
     #[serde(default = "default_arch")]
     pub arch: String,
     /// A named shape to start from.
@@ -216,6 +218,10 @@ pub struct TrainingSpec {
     /// Checkpoints kept (the newest).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Recurrent models only: tokens per window of truncated backpropagation through time
+    /// (default 35). The batch is `batch_size` contiguous streams read in such windows.
+    #[serde(default)]
+    pub bptt: Option<usize>,
 }
 
 fn one() -> usize {
@@ -301,8 +307,16 @@ impl Recipe {
 
     /// The model config: preset, then overrides. The vocabulary size is filled in later from
     /// the tokenizer when the recipe leaves it at 0.
-    pub fn gpt_config(&self) -> Result<GptConfig, String> {
-        resolve_gpt(&self.model)
+    pub fn model_config(&self) -> Result<ModelConfig, String> {
+        resolve_model(&self.model)
+    }
+
+    /// Tokens per training sequence: a GPT's block size, a recurrent model's BPTT window.
+    pub fn sequence_len(&self, config: &ModelConfig) -> usize {
+        match config {
+            ModelConfig::Gpt(gpt) => gpt.block_size,
+            ModelConfig::Rnn(_) => self.training.bptt.unwrap_or(DEFAULT_BPTT),
+        }
     }
 
     /// The run's name.
@@ -316,8 +330,17 @@ impl Recipe {
     }
 
     fn validate(&self) -> Result<(), String> {
-        self.gpt_config()?;
+        let config = self.model_config()?;
         let t = &self.training;
+        match (&config, t.bptt) {
+            (ModelConfig::Gpt(_), Some(_)) => {
+                return Err(
+                    "training.bptt is for recurrent models; a GPT reads block_size tokens".into(),
+                );
+            }
+            (ModelConfig::Rnn(_), Some(0)) => return Err("training.bptt must be at least 1".into()),
+            _ => {}
+        }
         let positive = [
             ("training.batch_size", t.batch_size),
             ("training.grad_accumulation", t.grad_accumulation),
@@ -387,22 +410,129 @@ impl Recipe {
     }
 }
 
-/// Applies `[model]` to its preset and checks every key against the config's fields.
-pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
-    if spec.arch != "gpt" {
-        return Err(format!(
-            "model.arch = \"{}\" is not available; architectures: gpt",
-            spec.arch
-        ));
+/// BPTT window of recurrent models when the recipe gives none (Zaremba et al.'s 35).
+pub const DEFAULT_BPTT: usize = 35;
+
+/// A resolved `[model]`: one family's config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    /// A decoder-only transformer.
+    Gpt(GptConfig),
+    /// An LSTM or GRU language model.
+    Rnn(RnnConfig),
+}
+
+impl ModelConfig {
+    /// Vocabulary size (0 until the tokenizer fills it in).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.vocab_size,
+            ModelConfig::Rnn(c) => c.vocab_size,
+        }
     }
+
+    /// Sets the vocabulary size.
+    pub fn set_vocab_size(&mut self, vocab_size: usize) {
+        match self {
+            ModelConfig::Gpt(c) => c.vocab_size = vocab_size,
+            ModelConfig::Rnn(c) => c.vocab_size = vocab_size,
+        }
+    }
+
+    /// Checks that the shapes fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ModelConfig::Gpt(c) => c.validate(),
+            ModelConfig::Rnn(c) => c.validate(),
+        }
+    }
+
+    /// Parameter counts and training FLOPs per token (a GPT's at full context).
+    pub fn size(&self) -> ModelSize {
+        match self {
+            ModelConfig::Gpt(c) => c.size(),
+            ModelConfig::Rnn(c) => {
+                let s = c.size();
+                ModelSize {
+                    total: s.total,
+                    non_embedding: s.non_embedding,
+                    train_flops_per_token: s.train_flops_per_token,
+                }
+            }
+        }
+    }
+
+    /// Width of the model's hidden states (what the Noam schedule scales by).
+    pub fn width(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.n_embd,
+            ModelConfig::Rnn(c) => c.d_hidden,
+        }
+    }
+
+    /// The `[model]` table that resolves to this config (`arch` and every field).
+    pub fn to_spec(&self) -> ModelSpec {
+        let (arch, overrides) = match self {
+            ModelConfig::Gpt(c) => ("gpt", toml::Table::try_from(c)),
+            ModelConfig::Rnn(c) => ("rnn", toml::Table::try_from(c)),
+        };
+        ModelSpec {
+            arch: arch.into(),
+            preset: None,
+            overrides: overrides.expect("configs serialise to TOML"),
+        }
+    }
+}
+
+/// Applies `[model]` to its family's preset and checks every key against the config's fields.
+pub fn resolve_model(spec: &ModelSpec) -> Result<ModelConfig, String> {
+    match spec.arch.as_str() {
+        "gpt" => {
+            let config = resolve(spec, zoo_gpt::preset, zoo_gpt::PRESETS, "GPT")?;
+            // The shapes must fit even before the tokenizer fills in a vocabulary size of 0.
+            GptConfig {
+                vocab_size: config.vocab_size.max(1),
+                ..config.clone()
+            }
+            .validate()
+            .map_err(|e| format!("[model]: {e}"))?;
+            Ok(ModelConfig::Gpt(config))
+        }
+        "rnn" => {
+            let config = resolve(spec, zoo_rnn::preset, zoo_rnn::PRESETS, "recurrent")?;
+            RnnConfig {
+                vocab_size: config.vocab_size.max(1),
+                ..config.clone()
+            }
+            .validate()
+            .map_err(|e| format!("[model]: {e}"))?;
+            Ok(ModelConfig::Rnn(config))
+        }
+        other => Err(format!(
+            "model.arch = \"{other}\" is not available; architectures: gpt, rnn"
+        )),
+    }
+}
+
+/// A family's preset (or default config) with the spec's overrides applied; an unknown or
+/// ill-typed key is named.
+fn resolve<C>(
+    spec: &ModelSpec,
+    preset: fn(&str) -> Option<C>,
+    presets: &[&str],
+    family: &str,
+) -> Result<C, String>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
     let base = match &spec.preset {
-        Some(name) => zoo_gpt::preset(name).ok_or_else(|| {
+        Some(name) => preset(name).ok_or_else(|| {
             format!(
-                "model.preset = \"{name}\" is not a GPT preset; presets: {}",
-                zoo_gpt::PRESETS.join(", ")
+                "model.preset = \"{name}\" is not a {family} preset; presets: {}",
+                presets.join(", ")
             )
         })?,
-        None => GptConfig::default(),
+        None => C::default(),
     };
     let base_table = toml::Table::try_from(&base).expect("configs serialise to TOML");
     let with = |overrides: &mut dyn Iterator<Item = (&String, &toml::Value)>| {
@@ -410,9 +540,9 @@ pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
         for (key, value) in overrides {
             table.insert(key.clone(), value.clone());
         }
-        table.try_into::<GptConfig>()
+        table.try_into::<C>()
     };
-    let config = with(&mut spec.overrides.iter()).map_err(|e| {
+    with(&mut spec.overrides.iter()).map_err(|e| {
         // Serde's message may not say which key; find the override that fails on its own.
         let culprit = spec
             .overrides
@@ -422,16 +552,7 @@ pub fn resolve_gpt(spec: &ModelSpec) -> Result<GptConfig, String> {
             Some((key, _)) => format!("model.{key}: {}", e.message()),
             None => format!("[model]: {}", e.message()),
         }
-    })?;
-    // The shapes must fit even before the tokenizer fills in a vocabulary size of 0.
-    let placeholder_vocab = GptConfig {
-        vocab_size: config.vocab_size.max(1),
-        ..config.clone()
-    };
-    placeholder_vocab
-        .validate()
-        .map_err(|e| format!("[model]: {e}"))?;
-    Ok(config)
+    })
 }
 
 #[cfg(test)]
@@ -454,7 +575,9 @@ steps = 10
     #[test]
     fn a_minimal_recipe_fills_in_defaults_and_applies_overrides() {
         let recipe = Recipe::parse(MINIMAL).unwrap();
-        let config = recipe.gpt_config().unwrap();
+        let ModelConfig::Gpt(config) = recipe.model_config().unwrap() else {
+            panic!("a GPT recipe")
+        };
         assert_eq!((config.n_layer, config.n_head, config.n_embd), (2, 3, 48));
         assert_eq!(recipe.optimizer.kind, OptimizerKind::Adamw);
         assert_eq!(recipe.training.eval_interval, 250);

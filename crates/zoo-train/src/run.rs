@@ -14,11 +14,11 @@
 //! One burn-train epoch is `eval_interval` optimiser steps followed by a validation.
 
 use crate::ZooError;
-use crate::data::{WindowLoader, to_tensors};
-use crate::lm::GptLm;
+use crate::data::{WindowLoader, Windows, to_tensors};
+use crate::lm::{Lm, LmModel};
 use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
 use crate::optim::AdamW;
-use crate::recipe::{OptimizerKind, Recipe};
+use crate::recipe::{ModelConfig, OptimizerKind, Recipe};
 use crate::schedule::LrSchedule;
 use burn::module::Module;
 use burn::optim::SgdConfig;
@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use zoo_blocks::Sampler;
 use zoo_blocks::SamplingConfig;
-use zoo_gpt::GptConfig;
-use zoo_text::{DataDir, DatasetRegistry, RandomWindows, ZooTokenizer};
+use zoo_text::batcher::WindowBatch;
+use zoo_text::{DataDir, DatasetRegistry, RandomWindows, Streams, ZooTokenizer};
 
 /// Options of `zoo train` beside the recipe.
 #[derive(Clone, Debug)]
@@ -85,13 +85,13 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The budget of `recipe` when the training stream holds `train_tokens` tokens.
-    pub fn of(recipe: &Recipe, block_size: usize, train_tokens: usize) -> Self {
+    /// The budget of `recipe` when one pass over the training data takes `steps_per_pass`
+    /// optimiser steps.
+    pub fn of(recipe: &Recipe, steps_per_pass: usize) -> Self {
         let t = &recipe.training;
-        let tokens_per_step = t.batch_size * block_size * t.grad_accumulation;
         let total_steps = match (t.steps, t.epochs) {
             (Some(steps), _) => steps,
-            (None, Some(epochs)) => epochs * (train_tokens / tokens_per_step).max(1),
+            (None, Some(epochs)) => epochs * steps_per_pass.max(1),
             (None, None) => unreachable!("validated recipes have a budget"),
         };
         Self {
@@ -197,12 +197,12 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let (tokenizer, config) = match resume_epoch {
         Some(_) => {
             let stored = load_run_recipe(&run_dir)?;
-            let config = stored.gpt_config().map_err(|message| ZooError::RunDir {
+            let config = stored.model_config().map_err(|message| ZooError::RunDir {
                 path: run_dir.clone(),
                 message,
             })?;
-            let mut wanted = recipe.gpt_config().map_err(recipe_error)?;
-            wanted.vocab_size = config.vocab_size;
+            let mut wanted = recipe.model_config().map_err(recipe_error)?;
+            wanted.set_vocab_size(config.vocab_size());
             if wanted != config {
                 return Err(ZooError::RunDir {
                     path: run_dir.clone(),
@@ -214,14 +214,14 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         }
         None => {
             let tokenizer = ZooTokenizer::build(&recipe.tokenizer, &train_text)?;
-            let mut config = recipe.gpt_config().map_err(recipe_error)?;
-            if config.vocab_size == 0 {
-                config.vocab_size = tokenizer.vocab_size();
+            let mut config = recipe.model_config().map_err(recipe_error)?;
+            if config.vocab_size() == 0 {
+                config.set_vocab_size(tokenizer.vocab_size());
             }
-            if config.vocab_size < tokenizer.vocab_size() {
+            if config.vocab_size() < tokenizer.vocab_size() {
                 return Err(recipe_error(format!(
                     "[model] vocab_size = {} is smaller than the tokenizer's {} tokens",
-                    config.vocab_size,
+                    config.vocab_size(),
                     tokenizer.vocab_size()
                 )));
             }
@@ -237,19 +237,35 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let train_tokens = Arc::new(tokenizer.encode(&train_text)?);
     let val_tokens = Arc::new(tokenizer.encode(&val_text)?);
     let t = &recipe.training;
-    let budget = Budget::of(&recipe, config.block_size, train_tokens.len());
+    let seq_len = recipe.sequence_len(&config);
     let micro_batches = t.grad_accumulation;
-    let train_windows =
-        RandomWindows::new(train_tokens, config.block_size, t.batch_size, recipe.seed)
-            .map_err(|e| recipe_error(format!("training split: {e}")))?;
-    // A validation seed of its own, fixed for the run, so every validation sees the same batches.
-    let val_windows = RandomWindows::new(
-        val_tokens,
-        config.block_size,
-        t.batch_size,
-        recipe.seed ^ 0x76_616C,
-    )
-    .map_err(|e| recipe_error(format!("validation split: {e}")))?;
+    let (train_windows, val_windows, steps_per_pass) = match &config {
+        ModelConfig::Gpt(_) => {
+            let train =
+                RandomWindows::new(train_tokens.clone(), seq_len, t.batch_size, recipe.seed)
+                    .map_err(|e| recipe_error(format!("training split: {e}")))?;
+            // A validation seed of its own, fixed for the run, so every validation sees the
+            // same batches.
+            let val =
+                RandomWindows::new(val_tokens, seq_len, t.batch_size, recipe.seed ^ 0x76_616C)
+                    .map_err(|e| recipe_error(format!("validation split: {e}")))?;
+            let per_step = t.batch_size * seq_len * micro_batches;
+            (
+                Windows::Random(train),
+                Windows::Random(val),
+                train_tokens.len() / per_step,
+            )
+        }
+        ModelConfig::Rnn(_) => {
+            let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
+                .map_err(|e| recipe_error(format!("training split: {e}")))?;
+            let val = Streams::new(val_tokens, t.batch_size, seq_len)
+                .map_err(|e| recipe_error(format!("validation split: {e}")))?;
+            let per_pass = train.windows().div_ceil(micro_batches);
+            (Windows::Streams(train), Windows::Streams(val), per_pass)
+        }
+    };
+    let budget = Budget::of(&recipe, steps_per_pass);
 
     let total_steps = match options.stop_after_steps {
         Some(stop) => stop.min(budget.total_steps),
@@ -270,9 +286,8 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let device = options.device.clone();
     device.seed(recipe.seed);
     // Parameters must be created on the autodiff device to be tracked.
-    let model = GptLm::new(
-        config
-            .init(&device.clone().autodiff())
+    let model = Lm::new(
+        LmModel::init(&config, &device.clone().autodiff())
             .map_err(|e| recipe_error(format!("[model]: {e}")))?,
         micro_batches,
         recipe.optimizer.grad_clip,
@@ -299,7 +314,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             )
             .init(),
     };
-    let schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.n_embd);
+    let schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.width());
     let learner = Learner::new(model, optimizer, schedule);
 
     let train_loader = WindowLoader::training(
@@ -342,7 +357,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     } else {
         Box::new(LineRenderer::new(
             budget.steps_per_epoch,
-            t.batch_size * config.block_size,
+            t.batch_size * seq_len,
         ))
     };
     println!(
@@ -353,7 +368,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         data.dataset,
         budget.total_steps,
         t.batch_size * micro_batches,
-        config.block_size,
+        seq_len,
         if micro_batches > 1 {
             format!(" ({micro_batches} micro-batches)")
         } else {
@@ -367,7 +382,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     }
 
     let sample = if recipe.sample.tokens > 0 {
-        let model = result.model.gpt.clone().fork(&device);
+        let model = result.model.model.clone().fork(&device);
         Some(sample_text(
             &model,
             &tokenizer,
@@ -391,7 +406,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
 /// Generates `tokens` tokens after `prompt` (or, if it is empty, after the first token of
 /// `fallback`) and returns the text including the prompt.
 fn sample_text(
-    model: &zoo_gpt::Gpt,
+    model: &LmModel,
     tokenizer: &ZooTokenizer,
     prompt: &str,
     fallback: &str,
@@ -407,7 +422,7 @@ fn sample_text(
 
 /// The text of `ids` followed by `tokens` sampled tokens.
 fn continue_text(
-    model: &zoo_gpt::Gpt,
+    model: &LmModel,
     tokenizer: &ZooTokenizer,
     ids: &[u32],
     tokens: usize,
@@ -419,7 +434,7 @@ fn continue_text(
 
 /// Loads the last model checkpoint once, before training, so a damaged file is reported
 /// clearly instead of failing inside burn-train.
-fn check_checkpoint(run_dir: &Path, epoch: usize, model: &GptLm) -> Result<(), ZooError> {
+fn check_checkpoint(run_dir: &Path, epoch: usize, model: &Lm) -> Result<(), ZooError> {
     let path = model_checkpoint(run_dir, epoch);
     model
         .clone()
@@ -448,10 +463,9 @@ fn check_checkpoint(run_dir: &Path, epoch: usize, model: &GptLm) -> Result<(), Z
     Ok(())
 }
 
-fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &GptConfig) -> Result<(), ZooError> {
+fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &ModelConfig) -> Result<(), ZooError> {
     let mut resolved = recipe.clone();
-    resolved.model.preset = None;
-    resolved.model.overrides = toml::Table::try_from(config).expect("configs serialise to TOML");
+    resolved.model = config.to_spec();
     let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
     let path = run_dir.join(RECIPE_FILE);
     std::fs::write(
@@ -505,11 +519,11 @@ pub struct LoadedRun {
     /// The run's resolved recipe.
     pub recipe: Recipe,
     /// Its model config.
-    pub config: GptConfig,
+    pub config: ModelConfig,
     /// Its tokenizer.
     pub tokenizer: ZooTokenizer,
     /// The model, on the plain (non-autodiff) device.
-    pub model: zoo_gpt::Gpt,
+    pub model: LmModel,
     /// The checkpoint's epoch.
     pub epoch: usize,
     /// Optimiser steps the checkpoint had taken.
@@ -529,7 +543,7 @@ pub fn load_run(
         });
     }
     let recipe = load_run_recipe(run_dir)?;
-    let config = recipe.gpt_config().map_err(|message| ZooError::RunDir {
+    let config = recipe.model_config().map_err(|message| ZooError::RunDir {
         path: run_dir.to_path_buf(),
         message,
     })?;
@@ -549,8 +563,8 @@ pub fn load_run(
         })?,
     };
     let path = model_checkpoint(run_dir, epoch);
-    let model = GptLm::new(
-        config.init(device).map_err(|message| ZooError::RunDir {
+    let model = Lm::new(
+        LmModel::init(&config, device).map_err(|message| ZooError::RunDir {
             path: run_dir.to_path_buf(),
             message,
         })?,
@@ -567,7 +581,7 @@ pub fn load_run(
         recipe,
         config,
         tokenizer,
-        model: model.gpt,
+        model: model.model,
         epoch,
         steps,
     })
@@ -588,38 +602,60 @@ pub struct EvalReport {
     pub steps: usize,
 }
 
-/// Scores every token of a split: the split is cut into consecutive windows of `block_size`
-/// tokens, each predicting its next tokens, batched by the recipe's batch size.
+/// Scores every token of a split. A GPT reads it in consecutive windows of `block_size`
+/// tokens, each predicting its next tokens, batched by the recipe's batch size; a recurrent
+/// model reads it as the recipe's contiguous streams in BPTT windows, its state carried from
+/// each window to the next from zeros at the start.
 pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<EvalReport, ZooError> {
     let registry = DatasetRegistry::builtin();
     let text = registry.load_split(&run.recipe.data.dataset, split, data_dir)?;
     let tokens = run.tokenizer.encode(&text)?;
-    let block = run.config.block_size;
-    if tokens.len() <= block {
-        return Err(ZooError::Usage(format!(
-            "split '{split}' has {} tokens, fewer than one window of {block}",
-            tokens.len()
-        )));
-    }
-    let windows: Vec<usize> = (0..(tokens.len() - 1) / block).map(|w| w * block).collect();
+    let seq_len = run.recipe.sequence_len(&run.config);
+    let batch_size = run.recipe.training.batch_size;
+    let too_short = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
+    let batches: Vec<WindowBatch> = match &run.model {
+        LmModel::Gpt(_) => {
+            if tokens.len() <= seq_len {
+                return Err(too_short(format!(
+                    "{} tokens, fewer than one window of {seq_len}",
+                    tokens.len()
+                )));
+            }
+            let starts: Vec<usize> = (0..(tokens.len() - 1) / seq_len)
+                .map(|w| w * seq_len)
+                .collect();
+            starts
+                .chunks(batch_size)
+                .map(|starts| {
+                    let mut batch = WindowBatch {
+                        inputs: Vec::with_capacity(starts.len() * seq_len),
+                        targets: Vec::with_capacity(starts.len() * seq_len),
+                        batch_size: starts.len(),
+                        block_size: seq_len,
+                    };
+                    for &s in starts {
+                        batch.inputs.extend_from_slice(&tokens[s..s + seq_len]);
+                        batch
+                            .targets
+                            .extend_from_slice(&tokens[s + 1..s + 1 + seq_len]);
+                    }
+                    batch
+                })
+                .collect()
+        }
+        LmModel::Rnn(_) => {
+            let streams = Streams::new(Arc::new(tokens), batch_size, seq_len).map_err(too_short)?;
+            (0..streams.windows()).map(|w| streams.window(w)).collect()
+        }
+    };
     let device = run.model.devices()[0].clone();
     let (mut nll, mut count) = (0.0f64, 0usize);
-    for starts in windows.chunks(run.recipe.training.batch_size) {
-        let mut batch = zoo_text::batcher::WindowBatch {
-            inputs: Vec::with_capacity(starts.len() * block),
-            targets: Vec::with_capacity(starts.len() * block),
-            batch_size: starts.len(),
-            block_size: block,
-        };
-        for &s in starts {
-            batch.inputs.extend_from_slice(&tokens[s..s + block]);
-            batch
-                .targets
-                .extend_from_slice(&tokens[s + 1..s + 1 + block]);
-        }
-        let batch = to_tensors(batch, &device);
-        let (loss, _) = run.model.loss(batch.inputs, batch.targets);
-        let n = starts.len() * block;
+    let mut state = None;
+    for batch in batches {
+        let n = batch.batch_size * batch.block_size;
+        let batch = to_tensors(batch, false, &device);
+        let (loss, next) = run.model.loss(batch.inputs, batch.targets, state);
+        state = next;
         nll += loss.into_scalar::<f64>() * n as f64;
         count += n;
     }

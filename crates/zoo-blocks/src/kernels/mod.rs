@@ -440,6 +440,7 @@ pub fn erf_f32(x: f32) -> f32 {
 }
 
 /// Marks a function (inside the `flex` kernels) to be compiled per instruction set and dispatched at run time.
+#[cfg(feature = "flex")]
 macro_rules! vectorised {
     ($(#[$meta:meta])* pub fn $($rest:tt)*) => {
         $(#[$meta])*
