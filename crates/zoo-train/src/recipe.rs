@@ -639,4 +639,50 @@ steps = 10
         assert!(recipe.name().starts_with("zoo-stem-"));
         std::fs::remove_file(path).unwrap();
     }
+
+    const RNN: &str = r#"
+[model]
+arch = "rnn"
+preset = "gru-small"
+n_layer = 1
+[tokenizer]
+kind = "char"
+[data]
+dataset = "embedded"
+[training]
+batch_size = 4
+steps = 10
+"#;
+
+    #[test]
+    fn a_recurrent_recipe_resolves_its_preset_and_window() {
+        let recipe = Recipe::parse(RNN).unwrap();
+        let config = recipe.model_config().unwrap();
+        let ModelConfig::Rnn(rnn) = &config else {
+            panic!("a recurrent recipe")
+        };
+        assert_eq!(
+            (rnn.cell, rnn.n_layer, rnn.d_hidden),
+            (zoo_blocks::CellKind::Gru, 1, 200)
+        );
+        assert_eq!(recipe.sequence_len(&config), DEFAULT_BPTT);
+        let windowed = Recipe::parse(&RNN.replace("steps = 10", "steps = 10\nbptt = 70")).unwrap();
+        assert_eq!(windowed.sequence_len(&windowed.model_config().unwrap()), 70);
+    }
+
+    #[test]
+    fn recurrent_and_transformer_keys_do_not_mix() {
+        let err = Recipe::parse(&RNN.replace("n_layer = 1", "n_head = 4")).unwrap_err();
+        assert!(err.contains("n_head"), "{err}");
+        let err = Recipe::parse(&RNN.replace("gru-small", "gpt-nano")).unwrap_err();
+        assert!(
+            err.contains("gpt-nano") && err.contains("gru-small"),
+            "{err}"
+        );
+        let err =
+            Recipe::parse(&MINIMAL.replace("steps = 10", "steps = 10\nbptt = 35")).unwrap_err();
+        assert!(err.contains("training.bptt"), "{err}");
+        let err = Recipe::parse(&RNN.replace("arch = \"rnn\"", "arch = \"mamba\"")).unwrap_err();
+        assert!(err.contains("mamba") && err.contains("rnn"), "{err}");
+    }
 }
