@@ -4,13 +4,13 @@
 
 use crate::TextError;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainer};
-use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
@@ -87,19 +87,36 @@ impl ZooTokenizer {
         Ok(Self { inner })
     }
 
-    /// A word vocabulary of the `vocab_size - 1` most frequent words of `text`, plus `<unk>`.
+    /// A word vocabulary of the `vocab_size - 1` most frequent words of `text`, plus `<unk>`
+    /// (id 0; a literal `<unk>` in the text, as PTB has, is that token). Ties in frequency go
+    /// in code-point order, so the same text always gives the same ids. Counted here rather than
+    /// by the `tokenizers` trainer, which leaves a hole in the ids when the text contains its
+    /// special token.
     pub fn word_level(text: &str, vocab_size: usize) -> Result<Self, TextError> {
-        let trainer = WordLevelTrainer::builder()
-            .vocab_size(vocab_size)
-            .show_progress(false)
-            .special_tokens(vec![AddedToken::from(UNK, true)])
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for word in text.split_whitespace() {
+            *counts.entry(word).or_default() += 1;
+        }
+        counts.remove(UNK);
+        let mut words: Vec<(&str, usize)> = counts.into_iter().collect();
+        words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let vocab = std::iter::once(UNK)
+            .chain(
+                words
+                    .iter()
+                    .map(|(w, _)| *w)
+                    .take(vocab_size.saturating_sub(1)),
+            )
+            .enumerate()
+            .map(|(id, w)| (w.to_string(), id as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token(UNK.into())
             .build()
             .map_err(TextError::tokenizer)?;
-        let mut inner = Tokenizer::new(WordLevel::default());
+        let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        inner
-            .train(&mut TrainerWrapper::from(trainer), text.lines())
-            .map_err(TextError::tokenizer)?;
         Ok(Self { inner })
     }
 
@@ -146,7 +163,12 @@ impl ZooTokenizer {
 
     /// Number of token ids.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        // One past the largest id: a loaded tokenizer.json may leave ids unused.
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1)
     }
 
     /// The id of `token`, if it is in the vocabulary.
@@ -241,6 +263,18 @@ mod tests {
             tok.decode(&[tok.token_id("the").unwrap(), 0]).unwrap(),
             "the <unk>"
         );
+    }
+
+    #[test]
+    fn a_literal_unk_in_the_text_is_the_unknown_token_and_ids_stay_dense() {
+        // PTB writes rare words as "<unk>" itself.
+        let text = "a <unk> b a <unk> c a <eos>\n<unk> a b <eos>";
+        let tok = ZooTokenizer::word_level(text, 100).unwrap();
+        // a, b, c, <eos> and <unk>: ids 0..5, no gaps.
+        assert_eq!(tok.vocab_size(), 5);
+        let ids = tok.encode("a <unk> zebra").unwrap();
+        assert_eq!(ids, vec![tok.token_id("a").unwrap(), 0, 0]);
+        assert!(tok.encode(text).unwrap().iter().all(|&id| id < 5));
     }
 
     #[test]

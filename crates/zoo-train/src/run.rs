@@ -236,6 +236,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
 
     let train_tokens = Arc::new(tokenizer.encode(&train_text)?);
     let val_tokens = Arc::new(tokenizer.encode(&val_text)?);
+    let train_tokens_count = train_tokens.len();
     let t = &recipe.training;
     let seq_len = recipe.sequence_len(&config);
     let micro_batches = t.grad_accumulation;
@@ -364,7 +365,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         "training {} ({} parameters) on {} tokens of '{}' for {} steps of {} x {} tokens{}; run directory {}",
         recipe.name(),
         config.size().total,
-        train_text.len(),
+        train_tokens_count,
         data.dataset,
         budget.total_steps,
         t.batch_size * micro_batches,
