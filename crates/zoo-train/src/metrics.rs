@@ -2,6 +2,7 @@
 //! logits), the metrics log as JSON lines in the run directory, and one line of progress per
 //! validation when no terminal is attached (burn-train's TUI takes over on a terminal).
 
+use crate::schedule::SharedPlateau;
 use burn::prelude::*;
 use burn::tensor::TensorReadError;
 use burn::train::logger::{
@@ -147,6 +148,8 @@ pub struct JsonlMetricLogger {
     names: HashMap<MetricId, String>,
     finals: BTreeMap<(usize, String), BTreeMap<String, f64>>,
     memory: InMemoryMetricLogger,
+    /// Told every validation loss, when the schedule anneals on a plateau.
+    plateau: Option<SharedPlateau>,
 }
 
 impl JsonlMetricLogger {
@@ -159,6 +162,15 @@ impl JsonlMetricLogger {
             names: HashMap::new(),
             finals: BTreeMap::new(),
             memory: InMemoryMetricLogger::default(),
+            plateau: None,
+        }
+    }
+
+    /// Also reports each validation loss to `plateau`.
+    pub fn with_plateau(self, plateau: SharedPlateau) -> Self {
+        Self {
+            plateau: Some(plateau),
+            ..self
         }
     }
 }
@@ -200,6 +212,11 @@ impl MetricLogger for JsonlMetricLogger {
     fn log_epoch_summary(&mut self, summary: EpochSummary) {
         let key = (summary.epoch_number, split_name(&summary.split));
         let metrics = self.finals.remove(&key).unwrap_or_default();
+        if let (Some(plateau), "valid", Some(&loss)) =
+            (&self.plateau, key.1.as_str(), metrics.get("Loss"))
+        {
+            plateau.lock().expect("plateau lock").observe(loss);
+        }
         let mut line = serde_json::Map::new();
         line.insert("epoch".into(), summary.epoch_number.into());
         line.insert(

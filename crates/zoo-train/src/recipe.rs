@@ -189,6 +189,9 @@ pub struct ScheduleSpec {
     pub min_lr: Option<f64>,
     /// Step at which the cosine reaches `min_lr` (default: the run's last step).
     pub decay_steps: Option<usize>,
+    /// Divide the rate by this whenever a validation loss is no better than the best so far
+    /// (PyTorch's word-language-model example: 4); off when absent.
+    pub plateau_divisor: Option<f64>,
 }
 
 /// `[training]`.
@@ -397,6 +400,13 @@ impl Recipe {
             return Err(format!(
                 "schedule.min_lr ({min_lr}) must be in [0, optimizer.lr = {}]",
                 o.lr
+            ));
+        }
+        if let Some(divisor) = self.schedule.plateau_divisor
+            && !(divisor > 1.0 && divisor.is_finite())
+        {
+            return Err(format!(
+                "schedule.plateau_divisor must be greater than 1, got {divisor}"
             ));
         }
         if self.schedule.kind == ScheduleKind::Noam && self.schedule.warmup_steps == 0 {

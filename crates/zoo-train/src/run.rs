@@ -19,7 +19,7 @@ use crate::lm::{Lm, LmModel};
 use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
 use crate::optim::AdamW;
 use crate::recipe::{ModelConfig, OptimizerKind, Recipe};
-use crate::schedule::LrSchedule;
+use crate::schedule::{LrSchedule, Plateau, SharedPlateau};
 use burn::module::Module;
 use burn::optim::SgdConfig;
 use burn::optim::decay::WeightDecayConfig;
@@ -32,7 +32,7 @@ use burn::train::renderer::default_renderer;
 use burn::train::{Learner, SupervisedTraining};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use zoo_blocks::Sampler;
 use zoo_blocks::SamplingConfig;
@@ -315,7 +315,22 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             )
             .init(),
     };
-    let schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.width());
+    let mut schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.width());
+    let mut metric_logger =
+        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
+    if let Some(divisor) = recipe.schedule.plateau_divisor {
+        let mut plateau = Plateau::new(divisor);
+        // A resumed run replays the validations it has had, so it anneals exactly as an
+        // uninterrupted one.
+        for (epoch, loss) in validation_losses(&run_dir) {
+            if epoch <= start_epoch {
+                plateau.observe(loss);
+            }
+        }
+        let plateau: SharedPlateau = Arc::new(Mutex::new(plateau));
+        schedule = schedule.with_plateau(plateau.clone());
+        metric_logger = metric_logger.with_plateau(plateau);
+    }
     let learner = Learner::new(model, optimizer, schedule);
 
     let train_loader = WindowLoader::training(
@@ -335,10 +350,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             .metric_train_numeric(Perplexity::default())
             .metric_valid_numeric(Perplexity::default())
             .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(JsonlMetricLogger::new(
-                run_dir.join(METRICS_FILE),
-                budget.steps_per_epoch,
-            ))
+            .with_metric_logger(metric_logger)
             .with_default_checkpointers()
             .with_checkpointing_strategy(EveryNKeepLast {
                 every: checkpoint_every.max(1),
@@ -507,12 +519,17 @@ fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
         .map(|s| s as usize)
 }
 
-fn last_val_loss(run_dir: &Path) -> Option<f64> {
+/// `(epoch, loss)` of every validation in the metrics log, in order.
+fn validation_losses(run_dir: &Path) -> Vec<(usize, f64)> {
     read_metrics(run_dir)
         .into_iter()
         .filter(|v| v["split"] == "valid")
-        .filter_map(|v| v["loss"].as_f64())
-        .next_back()
+        .filter_map(|v| Some((v["epoch"].as_u64()? as usize, v["loss"].as_f64()?)))
+        .collect()
+}
+
+fn last_val_loss(run_dir: &Path) -> Option<f64> {
+    validation_losses(run_dir).last().map(|v| v.1)
 }
 
 /// A trained run, loaded for evaluation or generation.

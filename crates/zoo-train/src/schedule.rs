@@ -1,12 +1,51 @@
 //! Learning-rate schedules, as a burn `LrScheduler` so that burn-train steps them and saves
-//! their position in checkpoints.
+//! their position in checkpoints, and annealing on a plateau of the validation loss.
 
 use crate::recipe::{ScheduleKind, ScheduleSpec};
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::LearningRate;
+use std::sync::{Arc, Mutex};
+
+/// "Divide the learning rate by `divisor` whenever a validation loss is no better than the best
+/// so far" (Zaremba et al.; PyTorch's word-language-model example divides by 4). The metrics
+/// logger reports each validation loss; the schedule multiplies its rate by `scale`.
+#[derive(Clone, Debug)]
+pub struct Plateau {
+    divisor: f64,
+    best: f64,
+    scale: f64,
+}
+
+impl Plateau {
+    /// Annealing by `divisor` (greater than 1).
+    pub fn new(divisor: f64) -> Self {
+        Self {
+            divisor,
+            best: f64::INFINITY,
+            scale: 1.0,
+        }
+    }
+
+    /// Takes in one validation loss.
+    pub fn observe(&mut self, loss: f64) {
+        if loss < self.best {
+            self.best = loss;
+        } else {
+            self.scale /= self.divisor;
+        }
+    }
+
+    /// What the schedule's rate is multiplied by now.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+/// A plateau shared by the metrics logger (which observes) and the schedule (which reads).
+pub type SharedPlateau = Arc<Mutex<Plateau>>;
 
 /// A schedule and how far along it is.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct LrSchedule {
     kind: ScheduleKind,
     lr: f64,
@@ -16,6 +55,8 @@ pub struct LrSchedule {
     model_size: usize,
     /// Optimiser steps taken so far.
     step: usize,
+    /// Annealing on a validation plateau, if the recipe asks for it.
+    plateau: Option<SharedPlateau>,
 }
 
 impl LrSchedule {
@@ -30,6 +71,15 @@ impl LrSchedule {
             decay_steps: spec.decay_steps.unwrap_or(total_steps),
             model_size,
             step: 0,
+            plateau: None,
+        }
+    }
+
+    /// The same schedule, its rate scaled by `plateau`.
+    pub fn with_plateau(self, plateau: SharedPlateau) -> Self {
+        Self {
+            plateau: Some(plateau),
+            ..self
         }
     }
 
@@ -68,7 +118,11 @@ impl LrSchedule {
 
 impl LrScheduler for LrSchedule {
     fn step(&mut self) -> LearningRate {
-        let lr = self.lr_at(self.step);
+        let scale = self
+            .plateau
+            .as_ref()
+            .map_or(1.0, |p| p.lock().expect("plateau lock").scale());
+        let lr = self.lr_at(self.step) * scale;
         self.step += 1;
         lr
     }
@@ -94,6 +148,7 @@ mod tests {
             warmup_steps: warmup,
             min_lr: Some(1e-4),
             decay_steps: None,
+            plateau_divisor: None,
         };
         LrSchedule::new(&spec, 1e-3, 100, 64)
     }
@@ -135,5 +190,17 @@ mod tests {
         let mut b = schedule(ScheduleKind::WarmupCosine, 10);
         b.load_record(a.to_record());
         assert_eq!(a.step(), b.step());
+    }
+
+    #[test]
+    fn a_plateau_divides_the_rate_each_time_validation_does_not_improve() {
+        let plateau: SharedPlateau = Arc::new(Mutex::new(Plateau::new(4.0)));
+        let mut s = schedule(ScheduleKind::Constant, 0).with_plateau(plateau.clone());
+        assert_eq!(s.step(), 1e-3);
+        for loss in [5.0, 4.0, 4.5, 3.9, 3.9] {
+            plateau.lock().unwrap().observe(loss);
+        }
+        // 4.5 and the second 3.9 did not improve on the best: two divisions by 4.
+        assert!((s.step() - 1e-3 / 16.0).abs() < 1e-15);
     }
 }
