@@ -2,6 +2,7 @@
 //! sampling, reproducible under a seed. Works on host-side logits of one position, which is all
 //! incremental decoding reads back per step.
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,20 @@ impl Sampler {
         Self { config, rng }
     }
 
+    /// Picks the token after the last position of `logits` (`[1, len, vocab]`), as the models'
+    /// generation loops need.
+    pub fn sample_last(&mut self, logits: Tensor<3>) -> u32 {
+        let [_, len, vocab] = logits.dims();
+        let last = logits
+            .narrow(1, len - 1, 1)
+            .reshape([vocab])
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("logits read back as f32");
+        self.sample(&last) as u32
+    }
+
     /// Picks a token id from one position's logits.
     pub fn sample(&mut self, logits: &[f32]) -> usize {
         assert!(!logits.is_empty(), "no logits to sample from");
@@ -129,6 +144,14 @@ pub fn argmax(values: &[f32]) -> usize {
             if v > best.1 { (i, v) } else { best }
         })
         .0
+}
+
+/// Token ids as the `[1, len]` batch a model's forward takes.
+pub fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(
+        TensorData::new(ids.iter().map(|&t| t as i64).collect(), [1, ids.len()]),
+        device,
+    )
 }
 
 #[cfg(test)]

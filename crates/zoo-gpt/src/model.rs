@@ -8,8 +8,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
     AbsolutePositions, Activation, AttentionCache, CausalSelfAttention, CausalSelfAttentionConfig,
@@ -367,23 +368,8 @@ impl Gpt {
                 let keep = (self.block_size / 2).max(1);
                 pending = tokens[tokens.len() - keep..].to_vec();
             }
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(
-                    pending.iter().map(|&t| t as i64).collect(),
-                    [1, pending.len()],
-                ),
-                &device,
-            );
-            let logits = self.forward(ids, Some(&mut cache));
-            let [_, len, vocab] = logits.dims();
-            let last = logits
-                .narrow(1, len - 1, 1)
-                .reshape([vocab])
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("logits read back as f32");
-            let next = sampler.sample(&last) as u32;
+            let logits = self.forward(ids_tensor(&pending, &device), Some(&mut cache));
+            let next = sampler.sample_last(logits);
             tokens.push(next);
             pending = vec![next];
         }
@@ -404,7 +390,7 @@ impl Gpt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
     use zoo_blocks::SamplingConfig;
 
     fn device() -> Device {

@@ -10,8 +10,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::kernels::matmul_weight;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Sampler};
@@ -224,24 +225,9 @@ impl RnnLm {
         let mut state = None;
         let mut pending = prompt.to_vec();
         for _ in 0..max_new_tokens {
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(
-                    pending.iter().map(|&t| t as i64).collect(),
-                    [1, pending.len()],
-                ),
-                &device,
-            );
-            let (logits, next) = self.forward(ids, state);
+            let (logits, next) = self.forward(ids_tensor(&pending, &device), state);
             state = Some(next);
-            let [_, len, vocab] = logits.dims();
-            let last = logits
-                .narrow(1, len - 1, 1)
-                .reshape([vocab])
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("logits read back as f32");
-            let next = sampler.sample(&last) as u32;
+            let next = sampler.sample_last(logits);
             tokens.push(next);
             pending = vec![next];
         }
@@ -257,6 +243,7 @@ impl RnnLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
     use zoo_blocks::SamplingConfig;
 
     fn device() -> Device {
