@@ -210,9 +210,12 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
                 stop_after_steps,
             };
             let report = train(&recipe, &options)?;
+            let what = match report.steps {
+                0 => "counted".to_string(),
+                steps => format!("trained {steps} steps"),
+            };
             println!(
-                "trained {} steps in {:.1}s; final validation loss {}; run directory {}",
-                report.steps,
+                "{what} in {:.1}s; final validation loss {}; run directory {}",
                 report.seconds,
                 report.val_loss.map_or("n/a".into(), |l| format!("{l:.4}")),
                 report.run_dir.display()
@@ -349,6 +352,7 @@ fn resolve_model(
         (Some(recipe), _) => recipe.sequence_len(&config),
         (None, ModelConfig::Gpt(gpt)) => gpt.block_size,
         (None, ModelConfig::Rnn(_)) => zoo_train::recipe::DEFAULT_BPTT,
+        (None, ModelConfig::Ngram(ngram)) => ngram.order,
     };
     Ok((label, config, seq_len))
 }
@@ -402,6 +406,16 @@ fn info(
                 config.tie_weights, config.dropout
             );
             "6 x matrix parameters"
+        }
+        ModelConfig::Ngram(config) => {
+            println!(
+                "shape                interpolated modified Kneser-Ney, order {}, vocab {}",
+                config.order, config.vocab_size
+            );
+            println!(
+                "training             one counting pass over the training split; no parameters"
+            );
+            return Ok(());
         }
     };
     println!(

@@ -304,6 +304,53 @@ fn a_recurrent_lm_trains_evaluates_and_generates() {
     assert_eq!(stdout(&again), text, "the same seed samples the same text");
 }
 
+#[test]
+fn an_ngram_baseline_counts_evaluates_and_generates() {
+    let dir = scratch("ngram");
+    let recipe = "[model]\narch = \"ngram\"\norder = 3\n[tokenizer]\nkind = \"char\"\n[data]\ndataset = \"embedded\"\n[sample]\ntokens = 0\n";
+    write(&dir, "kn.toml", recipe);
+    let counted = zoo(&["train", "kn.toml"], &dir);
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    assert!(
+        stdout(&counted).contains("counted in"),
+        "{}",
+        stdout(&counted)
+    );
+    let losses = val_losses(&dir.join("runs/kn"));
+    assert_eq!(losses.len(), 1);
+    // Characters of the generated stories: a trigram is far better than uniform over ~50.
+    assert!(losses[0].1 < 2.5, "{losses:?}");
+
+    let eval = zoo(&["eval", "runs/kn"], &dir);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    assert!(
+        stdout(&eval).contains(&format!("loss {:.4}", losses[0].1)),
+        "{}",
+        stdout(&eval)
+    );
+    let generated = zoo(
+        &[
+            "generate",
+            "runs/kn",
+            "--prompt",
+            "Ada",
+            "--max-tokens",
+            "10",
+        ],
+        &dir,
+    );
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    assert!(
+        stdout(&generated).starts_with("Ada"),
+        "{}",
+        stdout(&generated)
+    );
+
+    // Counting again into the same run directory is refused, not silently overwritten.
+    let again = zoo(&["train", "kn.toml"], &dir);
+    assert_clean_error(&again, 1, &["already holds a counted n-gram model"]);
+}
+
 fn assert_clean_error(o: &Output, code: i32, needles: &[&str]) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(code), "{err}");

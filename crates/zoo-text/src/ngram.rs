@@ -12,7 +12,12 @@
 //! has a probability. The token stream is treated as one sequence (with PTB's `<eos>` tokens
 //! marking sentences), the way the neural LMs read it.
 
+use crate::TextError;
 use std::collections::HashMap;
+use std::path::Path;
+
+/// The first bytes of a saved model.
+const MAGIC: &[u8] = b"ZOOKN1\n";
 
 /// Counts of one order: n-gram counts, and per context their total and how many n-grams after
 /// it occur once, twice, and three times or more.
@@ -65,18 +70,104 @@ impl KneserNey {
                 *target.entry(gram[1..].into()).or_default() += 1;
             }
         }
-        for level in &mut orders {
-            level.discounts = discounts(level.counts.values());
+        Ok(Self::from_counts(
+            orders.into_iter().map(|level| level.counts).collect(),
+            vocab_size,
+        ))
+    }
+
+    /// The model of these counts (`counts[k - 1]`: n-grams of length `k`, raw counts at the
+    /// highest order and continuation counts below); discounts and context totals follow.
+    fn from_counts(counts: Vec<HashMap<Box<[u32]>, u32>>, vocab_size: usize) -> Self {
+        let orders = counts
+            .into_iter()
+            .map(|counts| {
+                let mut contexts: HashMap<Box<[u32]>, ContextStats> = HashMap::new();
+                for (gram, &count) in &counts {
+                    let stats = contexts.entry(gram[..gram.len() - 1].into()).or_default();
+                    stats.total += count as u64;
+                    stats.by_count[(count.min(3) - 1) as usize] += 1;
+                }
+                Order {
+                    discounts: discounts(counts.values()),
+                    counts,
+                    contexts,
+                }
+            })
+            .collect();
+        Self { orders, vocab_size }
+    }
+
+    /// Writes the counts to `path`: the magic `ZOOKN1\n`, then little-endian `u32`s: the order,
+    /// the vocabulary size, and per order the number of n-grams followed by each n-gram's ids
+    /// and count. Discounts and context totals are derived again on loading.
+    pub fn save(&self, path: &Path) -> Result<(), TextError> {
+        let mut bytes = MAGIC.to_vec();
+        let mut put = |v: u32| bytes.extend_from_slice(&v.to_le_bytes());
+        put(self.order() as u32);
+        put(self.vocab_size as u32);
+        for level in &self.orders {
+            put(level.counts.len() as u32);
             for (gram, &count) in &level.counts {
-                let stats = level
-                    .contexts
-                    .entry(gram[..gram.len() - 1].into())
-                    .or_default();
-                stats.total += count as u64;
-                stats.by_count[(count.min(3) - 1) as usize] += 1;
+                gram.iter().for_each(|&id| put(id));
+                put(count);
             }
         }
-        Ok(Self { orders, vocab_size })
+        std::fs::write(path, bytes).map_err(|e| TextError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a model [`save`](Self::save) wrote; a damaged file is an error naming it.
+    pub fn load(path: &Path) -> Result<Self, TextError> {
+        let bytes = std::fs::read(path).map_err(|e| TextError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let corrupt = |what: &str| TextError::Parse {
+            path: path.to_path_buf(),
+            message: format!("not an n-gram model written by zoo ({what})"),
+        };
+        let body = bytes
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| corrupt("bad header"))?;
+        let mut words = body
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mut next = || words.next().ok_or_else(|| corrupt("truncated"));
+        let (order, vocab_size) = (next()? as usize, next()? as usize);
+        if order == 0 || order > 16 {
+            return Err(corrupt("bad order"));
+        }
+        let mut counts = Vec::with_capacity(order);
+        for k in 1..=order {
+            let n = next()? as usize;
+            let mut level = HashMap::with_capacity(n);
+            for _ in 0..n {
+                let gram: Box<[u32]> = (0..k).map(|_| next()).collect::<Result<_, _>>()?;
+                if gram.iter().any(|&id| id as usize >= vocab_size) {
+                    return Err(corrupt("token id outside the vocabulary"));
+                }
+                let count = next()?;
+                if count == 0 {
+                    return Err(corrupt("zero count"));
+                }
+                level.insert(gram, count);
+            }
+            counts.push(level);
+        }
+        if body.len() % 4 != 0 || next().is_ok() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(Self::from_counts(counts, vocab_size))
+    }
+
+    /// The distribution over the vocabulary after `context`, as log-probabilities.
+    pub fn log_probs(&self, context: &[u32]) -> Vec<f32> {
+        (0..self.vocab_size as u32)
+            .map(|w| self.probability(context, w).ln() as f32)
+            .collect()
     }
 
     /// The longest n-gram the model counts.
@@ -223,5 +314,25 @@ mod tests {
         assert!(KneserNey::train(&[1, 2, 3], 0, 5).is_err());
         let message = KneserNey::train(&[1, 7, 3], 2, 5).unwrap_err();
         assert!(message.contains("token id 7"), "{message}");
+    }
+
+    #[test]
+    fn a_saved_model_loads_back_the_same_and_damage_is_an_error() {
+        let tokens = corpus(3000, 20);
+        let model = KneserNey::train(&tokens, 3, 20).unwrap();
+        let path = std::env::temp_dir().join(format!("zoo-kn-{}.bin", std::process::id()));
+        model.save(&path).unwrap();
+        let loaded = KneserNey::load(&path).unwrap();
+        assert_eq!(loaded.order(), 3);
+        let held_out = corpus(500, 20);
+        assert_eq!(
+            loaded.cross_entropy(&held_out),
+            model.cross_entropy(&held_out)
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let message = KneserNey::load(&path).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -17,6 +17,8 @@ use zoo_rnn::{RnnLm, RnnState};
 
 /// The model of a language-model run: a GPT or a recurrent LM.
 #[derive(Module, Debug)]
+// One per run, never in a collection: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum LmModel {
     /// A decoder-only transformer.
     Gpt(Gpt),
@@ -30,6 +32,7 @@ impl LmModel {
         Ok(match config {
             ModelConfig::Gpt(c) => LmModel::Gpt(c.init(device)?),
             ModelConfig::Rnn(c) => LmModel::Rnn(c.init(device)?),
+            ModelConfig::Ngram(_) => return Err("an n-gram model is counted, not trained".into()),
         })
     }
 

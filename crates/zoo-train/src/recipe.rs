@@ -64,7 +64,8 @@ pub struct Recipe {
     /// The learning-rate schedule.
     #[serde(default)]
     pub schedule: ScheduleSpec,
-    /// Budget, batch and intervals.
+    /// Budget, batch and intervals (an n-gram model, counted in one pass, needs none).
+    #[serde(default)]
     pub training: TrainingSpec,
     /// The sample printed at the end of training.
     #[serde(default)]
@@ -79,7 +80,7 @@ fn default_seed() -> u64 {
 /// (Unknown keys are caught when the overrides meet the config's fields.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelSpec {
-    /// The family: `gpt` or `rnn` (LSTM/GRU language models).
+    /// The family: `gpt`, `rnn` (LSTM/GRU language models) or `ngram` (Kneser-Ney counts).
     #[serde(default = "default_arch")]
     pub arch: String,
     /// A named shape to start from.
@@ -227,6 +228,23 @@ pub struct TrainingSpec {
     pub bptt: Option<usize>,
 }
 
+impl Default for TrainingSpec {
+    /// No batch and no budget: what an n-gram recipe leaves out. Neural models must give both.
+    fn default() -> Self {
+        Self {
+            batch_size: 0,
+            grad_accumulation: 1,
+            steps: None,
+            epochs: None,
+            eval_interval: default_eval_interval(),
+            eval_batches: default_eval_batches(),
+            checkpoint_interval: None,
+            keep_checkpoints: default_keep(),
+            bptt: None,
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -319,6 +337,7 @@ impl Recipe {
         match config {
             ModelConfig::Gpt(gpt) => gpt.block_size,
             ModelConfig::Rnn(_) => self.training.bptt.unwrap_or(DEFAULT_BPTT),
+            ModelConfig::Ngram(ngram) => ngram.order,
         }
     }
 
@@ -334,6 +353,10 @@ impl Recipe {
 
     fn validate(&self) -> Result<(), String> {
         let config = self.model_config()?;
+        if let ModelConfig::Ngram(_) = config {
+            // Counted in one pass: no optimiser, schedule or budget to check.
+            return Ok(());
+        }
         let t = &self.training;
         match (&config, t.bptt) {
             (ModelConfig::Gpt(_), Some(_)) => {
@@ -430,6 +453,27 @@ pub enum ModelConfig {
     Gpt(GptConfig),
     /// An LSTM or GRU language model.
     Rnn(RnnConfig),
+    /// An interpolated Kneser-Ney n-gram model.
+    Ngram(NgramConfig),
+}
+
+/// `[model]` of an n-gram baseline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgramConfig {
+    /// Longest n-gram counted (5: the classic KN5).
+    pub order: usize,
+    /// Vocabulary size; 0 means "take it from the tokenizer".
+    pub vocab_size: usize,
+}
+
+impl Default for NgramConfig {
+    fn default() -> Self {
+        Self {
+            order: 5,
+            vocab_size: 0,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -438,6 +482,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.vocab_size,
             ModelConfig::Rnn(c) => c.vocab_size,
+            ModelConfig::Ngram(c) => c.vocab_size,
         }
     }
 
@@ -446,6 +491,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.vocab_size = vocab_size,
             ModelConfig::Rnn(c) => c.vocab_size = vocab_size,
+            ModelConfig::Ngram(c) => c.vocab_size = vocab_size,
         }
     }
 
@@ -454,6 +500,10 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.validate(),
             ModelConfig::Rnn(c) => c.validate(),
+            ModelConfig::Ngram(c) if !(1..=10).contains(&c.order) => {
+                Err(format!("order must be in 1..=10, got {}", c.order))
+            }
+            ModelConfig::Ngram(_) => Ok(()),
         }
     }
 
@@ -469,6 +519,12 @@ impl ModelConfig {
                     train_flops_per_token: s.train_flops_per_token,
                 }
             }
+            // Counts, not parameters.
+            ModelConfig::Ngram(_) => ModelSize {
+                total: 0,
+                non_embedding: 0,
+                train_flops_per_token: 0,
+            },
         }
     }
 
@@ -477,6 +533,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.n_embd,
             ModelConfig::Rnn(c) => c.d_hidden,
+            ModelConfig::Ngram(_) => 1,
         }
     }
 
@@ -485,6 +542,7 @@ impl ModelConfig {
         let (arch, overrides) = match self {
             ModelConfig::Gpt(c) => ("gpt", toml::Table::try_from(c)),
             ModelConfig::Rnn(c) => ("rnn", toml::Table::try_from(c)),
+            ModelConfig::Ngram(c) => ("ngram", toml::Table::try_from(c)),
         };
         ModelSpec {
             arch: arch.into(),
@@ -518,8 +576,19 @@ pub fn resolve_model(spec: &ModelSpec) -> Result<ModelConfig, String> {
             .map_err(|e| format!("[model]: {e}"))?;
             Ok(ModelConfig::Rnn(config))
         }
+        "ngram" => {
+            let config = resolve::<NgramConfig>(spec, |_| None, &[], "n-gram")?;
+            let placeholder = NgramConfig {
+                vocab_size: 1,
+                ..config.clone()
+            };
+            ModelConfig::Ngram(placeholder)
+                .validate()
+                .map_err(|e| format!("model.{e}"))?;
+            Ok(ModelConfig::Ngram(config))
+        }
         other => Err(format!(
-            "model.arch = \"{other}\" is not available; architectures: gpt, rnn"
+            "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram"
         )),
     }
 }

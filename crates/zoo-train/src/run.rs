@@ -18,7 +18,7 @@ use crate::data::{WindowLoader, Windows, to_tensors};
 use crate::lm::{Lm, LmModel};
 use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
 use crate::optim::AdamW;
-use crate::recipe::{ModelConfig, OptimizerKind, Recipe};
+use crate::recipe::{ModelConfig, NgramConfig, OptimizerKind, Recipe};
 use crate::schedule::{LrSchedule, Plateau, SharedPlateau};
 use burn::module::Module;
 use burn::optim::SgdConfig;
@@ -37,7 +37,7 @@ use std::time::Instant;
 use zoo_blocks::Sampler;
 use zoo_blocks::SamplingConfig;
 use zoo_text::batcher::WindowBatch;
-use zoo_text::{DataDir, DatasetRegistry, RandomWindows, Streams, ZooTokenizer};
+use zoo_text::{DataDir, DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
 
 /// Options of `zoo train` beside the recipe.
 #[derive(Clone, Debug)]
@@ -173,6 +173,13 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         .and_then(|_| registry.check(&data.dataset, &data.val_split))
         .map_err(|e| recipe_error(format!("[data]: {e}")))?;
 
+    if run_dir.join(NGRAM_FILE).exists() {
+        return Err(ZooError::RunDir {
+            path: run_dir.clone(),
+            message: "already holds a counted n-gram model: use --run-dir to count elsewhere"
+                .into(),
+        });
+    }
     let existing = checkpoint_epochs(&run_dir);
     let resume_epoch = if options.resume {
         let epoch = *existing.last().ok_or_else(|| ZooError::RunDir {
@@ -237,6 +244,19 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let train_tokens = Arc::new(tokenizer.encode(&train_text)?);
     let val_tokens = Arc::new(tokenizer.encode(&val_text)?);
     let train_tokens_count = train_tokens.len();
+    if let ModelConfig::Ngram(ngram) = &config {
+        return count_ngrams(
+            &recipe,
+            ngram,
+            &run_dir,
+            &tokenizer,
+            [&train_tokens, &val_tokens],
+        )
+        .map(|report| TrainReport {
+            seconds: started.elapsed().as_secs_f64(),
+            ..report
+        });
+    }
     let t = &recipe.training;
     let seq_len = recipe.sequence_len(&config);
     let micro_batches = t.grad_accumulation;
@@ -257,6 +277,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
                 train_tokens.len() / per_step,
             )
         }
+        ModelConfig::Ngram(_) => unreachable!("n-gram models are counted above"),
         ModelConfig::Rnn(_) => {
             let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
                 .map_err(|e| recipe_error(format!("training split: {e}")))?;
@@ -395,7 +416,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     }
 
     let sample = if recipe.sample.tokens > 0 {
-        let model = result.model.model.clone().fork(&device);
+        let model = RunModel::Neural(result.model.model.clone().fork(&device));
         Some(sample_text(
             &model,
             &tokenizer,
@@ -416,10 +437,70 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     })
 }
 
+/// The counted model of an n-gram run.
+const NGRAM_FILE: &str = "ngram.bin";
+
+/// "Trains" an n-gram recipe: counts the training tokens, saves the counts, scores the
+/// validation split (one line in the metrics log, as a neural run's validations) and samples.
+fn count_ngrams(
+    recipe: &Recipe,
+    config: &NgramConfig,
+    run_dir: &Path,
+    tokenizer: &ZooTokenizer,
+    [train, val]: [&[u32]; 2],
+) -> Result<TrainReport, ZooError> {
+    println!(
+        "counting {}-grams of {} tokens of '{}'; run directory {}",
+        config.order,
+        train.len(),
+        recipe.data.dataset,
+        run_dir.display()
+    );
+    let started = Instant::now();
+    let model =
+        KneserNey::train(train, config.order, config.vocab_size).map_err(ZooError::Usage)?;
+    model.save(&run_dir.join(NGRAM_FILE))?;
+    let loss = model.cross_entropy(val);
+    let line = serde_json::json!({
+        "epoch": 1,
+        "step": 0,
+        "split": "valid",
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "loss": loss,
+        "perplexity": loss.exp(),
+    });
+    let path = run_dir.join(METRICS_FILE);
+    std::fs::write(&path, format!("{line}\n")).map_err(|e| ZooError::io(&path, e))?;
+    println!("validation loss {loss:.4} | perplexity {:.3}", loss.exp());
+    let sample = (recipe.sample.tokens > 0)
+        .then(|| {
+            let mut ids = tokenizer.encode(&recipe.sample.prompt)?;
+            if ids.is_empty() {
+                ids = val.iter().copied().take(1).collect();
+            }
+            let run_model = RunModel::Ngram(model);
+            continue_text(
+                &run_model,
+                tokenizer,
+                &ids,
+                recipe.sample.tokens,
+                recipe.sample.sampling(),
+            )
+        })
+        .transpose()?;
+    Ok(TrainReport {
+        val_loss: Some(loss),
+        run_dir: run_dir.to_path_buf(),
+        steps: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        sample,
+    })
+}
+
 /// Generates `tokens` tokens after `prompt` (or, if it is empty, after the first token of
 /// `fallback`) and returns the text including the prompt.
 fn sample_text(
-    model: &LmModel,
+    model: &RunModel,
     tokenizer: &ZooTokenizer,
     prompt: &str,
     fallback: &str,
@@ -435,13 +516,25 @@ fn sample_text(
 
 /// The text of `ids` followed by `tokens` sampled tokens.
 fn continue_text(
-    model: &LmModel,
+    model: &RunModel,
     tokenizer: &ZooTokenizer,
     ids: &[u32],
     tokens: usize,
     sampling: SamplingConfig,
 ) -> Result<String, ZooError> {
-    let out = model.generate(ids, tokens, &mut Sampler::new(sampling));
+    let mut sampler = Sampler::new(sampling);
+    let out = match model {
+        RunModel::Neural(model) => model.generate(ids, tokens, &mut sampler),
+        RunModel::Ngram(model) => {
+            let mut out = ids.to_vec();
+            for _ in 0..tokens {
+                let context = &out[out.len().saturating_sub(model.order() - 1)..];
+                let next = sampler.sample(&model.log_probs(context)) as u32;
+                out.push(next);
+            }
+            out
+        }
+    };
     Ok(tokenizer.decode(&out)?)
 }
 
@@ -532,6 +625,16 @@ fn last_val_loss(run_dir: &Path) -> Option<f64> {
     validation_losses(run_dir).last().map(|v| v.1)
 }
 
+/// A run's model: a network, or n-gram counts.
+// One per run, never in a collection: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum RunModel {
+    /// A GPT or a recurrent LM.
+    Neural(LmModel),
+    /// An interpolated Kneser-Ney model.
+    Ngram(KneserNey),
+}
+
 /// A trained run, loaded for evaluation or generation.
 pub struct LoadedRun {
     /// The run's resolved recipe.
@@ -541,7 +644,7 @@ pub struct LoadedRun {
     /// Its tokenizer.
     pub tokenizer: ZooTokenizer,
     /// The model, on the plain (non-autodiff) device.
-    pub model: LmModel,
+    pub model: RunModel,
     /// The checkpoint's epoch.
     pub epoch: usize,
     /// Optimiser steps the checkpoint had taken.
@@ -566,6 +669,24 @@ pub fn load_run(
         message,
     })?;
     let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+    if let ModelConfig::Ngram(_) = config {
+        let path = run_dir.join(NGRAM_FILE);
+        if !path.is_file() {
+            return Err(ZooError::RunDir {
+                path: run_dir.to_path_buf(),
+                message: format!("has no {NGRAM_FILE}: the counting did not finish"),
+            });
+        }
+        let model = KneserNey::load(&path)?;
+        return Ok(LoadedRun {
+            recipe,
+            config,
+            tokenizer,
+            model: RunModel::Ngram(model),
+            epoch: 1,
+            steps: 0,
+        });
+    }
     let epochs = checkpoint_epochs(run_dir);
     let epoch = match epoch {
         Some(e) if epochs.contains(&e) => e,
@@ -599,7 +720,7 @@ pub fn load_run(
         recipe,
         config,
         tokenizer,
-        model: model.model,
+        model: RunModel::Neural(model.model),
         epoch,
         steps,
     })
@@ -631,7 +752,20 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
     let seq_len = run.recipe.sequence_len(&run.config);
     let batch_size = run.recipe.training.batch_size;
     let too_short = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
-    let batches: Vec<WindowBatch> = match &run.model {
+    let model = match &run.model {
+        RunModel::Neural(model) => model,
+        RunModel::Ngram(ngram) => {
+            let loss = ngram.cross_entropy(&tokens);
+            return Ok(EvalReport {
+                split: split.to_string(),
+                loss,
+                perplexity: loss.exp(),
+                tokens: tokens.len(),
+                steps: run.steps,
+            });
+        }
+    };
+    let batches: Vec<WindowBatch> = match model {
         LmModel::Gpt(_) => {
             if tokens.len() <= seq_len {
                 return Err(too_short(format!(
@@ -666,13 +800,13 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
             (0..streams.windows()).map(|w| streams.window(w)).collect()
         }
     };
-    let device = run.model.devices()[0].clone();
+    let device = model.devices()[0].clone();
     let (mut nll, mut count) = (0.0f64, 0usize);
     let mut state = None;
     for batch in batches {
         let n = batch.batch_size * batch.block_size;
         let batch = to_tensors(batch, false, &device);
-        let (loss, next) = run.model.loss(batch.inputs, batch.targets, state);
+        let (loss, next) = model.loss(batch.inputs, batch.targets, state);
         state = next;
         nll += loss.into_scalar::<f64>() * n as f64;
         count += n;
