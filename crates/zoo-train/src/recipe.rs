@@ -226,6 +226,10 @@ pub struct TrainingSpec {
     /// (default 35). The batch is `batch_size` contiguous streams read in such windows.
     #[serde(default)]
     pub bptt: Option<usize>,
+    /// Recurrent models only: streams when validating and evaluating (default 10, as PyTorch's
+    /// word-language-model example: fewer streams, longer contexts).
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
 }
 
 impl Default for TrainingSpec {
@@ -241,6 +245,7 @@ impl Default for TrainingSpec {
             checkpoint_interval: None,
             keep_checkpoints: default_keep(),
             bptt: None,
+            eval_batch_size: None,
         }
     }
 }
@@ -330,6 +335,13 @@ impl Recipe {
     /// the tokenizer when the recipe leaves it at 0.
     pub fn model_config(&self) -> Result<ModelConfig, String> {
         resolve_model(&self.model)
+    }
+
+    /// Streams a recurrent model validates and evaluates on.
+    pub fn eval_batch_size(&self) -> usize {
+        self.training
+            .eval_batch_size
+            .unwrap_or(DEFAULT_EVAL_BATCH_SIZE)
     }
 
     /// Tokens per training sequence: a GPT's block size, a recurrent model's BPTT window.
@@ -445,6 +457,9 @@ impl Recipe {
 
 /// BPTT window of recurrent models when the recipe gives none (Zaremba et al.'s 35).
 pub const DEFAULT_BPTT: usize = 35;
+
+/// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).
+pub const DEFAULT_EVAL_BATCH_SIZE: usize = 10;
 
 /// A resolved `[model]`: one family's config.
 #[derive(Clone, Debug, PartialEq)]

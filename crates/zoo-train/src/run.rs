@@ -281,7 +281,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         ModelConfig::Rnn(_) => {
             let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
                 .map_err(|e| recipe_error(format!("training split: {e}")))?;
-            let val = Streams::new(val_tokens, t.batch_size, seq_len)
+            let val = Streams::new(val_tokens, recipe.eval_batch_size(), seq_len)
                 .map_err(|e| recipe_error(format!("validation split: {e}")))?;
             let per_pass = train.windows().div_ceil(micro_batches);
             (Windows::Streams(train), Windows::Streams(val), per_pass)
@@ -743,8 +743,8 @@ pub struct EvalReport {
 
 /// Scores every token of a split. A GPT reads it in consecutive windows of `block_size`
 /// tokens, each predicting its next tokens, batched by the recipe's batch size; a recurrent
-/// model reads it as the recipe's contiguous streams in BPTT windows, its state carried from
-/// each window to the next from zeros at the start.
+/// model reads it as `eval_batch_size` contiguous streams in BPTT windows, as validation does,
+/// its state carried from each window to the next from zeros at the start.
 pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<EvalReport, ZooError> {
     let registry = DatasetRegistry::builtin();
     let text = registry.load_split(&run.recipe.data.dataset, split, data_dir)?;
@@ -796,7 +796,8 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
                 .collect()
         }
         LmModel::Rnn(_) => {
-            let streams = Streams::new(Arc::new(tokens), batch_size, seq_len).map_err(too_short)?;
+            let streams = Streams::new(Arc::new(tokens), run.recipe.eval_batch_size(), seq_len)
+                .map_err(too_short)?;
             (0..streams.windows()).map(|w| streams.window(w)).collect()
         }
     };
