@@ -467,7 +467,7 @@ fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooErr
     )
     .map_err(ZooError::Usage)?;
     println!(
-        "zoo-rnn preset={} cell={:?} layers={} hidden={} bptt={} batch={} vocab={} tied={} params={} step_ms={:.2} (mean {:.2}; forward {:.1}, backward {:.1}, optimizer {:.1}) tokens_per_s={:.0}",
+        "zoo-rnn preset={} cell={:?} layers={} hidden={} bptt={} batch={} vocab={} tied={} {}",
         args.preset,
         config.cell,
         config.n_layer,
@@ -476,13 +476,7 @@ fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         args.batch_size,
         config.vocab_size,
         config.tie_weights,
-        report.params,
-        report.step_ms_median,
-        report.step_ms_mean,
-        report.phases_ms[0],
-        report.phases_ms[1],
-        report.phases_ms[2],
-        report.tokens_per_s
+        report.summary()
     );
     Ok(())
 }
@@ -507,7 +501,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
             .map_err(ZooError::Usage)?;
     println!(
-        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} params={} step_ms={:.2} (mean {:.2}; forward {:.1}, backward {:.1}, optimizer {:.1}) tokens_per_s={:.0}",
+        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} {}",
         args.preset,
         config.n_layer,
         config.n_head,
@@ -515,13 +509,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         config.block_size,
         args.batch_size,
         config.vocab_size,
-        report.params,
-        report.step_ms_median,
-        report.step_ms_mean,
-        report.phases_ms[0],
-        report.phases_ms[1],
-        report.phases_ms[2],
-        report.tokens_per_s
+        report.summary()
     );
     Ok(())
 }

@@ -25,6 +25,17 @@ pub struct BenchReport {
     pub phases_ms: [f64; 3],
 }
 
+impl BenchReport {
+    /// `params=… step_ms=… (mean …; forward …, backward …, optimizer …) tokens_per_s=…`.
+    pub fn summary(&self) -> String {
+        let [forward, backward, optimizer] = self.phases_ms;
+        format!(
+            "params={} step_ms={:.2} (mean {:.2}; forward {forward:.1}, backward {backward:.1}, optimizer {optimizer:.1}) tokens_per_s={:.0}",
+            self.params, self.step_ms_median, self.step_ms_mean, self.tokens_per_s
+        )
+    }
+}
+
 /// Times `steps` forward + backward + AdamW steps of a GPT on random tokens (after `warmup`
 /// untimed ones), the way `shared/reference/torch_gpt.py` times PyTorch: batch `batch` of
 /// `config.block_size` tokens, learning rate 1e-3, the loss read back every step.
