@@ -1,10 +1,20 @@
 //! Our own operations where Burn's are slow, through Burn's backend-extension mechanism.
 //!
-//! [`gelu`] is exact GELU, `x Φ(x)`. On `flex` Burn evaluates it one element at a time on one
-//! thread with libm's `erff` (about 17 ns an element here, more than the matmul feeding it);
-//! ours evaluates a rational approximation of erf that the compiler vectorises, in parallel
-//! chunks, with its own backward. On every other backend, and for other dtypes, it is Burn's
-//! `gelu`.
+//! Each public function here runs our kernel on `flex` (f32) and Burn's ops everywhere else, and
+//! has a test of parity with Burn's ops (values and gradients) beside a finite-difference check:
+//!
+//! - [`matmul_weight`] / [`linear`]: products handed to gemm with transposed views in place (Burn
+//!   zero-fills and then copies every output, and materialises transposes in the backward);
+//! - [`causal_attention_packed`] and [`causal_attention`]: attention read straight from the
+//!   packed QKV projection, in blocks of query rows that skip the masked half (`attention.rs`);
+//! - [`lstm_sequence`]: a whole LSTM layer forward and backward through time (`lstm.rs`);
+//! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
+//!   from many single-threaded whole-tensor ops);
+//! - [`adamw`]: the optimiser update of one parameter in one pass.
+//!
+//! Their element loops (`rows.rs`, and the LSTM's gate loops) are compiled for AVX-512, AVX2 + FMA
+//! and NEON beside the baseline and picked at run time; `exp_f32` and `erf_f32` are polynomial
+//! forms the compiler can inline and vectorise (libm's are a call per element).
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
