@@ -135,24 +135,38 @@ impl Recurrent {
         // Every step's input contribution at once.
         let from_input = kernels::linear(&self.input, x);
         let recurrent = self.recurrent.val();
-        if self.kind == CellKind::Lstm {
-            let cell = state.cell.clone().expect("an LSTM state has a cell");
-            let fused = kernels::lstm_sequence(
-                from_input.clone(),
-                recurrent.clone(),
-                state.hidden.clone(),
-                cell,
-            );
-            if let Some((out, hidden, cell)) = fused {
-                let cell = Some(cell);
-                return (out, RecurrentState { hidden, cell });
+        match (self.kind, &self.recurrent_bias) {
+            (CellKind::Lstm, _) => {
+                let cell = state.cell.clone().expect("an LSTM state has a cell");
+                let fused = kernels::lstm_sequence(
+                    from_input.clone(),
+                    recurrent.clone(),
+                    state.hidden.clone(),
+                    cell,
+                );
+                if let Some((out, hidden, cell)) = fused {
+                    let cell = Some(cell);
+                    return (out, RecurrentState { hidden, cell });
+                }
             }
+            (CellKind::Gru, Some(bias)) => {
+                let fused = kernels::gru_sequence(
+                    from_input.clone(),
+                    recurrent.clone(),
+                    bias.val(),
+                    state.hidden.clone(),
+                );
+                if let Some((out, hidden)) = fused {
+                    return (out, RecurrentState { hidden, cell: None });
+                }
+            }
+            (CellKind::Gru, None) => unreachable!("a GRU layer has a recurrent bias"),
         }
         self.step_through(from_input, recurrent, state, len)
     }
 
-    /// The sequence one step at a time in Burn's ops: every GRU, and LSTMs where the fused
-    /// kernel does not serve the device.
+    /// The sequence one step at a time in Burn's ops, where the fused kernels do not serve the
+    /// device.
     fn step_through(
         &self,
         from_input: Tensor<3>,
@@ -297,57 +311,62 @@ mod tests {
     }
 
     #[test]
-    fn the_fused_lstm_matches_stepping_through_burns_ops() {
-        let device = test_device().autodiff();
-        let layer = RecurrentConfig {
-            kind: CellKind::Lstm,
-            d_input: 5,
-            d_hidden: 6,
-        }
-        .init(&device);
-        let normal = Distribution::Normal(0.0, 1.0);
-        let x0 = Tensor::<3>::random([3, 9, 5], normal, &device);
-        let h0 = Tensor::<2>::random([3, 6], normal, &device);
-        let c0 = Tensor::<2>::random([3, 6], normal, &device);
-        // A loss on every output and on both final states, so every gradient path is used.
-        let probe = Tensor::<3>::random([3, 9, 6], normal, &device);
-        let probe_state = Tensor::<2>::random([3, 6], normal, &device);
-        let run = |fused: bool| {
-            let x = x0.clone().detach().require_grad();
-            let start = RecurrentState {
-                hidden: h0.clone().detach().require_grad(),
-                cell: Some(c0.clone().detach().require_grad()),
+    fn the_fused_kernels_match_stepping_through_burns_ops() {
+        for kind in [CellKind::Lstm, CellKind::Gru] {
+            let device = test_device().autodiff();
+            let layer = RecurrentConfig {
+                kind,
+                d_input: 5,
+                d_hidden: 6,
+            }
+            .init(&device);
+            let normal = Distribution::Normal(0.0, 1.0);
+            let x0 = Tensor::<3>::random([3, 9, 5], normal, &device);
+            let h0 = Tensor::<2>::random([3, 6], normal, &device);
+            let c0 = Tensor::<2>::random([3, 6], normal, &device);
+            // A loss on every output and on the final states, so every gradient path is used.
+            let probe = Tensor::<3>::random([3, 9, 6], normal, &device);
+            let probe_state = Tensor::<2>::random([3, 6], normal, &device);
+            let run = |fused: bool| {
+                let x = x0.clone().detach().require_grad();
+                let start = RecurrentState {
+                    hidden: h0.clone().detach().require_grad(),
+                    cell: (kind == CellKind::Lstm).then(|| c0.clone().detach().require_grad()),
+                };
+                let (out, end) = if fused {
+                    layer.forward(x.clone(), Some(start.clone()))
+                } else {
+                    let from_input = kernels::linear(&layer.input, x.clone());
+                    layer.step_through(from_input, layer.recurrent.val(), start.clone(), 9)
+                };
+                let mut loss = (out.clone() * probe.clone()).sum()
+                    + (end.hidden.clone() * probe_state.clone()).sum();
+                if let Some(cell) = &end.cell {
+                    loss = loss + (cell.clone() * probe_state.clone() * 0.5).sum();
+                }
+                let grads = loss.backward();
+                let mut values = vec![
+                    out.inner().flatten::<1>(0, 2),
+                    x.grad(&grads).unwrap().flatten(0, 2),
+                    end.hidden.inner().flatten(0, 1),
+                    start.hidden.grad(&grads).unwrap().flatten(0, 1),
+                    layer.recurrent.val().grad(&grads).unwrap().flatten(0, 1),
+                    layer.input.weight.val().grad(&grads).unwrap().flatten(0, 1),
+                ];
+                if let (Some(end_cell), Some(start_cell)) = (&end.cell, &start.cell) {
+                    values.push(end_cell.clone().inner().flatten(0, 1));
+                    values.push(start_cell.grad(&grads).unwrap().flatten(0, 1));
+                }
+                if let Some(bias) = &layer.recurrent_bias {
+                    values.push(bias.val().grad(&grads).unwrap());
+                }
+                values
             };
-            let (out, end) = if fused {
-                layer.forward(x.clone(), Some(start.clone()))
-            } else {
-                let from_input = kernels::linear(&layer.input, x.clone());
-                layer.step_through(from_input, layer.recurrent.val(), start.clone(), 9)
-            };
-            let end_cell = end.cell.clone().unwrap();
-            let loss = (out.clone() * probe.clone()).sum()
-                + (end.hidden.clone() * probe_state.clone()).sum()
-                + (end_cell.clone() * probe_state.clone() * 0.5).sum();
-            let grads = loss.backward();
-            let grad = |t: &Tensor<2>| t.grad(&grads).unwrap();
-            (
-                [out.inner(), x.grad(&grads).unwrap()],
-                [
-                    end.hidden.inner(),
-                    end_cell.inner(),
-                    grad(&start.hidden),
-                    grad(start.cell.as_ref().unwrap()),
-                    layer.recurrent.val().grad(&grads).unwrap(),
-                    layer.input.weight.val().grad(&grads).unwrap(),
-                ],
-            )
-        };
-        let (fused, stepped) = (run(true), run(false));
-        for (a, b) in fused.0.into_iter().zip(stepped.0) {
-            assert_close(a, b, 1e-5);
-        }
-        for (a, b) in fused.1.into_iter().zip(stepped.1) {
-            assert_close(a, b, 1e-5);
+            let (fused, stepped) = (run(true), run(false));
+            assert_eq!(fused.len(), stepped.len());
+            for (a, b) in fused.into_iter().zip(stepped) {
+                assert_close(a, b, 1e-5);
+            }
         }
     }
 

@@ -7,12 +7,13 @@
 //!   zero-fills and then copies every output, and materialises transposes in the backward);
 //! - [`causal_attention_packed`] and [`causal_attention`]: attention read straight from the
 //!   packed QKV projection, in blocks of query rows that skip the masked half (`attention.rs`);
-//! - [`lstm_sequence`]: a whole LSTM layer forward and backward through time (`lstm.rs`);
+//! - [`lstm_sequence`], [`gru_sequence`]: a whole recurrent layer forward and backward through
+//!   time (`lstm.rs`, `gru.rs`);
 //! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
 //!   from many single-threaded whole-tensor ops);
 //! - [`adamw`]: the optimiser update of one parameter in one pass.
 //!
-//! Their element loops (`rows.rs`, and the LSTM's gate loops) are compiled for AVX-512, AVX2 + FMA
+//! Their element loops (`rows.rs`, and the recurrent gate loops) are compiled for AVX-512, AVX2 + FMA
 //! and NEON beside the baseline and picked at run time; `exp_f32` and `erf_f32` are polynomial
 //! forms the compiler can inline and vectorise (libm's are a call per element).
 
@@ -133,6 +134,33 @@ pub trait ZooOps: Backend {
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// A whole GRU layer over a sequence (see [`gru_sequence`]): from the gates' input part
+    /// `x_proj` (`[batch, len, 3 hidden]`), the recurrent weights (`[hidden, 3 hidden]`) and bias
+    /// (`[3 hidden]`) and the starting state, every step's hidden state (`[batch, len, hidden]`),
+    /// and the gates and candidate recurrent parts the backward needs.
+    fn zoo_gru(
+        x_proj: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dx_proj, dweight, dbias, dh0)` of [`zoo_gru`](Self::zoo_gru) given its
+    /// inputs, outputs and the gradient of its output.
+    fn zoo_gru_backward(
+        weight: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        hn: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 
     /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
     fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -288,6 +316,34 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Option<Tenso
         targets.into_dispatch(),
     );
     Some(Tensor::from_dispatch(loss))
+}
+
+/// A whole GRU layer over a sequence, on our fused kernel: `x_proj` (`[batch, len,
+/// 3 hidden]`) is the gates' input part for every step (input projection and input bias,
+/// PyTorch's gate order `r, z, n`), `weight` (`[hidden, 3 hidden]`) and `bias` (`[3 hidden]`) the
+/// recurrent weights and bias, `h0` the starting state. Returns every step's hidden state
+/// (`[batch, len, hidden]`) and the final one, differentiable. `None` when the kernel does not
+/// serve the device (or `len` is 0); callers then step through Burn's ops.
+pub fn gru_sequence(
+    x_proj: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    h0: Tensor<2>,
+) -> Option<(Tensor<3>, Tensor<2>)> {
+    let [batch, len, _] = x_proj.dims();
+    let hidden = weight.dims()[0];
+    if !runs_on_flex_f32(&x_proj) || len == 0 {
+        return None;
+    }
+    let (y, _gates, _hn) = <burn::backend::Dispatch as ZooOps>::zoo_gru(
+        x_proj.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        h0.into_dispatch(),
+    );
+    let out = Tensor::<3>::from_dispatch(y);
+    let last = out.clone().narrow(1, len - 1, 1).reshape([batch, hidden]);
+    Some((out, last))
 }
 
 /// A whole LSTM layer over a sequence, on our fused kernel: `x_proj` (`[batch, len,
@@ -466,6 +522,8 @@ macro_rules! vectorised {
 #[cfg(feature = "flex")]
 mod attention;
 #[cfg(feature = "flex")]
+mod gru;
+#[cfg(feature = "flex")]
 mod lstm;
 #[cfg(feature = "flex")]
 mod rows;
@@ -525,7 +583,7 @@ mod layer_norm_rows {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{AdamWStep, ZooOps, attention, layer_norm_rows, lstm, rows};
+    use super::{AdamWStep, ZooOps, attention, gru, layer_norm_rows, lstm, rows};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -766,6 +824,60 @@ mod flex {
                     out[target] -= scale;
                 });
             from_f32(out, [n, classes].into())
+        }
+
+        fn zoo_gru(
+            x_proj: FlexTensor,
+            weight: FlexTensor,
+            bias: FlexTensor,
+            h0: FlexTensor,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let [batch, len, width] = x_proj.layout().shape().dims::<3>();
+            let hidden = width / 3;
+            let dims = gru::Dims { batch, len, hidden };
+            let tensors = [&x_proj, &weight, &bias, &h0].map(f32_contiguous);
+            let [x, w, b, h0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let mut y = vec![0.0f32; batch * len * hidden];
+            let mut gates = vec![0.0f32; x.len()];
+            let mut hn = vec![0.0f32; y.len()];
+            gru::forward(dims, x, w, b, h0, &mut y, &mut gates, &mut hn);
+            (
+                from_f32(y, [batch, len, hidden].into()),
+                from_f32(gates, [batch, len, width].into()),
+                from_f32(hn, [batch, len, hidden].into()),
+            )
+        }
+
+        fn zoo_gru_backward(
+            weight: FlexTensor,
+            h0: FlexTensor,
+            y: FlexTensor,
+            gates: FlexTensor,
+            hn: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+            let [batch, len, width] = gates.layout().shape().dims::<3>();
+            let dims = gru::Dims {
+                batch,
+                len,
+                hidden: width / 3,
+            };
+            let tensors = [&weight, &h0, &y, &gates, &hn, &grad].map(f32_contiguous);
+            let [w, h0s, y, gates, hn, dy] =
+                tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+            let mut dx = vec![0.0f32; gates.len()];
+            let mut dw = vec![0.0f32; w.len()];
+            let mut db = vec![0.0f32; width];
+            let mut dh0 = vec![0.0f32; h0s.len()];
+            gru::backward(
+                dims, w, h0s, y, gates, hn, dy, &mut dx, &mut dw, &mut db, &mut dh0,
+            );
+            (
+                from_f32(dx, [batch, len, width].into()),
+                from_f32(dw, weight.layout().shape().clone()),
+                from_f32(db, [width].into()),
+                from_f32(dh0, h0.layout().shape().clone()),
+            )
         }
 
         fn zoo_lstm(
@@ -1172,6 +1284,27 @@ mod autodiff {
     }
 
     #[derive(Debug)]
+    struct ZooGru;
+
+    /// Recurrent weights, starting state, output, gates and candidate recurrent parts.
+    type GruState<B> = [FloatTensor<B>; 5];
+
+    impl<B: Backend + ZooOps> Backward<B, 4> for ZooGru {
+        type State = GruState<B>;
+
+        fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [weight, h0, y, gates, hn] = ops.state;
+            let grad = grads.consume::<B>(&ops.node);
+            let (dx, dw, db, dh0) = B::zoo_gru_backward(weight, h0, y, gates, hn, grad);
+            for (parent, gradient) in ops.parents.into_iter().zip([dx, dw, db, dh0]) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, gradient);
+                }
+            }
+        }
+    }
+
+    #[derive(Debug)]
     struct ZooLstm;
 
     /// Recurrent weights, starting hidden and cell states, output, gates and cells.
@@ -1334,6 +1467,46 @@ mod autodiff {
             panic!(
                 "zoo's cross-entropy has no second-order gradient; its backward runs on the inner backend"
             )
+        }
+
+        fn zoo_gru(
+            x_proj: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            h0: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let [x, w, b, h0p] = [&x_proj, &weight, &bias, &h0].map(|t| t.primitive().clone());
+            let (y, gates, hn) = B::zoo_gru(x, w.clone(), b, h0p.clone());
+            // Gates and candidate parts leave as constants: nothing differentiates through them.
+            let saved = (
+                FloatTensor::<Self>::new(gates.clone()),
+                FloatTensor::<Self>::new(hn.clone()),
+            );
+            let y = match ZooGru
+                .prepare::<C>([x_proj.node(), weight.node(), bias.node(), h0.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish([w, h0p, y.clone(), gates, hn], y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            (y, saved.0, saved.1)
+        }
+
+        fn zoo_gru_backward(
+            _weight: FloatTensor<Self>,
+            _h0: FloatTensor<Self>,
+            _y: FloatTensor<Self>,
+            _gates: FloatTensor<Self>,
+            _hn: FloatTensor<Self>,
+            _grad: FloatTensor<Self>,
+        ) -> (
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+            FloatTensor<Self>,
+        ) {
+            panic!("zoo's GRU has no second-order gradient; its backward runs on the inner backend")
         }
 
         fn zoo_lstm(
