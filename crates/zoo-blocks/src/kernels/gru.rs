@@ -8,26 +8,8 @@
 //! `[hidden, 3 hidden]`, `bias` `[3 hidden]`, `h0` `[batch, hidden]`, `y` and `hn`
 //! `[batch, len, hidden]` (`hn`: the candidate's recurrent part, kept for the backward).
 
-use super::exp_f32;
-use super::strided::{Matrix, gemm_parallel, gemm_two_halves};
-
-/// `batch` sequences of `len` steps through `hidden` units.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub batch: usize,
-    pub len: usize,
-    pub hidden: usize,
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
-}
+use super::sequence::{Dims, recurrent_weight_gradient, sigmoid, tanh};
+use super::strided::{Matrix, gemm_two_halves};
 
 vectorised! {
     /// One step of one sequence: from the input part `x` and recurrent product `gh` of the gates
@@ -205,28 +187,7 @@ pub fn backward(
         unsafe { gemm_two_halves(batch, hidden, width, dh.as_mut_ptr(), hidden, true, dg, w_t) };
     }
     dh0.copy_from_slice(&dh);
-    // dW = Σ_t h_{t-1}ᵀ dgh_t, with the previous hidden states laid out as dgh's rows are.
-    let mut prev = vec![0.0f32; batch * len * hidden];
-    for b in 0..batch {
-        let rows = &mut prev[b * len * hidden..][..len * hidden];
-        rows[..hidden].copy_from_slice(&h0[b * hidden..][..hidden]);
-        rows[hidden..].copy_from_slice(&y[b * len * hidden..][..(len - 1) * hidden]);
-    }
-    let prev_t = Matrix::rows(prev.as_ptr(), hidden).transposed();
-    let dg = Matrix::rows(dgh.as_ptr(), width);
-    // SAFETY: as above; `dweight` is its own buffer.
-    unsafe {
-        gemm_parallel(
-            hidden,
-            width,
-            batch * len,
-            dweight.as_mut_ptr(),
-            width,
-            false,
-            prev_t,
-            dg,
-        )
-    };
+    recurrent_weight_gradient(d, h0, y, len * hidden, &dgh, dweight);
     dbias.fill(0.0);
     for row in dgh.chunks_exact(width) {
         dbias.iter_mut().zip(row).for_each(|(b, g)| *b += g);

@@ -9,32 +9,12 @@
 //! `[hidden, 4 hidden]`, states `[batch, hidden]`, `cells` `[batch, len, hidden]`, and `y`
 //! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
 
-use super::exp_f32;
-use super::strided::{Matrix, gemm_parallel, gemm_two_halves};
-
-/// `batch` sequences of `len` steps through `hidden` units.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub batch: usize,
-    pub len: usize,
-    pub hidden: usize,
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-/// tanh through one exp (libm's `tanhf` is several times slower); saturates to ±1 cleanly.
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
-}
+use super::sequence::{Dims, recurrent_weight_gradient, sigmoid, tanh};
+use super::strided::{Matrix, gemm_two_halves};
 
 vectorised! {
     /// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
-    /// values in place, and writes the new cell and hidden states. Slices and zips throughout, so
-    /// that the loop has no bounds checks and vectorises.
+    /// values in place, and writes the new cell and hidden states.
     // Kept out of line (multiversioned): as its own function its slices keep their no-alias
     // guarantee, which the vectoriser needs (inlined into the step loop, it stayed scalar).
     pub fn apply_gates(g: &mut [f32], c_prev: &[f32], c_new: &mut [f32], h_new: &mut [f32]) {
@@ -222,26 +202,5 @@ pub fn backward(
     }
     dh0.copy_from_slice(&dh_next);
     dc0.copy_from_slice(&dc_next);
-    // dW = Σ_t h_{t-1}ᵀ dgates_t: the previous hidden states laid out as dgates' rows are.
-    let mut prev = vec![0.0f32; batch * len * hidden];
-    for b in 0..batch {
-        let rows = &mut prev[b * len * hidden..][..len * hidden];
-        rows[..hidden].copy_from_slice(&h0[b * hidden..][..hidden]);
-        rows[hidden..].copy_from_slice(&y[b * (len + 1) * hidden..][..(len - 1) * hidden]);
-    }
-    let prev_t = Matrix::rows(prev.as_ptr(), hidden).transposed();
-    let dg = Matrix::rows(dx_proj.as_ptr(), width);
-    // SAFETY: as above; `dweight` is its own buffer.
-    unsafe {
-        gemm_parallel(
-            hidden,
-            width,
-            batch * len,
-            dweight.as_mut_ptr(),
-            width,
-            false,
-            prev_t,
-            dg,
-        )
-    };
+    recurrent_weight_gradient(d, h0, y, (len + 1) * hidden, dx_proj, dweight);
 }

@@ -528,6 +528,8 @@ mod lstm;
 #[cfg(feature = "flex")]
 mod rows;
 #[cfg(feature = "flex")]
+mod sequence;
+#[cfg(feature = "flex")]
 mod strided;
 
 /// LayerNorm one row at a time, on plain slices.
@@ -583,7 +585,7 @@ mod layer_norm_rows {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::{AdamWStep, ZooOps, attention, gru, layer_norm_rows, lstm, rows};
+    use super::{AdamWStep, ZooOps, attention, gru, layer_norm_rows, lstm, rows, sequence};
     use burn::backend::DType;
     use burn::backend::ops::{ActivationOps, FloatTensorOps};
     use burn_flex::{Flex, FlexTensor, Layout};
@@ -834,7 +836,7 @@ mod flex {
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
             let [batch, len, width] = x_proj.layout().shape().dims::<3>();
             let hidden = width / 3;
-            let dims = gru::Dims { batch, len, hidden };
+            let dims = sequence::Dims { batch, len, hidden };
             let tensors = [&x_proj, &weight, &bias, &h0].map(f32_contiguous);
             let [x, w, b, h0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
             let mut y = vec![0.0f32; batch * len * hidden];
@@ -857,7 +859,7 @@ mod flex {
             grad: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
             let [batch, len, width] = gates.layout().shape().dims::<3>();
-            let dims = gru::Dims {
+            let dims = sequence::Dims {
                 batch,
                 len,
                 hidden: width / 3,
@@ -887,7 +889,7 @@ mod flex {
             c0: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
             let [batch, len, width] = x_proj.layout().shape().dims::<3>();
-            let dims = lstm::Dims {
+            let dims = sequence::Dims {
                 batch,
                 len,
                 hidden: width / 4,
@@ -916,7 +918,7 @@ mod flex {
             grad: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
             let [batch, len, width] = gates.layout().shape().dims::<3>();
-            let dims = lstm::Dims {
+            let dims = sequence::Dims {
                 batch,
                 len,
                 hidden: width / 4,
