@@ -1,15 +1,14 @@
 //! The fused GRU kernels behind [`super::gru_sequence`], as the LSTM's (`lstm.rs`): a whole
-//! sequence of one layer forward and backward through time, one gemm per step for the hidden
-//! state times all three gates' recurrent weights, the recurrent weights' gradient in one gemm at
-//! the end. Gate order is PyTorch's `(r, z, n)`; the candidate's recurrent part (with its bias)
-//! is gated by `r` after the product, as in PyTorch and cuDNN.
+//! sequence of one layer forward and backward through time, one product per step for the hidden
+//! state times all three gates' recurrent weights (packed once per pass), the recurrent weights'
+//! gradient in one gemm at the end. Gate order is PyTorch's `(r, z, n)`; the candidate's
+//! recurrent part (with its bias) is gated by `r` after the product, as in PyTorch and cuDNN.
 //!
 //! Layouts (row-major): `x_proj` and `gates` `[batch, len, 3 hidden]`, `weight`
 //! `[hidden, 3 hidden]`, `bias` `[3 hidden]`, `h0` `[batch, hidden]`, `y` and `hn`
 //! `[batch, len, hidden]` (`hn`: the candidate's recurrent part, kept for the backward).
 
-use super::sequence::{Dims, recurrent_weight_gradient, sigmoid, tanh};
-use super::strided::{Matrix, gemm_two_halves};
+use super::sequence::{Dims, Packed, recurrent_weight_gradient, sigmoid, tanh};
 
 vectorised! {
     /// One step of one sequence: from the input part `x` and recurrent product `gh` of the gates
@@ -97,27 +96,14 @@ pub fn forward(
     assert!(weight.len() == hidden * width && bias.len() == width && h0.len() == batch * hidden);
     assert!(y.len() == batch * len * hidden && hn.len() == y.len());
     let mut gh = vec![0.0f32; batch * width];
+    let w = Packed::new(weight, hidden, width, false);
     for t in 0..len {
-        let h_prev = if t == 0 {
-            Matrix::rows(h0.as_ptr(), hidden)
+        let (h_prev, h_row) = if t == 0 {
+            (h0, hidden)
         } else {
-            Matrix::rows(y[(t - 1) * hidden..].as_ptr(), len * hidden)
+            (&y[(t - 1) * hidden..], len * hidden)
         };
-        let w = Matrix::rows(weight.as_ptr(), width);
-        // SAFETY: every operand lies inside its slice (lengths asserted above); `gh` is its own
-        // buffer.
-        unsafe {
-            gemm_two_halves(
-                batch,
-                width,
-                hidden,
-                gh.as_mut_ptr(),
-                width,
-                false,
-                h_prev,
-                w,
-            )
-        };
+        w.product(h_prev, h_row, batch, &mut gh, width, false);
         for b in 0..batch {
             let row = (b * len + t) * hidden;
             let (before, now) = y.split_at_mut(row);
@@ -159,6 +145,7 @@ pub fn backward(
     let width = 3 * hidden;
     assert!(dy.len() == y.len() && dx_proj.len() == gates.len() && dbias.len() == width);
     assert!(dweight.len() == weight.len() && dh0.len() == h0.len());
+    let w_t = Packed::new(weight, hidden, width, true);
     let mut dgh = vec![0.0f32; gates.len()];
     let mut dh = vec![0.0f32; batch * hidden];
     for t in (0..len).rev() {
@@ -181,10 +168,7 @@ pub fn backward(
             );
         }
         // dh_{t-1} += dgh_t · Wᵀ
-        let dg = Matrix::rows(dgh[t * width..].as_ptr(), len * width);
-        let w_t = Matrix::rows(weight.as_ptr(), width).transposed();
-        // SAFETY: operands inside their slices; `dh` is a separate buffer.
-        unsafe { gemm_two_halves(batch, hidden, width, dh.as_mut_ptr(), hidden, true, dg, w_t) };
+        w_t.product(&dgh[t * width..], len * width, batch, &mut dh, hidden, true);
     }
     dh0.copy_from_slice(&dh);
     recurrent_weight_gradient(d, h0, y, len * hidden, &dgh, dweight);

@@ -1,16 +1,15 @@
 //! The fused LSTM kernels behind [`super::lstm_sequence`]: a whole sequence of one layer, forward
-//! and backward through time, on plain slices. Per time step one gemm multiplies the hidden state
-//! by all four gates' recurrent weights (added onto the precomputed input part), then one pass over
-//! `[batch, hidden]` applies the gates. The backward runs the steps in reverse, one gemm per step
-//! for the gradient flowing to the previous hidden state; the recurrent weights' gradient is one
-//! gemm over all steps at the end. Gate order is PyTorch's `(i, f, g, o)`.
+//! and backward through time, on plain slices. Per time step one product multiplies the hidden
+//! state by all four gates' recurrent weights (packed once per pass, see `sequence::Packed`;
+//! added onto the precomputed input part), then one pass over `[batch, hidden]` applies the gates.
+//! The backward runs the steps in reverse, one product per step for the gradient flowing to the
+//! previous hidden state; the recurrent weights' gradient is one gemm over all steps at the end. Gate order is PyTorch's `(i, f, g, o)`.
 //!
 //! Layouts (row-major): `x_proj` and `gates` `[batch, len, 4 hidden]`, `weight`
 //! `[hidden, 4 hidden]`, states `[batch, hidden]`, `cells` `[batch, len, hidden]`, and `y`
 //! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
 
-use super::sequence::{Dims, recurrent_weight_gradient, sigmoid, tanh};
-use super::strided::{Matrix, gemm_two_halves};
+use super::sequence::{Dims, Packed, recurrent_weight_gradient, sigmoid, tanh};
 
 vectorised! {
     /// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
@@ -107,18 +106,22 @@ pub fn forward(
     assert!(weight.len() == hidden * width && h0.len() == batch * hidden && c0.len() == h0.len());
     assert!(y.len() == batch * (len + 1) * hidden && cells.len() == batch * len * hidden);
     gates.copy_from_slice(x_proj);
+    let w = Packed::new(weight, hidden, width, false);
     for t in 0..len {
         // The previous hidden state: h0, or step t - 1 of y (rows (len + 1) hidden apart).
-        let h_prev = if t == 0 {
-            Matrix::rows(h0.as_ptr(), hidden)
+        let (h_prev, h_row) = if t == 0 {
+            (h0, hidden)
         } else {
-            Matrix::rows(y[(t - 1) * hidden..].as_ptr(), (len + 1) * hidden)
+            (&y[(t - 1) * hidden..], (len + 1) * hidden)
         };
-        let w = Matrix::rows(weight.as_ptr(), width);
-        let dst = gates[t * width..].as_mut_ptr();
-        // SAFETY: every operand lies inside its slice (lengths asserted above); `gates` does not
-        // alias `y` or `weight`.
-        unsafe { gemm_two_halves(batch, width, hidden, dst, len * width, true, h_prev, w) };
+        w.product(
+            h_prev,
+            h_row,
+            batch,
+            &mut gates[t * width..],
+            len * width,
+            true,
+        );
         for b in 0..batch {
             let g = &mut gates[(b * len + t) * width..][..width];
             let (before, now) = cells.split_at_mut((b * len + t) * hidden);
@@ -159,6 +162,7 @@ pub fn backward(
     assert!(dy.len() == y.len() && dx_proj.len() == gates.len());
     assert!(dweight.len() == weight.len() && dh0.len() == h0.len() && dc0.len() == c0.len());
     // Gradients reaching step t's state from step t + 1; the cell's starts as the final cell's.
+    let w_t = Packed::new(weight, hidden, width, true);
     let mut dh_next = vec![0.0f32; batch * hidden];
     let mut dc_next = vec![0.0f32; batch * hidden];
     for b in 0..batch {
@@ -184,21 +188,14 @@ pub fn backward(
             );
         }
         // dh_{t-1} = dgates_t · Wᵀ
-        let dg = Matrix::rows(dx_proj[t * width..].as_ptr(), len * width);
-        let w_t = Matrix::rows(weight.as_ptr(), width).transposed();
-        // SAFETY: operands inside their slices; `dh_next` is a separate buffer.
-        unsafe {
-            gemm_two_halves(
-                batch,
-                hidden,
-                width,
-                dh_next.as_mut_ptr(),
-                hidden,
-                false,
-                dg,
-                w_t,
-            )
-        };
+        w_t.product(
+            &dx_proj[t * width..],
+            len * width,
+            batch,
+            &mut dh_next,
+            hidden,
+            false,
+        );
     }
     dh0.copy_from_slice(&dh_next);
     dc0.copy_from_slice(&dc_next);
