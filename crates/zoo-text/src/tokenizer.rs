@@ -67,14 +67,8 @@ impl ZooTokenizer {
         let vocab = chars
             .into_iter()
             .enumerate()
-            .map(|(i, c)| (c.to_string(), i as u32))
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token(UNK.into())
-            .build()
-            .map_err(TextError::tokenizer)?;
-        let mut inner = Tokenizer::new(model);
+            .map(|(i, c)| (c.to_string(), i as u32));
+        let mut inner = with_vocabulary(vocab)?;
         // Every character is its own piece, and decoding concatenates them back.
         let each_char = Split::new(
             SplitPattern::Regex("(?s).".into()),
@@ -108,14 +102,8 @@ impl ZooTokenizer {
                     .take(vocab_size.saturating_sub(1)),
             )
             .enumerate()
-            .map(|(id, w)| (w.to_string(), id as u32))
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token(UNK.into())
-            .build()
-            .map_err(TextError::tokenizer)?;
-        let mut inner = Tokenizer::new(model);
+            .map(|(id, w)| (w.to_string(), id as u32));
+        let mut inner = with_vocabulary(vocab)?;
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
         Ok(Self { inner })
     }
@@ -225,6 +213,16 @@ impl ZooTokenizer {
             Some(tokenizers::DecoderWrapper::Fuse(_))
         )
     }
+}
+
+/// A tokenizer that looks each piece up in `vocab`, unknown pieces becoming `<unk>`.
+fn with_vocabulary(vocab: impl IntoIterator<Item = (String, u32)>) -> Result<Tokenizer, TextError> {
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token(UNK.into())
+        .build()
+        .map_err(TextError::tokenizer)?;
+    Ok(Tokenizer::new(model))
 }
 
 #[cfg(test)]

@@ -834,9 +834,9 @@ mod flex {
             bias: FlexTensor,
             h0: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
-            let [batch, len, width] = x_proj.layout().shape().dims::<3>();
-            let hidden = width / 3;
-            let dims = sequence::Dims { batch, len, hidden };
+            let dims = sequence_dims(&x_proj, 3);
+            let (batch, len, hidden) = (dims.batch, dims.len, dims.hidden);
+            let width = 3 * hidden;
             let tensors = [&x_proj, &weight, &bias, &h0].map(f32_contiguous);
             let [x, w, b, h0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
             let mut y = vec![0.0f32; batch * len * hidden];
@@ -858,12 +858,8 @@ mod flex {
             hn: FlexTensor,
             grad: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-            let [batch, len, width] = gates.layout().shape().dims::<3>();
-            let dims = sequence::Dims {
-                batch,
-                len,
-                hidden: width / 3,
-            };
+            let dims = sequence_dims(&gates, 3);
+            let (batch, len, width) = (dims.batch, dims.len, 3 * dims.hidden);
             let tensors = [&weight, &h0, &y, &gates, &hn, &grad].map(f32_contiguous);
             let [w, h0s, y, gates, hn, dy] =
                 tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
@@ -888,12 +884,8 @@ mod flex {
             h0: FlexTensor,
             c0: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
-            let [batch, len, width] = x_proj.layout().shape().dims::<3>();
-            let dims = sequence::Dims {
-                batch,
-                len,
-                hidden: width / 4,
-            };
+            let dims = sequence_dims(&x_proj, 4);
+            let (batch, len, width) = (dims.batch, dims.len, 4 * dims.hidden);
             let tensors = [&x_proj, &weight, &h0, &c0].map(f32_contiguous);
             let [x, w, h0, c0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
             let hidden = dims.hidden;
@@ -917,12 +909,8 @@ mod flex {
             cells: FlexTensor,
             grad: FlexTensor,
         ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-            let [batch, len, width] = gates.layout().shape().dims::<3>();
-            let dims = sequence::Dims {
-                batch,
-                len,
-                hidden: width / 4,
-            };
+            let dims = sequence_dims(&gates, 4);
+            let (batch, len, width) = (dims.batch, dims.len, 4 * dims.hidden);
             let tensors = [&weight, &h0, &c0, &y, &gates, &cells, &grad].map(f32_contiguous);
             let [w, h0s, c0s, y, gates, cells, dy] =
                 tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
@@ -1055,6 +1043,16 @@ mod flex {
                 from_f32(dgamma, [d].into()),
                 from_f32(dbeta, [d].into()),
             )
+        }
+    }
+
+    /// The shape of a recurrent sequence from a `[batch, len, gates hidden]` tensor.
+    fn sequence_dims(t: &FlexTensor, gates: usize) -> sequence::Dims {
+        let [batch, len, width] = t.layout().shape().dims::<3>();
+        sequence::Dims {
+            batch,
+            len,
+            hidden: width / gates,
         }
     }
 

@@ -75,6 +75,8 @@ pub struct Packed {
     panels: Vec<f32>,
     k: usize,
     n: usize,
+    /// Stands in for the missing rows of a last, partial group of rows.
+    zeros: Vec<f32>,
 }
 
 impl Packed {
@@ -99,7 +101,12 @@ impl Packed {
                 }
             }
         }
-        Self { panels, k, n }
+        Self {
+            panels,
+            k,
+            n,
+            zeros: vec![0.0; k],
+        }
     }
 
     /// `out (+)= h · W` for `h` rows `h_row` floats apart and `out` rows `out_row` apart (`batch`
@@ -119,7 +126,6 @@ impl Packed {
         assert!(batch == 0 || (out.len() >= (batch - 1) * out_row + self.n));
         let count = self.n.div_ceil(PANEL);
         let out = SharedOut(out.as_mut_ptr());
-        let zeros = vec![0.0f32; self.k];
         let run = |panels: std::ops::Range<usize>| {
             for p in panels {
                 let width = PANEL.min(self.n - p * PANEL);
@@ -131,7 +137,7 @@ impl Packed {
                         if r < rows {
                             &h[(b0 + r) * h_row..][..self.k]
                         } else {
-                            &zeros[..]
+                            &self.zeros[..]
                         }
                     };
                     panel_product(panel, [row(0), row(1), row(2), row(3)], self.k, &mut acc);
