@@ -1,5 +1,6 @@
-//! Causal self-attention with a fused QKV projection, padding and causal masks, grouped-query
-//! heads (multi-query when `n_kv_heads == 1`) and a KV cache for incremental decoding.
+//! Self-attention with a fused QKV projection: causal (decoders) or bidirectional (encoders),
+//! padding masks, grouped-query heads (multi-query when `n_kv_heads == 1`) and a KV cache for
+//! incremental decoding.
 //!
 //! Positions that act inside attention live here too: RoPE rotates queries and keys, ALiBi adds
 //! a per-head distance penalty to the scores.
@@ -13,9 +14,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-/// Shapes and options of a [`CausalSelfAttention`].
+/// Shapes and options of a [`SelfAttention`].
 #[derive(Clone, Debug)]
-pub struct CausalSelfAttentionConfig {
+pub struct SelfAttentionConfig {
     /// Width of the residual stream.
     pub d_model: usize,
     /// Number of query heads.
@@ -34,10 +35,13 @@ pub struct CausalSelfAttentionConfig {
     /// Standard deviation of the output projection's initial weights (GPT-2 scales it down by
     /// `sqrt(2 * n_layers)`); the QKV projection uses 0.02.
     pub proj_init_std: f64,
+    /// Each position sees only itself and earlier ones (decoders); off, every position sees
+    /// the whole sequence (encoders).
+    pub causal: bool,
 }
 
-impl CausalSelfAttentionConfig {
-    /// Multi-head attention with learned positions, no dropout, bias on, GPT-2's init.
+impl SelfAttentionConfig {
+    /// Causal multi-head attention with learned positions, no dropout, bias on, GPT-2's init.
     pub fn new(d_model: usize, n_heads: usize, max_len: usize) -> Self {
         Self {
             d_model,
@@ -48,6 +52,15 @@ impl CausalSelfAttentionConfig {
             position: PositionKind::Learned,
             max_len,
             proj_init_std: 0.02,
+            causal: true,
+        }
+    }
+
+    /// The same, every position seeing the whole sequence (an encoder's attention).
+    pub fn bidirectional(d_model: usize, n_heads: usize, max_len: usize) -> Self {
+        Self {
+            causal: false,
+            ..Self::new(d_model, n_heads, max_len)
         }
     }
 
@@ -78,14 +91,14 @@ impl CausalSelfAttentionConfig {
     }
 
     /// Initialises the layer. Panics on a config that [`validate`](Self::validate) rejects.
-    pub fn init(&self, device: &Device) -> CausalSelfAttention {
+    pub fn init(&self, device: &Device) -> SelfAttention {
         if let Err(message) = self.validate() {
             panic!("invalid attention config: {message}");
         }
         let head_dim = self.d_model / self.n_heads;
         let qkv_width = (self.n_heads + 2 * self.n_kv_heads) * head_dim;
         let normal = |std| Initializer::Normal { mean: 0.0, std };
-        CausalSelfAttention {
+        SelfAttention {
             qkv: LinearConfig::new(self.d_model, qkv_width)
                 .with_bias(self.bias)
                 .with_initializer(normal(0.02))
@@ -101,13 +114,14 @@ impl CausalSelfAttentionConfig {
             alibi: self.position == PositionKind::Alibi,
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
+            causal: self.causal,
         }
     }
 }
 
-/// Multi-head causal self-attention; see the module docs.
+/// Multi-head self-attention; see the module docs.
 #[derive(Module, Debug)]
-pub struct CausalSelfAttention {
+pub struct SelfAttention {
     /// One projection to queries, keys and values: `[d_model, (n_heads + 2 n_kv_heads) head_dim]`.
     pub qkv: Linear,
     /// Output projection.
@@ -118,6 +132,7 @@ pub struct CausalSelfAttention {
     alibi: bool,
     n_heads: usize,
     n_kv_heads: usize,
+    causal: bool,
 }
 
 /// Keys and values of the tokens seen so far, per layer, for incremental decoding.
@@ -159,7 +174,7 @@ impl AttentionCache {
     }
 }
 
-impl CausalSelfAttention {
+impl SelfAttention {
     /// Attends over `x` (`[batch, len, d_model]`).
     ///
     /// `padding` (`[batch, past + len]`, true where a key is padding) hides padded keys.
@@ -180,6 +195,7 @@ impl CausalSelfAttention {
         // Training with plain causal attention: our fused kernel reads the heads where the
         // projection left them, when it serves the device.
         let plain_causal = qkv.device().is_autodiff()
+            && self.causal
             && past == 0
             && self.rotary.is_none()
             && !self.alibi
@@ -233,6 +249,7 @@ impl CausalSelfAttention {
 
         // Training with RoPE: our fused kernel on the rotated heads, when it serves the device.
         let fused = (device.is_autodiff()
+            && self.causal
             && past == 0
             && bias.is_none()
             && padding.is_none()
@@ -247,19 +264,25 @@ impl CausalSelfAttention {
             if let Some(bias) = bias {
                 scores = scores + bias;
             }
-            let mut mask = causal_mask(len, total, &device)
-                .reshape([1, 1, len, total])
-                .expand([batch, self.n_heads, len, total]);
-            if let Some(padding) = padding {
-                mask = mask.bool_or(padding);
+            let causal = self.causal.then(|| {
+                causal_mask(len, total, &device)
+                    .reshape([1, 1, len, total])
+                    .expand([batch, self.n_heads, len, total])
+            });
+            let mask = match (causal, padding) {
+                (Some(causal), Some(padding)) => Some(causal.bool_or(padding)),
+                (causal, padding) => causal.or(padding),
+            };
+            if let Some(mask) = mask {
+                scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
-            let weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+            let weights = softmax(scores, 3);
             self.attn_dropout.forward(weights).matmul(v)
         } else {
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
-                is_causal: true,
+                is_causal: self.causal,
             };
             attention(q, k, v, padding, bias, options)
         };
@@ -303,11 +326,11 @@ mod tests {
         PositionKind::Alibi,
     ];
 
-    fn config(position: PositionKind, n_kv_heads: usize) -> CausalSelfAttentionConfig {
-        CausalSelfAttentionConfig {
+    fn config(position: PositionKind, n_kv_heads: usize) -> SelfAttentionConfig {
+        SelfAttentionConfig {
             n_kv_heads,
             position,
-            ..CausalSelfAttentionConfig::new(16, 4, 32)
+            ..SelfAttentionConfig::new(16, 4, 32)
         }
     }
 
@@ -437,6 +460,69 @@ mod tests {
         assert_close(y.narrow(1, 3, 4), y2.narrow(1, 3, 4), 1e-5);
     }
 
+    /// An encoder's attention: right padding (as batches of sentences are padded) never changes
+    /// the real tokens' outputs, on the inference path and on the training path, for every
+    /// position scheme; and, unlike a decoder's, early outputs do depend on later tokens.
+    #[test]
+    fn bidirectional_attention_sees_everything_but_padding() {
+        for device in [test_device(), test_device().autodiff()] {
+            for position in SCHEMES {
+                let layer = SelfAttentionConfig {
+                    causal: false,
+                    ..config(position, 2)
+                }
+                .init(&device);
+                // Sequence 0 is 4 tokens and 3 padding; sequence 1 is 7 tokens.
+                let x = input(2, 7, &device);
+                let padding = Tensor::<2, Bool>::from_data(
+                    TensorData::new([&[false; 4][..], &[true; 3], &[false; 7]].concat(), [2, 7]),
+                    &device,
+                );
+                let y = layer.forward(x.clone(), Some(padding.clone()), None);
+                let noise = Tensor::random([1, 3, 16], Distribution::Normal(0.0, 5.0), &device);
+                let changed = x.clone().slice_assign([0..1, 4..7, 0..16], noise);
+                let y2 = layer.forward(changed, Some(padding.clone()), None);
+                assert_close(y.clone().narrow(1, 0, 4), y2.narrow(1, 0, 4), 1e-5);
+                // The unpadded sequence's first output moves when its last token does.
+                let noise = Tensor::random([1, 1, 16], Distribution::Normal(0.0, 5.0), &device);
+                let changed = x.slice_assign([1..2, 6..7, 0..16], noise);
+                let y3 = layer.forward(changed, Some(padding), None);
+                let moved = (y.narrow(0, 1, 1).narrow(1, 0, 1)
+                    - y3.narrow(0, 1, 1).narrow(1, 0, 1))
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+                assert!(
+                    moved > 1e-4,
+                    "{position:?}: the first output ignored the last token"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bidirectional_attention_gradients_match_finite_differences() {
+        let device = test_device().autodiff();
+        let layer = SelfAttentionConfig {
+            n_kv_heads: 1,
+            ..SelfAttentionConfig::bidirectional(8, 2, 8)
+        }
+        .init(&device);
+        let padding = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                vec![false, false, false, true, false, false, false, false],
+                [2, 4],
+            ),
+            &device,
+        );
+        let weights = Tensor::<3>::random([2, 4, 8], Distribution::Normal(0.0, 1.0), &device);
+        check_gradients(
+            [2, 4, 8],
+            |x| (layer.forward(x, Some(padding.clone()), None) * weights.clone()).sum(),
+            &device,
+        );
+    }
+
     /// The fused kernel against Burn's composed ops: values and all three input gradients.
     #[test]
     fn the_fused_kernel_matches_composed_attention() {
@@ -542,10 +628,10 @@ mod tests {
     fn attention_gradients_match_finite_differences() {
         let device = test_device().autodiff();
         for position in SCHEMES {
-            let layer = CausalSelfAttentionConfig {
+            let layer = SelfAttentionConfig {
                 n_kv_heads: 1,
                 position,
-                ..CausalSelfAttentionConfig::new(8, 2, 8)
+                ..SelfAttentionConfig::new(8, 2, 8)
             }
             .init(&device);
             let weights = Tensor::<3>::random([2, 4, 8], Distribution::Normal(0.0, 1.0), &device);

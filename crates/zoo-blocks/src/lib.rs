@@ -18,7 +18,7 @@ pub mod recurrent;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use attention::{AttentionCache, CausalSelfAttention, CausalSelfAttentionConfig};
+pub use attention::{AttentionCache, SelfAttention, SelfAttentionConfig};
 pub use decoding::{Sampler, SamplingConfig};
 pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};

@@ -182,15 +182,16 @@ pub fn alibi_slopes(n_heads: usize) -> Vec<f32> {
 }
 
 /// ALiBi's additive score bias `[1, heads, q_len, k_len]` for queries at positions
-/// `k_len - q_len ..k_len`: `-slope * (query position - key position)`, zero on the diagonal.
-/// Future keys get a positive bias, but the causal mask removes them anyway.
+/// `k_len - q_len ..k_len`: `-slope * |query position - key position|`, zero on the diagonal.
+/// Symmetric, so an encoder's attention to later keys is penalised by distance too; in a
+/// decoder the causal mask removes those keys anyway.
 pub fn alibi_bias(slopes: &[f32], q_len: usize, k_len: usize, device: &Device) -> Tensor<4> {
     let offset = k_len - q_len;
     let mut values = Vec::with_capacity(slopes.len() * q_len * k_len);
     for slope in slopes {
         for i in 0..q_len {
             for j in 0..k_len {
-                values.push(-slope * (i + offset) as f32 + slope * j as f32);
+                values.push(-slope * (i + offset).abs_diff(j) as f32);
             }
         }
     }

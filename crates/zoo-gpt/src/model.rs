@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
-    AbsolutePositions, Activation, AttentionCache, CausalSelfAttention, CausalSelfAttentionConfig,
-    FeedForward, FeedForwardConfig, Norm, NormKind, NormPlacement, PositionKind, Sampler,
-    TokenEmbedding, TokenEmbeddingConfig,
+    AbsolutePositions, Activation, AttentionCache, FeedForward, FeedForwardConfig, Norm, NormKind,
+    NormPlacement, PositionKind, Sampler, SelfAttention, SelfAttentionConfig, TokenEmbedding,
+    TokenEmbeddingConfig,
 };
 
 /// Every shape and option of a GPT. Recipes override any field by name.
@@ -92,8 +92,8 @@ impl GptConfig {
         }
     }
 
-    fn attention(&self) -> CausalSelfAttentionConfig {
-        CausalSelfAttentionConfig {
+    fn attention(&self) -> SelfAttentionConfig {
+        SelfAttentionConfig {
             d_model: self.n_embd,
             n_heads: self.n_head,
             n_kv_heads: self.kv_heads(),
@@ -102,6 +102,7 @@ impl GptConfig {
             position: self.position,
             max_len: self.block_size,
             proj_init_std: self.residual_init_std(),
+            causal: true,
         }
     }
 
@@ -238,7 +239,7 @@ pub struct ModelSize {
 #[derive(Module, Debug)]
 pub struct GptBlock {
     attention_norm: Norm,
-    attention: CausalSelfAttention,
+    attention: SelfAttention,
     ff_norm: Norm,
     feed_forward: FeedForward,
     #[module(skip)]
