@@ -1,17 +1,21 @@
 //! Text for the zoo: tokenizers on the `tokenizers` crate, the dataset registry, the embedded
-//! default corpus the project generates itself, and batchers that turn token streams into
-//! training examples.
+//! default corpus the project generates itself, batchers that turn token streams into training
+//! examples, and encoder pretraining data (sentence pairs, masked-LM masking).
 
 pub mod batcher;
 pub mod corpus;
 pub mod ngram;
+pub mod pretraining;
 pub mod registry;
 pub mod tokenizer;
 
 pub use batcher::{RandomWindows, Streams};
 pub use ngram::KneserNey;
-pub use registry::{DataDir, DatasetRegistry};
-pub use tokenizer::{TokenizerSpec, ZooTokenizer};
+pub use pretraining::{
+    MaskedTokens, MaskingConfig, PretrainingCorpus, PretrainingExample, mask_tokens,
+};
+pub use registry::{DataDir, DatasetRegistry, LabelledExample};
+pub use tokenizer::{EncodedInput, SpecialIds, TokenizerSpec, ZooTokenizer};
 
 use std::path::PathBuf;
 
@@ -83,6 +87,14 @@ pub enum TextError {
         url: String,
         /// Why the download failed.
         reason: String,
+    },
+    /// Labels asked of a dataset that has none.
+    #[error("dataset '{dataset}' has no labels; labelled datasets: {}", labelled.join(", "))]
+    NotLabelled {
+        /// The dataset.
+        dataset: String,
+        /// The datasets that have labels.
+        labelled: Vec<String>,
     },
     /// A dataset file is not the file the registry expects.
     #[error("checksum mismatch for {}: expected sha256 {expected}, found {actual}", path.display())]

@@ -24,6 +24,18 @@ pub enum Format {
     Text,
     /// One sentence per line; each line ends with an end-of-sentence token.
     LinesEos,
+    /// Tab-separated examples under a header line: a `label` column and a text column. As
+    /// text (language modelling, pretraining) a split is its texts, one per line.
+    LabelledTsv,
+}
+
+/// One labelled example of a [`Format::LabelledTsv`] dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelledExample {
+    /// The label as written in the file.
+    pub label: String,
+    /// The text.
+    pub text: String,
 }
 
 /// One file of a dataset.
@@ -152,6 +164,47 @@ impl DatasetRegistry {
             return Ok(slice_chars(&embedded_corpus(), from, to).to_string());
         }
         let dataset = self.get(name)?;
+        if dataset.format == Format::LabelledTsv {
+            let examples = self.load_labelled(name, split, dir)?;
+            return Ok(examples.into_iter().map(|e| e.text + "\n").collect());
+        }
+        self.load_raw(name, split, dir)
+    }
+
+    /// The examples of `split` of a labelled dataset.
+    pub fn load_labelled(
+        &self,
+        name: &str,
+        split: &str,
+        dir: &DataDir,
+    ) -> Result<Vec<LabelledExample>, TextError> {
+        let dataset = if name == EMBEDDED {
+            None
+        } else {
+            Some(self.get(name)?)
+        };
+        if dataset.is_none_or(|d| d.format != Format::LabelledTsv) {
+            return Err(TextError::NotLabelled {
+                dataset: name.into(),
+                labelled: self
+                    .datasets
+                    .iter()
+                    .filter(|(_, d)| d.format == Format::LabelledTsv)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            });
+        }
+        let text = self.load_raw(name, split, dir)?;
+        let file = PathBuf::from(name).join(split);
+        parse_labelled_tsv(&text).map_err(|message| TextError::Parse {
+            path: file,
+            message,
+        })
+    }
+
+    /// The split's text as the file has it.
+    fn load_raw(&self, name: &str, split: &str, dir: &DataDir) -> Result<String, TextError> {
+        let dataset = self.get(name)?;
         let part = dataset
             .splits
             .get(split)
@@ -174,13 +227,48 @@ impl DatasetRegistry {
         })?;
         let text = slice_chars(&text, part.from, part.to);
         Ok(match dataset.format {
-            Format::Text => text.to_string(),
+            Format::Text | Format::LabelledTsv => text.to_string(),
             Format::LinesEos => text
                 .lines()
                 .map(|line| format!("{} <eos>\n", line.trim()))
                 .collect(),
         })
     }
+}
+
+/// Examples of a TSV with a header naming a `label` column and one text column (its name is
+/// free: SST-2 says `sentence` in train and `content` in dev and test).
+fn parse_labelled_tsv(text: &str) -> Result<Vec<LabelledExample>, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty file")?.split('\t').collect();
+    if header.len() != 2 {
+        return Err(format!(
+            "the header has {} columns, expected 2 (label and text)",
+            header.len()
+        ));
+    }
+    let label_column = header
+        .iter()
+        .position(|c| c.trim() == "label")
+        .ok_or_else(|| format!("the header {header:?} has no 'label' column"))?;
+    lines
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            if fields.len() != 2 {
+                return Err(format!(
+                    "line {}: {} fields, expected 2",
+                    i + 2,
+                    fields.len()
+                ));
+            }
+            Ok(LabelledExample {
+                label: fields[label_column].trim().to_string(),
+                text: fields[1 - label_column].trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 fn embedded_range(split: &str) -> Result<(f64, f64), TextError> {
@@ -328,9 +416,82 @@ splits.val = {{ file = "toy.txt", from = 0.5 }}
     }
 
     #[test]
-    fn the_shipped_manifest_registers_tinyshakespeare_and_ptb() {
+    fn labelled_tsv_reads_the_label_column_wherever_it_is() {
+        let label_first = "label\tsentence\n0\tdull , dull\n1\ta joy \n\n";
+        let text_first = "content\tlabel\ndull , dull\t0\n";
+        let examples = parse_labelled_tsv(label_first).unwrap();
+        assert_eq!(
+            examples,
+            [
+                LabelledExample {
+                    label: "0".into(),
+                    text: "dull , dull".into()
+                },
+                LabelledExample {
+                    label: "1".into(),
+                    text: "a joy".into()
+                },
+            ]
+        );
+        assert_eq!(parse_labelled_tsv(text_first).unwrap()[0], examples[0]);
+        assert!(
+            parse_labelled_tsv("text\tscore\nx\t1\n")
+                .unwrap_err()
+                .contains("label")
+        );
+        assert!(
+            parse_labelled_tsv("label\ttext\n1\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+
+    #[test]
+    fn labelled_datasets_read_as_text_give_their_sentences() {
+        let dir = scratch("sst");
+        std::fs::create_dir_all(dir.join("toy")).unwrap();
+        let body = "label\tsentence\n0\tbad film\n1\tgood film\n";
+        std::fs::write(dir.join("toy/train.tsv"), body).unwrap();
+        let registry = DatasetRegistry::parse(&format!(
+            r#"
+[toy]
+description = "toy"
+format = "labelled-tsv"
+files = [{{ name = "train.tsv", sha256 = "{}", url = "http://127.0.0.1:9/none" }}]
+splits.train = {{ file = "train.tsv" }}
+"#,
+            hex(&Sha256::digest(body.as_bytes()))
+        ))
+        .unwrap();
+        let data = DataDir {
+            root: dir.clone(),
+            download: false,
+        };
+        assert_eq!(
+            registry.load_split("toy", "train", &data).unwrap(),
+            "bad film\ngood film\n"
+        );
+        assert_eq!(
+            registry.load_labelled("toy", "train", &data).unwrap()[1].label,
+            "1"
+        );
+        let err = DatasetRegistry::builtin()
+            .load_labelled("ptb", "train", &data)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sst2"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_manifest_registers_its_datasets() {
         let registry = DatasetRegistry::builtin();
-        assert_eq!(registry.names(), vec!["embedded", "ptb", "tinyshakespeare"]);
+        assert_eq!(
+            registry.names(),
+            vec!["embedded", "ptb", "sst2", "tinyshakespeare"]
+        );
+        assert!(registry.check("sst2", "dev").is_ok());
+        assert_eq!(registry.get("sst2").unwrap().format, Format::LabelledTsv);
         assert!(registry.check("ptb", "test").is_ok());
         assert!(registry.check("tinyshakespeare", "val").is_ok());
         let err = registry.check("wikitext", "train").unwrap_err().to_string();

@@ -1,6 +1,6 @@
 //! Tokenizers, all on the `tokenizers` crate so that every one saves to and loads from a
-//! Hugging Face `tokenizer.json`: character level, word level, byte-level BPE trained on a
-//! corpus, or any existing `tokenizer.json`.
+//! Hugging Face `tokenizer.json`: character level, word level, byte-level BPE or BERT's WordPiece
+//! trained on a corpus, or any existing `tokenizer.json`.
 
 use crate::TextError;
 use serde::{Deserialize, Serialize};
@@ -8,12 +8,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::utils::truncation::{TruncationParams, TruncationStrategy};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// Which tokenizer a recipe asks for.
@@ -32,6 +38,13 @@ pub enum TokenizerSpec {
         /// Vocabulary size, the 256 byte symbols and `<|endoftext|>` included.
         vocab_size: usize,
     },
+    /// BERT's WordPiece trained on the training text: lowercased, accents stripped, split at
+    /// whitespace and punctuation, `##` continuation pieces, and BERT's special tokens
+    /// `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0 to 4.
+    WordPiece {
+        /// Vocabulary size, special tokens and the character alphabet included.
+        vocab_size: usize,
+    },
     /// A `tokenizer.json` from elsewhere (for example a Hugging Face model's).
     File {
         /// Path of the `tokenizer.json`.
@@ -43,6 +56,41 @@ pub enum TokenizerSpec {
 pub const UNK: &str = "<unk>";
 /// The document separator of BPE vocabularies (GPT-2's).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// BERT's special tokens, in the order of their ids in a trained WordPiece vocabulary.
+pub const BERT_SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// The ids of BERT's special tokens in a tokenizer's vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialIds {
+    /// `[PAD]`.
+    pub pad: u32,
+    /// `[UNK]`.
+    pub unk: u32,
+    /// `[CLS]`, first of every sequence.
+    pub cls: u32,
+    /// `[SEP]`, after each segment.
+    pub sep: u32,
+    /// `[MASK]`, the masked-LM placeholder.
+    pub mask: u32,
+}
+
+impl SpecialIds {
+    /// Whether `id` is one of the five.
+    pub fn contains(&self, id: u32) -> bool {
+        [self.pad, self.unk, self.cls, self.sep, self.mask].contains(&id)
+    }
+}
+
+/// One encoder input: `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, with segment ids 0 for the
+/// first part and 1 for the second.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedInput {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Segment (token type) ids.
+    pub segments: Vec<u32>,
+}
 
 /// A trained or loaded tokenizer.
 #[derive(Clone)]
@@ -57,6 +105,7 @@ impl ZooTokenizer {
             TokenizerSpec::Char => Self::char_level(text),
             TokenizerSpec::Word { vocab_size } => Self::word_level(text, *vocab_size),
             TokenizerSpec::ByteBpe { vocab_size } => Self::byte_bpe(text, *vocab_size),
+            TokenizerSpec::WordPiece { vocab_size } => Self::wordpiece(text, *vocab_size),
             TokenizerSpec::File { path } => Self::load(Path::new(path)),
         }
     }
@@ -124,6 +173,108 @@ impl ZooTokenizer {
             .train(&mut TrainerWrapper::from(trainer), text.lines())
             .map_err(TextError::tokenizer)?;
         Ok(Self { inner })
+    }
+
+    /// BERT's WordPiece with `vocab_size` entries trained on `text` (see
+    /// [`TokenizerSpec::WordPiece`]). Saved, it is a BERT tokenizer any Hugging Face loader reads,
+    /// post-processor included.
+    pub fn wordpiece(text: &str, vocab_size: usize) -> Result<Self, TextError> {
+        let trainer = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .show_progress(false)
+            .special_tokens(
+                BERT_SPECIAL_TOKENS
+                    .iter()
+                    .map(|t| AddedToken::from(*t, true))
+                    .collect(),
+            )
+            .build();
+        let mut inner = Tokenizer::new(WordPiece::default());
+        // Lowercase and strip accents, as bert-base-uncased.
+        inner.with_normalizer(Some(BertNormalizer::new(true, true, Some(true), true)));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_decoder(Some(WordPieceDecoder::default()));
+        inner
+            .train(&mut TrainerWrapper::from(trainer), text.lines())
+            .map_err(TextError::tokenizer)?;
+        let id = |token: &str| {
+            inner
+                .token_to_id(token)
+                .expect("trained with BERT's specials")
+        };
+        let (cls, sep) = (id("[CLS]"), id("[SEP]"));
+        let template = TemplateProcessing::builder()
+            .try_single("[CLS] $A:0 [SEP]:0")
+            .and_then(|b| b.try_pair("[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1"))
+            .map_err(TextError::tokenizer)?
+            .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+            .build()
+            .map_err(TextError::tokenizer)?;
+        inner.with_post_processor(Some(template));
+        Ok(Self { inner })
+    }
+
+    /// The ids of BERT's special tokens; an error names the first one the vocabulary lacks.
+    pub fn special_ids(&self) -> Result<SpecialIds, TextError> {
+        let id = |token: &str| {
+            self.inner.token_to_id(token).ok_or_else(|| {
+                TextError::Tokenizer(format!(
+                    "the vocabulary has no {token}: an encoder needs a WordPiece (BERT) tokenizer"
+                ))
+            })
+        };
+        Ok(SpecialIds {
+            pad: id("[PAD]")?,
+            unk: id("[UNK]")?,
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            mask: id("[MASK]")?,
+        })
+    }
+
+    /// Encoder inputs of texts or text pairs, with `[CLS]`/`[SEP]` and segment ids, each cut to
+    /// at most `max_len` tokens (the longer part of a pair is cut first, as BERT does).
+    pub fn encode_inputs(
+        &self,
+        inputs: &[(&str, Option<&str>)],
+        max_len: usize,
+    ) -> Result<Vec<EncodedInput>, TextError> {
+        self.special_ids()?;
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                ..TruncationParams::default()
+            }))
+            .map_err(TextError::tokenizer)?;
+        let inputs: Vec<tokenizers::EncodeInput> = inputs
+            .iter()
+            .map(|&(a, b)| match b {
+                Some(b) => (a, b).into(),
+                None => a.into(),
+            })
+            .collect();
+        let encodings = tokenizer
+            .encode_batch(inputs, true)
+            .map_err(TextError::tokenizer)?;
+        Ok(encodings
+            .iter()
+            .map(|e| EncodedInput {
+                ids: e.get_ids().to_vec(),
+                segments: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Token ids of each line of `text`, no special tokens (sentences for pretraining).
+    pub fn encode_lines(&self, text: &str) -> Result<Vec<Vec<u32>>, TextError> {
+        let lines: Vec<&str> = text.lines().collect();
+        let encodings = self
+            .inner
+            .encode_batch(lines, false)
+            .map_err(TextError::tokenizer)?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
     /// Loads a `tokenizer.json`.
@@ -287,6 +438,81 @@ mod tests {
     }
 
     #[test]
+    fn wordpiece_normalises_as_bert_and_splits_unknown_words_into_pieces() {
+        let text = "The Café served naïve coffee.\nthe cafe serves coffee, the coffee is served!\n"
+            .repeat(20);
+        let tok = ZooTokenizer::wordpiece(&text, 120).unwrap();
+        let special = tok.special_ids().unwrap();
+        assert_eq!(
+            [
+                special.pad,
+                special.unk,
+                special.cls,
+                special.sep,
+                special.mask
+            ],
+            [0, 1, 2, 3, 4]
+        );
+        // Lowercased, accents stripped: "CAFÉ" and "cafe" are the same word.
+        assert_eq!(tok.encode("CAFÉ").unwrap(), tok.encode("cafe").unwrap());
+        // A word never seen is spelled with continuation pieces, not [UNK].
+        let ids = tok.encode("coffees").unwrap();
+        assert!(ids.len() >= 2 && !ids.contains(&special.unk), "{ids:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), "coffees");
+    }
+
+    #[test]
+    fn pairs_get_cls_and_sep_segment_ids_and_are_cut_longest_first() {
+        let text = "a b c d e f g h\n".repeat(10);
+        let tok = ZooTokenizer::wordpiece(&text, 60).unwrap();
+        let s = tok.special_ids().unwrap();
+        let id = |w: &str| tok.token_id(w).unwrap();
+        let encoded = tok
+            .encode_inputs(
+                &[
+                    ("a b", Some("c d e")),
+                    ("a b c d e f", Some("g h")),
+                    ("a", None),
+                ],
+                8,
+            )
+            .unwrap();
+        assert_eq!(
+            encoded[0].ids,
+            [
+                s.cls,
+                id("a"),
+                id("b"),
+                s.sep,
+                id("c"),
+                id("d"),
+                id("e"),
+                s.sep
+            ]
+        );
+        assert_eq!(encoded[0].segments, [0, 0, 0, 0, 1, 1, 1, 1]);
+        // 6 + 2 words and 3 specials in 8 tokens: the longer first part loses 3.
+        assert_eq!(
+            encoded[1].ids,
+            [
+                s.cls,
+                id("a"),
+                id("b"),
+                id("c"),
+                s.sep,
+                id("g"),
+                id("h"),
+                s.sep
+            ]
+        );
+        assert_eq!(encoded[2].ids, [s.cls, id("a"), s.sep]);
+        assert_eq!(encoded[2].segments, [0, 0, 0]);
+        // A tokenizer without BERT's specials cannot make encoder inputs.
+        let words = ZooTokenizer::word_level(&text, 10).unwrap();
+        assert!(words.encode_inputs(&[("a", None)], 8).is_err());
+    }
+
+    #[test]
     fn a_saved_tokenizer_loads_back_identically() {
         let dir = std::env::temp_dir().join(format!("zoo-tok-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -294,6 +520,7 @@ mod tests {
             ZooTokenizer::char_level(TEXT).unwrap(),
             ZooTokenizer::word_level(TEXT, 10).unwrap(),
             ZooTokenizer::byte_bpe(TEXT, 270).unwrap(),
+            ZooTokenizer::wordpiece(TEXT, 80).unwrap(),
         ] {
             let path = dir.join("tokenizer.json");
             tok.save(&path).unwrap();
