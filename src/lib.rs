@@ -3,6 +3,7 @@
 //! This crate re-exports the family crates and owns the backend features; [`device`] turns a
 //! `--device` name into a Burn device among the backends compiled in.
 
+pub use zoo_bert as bert;
 pub use zoo_blocks as blocks;
 pub use zoo_gpt as gpt;
 pub use zoo_rnn as rnn;

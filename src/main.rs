@@ -229,6 +229,27 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
             split,
             checkpoint,
         } => {
+            if zoo_train::encoder::is_encoder_run(&run_dir) {
+                if checkpoint.is_some() {
+                    return Err(ZooError::Usage(
+                        "--checkpoint is not supported for encoder runs yet: they evaluate their last checkpoint".into(),
+                    ));
+                }
+                let run = zoo_train::encoder::load_encoder_run(&run_dir, &device)?;
+                let report = zoo_train::encoder::evaluate_encoder(&run, &split, &data_dir)?;
+                println!(
+                    "{}: split {} | loss {:.4} | accuracy {:.2}%{} | {} predictions",
+                    run_dir.display(),
+                    report.split,
+                    report.loss,
+                    report.accuracy,
+                    report
+                        .f1
+                        .map_or(String::new(), |f1| format!(" | F1 {f1:.2}")),
+                    report.predictions
+                );
+                return Ok(());
+            }
             let run = load_run(&run_dir, checkpoint, &device)?;
             let report = evaluate(&run, &split, &data_dir)?;
             println!(
@@ -297,11 +318,15 @@ fn any_preset(name: &str) -> Result<ModelConfig, ZooError> {
     if let Some(config) = zoo_gpt::preset(name) {
         return Ok(ModelConfig::Gpt(config));
     }
+    if let Some(config) = zoo::bert::preset(name) {
+        return Ok(ModelConfig::Bert(config));
+    }
     zoo::rnn::preset(name).map(ModelConfig::Rnn).ok_or_else(|| {
         ZooError::Usage(format!(
-            "unknown preset '{name}'; presets: {}, {}",
+            "unknown preset '{name}'; presets: {}, {}, {}",
             zoo_gpt::PRESETS.join(", "),
-            zoo::rnn::PRESETS.join(", ")
+            zoo::rnn::PRESETS.join(", "),
+            zoo::bert::PRESETS.join(", ")
         ))
     })
 }
@@ -337,7 +362,8 @@ fn resolve_model(
                     &recipe.data.train_split,
                     data_dir,
                 )?;
-                ZooTokenizer::build(&recipe.tokenizer, &text)?.vocab_size()
+                let spec = recipe.tokenizer_spec().map_err(ZooError::Usage)?;
+                ZooTokenizer::build(spec, &text)?.vocab_size()
             }
             None => {
                 return Err(ZooError::Usage(format!(
@@ -353,6 +379,9 @@ fn resolve_model(
         (None, ModelConfig::Gpt(gpt)) => gpt.block_size,
         (None, ModelConfig::Rnn(_)) => zoo_train::recipe::DEFAULT_BPTT,
         (None, ModelConfig::Ngram(ngram)) => ngram.order,
+        (None, ModelConfig::Bert(bert)) => {
+            zoo_train::recipe::DEFAULT_ENCODER_SEQ_LEN.min(bert.max_len)
+        }
     };
     Ok((label, config, seq_len))
 }
@@ -406,6 +435,23 @@ fn info(
                 config.tie_weights, config.dropout
             );
             "6 x matrix parameters"
+        }
+        ModelConfig::Bert(config) => {
+            println!(
+                "shape                {} layers, {} heads, width {}, ff {}, max_len {}, vocab {}, {} segment types",
+                config.n_layer,
+                config.n_head,
+                config.d_model,
+                config.ff_width(),
+                config.max_len,
+                config.vocab_size,
+                config.type_vocab_size
+            );
+            println!(
+                "options              norm {:?}, activation {:?}, dropout {}; size counts the encoder and pooler (no head)",
+                config.norm_placement, config.activation, config.dropout
+            );
+            "6N + 12·L·d·T"
         }
         ModelConfig::Ngram(config) => {
             println!(

@@ -490,3 +490,152 @@ fn info_reports_parameters_flops_and_memory() {
     assert!(stdout(&out).contains("6 layers"), "{}", stdout(&out));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A BERT small enough to pretrain a few steps in seconds on the embedded corpus.
+const TINY_MLM: &str = r#"
+seed = 11
+task = "masked-lm"
+
+[model]
+arch = "bert"
+preset = "bert-tiny"
+n_layer = 2
+d_model = 32
+max_len = 32
+dropout = 0.0
+
+[tokenizer]
+kind = "wordpiece"
+vocab_size = 300
+
+[data]
+dataset = "embedded"
+
+[optimizer]
+lr = 2e-3
+
+[training]
+batch_size = 16
+steps = 20
+eval_interval = 10
+eval_batches = 2
+seq_len = 32
+"#;
+
+/// Fine-tunes the encoder of `runs/mlm` on the embedded sums task, every pretrained weight
+/// frozen, so the checkpoint's encoder must equal the pretrained one.
+const TINY_FINETUNE: &str = r#"
+seed = 12
+task = "classification"
+init_from = "runs/mlm"
+
+[model]
+arch = "bert"
+preset = "bert-tiny"
+n_layer = 2
+d_model = 32
+max_len = 32
+dropout = 0.0
+
+[data]
+dataset = "embedded-sums"
+
+[optimizer]
+lr = 2e-3
+
+[training]
+batch_size = 32
+steps = 12
+eval_interval = 6
+seq_len = 32
+freeze_embeddings = true
+freeze_layers = 2
+"#;
+
+/// Every float parameter of the embeddings and encoder layers, in visiting order.
+fn encoder_weights(run: &Path) -> Vec<Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(
+                param
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec()
+                    .unwrap(),
+            );
+        }
+    }
+    let loaded = zoo::train::encoder::load_encoder_run(run, &burn::tensor::Device::flex()).unwrap();
+    let mut collect = Collect(Vec::new());
+    loaded.model.encoder.embeddings.visit(&mut collect);
+    loaded.model.encoder.layers.visit(&mut collect);
+    collect.0
+}
+
+#[test]
+fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
+    let dir = scratch("bert");
+    write(&dir, "mlm.toml", TINY_MLM);
+    write(&dir, "finetune.toml", TINY_FINETUNE);
+    let pretrained = zoo(&["train", "mlm.toml"], &dir);
+    assert!(pretrained.status.success(), "{}", stderr(&pretrained));
+    let out = stdout(&pretrained);
+    assert!(
+        out.contains("masked-lm") && out.contains("val acc"),
+        "{out}"
+    );
+    let run = dir.join("runs/mlm");
+    let losses = val_losses(&run);
+    assert_eq!(losses.len(), 2);
+    assert!(losses[1].1 < losses[0].1, "loss should fall: {losses:?}");
+    let last = metrics(&run).pop().unwrap();
+    assert!(last["accuracy"].as_f64().unwrap() > 0.0, "{last}");
+
+    let tuned = zoo(&["train", "finetune.toml"], &dir);
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    let out = stdout(&tuned);
+    assert!(
+        out.contains("loaded the encoder from runs/mlm")
+            && out.contains("new: the classification head")
+            && out.contains("left behind: its masked-LM head")
+            && out.contains("frozen: the embeddings and 2 encoder layer(s)"),
+        "{out}"
+    );
+    // The tokenizer came with the encoder.
+    assert_eq!(
+        std::fs::read_to_string(run.join("tokenizer.json")).unwrap(),
+        std::fs::read_to_string(dir.join("runs/finetune/tokenizer.json")).unwrap()
+    );
+    // Loaded, frozen, trained around: the encoder is the pretrained one, to the bit.
+    let before = encoder_weights(&run);
+    assert!(!before.is_empty());
+    assert_eq!(encoder_weights(&dir.join("runs/finetune")), before);
+    let valid: Vec<serde_json::Value> = metrics(&dir.join("runs/finetune"))
+        .into_iter()
+        .filter(|m| m["split"] == "valid")
+        .collect();
+    let accuracy = valid.last().unwrap()["accuracy"].as_f64().unwrap();
+    assert!(valid.last().unwrap()["f1"].as_f64().is_some());
+
+    // `zoo eval` scores the whole validation split as the last validation did.
+    let eval = zoo(&["eval", "runs/finetune", "--split", "val"], &dir);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let line = stdout(&eval);
+    assert!(
+        line.contains(&format!("accuracy {accuracy:.2}%")) && line.contains("1000 predictions"),
+        "{line} vs {accuracy}"
+    );
+
+    // A fine-tuning recipe whose shape differs from the pretrained run's is refused by field.
+    write(
+        &dir,
+        "wide.toml",
+        &TINY_FINETUNE.replace("d_model = 32", "d_model = 64"),
+    );
+    let refused = zoo(&["train", "wide.toml"], &dir);
+    assert_clean_error(&refused, 1, &["wide.toml", "init_from", "d_model = 64"]);
+}

@@ -30,6 +30,38 @@ pub fn generate(seed: u64, bytes: usize) -> String {
     text
 }
 
+/// A labelled task from the same grammar, for encoders: a sentence with a sum and whether its
+/// answer is `right` or `wrong` (half of each; a wrong answer is off by one to three). The
+/// model must read both addends and the answer to tell.
+pub fn sums_task(seed: u64, count: usize) -> Vec<(String, &'static str)> {
+    let mut g = Grammar {
+        rng: SplitMix64(seed),
+    };
+    (0..count)
+        .map(|i| {
+            let hero = g.pick(NAMES);
+            let (a, b) = (g.rng.below(10), g.rng.below(9));
+            let right = i % 2 == 0;
+            let answer = if right {
+                a + b
+            } else {
+                let off = 1 + g.rng.below(3);
+                if a + b >= off && g.rng.below(2) == 0 {
+                    a + b - off
+                } else {
+                    a + b + off
+                }
+            };
+            let (_, objects) = g.pick(OBJECTS);
+            let text = format!(
+                "{hero} had {} {objects} and found {} more, so now {hero} has {} {objects}.",
+                NUMBERS[a], NUMBERS[b], NUMBERS[answer]
+            );
+            (text, if right { "right" } else { "wrong" })
+        })
+        .collect()
+}
+
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -133,6 +165,8 @@ const NUMBERS: &[&str] = &[
     "sixteen",
     "seventeen",
     "eighteen",
+    "nineteen",
+    "twenty",
 ];
 
 struct Grammar {
@@ -240,6 +274,26 @@ mod tests {
         assert!(a.len() >= TARGET_BYTES && a.len() < TARGET_BYTES + 2_000);
         assert!(a.is_ascii());
         assert_ne!(generate(1, 5_000), generate(2, 5_000));
+    }
+
+    #[test]
+    fn the_sums_task_labels_each_sum_by_whether_it_is_right() {
+        let examples = sums_task(3, 400);
+        let number = |w: &str| NUMBERS.iter().position(|n| *n == w).unwrap();
+        let mut right = 0;
+        for (text, label) in &examples {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let after = |w: &str| words[words.iter().position(|x| *x == w).unwrap() + 1];
+            let (a, b, answer) = (
+                number(words[2]),
+                number(after("found")),
+                number(after("has")),
+            );
+            assert_eq!(*label == "right", a + b == answer, "{text} -> {label}");
+            right += (*label == "right") as usize;
+        }
+        assert_eq!(right, 200);
+        assert_eq!(sums_task(3, 400), examples);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! into the binary; the embedded corpus is registered as `embedded` and needs no files.
 
 use crate::TextError;
-use crate::corpus::embedded_corpus;
+use crate::corpus::{embedded_corpus, sums_task};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -15,6 +15,27 @@ pub const MANIFEST: &str = include_str!("../../../datasets/registry.toml");
 
 /// The name of the embedded, generated corpus.
 pub const EMBEDDED: &str = "embedded";
+
+/// The name of the embedded, generated labelled task (see [`crate::corpus::sums_task`]).
+pub const EMBEDDED_SUMS: &str = "embedded-sums";
+
+/// Examples per split of [`EMBEDDED_SUMS`]: (split, seed, count).
+const SUMS_SPLITS: [(&str, u64, usize); 2] =
+    [("train", 0x5053_0001, 20_000), ("val", 0x5053_0002, 1_000)];
+
+fn embedded_sums(split: &str) -> Result<Vec<LabelledExample>, TextError> {
+    let (_, seed, count) = SUMS_SPLITS
+        .iter()
+        .find(|(name, _, _)| *name == split)
+        .ok_or_else(|| unknown_split(EMBEDDED_SUMS, split, ["train", "val"].iter()))?;
+    Ok(sums_task(*seed, *count)
+        .into_iter()
+        .map(|(text, label)| LabelledExample {
+            label: label.into(),
+            text,
+        })
+        .collect())
+}
 
 /// How a dataset's files turn into text.
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +150,8 @@ impl DatasetRegistry {
 
     /// Every dataset name, the embedded corpus included.
     pub fn names(&self) -> Vec<String> {
-        std::iter::once(EMBEDDED.to_string())
+        [EMBEDDED.to_string(), EMBEDDED_SUMS.to_string()]
+            .into_iter()
             .chain(self.datasets.keys().cloned())
             .collect()
     }
@@ -149,6 +171,9 @@ impl DatasetRegistry {
         if name == EMBEDDED {
             return embedded_range(split).map(|_| ());
         }
+        if name == EMBEDDED_SUMS {
+            return embedded_sums(split).map(|_| ());
+        }
         let dataset = self.get(name)?;
         if dataset.splits.contains_key(split) {
             Ok(())
@@ -162,6 +187,10 @@ impl DatasetRegistry {
         if name == EMBEDDED {
             let (from, to) = embedded_range(split)?;
             return Ok(slice_chars(&embedded_corpus(), from, to).to_string());
+        }
+        if name == EMBEDDED_SUMS {
+            let examples = embedded_sums(split)?;
+            return Ok(examples.into_iter().map(|e| e.text + "\n").collect());
         }
         let dataset = self.get(name)?;
         if dataset.format == Format::LabelledTsv {
@@ -178,6 +207,9 @@ impl DatasetRegistry {
         split: &str,
         dir: &DataDir,
     ) -> Result<Vec<LabelledExample>, TextError> {
+        if name == EMBEDDED_SUMS {
+            return embedded_sums(split);
+        }
         let dataset = if name == EMBEDDED {
             None
         } else {
@@ -186,11 +218,13 @@ impl DatasetRegistry {
         if dataset.is_none_or(|d| d.format != Format::LabelledTsv) {
             return Err(TextError::NotLabelled {
                 dataset: name.into(),
-                labelled: self
-                    .datasets
-                    .iter()
-                    .filter(|(_, d)| d.format == Format::LabelledTsv)
-                    .map(|(n, _)| n.clone())
+                labelled: std::iter::once(EMBEDDED_SUMS.to_string())
+                    .chain(
+                        self.datasets
+                            .iter()
+                            .filter(|(_, d)| d.format == Format::LabelledTsv)
+                            .map(|(n, _)| n.clone()),
+                    )
                     .collect(),
             });
         }
@@ -488,7 +522,13 @@ splits.train = {{ file = "train.tsv" }}
         let registry = DatasetRegistry::builtin();
         assert_eq!(
             registry.names(),
-            vec!["embedded", "ptb", "sst2", "tinyshakespeare"]
+            vec![
+                "embedded",
+                "embedded-sums",
+                "ptb",
+                "sst2",
+                "tinyshakespeare"
+            ]
         );
         assert!(registry.check("sst2", "dev").is_ok());
         assert_eq!(registry.get("sst2").unwrap().format, Format::LabelledTsv);

@@ -41,6 +41,7 @@ pub enum TokenizerSpec {
     /// BERT's WordPiece trained on the training text: lowercased, accents stripped, split at
     /// whitespace and punctuation, `##` continuation pieces, and BERT's special tokens
     /// `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0 to 4.
+    #[serde(rename = "wordpiece")]
     WordPiece {
         /// Vocabulary size, special tokens and the character alphabet included.
         vocab_size: usize,

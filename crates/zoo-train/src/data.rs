@@ -1,4 +1,5 @@
-//! burn-train data loaders over token streams.
+//! burn-train data loaders: one loader serves any source of numbered batches (token windows
+//! for language models, encoder inputs for BERT), epoch by epoch, resumable.
 
 use crate::lm::LmBatch;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
@@ -18,30 +19,54 @@ pub enum Windows {
     Streams(Streams),
 }
 
-impl Windows {
-    /// Micro-batch `index` of `epoch`, `per_epoch` micro-batches to an epoch.
-    fn batch(&self, epoch: usize, index: usize, per_epoch: usize) -> (WindowBatch, bool) {
+/// Where a loader's batches come from: batch `index` of `epoch` is a pure function of the
+/// numbers, so a resumed run draws what it would have drawn.
+pub trait BatchSource: Clone + Send + Sync + 'static {
+    /// What a batch is on the device.
+    type Batch: Send + 'static;
+
+    /// Micro-batch `index` of `epoch`, `per_epoch` micro-batches to an epoch (epochs of a run
+    /// are eval intervals, not passes over the data).
+    fn batch(&self, epoch: usize, index: usize, per_epoch: usize, device: &Device) -> Self::Batch;
+
+    /// Batches in one validation when the recipe asks for `requested`.
+    fn validation_batches(&self, requested: usize) -> usize;
+}
+
+impl BatchSource for Windows {
+    type Batch = LmBatch;
+
+    fn batch(&self, epoch: usize, index: usize, per_epoch: usize, device: &Device) -> LmBatch {
         match self {
-            Windows::Random(windows) => (windows.batch(epoch, index), false),
+            Windows::Random(windows) => to_tensors(windows.batch(epoch, index), false, device),
             Windows::Streams(streams) => {
-                // Epochs of the run are eval intervals, not passes: count windows through
-                // the whole run and wrap around at the end of each pass.
+                // Count windows through the whole run and wrap around at the end of each pass.
                 let window = (epoch * per_epoch + index) % streams.windows();
-                (streams.window(window), window == 0)
+                to_tensors(streams.window(window), window == 0, device)
             }
+        }
+    }
+
+    fn validation_batches(&self, requested: usize) -> usize {
+        match self {
+            Windows::Random(_) => requested,
+            Windows::Streams(streams) => streams.windows(),
         }
     }
 }
 
-/// Serves windows of token ids to burn-train, `batches_per_epoch` micro-batches per epoch.
+/// A loader of token windows.
+pub type WindowLoader = StepLoader<Windows>;
+
+/// Serves a [`BatchSource`] to burn-train, `batches_per_epoch` micro-batches per epoch.
 ///
-/// Training loaders draw epoch `e`'s batches from `(seed, e)` (random windows) or continue the
-/// streams where epoch `e - 1` stopped, counting epochs from where the run starts (or resumes),
-/// so a resumed run sees the same data it would have seen uninterrupted. Validation loaders
-/// serve the same batches every time, so validation losses compare.
+/// Training loaders count epochs from where the run starts (or resumes), so a resumed run sees
+/// the same data it would have seen uninterrupted (random windows drawn from `(seed, epoch)`,
+/// streams continued where the previous epoch stopped, ...). Validation loaders serve the same
+/// batches every time, so validation losses compare.
 #[derive(Clone)]
-pub struct WindowLoader {
-    windows: Windows,
+pub struct StepLoader<S: BatchSource> {
+    source: S,
     batches_per_epoch: usize,
     /// Micro-batches in the whole run; the last epoch is cut short to match.
     total_batches: Option<usize>,
@@ -50,17 +75,17 @@ pub struct WindowLoader {
     device: Device,
 }
 
-impl WindowLoader {
+impl<S: BatchSource> StepLoader<S> {
     /// A training loader whose first `iter()` is epoch `start_epoch` (0-based).
     pub fn training(
-        windows: Windows,
+        source: S,
         batches_per_epoch: usize,
         total_batches: usize,
         start_epoch: usize,
         device: &Device,
     ) -> Self {
         Self {
-            windows,
+            source,
             batches_per_epoch,
             total_batches: Some(total_batches),
             next_epoch: Some(Arc::new(AtomicUsize::new(start_epoch))),
@@ -68,16 +93,12 @@ impl WindowLoader {
         }
     }
 
-    /// A validation loader of `batches` fixed random batches, or of one whole pass over
-    /// contiguous streams.
-    pub fn validation(windows: Windows, batches: usize, device: &Device) -> Self {
-        let batches = match &windows {
-            Windows::Random(_) => batches,
-            Windows::Streams(streams) => streams.windows(),
-        };
+    /// A validation loader of the same batches every time: as many as the source says for a
+    /// request of `batches` (random windows: that many; streams: one whole pass).
+    pub fn validation(source: S, batches: usize, device: &Device) -> Self {
         Self {
-            windows,
-            batches_per_epoch: batches,
+            batches_per_epoch: source.validation_batches(batches),
+            source,
             total_batches: None,
             next_epoch: None,
             device: device.clone(),
@@ -110,40 +131,45 @@ pub fn to_tensors(batch: WindowBatch, reset: bool, device: &Device) -> LmBatch {
     }
 }
 
-struct WindowIter<'a> {
-    loader: &'a WindowLoader,
+struct StepIter<'a, S: BatchSource> {
+    loader: &'a StepLoader<S>,
     epoch: usize,
     index: usize,
     count: usize,
 }
 
-impl Iterator for WindowIter<'_> {
-    type Item = Result<LmBatch, DatasetError>;
+impl<S: BatchSource> Iterator for StepIter<'_, S> {
+    type Item = Result<S::Batch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.index >= self.count {
             return None;
         }
-        let per_epoch = self.loader.batches_per_epoch;
-        let (batch, reset) = self.loader.windows.batch(self.epoch, self.index, per_epoch);
+        let loader = self.loader;
+        let batch = loader.source.batch(
+            self.epoch,
+            self.index,
+            loader.batches_per_epoch,
+            &loader.device,
+        );
         self.index += 1;
-        Some(Ok(to_tensors(batch, reset, &self.loader.device)))
+        Some(Ok(batch))
     }
 }
 
-impl DataLoaderIterator<LmBatch> for WindowIter<'_> {
+impl<S: BatchSource> DataLoaderIterator<S::Batch> for StepIter<'_, S> {
     fn progress(&self) -> Progress {
         Progress::new(self.index, self.count, Some("batches".into()))
     }
 }
 
-impl DataLoader<LmBatch> for WindowLoader {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
+impl<S: BatchSource> DataLoader<S::Batch> for StepLoader<S> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<S::Batch> + 'a> {
         let epoch = match &self.next_epoch {
             Some(next) => next.fetch_add(1, Ordering::SeqCst),
             None => 0,
         };
-        Box::new(WindowIter {
+        Box::new(StepIter {
             loader: self,
             epoch,
             index: 0,
@@ -158,14 +184,14 @@ impl DataLoader<LmBatch> for WindowLoader {
         }
     }
 
-    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<S::Batch>> {
         Arc::new(Self {
             device: device.clone(),
             ..self.clone()
         })
     }
 
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<S::Batch>> {
         Arc::new(Self {
             batches_per_epoch: end.saturating_sub(start).min(self.batches_per_epoch),
             ..self.clone()

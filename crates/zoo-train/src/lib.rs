@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod encoder;
 pub mod lm;
 pub mod metrics;
 pub mod optim;

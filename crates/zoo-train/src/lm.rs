@@ -33,6 +33,9 @@ impl LmModel {
             ModelConfig::Gpt(c) => LmModel::Gpt(c.init(device)?),
             ModelConfig::Rnn(c) => LmModel::Rnn(c.init(device)?),
             ModelConfig::Ngram(_) => return Err("an n-gram model is counted, not trained".into()),
+            ModelConfig::Bert(_) => {
+                return Err("a BERT encoder is not a language model of next tokens".into());
+            }
         })
     }
 

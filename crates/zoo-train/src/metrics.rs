@@ -138,6 +138,198 @@ impl Numeric for Perplexity {
     }
 }
 
+/// Predicted and expected labels of a batch, `[n]` each, for [`LabelMetric`]s.
+pub trait LabelledBatch: Send + Sync + 'static {
+    /// `(predicted, expected)`, or `None` when the batch has no such labels.
+    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)>;
+}
+
+/// Which statistic of the labels a [`LabelMetric`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelStatistic {
+    /// Share of predictions that are right, in percent.
+    Accuracy,
+    /// F1 in percent: of class 1 when the labels are 0 and 1 (GLUE's convention for binary
+    /// tasks), else the mean of every class's F1 (macro).
+    F1,
+}
+
+/// Counts of (expected, predicted) label pairs.
+#[derive(Clone, Debug, Default)]
+pub struct Confusion(BTreeMap<(i64, i64), usize>);
+
+impl Confusion {
+    /// Counts a batch of labels.
+    pub fn add(&mut self, expected: &[i64], predicted: &[i64]) {
+        for (&e, &p) in expected.iter().zip(predicted) {
+            *self.0.entry((e, p)).or_default() += 1;
+        }
+    }
+
+    /// Labels counted.
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    /// Accuracy or F1 in percent (NaN before any label).
+    pub fn statistic(&self, statistic: LabelStatistic) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return f64::NAN;
+        }
+        match statistic {
+            LabelStatistic::Accuracy => {
+                let right: usize = self
+                    .0
+                    .iter()
+                    .filter(|((e, p), _)| e == p)
+                    .map(|(_, n)| n)
+                    .sum();
+                100.0 * right as f64 / total as f64
+            }
+            LabelStatistic::F1 => {
+                let classes: std::collections::BTreeSet<i64> =
+                    self.0.keys().flat_map(|&(e, p)| [e, p]).collect();
+                let f1 = |class: i64| {
+                    let count = |f: &dyn Fn(i64, i64) -> bool| -> f64 {
+                        self.0
+                            .iter()
+                            .filter(|((e, p), _)| f(*e, *p))
+                            .map(|(_, n)| *n as f64)
+                            .sum()
+                    };
+                    let tp = count(&|e, p| e == class && p == class);
+                    let fp = count(&|e, p| e != class && p == class);
+                    let fn_ = count(&|e, p| e == class && p != class);
+                    if tp == 0.0 {
+                        0.0
+                    } else {
+                        2.0 * tp / (2.0 * tp + fp + fn_)
+                    }
+                };
+                let binary = classes.iter().all(|c| *c == 0 || *c == 1);
+                if binary {
+                    100.0 * f1(1)
+                } else {
+                    100.0 * classes.iter().map(|&c| f1(c)).sum::<f64>() / classes.len() as f64
+                }
+            }
+        }
+    }
+}
+
+/// Accuracy or F1 of labels (see [`LabelStatistic`]), over the epoch, counted from every
+/// prediction rather than averaged over batches.
+pub struct LabelMetric<I> {
+    name: MetricName,
+    statistic: LabelStatistic,
+    epoch: Confusion,
+    batch: Confusion,
+    _input: std::marker::PhantomData<fn(&I)>,
+}
+
+impl<I> LabelMetric<I> {
+    /// A metric called `name`.
+    pub fn new(name: &str, statistic: LabelStatistic) -> Self {
+        Self {
+            name: Arc::new(name.into()),
+            statistic,
+            epoch: Confusion::default(),
+            batch: Confusion::default(),
+            _input: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<I> Clone for LabelMetric<I> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            statistic: self.statistic,
+            epoch: self.epoch.clone(),
+            batch: self.batch.clone(),
+            _input: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<I: LabelledBatch> Metric for LabelMetric<I> {
+    type Input = I;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: Some("%".into()),
+            higher_is_better: true,
+        }
+        .into()
+    }
+
+    fn update(&mut self, item: &I, _: &MetricMetadata) -> Result<SerializedEntry, TensorReadError> {
+        let read = |t: Tensor<1, Int>| -> Result<Vec<i64>, TensorReadError> {
+            Ok(t.try_into_data()?
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .unwrap_or_default())
+        };
+        self.batch = Confusion::default();
+        if let Some((predicted, expected)) = item.labels() {
+            let (expected, predicted) = (read(expected)?, read(predicted)?);
+            self.batch.add(&expected, &predicted);
+            self.epoch.add(&expected, &predicted);
+        }
+        let current = self.batch.statistic(self.statistic);
+        Ok(SerializedEntry::new(
+            format!(
+                "epoch {:.2} - batch {:.2}",
+                self.epoch.statistic(self.statistic),
+                current
+            ),
+            NumericEntry::Aggregated {
+                aggregated_value: current,
+                count: self.batch.total(),
+            }
+            .serialize(),
+        ))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        let value = self.epoch.statistic(self.statistic);
+        Ok(SerializedEntry::new(
+            format!("{value:.2}"),
+            NumericEntry::Final(value).serialize(),
+        ))
+    }
+
+    fn clear(&mut self) {
+        self.epoch = Confusion::default();
+        self.batch = Confusion::default();
+    }
+}
+
+impl<I: LabelledBatch> Numeric for LabelMetric<I> {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.batch.statistic(self.statistic),
+            count: self.batch.total(),
+        })
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.epoch.statistic(self.statistic),
+            count: self.epoch.total(),
+        })
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        NumericEntry::Final(self.epoch.statistic(self.statistic))
+    }
+}
+
 /// Writes `metrics.jsonl`: one line per epoch and split, with every metric's epoch value, the
 /// optimiser step the epoch ended on, and the wall time. Reads are answered from memory, as
 /// burn-train's checkpoint strategies need.
@@ -254,6 +446,10 @@ pub struct LineRenderer {
     /// Epochs finished, counting those before a resume.
     epoch: usize,
     tokens_per_batch: usize,
+    /// What `tokens_per_batch` counts ("tok" or "seq").
+    unit: &'static str,
+    /// Validation metrics printed after the loss: (label, metric name, precision).
+    columns: Vec<(&'static str, &'static str, usize)>,
     train_batches: usize,
     split: String,
     started: Instant,
@@ -263,8 +459,24 @@ pub struct LineRenderer {
 
 impl LineRenderer {
     /// A renderer for epochs of `steps_per_epoch` optimiser steps, of micro-batches of
-    /// `tokens_per_batch` tokens.
+    /// `tokens_per_batch` tokens, showing the validation perplexity.
     pub fn new(steps_per_epoch: usize, tokens_per_batch: usize) -> Self {
+        Self::with_columns(
+            steps_per_epoch,
+            tokens_per_batch,
+            "tok",
+            vec![("val ppl", "Perplexity", 3)],
+        )
+    }
+
+    /// A renderer showing the validation metrics `columns` (label, metric name, decimals) and
+    /// throughput in `unit`s (`tokens_per_batch` of them per micro-batch).
+    pub fn with_columns(
+        steps_per_epoch: usize,
+        tokens_per_batch: usize,
+        unit: &'static str,
+        columns: Vec<(&'static str, &'static str, usize)>,
+    ) -> Self {
         Self {
             names: HashMap::new(),
             latest: HashMap::new(),
@@ -272,6 +484,8 @@ impl LineRenderer {
             total_epochs: 0,
             epoch: 0,
             tokens_per_batch,
+            unit,
+            columns,
             train_batches: 0,
             split: String::new(),
             started: Instant::now(),
@@ -363,14 +577,21 @@ impl TrainingProgressLogger for LineRenderer {
         // burn-train counts epochs from 1; the line reports optimiser steps.
         self.epoch += 1;
         let step = self.epoch * self.steps_per_epoch;
+        let columns: String = self
+            .columns
+            .iter()
+            .map(|&(label, name, decimals)| {
+                format!(" | {label} {:.decimals$}", self.get(true, name))
+            })
+            .collect();
         println!(
-            "step {step:>6}/{} | train loss {:.4} | val loss {:.4} | val ppl {:.3} | lr {:.2e} | {:.0} train tok/s | {:.0}s",
+            "step {step:>6}/{} | train loss {:.4} | val loss {:.4}{columns} | lr {:.2e} | {:.0} train {}/s | {:.0}s",
             self.total_epochs * self.steps_per_epoch,
             self.get(false, "Loss"),
             self.get(true, "Loss"),
-            self.get(true, "Perplexity"),
             self.get(false, "Learning Rate"),
             (self.train_batches * self.tokens_per_batch) as f64 / self.train_seconds,
+            self.unit,
             self.started.elapsed().as_secs_f64(),
         );
     }

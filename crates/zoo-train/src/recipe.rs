@@ -37,6 +37,7 @@ use crate::ZooError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use zoo_bert::BertConfig;
 use zoo_blocks::SamplingConfig;
 use zoo_gpt::{GptConfig, ModelSize};
 use zoo_rnn::RnnConfig;
@@ -52,10 +53,19 @@ pub struct Recipe {
     /// Seed of initialisation, batches and dropout.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// What the model learns: `causal-lm` (GPT, RNN, n-gram), or for BERT `masked-lm`
+    /// pretraining and the `classification`, `token-classification`, `span-qa` fine-tuning tasks.
+    #[serde(default)]
+    pub task: Task,
+    /// A BERT run directory whose encoder this run starts from (its heads are left behind and
+    /// this task's head starts fresh).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// The model: `arch`, `preset` and overrides of the preset's fields.
     pub model: ModelSpec,
-    /// The tokenizer.
-    pub tokenizer: TokenizerSpec,
+    /// The tokenizer (a run that starts from `init_from` takes that run's and may leave it out).
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSpec>,
     /// The data.
     pub data: DataSpec,
     /// The optimiser.
@@ -76,11 +86,47 @@ fn default_seed() -> u64 {
     1337
 }
 
+/// What a run trains the model to do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Predict the next token (GPT, RNN, n-gram).
+    #[default]
+    CausalLm,
+    /// BERT pretraining: masked tokens, and the next sentence when `data.next_sentence` is set.
+    MaskedLm,
+    /// A label per sequence (from a labelled dataset).
+    Classification,
+    /// A label per token.
+    TokenClassification,
+    /// Answer span start and end.
+    SpanQa,
+}
+
+impl Task {
+    /// Whether the task trains an encoder (BERT).
+    pub fn is_encoder(self) -> bool {
+        self != Task::CausalLm
+    }
+
+    /// The recipe spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::CausalLm => "causal-lm",
+            Task::MaskedLm => "masked-lm",
+            Task::Classification => "classification",
+            Task::TokenClassification => "token-classification",
+            Task::SpanQa => "span-qa",
+        }
+    }
+}
+
 /// `[model]`: an architecture, a preset and field overrides. Stored resolved in a run directory.
 /// (Unknown keys are caught when the overrides meet the config's fields.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelSpec {
-    /// The family: `gpt`, `rnn` (LSTM/GRU language models) or `ngram` (Kneser-Ney counts).
+    /// The family: `gpt`, `rnn` (LSTM/GRU language models), `ngram` (Kneser-Ney counts) or
+    /// `bert` (encoders).
     #[serde(default = "default_arch")]
     pub arch: String,
     /// A named shape to start from.
@@ -107,6 +153,24 @@ pub struct DataSpec {
     /// Split to validate on.
     #[serde(default = "val_split")]
     pub val_split: String,
+    /// More datasets whose `train` split joins the training text (masked-LM pretraining on
+    /// several corpora).
+    #[serde(default)]
+    pub extra_train: Vec<String>,
+    /// Masked-LM: share of tokens selected for prediction (BERT: 0.15).
+    #[serde(default = "default_mask_prob")]
+    pub mask_prob: f64,
+    /// Masked-LM: train on sentence pairs with next-sentence prediction.
+    #[serde(default)]
+    pub next_sentence: bool,
+    /// Masked-LM: a document ends at a blank line, and also every this many lines when set
+    /// (corpora with one sentence per line and no document marks).
+    #[serde(default)]
+    pub document_lines: Option<usize>,
+}
+
+fn default_mask_prob() -> f64 {
+    0.15
 }
 
 fn train_split() -> String {
@@ -230,7 +294,20 @@ pub struct TrainingSpec {
     /// word-language-model example: fewer streams, longer contexts).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
+    /// Encoders only: longest input in tokens, `[CLS]` and `[SEP]` included (default 128, at
+    /// most the model's `max_len`); batches are padded to their longest input.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+    /// Encoders only: keep the embeddings as they are (fine-tuning).
+    #[serde(default)]
+    pub freeze_embeddings: bool,
+    /// Encoders only: keep the first this many encoder layers as they are (fine-tuning).
+    #[serde(default)]
+    pub freeze_layers: usize,
 }
+
+/// Tokens per encoder input unless `training.seq_len` says otherwise.
+pub const DEFAULT_ENCODER_SEQ_LEN: usize = 128;
 
 impl Default for TrainingSpec {
     /// No batch and no budget: what an n-gram recipe leaves out. Neural models must give both.
@@ -246,6 +323,9 @@ impl Default for TrainingSpec {
             keep_checkpoints: default_keep(),
             bptt: None,
             eval_batch_size: None,
+            seq_len: None,
+            freeze_embeddings: false,
+            freeze_layers: 0,
         }
     }
 }
@@ -331,6 +411,13 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// The tokenizer the recipe names.
+    pub fn tokenizer_spec(&self) -> Result<&TokenizerSpec, String> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| "missing [tokenizer]: name one, e.g. kind = \"char\"".to_string())
+    }
+
     /// The model config: preset, then overrides. The vocabulary size is filled in later from
     /// the tokenizer when the recipe leaves it at 0.
     pub fn model_config(&self) -> Result<ModelConfig, String> {
@@ -344,12 +431,17 @@ impl Recipe {
             .unwrap_or(DEFAULT_EVAL_BATCH_SIZE)
     }
 
-    /// Tokens per training sequence: a GPT's block size, a recurrent model's BPTT window.
+    /// Tokens per training sequence: a GPT's block size, a recurrent model's BPTT window, an
+    /// encoder's longest input.
     pub fn sequence_len(&self, config: &ModelConfig) -> usize {
         match config {
             ModelConfig::Gpt(gpt) => gpt.block_size,
             ModelConfig::Rnn(_) => self.training.bptt.unwrap_or(DEFAULT_BPTT),
             ModelConfig::Ngram(ngram) => ngram.order,
+            ModelConfig::Bert(bert) => self
+                .training
+                .seq_len
+                .unwrap_or(DEFAULT_ENCODER_SEQ_LEN.min(bert.max_len)),
         }
     }
 
@@ -365,6 +457,10 @@ impl Recipe {
 
     fn validate(&self) -> Result<(), String> {
         let config = self.model_config()?;
+        self.validate_task(&config)?;
+        if self.init_from.is_none() {
+            self.tokenizer_spec()?;
+        }
         if let ModelConfig::Ngram(_) = config {
             // Counted in one pass: no optimiser, schedule or budget to check.
             return Ok(());
@@ -456,6 +552,74 @@ impl Recipe {
 }
 
 /// BPTT window of recurrent models when the recipe gives none (Zaremba et al.'s 35).
+impl Recipe {
+    /// The task fits the architecture, and encoder-only keys appear only with an encoder.
+    fn validate_task(&self, config: &ModelConfig) -> Result<(), String> {
+        let encoder = matches!(config, ModelConfig::Bert(_));
+        if self.task.is_encoder() != encoder {
+            return Err(if encoder {
+                "task = \"causal-lm\" needs a decoder or recurrent model; a BERT encoder trains with task = \"masked-lm\", \"classification\", \"token-classification\" or \"span-qa\"".into()
+            } else {
+                format!(
+                    "task = \"{}\" needs model.arch = \"bert\"",
+                    self.task.name()
+                )
+            });
+        }
+        let t = &self.training;
+        let d = &self.data;
+        if !encoder {
+            let encoder_only = [
+                ("init_from", self.init_from.is_some()),
+                ("training.seq_len", t.seq_len.is_some()),
+                ("training.freeze_embeddings", t.freeze_embeddings),
+                ("training.freeze_layers", t.freeze_layers > 0),
+                ("data.next_sentence", d.next_sentence),
+                ("data.document_lines", d.document_lines.is_some()),
+            ];
+            if let Some((key, _)) = encoder_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{key} is for BERT encoders (model.arch = \"bert\")"
+                ));
+            }
+            return Ok(());
+        }
+        if let ModelConfig::Bert(bert) = config {
+            let seq_len = self.sequence_len(config);
+            if !(3..=bert.max_len).contains(&seq_len) {
+                return Err(format!(
+                    "training.seq_len ({seq_len}) must be in 3..={} (the model's max_len)",
+                    bert.max_len
+                ));
+            }
+            if t.freeze_layers > bert.n_layer {
+                return Err(format!(
+                    "training.freeze_layers ({}) is more than the model's {} layers",
+                    t.freeze_layers, bert.n_layer
+                ));
+            }
+        }
+        if !(d.mask_prob > 0.0 && d.mask_prob < 1.0) {
+            return Err(format!(
+                "data.mask_prob must be in (0, 1), got {}",
+                d.mask_prob
+            ));
+        }
+        if self.task != Task::MaskedLm
+            && (d.next_sentence || d.document_lines.is_some() || !d.extra_train.is_empty())
+        {
+            return Err(format!(
+                "data.next_sentence, data.document_lines and data.extra_train are for task = \"masked-lm\", not \"{}\"",
+                self.task.name()
+            ));
+        }
+        if d.document_lines == Some(0) {
+            return Err("data.document_lines must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 pub const DEFAULT_BPTT: usize = 35;
 
 /// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).
@@ -470,6 +634,8 @@ pub enum ModelConfig {
     Rnn(RnnConfig),
     /// An interpolated Kneser-Ney n-gram model.
     Ngram(NgramConfig),
+    /// A BERT encoder.
+    Bert(BertConfig),
 }
 
 /// `[model]` of an n-gram baseline.
@@ -498,6 +664,7 @@ impl ModelConfig {
             ModelConfig::Gpt(c) => c.vocab_size,
             ModelConfig::Rnn(c) => c.vocab_size,
             ModelConfig::Ngram(c) => c.vocab_size,
+            ModelConfig::Bert(c) => c.vocab_size,
         }
     }
 
@@ -507,6 +674,7 @@ impl ModelConfig {
             ModelConfig::Gpt(c) => c.vocab_size = vocab_size,
             ModelConfig::Rnn(c) => c.vocab_size = vocab_size,
             ModelConfig::Ngram(c) => c.vocab_size = vocab_size,
+            ModelConfig::Bert(c) => c.vocab_size = vocab_size,
         }
     }
 
@@ -519,6 +687,7 @@ impl ModelConfig {
                 Err(format!("order must be in 1..=10, got {}", c.order))
             }
             ModelConfig::Ngram(_) => Ok(()),
+            ModelConfig::Bert(c) => c.validate(),
         }
     }
 
@@ -540,6 +709,15 @@ impl ModelConfig {
                 non_embedding: 0,
                 train_flops_per_token: 0,
             },
+            ModelConfig::Bert(c) => {
+                let (total, flops) = c.encoder_size(DEFAULT_ENCODER_SEQ_LEN.min(c.max_len));
+                ModelSize {
+                    total,
+                    non_embedding: total
+                        - (c.vocab_size + c.max_len + c.type_vocab_size) * c.d_model,
+                    train_flops_per_token: flops,
+                }
+            }
         }
     }
 
@@ -549,6 +727,7 @@ impl ModelConfig {
             ModelConfig::Gpt(c) => c.n_embd,
             ModelConfig::Rnn(c) => c.d_hidden,
             ModelConfig::Ngram(_) => 1,
+            ModelConfig::Bert(c) => c.d_model,
         }
     }
 
@@ -558,6 +737,7 @@ impl ModelConfig {
             ModelConfig::Gpt(c) => ("gpt", toml::Table::try_from(c)),
             ModelConfig::Rnn(c) => ("rnn", toml::Table::try_from(c)),
             ModelConfig::Ngram(c) => ("ngram", toml::Table::try_from(c)),
+            ModelConfig::Bert(c) => ("bert", toml::Table::try_from(c)),
         };
         ModelSpec {
             arch: arch.into(),
@@ -602,8 +782,18 @@ pub fn resolve_model(spec: &ModelSpec) -> Result<ModelConfig, String> {
                 .map_err(|e| format!("model.{e}"))?;
             Ok(ModelConfig::Ngram(config))
         }
+        "bert" => {
+            let config = resolve(spec, zoo_bert::preset, zoo_bert::PRESETS, "BERT")?;
+            BertConfig {
+                vocab_size: config.vocab_size.max(1),
+                ..config.clone()
+            }
+            .validate()
+            .map_err(|e| format!("[model]: {e}"))?;
+            Ok(ModelConfig::Bert(config))
+        }
         other => Err(format!(
-            "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram"
+            "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram, bert"
         )),
     }
 }

@@ -21,9 +21,9 @@ use crate::optim::AdamW;
 use crate::recipe::{ModelConfig, NgramConfig, OptimizerKind, Recipe};
 use crate::schedule::{LrSchedule, Plateau, SharedPlateau};
 use burn::module::Module;
-use burn::optim::SgdConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
+use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
@@ -70,9 +70,9 @@ pub struct TrainReport {
     pub sample: Option<String>,
 }
 
-const RECIPE_FILE: &str = "recipe.toml";
-const TOKENIZER_FILE: &str = "tokenizer.json";
-const METRICS_FILE: &str = "metrics.jsonl";
+pub(crate) const RECIPE_FILE: &str = "recipe.toml";
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
+pub(crate) const METRICS_FILE: &str = "metrics.jsonl";
 const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Budget arithmetic: how many optimiser steps and burn-train epochs a recipe asks for.
@@ -102,11 +102,11 @@ impl Budget {
 }
 
 /// Saves every `every` epochs and at the last one, keeping the newest `keep`.
-struct EveryNKeepLast {
-    every: usize,
-    last: usize,
-    keep: usize,
-    saved: Vec<usize>,
+pub(crate) struct EveryNKeepLast {
+    pub(crate) every: usize,
+    pub(crate) last: usize,
+    pub(crate) keep: usize,
+    pub(crate) saved: Vec<usize>,
 }
 
 impl CheckpointingStrategy for EveryNKeepLast {
@@ -148,10 +148,52 @@ pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
     epochs
 }
 
-fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
+pub(crate) fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
     run_dir
         .join(CHECKPOINT_DIR)
         .join(format!("model-{epoch}.bpk"))
+}
+
+/// The epoch to resume from (`resume`: the last complete checkpoint, which must exist), or
+/// `None` for a fresh run (then the directory must hold no checkpoints).
+pub(crate) fn resume_epoch(run_dir: &Path, resume: bool) -> Result<Option<usize>, ZooError> {
+    let existing = checkpoint_epochs(run_dir);
+    if resume {
+        let epoch = *existing.last().ok_or_else(|| ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message: "has no complete checkpoint to resume from".into(),
+        })?;
+        return Ok(Some(epoch));
+    }
+    if !existing.is_empty() {
+        return Err(ZooError::RunDir {
+            path: run_dir.to_path_buf(),
+            message: "already holds checkpoints of a run: pass --resume to continue it, or --run-dir to start a new one elsewhere".into(),
+        });
+    }
+    Ok(None)
+}
+
+/// The recipe's optimiser.
+pub(crate) fn build_optimizer(recipe: &Recipe) -> ModuleOptimizer {
+    let o = &recipe.optimizer;
+    match o.kind {
+        OptimizerKind::Adamw => AdamW {
+            beta_1: o.beta1 as f32,
+            beta_2: o.beta2 as f32,
+            epsilon: o.eps as f32,
+            weight_decay: o.weight_decay as f32,
+        }
+        .into(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay(
+                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+            )
+            .with_momentum(
+                (o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)),
+            )
+            .init(),
+    }
 }
 
 /// Trains the recipe at `recipe_path`.
@@ -180,22 +222,15 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
                 .into(),
         });
     }
-    let existing = checkpoint_epochs(&run_dir);
-    let resume_epoch = if options.resume {
-        let epoch = *existing.last().ok_or_else(|| ZooError::RunDir {
-            path: run_dir.clone(),
-            message: "has no complete checkpoint to resume from".into(),
-        })?;
-        Some(epoch)
-    } else {
-        if !existing.is_empty() {
-            return Err(ZooError::RunDir {
-                path: run_dir.clone(),
-                message: "already holds checkpoints of a run: pass --resume to continue it, or --run-dir to start a new one elsewhere".into(),
-            });
-        }
-        None
-    };
+    let resume_epoch = resume_epoch(&run_dir, options.resume)?;
+    if recipe.task.is_encoder() {
+        return crate::encoder::train(&recipe, recipe_path, options, run_dir, resume_epoch).map(
+            |report| TrainReport {
+                seconds: started.elapsed().as_secs_f64(),
+                ..report
+            },
+        );
+    }
 
     let train_text = registry.load_split(&data.dataset, &data.train_split, &options.data_dir)?;
     let val_text = registry.load_split(&data.dataset, &data.val_split, &options.data_dir)?;
@@ -220,7 +255,8 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             (tokenizer, config)
         }
         None => {
-            let tokenizer = ZooTokenizer::build(&recipe.tokenizer, &train_text)?;
+            let spec = recipe.tokenizer_spec().map_err(recipe_error)?;
+            let tokenizer = ZooTokenizer::build(spec, &train_text)?;
             let mut config = recipe.model_config().map_err(recipe_error)?;
             if config.vocab_size() == 0 {
                 config.set_vocab_size(tokenizer.vocab_size());
@@ -278,6 +314,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             )
         }
         ModelConfig::Ngram(_) => unreachable!("n-gram models are counted above"),
+        ModelConfig::Bert(_) => unreachable!("encoder tasks train in crate::encoder"),
         ModelConfig::Rnn(_) => {
             let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
                 .map_err(|e| recipe_error(format!("training split: {e}")))?;
@@ -318,25 +355,13 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         check_checkpoint(&run_dir, epoch, &model)?;
     }
 
-    let o = &recipe.optimizer;
-    let optimizer = match o.kind {
-        OptimizerKind::Adamw => AdamW {
-            beta_1: o.beta1 as f32,
-            beta_2: o.beta2 as f32,
-            epsilon: o.eps as f32,
-            weight_decay: o.weight_decay as f32,
-        }
-        .into(),
-        OptimizerKind::Sgd => SgdConfig::new()
-            .with_weight_decay(
-                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
-            )
-            .with_momentum(
-                (o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)),
-            )
-            .init(),
-    };
-    let mut schedule = LrSchedule::new(&recipe.schedule, o.lr, budget.total_steps, config.width());
+    let optimizer = build_optimizer(&recipe);
+    let mut schedule = LrSchedule::new(
+        &recipe.schedule,
+        recipe.optimizer.lr,
+        budget.total_steps,
+        config.width(),
+    );
     let mut metric_logger =
         JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
     if let Some(divisor) = recipe.schedule.plateau_divisor {
@@ -540,7 +565,11 @@ fn continue_text(
 
 /// Loads the last model checkpoint once, before training, so a damaged file is reported
 /// clearly instead of failing inside burn-train.
-fn check_checkpoint(run_dir: &Path, epoch: usize, model: &Lm) -> Result<(), ZooError> {
+pub(crate) fn check_checkpoint<M: Module>(
+    run_dir: &Path,
+    epoch: usize,
+    model: &M,
+) -> Result<(), ZooError> {
     let path = model_checkpoint(run_dir, epoch);
     model
         .clone()
@@ -569,7 +598,11 @@ fn check_checkpoint(run_dir: &Path, epoch: usize, model: &Lm) -> Result<(), ZooE
     Ok(())
 }
 
-fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &ModelConfig) -> Result<(), ZooError> {
+pub(crate) fn write_run_recipe(
+    run_dir: &Path,
+    recipe: &Recipe,
+    config: &ModelConfig,
+) -> Result<(), ZooError> {
     let mut resolved = recipe.clone();
     resolved.model = config.to_spec();
     let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
@@ -581,7 +614,7 @@ fn write_run_recipe(run_dir: &Path, recipe: &Recipe, config: &ModelConfig) -> Re
     .map_err(|e| ZooError::io(&path, e))
 }
 
-fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
+pub(crate) fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
     let path = run_dir.join(RECIPE_FILE);
     if !path.is_file() {
         return Err(ZooError::RunDir {
@@ -593,7 +626,7 @@ fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
 }
 
 /// The lines of the run's metrics log (none if it has none yet).
-fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join(METRICS_FILE))
         .map(|text| {
             text.lines()
@@ -604,7 +637,7 @@ fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
 }
 
 /// The optimiser step an epoch ended on, from the metrics log.
-fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
+pub(crate) fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
     read_metrics(run_dir)
         .into_iter()
         .find(|v| v["epoch"].as_u64() == Some(epoch as u64))
@@ -621,7 +654,7 @@ fn validation_losses(run_dir: &Path) -> Vec<(usize, f64)> {
         .collect()
 }
 
-fn last_val_loss(run_dir: &Path) -> Option<f64> {
+pub(crate) fn last_val_loss(run_dir: &Path) -> Option<f64> {
     validation_losses(run_dir).last().map(|v| v.1)
 }
 

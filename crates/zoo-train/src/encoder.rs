@@ -1,0 +1,1169 @@
+//! Encoder (BERT) runs: masked-LM pretraining and fine-tuning on labelled data, starting from a
+//! pretraining run's encoder (`init_from`) with optional frozen layers.
+//!
+//! An encoder run directory holds what a language-model run's does (recipe, tokenizer,
+//! checkpoints, metrics) and, for classification, `labels.json`: the label names in id order.
+//! Metrics: loss, accuracy (of masked tokens, or of labels), F1 for classification, and
+//! next-sentence accuracy when pretraining on pairs.
+
+use crate::ZooError;
+use crate::data::{BatchSource, StepLoader};
+use crate::lm::clip_global_norm;
+use crate::metrics::{
+    Confusion, JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer,
+};
+use crate::recipe::{ModelConfig, Recipe, Task};
+use crate::run::{
+    Budget, EveryNKeepLast, METRICS_FILE, TOKENIZER_FILE, TrainOptions, TrainReport,
+    build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
+    model_checkpoint, read_metrics, write_run_recipe,
+};
+use crate::schedule::LrSchedule;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
+use burn::train::renderer::default_renderer;
+use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn_std::ExecutionError;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zoo_bert::{BertConfig, BertModel, BertTask, Predictions, Targets};
+use zoo_text::{
+    DataDir, DatasetRegistry, EncodedInput, MaskingConfig, PretrainingCorpus, SpecialIds,
+    ZooTokenizer, mask_tokens,
+};
+
+/// Label names of a classification run, in id order.
+const LABELS_FILE: &str = "labels.json";
+
+/// The model's task for a recipe's.
+pub fn bert_task(recipe: &Recipe) -> BertTask {
+    match recipe.task {
+        Task::MaskedLm => BertTask::MaskedLm {
+            next_sentence: recipe.data.next_sentence,
+        },
+        Task::Classification => BertTask::Classification,
+        Task::TokenClassification => BertTask::TokenClassification,
+        Task::SpanQa => BertTask::SpanQa,
+        Task::CausalLm => unreachable!("validated recipes pair causal-lm with decoders"),
+    }
+}
+
+/// A BERT model with what training needs beside the weights.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    /// The encoder and its head.
+    pub model: BertModel,
+    /// `1 / grad_accumulation` (see [`crate::lm::Lm`]).
+    #[module(skip)]
+    loss_scale: f32,
+    /// Global gradient-norm clip (0 = off).
+    #[module(skip)]
+    grad_clip: f32,
+}
+
+impl Encoder {
+    /// Wraps a model for training.
+    pub fn new(model: BertModel, grad_accumulation: usize, grad_clip: f64) -> Self {
+        Self {
+            model,
+            loss_scale: 1.0 / grad_accumulation as f32,
+            grad_clip: grad_clip as f32,
+        }
+    }
+}
+
+/// A padded batch of encoder inputs and its targets.
+#[derive(Clone, Debug)]
+pub struct EncoderBatch {
+    /// Token ids `[batch, len]` (masked, for masked-LM).
+    pub tokens: Tensor<2, Int>,
+    /// Segment ids `[batch, len]`.
+    pub segments: Tensor<2, Int>,
+    /// True at padding `[batch, len]`.
+    pub padding: Tensor<2, Bool>,
+    /// What to predict.
+    pub targets: Targets,
+}
+
+/// What one step reports to the metrics.
+pub struct EncoderOutput {
+    /// The task loss.
+    pub loss: Tensor<1>,
+    /// The main task's predictions.
+    pub main: Predictions,
+    /// Next-sentence predictions when pretraining on pairs.
+    pub next_sentence: Option<Predictions>,
+}
+
+impl ItemLazy for EncoderOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(self)
+    }
+}
+
+impl Adaptor<LossInput> for EncoderOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+/// The main task's labels of a step.
+pub struct MainLabels(Predictions);
+/// The next-sentence labels of a step.
+pub struct NextSentenceLabels(Option<Predictions>);
+
+impl LabelledBatch for MainLabels {
+    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)> {
+        Some((self.0.predicted.clone(), self.0.expected.clone()))
+    }
+}
+
+impl LabelledBatch for NextSentenceLabels {
+    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)> {
+        self.0
+            .as_ref()
+            .map(|p| (p.predicted.clone(), p.expected.clone()))
+    }
+}
+
+impl Adaptor<MainLabels> for EncoderOutput {
+    fn adapt(&self) -> MainLabels {
+        MainLabels(self.main.clone())
+    }
+}
+
+impl Adaptor<NextSentenceLabels> for EncoderOutput {
+    fn adapt(&self) -> NextSentenceLabels {
+        NextSentenceLabels(self.next_sentence.clone())
+    }
+}
+
+impl Encoder {
+    fn forward(&self, batch: EncoderBatch) -> EncoderOutput {
+        let out = self
+            .model
+            .loss(batch.tokens, batch.segments, batch.padding, batch.targets);
+        EncoderOutput {
+            loss: out.loss,
+            main: out.main,
+            next_sentence: out.next_sentence,
+        }
+    }
+}
+
+impl TrainStep for Encoder {
+    type Input = EncoderBatch;
+    type Output = EncoderOutput;
+
+    fn step(&self, batch: EncoderBatch) -> TrainOutput<EncoderOutput> {
+        let out = self.forward(batch);
+        let scaled = if self.loss_scale == 1.0 {
+            out.loss.clone()
+        } else {
+            out.loss.clone() * self.loss_scale
+        };
+        let mut grads = GradientsParams::from_grads(scaled.backward(), self);
+        if self.grad_clip > 0.0 {
+            clip_global_norm(self, &mut grads, self.grad_clip);
+        }
+        TrainOutput {
+            grads,
+            item: EncoderOutput {
+                loss: out.loss.detach(),
+                ..out
+            },
+        }
+    }
+}
+
+impl InferenceStep for Encoder {
+    type Input = EncoderBatch;
+    type Output = EncoderOutput;
+
+    fn step(&self, batch: EncoderBatch) -> EncoderOutput {
+        self.forward(batch)
+    }
+}
+
+/// What each example asks the model to predict.
+#[derive(Clone, Debug)]
+pub enum ExampleTargets {
+    /// Masked-LM on every input (masks drawn per batch), with next-sentence labels for pairs.
+    MaskedLm {
+        /// Per input: B follows A (pairs only).
+        is_next: Vec<Option<bool>>,
+        /// Masking rates.
+        masking: MaskingConfig,
+    },
+    /// A label id per input.
+    Classes(Vec<u32>),
+}
+
+/// Encoder inputs served in shuffled batches: a [`BatchSource`]. Batch `g` of the run (counted
+/// across epochs) belongs to pass `g / batches_per_pass`, whose order is a permutation drawn from
+/// the seed and the pass; masks are drawn from the seed and `g`, so each pass masks afresh and a
+/// resumed run draws what the uninterrupted one would have.
+#[derive(Clone)]
+pub struct EncoderExamples {
+    inner: Arc<ExamplesInner>,
+}
+
+struct ExamplesInner {
+    inputs: Vec<EncodedInput>,
+    targets: ExampleTargets,
+    batch_size: usize,
+    seed: u64,
+    /// Reshuffle every pass (training) or keep the order (validation, evaluation).
+    shuffle: bool,
+    special: SpecialIds,
+    vocab_size: usize,
+}
+
+/// A generator for stream `(a, b)` of `seed` (SplitMix64's finaliser over the three).
+fn stream(seed: u64, a: u64, b: u64) -> StdRng {
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+impl EncoderExamples {
+    /// Inputs and their targets in batches of `batch_size`.
+    pub fn new(
+        inputs: Vec<EncodedInput>,
+        targets: ExampleTargets,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+        special: SpecialIds,
+        vocab_size: usize,
+    ) -> Result<Self, String> {
+        if inputs.is_empty() {
+            return Err("no examples".into());
+        }
+        Ok(Self {
+            inner: Arc::new(ExamplesInner {
+                inputs,
+                targets,
+                batch_size,
+                seed,
+                shuffle,
+                special,
+                vocab_size,
+            }),
+        })
+    }
+
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        self.inner.inputs.len()
+    }
+
+    /// Never true: an empty set is refused at construction.
+    pub fn is_empty(&self) -> bool {
+        self.inner.inputs.is_empty()
+    }
+
+    /// Batches in one pass (the last may be short).
+    pub fn batches_per_pass(&self) -> usize {
+        self.len().div_ceil(self.inner.batch_size)
+    }
+
+    /// Batch `g` of the run (counted from 0 across passes).
+    pub fn batch_at(&self, g: usize, device: &Device) -> EncoderBatch {
+        let inner = &*self.inner;
+        let per_pass = self.batches_per_pass();
+        let (pass, within) = (g / per_pass, g % per_pass);
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if inner.shuffle {
+            order.shuffle(&mut stream(inner.seed, 1, pass as u64));
+        }
+        let picked =
+            &order[within * inner.batch_size..((within + 1) * inner.batch_size).min(self.len())];
+        let batch = picked.len();
+        let len = picked
+            .iter()
+            .map(|&i| inner.inputs[i].ids.len())
+            .max()
+            .expect("batches are never empty");
+        let mut tokens = vec![inner.special.pad as i64; batch * len];
+        let mut segments = vec![0i64; batch * len];
+        let mut padding = vec![true; batch * len];
+        let mut positions = Vec::new();
+        let mut originals = Vec::new();
+        let mut rng = stream(inner.seed, 2, g as u64);
+        for (b, &i) in picked.iter().enumerate() {
+            let input = &inner.inputs[i];
+            let ids = match &inner.targets {
+                ExampleTargets::MaskedLm { masking, .. } => {
+                    let masked = mask_tokens(
+                        &input.ids,
+                        &inner.special,
+                        inner.vocab_size,
+                        masking,
+                        &mut rng,
+                    );
+                    positions.extend(masked.positions.iter().map(|&p| (b * len + p) as i64));
+                    originals.extend(masked.originals.iter().map(|&t| t as i64));
+                    masked.ids
+                }
+                ExampleTargets::Classes(_) => input.ids.clone(),
+            };
+            for (t, (&id, &segment)) in ids.iter().zip(&input.segments).enumerate() {
+                tokens[b * len + t] = id as i64;
+                segments[b * len + t] = segment as i64;
+                padding[b * len + t] = false;
+            }
+        }
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+        };
+        let targets = match &inner.targets {
+            ExampleTargets::MaskedLm { is_next, .. } => {
+                let labels: Option<Vec<i64>> =
+                    picked.iter().map(|&i| is_next[i].map(i64::from)).collect();
+                Targets::MaskedLm {
+                    positions: ints(positions),
+                    tokens: ints(originals),
+                    next_sentence: labels.map(ints),
+                }
+            }
+            ExampleTargets::Classes(classes) => {
+                Targets::Classification(ints(picked.iter().map(|&i| classes[i] as i64).collect()))
+            }
+        };
+        EncoderBatch {
+            tokens: Tensor::from_data(TensorData::new(tokens, [batch, len]), device),
+            segments: Tensor::from_data(TensorData::new(segments, [batch, len]), device),
+            padding: Tensor::from_data(TensorData::new(padding, [batch, len]), device),
+            targets,
+        }
+    }
+}
+
+impl BatchSource for EncoderExamples {
+    type Batch = EncoderBatch;
+
+    fn batch(&self, epoch: usize, index: usize, per_epoch: usize, device: &Device) -> EncoderBatch {
+        self.batch_at(epoch * per_epoch + index, device)
+    }
+
+    fn validation_batches(&self, requested: usize) -> usize {
+        match self.inner.targets {
+            // Labelled sets are small: validate on all of it, so the accuracy is the split's.
+            ExampleTargets::Classes(_) => self.batches_per_pass(),
+            ExampleTargets::MaskedLm { .. } => requested.min(self.batches_per_pass()),
+        }
+    }
+}
+
+/// A trained encoder run, loaded.
+pub struct EncoderRun {
+    /// Its resolved recipe.
+    pub recipe: Recipe,
+    /// Its model config.
+    pub config: BertConfig,
+    /// Its tokenizer.
+    pub tokenizer: ZooTokenizer,
+    /// The model, on the device it was loaded to.
+    pub model: BertModel,
+    /// Label names in id order (classification runs).
+    pub labels: Vec<String>,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+}
+
+/// Whether `run_dir` holds a BERT run (false when it holds anything else or nothing readable).
+pub fn is_encoder_run(run_dir: &Path) -> bool {
+    load_run_recipe(run_dir)
+        .ok()
+        .and_then(|recipe| recipe.model_config().ok())
+        .is_some_and(|config| matches!(config, ModelConfig::Bert(_)))
+}
+
+/// Loads an encoder run's last checkpoint onto `device`.
+pub fn load_encoder_run(run_dir: &Path, device: &Device) -> Result<EncoderRun, ZooError> {
+    let run_error = |message: String| ZooError::RunDir {
+        path: run_dir.to_path_buf(),
+        message,
+    };
+    if !run_dir.is_dir() {
+        return Err(run_error("does not exist".into()));
+    }
+    let recipe = load_run_recipe(run_dir)?;
+    let ModelConfig::Bert(config) = recipe.model_config().map_err(run_error)? else {
+        return Err(run_error(
+            "is not a BERT run (its recipe's model.arch is not \"bert\")".into(),
+        ));
+    };
+    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+    let epoch = *checkpoint_epochs(run_dir)
+        .last()
+        .ok_or_else(|| run_error("has no checkpoint yet".into()))?;
+    let path = model_checkpoint(run_dir, epoch);
+    let model = Encoder::new(
+        config.init(bert_task(&recipe), device).map_err(run_error)?,
+        1,
+        0.0,
+    )
+    .try_load_file(&path)
+    .map_err(|e| ZooError::Checkpoint {
+        path: path.clone(),
+        message: format!("cannot be loaded: {e}"),
+    })?
+    .model;
+    let labels = read_labels(run_dir)?;
+    Ok(EncoderRun {
+        recipe,
+        config,
+        tokenizer,
+        model,
+        labels,
+        epoch,
+    })
+}
+
+fn read_labels(run_dir: &Path) -> Result<Vec<String>, ZooError> {
+    let path = run_dir.join(LABELS_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| ZooError::RunDir {
+        path: run_dir.to_path_buf(),
+        message: format!("{LABELS_FILE} is damaged: {e}"),
+    })
+}
+
+/// The shape fields a fine-tuning recipe must share with the run it starts from.
+fn shape_mismatches(ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name} = {a} (the run has {b})"));
+        }
+    };
+    check(
+        "vocab_size",
+        ours.vocab_size.to_string(),
+        theirs.vocab_size.to_string(),
+    );
+    check(
+        "max_len",
+        ours.max_len.to_string(),
+        theirs.max_len.to_string(),
+    );
+    check(
+        "type_vocab_size",
+        ours.type_vocab_size.to_string(),
+        theirs.type_vocab_size.to_string(),
+    );
+    check(
+        "n_layer",
+        ours.n_layer.to_string(),
+        theirs.n_layer.to_string(),
+    );
+    check("n_head", ours.n_head.to_string(), theirs.n_head.to_string());
+    check(
+        "d_model",
+        ours.d_model.to_string(),
+        theirs.d_model.to_string(),
+    );
+    check(
+        "d_ff",
+        ours.ff_width().to_string(),
+        theirs.ff_width().to_string(),
+    );
+    check(
+        "norm_placement",
+        format!("{:?}", ours.norm_placement),
+        format!("{:?}", theirs.norm_placement),
+    );
+    check(
+        "activation",
+        format!("{:?}", ours.activation),
+        format!("{:?}", theirs.activation),
+    );
+    out
+}
+
+/// Stops the embeddings and the first `layers` encoder layers from training.
+pub fn freeze(mut model: BertModel, embeddings: bool, layers: usize) -> BertModel {
+    if embeddings {
+        model.encoder.embeddings = model.encoder.embeddings.no_grad();
+    }
+    model.encoder.layers = model
+        .encoder
+        .layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, layer)| if i < layers { layer.no_grad() } else { layer })
+        .collect();
+    model
+}
+
+/// The text a task trains and validates on.
+enum TaskData {
+    /// Unlabelled text (one sentence per line), the training part from one or more datasets.
+    Text { train: Vec<String>, val: String },
+    /// Labelled examples.
+    Labelled {
+        train: Vec<zoo_text::LabelledExample>,
+        val: Vec<zoo_text::LabelledExample>,
+    },
+}
+
+impl TaskData {
+    fn load(recipe: &Recipe, registry: &DatasetRegistry, dir: &DataDir) -> Result<Self, ZooError> {
+        let data = &recipe.data;
+        Ok(match recipe.task {
+            Task::MaskedLm => {
+                let mut train = vec![registry.load_split(&data.dataset, &data.train_split, dir)?];
+                for extra in &data.extra_train {
+                    train.push(registry.load_split(extra, "train", dir)?);
+                }
+                let val = registry.load_split(&data.dataset, &data.val_split, dir)?;
+                TaskData::Text { train, val }
+            }
+            Task::Classification => TaskData::Labelled {
+                train: registry.load_labelled(&data.dataset, &data.train_split, dir)?,
+                val: registry.load_labelled(&data.dataset, &data.val_split, dir)?,
+            },
+            Task::TokenClassification | Task::SpanQa => {
+                return Err(ZooError::Usage(format!(
+                    "task = \"{}\" has no dataset format in the registry yet: the model's head is built and tested (crates/zoo-bert), but recipes can only train masked-lm and classification",
+                    recipe.task.name()
+                )));
+            }
+            Task::CausalLm => unreachable!("encoder tasks only"),
+        })
+    }
+
+    /// All training text, for training a tokenizer.
+    fn training_text(&self) -> String {
+        match self {
+            TaskData::Text { train, .. } => train.concat(),
+            TaskData::Labelled { train, .. } => {
+                train.iter().map(|e| format!("{}\n", e.text)).collect()
+            }
+        }
+    }
+}
+
+/// Trains an encoder recipe; called by [`crate::run::train`] once the run directory is checked.
+pub(crate) fn train(
+    recipe: &Recipe,
+    recipe_path: &Path,
+    options: &TrainOptions,
+    run_dir: PathBuf,
+    resume_epoch: Option<usize>,
+) -> Result<TrainReport, ZooError> {
+    let recipe_error = |message: String| ZooError::Recipe {
+        path: recipe_path.to_path_buf(),
+        message,
+    };
+    let registry = DatasetRegistry::builtin();
+    for extra in &recipe.data.extra_train {
+        registry
+            .check(extra, "train")
+            .map_err(|e| recipe_error(format!("data.extra_train: {e}")))?;
+    }
+    let task_data = TaskData::load(recipe, &registry, &options.data_dir)?;
+    let device = options.device.clone();
+    let autodiff = device.clone().autodiff();
+    // The run this one starts from, loaded where training happens.
+    let init = match (&recipe.init_from, resume_epoch) {
+        (Some(dir), None) => Some(load_encoder_run(dir, &autodiff)?),
+        _ => None,
+    };
+
+    std::fs::create_dir_all(&run_dir).map_err(|e| ZooError::io(&run_dir, e))?;
+    let (tokenizer, config, labels) = match resume_epoch {
+        Some(_) => {
+            let stored = load_run_recipe(&run_dir)?;
+            let Ok(ModelConfig::Bert(config)) = stored.model_config() else {
+                return Err(ZooError::RunDir {
+                    path: run_dir.clone(),
+                    message: "its recipe.toml is not a BERT run's".into(),
+                });
+            };
+            let ModelConfig::Bert(mut wanted) = recipe.model_config().map_err(recipe_error)? else {
+                unreachable!("validated encoder recipes are BERT");
+            };
+            wanted.vocab_size = config.vocab_size;
+            if wanted.num_labels == 0 {
+                wanted.num_labels = config.num_labels;
+            }
+            if wanted != config {
+                return Err(ZooError::RunDir {
+                    path: run_dir.clone(),
+                    message: "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
+                });
+            }
+            let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+            (tokenizer, config, read_labels(&run_dir)?)
+        }
+        None => {
+            let tokenizer = match &init {
+                Some(init) => init.tokenizer.clone(),
+                None => ZooTokenizer::build(
+                    recipe.tokenizer_spec().map_err(recipe_error)?,
+                    &task_data.training_text(),
+                )?,
+            };
+            tokenizer
+                .special_ids()
+                .map_err(|e| recipe_error(format!("[tokenizer]: {e}")))?;
+            let ModelConfig::Bert(mut config) = recipe.model_config().map_err(recipe_error)? else {
+                unreachable!("validated encoder recipes are BERT");
+            };
+            if config.vocab_size == 0 {
+                config.vocab_size = tokenizer.vocab_size();
+            }
+            if config.vocab_size < tokenizer.vocab_size() {
+                return Err(recipe_error(format!(
+                    "[model] vocab_size = {} is smaller than the tokenizer's {} tokens",
+                    config.vocab_size,
+                    tokenizer.vocab_size()
+                )));
+            }
+            let labels: Vec<String> = match &task_data {
+                TaskData::Labelled { train, .. } => train
+                    .iter()
+                    .map(|e| e.label.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                TaskData::Text { .. } => Vec::new(),
+            };
+            if !labels.is_empty() {
+                match config.num_labels {
+                    0 => config.num_labels = labels.len(),
+                    n if n < labels.len() => {
+                        return Err(recipe_error(format!(
+                            "model.num_labels = {n} but the training split has {} labels: {}",
+                            labels.len(),
+                            labels.join(", ")
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(init) = &init {
+                let mismatches = shape_mismatches(&config, &init.config);
+                if !mismatches.is_empty() {
+                    return Err(recipe_error(format!(
+                        "[model] does not match init_from = {}: {}",
+                        recipe.init_from.as_ref().expect("init").display(),
+                        mismatches.join(", ")
+                    )));
+                }
+            }
+            config
+                .validate()
+                .map_err(|e| recipe_error(format!("[model]: {e}")))?;
+            tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
+            write_run_recipe(&run_dir, recipe, &ModelConfig::Bert(config.clone()))?;
+            if !labels.is_empty() {
+                let path = run_dir.join(LABELS_FILE);
+                let text = serde_json::to_string(&labels).expect("strings serialise");
+                std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
+            }
+            (tokenizer, config, labels)
+        }
+    };
+
+    let special = tokenizer.special_ids()?;
+    let t = &recipe.training;
+    let seq_len = recipe.sequence_len(&ModelConfig::Bert(config.clone()));
+    let examples = |train: bool| -> Result<EncoderExamples, ZooError> {
+        let split = if train { "training" } else { "validation" };
+        let (inputs, targets) = match &task_data {
+            TaskData::Text { train: texts, val } => {
+                let texts: Vec<&String> = if train {
+                    texts.iter().collect()
+                } else {
+                    vec![val]
+                };
+                let mut corpus = PretrainingCorpus::new(Vec::new());
+                for text in texts {
+                    let lines = tokenizer.encode_lines(text)?;
+                    corpus.extend(PretrainingCorpus::from_lines(
+                        lines,
+                        recipe.data.document_lines,
+                    ));
+                }
+                let mut rng = stream(recipe.seed, 3, train as u64);
+                let made = corpus
+                    .examples(&special, seq_len, recipe.data.next_sentence, &mut rng)
+                    .map_err(|e| recipe_error(format!("{split} split: {e}")))?;
+                let is_next = made.iter().map(|e| e.is_next).collect();
+                let masking = MaskingConfig {
+                    select: recipe.data.mask_prob,
+                    ..MaskingConfig::default()
+                };
+                (
+                    made.into_iter().map(|e| e.input).collect(),
+                    ExampleTargets::MaskedLm { is_next, masking },
+                )
+            }
+            TaskData::Labelled {
+                train: train_set,
+                val,
+            } => {
+                let set = if train { train_set } else { val };
+                let texts: Vec<(&str, Option<&str>)> =
+                    set.iter().map(|e| (e.text.as_str(), None)).collect();
+                let inputs = tokenizer.encode_inputs(&texts, seq_len)?;
+                let classes = set
+                    .iter()
+                    .map(|e| {
+                        labels
+                            .iter()
+                            .position(|l| *l == e.label)
+                            .map(|i| i as u32)
+                            .ok_or_else(|| {
+                                recipe_error(format!(
+                                    "{split} split: label '{}' is not among the training labels ({})",
+                                    e.label,
+                                    labels.join(", ")
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (inputs, ExampleTargets::Classes(classes))
+            }
+        };
+        let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
+        EncoderExamples::new(
+            inputs,
+            targets,
+            t.batch_size,
+            seed,
+            train,
+            special,
+            config.vocab_size,
+        )
+        .map_err(|e| recipe_error(format!("{split} split: {e}")))
+    };
+    let train_examples = examples(true)?;
+    let val_examples = examples(false)?;
+
+    let micro_batches = t.grad_accumulation;
+    let budget = Budget::of(
+        recipe,
+        train_examples.batches_per_pass().div_ceil(micro_batches),
+    );
+    let total_steps = match options.stop_after_steps {
+        Some(stop) => stop.min(budget.total_steps),
+        None => budget.total_steps,
+    };
+    let epochs = total_steps.div_ceil(budget.steps_per_epoch);
+    let start_epoch = resume_epoch.unwrap_or(0);
+    if start_epoch >= epochs {
+        return Err(ZooError::RunDir {
+            path: run_dir.clone(),
+            message: format!(
+                "is already complete ({} steps)",
+                start_epoch * budget.steps_per_epoch
+            ),
+        });
+    }
+
+    device.seed(recipe.seed);
+    let task = bert_task(recipe);
+    let mut model = config
+        .init(task, &autodiff)
+        .map_err(|e| recipe_error(format!("[model]: {e}")))?;
+    if let Some(init) = init {
+        let loaded = init.model.encoder.num_params();
+        println!(
+            "loaded the encoder from {} (embeddings, {} layers, pooler: {loaded} parameters); new: the {} ({} parameters); left behind: its {}",
+            recipe.init_from.as_ref().expect("init").display(),
+            init.config.n_layer,
+            model.head.describe(),
+            model.head.num_params(),
+            init.model.head.describe(),
+        );
+        model.encoder = init.model.encoder;
+    }
+    let model = freeze(model, t.freeze_embeddings, t.freeze_layers);
+    if t.freeze_embeddings || t.freeze_layers > 0 {
+        println!(
+            "frozen: {}{} encoder layer(s)",
+            if t.freeze_embeddings {
+                "the embeddings and "
+            } else {
+                ""
+            },
+            t.freeze_layers
+        );
+    }
+    let encoder = Encoder::new(model, micro_batches, recipe.optimizer.grad_clip);
+    if let Some(epoch) = resume_epoch {
+        check_checkpoint(&run_dir, epoch, &encoder)?;
+    }
+
+    let schedule = LrSchedule::new(
+        &recipe.schedule,
+        recipe.optimizer.lr,
+        budget.total_steps,
+        config.d_model,
+    );
+    let learner = Learner::new(encoder, build_optimizer(recipe), schedule);
+    let train_loader = StepLoader::training(
+        train_examples.clone(),
+        budget.steps_per_epoch * micro_batches,
+        total_steps * micro_batches,
+        start_epoch,
+        &device,
+    );
+    let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
+    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
+    let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
+
+    let accuracy = || LabelMetric::<MainLabels>::new("Accuracy", LabelStatistic::Accuracy);
+    let mut training =
+        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .metric_train_numeric(accuracy())
+            .metric_valid_numeric(accuracy())
+            .metric_train_numeric(LearningRateMetric::new())
+            .with_metric_logger(metric_logger)
+            .with_default_checkpointers()
+            .with_checkpointing_strategy(EveryNKeepLast {
+                every: checkpoint_every.max(1),
+                last: epochs,
+                keep: t.keep_checkpoints,
+                saved: checkpoint_epochs(&run_dir),
+            })
+            .num_epochs(epochs);
+    let mut columns = vec![("val acc", "Accuracy", 2)];
+    if recipe.task == Task::Classification {
+        training =
+            training.metric_valid_numeric(LabelMetric::<MainLabels>::new("F1", LabelStatistic::F1));
+        columns.push(("val F1", "F1", 2));
+    }
+    if recipe.data.next_sentence {
+        let nsp =
+            || LabelMetric::<NextSentenceLabels>::new("NSP Accuracy", LabelStatistic::Accuracy);
+        training = training
+            .metric_train_numeric(nsp())
+            .metric_valid_numeric(nsp());
+        columns.push(("val NSP acc", "NSP Accuracy", 2));
+    }
+    if micro_batches > 1 {
+        training = training.grads_accumulation(micro_batches);
+    }
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+    let renderer = if std::io::stdout().is_terminal() {
+        default_renderer(training.interrupter(), resume_epoch)
+    } else {
+        Box::new(LineRenderer::with_columns(
+            budget.steps_per_epoch,
+            t.batch_size,
+            "seq",
+            columns,
+        ))
+    };
+    let (total, _) = config.encoder_size(seq_len);
+    println!(
+        "training {} ({} encoder parameters, {}) on {} {} of '{}' for {} steps of {} inputs of up to {} tokens; run directory {}",
+        recipe.name(),
+        total,
+        recipe.task.name(),
+        train_examples.len(),
+        if recipe.task == Task::MaskedLm {
+            "inputs"
+        } else {
+            "examples"
+        },
+        recipe.data.dataset,
+        budget.total_steps,
+        t.batch_size * micro_batches,
+        seq_len,
+        run_dir.display()
+    );
+    let result = training.renderer(renderer).launch(learner);
+    if let Some(error) = &result.error {
+        return Err(ZooError::Training(error.to_string()));
+    }
+    Ok(TrainReport {
+        val_loss: last_val_loss(&run_dir),
+        run_dir,
+        steps: total_steps,
+        seconds: 0.0,
+        sample: None,
+    })
+}
+
+/// The last validation's value of `metric` in a run's log.
+pub fn last_validation(run_dir: &Path, metric: &str) -> Option<f64> {
+    read_metrics(run_dir)
+        .into_iter()
+        .rev()
+        .find(|v| v["split"] == "valid")
+        .and_then(|v| v[metric].as_f64())
+}
+
+/// What `zoo eval` reports for an encoder run.
+#[derive(Clone, Debug)]
+pub struct EncoderEvalReport {
+    /// The split.
+    pub split: String,
+    /// Mean loss over batches, weighted by predictions.
+    pub loss: f64,
+    /// Accuracy in percent (masked tokens, or labels).
+    pub accuracy: f64,
+    /// F1 in percent (classification).
+    pub f1: Option<f64>,
+    /// Predictions scored.
+    pub predictions: usize,
+}
+
+/// Scores an encoder run on a whole split: classification accuracy and F1, or masked-LM
+/// accuracy with masks drawn from the run's seed.
+pub fn evaluate_encoder(
+    run: &EncoderRun,
+    split: &str,
+    data_dir: &DataDir,
+) -> Result<EncoderEvalReport, ZooError> {
+    let registry = DatasetRegistry::builtin();
+    let recipe = &run.recipe;
+    let special = run.tokenizer.special_ids()?;
+    let seq_len = recipe.sequence_len(&ModelConfig::Bert(run.config.clone()));
+    let batch_size = recipe.training.batch_size;
+    let examples =
+        match recipe.task {
+            Task::Classification => {
+                let set = registry.load_labelled(&recipe.data.dataset, split, data_dir)?;
+                let texts: Vec<(&str, Option<&str>)> =
+                    set.iter().map(|e| (e.text.as_str(), None)).collect();
+                let inputs = run.tokenizer.encode_inputs(&texts, seq_len)?;
+                let classes = set
+                .iter()
+                .map(|e| {
+                    run.labels.iter().position(|l| *l == e.label).map(|i| i as u32).ok_or_else(|| {
+                        ZooError::Usage(format!(
+                            "split '{split}': label '{}' is not among the run's labels ({})",
+                            e.label,
+                            run.labels.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+                EncoderExamples::new(
+                    inputs,
+                    ExampleTargets::Classes(classes),
+                    batch_size,
+                    recipe.seed,
+                    false,
+                    special,
+                    run.config.vocab_size,
+                )
+            }
+            Task::MaskedLm => {
+                let text = registry.load_split(&recipe.data.dataset, split, data_dir)?;
+                let lines = run.tokenizer.encode_lines(&text)?;
+                let corpus = PretrainingCorpus::from_lines(lines, recipe.data.document_lines);
+                let made = corpus
+                    .examples(
+                        &special,
+                        seq_len,
+                        recipe.data.next_sentence,
+                        &mut stream(recipe.seed, 3, 2),
+                    )
+                    .map_err(|e| ZooError::Usage(format!("split '{split}': {e}")))?;
+                let is_next = made.iter().map(|e| e.is_next).collect();
+                let masking = MaskingConfig {
+                    select: recipe.data.mask_prob,
+                    ..MaskingConfig::default()
+                };
+                EncoderExamples::new(
+                    made.into_iter().map(|e| e.input).collect(),
+                    ExampleTargets::MaskedLm { is_next, masking },
+                    batch_size,
+                    recipe.seed,
+                    false,
+                    special,
+                    run.config.vocab_size,
+                )
+            }
+            other => {
+                return Err(ZooError::Usage(format!(
+                    "evaluating task = \"{}\" runs is not supported",
+                    other.name()
+                )));
+            }
+        }
+        .map_err(|e| ZooError::Usage(format!("split '{split}': {e}")))?;
+    let device = run.model.devices()[0].clone();
+    let mut confusion = Confusion::default();
+    let (mut loss_sum, mut count) = (0.0, 0usize);
+    let ints = |t: Tensor<1, Int>| -> Vec<i64> {
+        t.into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap_or_default()
+    };
+    for g in 0..examples.batches_per_pass() {
+        let batch = examples.batch_at(g, &device);
+        let out = run
+            .model
+            .loss(batch.tokens, batch.segments, batch.padding, batch.targets);
+        let n = out.main.expected.dims()[0];
+        loss_sum += out.loss.into_scalar::<f64>() * n as f64;
+        count += n;
+        confusion.add(&ints(out.main.expected), &ints(out.main.predicted));
+    }
+    Ok(EncoderEvalReport {
+        split: split.to_string(),
+        loss: loss_sum / count.max(1) as f64,
+        accuracy: confusion.statistic(LabelStatistic::Accuracy),
+        f1: (recipe.task == Task::Classification).then(|| confusion.statistic(LabelStatistic::F1)),
+        predictions: count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECIAL: SpecialIds = SpecialIds {
+        pad: 0,
+        unk: 1,
+        cls: 2,
+        sep: 3,
+        mask: 4,
+    };
+
+    fn inputs(n: usize) -> Vec<EncodedInput> {
+        (0..n)
+            .map(|i| {
+                let ids: Vec<u32> = std::iter::once(2)
+                    .chain((0..1 + i % 5).map(|t| 10 + t as u32))
+                    .chain([3])
+                    .collect();
+                EncodedInput {
+                    segments: vec![0; ids.len()],
+                    ids,
+                }
+            })
+            .collect()
+    }
+
+    fn ids_of(t: Tensor<2, Int>) -> Vec<i64> {
+        t.into_data().convert::<i64>().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn batches_pad_to_their_longest_input_and_mark_the_padding() {
+        let examples = EncoderExamples::new(
+            inputs(10),
+            ExampleTargets::Classes((0..10).map(|i| i % 2).collect()),
+            4,
+            1,
+            false,
+            SPECIAL,
+            50,
+        )
+        .unwrap();
+        assert_eq!(examples.batches_per_pass(), 3);
+        let batch = examples.batch_at(0, &Device::flex());
+        // Inputs 0..4 have 1..=4 words: 3..=6 tokens, padded to 6.
+        assert_eq!(batch.tokens.dims(), [4, 6]);
+        let tokens = ids_of(batch.tokens);
+        let padding: Vec<bool> = batch.padding.into_data().try_to_vec().unwrap();
+        for (token, pad) in tokens.iter().zip(&padding) {
+            assert_eq!(*pad, *token == 0);
+        }
+        assert_eq!(&tokens[..6], &[2, 10, 3, 0, 0, 0]);
+        // The last batch of the pass is short.
+        assert_eq!(examples.batch_at(2, &Device::flex()).tokens.dims()[0], 2);
+    }
+
+    #[test]
+    fn each_pass_reshuffles_and_remasks_and_a_run_repeats_under_its_seed() {
+        let make = || {
+            EncoderExamples::new(
+                inputs(40),
+                ExampleTargets::MaskedLm {
+                    is_next: vec![None; 40],
+                    masking: MaskingConfig::default(),
+                },
+                8,
+                7,
+                true,
+                SPECIAL,
+                50,
+            )
+            .unwrap()
+        };
+        let device = Device::flex();
+        let (a, b) = (make(), make());
+        let first_pass: Vec<Vec<i64>> = (0..5)
+            .map(|g| ids_of(a.batch_at(g, &device).tokens))
+            .collect();
+        let again: Vec<Vec<i64>> = (0..5)
+            .map(|g| ids_of(b.batch_at(g, &device).tokens))
+            .collect();
+        assert_eq!(first_pass, again);
+        let second_pass: Vec<Vec<i64>> = (5..10)
+            .map(|g| ids_of(a.batch_at(g, &device).tokens))
+            .collect();
+        assert_ne!(first_pass, second_pass);
+        // Masked positions point at real tokens.
+        let batch = a.batch_at(3, &device);
+        let Targets::MaskedLm { positions, .. } = batch.targets else {
+            unreachable!()
+        };
+        let padding: Vec<bool> = batch.padding.into_data().try_to_vec().unwrap();
+        let positions: Vec<i64> = positions.into_data().convert::<i64>().try_to_vec().unwrap();
+        assert!(!positions.is_empty());
+        assert!(positions.iter().all(|&p| !padding[p as usize]));
+    }
+
+    #[test]
+    fn frozen_parts_get_no_gradient() {
+        let device = Device::flex().autodiff();
+        let config = BertConfig {
+            vocab_size: 30,
+            max_len: 8,
+            d_model: 16,
+            n_head: 2,
+            n_layer: 3,
+            num_labels: 2,
+            dropout: 0.0,
+            ..BertConfig::default()
+        };
+        let model = freeze(
+            config.init(BertTask::Classification, &device).unwrap(),
+            true,
+            2,
+        );
+        let tokens = Tensor::<2, Int>::from_data(TensorData::from([[2i64, 7, 9, 3]]), &device);
+        let out = model.loss(
+            tokens.clone(),
+            tokens.zeros_like(),
+            tokens.clone().equal_elem(0),
+            Targets::Classification(Tensor::from_data(TensorData::from([1i64]), &device)),
+        );
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        // Only the last layer (qkv, proj, fc, out: weight and bias each; two norms: gain and
+        // bias: 12 tensors), the pooler (2) and the head (2) get gradients.
+        assert_eq!(grads.len(), 12 + 2 + 2);
+    }
+}
