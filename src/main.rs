@@ -108,6 +108,30 @@ enum BenchFamily {
     Gpt(GptBench),
     /// Truncated-BPTT steps of a recurrent LM on random tokens (SGD, clipping, dropout on).
     Rnn(RnnBench),
+    /// Masked-LM training steps of a BERT on random tokens (dropout on), then inference.
+    Bert(BertBench),
+}
+
+#[derive(Args)]
+struct BertBench {
+    /// The preset to time.
+    #[arg(long, default_value = "bert-mini")]
+    preset: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Vocabulary size (BERT's uncased WordPiece: 30,522).
+    #[arg(long, default_value_t = 30_522)]
+    vocab_size: usize,
+    /// Timed steps (and inference batches).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
 }
 
 #[derive(Args)]
@@ -292,6 +316,9 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         Command::Bench {
             family: BenchFamily::Rnn(args),
         } => bench_rnn(args, &device)?,
+        Command::Bench {
+            family: BenchFamily::Bert(args),
+        } => bench_bert(args, &device)?,
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
             println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
@@ -522,6 +549,45 @@ fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         args.batch_size,
         config.vocab_size,
         config.tie_weights,
+        report.summary()
+    );
+    Ok(())
+}
+
+fn bench_bert(args: BertBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
+    let mut config = zoo::bert::preset(&args.preset).ok_or_else(|| {
+        ZooError::Usage(format!(
+            "unknown preset '{}'; BERT presets: {}",
+            args.preset,
+            zoo::bert::PRESETS.join(", ")
+        ))
+    })?;
+    config.vocab_size = args.vocab_size;
+    if args.steps == 0 || args.batch_size == 0 || !(1..=config.max_len).contains(&args.seq_len) {
+        return Err(ZooError::Usage(format!(
+            "--steps and --batch-size must be at least 1, --seq-len in 1..={}",
+            config.max_len
+        )));
+    }
+    let (report, inference) = zoo_train::bench::bench_bert(
+        &config,
+        args.batch_size,
+        args.seq_len,
+        args.steps,
+        args.warmup,
+        device,
+    )
+    .map_err(ZooError::Usage)?;
+    println!(
+        "zoo-bert preset={} layers={} heads={} width={} seq_len={} batch={} vocab={} dropout={} {} inference_seq_per_s={inference:.1}",
+        args.preset,
+        config.n_layer,
+        config.n_head,
+        config.d_model,
+        args.seq_len,
+        args.batch_size,
+        config.vocab_size,
+        config.dropout,
         report.summary()
     );
     Ok(())

@@ -501,7 +501,7 @@ arch = "bert"
 preset = "bert-tiny"
 n_layer = 2
 d_model = 32
-max_len = 32
+max_len = 128
 dropout = 0.0
 
 [tokenizer]
@@ -534,7 +534,7 @@ arch = "bert"
 preset = "bert-tiny"
 n_layer = 2
 d_model = 32
-max_len = 32
+max_len = 128
 dropout = 0.0
 
 [data]
@@ -629,6 +629,43 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
         line.contains(&format!("accuracy {accuracy:.2}%")) && line.contains("1000 predictions"),
         "{line} vs {accuracy}"
     );
+
+    // The same encoder fine-tunes for tagging and for span question answering.
+    for (task, dataset, head) in [
+        (
+            "token-classification",
+            "embedded-tagging",
+            "token-classification head",
+        ),
+        ("span-qa", "embedded-spans", "span-QA head"),
+    ] {
+        let recipe = TINY_FINETUNE
+            .replace("\"classification\"", &format!("\"{task}\""))
+            .replace("embedded-sums", dataset)
+            .replace("seq_len = 32", "seq_len = 128")
+            .replace("freeze_embeddings = true", "freeze_embeddings = false")
+            .replace("freeze_layers = 2", "freeze_layers = 0");
+        write(&dir, &format!("{task}.toml"), &recipe);
+        let tuned = zoo(&["train", &format!("{task}.toml")], &dir);
+        assert!(tuned.status.success(), "{task}: {}", stderr(&tuned));
+        let out = stdout(&tuned);
+        assert!(out.contains(&format!("new: the {head}")), "{out}");
+        let run = dir.join("runs").join(task);
+        let last = metrics(&run)
+            .into_iter()
+            .filter(|m| m["split"] == "valid")
+            .last()
+            .unwrap();
+        assert!(last["accuracy"].as_f64().unwrap() >= 0.0, "{last}");
+        let eval = zoo(&["eval", &format!("runs/{task}"), "--split", "val"], &dir);
+        assert!(eval.status.success(), "{}", stderr(&eval));
+        let accuracy = last["accuracy"].as_f64().unwrap();
+        assert!(
+            stdout(&eval).contains(&format!("accuracy {accuracy:.2}%")),
+            "{}",
+            stdout(&eval)
+        );
+    }
 
     // A fine-tuning recipe whose shape differs from the pretrained run's is refused by field.
     write(

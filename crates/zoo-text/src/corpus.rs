@@ -62,6 +62,102 @@ pub fn sums_task(seed: u64, count: usize) -> Vec<(String, &'static str)> {
         .collect()
 }
 
+/// A token-classification task from the grammar: sentences as words, each word tagged `NAME`,
+/// `ANIMAL`, `NUMBER`, `PLACE` or `O` (everything else, punctuation included).
+pub fn tagging_task(seed: u64, count: usize) -> Vec<(Vec<String>, Vec<&'static str>)> {
+    let mut g = Grammar {
+        rng: SplitMix64(seed),
+    };
+    (0..count)
+        .map(|_| {
+            let mut words = Vec::new();
+            let mut tags = Vec::new();
+            let mut push = |text: &str, tag: &'static str| {
+                for word in text.split_whitespace() {
+                    words.push(word.to_string());
+                    tags.push(tag);
+                }
+            };
+            let hero = g.pick(NAMES);
+            let n = 2 + g.rng.below(9);
+            let (_, animals) = g.pick(ANIMALS);
+            let place = g.pick(PLACES);
+            let time = g.pick(TIMES);
+            match g.rng.below(3) {
+                0 => {
+                    push(time, "O");
+                    push(hero, "NAME");
+                    push("saw", "O");
+                    push(NUMBERS[n], "NUMBER");
+                    push(animals, "ANIMAL");
+                    push("near", "O");
+                    push(place, "PLACE");
+                }
+                1 => {
+                    push(&capitalise(NUMBERS[n]), "NUMBER");
+                    push(animals, "ANIMAL");
+                    push("followed", "O");
+                    push(hero, "NAME");
+                    push("to", "O");
+                    push(place, "PLACE");
+                }
+                _ => {
+                    let friend = g.pick(NAMES);
+                    push(hero, "NAME");
+                    push("and", "O");
+                    push(friend, "NAME");
+                    push("counted", "O");
+                    push(NUMBERS[n], "NUMBER");
+                    push(animals, "ANIMAL");
+                    push("at", "O");
+                    push(place, "PLACE");
+                }
+            }
+            push(".", "O");
+            (words, tags)
+        })
+        .collect()
+}
+
+/// A span question-answering task from the grammar: a question, a context of words, and the
+/// answer as the first and last word of a span of the context. Each context holds two sums
+/// about two different people, so the question's name decides which number answers it.
+pub fn span_task(seed: u64, count: usize) -> Vec<(String, Vec<String>, usize, usize)> {
+    let mut g = Grammar {
+        rng: SplitMix64(seed),
+    };
+    (0..count)
+        .map(|_| {
+            let first = g.pick(NAMES);
+            let second = loop {
+                let name = g.pick(NAMES);
+                if name != first {
+                    break name;
+                }
+            };
+            let (_, objects) = g.pick(OBJECTS);
+            let mut context = Vec::new();
+            let mut answers = Vec::new();
+            for hero in [first, second] {
+                let (a, b) = (g.rng.below(10), g.rng.below(9));
+                let sentence = format!(
+                    "{hero} had {} {objects} and found {} more , so now {hero} has",
+                    NUMBERS[a], NUMBERS[b]
+                );
+                context.extend(sentence.split_whitespace().map(String::from));
+                answers.push(context.len());
+                context.push(NUMBERS[a + b].to_string());
+                context.extend(objects.split_whitespace().map(String::from));
+                context.push(".".to_string());
+            }
+            let asked = g.rng.below(2);
+            let hero = [first, second][asked];
+            let question = format!("How many {objects} does {hero} have now ?");
+            (question, context, answers[asked], answers[asked])
+        })
+        .collect()
+}
+
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -294,6 +390,34 @@ mod tests {
         }
         assert_eq!(right, 200);
         assert_eq!(sums_task(3, 400), examples);
+    }
+
+    #[test]
+    fn tagging_and_span_tasks_are_well_formed() {
+        for (words, tags) in tagging_task(5, 50) {
+            assert_eq!(words.len(), tags.len());
+            for (word, tag) in words.iter().zip(&tags) {
+                let lower = word.to_lowercase();
+                match *tag {
+                    "NAME" => assert!(NAMES.contains(&word.as_str())),
+                    "NUMBER" => assert!(NUMBERS.contains(&lower.as_str())),
+                    "ANIMAL" => assert!(ANIMALS.iter().any(|(_, many)| *many == word)),
+                    _ => {}
+                }
+            }
+        }
+        for (question, context, start, end) in span_task(6, 50) {
+            assert!(start <= end && end < context.len());
+            // The answer is the sum in the sentence about the person asked about.
+            let words: Vec<&str> = question.split_whitespace().collect();
+            let hero = words[words.iter().position(|w| *w == "have").unwrap() - 1];
+            let sentence_start = context[..start]
+                .iter()
+                .rposition(|w| w == ".")
+                .map_or(0, |i| i + 1);
+            assert_eq!(context[sentence_start], hero, "{question} {context:?}");
+        }
+        assert_eq!(span_task(6, 5), span_task(6, 5));
     }
 
     #[test]

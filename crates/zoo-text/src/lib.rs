@@ -14,8 +14,8 @@ pub use ngram::KneserNey;
 pub use pretraining::{
     MaskedTokens, MaskingConfig, PretrainingCorpus, PretrainingExample, mask_tokens,
 };
-pub use registry::{DataDir, DatasetRegistry, LabelledExample};
-pub use tokenizer::{EncodedInput, SpecialIds, TokenizerSpec, ZooTokenizer};
+pub use registry::{DataDir, DatasetRegistry, LabelledExample, SpanExample, TaggedExample};
+pub use tokenizer::{EncodedInput, SpecialIds, TokenizerSpec, WordAligned, ZooTokenizer};
 
 use std::path::PathBuf;
 

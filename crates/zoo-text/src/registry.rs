@@ -3,7 +3,7 @@
 //! into the binary; the embedded corpus is registered as `embedded` and needs no files.
 
 use crate::TextError;
-use crate::corpus::{embedded_corpus, sums_task};
+use crate::corpus::{embedded_corpus, span_task, sums_task, tagging_task};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -16,19 +16,55 @@ pub const MANIFEST: &str = include_str!("../../../datasets/registry.toml");
 /// The name of the embedded, generated corpus.
 pub const EMBEDDED: &str = "embedded";
 
-/// The name of the embedded, generated labelled task (see [`crate::corpus::sums_task`]).
+/// The embedded, generated sequence-classification task (see [`crate::corpus::sums_task`]).
 pub const EMBEDDED_SUMS: &str = "embedded-sums";
+/// The embedded, generated token-classification task (see [`crate::corpus::tagging_task`]).
+pub const EMBEDDED_TAGGING: &str = "embedded-tagging";
+/// The embedded, generated span question-answering task (see [`crate::corpus::span_task`]).
+pub const EMBEDDED_SPANS: &str = "embedded-spans";
 
-/// Examples per split of [`EMBEDDED_SUMS`]: (split, seed, count).
-const SUMS_SPLITS: [(&str, u64, usize); 2] =
-    [("train", 0x5053_0001, 20_000), ("val", 0x5053_0002, 1_000)];
+/// The generated task datasets.
+const GENERATED_TASKS: [&str; 3] = [EMBEDDED_SUMS, EMBEDDED_TAGGING, EMBEDDED_SPANS];
+
+/// The seed and size of split `split` of a generated task: 20,000 training and 1,000
+/// validation examples, each split and task from its own seed.
+fn generated_split(dataset: &str, split: &str) -> Result<(u64, usize), TextError> {
+    let salt = GENERATED_TASKS
+        .iter()
+        .position(|t| *t == dataset)
+        .unwrap_or(0) as u64;
+    match split {
+        "train" => Ok((0x5053_0001 + (salt << 8), 20_000)),
+        "val" => Ok((0x5053_0002 + (salt << 8), 1_000)),
+        _ => Err(unknown_split(dataset, split, ["train", "val"].iter())),
+    }
+}
+
+/// One example of a token-classification dataset: words and a tag per word.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaggedExample {
+    /// The words.
+    pub words: Vec<String>,
+    /// One tag per word.
+    pub tags: Vec<String>,
+}
+
+/// One example of a span question-answering dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanExample {
+    /// The question.
+    pub question: String,
+    /// The context, as words.
+    pub context: Vec<String>,
+    /// The answer's first word in the context.
+    pub start: usize,
+    /// The answer's last word in the context.
+    pub end: usize,
+}
 
 fn embedded_sums(split: &str) -> Result<Vec<LabelledExample>, TextError> {
-    let (_, seed, count) = SUMS_SPLITS
-        .iter()
-        .find(|(name, _, _)| *name == split)
-        .ok_or_else(|| unknown_split(EMBEDDED_SUMS, split, ["train", "val"].iter()))?;
-    Ok(sums_task(*seed, *count)
+    let (seed, count) = generated_split(EMBEDDED_SUMS, split)?;
+    Ok(sums_task(seed, count)
         .into_iter()
         .map(|(text, label)| LabelledExample {
             label: label.into(),
@@ -150,8 +186,9 @@ impl DatasetRegistry {
 
     /// Every dataset name, the embedded corpus included.
     pub fn names(&self) -> Vec<String> {
-        [EMBEDDED.to_string(), EMBEDDED_SUMS.to_string()]
-            .into_iter()
+        std::iter::once(EMBEDDED)
+            .chain(GENERATED_TASKS)
+            .map(String::from)
             .chain(self.datasets.keys().cloned())
             .collect()
     }
@@ -171,8 +208,8 @@ impl DatasetRegistry {
         if name == EMBEDDED {
             return embedded_range(split).map(|_| ());
         }
-        if name == EMBEDDED_SUMS {
-            return embedded_sums(split).map(|_| ());
+        if GENERATED_TASKS.contains(&name) {
+            return generated_split(name, split).map(|_| ());
         }
         let dataset = self.get(name)?;
         if dataset.splits.contains_key(split) {
@@ -191,6 +228,17 @@ impl DatasetRegistry {
         if name == EMBEDDED_SUMS {
             let examples = embedded_sums(split)?;
             return Ok(examples.into_iter().map(|e| e.text + "\n").collect());
+        }
+        if name == EMBEDDED_TAGGING {
+            let examples = self.load_tagged(name, split)?;
+            return Ok(examples.iter().map(|e| e.words.join(" ") + "\n").collect());
+        }
+        if name == EMBEDDED_SPANS {
+            let examples = self.load_spans(name, split)?;
+            return Ok(examples
+                .iter()
+                .map(|e| e.context.join(" ") + "\n")
+                .collect());
         }
         let dataset = self.get(name)?;
         if dataset.format == Format::LabelledTsv {
@@ -234,6 +282,44 @@ impl DatasetRegistry {
             path: file,
             message,
         })
+    }
+
+    /// The examples of `split` of a token-classification dataset.
+    pub fn load_tagged(&self, name: &str, split: &str) -> Result<Vec<TaggedExample>, TextError> {
+        if name != EMBEDDED_TAGGING {
+            return Err(TextError::NotLabelled {
+                dataset: name.into(),
+                labelled: vec![EMBEDDED_TAGGING.into()],
+            });
+        }
+        let (seed, count) = generated_split(name, split)?;
+        Ok(tagging_task(seed, count)
+            .into_iter()
+            .map(|(words, tags)| TaggedExample {
+                words,
+                tags: tags.into_iter().map(String::from).collect(),
+            })
+            .collect())
+    }
+
+    /// The examples of `split` of a span question-answering dataset.
+    pub fn load_spans(&self, name: &str, split: &str) -> Result<Vec<SpanExample>, TextError> {
+        if name != EMBEDDED_SPANS {
+            return Err(TextError::NotLabelled {
+                dataset: name.into(),
+                labelled: vec![EMBEDDED_SPANS.into()],
+            });
+        }
+        let (seed, count) = generated_split(name, split)?;
+        Ok(span_task(seed, count)
+            .into_iter()
+            .map(|(question, context, start, end)| SpanExample {
+                question,
+                context,
+                start,
+                end,
+            })
+            .collect())
     }
 
     /// The split's text as the file has it.
@@ -525,6 +611,8 @@ splits.train = {{ file = "train.tsv" }}
             vec![
                 "embedded",
                 "embedded-sums",
+                "embedded-tagging",
+                "embedded-spans",
                 "ptb",
                 "sst2",
                 "tinyshakespeare"

@@ -83,6 +83,17 @@ impl SpecialIds {
     }
 }
 
+/// An encoder input whose tokens know which word (of the input, or of a pair's context) they
+/// came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WordAligned {
+    /// The input.
+    pub input: EncodedInput,
+    /// Per token: the word's index, `None` for special tokens (and, for question-context
+    /// pairs, for the question).
+    pub words: Vec<Option<u32>>,
+}
+
 /// One encoder input: `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, with segment ids 0 for the
 /// first part and 1 for the second.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +251,72 @@ impl ZooTokenizer {
         inputs: &[(&str, Option<&str>)],
         max_len: usize,
     ) -> Result<Vec<EncodedInput>, TextError> {
+        let inputs = inputs
+            .iter()
+            .map(|&(a, b)| match b {
+                Some(b) => (a, b).into(),
+                None => a.into(),
+            })
+            .collect();
+        let encodings = self.encode_for_encoder(inputs, max_len)?;
+        Ok(encodings.iter().map(encoded_input).collect())
+    }
+
+    /// Encoder inputs of texts given as words (`[CLS] words [SEP]`), each token with the index
+    /// of the word it belongs to (`None` for `[CLS]` and `[SEP]`), cut to `max_len` tokens.
+    pub fn encode_words(
+        &self,
+        sentences: &[&[String]],
+        max_len: usize,
+    ) -> Result<Vec<WordAligned>, TextError> {
+        let inputs = sentences.iter().map(|&words| words.into()).collect();
+        let encodings = self.encode_for_encoder(inputs, max_len)?;
+        Ok(encodings
+            .iter()
+            .map(|e| WordAligned {
+                input: encoded_input(e),
+                words: e.get_word_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Encoder inputs of questions and contexts given as words (`[CLS] question [SEP] context
+    /// [SEP]`), each token with the index of the context word it belongs to (`None` outside the
+    /// context), cut to `max_len` tokens (the longer part first).
+    pub fn encode_question_context(
+        &self,
+        pairs: &[(&str, &[String])],
+        max_len: usize,
+    ) -> Result<Vec<WordAligned>, TextError> {
+        let inputs = pairs
+            .iter()
+            .map(|&(question, context)| {
+                let question: Vec<&str> = question.split_whitespace().collect();
+                let context: Vec<&str> = context.iter().map(String::as_str).collect();
+                (question, context).into()
+            })
+            .collect();
+        let encodings = self.encode_for_encoder(inputs, max_len)?;
+        Ok(encodings
+            .iter()
+            .map(|e| WordAligned {
+                input: encoded_input(e),
+                words: e
+                    .get_word_ids()
+                    .iter()
+                    .zip(e.get_sequence_ids())
+                    .map(|(&word, sequence)| word.filter(|_| sequence == Some(1)))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Encodes with `[CLS]`/`[SEP]` (the post-processor) and longest-first truncation.
+    fn encode_for_encoder(
+        &self,
+        inputs: Vec<tokenizers::EncodeInput>,
+        max_len: usize,
+    ) -> Result<Vec<tokenizers::Encoding>, TextError> {
         self.special_ids()?;
         let mut tokenizer = self.inner.clone();
         tokenizer
@@ -249,23 +326,9 @@ impl ZooTokenizer {
                 ..TruncationParams::default()
             }))
             .map_err(TextError::tokenizer)?;
-        let inputs: Vec<tokenizers::EncodeInput> = inputs
-            .iter()
-            .map(|&(a, b)| match b {
-                Some(b) => (a, b).into(),
-                None => a.into(),
-            })
-            .collect();
-        let encodings = tokenizer
+        tokenizer
             .encode_batch(inputs, true)
-            .map_err(TextError::tokenizer)?;
-        Ok(encodings
-            .iter()
-            .map(|e| EncodedInput {
-                ids: e.get_ids().to_vec(),
-                segments: e.get_type_ids().to_vec(),
-            })
-            .collect())
+            .map_err(TextError::tokenizer)
     }
 
     /// Token ids of each line of `text`, no special tokens (sentences for pretraining).
@@ -364,6 +427,13 @@ impl ZooTokenizer {
             self.inner.get_decoder(),
             Some(tokenizers::DecoderWrapper::Fuse(_))
         )
+    }
+}
+
+fn encoded_input(encoding: &tokenizers::Encoding) -> EncodedInput {
+    EncodedInput {
+        ids: encoding.get_ids().to_vec(),
+        segments: encoding.get_type_ids().to_vec(),
     }
 }
 
@@ -511,6 +581,34 @@ mod tests {
         // A tokenizer without BERT's specials cannot make encoder inputs.
         let words = ZooTokenizer::word_level(&text, 10).unwrap();
         assert!(words.encode_inputs(&[("a", None)], 8).is_err());
+    }
+
+    #[test]
+    fn word_aligned_encodings_map_pieces_to_words() {
+        let text = "the cat sat on the mat\nwhere is the cat\n".repeat(10);
+        let tok = ZooTokenizer::wordpiece(&text, 60).unwrap();
+        let words: Vec<String> = ["the", "cats", "sat"].map(String::from).to_vec();
+        let tagged = tok.encode_words(&[&words], 16).unwrap();
+        let aligned = &tagged[0];
+        assert_eq!(aligned.input.ids.len(), aligned.words.len());
+        assert_eq!(aligned.words[0], None);
+        assert_eq!(*aligned.words.last().unwrap(), None);
+        // "cats" is split in pieces that all point at word 1.
+        let of_cats = aligned.words.iter().filter(|w| **w == Some(1)).count();
+        assert!(of_cats >= 2, "{aligned:?}");
+        let pairs = tok
+            .encode_question_context(&[("where is the cat", &words)], 16)
+            .unwrap();
+        let p = &pairs[0];
+        // Question tokens carry no context word; context tokens do, in segment 1.
+        let first_context = p.words.iter().position(Option::is_some).unwrap();
+        assert_eq!(p.words[first_context], Some(0));
+        assert_eq!(p.input.segments[first_context], 1);
+        assert!(
+            p.input.segments[..first_context - 1]
+                .iter()
+                .all(|&s| s == 0)
+        );
     }
 
     #[test]

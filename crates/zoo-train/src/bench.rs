@@ -6,6 +6,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use std::time::{Duration, Instant};
+use zoo_bert::{BertConfig, BertTask, Targets};
 use zoo_gpt::GptConfig;
 use zoo_rnn::{RnnConfig, RnnState};
 
@@ -119,6 +120,90 @@ pub fn bench_rnn(
         let _ = loss.into_scalar::<f32>();
         Ok([forward, backward, started.elapsed()])
     })
+}
+
+/// Times BERT on random full-length sequences: `steps` masked-LM training steps (15% of the
+/// positions predicted, dropout as configured, AdamW at 1e-4) after `warmup` untimed ones, then
+/// inference (encoder, pooler and a two-class head, no autodiff) over as many batches. Returns
+/// the training report and inference sequences per second.
+pub fn bench_bert(
+    config: &BertConfig,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<(BenchReport, f64), String> {
+    let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    let mut model = config.init(
+        BertTask::MaskedLm {
+            next_sentence: false,
+        },
+        &train_device,
+    )?;
+    let params = model.encoder.num_params();
+    let mut optimizer: ModuleOptimizer = AdamW {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-6,
+        weight_decay: 0.01,
+    }
+    .into();
+    let shape = [batch, seq_len];
+    let vocab = config.vocab_size;
+    // Every sequence predicts its positions 1, 8, 15, ...: 15% of them, none padded.
+    let positions: Vec<i64> = (0..batch * seq_len)
+        .filter(|i| (i % seq_len) % 7 == 1)
+        .map(|i| i as i64)
+        .collect();
+    let selected = positions.len();
+    let report = time_steps(params, batch * seq_len, steps, warmup, || {
+        let tokens = random_ids(shape, vocab, &train_device);
+        let targets = Targets::MaskedLm {
+            positions: Tensor::from_data(
+                TensorData::new(positions.clone(), [selected]),
+                &train_device,
+            ),
+            tokens: random_ids([1, selected], vocab, &train_device).reshape([selected]),
+            next_sentence: None,
+        };
+        // No padding: every id is a real token.
+        let padding = tokens.clone().equal_elem(-1);
+        let started = Instant::now();
+        let out = model.loss(tokens.clone(), tokens.zeros_like(), padding, targets);
+        train_device.sync().map_err(|e| e.to_string())?;
+        let forward = started.elapsed();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        train_device.sync().map_err(|e| e.to_string())?;
+        let backward = started.elapsed();
+        model = optimizer.step(1e-4, model.clone(), grads);
+        let _ = out.loss.into_scalar::<f32>();
+        Ok([forward, backward, started.elapsed()])
+    })?;
+
+    let classifier = BertConfig {
+        num_labels: 2,
+        ..config.clone()
+    }
+    .init(BertTask::Classification, device)?;
+    let mut seconds = Vec::new();
+    for i in 0..warmup + steps {
+        let tokens = random_ids(shape, vocab, device);
+        let started = Instant::now();
+        let hidden = classifier
+            .encoder
+            .forward(tokens.clone(), tokens.zeros_like(), None);
+        let pooled = classifier.encoder.pool(hidden);
+        let zoo_bert::BertHead::Classification(head) = &classifier.head else {
+            unreachable!("a classification model has a classification head");
+        };
+        let _ = head.logits(pooled).into_data();
+        if i >= warmup {
+            seconds.push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok((report, batch as f64 / median(&mut seconds)))
 }
 
 /// Uniformly random token ids.

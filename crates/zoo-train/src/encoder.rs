@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zoo_bert::{BertConfig, BertModel, BertTask, Predictions, Targets};
 use zoo_text::{
-    DataDir, DatasetRegistry, EncodedInput, MaskingConfig, PretrainingCorpus, SpecialIds,
-    ZooTokenizer, mask_tokens,
+    DataDir, DatasetRegistry, EncodedInput, LabelledExample, MaskingConfig, PretrainingCorpus,
+    SpanExample, SpecialIds, TaggedExample, ZooTokenizer, mask_tokens,
 };
 
 /// Label names of a classification run, in id order.
@@ -205,6 +205,10 @@ pub enum ExampleTargets {
     },
     /// A label id per input.
     Classes(Vec<u32>),
+    /// Per input, a tag id per token (`None`: not scored).
+    Tags(Vec<Vec<Option<u32>>>),
+    /// Per input, the answer's first and last token.
+    Spans(Vec<(u32, u32)>),
 }
 
 /// Encoder inputs served in shuffled batches: a [`BatchSource`]. Batch `g` of the run (counted
@@ -316,7 +320,16 @@ impl EncoderExamples {
                     originals.extend(masked.originals.iter().map(|&t| t as i64));
                     masked.ids
                 }
-                ExampleTargets::Classes(_) => input.ids.clone(),
+                ExampleTargets::Tags(tags) => {
+                    for (t, tag) in tags[i].iter().enumerate() {
+                        if let Some(tag) = tag {
+                            positions.push((b * len + t) as i64);
+                            originals.push(*tag as i64);
+                        }
+                    }
+                    input.ids.clone()
+                }
+                ExampleTargets::Classes(_) | ExampleTargets::Spans(_) => input.ids.clone(),
             };
             for (t, (&id, &segment)) in ids.iter().zip(&input.segments).enumerate() {
                 tokens[b * len + t] = id as i64;
@@ -341,6 +354,14 @@ impl EncoderExamples {
             ExampleTargets::Classes(classes) => {
                 Targets::Classification(ints(picked.iter().map(|&i| classes[i] as i64).collect()))
             }
+            ExampleTargets::Tags(_) => Targets::TokenClassification {
+                positions: ints(positions),
+                labels: ints(originals),
+            },
+            ExampleTargets::Spans(spans) => Targets::SpanQa {
+                start: ints(picked.iter().map(|&i| spans[i].0 as i64).collect()),
+                end: ints(picked.iter().map(|&i| spans[i].1 as i64).collect()),
+            },
         };
         EncoderBatch {
             tokens: Tensor::from_data(TensorData::new(tokens, [batch, len]), device),
@@ -360,9 +381,9 @@ impl BatchSource for EncoderExamples {
 
     fn validation_batches(&self, requested: usize) -> usize {
         match self.inner.targets {
-            // Labelled sets are small: validate on all of it, so the accuracy is the split's.
-            ExampleTargets::Classes(_) => self.batches_per_pass(),
             ExampleTargets::MaskedLm { .. } => requested.min(self.batches_per_pass()),
+            // Labelled sets are small: validate on all of it, so the accuracy is the split's.
+            _ => self.batches_per_pass(),
         }
     }
 }
@@ -512,51 +533,178 @@ pub fn freeze(mut model: BertModel, embeddings: bool, layers: usize) -> BertMode
     model
 }
 
-/// The text a task trains and validates on.
-enum TaskData {
-    /// Unlabelled text (one sentence per line), the training part from one or more datasets.
-    Text { train: Vec<String>, val: String },
-    /// Labelled examples.
-    Labelled {
-        train: Vec<zoo_text::LabelledExample>,
-        val: Vec<zoo_text::LabelledExample>,
-    },
+/// One split of a task's data, as the registry gives it.
+enum SplitData {
+    /// Unlabelled text, one sentence per line, from one or more datasets.
+    Text(Vec<String>),
+    /// A label per text.
+    Labelled(Vec<LabelledExample>),
+    /// A tag per word.
+    Tagged(Vec<TaggedExample>),
+    /// Questions with an answer span in their context.
+    Spans(Vec<SpanExample>),
 }
 
-impl TaskData {
-    fn load(recipe: &Recipe, registry: &DatasetRegistry, dir: &DataDir) -> Result<Self, ZooError> {
-        let data = &recipe.data;
-        Ok(match recipe.task {
+impl SplitData {
+    /// Split `split` of `dataset` in the form `task` needs (for masked-LM training, with
+    /// the `extra` datasets' training text).
+    fn load(
+        task: Task,
+        registry: &DatasetRegistry,
+        dataset: &str,
+        split: &str,
+        extra: &[String],
+        dir: &DataDir,
+    ) -> Result<Self, ZooError> {
+        Ok(match task {
             Task::MaskedLm => {
-                let mut train = vec![registry.load_split(&data.dataset, &data.train_split, dir)?];
-                for extra in &data.extra_train {
-                    train.push(registry.load_split(extra, "train", dir)?);
+                let mut texts = vec![registry.load_split(dataset, split, dir)?];
+                for extra in extra {
+                    texts.push(registry.load_split(extra, "train", dir)?);
                 }
-                let val = registry.load_split(&data.dataset, &data.val_split, dir)?;
-                TaskData::Text { train, val }
+                SplitData::Text(texts)
             }
-            Task::Classification => TaskData::Labelled {
-                train: registry.load_labelled(&data.dataset, &data.train_split, dir)?,
-                val: registry.load_labelled(&data.dataset, &data.val_split, dir)?,
-            },
-            Task::TokenClassification | Task::SpanQa => {
-                return Err(ZooError::Usage(format!(
-                    "task = \"{}\" has no dataset format in the registry yet: the model's head is built and tested (crates/zoo-bert), but recipes can only train masked-lm and classification",
-                    recipe.task.name()
-                )));
+            Task::Classification => {
+                SplitData::Labelled(registry.load_labelled(dataset, split, dir)?)
             }
+            Task::TokenClassification => SplitData::Tagged(registry.load_tagged(dataset, split)?),
+            Task::SpanQa => SplitData::Spans(registry.load_spans(dataset, split)?),
             Task::CausalLm => unreachable!("encoder tasks only"),
         })
     }
 
-    /// All training text, for training a tokenizer.
-    fn training_text(&self) -> String {
+    /// All its text, for training a tokenizer.
+    fn text(&self) -> String {
         match self {
-            TaskData::Text { train, .. } => train.concat(),
-            TaskData::Labelled { train, .. } => {
-                train.iter().map(|e| format!("{}\n", e.text)).collect()
-            }
+            SplitData::Text(texts) => texts.concat(),
+            SplitData::Labelled(set) => set.iter().map(|e| format!("{}\n", e.text)).collect(),
+            SplitData::Tagged(set) => set.iter().map(|e| e.words.join(" ") + "\n").collect(),
+            SplitData::Spans(set) => set
+                .iter()
+                .map(|e| format!("{}\n{}\n", e.question, e.context.join(" ")))
+                .collect(),
         }
+    }
+
+    /// The label (or tag) names it uses, sorted; empty for tasks without labels.
+    fn label_names(&self) -> Vec<String> {
+        let names: BTreeSet<&String> = match self {
+            SplitData::Labelled(set) => set.iter().map(|e| &e.label).collect(),
+            SplitData::Tagged(set) => set.iter().flat_map(|e| &e.tags).collect(),
+            SplitData::Text(_) | SplitData::Spans(_) => BTreeSet::new(),
+        };
+        names.into_iter().cloned().collect()
+    }
+
+    /// Encoder inputs and targets of every example. `labels` are the run's label names;
+    /// `rng` draws next-sentence pairs.
+    fn encode(
+        &self,
+        tokenizer: &ZooTokenizer,
+        labels: &[String],
+        recipe: &Recipe,
+        seq_len: usize,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<EncodedInput>, ExampleTargets), String> {
+        let special = tokenizer.special_ids().map_err(|e| e.to_string())?;
+        let label_id = |name: &str| {
+            labels
+                .iter()
+                .position(|l| l == name)
+                .map(|i| i as u32)
+                .ok_or_else(|| {
+                    format!(
+                        "label '{name}' is not among the run's labels ({})",
+                        labels.join(", ")
+                    )
+                })
+        };
+        let text_error = |e: zoo_text::TextError| e.to_string();
+        Ok(match self {
+            SplitData::Text(texts) => {
+                let mut corpus = PretrainingCorpus::new(Vec::new());
+                for text in texts {
+                    let lines = tokenizer.encode_lines(text).map_err(text_error)?;
+                    corpus.extend(PretrainingCorpus::from_lines(
+                        lines,
+                        recipe.data.document_lines,
+                    ));
+                }
+                let made = corpus.examples(&special, seq_len, recipe.data.next_sentence, rng)?;
+                let is_next = made.iter().map(|e| e.is_next).collect();
+                let masking = MaskingConfig {
+                    select: recipe.data.mask_prob,
+                    ..MaskingConfig::default()
+                };
+                (
+                    made.into_iter().map(|e| e.input).collect(),
+                    ExampleTargets::MaskedLm { is_next, masking },
+                )
+            }
+            SplitData::Labelled(set) => {
+                let texts: Vec<(&str, Option<&str>)> =
+                    set.iter().map(|e| (e.text.as_str(), None)).collect();
+                let inputs = tokenizer
+                    .encode_inputs(&texts, seq_len)
+                    .map_err(text_error)?;
+                let classes = set
+                    .iter()
+                    .map(|e| label_id(&e.label))
+                    .collect::<Result<_, _>>()?;
+                (inputs, ExampleTargets::Classes(classes))
+            }
+            SplitData::Tagged(set) => {
+                let sentences: Vec<&[String]> = set.iter().map(|e| e.words.as_slice()).collect();
+                let aligned = tokenizer
+                    .encode_words(&sentences, seq_len)
+                    .map_err(text_error)?;
+                let mut inputs = Vec::with_capacity(set.len());
+                let mut tags = Vec::with_capacity(set.len());
+                for (example, aligned) in set.iter().zip(aligned) {
+                    // Each word's first piece carries its tag; later pieces are not scored.
+                    let mut previous = None;
+                    let mut token_tags = Vec::with_capacity(aligned.words.len());
+                    for &word in &aligned.words {
+                        let first_piece = word.is_some() && word != previous;
+                        previous = word;
+                        token_tags.push(match word {
+                            Some(w) if first_piece => Some(label_id(&example.tags[w as usize])?),
+                            _ => None,
+                        });
+                    }
+                    inputs.push(aligned.input);
+                    tags.push(token_tags);
+                }
+                (inputs, ExampleTargets::Tags(tags))
+            }
+            SplitData::Spans(set) => {
+                let pairs: Vec<(&str, &[String])> = set
+                    .iter()
+                    .map(|e| (e.question.as_str(), e.context.as_slice()))
+                    .collect();
+                let aligned = tokenizer
+                    .encode_question_context(&pairs, seq_len)
+                    .map_err(text_error)?;
+                let mut inputs = Vec::with_capacity(set.len());
+                let mut spans = Vec::with_capacity(set.len());
+                for (i, (example, aligned)) in set.iter().zip(aligned).enumerate() {
+                    let of = |word: usize| {
+                        let at = |t: &usize| aligned.words[*t] == Some(word as u32);
+                        let tokens: Vec<usize> = (0..aligned.words.len()).filter(at).collect();
+                        tokens
+                    };
+                    let (start, end) = (of(example.start), of(example.end));
+                    let (Some(&start), Some(&end)) = (start.first(), end.last()) else {
+                        return Err(format!(
+                            "example {i}: the answer was cut off by seq_len = {seq_len}; raise training.seq_len (at most model.max_len)"
+                        ));
+                    };
+                    inputs.push(aligned.input);
+                    spans.push((start as u32, end as u32));
+                }
+                (inputs, ExampleTargets::Spans(spans))
+            }
+        })
     }
 }
 
@@ -578,7 +726,19 @@ pub(crate) fn train(
             .check(extra, "train")
             .map_err(|e| recipe_error(format!("data.extra_train: {e}")))?;
     }
-    let task_data = TaskData::load(recipe, &registry, &options.data_dir)?;
+    let data = &recipe.data;
+    let load = |split: &str, extra: &[String]| {
+        SplitData::load(
+            recipe.task,
+            &registry,
+            &data.dataset,
+            split,
+            extra,
+            &options.data_dir,
+        )
+    };
+    let train_data = load(&data.train_split, &data.extra_train)?;
+    let val_data = load(&data.val_split, &[])?;
     let device = options.device.clone();
     let autodiff = device.clone().autodiff();
     // The run this one starts from, loaded where training happens.
@@ -618,7 +778,7 @@ pub(crate) fn train(
                 Some(init) => init.tokenizer.clone(),
                 None => ZooTokenizer::build(
                     recipe.tokenizer_spec().map_err(recipe_error)?,
-                    &task_data.training_text(),
+                    &train_data.text(),
                 )?,
             };
             tokenizer
@@ -637,15 +797,7 @@ pub(crate) fn train(
                     tokenizer.vocab_size()
                 )));
             }
-            let labels: Vec<String> = match &task_data {
-                TaskData::Labelled { train, .. } => train
-                    .iter()
-                    .map(|e| e.label.clone())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-                TaskData::Text { .. } => Vec::new(),
-            };
+            let labels = train_data.label_names();
             if !labels.is_empty() {
                 match config.num_labels {
                     0 => config.num_labels = labels.len(),
@@ -687,63 +839,15 @@ pub(crate) fn train(
     let t = &recipe.training;
     let seq_len = recipe.sequence_len(&ModelConfig::Bert(config.clone()));
     let examples = |train: bool| -> Result<EncoderExamples, ZooError> {
-        let split = if train { "training" } else { "validation" };
-        let (inputs, targets) = match &task_data {
-            TaskData::Text { train: texts, val } => {
-                let texts: Vec<&String> = if train {
-                    texts.iter().collect()
-                } else {
-                    vec![val]
-                };
-                let mut corpus = PretrainingCorpus::new(Vec::new());
-                for text in texts {
-                    let lines = tokenizer.encode_lines(text)?;
-                    corpus.extend(PretrainingCorpus::from_lines(
-                        lines,
-                        recipe.data.document_lines,
-                    ));
-                }
-                let mut rng = stream(recipe.seed, 3, train as u64);
-                let made = corpus
-                    .examples(&special, seq_len, recipe.data.next_sentence, &mut rng)
-                    .map_err(|e| recipe_error(format!("{split} split: {e}")))?;
-                let is_next = made.iter().map(|e| e.is_next).collect();
-                let masking = MaskingConfig {
-                    select: recipe.data.mask_prob,
-                    ..MaskingConfig::default()
-                };
-                (
-                    made.into_iter().map(|e| e.input).collect(),
-                    ExampleTargets::MaskedLm { is_next, masking },
-                )
-            }
-            TaskData::Labelled {
-                train: train_set,
-                val,
-            } => {
-                let set = if train { train_set } else { val };
-                let texts: Vec<(&str, Option<&str>)> =
-                    set.iter().map(|e| (e.text.as_str(), None)).collect();
-                let inputs = tokenizer.encode_inputs(&texts, seq_len)?;
-                let classes = set
-                    .iter()
-                    .map(|e| {
-                        labels
-                            .iter()
-                            .position(|l| *l == e.label)
-                            .map(|i| i as u32)
-                            .ok_or_else(|| {
-                                recipe_error(format!(
-                                    "{split} split: label '{}' is not among the training labels ({})",
-                                    e.label,
-                                    labels.join(", ")
-                                ))
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                (inputs, ExampleTargets::Classes(classes))
-            }
+        let (split, split_data) = if train {
+            ("training", &train_data)
+        } else {
+            ("validation", &val_data)
         };
+        let mut rng = stream(recipe.seed, 3, train as u64);
+        let (inputs, targets) = split_data
+            .encode(&tokenizer, &labels, recipe, seq_len, &mut rng)
+            .map_err(|e| recipe_error(format!("{split} split: {e}")))?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
         EncoderExamples::new(
             inputs,
@@ -850,7 +954,10 @@ pub(crate) fn train(
             })
             .num_epochs(epochs);
     let mut columns = vec![("val acc", "Accuracy", 2)];
-    if recipe.task == Task::Classification {
+    if matches!(
+        recipe.task,
+        Task::Classification | Task::TokenClassification
+    ) {
         training =
             training.metric_valid_numeric(LabelMetric::<MainLabels>::new("F1", LabelStatistic::F1));
         columns.push(("val F1", "F1", 2));
@@ -946,70 +1053,34 @@ pub fn evaluate_encoder(
     let special = run.tokenizer.special_ids()?;
     let seq_len = recipe.sequence_len(&ModelConfig::Bert(run.config.clone()));
     let batch_size = recipe.training.batch_size;
-    let examples =
-        match recipe.task {
-            Task::Classification => {
-                let set = registry.load_labelled(&recipe.data.dataset, split, data_dir)?;
-                let texts: Vec<(&str, Option<&str>)> =
-                    set.iter().map(|e| (e.text.as_str(), None)).collect();
-                let inputs = run.tokenizer.encode_inputs(&texts, seq_len)?;
-                let classes = set
-                .iter()
-                .map(|e| {
-                    run.labels.iter().position(|l| *l == e.label).map(|i| i as u32).ok_or_else(|| {
-                        ZooError::Usage(format!(
-                            "split '{split}': label '{}' is not among the run's labels ({})",
-                            e.label,
-                            run.labels.join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-                EncoderExamples::new(
-                    inputs,
-                    ExampleTargets::Classes(classes),
-                    batch_size,
-                    recipe.seed,
-                    false,
-                    special,
-                    run.config.vocab_size,
-                )
-            }
-            Task::MaskedLm => {
-                let text = registry.load_split(&recipe.data.dataset, split, data_dir)?;
-                let lines = run.tokenizer.encode_lines(&text)?;
-                let corpus = PretrainingCorpus::from_lines(lines, recipe.data.document_lines);
-                let made = corpus
-                    .examples(
-                        &special,
-                        seq_len,
-                        recipe.data.next_sentence,
-                        &mut stream(recipe.seed, 3, 2),
-                    )
-                    .map_err(|e| ZooError::Usage(format!("split '{split}': {e}")))?;
-                let is_next = made.iter().map(|e| e.is_next).collect();
-                let masking = MaskingConfig {
-                    select: recipe.data.mask_prob,
-                    ..MaskingConfig::default()
-                };
-                EncoderExamples::new(
-                    made.into_iter().map(|e| e.input).collect(),
-                    ExampleTargets::MaskedLm { is_next, masking },
-                    batch_size,
-                    recipe.seed,
-                    false,
-                    special,
-                    run.config.vocab_size,
-                )
-            }
-            other => {
-                return Err(ZooError::Usage(format!(
-                    "evaluating task = \"{}\" runs is not supported",
-                    other.name()
-                )));
-            }
-        }
-        .map_err(|e| ZooError::Usage(format!("split '{split}': {e}")))?;
+    let split_data = SplitData::load(
+        recipe.task,
+        &registry,
+        &recipe.data.dataset,
+        split,
+        &[],
+        data_dir,
+    )?;
+    let usage = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
+    let (inputs, targets) = split_data
+        .encode(
+            &run.tokenizer,
+            &run.labels,
+            recipe,
+            seq_len,
+            &mut stream(recipe.seed, 3, 2),
+        )
+        .map_err(usage)?;
+    let examples = EncoderExamples::new(
+        inputs,
+        targets,
+        batch_size,
+        recipe.seed,
+        false,
+        special,
+        run.config.vocab_size,
+    )
+    .map_err(usage)?;
     let device = run.model.devices()[0].clone();
     let mut confusion = Confusion::default();
     let (mut loss_sum, mut count) = (0.0, 0usize);
@@ -1033,7 +1104,11 @@ pub fn evaluate_encoder(
         split: split.to_string(),
         loss: loss_sum / count.max(1) as f64,
         accuracy: confusion.statistic(LabelStatistic::Accuracy),
-        f1: (recipe.task == Task::Classification).then(|| confusion.statistic(LabelStatistic::F1)),
+        f1: matches!(
+            recipe.task,
+            Task::Classification | Task::TokenClassification
+        )
+        .then(|| confusion.statistic(LabelStatistic::F1)),
         predictions: count,
     })
 }
