@@ -595,6 +595,35 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     let last = metrics(&run).pop().unwrap();
     assert!(last["accuracy"].as_f64().unwrap() > 0.0, "{last}");
 
+    // Interrupted after the first validation and resumed, pretraining draws the same batches
+    // and masks and ends where the uninterrupted run does. (Both read one tokenizer file: the
+    // tokenizers crate's WordPiece trainer breaks frequency ties in hash order, so two
+    // trainings of a vocabulary can differ.)
+    write(
+        &dir,
+        "mlm-file.toml",
+        &TINY_MLM.replace(
+            "kind = \"wordpiece\"\nvocab_size = 300",
+            "kind = \"file\"\npath = \"runs/mlm/tokenizer.json\"",
+        ),
+    );
+    let whole = zoo(&["train", "mlm-file.toml", "--run-dir", "runs/whole"], &dir);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let args = ["train", "mlm-file.toml", "--run-dir", "runs/resumed"];
+    let stopped = zoo(&[&args[..], &["--stop-after-steps", "10"]].concat(), &dir);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let resumed = zoo(&[&args[..], &["--resume"]].concat(), &dir);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let (whole, again) = (
+        val_losses(&dir.join("runs/whole")),
+        val_losses(&dir.join("runs/resumed")),
+    );
+    assert_eq!(again.len(), 2);
+    for (a, b) in again.iter().zip(&whole) {
+        assert_eq!(a.0, b.0);
+        assert!((a.1 - b.1).abs() < 1e-4, "{again:?} vs {whole:?}");
+    }
+
     let tuned = zoo(&["train", "finetune.toml"], &dir);
     assert!(tuned.status.success(), "{}", stderr(&tuned));
     let out = stdout(&tuned);
@@ -614,6 +643,13 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     let before = encoder_weights(&run);
     assert!(!before.is_empty());
     assert_eq!(encoder_weights(&dir.join("runs/finetune")), before);
+    // Frozen stays frozen across an interruption.
+    let args = ["train", "finetune.toml", "--run-dir", "runs/ft-resumed"];
+    let stopped = zoo(&[&args[..], &["--stop-after-steps", "6"]].concat(), &dir);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let resumed = zoo(&[&args[..], &["--resume"]].concat(), &dir);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(encoder_weights(&dir.join("runs/ft-resumed")), before);
     let valid: Vec<serde_json::Value> = metrics(&dir.join("runs/finetune"))
         .into_iter()
         .filter(|m| m["split"] == "valid")
