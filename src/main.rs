@@ -322,6 +322,7 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
             println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
+            println!("BERT presets: {}", zoo::bert::PRESETS.join(", "));
             println!(
                 "datasets:    {}",
                 DatasetRegistry::builtin().names().join(", ")
@@ -340,7 +341,7 @@ fn preset_config(name: &str) -> Result<GptConfig, ZooError> {
     })
 }
 
-/// A GPT or recurrent preset by name.
+/// A GPT, BERT or recurrent preset by name.
 fn any_preset(name: &str) -> Result<ModelConfig, ZooError> {
     if let Some(config) = zoo_gpt::preset(name) {
         return Ok(ModelConfig::Gpt(config));
@@ -383,6 +384,11 @@ fn resolve_model(
     if config.vocab_size() == 0 {
         // The tokenizer decides: build it the way training would.
         let vocab = match &recipe {
+            Some(recipe) if recipe.init_from.is_some() => {
+                // A fine-tuning run takes the tokenizer of the run it starts from.
+                let from = recipe.init_from.as_ref().expect("checked");
+                ZooTokenizer::load(&from.join("tokenizer.json"))?.vocab_size()
+            }
             Some(recipe) => {
                 let text = DatasetRegistry::builtin().load_split(
                     &recipe.data.dataset,

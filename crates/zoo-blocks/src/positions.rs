@@ -257,7 +257,8 @@ mod tests {
     #[test]
     fn alibi_bias_penalises_distance() {
         let bias = to_vec(alibi_bias(&[0.5], 2, 3, &test_device()));
-        // Queries at positions 1 and 2 over keys 0..3.
-        assert_eq!(bias, vec![-0.5, 0.0, 0.5, -1.0, -0.5, 0.0]);
+        // Queries at positions 1 and 2 over keys 0..3: symmetric in distance, so an encoder's
+        // later keys are penalised as its earlier ones.
+        assert_eq!(bias, vec![-0.5, 0.0, -0.5, -1.0, -0.5, 0.0]);
     }
 }
