@@ -173,6 +173,15 @@ struct GptBench {
     /// Vocabulary size (default: the preset's, or 65 as for tinyshakespeare characters).
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Layers (default: the preset's).
+    #[arg(long)]
+    n_layer: Option<usize>,
+    /// Heads (default: the preset's).
+    #[arg(long)]
+    n_head: Option<usize>,
+    /// Width (default: the preset's).
+    #[arg(long)]
+    n_embd: Option<usize>,
     /// Timed steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
@@ -605,11 +614,15 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
     if let Some(block) = args.block_size {
         config.block_size = block;
     }
+    config.n_layer = args.n_layer.unwrap_or(config.n_layer);
+    config.n_head = args.n_head.unwrap_or(config.n_head);
+    config.n_embd = args.n_embd.unwrap_or(config.n_embd);
     config.vocab_size = args.vocab_size.unwrap_or(if config.vocab_size == 0 {
         65
     } else {
         config.vocab_size
     });
+    config.validate().map_err(ZooError::Usage)?;
     if args.steps == 0 || args.batch_size == 0 {
         return Err(ZooError::Usage(
             "--steps and --batch-size must be at least 1".into(),
