@@ -552,6 +552,15 @@ freeze_embeddings = true
 freeze_layers = 2
 "#;
 
+/// Runs `args` (a `zoo train` command line) for `steps` steps, then resumes it to the end.
+fn interrupt_and_resume(args: &[&str], steps: usize, dir: &Path) {
+    let steps = steps.to_string();
+    let stopped = zoo(&[args, &["--stop-after-steps", &steps]].concat(), dir);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let resumed = zoo(&[args, &["--resume"]].concat(), dir);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+}
+
 /// Every float parameter of the embeddings and encoder layers, in visiting order.
 fn encoder_weights(run: &Path) -> Vec<Vec<f32>> {
     use burn::module::{Module, ModuleVisitor, Param};
@@ -610,10 +619,7 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     let whole = zoo(&["train", "mlm-file.toml", "--run-dir", "runs/whole"], &dir);
     assert!(whole.status.success(), "{}", stderr(&whole));
     let args = ["train", "mlm-file.toml", "--run-dir", "runs/resumed"];
-    let stopped = zoo(&[&args[..], &["--stop-after-steps", "10"]].concat(), &dir);
-    assert!(stopped.status.success(), "{}", stderr(&stopped));
-    let resumed = zoo(&[&args[..], &["--resume"]].concat(), &dir);
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    interrupt_and_resume(&args, 10, &dir);
     let (whole, again) = (
         val_losses(&dir.join("runs/whole")),
         val_losses(&dir.join("runs/resumed")),
@@ -645,10 +651,7 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     assert_eq!(encoder_weights(&dir.join("runs/finetune")), before);
     // Frozen stays frozen across an interruption.
     let args = ["train", "finetune.toml", "--run-dir", "runs/ft-resumed"];
-    let stopped = zoo(&[&args[..], &["--stop-after-steps", "6"]].concat(), &dir);
-    assert!(stopped.status.success(), "{}", stderr(&stopped));
-    let resumed = zoo(&[&args[..], &["--resume"]].concat(), &dir);
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    interrupt_and_resume(&args, 6, &dir);
     assert_eq!(encoder_weights(&dir.join("runs/ft-resumed")), before);
     let valid: Vec<serde_json::Value> = metrics(&dir.join("runs/finetune"))
         .into_iter()

@@ -306,13 +306,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    const SPECIAL: SpecialIds = SpecialIds {
-        pad: 0,
-        unk: 1,
-        cls: 2,
-        sep: 3,
-        mask: 4,
-    };
+    const SPECIAL: SpecialIds = SpecialIds::WORDPIECE;
 
     /// On a large sample: 15% of ordinary tokens selected; of those 80% `[MASK]`, 10% random,
     /// 10% unchanged; specials never selected nor drawn as replacements.

@@ -77,6 +77,15 @@ pub struct SpecialIds {
 }
 
 impl SpecialIds {
+    /// The ids a WordPiece vocabulary trained here gives them: 0 to 4 in BERT's order.
+    pub const WORDPIECE: SpecialIds = SpecialIds {
+        pad: 0,
+        unk: 1,
+        cls: 2,
+        sep: 3,
+        mask: 4,
+    };
+
     /// Whether `id` is one of the five.
     pub fn contains(&self, id: u32) -> bool {
         [self.pad, self.unk, self.cls, self.sep, self.mask].contains(&id)

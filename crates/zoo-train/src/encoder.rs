@@ -8,19 +8,18 @@
 
 use crate::ZooError;
 use crate::data::{BatchSource, StepLoader};
-use crate::lm::clip_global_norm;
+use crate::lm::gradients;
 use crate::metrics::{
     Confusion, JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer,
 };
 use crate::recipe::{ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, EveryNKeepLast, METRICS_FILE, TOKENIZER_FILE, TrainOptions, TrainReport,
+    Budget, EveryNKeepLast, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport,
     build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
     model_checkpoint, read_metrics, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
 use burn::train::renderer::default_renderer;
@@ -165,15 +164,7 @@ impl TrainStep for Encoder {
 
     fn step(&self, batch: EncoderBatch) -> TrainOutput<EncoderOutput> {
         let out = self.forward(batch);
-        let scaled = if self.loss_scale == 1.0 {
-            out.loss.clone()
-        } else {
-            out.loss.clone() * self.loss_scale
-        };
-        let mut grads = GradientsParams::from_grads(scaled.backward(), self);
-        if self.grad_clip > 0.0 {
-            clip_global_norm(self, &mut grads, self.grad_clip);
-        }
+        let grads = gradients(self, &out.loss, self.loss_scale, self.grad_clip);
         TrainOutput {
             grads,
             item: EncoderOutput {
@@ -223,12 +214,22 @@ pub struct EncoderExamples {
 struct ExamplesInner {
     inputs: Vec<EncodedInput>,
     targets: ExampleTargets,
-    batch_size: usize,
-    seed: u64,
+    batching: Batching,
+}
+
+/// How [`EncoderExamples`] batch and mask.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// Inputs per batch.
+    pub batch_size: usize,
+    /// Seed of the order and the masks.
+    pub seed: u64,
     /// Reshuffle every pass (training) or keep the order (validation, evaluation).
-    shuffle: bool,
-    special: SpecialIds,
-    vocab_size: usize,
+    pub shuffle: bool,
+    /// The tokenizer's special tokens (padding, masking).
+    pub special: SpecialIds,
+    /// Vocabulary size (random replacements when masking).
+    pub vocab_size: usize,
 }
 
 /// A generator for stream `(a, b)` of `seed` (SplitMix64's finaliser over the three).
@@ -241,15 +242,11 @@ fn stream(seed: u64, a: u64, b: u64) -> StdRng {
 }
 
 impl EncoderExamples {
-    /// Inputs and their targets in batches of `batch_size`.
+    /// Inputs and their targets, served as `batching` says.
     pub fn new(
         inputs: Vec<EncodedInput>,
         targets: ExampleTargets,
-        batch_size: usize,
-        seed: u64,
-        shuffle: bool,
-        special: SpecialIds,
-        vocab_size: usize,
+        batching: Batching,
     ) -> Result<Self, String> {
         if inputs.is_empty() {
             return Err("no examples".into());
@@ -258,11 +255,7 @@ impl EncoderExamples {
             inner: Arc::new(ExamplesInner {
                 inputs,
                 targets,
-                batch_size,
-                seed,
-                shuffle,
-                special,
-                vocab_size,
+                batching,
             }),
         })
     }
@@ -279,7 +272,7 @@ impl EncoderExamples {
 
     /// Batches in one pass (the last may be short).
     pub fn batches_per_pass(&self) -> usize {
-        self.len().div_ceil(self.inner.batch_size)
+        self.len().div_ceil(self.inner.batching.batch_size)
     }
 
     /// Batch `g` of the run (counted from 0 across passes).
@@ -288,31 +281,31 @@ impl EncoderExamples {
         let per_pass = self.batches_per_pass();
         let (pass, within) = (g / per_pass, g % per_pass);
         let mut order: Vec<usize> = (0..self.len()).collect();
-        if inner.shuffle {
-            order.shuffle(&mut stream(inner.seed, 1, pass as u64));
+        if inner.batching.shuffle {
+            order.shuffle(&mut stream(inner.batching.seed, 1, pass as u64));
         }
-        let picked =
-            &order[within * inner.batch_size..((within + 1) * inner.batch_size).min(self.len())];
+        let picked = &order[within * inner.batching.batch_size
+            ..((within + 1) * inner.batching.batch_size).min(self.len())];
         let batch = picked.len();
         let len = picked
             .iter()
             .map(|&i| inner.inputs[i].ids.len())
             .max()
             .expect("batches are never empty");
-        let mut tokens = vec![inner.special.pad as i64; batch * len];
+        let mut tokens = vec![inner.batching.special.pad as i64; batch * len];
         let mut segments = vec![0i64; batch * len];
         let mut padding = vec![true; batch * len];
         let mut positions = Vec::new();
         let mut originals = Vec::new();
-        let mut rng = stream(inner.seed, 2, g as u64);
+        let mut rng = stream(inner.batching.seed, 2, g as u64);
         for (b, &i) in picked.iter().enumerate() {
             let input = &inner.inputs[i];
             let ids = match &inner.targets {
                 ExampleTargets::MaskedLm { masking, .. } => {
                     let masked = mask_tokens(
                         &input.ids,
-                        &inner.special,
-                        inner.vocab_size,
+                        &inner.batching.special,
+                        inner.batching.vocab_size,
                         masking,
                         &mut rng,
                     );
@@ -466,56 +459,26 @@ fn read_labels(run_dir: &Path) -> Result<Vec<String>, ZooError> {
     })
 }
 
-/// The shape fields a fine-tuning recipe must share with the run it starts from.
+/// The fields in which a fine-tuning config's shape differs from the run it starts from (all
+/// but dropout and the label count), as `field = ours (the run has theirs)`.
 fn shape_mismatches(ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |name: &str, a: String, b: String| {
-        if a != b {
-            out.push(format!("{name} = {a} (the run has {b})"));
-        }
+    let shape = |c: &BertConfig| {
+        let c = BertConfig {
+            dropout: 0.0,
+            num_labels: 0,
+            d_ff: c.ff_width(),
+            ..c.clone()
+        };
+        toml::Table::try_from(c).expect("configs serialise to TOML")
     };
-    check(
-        "vocab_size",
-        ours.vocab_size.to_string(),
-        theirs.vocab_size.to_string(),
-    );
-    check(
-        "max_len",
-        ours.max_len.to_string(),
-        theirs.max_len.to_string(),
-    );
-    check(
-        "type_vocab_size",
-        ours.type_vocab_size.to_string(),
-        theirs.type_vocab_size.to_string(),
-    );
-    check(
-        "n_layer",
-        ours.n_layer.to_string(),
-        theirs.n_layer.to_string(),
-    );
-    check("n_head", ours.n_head.to_string(), theirs.n_head.to_string());
-    check(
-        "d_model",
-        ours.d_model.to_string(),
-        theirs.d_model.to_string(),
-    );
-    check(
-        "d_ff",
-        ours.ff_width().to_string(),
-        theirs.ff_width().to_string(),
-    );
-    check(
-        "norm_placement",
-        format!("{:?}", ours.norm_placement),
-        format!("{:?}", theirs.norm_placement),
-    );
-    check(
-        "activation",
-        format!("{:?}", ours.activation),
-        format!("{:?}", theirs.activation),
-    );
-    out
+    let (ours, theirs) = (shape(ours), shape(theirs));
+    ours.iter()
+        .filter(|(key, value)| theirs.get(*key) != Some(*value))
+        .map(|(key, value)| {
+            let theirs = theirs.get(key).map_or("nothing".into(), |v| v.to_string());
+            format!("{key} = {value} (the run has {theirs})")
+        })
+        .collect()
 }
 
 /// Stops the embeddings and the first `layers` encoder layers from training.
@@ -849,16 +812,15 @@ pub(crate) fn train(
             .encode(&tokenizer, &labels, recipe, seq_len, &mut rng)
             .map_err(|e| recipe_error(format!("{split} split: {e}")))?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        EncoderExamples::new(
-            inputs,
-            targets,
-            t.batch_size,
+        let batching = Batching {
+            batch_size: t.batch_size,
             seed,
-            train,
+            shuffle: train,
             special,
-            config.vocab_size,
-        )
-        .map_err(|e| recipe_error(format!("{split} split: {e}")))
+            vocab_size: config.vocab_size,
+        };
+        EncoderExamples::new(inputs, targets, batching)
+            .map_err(|e| recipe_error(format!("{split} split: {e}")))
     };
     let train_examples = examples(true)?;
     let val_examples = examples(false)?;
@@ -868,21 +830,11 @@ pub(crate) fn train(
         recipe,
         train_examples.batches_per_pass().div_ceil(micro_batches),
     );
-    let total_steps = match options.stop_after_steps {
-        Some(stop) => stop.min(budget.total_steps),
-        None => budget.total_steps,
-    };
-    let epochs = total_steps.div_ceil(budget.steps_per_epoch);
-    let start_epoch = resume_epoch.unwrap_or(0);
-    if start_epoch >= epochs {
-        return Err(ZooError::RunDir {
-            path: run_dir.clone(),
-            message: format!(
-                "is already complete ({} steps)",
-                start_epoch * budget.steps_per_epoch
-            ),
-        });
-    }
+    let Plan {
+        total_steps,
+        epochs,
+        start_epoch,
+    } = budget.plan(options.stop_after_steps, resume_epoch, &run_dir)?;
 
     device.seed(recipe.seed);
     let task = bert_task(recipe);
@@ -1071,16 +1023,14 @@ pub fn evaluate_encoder(
             &mut stream(recipe.seed, 3, 2),
         )
         .map_err(usage)?;
-    let examples = EncoderExamples::new(
-        inputs,
-        targets,
+    let batching = Batching {
         batch_size,
-        recipe.seed,
-        false,
+        seed: recipe.seed,
+        shuffle: false,
         special,
-        run.config.vocab_size,
-    )
-    .map_err(usage)?;
+        vocab_size: run.config.vocab_size,
+    };
+    let examples = EncoderExamples::new(inputs, targets, batching).map_err(usage)?;
     let device = run.model.devices()[0].clone();
     let mut confusion = Confusion::default();
     let (mut loss_sum, mut count) = (0.0, 0usize);
@@ -1116,14 +1066,19 @@ pub fn evaluate_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::optim::GradientsParams;
 
-    const SPECIAL: SpecialIds = SpecialIds {
-        pad: 0,
-        unk: 1,
-        cls: 2,
-        sep: 3,
-        mask: 4,
-    };
+    const SPECIAL: SpecialIds = SpecialIds::WORDPIECE;
+
+    fn batching(batch_size: usize, seed: u64, shuffle: bool) -> Batching {
+        Batching {
+            batch_size,
+            seed,
+            shuffle,
+            special: SPECIAL,
+            vocab_size: 50,
+        }
+    }
 
     fn inputs(n: usize) -> Vec<EncodedInput> {
         (0..n)
@@ -1149,11 +1104,7 @@ mod tests {
         let examples = EncoderExamples::new(
             inputs(10),
             ExampleTargets::Classes((0..10).map(|i| i % 2).collect()),
-            4,
-            1,
-            false,
-            SPECIAL,
-            50,
+            batching(4, 1, false),
         )
         .unwrap();
         assert_eq!(examples.batches_per_pass(), 3);
@@ -1179,11 +1130,7 @@ mod tests {
                     is_next: vec![None; 40],
                     masking: MaskingConfig::default(),
                 },
-                8,
-                7,
-                true,
-                SPECIAL,
-                50,
+                batching(8, 7, true),
             )
             .unwrap()
         };

@@ -176,15 +176,7 @@ impl TrainStep for Lm {
         let state = StateCarry::start(&self.carry.train, &batch);
         let (loss, state) = self.model.loss(batch.inputs, batch.targets, state);
         StateCarry::keep(&self.carry.train, state);
-        let scaled = if self.loss_scale == 1.0 {
-            loss.clone()
-        } else {
-            loss.clone() * self.loss_scale
-        };
-        let mut grads = GradientsParams::from_grads(scaled.backward(), self);
-        if self.grad_clip > 0.0 {
-            clip_global_norm(self, &mut grads, self.grad_clip);
-        }
+        let grads = gradients(self, &loss, self.loss_scale, self.grad_clip);
         TrainOutput {
             grads,
             item: LmOutput {
@@ -206,6 +198,26 @@ impl InferenceStep for Lm {
         StateCarry::keep(&self.carry.valid, state);
         LmOutput { loss, tokens }
     }
+}
+
+/// The gradients of `loss * loss_scale` with respect to `module`'s parameters, their global
+/// norm clipped to `grad_clip` (0: not clipped).
+pub fn gradients<M: Module>(
+    module: &M,
+    loss: &Tensor<1>,
+    loss_scale: f32,
+    grad_clip: f32,
+) -> GradientsParams {
+    let scaled = if loss_scale == 1.0 {
+        loss.clone()
+    } else {
+        loss.clone() * loss_scale
+    };
+    let mut grads = GradientsParams::from_grads(scaled.backward(), module);
+    if grad_clip > 0.0 {
+        clip_global_norm(module, &mut grads, grad_clip);
+    }
+    grads
 }
 
 /// Scales every gradient by `min(1, max_norm / ‖g‖)`, where `‖g‖` is the norm of all gradients

@@ -101,6 +101,45 @@ impl Budget {
     }
 }
 
+/// What this invocation of a run does.
+pub(crate) struct Plan {
+    /// The step it stops at.
+    pub(crate) total_steps: usize,
+    /// The burn-train epochs up to there.
+    pub(crate) epochs: usize,
+    /// Epochs done before it starts (a resumed run's checkpoint).
+    pub(crate) start_epoch: usize,
+}
+
+impl Budget {
+    /// The plan of a run that stops after `stop_after` steps (or at the budget) and resumes
+    /// from `resume_epoch`; a run that has nothing left to do is an error.
+    pub(crate) fn plan(
+        &self,
+        stop_after: Option<usize>,
+        resume_epoch: Option<usize>,
+        run_dir: &Path,
+    ) -> Result<Plan, ZooError> {
+        let total_steps = stop_after.map_or(self.total_steps, |s| s.min(self.total_steps));
+        let epochs = total_steps.div_ceil(self.steps_per_epoch);
+        let start_epoch = resume_epoch.unwrap_or(0);
+        if start_epoch >= epochs {
+            return Err(ZooError::RunDir {
+                path: run_dir.to_path_buf(),
+                message: format!(
+                    "is already complete ({} steps)",
+                    start_epoch * self.steps_per_epoch
+                ),
+            });
+        }
+        Ok(Plan {
+            total_steps,
+            epochs,
+            start_epoch,
+        })
+    }
+}
+
 /// Saves every `every` epochs and at the last one, keeping the newest `keep`.
 pub(crate) struct EveryNKeepLast {
     pub(crate) every: usize,
@@ -326,21 +365,11 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     };
     let budget = Budget::of(&recipe, steps_per_pass);
 
-    let total_steps = match options.stop_after_steps {
-        Some(stop) => stop.min(budget.total_steps),
-        None => budget.total_steps,
-    };
-    let epochs = total_steps.div_ceil(budget.steps_per_epoch);
-    let start_epoch = resume_epoch.unwrap_or(0);
-    if start_epoch >= epochs {
-        return Err(ZooError::RunDir {
-            path: run_dir.clone(),
-            message: format!(
-                "is already complete ({} steps)",
-                start_epoch * budget.steps_per_epoch
-            ),
-        });
-    }
+    let Plan {
+        total_steps,
+        epochs,
+        start_epoch,
+    } = budget.plan(options.stop_after_steps, resume_epoch, &run_dir)?;
 
     let device = options.device.clone();
     device.seed(recipe.seed);
