@@ -8,6 +8,7 @@ use zoo::device::{DeviceChoice, pick_device};
 use zoo_blocks::SamplingConfig;
 use zoo_gpt::GptConfig;
 use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
+use zoo_train::encoder::PredictInput;
 use zoo_train::recipe::ModelConfig;
 use zoo_train::run::{TrainOptions, evaluate, generate, load_run, train};
 use zoo_train::{Recipe, ZooError};
@@ -81,6 +82,20 @@ enum Command {
         /// Checkpoint epoch (default: the last).
         #[arg(long)]
         checkpoint: Option<usize>,
+    },
+    /// Apply a fine-tuned encoder to text: a label, tags, an answer span, or [MASK] fillers.
+    Predict {
+        /// The run directory (a BERT run).
+        run_dir: PathBuf,
+        /// The text (for span QA, the question).
+        #[arg(long, conflicts_with = "file")]
+        input: Option<String>,
+        /// Span QA: the text to take the answer from.
+        #[arg(long)]
+        context: Option<String>,
+        /// One input per line (span QA: question, a tab, context); one output line each.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// Parameters, FLOPs per token and training memory of a preset or recipe.
     Info {
@@ -313,6 +328,44 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
                 seed,
             };
             println!("{}", generate(&run, &prompt, max_tokens, sampling)?);
+        }
+        Command::Predict {
+            run_dir,
+            input,
+            context,
+            file,
+        } => {
+            if !zoo_train::encoder::is_encoder_run(&run_dir) {
+                return Err(ZooError::Usage(format!(
+                    "{} is not a BERT run: `zoo predict` applies encoders; use `zoo generate` for language models",
+                    run_dir.display()
+                )));
+            }
+            let inputs: Vec<PredictInput> = match (input, file) {
+                (Some(text), None) => vec![PredictInput { text, context }],
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
+                    .lines()
+                    .filter(|line| !line.trim().is_empty())
+                    .map(|line| match line.split_once('\t') {
+                        Some((question, context)) if !context.is_empty() => PredictInput {
+                            text: question.to_string(),
+                            context: Some(context.to_string()),
+                        },
+                        _ => PredictInput {
+                            text: line.to_string(),
+                            context: context.clone(),
+                        },
+                    })
+                    .collect(),
+                _ => {
+                    return Err(ZooError::Usage("give --input TEXT or --file PATH".into()));
+                }
+            };
+            let run = zoo_train::encoder::load_encoder_run(&run_dir, &device)?;
+            for input in &inputs {
+                println!("{}", zoo_train::encoder::predict(&run, input)?);
+            }
         }
         Command::Info {
             model,

@@ -706,6 +706,47 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
         );
     }
 
+    // `zoo predict` applies each head to new text.
+    let predict = |args: &[&str]| {
+        let out = zoo(&[&["predict"][..], args].concat(), &dir);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let label = predict(&[
+        "runs/finetune",
+        "--input",
+        "Ada had two apples and found one more.",
+    ]);
+    assert!(
+        label.starts_with("right\t") || label.starts_with("wrong\t"),
+        "{label}"
+    );
+    let tags = predict(&[
+        "runs/token-classification",
+        "--input",
+        "Ada saw three foxes .",
+    ]);
+    assert_eq!(tags.split_whitespace().count(), 5, "{tags}");
+    assert!(tags.starts_with("Ada/"), "{tags}");
+    let context = "Ada had two pears and found one more , so now Ada has three pears .";
+    let answer = predict(&[
+        "runs/span-qa",
+        "--input",
+        "How many pears does Ada have now ?",
+        "--context",
+        context,
+    ]);
+    assert!(
+        answer
+            .split_whitespace()
+            .all(|w| context.split_whitespace().any(|c| c == w)),
+        "{answer}"
+    );
+    let filled = predict(&["runs/mlm", "--input", "Ada was a [MASK] fox ."]);
+    assert!(filled.starts_with("[MASK] -> "), "{filled}");
+    let refused = zoo(&["predict", "runs/mlm", "--input", "no mask here"], &dir);
+    assert_clean_error(&refused, 1, &["[MASK]"]);
+
     // A fine-tuning recipe whose shape differs from the pretrained run's is refused by field.
     write(
         &dir,

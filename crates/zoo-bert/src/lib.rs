@@ -5,7 +5,7 @@ pub mod model;
 pub mod presets;
 
 pub use model::{
-    Bert, BertConfig, BertHead, BertModel, BertTask, Embeddings, EncoderLayer, Predictions,
-    Targets, TaskLoss,
+    Bert, BertConfig, BertHead, BertModel, BertTask, Embeddings, EncoderLayer, Prediction,
+    Predictions, Targets, TaskLoss,
 };
 pub use presets::{PRESETS, preset};

@@ -15,7 +15,7 @@ use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::activation::tanh;
+use burn::tensor::activation::{softmax, tanh};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::kernels::gelu;
@@ -563,6 +563,58 @@ impl BertModel {
             (head, _) => panic!("targets do not fit the {}", head.describe()),
         }
     }
+}
+
+impl BertModel {
+    /// Inference with the task head (no loss): class probabilities `[batch, labels]` for a
+    /// classifier, tag probabilities `[batch, len, labels]` for a tagger (as a 3-D tensor in
+    /// both cases, `len` 1 for the classifier), or start and end logits for a span head.
+    pub fn predict(
+        &self,
+        tokens: Tensor<2, Int>,
+        segments: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+    ) -> Prediction {
+        let hidden = self
+            .encoder
+            .forward(tokens, segments, Some(padding.clone()));
+        match &self.head {
+            BertHead::Classification(head) => {
+                let logits = head.logits(self.encoder.pool(hidden));
+                Prediction::Labels(softmax(logits.unsqueeze_dim::<3>(1), 2))
+            }
+            BertHead::TokenClassification(head) => {
+                Prediction::Labels(softmax(head.logits(hidden), 2))
+            }
+            BertHead::SpanQa(head) => {
+                let [start, end] = head.logits(hidden, padding);
+                Prediction::Span { start, end }
+            }
+            BertHead::MaskedLm(head) => {
+                let [batch, len, d_model] = hidden.dims();
+                let logits = head.token_logits(
+                    hidden.reshape([batch * len, d_model]),
+                    &self.encoder.embeddings.tokens,
+                );
+                let vocab = logits.dims()[1];
+                Prediction::Labels(softmax(logits.reshape([batch, len, vocab]), 2))
+            }
+        }
+    }
+}
+
+/// What [`BertModel::predict`] returns.
+#[derive(Clone, Debug)]
+pub enum Prediction {
+    /// Probabilities over labels (or, for masked-LM, tokens): `[batch, len, classes]`.
+    Labels(Tensor<3>),
+    /// Start and end logits `[batch, len]` of an answer span (padding at `-1e9`).
+    Span {
+        /// Logit of each token starting the answer.
+        start: Tensor<2>,
+        /// Logit of each token ending it.
+        end: Tensor<2>,
+    },
 }
 
 impl MaskedLmHead {

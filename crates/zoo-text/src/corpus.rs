@@ -120,40 +120,47 @@ pub fn tagging_task(seed: u64, count: usize) -> Vec<(Vec<String>, Vec<&'static s
 }
 
 /// A span question-answering task from the grammar: a question, a context of words, and the
-/// answer as the first and last word of a span of the context. Each context holds two sums
-/// about two different people, so the question's name decides which number answers it.
+/// answer (a count and a thing, "five pears") as the first and last word of a span of the
+/// context. Each context holds two sums about two different people and two different things,
+/// so the question's name and thing decide which sum answers it.
 pub fn span_task(seed: u64, count: usize) -> Vec<(String, Vec<String>, usize, usize)> {
     let mut g = Grammar {
         rng: SplitMix64(seed),
     };
+    fn two<T: Copy + PartialEq>(g: &mut Grammar, items: &[T]) -> [T; 2] {
+        let first = g.pick(items);
+        loop {
+            let second = g.pick(items);
+            if second != first {
+                return [first, second];
+            }
+        }
+    }
     (0..count)
         .map(|_| {
-            let first = g.pick(NAMES);
-            let second = loop {
-                let name = g.pick(NAMES);
-                if name != first {
-                    break name;
-                }
-            };
-            let (_, objects) = g.pick(OBJECTS);
+            let heroes = two(&mut g, NAMES);
+            let things = two(&mut g, OBJECTS).map(|(_, many)| many);
             let mut context = Vec::new();
             let mut answers = Vec::new();
-            for hero in [first, second] {
+            for (hero, objects) in heroes.into_iter().zip(things) {
                 let (a, b) = (g.rng.below(10), g.rng.below(9));
                 let sentence = format!(
                     "{hero} had {} {objects} and found {} more , so now {hero} has",
                     NUMBERS[a], NUMBERS[b]
                 );
                 context.extend(sentence.split_whitespace().map(String::from));
-                answers.push(context.len());
+                // The answer is the count and the thing: "five pears", "two loaves of bread".
+                let start = context.len();
                 context.push(NUMBERS[a + b].to_string());
                 context.extend(objects.split_whitespace().map(String::from));
+                answers.push((start, context.len() - 1));
                 context.push(".".to_string());
             }
             let asked = g.rng.below(2);
-            let hero = [first, second][asked];
+            let (hero, objects) = (heroes[asked], things[asked]);
             let question = format!("How many {objects} does {hero} have now ?");
-            (question, context, answers[asked], answers[asked])
+            let (start, end) = answers[asked];
+            (question, context, start, end)
         })
         .collect()
 }
@@ -407,7 +414,9 @@ mod tests {
             }
         }
         for (question, context, start, end) in span_task(6, 50) {
-            assert!(start <= end && end < context.len());
+            assert!(start < end && end < context.len());
+            assert_eq!(context[end + 1], ".");
+            assert!(question.contains(&context[start + 1..=end].join(" ")));
             // The answer is the sum in the sentence about the person asked about.
             let words: Vec<&str> = question.split_whitespace().collect();
             let hero = words[words.iter().position(|w| *w == "have").unwrap() - 1];
