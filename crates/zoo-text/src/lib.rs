@@ -3,6 +3,7 @@
 //! examples, and encoder pretraining data (sentence pairs, masked-LM masking).
 
 pub mod batcher;
+pub mod bleu;
 pub mod corpus;
 pub mod ngram;
 pub mod pretraining;
