@@ -6,6 +6,7 @@
 //! differences, and MQA/GQA reducing to multi-head attention when `n_kv_heads == n_heads`.
 
 pub mod attention;
+pub mod cross_attention;
 pub mod decoding;
 pub mod embedding;
 pub mod feed_forward;
@@ -19,6 +20,7 @@ pub mod recurrent;
 pub(crate) mod testing;
 
 pub use attention::{AttentionCache, SelfAttention, SelfAttentionConfig};
+pub use cross_attention::{CrossAttention, CrossAttentionConfig, MemoryKeys};
 pub use decoding::{Sampler, SamplingConfig};
 pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
