@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod ngram;
 pub mod pretraining;
 pub mod registry;
+pub mod span_corruption;
 pub mod tokenizer;
 
 pub use batcher::{RandomWindows, Streams};
