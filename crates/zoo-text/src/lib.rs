@@ -9,6 +9,7 @@ pub mod ngram;
 pub mod pretraining;
 pub mod registry;
 pub mod span_corruption;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use batcher::{RandomWindows, Streams};
