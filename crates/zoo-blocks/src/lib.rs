@@ -25,5 +25,5 @@ pub use decoding::{Sampler, SamplingConfig};
 pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use norm::{Norm, NormKind, NormPlacement};
-pub use positions::{AbsolutePositions, PositionKind, Rotary, alibi_slopes};
+pub use positions::{AbsolutePositions, PositionKind, RelativePositionBias, Rotary, alibi_slopes};
 pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState};

@@ -1,6 +1,7 @@
 //! Position information: learned and sinusoidal absolute embeddings (added to the token
-//! embeddings), rotary embeddings (RoPE, applied to queries and keys) and ALiBi (a per-head linear
-//! bias on attention scores).
+//! embeddings), rotary embeddings (RoPE, applied to queries and keys), ALiBi (a per-head linear
+//! bias on attention scores) and T5's relative position bias (a learned per-head bias for each
+//! bucket of query-key distance).
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
@@ -201,6 +202,96 @@ pub fn alibi_bias(slopes: &[f32], q_len: usize, k_len: usize, device: &Device) -
     )
 }
 
+/// T5's relative position bias: a learned scalar per head for each bucket of `key position -
+/// query position`, added to the attention scores. Distances below `num_buckets / 4` (per
+/// direction when bidirectional) get a bucket each; larger ones share logarithmically wider
+/// buckets up to `max_distance`, beyond which all fall in the last.
+#[derive(Module, Debug)]
+pub struct RelativePositionBias {
+    /// `[num_buckets, n_heads]`.
+    pub table: Embedding,
+    num_buckets: usize,
+    max_distance: usize,
+    bidirectional: bool,
+}
+
+impl RelativePositionBias {
+    /// A bias for `n_heads` heads (T5: 32 buckets, maximum distance 128; bidirectional in the
+    /// encoder, not in the decoder).
+    pub fn new(
+        n_heads: usize,
+        num_buckets: usize,
+        max_distance: usize,
+        bidirectional: bool,
+        device: &Device,
+    ) -> Self {
+        Self {
+            table: EmbeddingConfig::new(num_buckets, n_heads)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device),
+            num_buckets,
+            max_distance,
+            bidirectional,
+        }
+    }
+
+    /// The bucket of `relative` = key position - query position (T5's
+    /// `_relative_position_bucket`).
+    pub fn bucket(&self, relative: i64) -> usize {
+        relative_bucket(
+            relative,
+            self.num_buckets,
+            self.max_distance,
+            self.bidirectional,
+        )
+    }
+
+    /// The bias `[1, n_heads, q_len, k_len]` for queries at positions `k_len - q_len..k_len`
+    /// (a decoder continuing its cache) over keys `0..k_len`.
+    pub fn forward(&self, q_len: usize, k_len: usize) -> Tensor<4> {
+        let offset = (k_len - q_len) as i64;
+        let buckets: Vec<i64> = (0..q_len as i64)
+            .flat_map(|i| (0..k_len as i64).map(move |j| j - (i + offset)))
+            .map(|relative| self.bucket(relative) as i64)
+            .collect();
+        let device = self.table.weight.device();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(buckets, [q_len, k_len]), &device);
+        // [q, k, heads] -> [1, heads, q, k]
+        self.table.forward(ids).permute([2, 0, 1]).unsqueeze_dim(0)
+    }
+}
+
+/// T5's bucketing of a relative position (see [`RelativePositionBias`]).
+pub fn relative_bucket(
+    relative: i64,
+    num_buckets: usize,
+    max_distance: usize,
+    bidirectional: bool,
+) -> usize {
+    let (mut buckets, mut base) = (num_buckets, 0);
+    let distance = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            base = buckets;
+        }
+        relative.unsigned_abs() as usize
+    } else {
+        // Only keys at or before the query count; later ones share bucket 0.
+        (-relative).max(0) as usize
+    };
+    let max_exact = buckets / 2;
+    if distance < max_exact {
+        return base + distance;
+    }
+    let log_ratio =
+        (distance as f64 / max_exact as f64).ln() / (max_distance as f64 / max_exact as f64).ln();
+    let large = max_exact + (log_ratio * (buckets - max_exact) as f64) as usize;
+    base + large.min(buckets - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +343,47 @@ mod tests {
         assert_eq!(&six[..4], &alibi_slopes(4)[..]);
         assert_eq!(six[4], alibi_slopes(8)[0]);
         assert_eq!(six[5], alibi_slopes(8)[2]);
+    }
+
+    /// T5's buckets (32, max distance 128): exact below 8 per direction, logarithmic to 128,
+    /// later keys offset by 16 when bidirectional; the causal version folds later keys into 0.
+    #[test]
+    fn relative_buckets_follow_t5() {
+        let bidirectional = |r| relative_bucket(r, 32, 128, true);
+        let cases = [
+            (0, 0),
+            (-1, 1),
+            (-7, 7),
+            (-8, 8),
+            (-16, 10),
+            (-127, 15),
+            (-500, 15),
+            (1, 17),
+            (16, 26),
+            (500, 31),
+        ];
+        for (relative, bucket) in cases {
+            assert_eq!(bidirectional(relative), bucket, "relative {relative}");
+        }
+        let causal = |r| relative_bucket(r, 32, 128, false);
+        assert_eq!(
+            [causal(3), causal(0), causal(-3), causal(-15)],
+            [0, 0, 3, 15]
+        );
+        assert_eq!([causal(-16), causal(-1000)], [16, 31]);
+    }
+
+    #[test]
+    fn relative_bias_looks_up_each_pairs_bucket_per_head() {
+        let device = test_device();
+        let bias = RelativePositionBias::new(3, 32, 128, true, &device);
+        let out = bias.forward(2, 5);
+        assert_eq!(out.dims(), [1, 3, 2, 5]);
+        let table = to_vec(bias.table.weight.val());
+        let values = to_vec(out);
+        // Query 1 (position 4) and key 0: relative -4, bucket 4; head 2.
+        let bucket = bias.bucket(-4);
+        assert_eq!(values[2 * 10 + 5], table[bucket * 3 + 2]);
     }
 
     #[test]
