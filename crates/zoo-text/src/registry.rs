@@ -84,6 +84,9 @@ pub enum Format {
     /// Tab-separated examples under a header line: a `label` column and a text column. As
     /// text (language modelling, pretraining) a split is its texts, one per line.
     LabelledTsv,
+    /// Line-aligned translations: split `S` is the files `S.<language>`, one per language in
+    /// the dataset's `languages`. As text a split is all its languages' lines.
+    Parallel,
 }
 
 /// One labelled example of a [`Format::LabelledTsv`] dataset.
@@ -105,6 +108,9 @@ pub struct DatasetFile {
     pub sha256: String,
     /// Where to download it from.
     pub url: String,
+    /// The address serves the file gzipped (the checksum is of the file itself).
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 /// A split: a whole file or a fraction of one.
@@ -137,6 +143,9 @@ pub struct Dataset {
     pub files: Vec<DatasetFile>,
     /// Its splits by name (`train`, `val`, `test`).
     pub splits: BTreeMap<String, Split>,
+    /// Parallel datasets: the languages, each a file suffix.
+    #[serde(default)]
+    pub languages: Vec<String>,
 }
 
 /// All registered datasets.
@@ -245,7 +254,79 @@ impl DatasetRegistry {
             let examples = self.load_labelled(name, split, dir)?;
             return Ok(examples.into_iter().map(|e| e.text + "\n").collect());
         }
+        if dataset.format == Format::Parallel {
+            let mut text = String::new();
+            for language in &dataset.languages {
+                text.push_str(&self.load_file(name, &format!("{split}.{language}"), dir)?);
+            }
+            return Ok(text);
+        }
         self.load_raw(name, split, dir)
+    }
+
+    /// The sentence pairs of `split` of a parallel dataset, `source` and `target` naming two
+    /// of its languages.
+    pub fn load_parallel(
+        &self,
+        name: &str,
+        split: &str,
+        [source, target]: [&str; 2],
+        dir: &DataDir,
+    ) -> Result<Vec<(String, String)>, TextError> {
+        let dataset = self.get(name)?;
+        let bad = |message: String| TextError::Parse {
+            path: PathBuf::from("datasets/registry.toml"),
+            message,
+        };
+        if dataset.format != Format::Parallel {
+            return Err(bad(format!("dataset '{name}' is not a parallel corpus")));
+        }
+        for language in [source, target] {
+            if !dataset.languages.iter().any(|l| l == language) {
+                return Err(bad(format!(
+                    "dataset '{name}' has no language '{language}'; it has: {}",
+                    dataset.languages.join(", ")
+                )));
+            }
+        }
+        let part = dataset
+            .splits
+            .get(split)
+            .ok_or_else(|| unknown_split(name, split, dataset.splits.keys()))?;
+        let side = |language: &str| self.load_file(name, &format!("{}.{language}", part.file), dir);
+        let (sources, targets) = (side(source)?, side(target)?);
+        let (sources, targets): (Vec<&str>, Vec<&str>) =
+            (sources.lines().collect(), targets.lines().collect());
+        if sources.len() != targets.len() {
+            return Err(bad(format!(
+                "split '{split}' of '{name}': {} {source} lines but {} {target} lines",
+                sources.len(),
+                targets.len()
+            )));
+        }
+        Ok(sources
+            .into_iter()
+            .zip(targets)
+            .map(|(s, t)| (s.trim().to_string(), t.trim().to_string()))
+            .collect())
+    }
+
+    /// One listed file of a dataset, fetched and verified, as text.
+    fn load_file(&self, name: &str, file_name: &str, dir: &DataDir) -> Result<String, TextError> {
+        let dataset = self.get(name)?;
+        let file = dataset
+            .files
+            .iter()
+            .find(|f| f.name == file_name)
+            .ok_or_else(|| TextError::Parse {
+                path: PathBuf::from("datasets/registry.toml"),
+                message: format!("dataset '{name}' lists no file {file_name}"),
+            })?;
+        let path = fetch(name, file, dir)?;
+        std::fs::read_to_string(&path).map_err(|e| TextError::Io {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// The examples of `split` of a labelled dataset.
@@ -347,7 +428,7 @@ impl DatasetRegistry {
         })?;
         let text = slice_chars(&text, part.from, part.to);
         Ok(match dataset.format {
-            Format::Text | Format::LabelledTsv => text.to_string(),
+            Format::Text | Format::LabelledTsv | Format::Parallel => text.to_string(),
             Format::LinesEos => text
                 .lines()
                 .map(|line| format!("{} <eos>\n", line.trim()))
@@ -437,7 +518,7 @@ pub fn fetch(dataset: &str, file: &DatasetFile, dir: &DataDir) -> Result<PathBuf
         if !dir.download {
             return Err(missing("downloads are disabled by ZOO_OFFLINE".into()));
         }
-        download(&file.url, &path).map_err(missing)?;
+        download(&file.url, file.gzip, &path).map_err(missing)?;
     }
     verify(&path, &file.sha256)?;
     Ok(path)
@@ -466,7 +547,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Downloads `url` to `path` through a temporary file, so an interrupted download leaves nothing
 /// that looks complete.
-fn download(url: &str, path: &Path) -> Result<(), String> {
+fn download(url: &str, gzip: bool, path: &Path) -> Result<(), String> {
     eprintln!("downloading {url} -> {}", path.display());
     let response = ureq::get(url).call().map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();
@@ -475,6 +556,13 @@ fn download(url: &str, path: &Path) -> Result<(), String> {
         .into_reader()
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
+    if gzip {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut plain)
+            .map_err(|e| format!("cannot decompress: {e}"))?;
+        bytes = plain;
+    }
     let parent = path.parent().expect("dataset files live in a directory");
     std::fs::create_dir_all(parent)
         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
@@ -613,6 +701,7 @@ splits.train = {{ file = "train.tsv" }}
                 "embedded-sums",
                 "embedded-tagging",
                 "embedded-spans",
+                "multi30k",
                 "ptb",
                 "sst2",
                 "tinyshakespeare"
@@ -644,6 +733,62 @@ splits.train = {{ file = "train.tsv" }}
         let train = registry.load_split(EMBEDDED, "train", &nowhere).unwrap();
         let val = registry.load_split(EMBEDDED, "val", &nowhere).unwrap();
         assert!(train.len() > 8 * val.len() && val.len() > 10_000);
+    }
+
+    /// A gzipped download is unpacked and checked; the parallel splits pair their lines, and
+    /// read as text give every language's lines.
+    #[test]
+    fn a_parallel_corpus_downloads_gzipped_and_pairs_its_lines() {
+        use flate2::Compression;
+        use flate2::write::GzEncoder;
+        use std::io::Write as _;
+        let (english, german) = (b"a cat .\ntwo dogs .\n", b"eine Katze .\nzwei Hunde .\n");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(english).unwrap();
+        let body: &'static [u8] = Box::leak(gz.finish().unwrap().into_boxed_slice());
+        let url = serve_once(body);
+        let dir = scratch("parallel");
+        std::fs::create_dir_all(dir.join("pair")).unwrap();
+        std::fs::write(dir.join("pair/train.de"), german).unwrap();
+        let sha = |b: &[u8]| hex(&Sha256::digest(b));
+        let registry = DatasetRegistry::parse(&format!(
+            r#"[pair]
+description = "toy"
+format = "parallel"
+languages = ["en", "de"]
+files = [
+  {{ name = "train.en", sha256 = "{}", url = "{url}", gzip = true }},
+  {{ name = "train.de", sha256 = "{}", url = "http://127.0.0.1:9/none" }},
+]
+splits.train = {{ file = "train" }}
+"#,
+            sha(english),
+            sha(german)
+        ))
+        .unwrap();
+        let data = DataDir {
+            root: dir.clone(),
+            download: true,
+        };
+        let pairs = registry
+            .load_parallel("pair", "train", ["en", "de"], &data)
+            .unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("a cat .".to_string(), "eine Katze .".to_string()),
+                ("two dogs .".to_string(), "zwei Hunde .".to_string()),
+            ]
+        );
+        assert_eq!(std::fs::read(dir.join("pair/train.en")).unwrap(), english);
+        let text = registry.load_split("pair", "train", &data).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        let err = registry
+            .load_parallel("pair", "train", ["en", "fr"], &data)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'fr'") && err.contains("en, de"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
