@@ -269,38 +269,24 @@ fn a_recurrent_lm_trains_evaluates_and_generates() {
         losses[2]
     );
 
-    let generated = zoo(
-        &[
-            "generate",
-            "runs/rnn",
-            "--prompt",
-            "Nils",
-            "--max-tokens",
-            "15",
-            "--seed",
-            "3",
-        ],
-        &dir,
-    );
+    let args = [
+        "generate",
+        "runs/rnn",
+        "--prompt",
+        "Nils",
+        "--max-tokens",
+        "15",
+        "--seed",
+        "3",
+    ];
+    let generated = zoo(&args, &dir);
     assert!(generated.status.success(), "{}", stderr(&generated));
     let text = stdout(&generated);
     assert!(
         text.starts_with("Nils") && text.trim_end().chars().count() >= 15,
         "{text}"
     );
-    let again = zoo(
-        &[
-            "generate",
-            "runs/rnn",
-            "--prompt",
-            "Nils",
-            "--max-tokens",
-            "15",
-            "--seed",
-            "3",
-        ],
-        &dir,
-    );
+    let again = zoo(&args, &dir);
     assert_eq!(stdout(&again), text, "the same seed samples the same text");
 }
 

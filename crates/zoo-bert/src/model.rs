@@ -423,16 +423,6 @@ pub struct Predictions {
     pub expected: Tensor<1, Int>,
 }
 
-impl Predictions {
-    fn of(logits: Tensor<2>, expected: Tensor<1, Int>) -> Self {
-        let [n, _] = logits.dims();
-        Self {
-            predicted: logits.detach().argmax(1).reshape([n]),
-            expected,
-        }
-    }
-}
-
 /// A task loss and what it predicted.
 #[derive(Clone, Debug)]
 pub struct TaskLoss {
@@ -442,6 +432,22 @@ pub struct TaskLoss {
     pub main: Predictions,
     /// Next-sentence predictions, when the head makes them.
     pub next_sentence: Option<Predictions>,
+}
+
+impl TaskLoss {
+    /// The mean cross-entropy of `logits` (`[n, classes]`) against `expected` (`[n]`), and the
+    /// classes they pick.
+    fn of(logits: Tensor<2>, expected: Tensor<1, Int>) -> Self {
+        let [n, _] = logits.dims();
+        Self {
+            loss: cross_entropy(logits.clone(), expected.clone()),
+            main: Predictions {
+                predicted: logits.detach().argmax(1).reshape([n]),
+                expected,
+            },
+            next_sentence: None,
+        }
+    }
 }
 
 /// The targets of one batch, by task.
@@ -505,41 +511,22 @@ impl BertModel {
             ) => {
                 let selected = rows(hidden.clone(), positions);
                 let logits = head.token_logits(selected, &self.encoder.embeddings.tokens);
-                let mut loss = cross_entropy(logits.clone(), originals.clone());
-                let main = Predictions::of(logits, originals);
-                let next_sentence = match (&head.next_sentence, next_sentence) {
-                    (Some(nsp), Some(labels)) => {
-                        let logits = nsp.forward(self.encoder.pool(hidden));
-                        loss = loss + cross_entropy(logits.clone(), labels.clone());
-                        Some(Predictions::of(logits, labels))
-                    }
-                    _ => None,
-                };
-                TaskLoss {
-                    loss,
-                    main,
-                    next_sentence,
+                let mut scored = TaskLoss::of(logits, originals);
+                if let (Some(nsp), Some(labels)) = (&head.next_sentence, next_sentence) {
+                    let logits = nsp.forward(self.encoder.pool(hidden));
+                    let next = TaskLoss::of(logits, labels);
+                    scored.loss = scored.loss + next.loss;
+                    scored.next_sentence = Some(next.main);
                 }
+                scored
             }
             (BertHead::Classification(head), Targets::Classification(labels)) => {
-                let logits = head.logits(self.encoder.pool(hidden));
-                TaskLoss {
-                    loss: cross_entropy(logits.clone(), labels.clone()),
-                    main: Predictions::of(logits, labels),
-                    next_sentence: None,
-                }
+                TaskLoss::of(head.logits(self.encoder.pool(hidden)), labels)
             }
             (
                 BertHead::TokenClassification(head),
                 Targets::TokenClassification { positions, labels },
-            ) => {
-                let logits = head.logits(rows(hidden, positions));
-                TaskLoss {
-                    loss: cross_entropy(logits.clone(), labels.clone()),
-                    main: Predictions::of(logits, labels),
-                    next_sentence: None,
-                }
-            }
+            ) => TaskLoss::of(head.logits(rows(hidden, positions)), labels),
             (BertHead::SpanQa(head), Targets::SpanQa { start, end }) => {
                 let [start_logits, end_logits] = head.logits(hidden, padding);
                 let loss = (cross_entropy(start_logits.clone(), start.clone())

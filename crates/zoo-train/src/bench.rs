@@ -1,8 +1,9 @@
 //! Throughput benchmarks: they print figures; nothing here asserts a time.
 
-use crate::lm::clip_global_norm;
+use crate::lm::gradients;
 use crate::optim::AdamW;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::module::Module;
+use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use std::time::{Duration, Instant};
@@ -66,16 +67,11 @@ pub fn bench_gpt(
             random_ids(shape, vocab, &device),
             random_ids(shape, vocab, &device),
         );
-        let started = Instant::now();
-        let (loss, _) = model.loss(inputs, targets);
-        device.sync().map_err(|e| e.to_string())?;
-        let forward = started.elapsed();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        device.sync().map_err(|e| e.to_string())?;
-        let backward = started.elapsed();
-        model = optimizer.step(1e-3, model.clone(), grads);
-        let _ = loss.into_scalar::<f32>();
-        Ok([forward, backward, started.elapsed()])
+        let (next, times) = timed_step(model.clone(), &mut optimizer, 1e-3, 0.0, &device, |m| {
+            m.loss(inputs, targets).0
+        })?;
+        model = next;
+        Ok(times)
     })
 }
 
@@ -104,21 +100,16 @@ pub fn bench_rnn(
             random_ids(shape, vocab, &device),
             random_ids(shape, vocab, &device),
         );
-        let started = Instant::now();
         let carried = state
             .take()
             .map(|s: RnnState| s.into_iter().map(|s| s.detach()).collect());
-        let (loss, next) = model.loss(inputs, targets, carried);
-        state = Some(next);
-        device.sync().map_err(|e| e.to_string())?;
-        let forward = started.elapsed();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_global_norm(&model, &mut grads, 0.25);
-        device.sync().map_err(|e| e.to_string())?;
-        let backward = started.elapsed();
-        model = optimizer.step(20.0, model.clone(), grads);
-        let _ = loss.into_scalar::<f32>();
-        Ok([forward, backward, started.elapsed()])
+        let (next, times) = timed_step(model.clone(), &mut optimizer, 20.0, 0.25, &device, |m| {
+            let (loss, next) = m.loss(inputs, targets, carried);
+            state = Some(next);
+            loss
+        })?;
+        model = next;
+        Ok(times)
     })
 }
 
@@ -170,16 +161,17 @@ pub fn bench_bert(
         };
         // No padding: every id is a real token.
         let padding = tokens.clone().equal_elem(-1);
-        let started = Instant::now();
-        let out = model.loss(tokens.clone(), tokens.zeros_like(), padding, targets);
-        train_device.sync().map_err(|e| e.to_string())?;
-        let forward = started.elapsed();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        train_device.sync().map_err(|e| e.to_string())?;
-        let backward = started.elapsed();
-        model = optimizer.step(1e-4, model.clone(), grads);
-        let _ = out.loss.into_scalar::<f32>();
-        Ok([forward, backward, started.elapsed()])
+        let segments = tokens.zeros_like();
+        let (next, times) = timed_step(
+            model.clone(),
+            &mut optimizer,
+            1e-4,
+            0.0,
+            &train_device,
+            |m| m.loss(tokens, segments, padding, targets).loss,
+        )?;
+        model = next;
+        Ok(times)
     })?;
 
     let classifier = BertConfig {
@@ -204,6 +196,30 @@ pub fn bench_bert(
         }
     }
     Ok((report, batch as f64 / median(&mut seconds)))
+}
+
+/// One timed training step: `loss` (the forward pass), the backward pass with the global
+/// gradient norm clipped to `clip` (0: not clipped), the optimiser update at `lr`, and the loss
+/// read back as the reference scripts do. Returns the updated model and the time from the start
+/// to the end of each of the three phases.
+fn timed_step<M: Module>(
+    model: M,
+    optimizer: &mut ModuleOptimizer,
+    lr: f64,
+    clip: f32,
+    device: &Device,
+    loss: impl FnOnce(&M) -> Tensor<1>,
+) -> Result<(M, [Duration; 3]), String> {
+    let started = Instant::now();
+    let loss = loss(&model);
+    device.sync().map_err(|e| e.to_string())?;
+    let forward = started.elapsed();
+    let grads = gradients(&model, &loss, 1.0, clip);
+    device.sync().map_err(|e| e.to_string())?;
+    let backward = started.elapsed();
+    let model = optimizer.step(lr, model, grads);
+    let _ = loss.into_scalar::<f32>();
+    Ok((model, [forward, backward, started.elapsed()]))
 }
 
 /// Uniformly random token ids.

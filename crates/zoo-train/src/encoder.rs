@@ -31,7 +31,7 @@ use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use zoo_bert::{BertConfig, BertModel, BertTask, Prediction, Predictions, Targets};
 use zoo_text::{
     DataDir, DatasetRegistry, EncodedInput, LabelledExample, MaskingConfig, PretrainingCorpus,
@@ -215,6 +215,8 @@ struct ExamplesInner {
     inputs: Vec<EncodedInput>,
     targets: ExampleTargets,
     batching: Batching,
+    /// The order of the pass being served, drawn once per pass rather than per batch.
+    order: Mutex<Option<(usize, Arc<Vec<usize>>)>>,
 }
 
 /// How [`EncoderExamples`] batch and mask.
@@ -256,6 +258,7 @@ impl EncoderExamples {
                 inputs,
                 targets,
                 batching,
+                order: Mutex::new(None),
             }),
         })
     }
@@ -275,15 +278,30 @@ impl EncoderExamples {
         self.len().div_ceil(self.inner.batching.batch_size)
     }
 
+    /// The order of the examples in pass `pass`: shuffled from the seed and the pass when
+    /// training, as they are otherwise.
+    fn order_of(&self, pass: usize) -> Arc<Vec<usize>> {
+        let mut cached = self.inner.order.lock().expect("order lock");
+        if let Some((cached_pass, order)) = cached.as_ref()
+            && *cached_pass == pass
+        {
+            return order.clone();
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if self.inner.batching.shuffle {
+            order.shuffle(&mut stream(self.inner.batching.seed, 1, pass as u64));
+        }
+        let order = Arc::new(order);
+        *cached = Some((pass, order.clone()));
+        order
+    }
+
     /// Batch `g` of the run (counted from 0 across passes).
     pub fn batch_at(&self, g: usize, device: &Device) -> EncoderBatch {
         let inner = &*self.inner;
         let per_pass = self.batches_per_pass();
         let (pass, within) = (g / per_pass, g % per_pass);
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        if inner.batching.shuffle {
-            order.shuffle(&mut stream(inner.batching.seed, 1, pass as u64));
-        }
+        let order = self.order_of(pass);
         let picked = &order[within * inner.batching.batch_size
             ..((within + 1) * inner.batching.batch_size).min(self.len())];
         let batch = picked.len();

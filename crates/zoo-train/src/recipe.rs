@@ -749,57 +749,31 @@ impl ModelConfig {
 
 /// Applies `[model]` to its family's preset and checks every key against the config's fields.
 pub fn resolve_model(spec: &ModelSpec) -> Result<ModelConfig, String> {
-    match spec.arch.as_str() {
-        "gpt" => {
-            let config = resolve(spec, zoo_gpt::preset, zoo_gpt::PRESETS, "GPT")?;
-            // The shapes must fit even before the tokenizer fills in a vocabulary size of 0.
-            GptConfig {
-                vocab_size: config.vocab_size.max(1),
-                ..config.clone()
-            }
-            .validate()
-            .map_err(|e| format!("[model]: {e}"))?;
-            Ok(ModelConfig::Gpt(config))
+    let config = match spec.arch.as_str() {
+        "gpt" => ModelConfig::Gpt(resolve(spec, zoo_gpt::preset, zoo_gpt::PRESETS, "GPT")?),
+        "rnn" => ModelConfig::Rnn(resolve(
+            spec,
+            zoo_rnn::preset,
+            zoo_rnn::PRESETS,
+            "recurrent",
+        )?),
+        "ngram" => ModelConfig::Ngram(resolve(spec, |_| None, &[], "n-gram")?),
+        "bert" => ModelConfig::Bert(resolve(spec, zoo_bert::preset, zoo_bert::PRESETS, "BERT")?),
+        other => {
+            return Err(format!(
+                "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram, bert"
+            ));
         }
-        "rnn" => {
-            let config = resolve(spec, zoo_rnn::preset, zoo_rnn::PRESETS, "recurrent")?;
-            RnnConfig {
-                vocab_size: config.vocab_size.max(1),
-                ..config.clone()
-            }
-            .validate()
-            .map_err(|e| format!("[model]: {e}"))?;
-            Ok(ModelConfig::Rnn(config))
-        }
-        "ngram" => {
-            let config = resolve::<NgramConfig>(spec, |_| None, &[], "n-gram")?;
-            let placeholder = NgramConfig {
-                vocab_size: 1,
-                ..config.clone()
-            };
-            ModelConfig::Ngram(placeholder)
-                .validate()
-                .map_err(|e| format!("model.{e}"))?;
-            Ok(ModelConfig::Ngram(config))
-        }
-        "bert" => {
-            let config = resolve(spec, zoo_bert::preset, zoo_bert::PRESETS, "BERT")?;
-            BertConfig {
-                vocab_size: config.vocab_size.max(1),
-                ..config.clone()
-            }
-            .validate()
-            .map_err(|e| format!("[model]: {e}"))?;
-            Ok(ModelConfig::Bert(config))
-        }
-        other => Err(format!(
-            "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram, bert"
-        )),
-    }
+    };
+    // The shapes must fit even before the tokenizer fills in a vocabulary size of 0.
+    let mut placeholder = config.clone();
+    placeholder.set_vocab_size(config.vocab_size().max(1));
+    placeholder
+        .validate()
+        .map_err(|e| format!("[model]: {e}"))?;
+    Ok(config)
 }
 
-/// A family's preset (or default config) with the spec's overrides applied; an unknown or
-/// ill-typed key is named.
 fn resolve<C>(
     spec: &ModelSpec,
     preset: fn(&str) -> Option<C>,
