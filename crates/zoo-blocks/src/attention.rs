@@ -12,7 +12,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// Shapes and options of a [`SelfAttention`].
 #[derive(Clone, Debug)]
@@ -159,6 +159,15 @@ impl AttentionCache {
         self.len() == 0
     }
 
+    /// The cache of the batch rows `rows` (in that order): beam search keeps the rows of the
+    /// hypotheses that survive a step.
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            keys: self.keys.clone().map(|k| k.select(0, rows.clone())),
+            values: self.values.clone().map(|v| v.select(0, rows)),
+        }
+    }
+
     fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let keys = match self.keys.take() {
             Some(past) => Tensor::cat(vec![past, keys], 2),
@@ -186,6 +195,19 @@ impl SelfAttention {
         padding: Option<Tensor<2, Bool>>,
         cache: Option<&mut AttentionCache>,
     ) -> Tensor<3> {
+        self.forward_with_bias(x, padding, cache, None)
+    }
+
+    /// [`forward`](Self::forward) with `position_bias` (`[1, n_heads, len, past + len]`) added
+    /// to the scores: T5's relative position bias, computed once per stack and shared by its
+    /// layers.
+    pub fn forward_with_bias(
+        &self,
+        x: Tensor<3>,
+        padding: Option<Tensor<2, Bool>>,
+        cache: Option<&mut AttentionCache>,
+        position_bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
         let [batch, len, d_model] = x.dims();
         let head_dim = d_model / self.n_heads;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -199,6 +221,7 @@ impl SelfAttention {
             && past == 0
             && self.rotary.is_none()
             && !self.alibi
+            && position_bias.is_none()
             && padding.is_none()
             && self.attn_dropout.prob == 0.0;
         if plain_causal {
@@ -234,14 +257,14 @@ impl SelfAttention {
         let total = past + len;
         let device = q.device();
 
-        let bias = self.alibi.then(|| {
-            alibi_bias(&alibi_slopes(self.n_heads), len, total, &device).expand([
-                batch,
-                self.n_heads,
-                len,
-                total,
-            ])
-        });
+        let alibi = self
+            .alibi
+            .then(|| alibi_bias(&alibi_slopes(self.n_heads), len, total, &device));
+        let bias = match (alibi, position_bias) {
+            (Some(alibi), Some(given)) => Some(alibi + given),
+            (alibi, given) => alibi.or(given),
+        }
+        .map(|bias| bias.expand([batch, self.n_heads, len, total]));
         let padding = padding.map(|p| {
             p.reshape([batch, 1, 1, total])
                 .expand([batch, self.n_heads, len, total])

@@ -8,7 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::kernels;
 
@@ -116,6 +116,16 @@ impl MemoryKeys {
     /// True for an empty memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The memory of the batch rows `rows`, in that order (one source repeated for each of its
+    /// beam hypotheses).
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            keys: self.keys.clone().select(0, rows.clone()),
+            values: self.values.clone().select(0, rows.clone()),
+            padding: self.padding.clone().map(|p| p.select(0, rows)),
+        }
     }
 }
 

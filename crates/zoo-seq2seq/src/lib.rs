@@ -1,0 +1,125 @@
+//! Encoder-decoder models: the transformer (with a T5-style configuration) in [`transformer`],
+//! the RNN encoder-decoder with attention in [`rnn`], their decoding (greedy, sampling, beam
+//! search) in [`decoding`] and named shapes in [`presets`].
+
+pub mod decoding;
+pub mod presets;
+pub mod rnn;
+pub mod transformer;
+
+use burn::module::Module;
+use burn::tensor::{Bool, Int, Tensor};
+use zoo_blocks::loss::label_smoothed_cross_entropy;
+
+pub use decoding::{DecodeTokens, EncoderDecoder, Strategy, decode, source_batch};
+pub use presets::{
+    RNN_ATTENTION_PRESETS, TRANSFORMER_PRESETS, rnn_attention_preset, transformer_preset,
+};
+pub use rnn::{AttentionKind, RnnAttention, RnnAttentionConfig, RnnAttentionState};
+pub use transformer::{Positions, Transformer, TransformerConfig, TransformerState};
+
+/// Either encoder-decoder family, as a training run holds it.
+#[derive(Module, Debug)]
+pub enum Seq2Seq {
+    /// The transformer (or T5-style) encoder-decoder.
+    Transformer(Transformer),
+    /// The RNN encoder-decoder with attention.
+    Rnn(RnnAttention),
+}
+
+/// The decoding state of either family.
+#[derive(Clone, Debug)]
+pub enum Seq2SeqState {
+    /// A transformer's.
+    Transformer(TransformerState),
+    /// An RNN's.
+    Rnn(RnnAttentionState),
+}
+
+impl Seq2Seq {
+    /// Teacher-forced logits `[batch, tgt_len, tgt_vocab]` for `target_in` (the target shifted
+    /// right, starting with the begin token).
+    pub fn forward(
+        &self,
+        source: Tensor<2, Int>,
+        source_padding: Tensor<2, Bool>,
+        target_in: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        match self {
+            Seq2Seq::Transformer(m) => m.forward(source, source_padding, target_in),
+            Seq2Seq::Rnn(m) => m.forward(source, source_padding, target_in),
+        }
+    }
+}
+
+impl EncoderDecoder for Seq2Seq {
+    type State = Seq2SeqState;
+
+    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Seq2SeqState {
+        match self {
+            Seq2Seq::Transformer(m) => Seq2SeqState::Transformer(m.start(source, padding)),
+            Seq2Seq::Rnn(m) => Seq2SeqState::Rnn(m.start(source, padding)),
+        }
+    }
+
+    fn step(&self, previous: Tensor<2, Int>, state: &mut Seq2SeqState) -> Tensor<2> {
+        match (self, state) {
+            (Seq2Seq::Transformer(m), Seq2SeqState::Transformer(s)) => m.step(previous, s),
+            (Seq2Seq::Rnn(m), Seq2SeqState::Rnn(s)) => m.step(previous, s),
+            _ => unreachable!("a state comes from its own model's start"),
+        }
+    }
+
+    fn select(&self, state: &Seq2SeqState, rows: Tensor<1, Int>) -> Seq2SeqState {
+        match (self, state) {
+            (Seq2Seq::Transformer(m), Seq2SeqState::Transformer(s)) => {
+                Seq2SeqState::Transformer(m.select(s, rows))
+            }
+            (Seq2Seq::Rnn(m), Seq2SeqState::Rnn(s)) => Seq2SeqState::Rnn(m.select(s, rows)),
+            _ => unreachable!("a state comes from its own model's start"),
+        }
+    }
+
+    fn max_target_len(&self) -> usize {
+        match self {
+            Seq2Seq::Transformer(m) => m.max_target_len(),
+            Seq2Seq::Rnn(m) => m.max_target_len(),
+        }
+    }
+}
+
+/// Mean (label-smoothed) cross-entropy of `logits` (`[batch, len, vocab]`) over the target
+/// positions `positions` (flat indices `b * len + t` of the tokens that are not padding)
+/// against `targets` (`[batch, len]`): padding costs nothing and counts for nothing.
+pub fn target_loss(
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    positions: Tensor<1, Int>,
+    label_smoothing: f64,
+) -> Tensor<1> {
+    let [batch, len, vocab] = logits.dims();
+    let logits = logits
+        .reshape([batch * len, vocab])
+        .select(0, positions.clone());
+    let targets = targets.reshape([batch * len]).select(0, positions);
+    label_smoothed_cross_entropy(logits, targets, label_smoothing)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+
+    /// Rows of token ids as a `[batch, len]` tensor.
+    pub fn ids(rows: &[&[i64]], device: &Device) -> Tensor<2, Int> {
+        let len = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device)
+    }
+
+    /// Element-wise `|a - b| <= tolerance`, with the worst offender in the message.
+    pub fn assert_close<const D: usize>(a: Tensor<D>, b: Tensor<D>, tolerance: f32) {
+        assert_eq!(a.dims(), b.dims());
+        let worst = (a - b).abs().max().into_scalar::<f32>();
+        assert!(worst <= tolerance, "differ by {worst} > {tolerance}");
+    }
+}
