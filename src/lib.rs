@@ -7,6 +7,7 @@ pub use zoo_bert as bert;
 pub use zoo_blocks as blocks;
 pub use zoo_gpt as gpt;
 pub use zoo_rnn as rnn;
+pub use zoo_seq2seq as seq2seq;
 pub use zoo_text as text;
 pub use zoo_train as train;
 

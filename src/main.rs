@@ -46,7 +46,8 @@ enum Command {
         #[arg(long)]
         stop_after_steps: Option<usize>,
     },
-    /// Print a run's validation loss and perplexity over a whole split.
+    /// Score a run over a whole split: loss and perplexity (language models), accuracy
+    /// (encoders), or BLEU and exact match of decoded outputs (encoder-decoders).
     Eval {
         /// The run directory.
         run_dir: PathBuf,
@@ -56,6 +57,33 @@ enum Command {
         /// Checkpoint epoch (default: the last).
         #[arg(long)]
         checkpoint: Option<usize>,
+        #[command(flatten)]
+        decoding: DecodingArgs,
+    },
+    /// Translate with an encoder-decoder run: one sentence, or a file of one per line.
+    Translate {
+        /// The run directory (an encoder-decoder run).
+        run_dir: PathBuf,
+        /// The sentence to translate.
+        #[arg(long, conflicts_with = "file")]
+        input: Option<String>,
+        /// One sentence per line; one output line each.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Write the outputs here instead of printing them.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Sample with this temperature instead of greedy or beam decoding.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+        #[command(flatten)]
+        decoding: DecodingArgs,
     },
     /// Sample text from a run with the KV cache.
     Generate {
@@ -115,6 +143,35 @@ enum Command {
     },
     /// List presets and datasets.
     List,
+}
+
+/// How an encoder-decoder decodes; unset values come from the run's `[decoding]`.
+#[derive(Args)]
+struct DecodingArgs {
+    /// Beam width (1: greedy).
+    #[arg(long)]
+    beam: Option<usize>,
+    /// Beam search ranks hypotheses by log-probability / length^this.
+    #[arg(long)]
+    length_penalty: Option<f64>,
+}
+
+impl DecodingArgs {
+    fn apply(&self, recipe: &Recipe) -> Result<zoo_train::recipe::DecodingSpec, ZooError> {
+        let mut spec = recipe.decoding.clone();
+        if let Some(beam) = self.beam {
+            if beam == 0 {
+                return Err(ZooError::Usage(
+                    "--beam must be at least 1 (1 is greedy)".into(),
+                ));
+            }
+            spec.beam = beam;
+        }
+        if let Some(penalty) = self.length_penalty {
+            spec.length_penalty = penalty;
+        }
+        Ok(spec)
+    }
 }
 
 #[derive(Subcommand)]
@@ -276,7 +333,19 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
             run_dir,
             split,
             checkpoint,
+            decoding,
         } => {
+            if zoo_train::seq2seq::is_seq2seq_run(&run_dir) {
+                let run = zoo_train::seq2seq::load_seq2seq_run(&run_dir, checkpoint, &device)?;
+                let spec = decoding.apply(&run.recipe)?;
+                let report = zoo_train::seq2seq::evaluate_seq2seq(&run, &split, &data_dir, &spec)?;
+                for (source, output, reference) in &report.examples {
+                    println!("source:    {source}\noutput:    {output}\nreference: {reference}\n");
+                }
+                println!("{}: {}", run_dir.display(), report.summary());
+                report.record(&run_dir)?;
+                return Ok(());
+            }
             if zoo_train::encoder::is_encoder_run(&run_dir) {
                 if checkpoint.is_some() {
                     return Err(ZooError::Usage(
@@ -367,6 +436,47 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
                 println!("{}", zoo_train::encoder::predict(&run, input)?);
             }
         }
+        Command::Translate {
+            run_dir,
+            input,
+            file,
+            output,
+            temperature,
+            seed,
+            checkpoint,
+            decoding,
+        } => {
+            if !zoo_train::seq2seq::is_seq2seq_run(&run_dir) {
+                return Err(ZooError::Usage(format!(
+                    "{} is not an encoder-decoder run: `zoo translate` needs one (task = \"translation\" or \"span-corruption\")",
+                    run_dir.display()
+                )));
+            }
+            let sentences: Vec<String> = match (input, &file) {
+                (Some(text), None) => vec![text],
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+                _ => return Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
+            };
+            let run = zoo_train::seq2seq::load_seq2seq_run(&run_dir, checkpoint, &device)?;
+            let spec = decoding.apply(&run.recipe)?;
+            let sampling = temperature.map(|temperature| SamplingConfig {
+                temperature,
+                seed,
+                ..SamplingConfig::default()
+            });
+            let outputs = zoo_train::seq2seq::translate(&run, &sentences, &spec, sampling)?;
+            let text: String = outputs.iter().map(|o| format!("{o}\n")).collect();
+            match output {
+                Some(path) => std::fs::write(&path, text).map_err(|e| {
+                    ZooError::Usage(format!("cannot write {}: {e}", path.display()))
+                })?,
+                None => print!("{text}"),
+            }
+        }
         Command::Info {
             model,
             vocab_size,
@@ -385,6 +495,11 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
             println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
             println!("BERT presets: {}", zoo::bert::PRESETS.join(", "));
+            println!(
+                "encoder-decoder presets: {}, {}",
+                zoo::seq2seq::TRANSFORMER_PRESETS.join(", "),
+                zoo::seq2seq::RNN_ATTENTION_PRESETS.join(", ")
+            );
             println!(
                 "datasets:    {}",
                 DatasetRegistry::builtin().names().join(", ")
@@ -411,12 +526,20 @@ fn any_preset(name: &str) -> Result<ModelConfig, ZooError> {
     if let Some(config) = zoo::bert::preset(name) {
         return Ok(ModelConfig::Bert(config));
     }
+    if let Some(config) = zoo::seq2seq::transformer_preset(name) {
+        return Ok(ModelConfig::Transformer(config));
+    }
+    if let Some(config) = zoo::seq2seq::rnn_attention_preset(name) {
+        return Ok(ModelConfig::RnnAttention(config));
+    }
     zoo::rnn::preset(name).map(ModelConfig::Rnn).ok_or_else(|| {
         ZooError::Usage(format!(
-            "unknown preset '{name}'; presets: {}, {}, {}",
+            "unknown preset '{name}'; presets: {}, {}, {}, {}, {}",
             zoo_gpt::PRESETS.join(", "),
             zoo::rnn::PRESETS.join(", "),
-            zoo::bert::PRESETS.join(", ")
+            zoo::bert::PRESETS.join(", "),
+            zoo::seq2seq::TRANSFORMER_PRESETS.join(", "),
+            zoo::seq2seq::RNN_ATTENTION_PRESETS.join(", ")
         ))
     })
 }
@@ -476,6 +599,9 @@ fn resolve_model(
         (None, ModelConfig::Ngram(ngram)) => ngram.order,
         (None, ModelConfig::Bert(bert)) => {
             zoo_train::recipe::DEFAULT_ENCODER_SEQ_LEN.min(bert.max_len)
+        }
+        (None, config @ (ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_))) => {
+            zoo_train::recipe::DEFAULT_SEQ2SEQ_SEQ_LEN.min(config.max_len())
         }
     };
     Ok((label, config, seq_len))
@@ -547,6 +673,48 @@ fn info(
                 config.norm_placement, config.activation, config.dropout
             );
             "6N + 12·L·d·T"
+        }
+        ModelConfig::Transformer(config) => {
+            println!(
+                "shape                {} + {} layers, {} heads, width {}, ff {}, max_len {}, vocab {} -> {}",
+                config.n_encoder_layers,
+                config.n_decoder_layers,
+                config.n_head,
+                config.d_model,
+                config.d_ff,
+                config.max_len,
+                config.src_vocab_size,
+                config.tgt_vocab_size
+            );
+            println!(
+                "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, shared embeddings {}, tied output {}, dropout {}",
+                config.position,
+                config.norm,
+                config.norm_placement,
+                config.activation,
+                config.bias,
+                config.share_embeddings,
+                config.tie_output,
+                config.dropout
+            );
+            "6 x matrix parameters, per source + target token"
+        }
+        ModelConfig::RnnAttention(config) => {
+            println!(
+                "shape                bidirectional {:?} encoder 2 x {}, decoder {}, embeddings {}, {:?} attention, vocab {} -> {}",
+                config.cell,
+                config.d_encoder,
+                config.d_decoder,
+                config.d_embed,
+                config.attention,
+                config.src_vocab_size,
+                config.tgt_vocab_size
+            );
+            println!(
+                "options              tied output {}, dropout {}",
+                config.tie_output, config.dropout
+            );
+            "6 x matrix parameters, per source + target token"
         }
         ModelConfig::Ngram(config) => {
             println!(

@@ -361,7 +361,12 @@ mod tests {
     }
 
     fn sources() -> Vec<Vec<u32>> {
-        vec![vec![3, 4, 5, 2], vec![6, 2], vec![7, 8, 9, 10, 3, 2], vec![4, 4, 2]]
+        vec![
+            vec![3, 4, 5, 2],
+            vec![6, 2],
+            vec![7, 8, 9, 10, 3, 2],
+            vec![4, 4, 2],
+        ]
     }
 
     /// Log-probability of `target` (then the end token) given `source`, by teacher forcing.
@@ -398,7 +403,10 @@ mod tests {
             let four = decode(&model, &sources, TOKENS, &beam(4), 12, &device);
             for (i, source) in sources.iter().enumerate() {
                 let alone = decode(&model, &[source.clone()], TOKENS, &beam(4), 12, &device);
-                assert_eq!(alone[0], four[i], "source {i} decodes differently in a batch");
+                assert_eq!(
+                    alone[0], four[i],
+                    "source {i} decodes differently in a batch"
+                );
                 // Both ended with the end token within the limit, or the comparison is moot.
                 if greedy[i].len() < 12 && four[i].len() < 12 {
                     let (g, b) = (
@@ -422,7 +430,14 @@ mod tests {
                     temperature,
                     ..SamplingConfig::default()
                 };
-                decode(&model, &sources(), TOKENS, &Strategy::Sample(config), 10, &device)
+                decode(
+                    &model,
+                    &sources(),
+                    TOKENS,
+                    &Strategy::Sample(config),
+                    10,
+                    &device,
+                )
             };
             assert_eq!(sample(3, 1.0), sample(3, 1.0));
             let greedy = decode(&model, &sources(), TOKENS, &Strategy::Greedy, 10, &device);

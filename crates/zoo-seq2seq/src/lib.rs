@@ -9,14 +9,13 @@ pub mod transformer;
 
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
-use zoo_blocks::loss::label_smoothed_cross_entropy;
 
 pub use decoding::{DecodeTokens, EncoderDecoder, Strategy, decode, source_batch};
 pub use presets::{
     RNN_ATTENTION_PRESETS, TRANSFORMER_PRESETS, rnn_attention_preset, transformer_preset,
 };
 pub use rnn::{AttentionKind, RnnAttention, RnnAttentionConfig, RnnAttentionState};
-pub use transformer::{Positions, Transformer, TransformerConfig, TransformerState};
+pub use transformer::{Positions, Seq2SeqSize, Transformer, TransformerConfig, TransformerState};
 
 /// Either encoder-decoder family, as a training run holds it.
 #[derive(Module, Debug)]
@@ -86,23 +85,6 @@ impl EncoderDecoder for Seq2Seq {
             Seq2Seq::Rnn(m) => m.max_target_len(),
         }
     }
-}
-
-/// Mean (label-smoothed) cross-entropy of `logits` (`[batch, len, vocab]`) over the target
-/// positions `positions` (flat indices `b * len + t` of the tokens that are not padding)
-/// against `targets` (`[batch, len]`): padding costs nothing and counts for nothing.
-pub fn target_loss(
-    logits: Tensor<3>,
-    targets: Tensor<2, Int>,
-    positions: Tensor<1, Int>,
-    label_smoothing: f64,
-) -> Tensor<1> {
-    let [batch, len, vocab] = logits.dims();
-    let logits = logits
-        .reshape([batch * len, vocab])
-        .select(0, positions.clone());
-    let targets = targets.reshape([batch * len]).select(0, positions);
-    label_smoothed_cross_entropy(logits, targets, label_smoothing)
 }
 
 #[cfg(test)]

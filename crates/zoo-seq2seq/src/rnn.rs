@@ -23,6 +23,7 @@ use zoo_blocks::{
 };
 
 use crate::decoding::EncoderDecoder;
+use crate::transformer::Seq2SeqSize;
 
 /// How the decoder scores annotations.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -103,6 +104,69 @@ impl RnnAttentionConfig {
         Ok(())
     }
 
+    /// Widths of the decoder cell's input, of the vector `combine` reads, and of the keys.
+    fn widths(&self) -> (usize, usize, usize) {
+        let annotation = 2 * self.d_encoder;
+        match self.attention {
+            AttentionKind::Additive => (
+                self.d_embed + annotation,
+                self.d_decoder + annotation + self.d_embed,
+                self.d_attention,
+            ),
+            AttentionKind::Multiplicative => (
+                2 * self.d_embed,
+                self.d_decoder + annotation,
+                self.d_decoder,
+            ),
+        }
+    }
+
+    /// Parameter counts and training compute, from the shapes alone.
+    pub fn size(&self) -> Seq2SeqSize {
+        let (cell_input, combined, key_width) = self.widths();
+        let gates = self.cell.gates();
+        let recurrent = |d_in: usize, h: usize| {
+            d_in * gates * h
+                + gates * h
+                + h * gates * h
+                + if self.cell == CellKind::Gru {
+                    gates * h
+                } else {
+                    0
+                }
+        };
+        let additive = self.attention == AttentionKind::Additive;
+        let attention = 2 * self.d_encoder * key_width
+            + if additive {
+                self.d_decoder * self.d_attention + self.d_attention + self.d_attention
+            } else {
+                0
+            };
+        let encoder = 2 * recurrent(self.d_embed, self.d_encoder);
+        let decoder =
+            recurrent(cell_input, self.d_decoder) + combined * self.d_embed + self.d_embed;
+        let bridge = self.d_encoder * self.d_decoder + self.d_decoder;
+        let head = if self.tie_output {
+            0
+        } else {
+            self.d_embed * self.tgt_vocab_size + self.tgt_vocab_size
+        };
+        let non_embedding = encoder + bridge + attention + decoder + head;
+        let embeddings = (self.src_vocab_size + self.tgt_vocab_size) * self.d_embed;
+        // Per source token the encoder's weights and the keys' projection; per target token
+        // the decoder's weights, attention over the source (taken as 16 tokens) and the output.
+        let per_token = encoder
+            + 2 * self.d_encoder * key_width
+            + decoder
+            + 16 * (2 * self.d_encoder + key_width)
+            + self.d_embed * self.tgt_vocab_size;
+        Seq2SeqSize {
+            total: non_embedding + embeddings,
+            non_embedding,
+            train_flops_per_token: 6 * per_token,
+        }
+    }
+
     /// Builds the model with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Result<RnnAttention, String> {
         self.validate()?;
@@ -135,19 +199,7 @@ impl RnnAttentionConfig {
         };
         let annotation = 2 * self.d_encoder;
         let additive = self.attention == AttentionKind::Additive;
-        let (cell_input, combined, key_width) = if additive {
-            (
-                self.d_embed + annotation,
-                self.d_decoder + annotation + self.d_embed,
-                self.d_attention,
-            )
-        } else {
-            (
-                2 * self.d_embed,
-                self.d_decoder + annotation,
-                self.d_decoder,
-            )
-        };
+        let (cell_input, combined, key_width) = self.widths();
         Ok(RnnAttention {
             source_embedding: embedding(self.src_vocab_size, true),
             target_embedding: embedding(self.tgt_vocab_size, self.tie_output),
@@ -409,6 +461,15 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn the_size_from_shapes_counts_every_parameter() {
+        let device = Device::flex();
+        for config in configs() {
+            let model = config.init(&device).unwrap();
+            assert_eq!(config.size().total, model.num_params(), "{config:?}");
+        }
+    }
+
     /// Padding after a source changes nothing: the backward direction starts at each
     /// source's own last word and attention never looks at padding.
     #[test]
@@ -422,8 +483,7 @@ mod tests {
                     &device,
                 );
                 let target = ids(&[&[1, 4, 2, 7], &[1, 3, 3, 5]], &device);
-                let padded =
-                    |fill: i64| ids(&[&[4, 7, 2, fill, fill], &[3, 5, 6, 8, 2]], &device);
+                let padded = |fill: i64| ids(&[&[4, 7, 2, fill, fill], &[3, 5, 6, 8, 2]], &device);
                 let a = model.forward(padded(0), padding.clone(), target.clone());
                 let b = model.forward(padded(16), padding.clone(), target.clone());
                 assert_close(a.clone(), b, 1e-5);

@@ -251,17 +251,62 @@ impl TransformerConfig {
         })
     }
 
-    /// Every parameter, and those outside the embedding matrices.
-    pub fn parameter_counts(&self, device: &Device) -> Result<(usize, usize), String> {
-        let model = self.init(device)?;
-        let total = model.num_params();
-        let embeddings = model.target_embedding.weight.num_params()
-            + model
-                .source_embedding
-                .as_ref()
-                .map_or(0, |e| e.weight.num_params());
-        Ok((total, total - embeddings))
+    /// Parameter counts and training compute, from the shapes alone.
+    pub fn size(&self) -> Seq2SeqSize {
+        let (d, ff) = (self.d_model, self.d_ff);
+        let bias = self.bias as usize;
+        let norm = match self.norm {
+            NormKind::LayerNorm => d * (1 + bias),
+            NormKind::RmsNorm => d,
+        };
+        let attention = 4 * d * d + 4 * d * bias;
+        let feed_forward = 2 * d * ff + (ff + d) * bias;
+        let encoder_layer = attention + feed_forward + 2 * norm;
+        let decoder_layer = 2 * attention + feed_forward + 3 * norm;
+        let final_norms = if self.norm_placement == NormPlacement::Pre {
+            2 * norm
+        } else {
+            0
+        };
+        let positions = match self.position {
+            Positions::Learned => self.max_len * d,
+            Positions::Sinusoidal => 0,
+            Positions::Relative => 2 * self.relative_buckets * self.n_head,
+        };
+        let head = if self.tie_output {
+            0
+        } else {
+            d * self.tgt_vocab_size
+        };
+        let layers = self.n_encoder_layers * encoder_layer + self.n_decoder_layers * decoder_layer;
+        let non_embedding = layers + final_norms + positions + head;
+        let embeddings = self.tgt_vocab_size * d
+            + if self.share_embeddings {
+                0
+            } else {
+                self.src_vocab_size * d
+            };
+        Seq2SeqSize {
+            total: non_embedding + embeddings,
+            non_embedding,
+            // 6 FLOPs per weight per token for forward and backward, taking one source and one
+            // target token together: the encoder's weights see the source token, the decoder's
+            // and the output projection's the target token.
+            train_flops_per_token: 6 * (layers + d * self.tgt_vocab_size),
+        }
     }
+}
+
+/// What [`TransformerConfig::size`] and [`RnnAttentionConfig::size`](crate::RnnAttentionConfig::size)
+/// report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seq2SeqSize {
+    /// Every parameter.
+    pub total: usize,
+    /// Without the token embedding matrices.
+    pub non_embedding: usize,
+    /// Approximate FLOPs to train on one source token and one target token.
+    pub train_flops_per_token: usize,
 }
 
 /// `x + f(norm(x))` (pre-norm) or `norm(x + f(x))` (post-norm).
@@ -587,6 +632,15 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn the_size_from_shapes_counts_every_parameter() {
+        let device = device();
+        for config in configs() {
+            let model = config.init(&device).unwrap();
+            assert_eq!(config.size().total, model.num_params(), "{config:?}");
+        }
+    }
+
     /// Source 0 has 4 tokens and 3 padding, source 1 has 7: whatever the padding holds, the
     /// decoder's logits are those of source 0 decoded alone, on the inference and training
     /// paths.
@@ -597,14 +651,14 @@ mod tests {
                 let model = config.init(&base).unwrap();
                 let target = ids(&[&[1, 5, 2], &[1, 3, 3]], &base);
                 let padding = Tensor::<2, Bool>::from_data(
-                    TensorData::from([
-                        [false, false, false, false, true, true, true],
-                        [false; 7],
-                    ]),
+                    TensorData::from([[false, false, false, false, true, true, true], [false; 7]]),
                     &base,
                 );
                 let padded = |fill: i64| {
-                    ids(&[&[4, 7, 9, 2, fill, fill, fill], &[3, 5, 6, 8, 10, 11, 2]], &base)
+                    ids(
+                        &[&[4, 7, 9, 2, fill, fill, fill], &[3, 5, 6, 8, 10, 11, 2]],
+                        &base,
+                    )
                 };
                 let a = model.forward(padded(0), padding.clone(), target.clone());
                 let b = model.forward(padded(12), padding.clone(), target.clone());
@@ -660,7 +714,11 @@ mod tests {
                 ),
             );
             let after = model.decode(changed, &memory, None);
-            assert_close(after.clone().narrow(1, 0, 4), full.clone().narrow(1, 0, 4), 1e-5);
+            assert_close(
+                after.clone().narrow(1, 0, 4),
+                full.clone().narrow(1, 0, 4),
+                1e-5,
+            );
             let moved = (after.narrow(1, 4, 1) - full.narrow(1, 4, 1))
                 .abs()
                 .max()

@@ -4,6 +4,7 @@
 
 use crate::TextError;
 use crate::corpus::{embedded_corpus, span_task, sums_task, tagging_task};
+use crate::synthetic::{SyntheticTask, synthetic_pairs};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -38,6 +39,43 @@ fn generated_split(dataset: &str, split: &str) -> Result<(u64, usize), TextError
         "val" => Ok((0x5053_0002 + (salt << 8), 1_000)),
         _ => Err(unknown_split(dataset, split, ["train", "val"].iter())),
     }
+}
+
+/// The generated sequence-to-sequence datasets: `synthetic-<task>` for each
+/// [`SyntheticTask`], their two sides named `source` and `target`.
+pub const SYNTHETIC_TASKS: [&str; 4] = [
+    "synthetic-copy",
+    "synthetic-reverse",
+    "synthetic-sort",
+    "synthetic-addition",
+];
+
+/// The two sides of a synthetic dataset.
+pub const SYNTHETIC_SIDES: [&str; 2] = ["source", "target"];
+
+/// Split `split` of a synthetic dataset: 20,000 training pairs, 1,000 validation and 1,000
+/// test, each from its own seed; sequences of 1 to 12 symbols, numbers of 1 to 6 digits.
+pub fn synthetic_split(name: &str, split: &str) -> Result<Vec<(String, String)>, TextError> {
+    let task = name
+        .strip_prefix("synthetic-")
+        .and_then(SyntheticTask::named)
+        .ok_or_else(|| TextError::UnknownDataset {
+            name: name.into(),
+            known: SYNTHETIC_TASKS.iter().map(|s| s.to_string()).collect(),
+        })?;
+    let salt = SYNTHETIC_TASKS.iter().position(|t| *t == name).unwrap_or(0) as u64;
+    let (seed, count) = match split {
+        "train" => (0x5359_0001 + (salt << 8), 20_000),
+        "val" => (0x5359_0002 + (salt << 8), 1_000),
+        "test" => (0x5359_0003 + (salt << 8), 1_000),
+        _ => return Err(unknown_split(name, split, ["train", "val", "test"].iter())),
+    };
+    let max_len = if task == SyntheticTask::Addition {
+        6
+    } else {
+        12
+    };
+    Ok(synthetic_pairs(task, seed, count, max_len))
 }
 
 /// One example of a token-classification dataset: words and a tag per word.
@@ -197,6 +235,7 @@ impl DatasetRegistry {
     pub fn names(&self) -> Vec<String> {
         std::iter::once(EMBEDDED)
             .chain(GENERATED_TASKS)
+            .chain(SYNTHETIC_TASKS)
             .map(String::from)
             .chain(self.datasets.keys().cloned())
             .collect()
@@ -220,6 +259,12 @@ impl DatasetRegistry {
         if GENERATED_TASKS.contains(&name) {
             return generated_split(name, split).map(|_| ());
         }
+        if SYNTHETIC_TASKS.contains(&name) {
+            return synthetic_split(name, "train").and_then(|_| match split {
+                "train" | "val" | "test" => Ok(()),
+                _ => Err(unknown_split(name, split, ["train", "val", "test"].iter())),
+            });
+        }
         let dataset = self.get(name)?;
         if dataset.splits.contains_key(split) {
             Ok(())
@@ -233,6 +278,13 @@ impl DatasetRegistry {
         if name == EMBEDDED {
             let (from, to) = embedded_range(split)?;
             return Ok(slice_chars(&embedded_corpus(), from, to).to_string());
+        }
+        if SYNTHETIC_TASKS.contains(&name) {
+            let pairs = synthetic_split(name, split)?;
+            return Ok(pairs
+                .into_iter()
+                .map(|(s, t)| format!("{s}\n{t}\n"))
+                .collect());
         }
         if name == EMBEDDED_SUMS {
             let examples = embedded_sums(split)?;
@@ -264,6 +316,22 @@ impl DatasetRegistry {
         self.load_raw(name, split, dir)
     }
 
+    /// The languages of a parallel dataset (a synthetic one's sides are `source` and
+    /// `target`); an error for any other dataset.
+    pub fn languages(&self, name: &str) -> Result<Vec<String>, TextError> {
+        if SYNTHETIC_TASKS.contains(&name) {
+            return Ok(SYNTHETIC_SIDES.iter().map(|s| s.to_string()).collect());
+        }
+        let dataset = self.get(name)?;
+        if dataset.format != Format::Parallel {
+            return Err(TextError::Parse {
+                path: PathBuf::from("datasets/registry.toml"),
+                message: format!("dataset '{name}' is not a parallel corpus"),
+            });
+        }
+        Ok(dataset.languages.clone())
+    }
+
     /// The sentence pairs of `split` of a parallel dataset, `source` and `target` naming two
     /// of its languages.
     pub fn load_parallel(
@@ -273,6 +341,17 @@ impl DatasetRegistry {
         [source, target]: [&str; 2],
         dir: &DataDir,
     ) -> Result<Vec<(String, String)>, TextError> {
+        if SYNTHETIC_TASKS.contains(&name) {
+            if [source, target] != SYNTHETIC_SIDES {
+                return Err(TextError::Parse {
+                    path: PathBuf::from("datasets/registry.toml"),
+                    message: format!(
+                        "dataset '{name}' translates 'source' to 'target', not '{source}' to '{target}'"
+                    ),
+                });
+            }
+            return synthetic_split(name, split);
+        }
         let dataset = self.get(name)?;
         let bad = |message: String| TextError::Parse {
             path: PathBuf::from("datasets/registry.toml"),

@@ -383,6 +383,27 @@ impl ZooTokenizer {
             .map_or(0, |&id| id as usize + 1)
     }
 
+    /// Adds `tokens` as special tokens (never split, never produced by normal text, left out
+    /// when decoding) unless the vocabulary has them, and returns their ids in order. New ones
+    /// take the ids after the vocabulary's last.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> Vec<u32> {
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .filter(|t| self.inner.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        self.inner.add_special_tokens(&added);
+        tokens
+            .iter()
+            .map(|t| self.inner.token_to_id(t).expect("just added"))
+            .collect()
+    }
+
+    /// The text of `ids` without special tokens.
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String, TextError> {
+        self.inner.decode(ids, true).map_err(TextError::tokenizer)
+    }
+
     /// The id of `token`, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -461,6 +482,26 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "the cat sat on the mat.\nthe dog sat on the log.\nthe cat saw the dog.\n";
+
+    /// Specials added after training take fresh ids, are never split, and are left out
+    /// when decoding text; adding them again changes nothing.
+    #[test]
+    fn added_special_tokens_take_fresh_ids() {
+        let text = "the cat sat on the mat\nthe dog sat on the log\n".repeat(20);
+        let mut tok = ZooTokenizer::byte_bpe(&text, 300).unwrap();
+        let before = tok.vocab_size();
+        let specials: Vec<String> = ["<pad>", "<s>", "</s>"].map(String::from).to_vec();
+        let ids = tok.add_special_tokens(&specials);
+        assert_eq!(
+            ids,
+            vec![before as u32, before as u32 + 1, before as u32 + 2]
+        );
+        assert_eq!(tok.add_special_tokens(&specials), ids);
+        assert_eq!(tok.vocab_size(), before + 3);
+        let encoded = tok.encode("the cat</s>").unwrap();
+        assert_eq!(encoded.last(), Some(&ids[2]));
+        assert_eq!(tok.decode_text(&encoded).unwrap(), "the cat");
+    }
 
     #[test]
     fn char_level_round_trips_and_sorts_its_vocabulary() {

@@ -50,7 +50,9 @@ pub fn bert_task(recipe: &Recipe) -> BertTask {
         Task::Classification => BertTask::Classification,
         Task::TokenClassification => BertTask::TokenClassification,
         Task::SpanQa => BertTask::SpanQa,
-        Task::CausalLm => unreachable!("validated recipes pair causal-lm with decoders"),
+        Task::CausalLm | Task::Translation | Task::SpanCorruption => {
+            unreachable!("validated recipes pair these tasks with other families")
+        }
     }
 }
 
@@ -235,7 +237,7 @@ pub struct Batching {
 }
 
 /// A generator for stream `(a, b)` of `seed` (SplitMix64's finaliser over the three).
-fn stream(seed: u64, a: u64, b: u64) -> StdRng {
+pub(crate) fn stream(seed: u64, a: u64, b: u64) -> StdRng {
     let mut z =
         seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -550,7 +552,9 @@ impl SplitData {
             }
             Task::TokenClassification => SplitData::Tagged(registry.load_tagged(dataset, split)?),
             Task::SpanQa => SplitData::Spans(registry.load_spans(dataset, split)?),
-            Task::CausalLm => unreachable!("encoder tasks only"),
+            Task::CausalLm | Task::Translation | Task::SpanCorruption => {
+                unreachable!("encoder tasks only")
+            }
         })
     }
 

@@ -11,6 +11,7 @@ pub mod optim;
 pub mod recipe;
 pub mod run;
 pub mod schedule;
+pub mod seq2seq;
 
 pub use recipe::Recipe;
 

@@ -36,6 +36,9 @@ impl LmModel {
             ModelConfig::Bert(_) => {
                 return Err("a BERT encoder is not a language model of next tokens".into());
             }
+            ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => {
+                return Err("an encoder-decoder is not a language model of next tokens".into());
+            }
         })
     }
 

@@ -41,6 +41,7 @@ use zoo_bert::BertConfig;
 use zoo_blocks::SamplingConfig;
 use zoo_gpt::{GptConfig, ModelSize};
 use zoo_rnn::RnnConfig;
+use zoo_seq2seq::{RnnAttentionConfig, Seq2SeqSize, TransformerConfig};
 use zoo_text::TokenizerSpec;
 
 /// A parsed recipe.
@@ -64,8 +65,14 @@ pub struct Recipe {
     /// The model: `arch`, `preset` and overrides of the preset's fields.
     pub model: ModelSpec,
     /// The tokenizer (a run that starts from `init_from` takes that run's and may leave it out).
+    /// Encoder-decoders without a `[target_tokenizer]` train this one on both sides: a joint
+    /// vocabulary.
     #[serde(default)]
     pub tokenizer: Option<TokenizerSpec>,
+    /// Encoder-decoders: a separate tokenizer (and vocabulary) for the target side; the
+    /// `[tokenizer]` then covers the source only.
+    #[serde(default)]
+    pub target_tokenizer: Option<TokenizerSpec>,
     /// The data.
     pub data: DataSpec,
     /// The optimiser.
@@ -80,6 +87,35 @@ pub struct Recipe {
     /// The sample printed at the end of training.
     #[serde(default)]
     pub sample: SampleSpec,
+    /// Encoder-decoders: how outputs are decoded for BLEU and exact match.
+    #[serde(default)]
+    pub decoding: DecodingSpec,
+}
+
+/// `[decoding]`: how an encoder-decoder's outputs are decoded when a run is scored (at the end
+/// of training and by `zoo eval`); `zoo translate` takes the same as options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodingSpec {
+    /// Beam width; 1 is greedy decoding.
+    pub beam: usize,
+    /// Beam search ranks finished hypotheses by log-probability / length^length_penalty.
+    pub length_penalty: f64,
+    /// Targets are at most `max_len_a * source length + max_len_b` tokens (fairseq's).
+    pub max_len_a: f64,
+    /// See `max_len_a`.
+    pub max_len_b: usize,
+}
+
+impl Default for DecodingSpec {
+    fn default() -> Self {
+        Self {
+            beam: 1,
+            length_penalty: 1.0,
+            max_len_a: 1.5,
+            max_len_b: 10,
+        }
+    }
 }
 
 fn default_seed() -> u64 {
@@ -101,12 +137,25 @@ pub enum Task {
     TokenClassification,
     /// Answer span start and end.
     SpanQa,
+    /// Map a source sequence to a target sequence (translation, synthetic tasks):
+    /// encoder-decoders.
+    Translation,
+    /// T5's pretraining: restore the spans that sentinels replaced in a text.
+    SpanCorruption,
 }
 
 impl Task {
     /// Whether the task trains an encoder (BERT).
     pub fn is_encoder(self) -> bool {
-        self != Task::CausalLm
+        matches!(
+            self,
+            Task::MaskedLm | Task::Classification | Task::TokenClassification | Task::SpanQa
+        )
+    }
+
+    /// Whether the task trains an encoder-decoder.
+    pub fn is_seq2seq(self) -> bool {
+        matches!(self, Task::Translation | Task::SpanCorruption)
     }
 
     /// The recipe spelling.
@@ -117,6 +166,8 @@ impl Task {
             Task::Classification => "classification",
             Task::TokenClassification => "token-classification",
             Task::SpanQa => "span-qa",
+            Task::Translation => "translation",
+            Task::SpanCorruption => "span-corruption",
         }
     }
 }
@@ -167,6 +218,26 @@ pub struct DataSpec {
     /// (corpora with one sentence per line and no document marks).
     #[serde(default)]
     pub document_lines: Option<usize>,
+    /// Translation: the source language (default: the dataset's first).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Translation: the target language (default: the dataset's second).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Span corruption: share of tokens replaced (T5: 0.15).
+    #[serde(default = "default_noise_density")]
+    pub noise_density: f64,
+    /// Span corruption: mean length of a replaced span (T5: 3).
+    #[serde(default = "default_mean_span_length")]
+    pub mean_span_length: f64,
+}
+
+fn default_noise_density() -> f64 {
+    0.15
+}
+
+fn default_mean_span_length() -> f64 {
+    3.0
 }
 
 fn default_mask_prob() -> f64 {
@@ -304,6 +375,9 @@ pub struct TrainingSpec {
     /// Encoders only: keep the first this many encoder layers as they are (fine-tuning).
     #[serde(default)]
     pub freeze_layers: usize,
+    /// Encoder-decoders: label smoothing of the target cross-entropy (the transformer: 0.1).
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 /// Tokens per encoder input unless `training.seq_len` says otherwise.
@@ -326,6 +400,7 @@ impl Default for TrainingSpec {
             seq_len: None,
             freeze_embeddings: false,
             freeze_layers: 0,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -442,6 +517,10 @@ impl Recipe {
                 .training
                 .seq_len
                 .unwrap_or(DEFAULT_ENCODER_SEQ_LEN.min(bert.max_len)),
+            ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => self
+                .training
+                .seq_len
+                .unwrap_or(DEFAULT_SEQ2SEQ_SEQ_LEN.min(config.max_len())),
         }
     }
 
@@ -553,35 +632,64 @@ impl Recipe {
 
 /// BPTT window of recurrent models when the recipe gives none (Zaremba et al.'s 35).
 impl Recipe {
-    /// The task fits the architecture, and encoder-only keys appear only with an encoder.
+    /// The task fits the architecture, and keys of other families' tasks are not set.
     fn validate_task(&self, config: &ModelConfig) -> Result<(), String> {
         let encoder = matches!(config, ModelConfig::Bert(_));
-        if self.task.is_encoder() != encoder {
-            return Err(if encoder {
-                "task = \"causal-lm\" needs a decoder or recurrent model; a BERT encoder trains with task = \"masked-lm\", \"classification\", \"token-classification\" or \"span-qa\"".into()
-            } else {
-                format!(
-                    "task = \"{}\" needs model.arch = \"bert\"",
-                    self.task.name()
-                )
-            });
+        let seq2seq = config.is_seq2seq();
+        let (fits, tasks) = if encoder {
+            (
+                self.task.is_encoder(),
+                "\"masked-lm\", \"classification\", \"token-classification\" or \"span-qa\"",
+            )
+        } else if seq2seq {
+            (
+                self.task.is_seq2seq(),
+                "\"translation\" or \"span-corruption\"",
+            )
+        } else {
+            (self.task == Task::CausalLm, "\"causal-lm\"")
+        };
+        if !fits {
+            return Err(format!(
+                "task = \"{}\" does not fit model.arch = \"{}\", which trains with task = {tasks}",
+                self.task.name(),
+                self.model.arch
+            ));
         }
         let t = &self.training;
         let d = &self.data;
+        let translation = self.task == Task::Translation;
+        // (key, set in the recipe, allowed for this task)
+        let keys = [
+            ("init_from", self.init_from.is_some(), encoder),
+            ("training.seq_len", t.seq_len.is_some(), encoder || seq2seq),
+            ("training.freeze_embeddings", t.freeze_embeddings, encoder),
+            ("training.freeze_layers", t.freeze_layers > 0, encoder),
+            ("data.next_sentence", d.next_sentence, encoder),
+            ("data.document_lines", d.document_lines.is_some(), encoder),
+            (
+                "target_tokenizer",
+                self.target_tokenizer.is_some(),
+                translation,
+            ),
+            (
+                "training.label_smoothing",
+                t.label_smoothing != 0.0,
+                seq2seq,
+            ),
+            ("data.source", d.source.is_some(), translation),
+            ("data.target", d.target.is_some(), translation),
+        ];
+        if let Some((key, _, _)) = keys.iter().find(|(_, set, allowed)| *set && !allowed) {
+            return Err(format!(
+                "{key} does not apply to task = \"{}\"",
+                self.task.name()
+            ));
+        }
+        if seq2seq {
+            return self.validate_seq2seq(config);
+        }
         if !encoder {
-            let encoder_only = [
-                ("init_from", self.init_from.is_some()),
-                ("training.seq_len", t.seq_len.is_some()),
-                ("training.freeze_embeddings", t.freeze_embeddings),
-                ("training.freeze_layers", t.freeze_layers > 0),
-                ("data.next_sentence", d.next_sentence),
-                ("data.document_lines", d.document_lines.is_some()),
-            ];
-            if let Some((key, _)) = encoder_only.iter().find(|(_, set)| *set) {
-                return Err(format!(
-                    "{key} is for BERT encoders (model.arch = \"bert\")"
-                ));
-            }
             return Ok(());
         }
         if let ModelConfig::Bert(bert) = config {
@@ -620,7 +728,52 @@ impl Recipe {
     }
 }
 
+impl Recipe {
+    fn validate_seq2seq(&self, config: &ModelConfig) -> Result<(), String> {
+        let (t, d, decoding) = (&self.training, &self.data, &self.decoding);
+        let seq_len = self.sequence_len(config);
+        let max_len = config.max_len();
+        if !(2..=max_len).contains(&seq_len) {
+            return Err(format!(
+                "training.seq_len ({seq_len}) must be in 2..={max_len} (the model's max_len)"
+            ));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(format!(
+                "training.label_smoothing must be in [0, 1), got {}",
+                t.label_smoothing
+            ));
+        }
+        if decoding.beam == 0 {
+            return Err("decoding.beam must be at least 1 (1 is greedy)".into());
+        }
+        if !(decoding.length_penalty.is_finite() && decoding.max_len_a >= 0.0) {
+            return Err(
+                "decoding.length_penalty must be finite and decoding.max_len_a >= 0".into(),
+            );
+        }
+        if self.task == Task::SpanCorruption {
+            if !(d.noise_density > 0.0 && d.noise_density < 1.0) {
+                return Err(format!(
+                    "data.noise_density must be in (0, 1), got {}",
+                    d.noise_density
+                ));
+            }
+            if d.mean_span_length < 1.0 {
+                return Err(format!(
+                    "data.mean_span_length must be at least 1, got {}",
+                    d.mean_span_length
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub const DEFAULT_BPTT: usize = 35;
+
+/// Tokens per encoder-decoder source (and target) unless `training.seq_len` says otherwise.
+pub const DEFAULT_SEQ2SEQ_SEQ_LEN: usize = 128;
 
 /// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).
 pub const DEFAULT_EVAL_BATCH_SIZE: usize = 10;
@@ -636,6 +789,10 @@ pub enum ModelConfig {
     Ngram(NgramConfig),
     /// A BERT encoder.
     Bert(BertConfig),
+    /// A transformer encoder-decoder (or T5-style).
+    Transformer(TransformerConfig),
+    /// An RNN encoder-decoder with attention.
+    RnnAttention(RnnAttentionConfig),
 }
 
 /// `[model]` of an n-gram baseline.
@@ -665,6 +822,27 @@ impl ModelConfig {
             ModelConfig::Rnn(c) => c.vocab_size,
             ModelConfig::Ngram(c) => c.vocab_size,
             ModelConfig::Bert(c) => c.vocab_size,
+            ModelConfig::Transformer(c) => c.tgt_vocab_size,
+            ModelConfig::RnnAttention(c) => c.tgt_vocab_size,
+        }
+    }
+
+    /// Whether this is an encoder-decoder.
+    pub fn is_seq2seq(&self) -> bool {
+        matches!(
+            self,
+            ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_)
+        )
+    }
+
+    /// Longest sequence the model takes (a recurrent LM has no limit).
+    pub fn max_len(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.block_size,
+            ModelConfig::Rnn(_) | ModelConfig::Ngram(_) => usize::MAX,
+            ModelConfig::Bert(c) => c.max_len,
+            ModelConfig::Transformer(c) => c.max_len,
+            ModelConfig::RnnAttention(c) => c.max_len,
         }
     }
 
@@ -675,6 +853,12 @@ impl ModelConfig {
             ModelConfig::Rnn(c) => c.vocab_size = vocab_size,
             ModelConfig::Ngram(c) => c.vocab_size = vocab_size,
             ModelConfig::Bert(c) => c.vocab_size = vocab_size,
+            ModelConfig::Transformer(c) => {
+                (c.src_vocab_size, c.tgt_vocab_size) = (vocab_size, vocab_size)
+            }
+            ModelConfig::RnnAttention(c) => {
+                (c.src_vocab_size, c.tgt_vocab_size) = (vocab_size, vocab_size)
+            }
         }
     }
 
@@ -688,6 +872,8 @@ impl ModelConfig {
             }
             ModelConfig::Ngram(_) => Ok(()),
             ModelConfig::Bert(c) => c.validate(),
+            ModelConfig::Transformer(c) => c.validate(),
+            ModelConfig::RnnAttention(c) => c.validate(),
         }
     }
 
@@ -718,6 +904,8 @@ impl ModelConfig {
                     train_flops_per_token: flops,
                 }
             }
+            ModelConfig::Transformer(c) => seq2seq_size(c.size()),
+            ModelConfig::RnnAttention(c) => seq2seq_size(c.size()),
         }
     }
 
@@ -728,6 +916,8 @@ impl ModelConfig {
             ModelConfig::Rnn(c) => c.d_hidden,
             ModelConfig::Ngram(_) => 1,
             ModelConfig::Bert(c) => c.d_model,
+            ModelConfig::Transformer(c) => c.d_model,
+            ModelConfig::RnnAttention(c) => c.d_decoder,
         }
     }
 
@@ -738,12 +928,22 @@ impl ModelConfig {
             ModelConfig::Rnn(c) => ("rnn", toml::Table::try_from(c)),
             ModelConfig::Ngram(c) => ("ngram", toml::Table::try_from(c)),
             ModelConfig::Bert(c) => ("bert", toml::Table::try_from(c)),
+            ModelConfig::Transformer(c) => ("transformer", toml::Table::try_from(c)),
+            ModelConfig::RnnAttention(c) => ("rnn-attention", toml::Table::try_from(c)),
         };
         ModelSpec {
             arch: arch.into(),
             preset: None,
             overrides: overrides.expect("configs serialise to TOML"),
         }
+    }
+}
+
+fn seq2seq_size(size: Seq2SeqSize) -> ModelSize {
+    ModelSize {
+        total: size.total,
+        non_embedding: size.non_embedding,
+        train_flops_per_token: size.train_flops_per_token,
     }
 }
 
@@ -759,9 +959,21 @@ pub fn resolve_model(spec: &ModelSpec) -> Result<ModelConfig, String> {
         )?),
         "ngram" => ModelConfig::Ngram(resolve(spec, |_| None, &[], "n-gram")?),
         "bert" => ModelConfig::Bert(resolve(spec, zoo_bert::preset, zoo_bert::PRESETS, "BERT")?),
+        "transformer" => ModelConfig::Transformer(resolve(
+            spec,
+            zoo_seq2seq::transformer_preset,
+            zoo_seq2seq::TRANSFORMER_PRESETS,
+            "transformer encoder-decoder",
+        )?),
+        "rnn-attention" => ModelConfig::RnnAttention(resolve(
+            spec,
+            zoo_seq2seq::rnn_attention_preset,
+            zoo_seq2seq::RNN_ATTENTION_PRESETS,
+            "RNN encoder-decoder",
+        )?),
         other => {
             return Err(format!(
-                "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram, bert"
+                "model.arch = \"{other}\" is not available; architectures: gpt, rnn, ngram, bert, transformer, rnn-attention"
             ));
         }
     };

@@ -262,6 +262,9 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         });
     }
     let resume_epoch = resume_epoch(&run_dir, options.resume)?;
+    if recipe.task.is_seq2seq() {
+        return crate::seq2seq::train(&recipe, recipe_path, options, run_dir, resume_epoch);
+    }
     if recipe.task.is_encoder() {
         return crate::encoder::train(&recipe, recipe_path, options, run_dir, resume_epoch).map(
             |report| TrainReport {
@@ -353,7 +356,9 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             )
         }
         ModelConfig::Ngram(_) => unreachable!("n-gram models are counted above"),
-        ModelConfig::Bert(_) => unreachable!("encoder tasks train in crate::encoder"),
+        ModelConfig::Bert(_) | ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => {
+            unreachable!("encoder and encoder-decoder tasks train in their own modules")
+        }
         ModelConfig::Rnn(_) => {
             let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
                 .map_err(|e| recipe_error(format!("training split: {e}")))?;
