@@ -389,6 +389,34 @@ mod tests {
         }
     }
 
+    /// A position bias of -1e9 on a key hides it exactly as padding does, on both paths; a
+    /// bias that differs by query and head changes the output.
+    #[test]
+    fn a_position_bias_acts_on_the_scores() {
+        for device in [test_device(), test_device().autodiff()] {
+            let layer = SelfAttentionConfig::bidirectional(16, 4, 32).init(&device);
+            let x = input(2, 5, &device);
+            let mut hidden = vec![0.0f32; 4 * 5 * 5];
+            for (i, v) in hidden.iter_mut().enumerate() {
+                if i % 5 == 3 {
+                    *v = -1e9;
+                }
+            }
+            let bias = Tensor::<4>::from_data(TensorData::new(hidden, [1, 4, 5, 5]), &device);
+            let padding = Tensor::<2, Bool>::from_data(
+                TensorData::from([[false, false, false, true, false]; 2]),
+                &device,
+            );
+            let biased = layer.forward_with_bias(x.clone(), None, None, Some(bias));
+            let padded = layer.forward(x.clone(), Some(padding), None);
+            assert_close(biased, padded, 1e-5);
+            let random = Tensor::<4>::random([1, 4, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+            let moved = layer.forward_with_bias(x.clone(), None, None, Some(random));
+            let plain = layer.forward(x, None, None);
+            assert!(to_vec(moved - plain).iter().any(|d| d.abs() > 1e-4));
+        }
+    }
+
     #[test]
     fn cached_decoding_equals_the_full_forward() {
         let device = test_device();

@@ -12,6 +12,7 @@
 //! non-noise token counts are fixed by the length, and each is split into the same number of
 //! non-empty runs at random, the runs alternating and starting with non-noise.
 
+use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
@@ -56,7 +57,11 @@ impl SpanCorruption {
         corrupt(tokens, &mask, sentinels)
     }
 
-    /// Which of `len` tokens are noise: T5's `random_spans_noise_mask`.
+    /// Which of `len` tokens are noise: T5's `random_spans_noise_mask`, rotated by a random
+    /// offset (seqio's `random_roll`). Without the roll the runs alternate kept, noise, kept,
+    /// noise, ... and the last token is always noise: on short texts with one span the task
+    /// would always be "finish the sentence". Rolled, a span may wrap from the end to the
+    /// start, making one more span.
     pub fn noise_mask(&self, len: usize, rng: &mut StdRng) -> Result<Vec<bool>, String> {
         if !(self.noise_density > 0.0 && self.noise_density < 1.0) {
             return Err(format!(
@@ -85,6 +90,7 @@ impl SpanCorruption {
             mask.extend(std::iter::repeat_n(false, kept));
             mask.extend(std::iter::repeat_n(true, dropped));
         }
+        mask.rotate_right(rng.random_range(0..len));
         Ok(mask)
     }
 }
@@ -177,20 +183,24 @@ mod tests {
     fn noise_is_fifteen_percent_in_spans_of_three_and_repeats_under_a_seed() {
         let objective = SpanCorruption::default();
         let mut rng = StdRng::seed_from_u64(4);
-        let (mut noise, mut spans, mut tokens) = (0, 0, 0);
+        let (mut noise, mut spans, mut tokens, mut last_noise) = (0, 0, 0, 0);
         for _ in 0..200 {
             let mask = objective.noise_mask(100, &mut rng).unwrap();
-            assert!(!mask[0], "runs start with kept tokens");
             tokens += mask.len();
             noise += mask.iter().filter(|&&m| m).count();
-            spans += (0..100)
-                .filter(|&i| mask[i] && (i == 0 || !mask[i - 1]))
+            // Counted around the circle, so a span the roll wrapped counts once.
+            let circular = (0..100)
+                .filter(|&i| mask[i] && !mask[(i + 99) % 100])
                 .count();
+            assert_eq!(circular, 5, "15 noise tokens in round(15 / 3) = 5 spans");
+            spans += circular;
+            last_noise += mask[99] as usize;
         }
-        // 15 noise tokens in round(15 / 3) = 5 spans, every time.
         assert_eq!(noise, 200 * 15);
         assert_eq!(spans, 200 * 5);
         assert_eq!(tokens, 200 * 100);
+        // The roll puts noise at the end about 15% of the time, not always.
+        assert!((10..=60).contains(&last_noise), "{last_noise} of 200");
         let draw = |seed| {
             SpanCorruption::default()
                 .noise_mask(60, &mut StdRng::seed_from_u64(seed))

@@ -172,8 +172,9 @@ fn load_pairs(
     Ok(registry.load_parallel(&data.dataset, split, [&source, &target], dir)?)
 }
 
-/// The token sequences span corruption draws from: each line of the split's text, cut into
-/// pieces short enough that the corrupted input and its `</s>` fit `seq_len`.
+/// The token sequences span corruption draws from: the split's text as one stream of tokens
+/// (T5 packs its corpus the same way), cut into pieces of `seq_len - 1` tokens, so that the
+/// corrupted input (shorter: each span becomes one sentinel) and its `</s>` fit `seq_len`.
 fn load_texts(
     recipe: &Recipe,
     split: &str,
@@ -184,9 +185,9 @@ fn load_texts(
     let text = DatasetRegistry::builtin().load_split(&recipe.data.dataset, split, dir)?;
     let lines = vocab.source.encode_lines(&text)?;
     let piece = seq_len.saturating_sub(1).max(2);
-    Ok(lines
-        .iter()
-        .flat_map(|line| line.chunks(piece))
+    let stream: Vec<u32> = lines.concat();
+    Ok(stream
+        .chunks(piece)
         .filter(|piece| piece.len() >= 2)
         .map(<[u32]>::to_vec)
         .collect())
@@ -969,4 +970,74 @@ pub fn evaluate_seq2seq(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zoo_text::TokenizerSpec;
+
+    fn vocab(sentinels: usize) -> Vocabularies {
+        let text = "the cat sat on the mat\nthe dog ate the red fish\n".repeat(10);
+        let tokenizer =
+            ZooTokenizer::build(&TokenizerSpec::Word { vocab_size: 50 }, &text).unwrap();
+        Vocabularies::new(tokenizer, None, sentinels)
+    }
+
+    #[test]
+    fn span_corruption_batches_restore_the_text_and_draw_noise_per_batch() {
+        let vocab = vocab(SENTINELS);
+        let texts: Vec<Vec<u32>> = (0..8)
+            .map(|i| {
+                vocab
+                    .source
+                    .encode(&"the cat sat on the mat the dog ate the red fish ".repeat(1 + i % 3))
+                    .unwrap()
+            })
+            .collect();
+        let batching = Seq2SeqBatching {
+            batch_size: 4,
+            seed: 9,
+            shuffle: true,
+        };
+        let examples = Seq2SeqExamples::new(
+            Examples::Texts(texts.clone()),
+            batching,
+            &vocab,
+            Some(SpanCorruption::default()),
+        )
+        .unwrap();
+        let sentinel = |id: u32| vocab.sentinels.iter().position(|&s| s == id);
+        for g in 0..4 {
+            for (input, target) in examples.pairs_at(g) {
+                assert_eq!(input.last(), Some(&vocab.source_tokens.eos));
+                // Put each span back in place of its sentinel.
+                let mut restored = Vec::new();
+                for &id in &input[..input.len() - 1] {
+                    match sentinel(id) {
+                        Some(k) => {
+                            let start =
+                                target.iter().position(|&t| sentinel(t) == Some(k)).unwrap();
+                            restored.extend(
+                                target[start + 1..]
+                                    .iter()
+                                    .take_while(|&&t| sentinel(t).is_none()),
+                            );
+                        }
+                        None => restored.push(id),
+                    }
+                }
+                assert!(texts.contains(&restored));
+                let noise = target.iter().filter(|&&t| sentinel(t).is_none()).count();
+                assert!(
+                    noise >= 1 && noise * 4 <= restored.len(),
+                    "{noise} of {}",
+                    restored.len()
+                );
+            }
+        }
+        // The same batch number draws the same noise; the next pass draws other noise.
+        assert_eq!(examples.pairs_at(1), examples.pairs_at(1));
+        assert_ne!(examples.pairs_at(0), examples.pairs_at(2));
+    }
 }
