@@ -780,6 +780,10 @@ splits.train = {{ file = "train.tsv" }}
                 "embedded-sums",
                 "embedded-tagging",
                 "embedded-spans",
+                "synthetic-copy",
+                "synthetic-reverse",
+                "synthetic-sort",
+                "synthetic-addition",
                 "multi30k",
                 "ptb",
                 "sst2",
@@ -787,6 +791,34 @@ splits.train = {{ file = "train.tsv" }}
             ]
         );
         assert!(registry.check("sst2", "dev").is_ok());
+        assert!(registry.check("synthetic-sort", "test").is_ok());
+        assert!(registry.check("synthetic-sort", "dev").is_err());
+        assert_eq!(registry.languages("multi30k").unwrap(), ["en", "de"]);
+        assert_eq!(
+            registry.languages("synthetic-copy").unwrap(),
+            ["source", "target"]
+        );
+        assert!(registry.languages("ptb").is_err());
+        let pairs = registry
+            .load_parallel(
+                "synthetic-addition",
+                "val",
+                SYNTHETIC_SIDES,
+                &DataDir::resolve(None),
+            )
+            .unwrap();
+        assert_eq!(pairs.len(), 1_000);
+        assert_eq!(
+            pairs,
+            registry
+                .load_parallel(
+                    "synthetic-addition",
+                    "val",
+                    SYNTHETIC_SIDES,
+                    &DataDir::resolve(None)
+                )
+                .unwrap()
+        );
         assert_eq!(registry.get("sst2").unwrap().format, Format::LabelledTsv);
         assert!(registry.check("ptb", "test").is_ok());
         assert!(registry.check("tinyshakespeare", "val").is_ok());

@@ -718,6 +718,25 @@ pub struct LoadedRun {
     pub steps: usize,
 }
 
+/// The epoch of the checkpoint to load: `epoch` if the run has it, else the last one.
+pub(crate) fn select_checkpoint(run_dir: &Path, epoch: Option<usize>) -> Result<usize, ZooError> {
+    let epochs = checkpoint_epochs(run_dir);
+    let run_error = |message: String| ZooError::RunDir {
+        path: run_dir.to_path_buf(),
+        message,
+    };
+    match epoch {
+        Some(e) if epochs.contains(&e) => Ok(e),
+        Some(e) => Err(run_error(format!(
+            "has no checkpoint for epoch {e}; it has {epochs:?}"
+        ))),
+        None => epochs
+            .last()
+            .copied()
+            .ok_or_else(|| run_error("has no checkpoint yet".into())),
+    }
+}
+
 /// Loads `run_dir`'s model from its last checkpoint (or `epoch`).
 pub fn load_run(
     run_dir: &Path,
@@ -754,20 +773,7 @@ pub fn load_run(
             steps: 0,
         });
     }
-    let epochs = checkpoint_epochs(run_dir);
-    let epoch = match epoch {
-        Some(e) if epochs.contains(&e) => e,
-        Some(e) => {
-            return Err(ZooError::RunDir {
-                path: run_dir.to_path_buf(),
-                message: format!("has no checkpoint for epoch {e}; it has {epochs:?}"),
-            });
-        }
-        None => *epochs.last().ok_or_else(|| ZooError::RunDir {
-            path: run_dir.to_path_buf(),
-            message: "has no checkpoint yet".into(),
-        })?,
-    };
+    let epoch = select_checkpoint(run_dir, epoch)?;
     let path = model_checkpoint(run_dir, epoch);
     let model = Lm::new(
         LmModel::init(&config, device).map_err(|message| ZooError::RunDir {

@@ -14,7 +14,7 @@ use crate::recipe::{DecodingSpec, ModelConfig, Recipe, Task};
 use crate::run::{
     Budget, EveryNKeepLast, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport,
     build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
-    model_checkpoint, write_run_recipe,
+    model_checkpoint, select_checkpoint, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use burn::module::Module;
@@ -785,18 +785,7 @@ pub fn load_seq2seq_run(
     let recipe = load_run_recipe(run_dir)?;
     let config = recipe.model_config().map_err(run_error)?;
     let vocab = Vocabularies::load(run_dir, recipe.task)?;
-    let epochs = checkpoint_epochs(run_dir);
-    let epoch = match epoch {
-        Some(e) if epochs.contains(&e) => e,
-        Some(e) => {
-            return Err(run_error(format!(
-                "has no checkpoint for epoch {e}; it has {epochs:?}"
-            )));
-        }
-        None => *epochs
-            .last()
-            .ok_or_else(|| run_error("has no checkpoint yet".into()))?,
-    };
+    let epoch = select_checkpoint(run_dir, epoch)?;
     let path = model_checkpoint(run_dir, epoch);
     let trainer = Seq2SeqTrainer::new(init_model(&config, device).map_err(run_error)?, &recipe)
         .try_load_file(&path)
