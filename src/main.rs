@@ -581,7 +581,12 @@ fn resolve_model(
                     data_dir,
                 )?;
                 let spec = recipe.tokenizer_spec().map_err(ZooError::Usage)?;
-                ZooTokenizer::build(spec, &text)?.vocab_size()
+                let added = if recipe.task.is_seq2seq() {
+                    zoo_train::seq2seq::added_tokens(recipe.task)
+                } else {
+                    0
+                };
+                ZooTokenizer::build(spec, &text)?.vocab_size() + added
             }
             None => {
                 return Err(ZooError::Usage(format!(

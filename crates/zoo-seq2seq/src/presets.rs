@@ -93,9 +93,9 @@ pub fn rnn_attention_preset(name: &str) -> Option<RnnAttentionConfig> {
 mod tests {
     use super::*;
 
-    /// Every preset builds once it has a vocabulary, and the base transformer has the
-    /// published size: 6 + 6 layers of 512 with a shared 37,000-token vocabulary is about 63M
-    /// parameters (Vaswani et al. 2017, table 3, "base": 65M).
+    /// Every preset validates once it has a vocabulary, and the sizes are the published ones:
+    /// the base transformer, 6 + 6 layers of 512 with a shared 37,000-token vocabulary, about
+    /// 63M (Vaswani et al. 2017, table 3, "base": 65M); t5-small exactly Hugging Face's count.
     #[test]
     fn presets_build_and_base_has_the_published_size() {
         for name in TRANSFORMER_PRESETS {
@@ -126,5 +126,12 @@ mod tests {
         assert_eq!(non_embedding, 6 * 3_152_384 + 6 * 4_204_032);
         assert_eq!(total, non_embedding + 37_000 * 512);
         assert!((60_000_000..66_000_000).contains(&total), "{total}");
+        // T5-small with its 32,128-token vocabulary: Hugging Face's t5-small has 60,506,624.
+        let t5 = TransformerConfig {
+            src_vocab_size: 32_128,
+            tgt_vocab_size: 32_128,
+            ..transformer_preset("t5-small").unwrap()
+        };
+        assert_eq!(t5.size().total, 60_506_624);
     }
 }

@@ -44,6 +44,16 @@ const SPECIALS: [&str; 3] = ["<pad>", "<s>", "</s>"];
 /// Sentinels added for span corruption (T5 has 100).
 const SENTINELS: usize = 100;
 
+/// Tokens an encoder-decoder run adds to each trained vocabulary for `task`.
+pub fn added_tokens(task: Task) -> usize {
+    SPECIALS.len()
+        + if task == Task::SpanCorruption {
+            SENTINELS
+        } else {
+            0
+        }
+}
+
 /// The tokenizers of a run and the special ids decoding needs.
 #[derive(Clone)]
 pub struct Vocabularies {
