@@ -679,6 +679,21 @@ impl Recipe {
             ),
             ("data.source", d.source.is_some(), translation),
             ("data.target", d.target.is_some(), translation),
+            (
+                "data.noise_density",
+                d.noise_density != default_noise_density(),
+                self.task == Task::SpanCorruption,
+            ),
+            (
+                "data.mean_span_length",
+                d.mean_span_length != default_mean_span_length(),
+                self.task == Task::SpanCorruption,
+            ),
+            (
+                "[decoding]",
+                self.decoding != DecodingSpec::default(),
+                seq2seq,
+            ),
         ];
         if let Some((key, _, _)) = keys.iter().find(|(_, set, allowed)| *set && !allowed) {
             return Err(format!(
@@ -1138,6 +1153,63 @@ steps = 10
         assert_eq!(recipe.sequence_len(&config), DEFAULT_BPTT);
         let windowed = Recipe::parse(&RNN.replace("steps = 10", "steps = 10\nbptt = 70")).unwrap();
         assert_eq!(windowed.sequence_len(&windowed.model_config().unwrap()), 70);
+    }
+
+    #[test]
+    fn encoder_decoder_recipes_check_task_keys_and_values() {
+        let base = r#"
+task = "translation"
+[model]
+arch = "transformer"
+preset = "transformer-tiny"
+[tokenizer]
+kind = "word"
+vocab_size = 50
+[data]
+dataset = "synthetic-copy"
+[training]
+batch_size = 8
+steps = 10
+"#;
+        let recipe = Recipe::parse(base).unwrap();
+        assert_eq!(recipe.sequence_len(&recipe.model_config().unwrap()), 128);
+        assert_eq!(recipe.decoding, DecodingSpec::default());
+        let err = |text: &str| Recipe::parse(text).unwrap_err();
+        let e = err(&base.replace("task = \"translation\"", "task = \"causal-lm\""));
+        assert!(
+            e.contains("translation") && e.contains("transformer"),
+            "{e}"
+        );
+        let e = err(&base
+            .replace("arch = \"transformer\"", "arch = \"gpt\"")
+            .replace("preset = \"transformer-tiny\"", ""));
+        assert!(e.contains("causal-lm"), "{e}");
+        let e = err(&format!("{base}label_smoothing = 1.5\n"));
+        assert!(e.contains("training.label_smoothing"), "{e}");
+        let e = err(&format!("{base}seq_len = 500\n"));
+        assert!(e.contains("training.seq_len") && e.contains("128"), "{e}");
+        let e = err(&format!("{base}[decoding]\nbeam = 0\n"));
+        assert!(e.contains("decoding.beam"), "{e}");
+        let e = err(&base.replace("[data]", "[data]\nnoise_density = 0.3"));
+        assert!(e.contains("data.noise_density"), "{e}");
+        let e = err(&base
+            .replace("[model]", "[target_tokenizer]\nkind = \"char\"\n[model]")
+            .replace("task = \"translation\"", "task = \"span-corruption\""));
+        assert!(e.contains("target_tokenizer"), "{e}");
+        let gpt = r#"
+[model]
+preset = "gpt-nano"
+[tokenizer]
+kind = "char"
+[data]
+dataset = "embedded"
+[training]
+batch_size = 8
+steps = 10
+[decoding]
+beam = 4
+"#;
+        assert!(err(gpt).contains("[decoding]"));
     }
 
     #[test]
