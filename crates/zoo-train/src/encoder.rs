@@ -14,22 +14,20 @@ use crate::metrics::{
 };
 use crate::recipe::{ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, EveryNKeepLast, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport,
-    build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
-    model_checkpoint, read_metrics, write_run_recipe,
+    Budget, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
+    check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe, model_checkpoint,
+    read_metrics, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
-use burn::train::renderer::default_renderer;
 use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use zoo_bert::{BertConfig, BertModel, BertTask, Prediction, Predictions, Targets};
@@ -907,7 +905,6 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
     let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
 
     let accuracy = || LabelMetric::<MainLabels>::new("Accuracy", LabelStatistic::Accuracy);
@@ -917,16 +914,7 @@ pub(crate) fn train(
             .metric_valid_numeric(LossMetric::new())
             .metric_train_numeric(accuracy())
             .metric_valid_numeric(accuracy())
-            .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(metric_logger)
-            .with_default_checkpointers()
-            .with_checkpointing_strategy(EveryNKeepLast {
-                every: checkpoint_every.max(1),
-                last: epochs,
-                keep: t.keep_checkpoints,
-                saved: checkpoint_epochs(&run_dir),
-            })
-            .num_epochs(epochs);
+            .metric_train_numeric(LearningRateMetric::new());
     let mut columns = vec![("val acc", "Accuracy", 2)];
     if matches!(
         recipe.task,
@@ -944,22 +932,15 @@ pub(crate) fn train(
             .metric_valid_numeric(nsp());
         columns.push(("val NSP acc", "NSP Accuracy", 2));
     }
-    if micro_batches > 1 {
-        training = training.grads_accumulation(micro_batches);
-    }
-    if let Some(epoch) = resume_epoch {
-        training = training.checkpoint(epoch);
-    }
-    let renderer = if std::io::stdout().is_terminal() {
-        default_renderer(training.interrupter(), resume_epoch)
-    } else {
-        Box::new(LineRenderer::with_columns(
-            budget.steps_per_epoch,
-            t.batch_size,
-            "seq",
-            columns,
-        ))
-    };
+    let training = with_run_settings(
+        training,
+        recipe,
+        &run_dir,
+        epochs,
+        resume_epoch,
+        metric_logger,
+        LineRenderer::with_columns(budget.steps_per_epoch, t.batch_size, "seq", columns),
+    );
     let (total, _) = config.encoder_size(seq_len);
     println!(
         "training {} ({} encoder parameters, {}) on {} {} of '{}' for {} steps of {} inputs of up to {} tokens; run directory {}",
@@ -978,7 +959,7 @@ pub(crate) fn train(
         seq_len,
         run_dir.display()
     );
-    let result = training.renderer(renderer).launch(learner);
+    let result = training.launch(learner);
     if let Some(error) = &result.error {
         return Err(ZooError::Training(error.to_string()));
     }

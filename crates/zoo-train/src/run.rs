@@ -28,8 +28,8 @@ use burn::prelude::*;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::{LearningRateMetric, LossMetric};
-use burn::train::renderer::default_renderer;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::renderer::{MetricsRenderer, default_renderer};
+use burn::train::{Learner, LearnerModel, SupervisedTraining};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -138,6 +138,45 @@ impl Budget {
             start_epoch,
         })
     }
+}
+
+/// What every run's training shares beside its metrics: the metrics log, checkpoints (every
+/// `training.checkpoint_interval`, always at the end, the newest `keep_checkpoints` kept), the
+/// epochs, gradient accumulation, the checkpoint to resume from, and the display: burn-train's
+/// dashboard on a terminal, otherwise `lines` (one line per validation).
+pub(crate) fn with_run_settings<M: LearnerModel>(
+    training: SupervisedTraining<M>,
+    recipe: &Recipe,
+    run_dir: &Path,
+    epochs: usize,
+    resume_epoch: Option<usize>,
+    metric_logger: JsonlMetricLogger,
+    lines: LineRenderer,
+) -> SupervisedTraining<M> {
+    let t = &recipe.training;
+    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
+    let mut training = training
+        .with_metric_logger(metric_logger)
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(EveryNKeepLast {
+            every: checkpoint_every.max(1),
+            last: epochs,
+            keep: t.keep_checkpoints,
+            saved: checkpoint_epochs(run_dir),
+        })
+        .num_epochs(epochs);
+    if t.grad_accumulation > 1 {
+        training = training.grads_accumulation(t.grad_accumulation);
+    }
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+    let renderer: Box<dyn MetricsRenderer> = if std::io::stdout().is_terminal() {
+        default_renderer(training.interrupter(), resume_epoch)
+    } else {
+        Box::new(lines)
+    };
+    training.renderer(renderer)
 }
 
 /// Saves every `every` epochs and at the last one, keeping the newest `keep`.
@@ -421,38 +460,23 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         &device,
     );
     let val_loader = WindowLoader::validation(val_windows, t.eval_batches, &device);
-    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
 
-    let mut training =
+    let training =
         SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
             .metric_train_numeric(LossMetric::new())
             .metric_valid_numeric(LossMetric::new())
             .metric_train_numeric(Perplexity::default())
             .metric_valid_numeric(Perplexity::default())
-            .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(metric_logger)
-            .with_default_checkpointers()
-            .with_checkpointing_strategy(EveryNKeepLast {
-                every: checkpoint_every.max(1),
-                last: epochs,
-                keep: t.keep_checkpoints,
-                saved: checkpoint_epochs(&run_dir),
-            })
-            .num_epochs(epochs);
-    if micro_batches > 1 {
-        training = training.grads_accumulation(micro_batches);
-    }
-    if let Some(epoch) = resume_epoch {
-        training = training.checkpoint(epoch);
-    }
-    let renderer = if std::io::stdout().is_terminal() {
-        default_renderer(training.interrupter(), resume_epoch)
-    } else {
-        Box::new(LineRenderer::new(
-            budget.steps_per_epoch,
-            t.batch_size * seq_len,
-        ))
-    };
+            .metric_train_numeric(LearningRateMetric::new());
+    let training = with_run_settings(
+        training,
+        &recipe,
+        &run_dir,
+        epochs,
+        resume_epoch,
+        metric_logger,
+        LineRenderer::new(budget.steps_per_epoch, t.batch_size * seq_len),
+    );
     println!(
         "training {} ({} parameters) on {} tokens of '{}' for {} steps of {} x {} tokens{}; run directory {}",
         recipe.name(),
@@ -469,7 +493,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         },
         run_dir.display()
     );
-    let result = training.renderer(renderer).launch(learner);
+    let result = training.launch(learner);
     if let Some(error) = &result.error {
         return Err(ZooError::Training(error.to_string()));
     }

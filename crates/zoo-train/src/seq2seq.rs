@@ -12,19 +12,17 @@ use crate::lm::gradients;
 use crate::metrics::{JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer};
 use crate::recipe::{DecodingSpec, ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, EveryNKeepLast, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport,
-    build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
-    model_checkpoint, select_checkpoint, write_run_recipe,
+    Budget, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
+    check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint, select_checkpoint,
+    with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
-use burn::train::renderer::default_renderer;
 use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
 use rand::seq::SliceRandom;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -682,41 +680,29 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
     let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
     let accuracy = || LabelMetric::<TargetTokens>::new("Accuracy", LabelStatistic::Accuracy);
-    let mut training =
+    let training =
         SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
             .metric_train_numeric(LossMetric::new())
             .metric_valid_numeric(LossMetric::new())
             .metric_train_numeric(accuracy())
             .metric_valid_numeric(accuracy())
-            .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(metric_logger)
-            .with_default_checkpointers()
-            .with_checkpointing_strategy(EveryNKeepLast {
-                every: checkpoint_every.max(1),
-                last: epochs,
-                keep: t.keep_checkpoints,
-                saved: checkpoint_epochs(&run_dir),
-            })
-            .num_epochs(epochs);
-    if micro_batches > 1 {
-        training = training.grads_accumulation(micro_batches);
-    }
-    if let Some(epoch) = resume_epoch {
-        training = training.checkpoint(epoch);
-    }
-    let renderer = if std::io::stdout().is_terminal() {
-        default_renderer(training.interrupter(), resume_epoch)
-    } else {
-        Box::new(LineRenderer::with_columns(
+            .metric_train_numeric(LearningRateMetric::new());
+    let training = with_run_settings(
+        training,
+        recipe,
+        &run_dir,
+        epochs,
+        resume_epoch,
+        metric_logger,
+        LineRenderer::with_columns(
             budget.steps_per_epoch,
             t.batch_size,
             "seq",
             vec![("val token acc", "Accuracy", 2)],
-        ))
-    };
+        ),
+    );
     let size = config.size();
     println!(
         "training {} ({} parameters, {}) on {} {} of '{}'{} for {} steps of {} examples; run directory {}",
@@ -739,7 +725,7 @@ pub(crate) fn train(
         t.batch_size * micro_batches,
         run_dir.display()
     );
-    let result = training.renderer(renderer).launch(learner);
+    let result = training.launch(learner);
     if let Some(error) = &result.error {
         return Err(ZooError::Training(error.to_string()));
     }
