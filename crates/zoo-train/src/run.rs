@@ -461,13 +461,12 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     );
     let val_loader = WindowLoader::validation(val_windows, t.eval_batches, &device);
 
-    let training =
-        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
-            .metric_train_numeric(LossMetric::new())
-            .metric_valid_numeric(LossMetric::new())
-            .metric_train_numeric(Perplexity::default())
-            .metric_valid_numeric(Perplexity::default())
-            .metric_train_numeric(LearningRateMetric::new());
+    let training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .metric_train_numeric(Perplexity::default())
+        .metric_valid_numeric(Perplexity::default())
+        .metric_train_numeric(LearningRateMetric::new());
     let training = with_run_settings(
         training,
         &recipe,

@@ -3,7 +3,7 @@
 //!
 //! A run directory holds what other runs' do, plus `target_tokenizer.json` when the two sides
 //! have separate vocabularies, and `scores.jsonl`: one line per decoded evaluation (split,
-//! strategy, BLEU, exact match, wall time).
+//! checkpoint epoch, strategy, BLEU, exact match, wall time).
 
 use crate::ZooError;
 use crate::data::{BatchSource, StepLoader};
@@ -682,13 +682,12 @@ pub(crate) fn train(
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
     let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
     let accuracy = || LabelMetric::<TargetTokens>::new("Accuracy", LabelStatistic::Accuracy);
-    let training =
-        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
-            .metric_train_numeric(LossMetric::new())
-            .metric_valid_numeric(LossMetric::new())
-            .metric_train_numeric(accuracy())
-            .metric_valid_numeric(accuracy())
-            .metric_train_numeric(LearningRateMetric::new());
+    let training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .metric_train_numeric(accuracy())
+        .metric_valid_numeric(accuracy())
+        .metric_train_numeric(LearningRateMetric::new());
     let training = with_run_settings(
         training,
         recipe,
@@ -856,6 +855,8 @@ pub fn translate(
 pub struct Seq2SeqEvalReport {
     /// The split.
     pub split: String,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
     /// How outputs were decoded (`greedy`, `beam 5 (length penalty 1)`).
     pub strategy: String,
     /// Sentences decoded.
@@ -874,8 +875,9 @@ impl Seq2SeqEvalReport {
     /// One line for the terminal.
     pub fn summary(&self) -> String {
         format!(
-            "{} ({} sentences, {}): BLEU {:.2} ({}; BP {:.3}, hyp/ref length {}/{}), exact match {:.2}%, decoded in {:.1} s",
+            "{} (epoch {}, {} sentences, {}): BLEU {:.2} ({}; BP {:.3}, hyp/ref length {}/{}), exact match {:.2}%, decoded in {:.1} s",
             self.split,
+            self.epoch,
             self.sentences,
             self.strategy,
             self.bleu.score,
@@ -898,6 +900,7 @@ impl Seq2SeqEvalReport {
         use std::io::Write;
         let line = serde_json::json!({
             "split": self.split,
+            "epoch": self.epoch,
             "strategy": self.strategy,
             "sentences": self.sentences,
             "bleu": self.bleu.score,
@@ -940,6 +943,7 @@ pub fn evaluate_seq2seq(
     };
     Ok(Seq2SeqEvalReport {
         split: split.to_string(),
+        epoch: run.epoch,
         strategy,
         sentences: sources.len(),
         bleu: corpus_bleu(&outputs, &references),
