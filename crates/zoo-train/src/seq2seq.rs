@@ -844,7 +844,13 @@ pub fn translate(
         };
         let decoded = decode(&run.model, &batch, tokens, &chosen, limit, &device);
         for (&i, ids) in chunk.iter().zip(decoded) {
-            outputs[i] = run.vocab.target.decode_text(&ids)?.trim().to_string();
+            // Span corruption's outputs are sentinels and spans: keep the sentinels.
+            let text = if run.recipe.task == Task::SpanCorruption {
+                run.vocab.target.decode(&ids)?
+            } else {
+                run.vocab.target.decode_text(&ids)?
+            };
+            outputs[i] = text.trim().to_string();
         }
     }
     Ok(outputs)
