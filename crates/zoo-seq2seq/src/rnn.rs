@@ -577,7 +577,7 @@ mod gradient_tests {
                 .grad(&grads)
                 .unwrap()
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap();
             let eps = 1e-2;
             for index in [4 * 8, 4 * 8 + 3, 5 * 8 + 1, 2 * 8 + 7] {
@@ -589,7 +589,7 @@ mod gradient_tests {
                         .val()
                         .inner()
                         .into_data()
-                        .to_vec::<f32>()
+                        .try_to_vec::<f32>()
                         .unwrap();
                     values[index] += delta;
                     m.source_embedding.weight = burn::module::Param::from_tensor(
