@@ -319,19 +319,10 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     std::fs::create_dir_all(&run_dir).map_err(|e| ZooError::io(&run_dir, e))?;
     let (tokenizer, config) = match resume_epoch {
         Some(_) => {
-            let stored = load_run_recipe(&run_dir)?;
-            let config = stored.model_config().map_err(|message| ZooError::RunDir {
-                path: run_dir.clone(),
-                message,
+            let config = resumed_model(&run_dir, &recipe, recipe_path, |wanted, stored| {
+                wanted.set_vocab_size(stored.vocab_size());
+                Ok(())
             })?;
-            let mut wanted = recipe.model_config().map_err(recipe_error)?;
-            wanted.set_vocab_size(config.vocab_size());
-            if wanted != config {
-                return Err(ZooError::RunDir {
-                    path: run_dir.clone(),
-                    message: "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
-                });
-            }
             let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
             (tokenizer, config)
         }
@@ -739,6 +730,35 @@ pub struct LoadedRun {
     pub epoch: usize,
     /// Optimiser steps the checkpoint had taken.
     pub steps: usize,
+}
+
+/// The model config of the run being resumed, after checking that the recipe asks for the same
+/// model: `fit` first gives the recipe's config what the run decided itself (vocabulary sizes).
+pub(crate) fn resumed_model(
+    run_dir: &Path,
+    recipe: &Recipe,
+    recipe_path: &Path,
+    fit: impl FnOnce(&mut ModelConfig, &ModelConfig) -> Result<(), String>,
+) -> Result<ModelConfig, ZooError> {
+    let run_error = |message: String| ZooError::RunDir {
+        path: run_dir.to_path_buf(),
+        message,
+    };
+    let recipe_error = |message: String| ZooError::Recipe {
+        path: recipe_path.to_path_buf(),
+        message,
+    };
+    let stored = load_run_recipe(run_dir)?
+        .model_config()
+        .map_err(run_error)?;
+    let mut wanted = recipe.model_config().map_err(recipe_error)?;
+    fit(&mut wanted, &stored).map_err(recipe_error)?;
+    if wanted != stored {
+        return Err(run_error(
+            "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
+        ));
+    }
+    Ok(stored)
 }
 
 /// The epoch of the checkpoint to load: `epoch` if the run has it, else the last one.

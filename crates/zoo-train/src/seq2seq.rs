@@ -13,8 +13,8 @@ use crate::metrics::{JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBat
 use crate::recipe::{DecodingSpec, ModelConfig, Recipe, Task};
 use crate::run::{
     Budget, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
-    check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint, select_checkpoint,
-    with_run_settings, write_run_recipe,
+    check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint, resumed_model,
+    select_checkpoint, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use burn::module::Module;
@@ -554,20 +554,10 @@ pub(crate) fn train(
     std::fs::create_dir_all(&run_dir).map_err(|e| ZooError::io(&run_dir, e))?;
     let (vocab, config) = match resume_epoch {
         Some(_) => {
-            let stored = load_run_recipe(&run_dir)?;
-            let config = stored.model_config().map_err(|message| ZooError::RunDir {
-                path: run_dir.clone(),
-                message,
-            })?;
             let vocab = Vocabularies::load(&run_dir, recipe.task)?;
-            let mut wanted = recipe.model_config().map_err(recipe_error)?;
-            fit_vocabularies(&mut wanted, &vocab).map_err(recipe_error)?;
-            if wanted != config {
-                return Err(ZooError::RunDir {
-                    path: run_dir.clone(),
-                    message: "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
-                });
-            }
+            let config = resumed_model(&run_dir, recipe, recipe_path, |wanted, _| {
+                fit_vocabularies(wanted, &vocab)
+            })?;
             (vocab, config)
         }
         None => {
