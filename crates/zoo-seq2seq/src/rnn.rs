@@ -15,7 +15,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{softmax, tanh};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::kernels::linear;
 use zoo_blocks::{
@@ -263,14 +263,24 @@ pub struct RnnAttentionState {
     feed: Option<Tensor<2>>,
 }
 
-/// Per row, the index of each position once the first `lengths[b]` are reversed and the padding
-/// after them left in place: applying it twice is the identity.
-fn reversal_within_lengths(lengths: &[usize], len: usize, device: &Device) -> Tensor<2, Int> {
-    let index: Vec<i64> = lengths
-        .iter()
-        .flat_map(|&n| (0..len).map(move |i| if i < n { n - 1 - i } else { i } as i64))
-        .collect();
-    Tensor::from_data(TensorData::new(index, [lengths.len(), len]), device)
+/// Per row, the index of each position once the unpadded positions (`padding` false) are
+/// reversed and the padding after them left in place: applying it twice is the identity.
+/// Computed on the device, so encoding never waits to read the lengths back.
+fn reversal_within_lengths(padding: &Tensor<2, Bool>) -> Tensor<2, Int> {
+    let [batch, len] = padding.dims();
+    let lengths = padding
+        .clone()
+        .bool_not()
+        .int()
+        .sum_dim(1)
+        .expand([batch, len]);
+    let positions = Tensor::<1, Int>::arange(0..len as i64, &padding.device())
+        .unsqueeze::<2>()
+        .expand([batch, len]);
+    let reversed = lengths.clone() - positions.clone() - 1;
+    positions
+        .clone()
+        .mask_where(positions.lower(lengths), reversed)
 }
 
 fn gather_positions(x: Tensor<3>, index: &Tensor<2, Int>) -> Tensor<3> {
@@ -288,20 +298,9 @@ impl RnnAttention {
     /// Reads `source` (`[batch, src_len]`) both ways: the decoding state for its first step.
     /// Padded positions (`padding` true, after the last word) change nothing.
     pub fn encode(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> RnnAttentionState {
-        let [batch, len] = source.dims();
+        let [batch, _] = source.dims();
         let device = source.device();
-        let lengths: Vec<usize> = padding
-            .clone()
-            .int()
-            .sum_dim(1)
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .expect("lengths read back")
-            .into_iter()
-            .map(|pads| len - pads as usize)
-            .collect();
-        let reversal = reversal_within_lengths(&lengths, len, &device);
+        let reversal = reversal_within_lengths(&padding);
         let embedded = self.dropout.forward(self.source_embedding.forward(source));
         let (forward, _) = self.forward_encoder.forward(embedded.clone(), None);
         let (backward, _) = self
@@ -446,6 +445,7 @@ mod tests {
     use super::*;
     use crate::presets::rnn_attention_preset;
     use crate::tests::{assert_close, ids};
+    use burn::tensor::TensorData;
 
     fn configs() -> Vec<RnnAttentionConfig> {
         let tiny = RnnAttentionConfig {
@@ -540,6 +540,7 @@ mod gradient_tests {
     use crate::presets::rnn_attention_preset;
     use crate::tests::ids;
     use burn::tensor::Distribution;
+    use burn::tensor::TensorData;
 
     /// The gradient of a fixed projection of the logits with respect to source embeddings,
     /// the encoders' and decoder's weights matches finite differences.

@@ -688,7 +688,7 @@ mod tests {
             let target = ids(&[&[1, 5, 2, 6, 6, 3], &[1, 3, 3, 4, 9, 10]], &device);
             let full = model.forward(source.clone(), padding.clone(), target.clone());
 
-            let mut state = model.start(source, padding);
+            let mut state = model.start(source.clone(), padding.clone());
             let steps: Vec<Tensor<3>> = (0..6)
                 .map(|t| {
                     model
@@ -700,19 +700,7 @@ mod tests {
             assert_close(Tensor::cat(steps, 1), full.clone(), 1e-5);
 
             let changed = target.slice_assign([0..2, 4..5], ids(&[&[12], &[0]], &device));
-            let memory = model.memory(
-                model.encode(
-                    ids(&[&[4, 7, 9, 2, 0], &[3, 5, 6, 8, 2]], &device),
-                    Tensor::from_data(
-                        TensorData::from([[false, false, false, false, true], [false; 5]]),
-                        &device,
-                    ),
-                ),
-                Tensor::from_data(
-                    TensorData::from([[false, false, false, false, true], [false; 5]]),
-                    &device,
-                ),
-            );
+            let memory = model.memory(model.encode(source, padding.clone()), padding);
             let after = model.decode(changed, &memory, None);
             assert_close(
                 after.clone().narrow(1, 0, 4),

@@ -53,9 +53,13 @@ pub const SYNTHETIC_TASKS: [&str; 4] = [
 /// The two sides of a synthetic dataset.
 pub const SYNTHETIC_SIDES: [&str; 2] = ["source", "target"];
 
-/// Split `split` of a synthetic dataset: 20,000 training pairs, 1,000 validation and 1,000
-/// test, each from its own seed; sequences of 1 to 12 symbols, numbers of 1 to 6 digits.
-pub fn synthetic_split(name: &str, split: &str) -> Result<Vec<(String, String)>, TextError> {
+/// The task, seed, size and longest sequence of split `split` of a synthetic dataset:
+/// 20,000 training pairs, 1,000 validation and 1,000 test, each from its own seed; sequences of
+/// 1 to 12 symbols, numbers of 1 to 6 digits.
+fn synthetic_spec(
+    name: &str,
+    split: &str,
+) -> Result<(SyntheticTask, u64, usize, usize), TextError> {
     let task = name
         .strip_prefix("synthetic-")
         .and_then(SyntheticTask::named)
@@ -75,6 +79,12 @@ pub fn synthetic_split(name: &str, split: &str) -> Result<Vec<(String, String)>,
     } else {
         12
     };
+    Ok((task, seed, count, max_len))
+}
+
+/// The pairs of split `split` of a synthetic dataset (see [`synthetic_spec`]).
+pub fn synthetic_split(name: &str, split: &str) -> Result<Vec<(String, String)>, TextError> {
+    let (task, seed, count, max_len) = synthetic_spec(name, split)?;
     Ok(synthetic_pairs(task, seed, count, max_len))
 }
 
@@ -260,10 +270,7 @@ impl DatasetRegistry {
             return generated_split(name, split).map(|_| ());
         }
         if SYNTHETIC_TASKS.contains(&name) {
-            return synthetic_split(name, "train").and_then(|_| match split {
-                "train" | "val" | "test" => Ok(()),
-                _ => Err(unknown_split(name, split, ["train", "val", "test"].iter())),
-            });
+            return synthetic_spec(name, split).map(|_| ());
         }
         let dataset = self.get(name)?;
         if dataset.splits.contains_key(split) {

@@ -57,6 +57,26 @@ impl SpanCorruption {
         corrupt(tokens, &mask, sentinels)
     }
 
+    /// How many of `len` (at least 2) tokens are noise, and in how many runs before the roll
+    /// (the roll may split one run in two).
+    pub fn counts(&self, len: usize) -> (usize, usize) {
+        let noise = ((len as f64 * self.noise_density).round() as usize).clamp(1, len - 1);
+        let spans = ((noise as f64 / self.mean_span_length).round() as usize)
+            .max(1)
+            .min(noise)
+            .min(len - noise);
+        (noise, spans)
+    }
+
+    /// Sentinels a text of `len` tokens may need: one per span (one more if the roll splits
+    /// a span) and one to close the target.
+    pub fn sentinels_needed(&self, len: usize) -> usize {
+        if len < 2 {
+            return 1;
+        }
+        self.counts(len).1 + 2
+    }
+
     /// Which of `len` tokens are noise: T5's `random_spans_noise_mask`, rotated by a random
     /// offset (seqio's `random_roll`). Without the roll the runs alternate kept, noise, kept,
     /// noise, ... and the last token is always noise: on short texts with one span the task
@@ -78,11 +98,7 @@ impl SpanCorruption {
         if len < 2 {
             return Ok(vec![false; len]);
         }
-        let noise = ((len as f64 * self.noise_density).round() as usize).clamp(1, len - 1);
-        let spans = ((noise as f64 / self.mean_span_length).round() as usize)
-            .max(1)
-            .min(noise)
-            .min(len - noise);
+        let (noise, spans) = self.counts(len);
         let noise_lengths = random_segmentation(noise, spans, rng);
         let kept_lengths = random_segmentation(len - noise, spans, rng);
         let mut mask = Vec::with_capacity(len);

@@ -426,22 +426,23 @@ impl ZooTokenizer {
             chunks.push(&text[start..end]);
             start = end;
         }
+        Ok(self.encode_each(&chunks)?.concat())
+    }
+
+    /// Token ids of each of `texts`, encoded in parallel. A character vocabulary refuses a
+    /// character it does not have (naming it) rather than encoding it as unknown.
+    pub fn encode_each(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TextError> {
         let encodings = self
             .inner
-            .encode_batch(chunks, false)
+            .encode_batch(texts.to_vec(), false)
             .map_err(TextError::tokenizer)?;
-        let unk = self.inner.token_to_id(UNK);
-        let mut ids = Vec::with_capacity(text.len() / 2);
-        for encoding in &encodings {
-            ids.extend_from_slice(encoding.get_ids());
-        }
+        let ids: Vec<Vec<u32>> = encodings.iter().map(|e| e.get_ids().to_vec()).collect();
         if self.is_char_level()
-            && let Some(position) = unk.and_then(|u| ids.iter().position(|&i| i == u))
+            && let Some(unk) = self.inner.token_to_id(UNK)
+            && let Some(&at) = ids.iter().flatten().find(|&&i| i == unk)
         {
             return Err(TextError::UnknownCharacter(
-                self.inner
-                    .decode(&[ids[position]], false)
-                    .unwrap_or_default(),
+                self.inner.decode(&[at], false).unwrap_or_default(),
             ));
         }
         Ok(ids)

@@ -5,8 +5,8 @@ use crate::lm::LmBatch;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::prelude::*;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use zoo_text::batcher::WindowBatch;
 use zoo_text::{RandomWindows, Streams};
 
@@ -52,6 +52,32 @@ impl BatchSource for Windows {
             Windows::Random(_) => requested,
             Windows::Streams(streams) => streams.windows(),
         }
+    }
+}
+
+/// What a batch source derives for one pass over its examples (their order, its batches),
+/// computed when the pass's first batch is asked for and kept while the pass is served, so
+/// batches of one pass do not redo it.
+pub struct PerPass<T>(Mutex<Option<(usize, Arc<T>)>>);
+
+impl<T> Default for PerPass<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T> PerPass<T> {
+    /// Pass `pass`'s value, made by `make` unless it is the one kept.
+    pub fn get(&self, pass: usize, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut kept = self.0.lock().expect("per-pass lock");
+        if let Some((kept_pass, value)) = kept.as_ref()
+            && *kept_pass == pass
+        {
+            return value.clone();
+        }
+        let value = Arc::new(make());
+        *kept = Some((pass, value.clone()));
+        value
     }
 }
 

@@ -7,7 +7,7 @@
 //! next-sentence accuracy when pretraining on pairs.
 
 use crate::ZooError;
-use crate::data::{BatchSource, StepLoader};
+use crate::data::{BatchSource, PerPass, StepLoader};
 use crate::lm::gradients;
 use crate::metrics::{
     Confusion, JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer,
@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use zoo_bert::{BertConfig, BertModel, BertTask, Prediction, Predictions, Targets};
 use zoo_text::{
     DataDir, DatasetRegistry, EncodedInput, LabelledExample, MaskingConfig, PretrainingCorpus,
@@ -216,7 +216,7 @@ struct ExamplesInner {
     targets: ExampleTargets,
     batching: Batching,
     /// The order of the pass being served, drawn once per pass rather than per batch.
-    order: Mutex<Option<(usize, Arc<Vec<usize>>)>>,
+    order: PerPass<Vec<usize>>,
 }
 
 /// How [`EncoderExamples`] batch and mask.
@@ -258,7 +258,7 @@ impl EncoderExamples {
                 inputs,
                 targets,
                 batching,
-                order: Mutex::new(None),
+                order: PerPass::default(),
             }),
         })
     }
@@ -281,19 +281,13 @@ impl EncoderExamples {
     /// The order of the examples in pass `pass`: shuffled from the seed and the pass when
     /// training, as they are otherwise.
     fn order_of(&self, pass: usize) -> Arc<Vec<usize>> {
-        let mut cached = self.inner.order.lock().expect("order lock");
-        if let Some((cached_pass, order)) = cached.as_ref()
-            && *cached_pass == pass
-        {
-            return order.clone();
-        }
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        if self.inner.batching.shuffle {
-            order.shuffle(&mut stream(self.inner.batching.seed, 1, pass as u64));
-        }
-        let order = Arc::new(order);
-        *cached = Some((pass, order.clone()));
-        order
+        self.inner.order.get(pass, || {
+            let mut order: Vec<usize> = (0..self.len()).collect();
+            if self.inner.batching.shuffle {
+                order.shuffle(&mut stream(self.inner.batching.seed, 1, pass as u64));
+            }
+            order
+        })
     }
 
     /// Batch `g` of the run (counted from 0 across passes).

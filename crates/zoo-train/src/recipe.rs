@@ -34,6 +34,7 @@
 //! ```
 
 use crate::ZooError;
+use crate::seq2seq::SENTINELS;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ use zoo_gpt::{GptConfig, ModelSize};
 use zoo_rnn::RnnConfig;
 use zoo_seq2seq::{RnnAttentionConfig, Seq2SeqSize, TransformerConfig};
 use zoo_text::TokenizerSpec;
+use zoo_text::span_corruption::SpanCorruption;
 
 /// A parsed recipe.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -778,6 +780,17 @@ impl Recipe {
                 return Err(format!(
                     "data.mean_span_length must be at least 1, got {}",
                     d.mean_span_length
+                ));
+            }
+            let corruption = SpanCorruption {
+                noise_density: d.noise_density,
+                mean_span_length: d.mean_span_length,
+            };
+            let needed = corruption.sentinels_needed(seq_len - 1);
+            if needed > SENTINELS {
+                return Err(format!(
+                    "inputs of training.seq_len = {seq_len} tokens at data.noise_density = {} and data.mean_span_length = {} need {needed} sentinels, more than the {SENTINELS} there are: shorten seq_len or lengthen the spans",
+                    d.noise_density, d.mean_span_length
                 ));
             }
         }

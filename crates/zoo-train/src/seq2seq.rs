@@ -6,7 +6,7 @@
 //! checkpoint epoch, strategy, BLEU, exact match, wall time).
 
 use crate::ZooError;
-use crate::data::{BatchSource, StepLoader};
+use crate::data::{BatchSource, PerPass, StepLoader};
 use crate::encoder::stream;
 use crate::lm::gradients;
 use crate::metrics::{JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer};
@@ -24,7 +24,7 @@ use burn::train::{InferenceStep, ItemLazy, Learner, SupervisedTraining, TrainOut
 use burn_std::ExecutionError;
 use rand::seq::SliceRandom;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use zoo_blocks::SamplingConfig;
 use zoo_blocks::loss::label_smoothed_cross_entropy;
@@ -40,16 +40,20 @@ pub const SCORES_FILE: &str = "scores.jsonl";
 /// Padding, begin and end of sequence, added to every encoder-decoder vocabulary.
 const SPECIALS: [&str; 3] = ["<pad>", "<s>", "</s>"];
 /// Sentinels added for span corruption (T5 has 100).
-const SENTINELS: usize = 100;
+pub const SENTINELS: usize = 100;
+
+/// Sentinels a `task` run's vocabulary carries.
+fn sentinels_for(task: Task) -> usize {
+    if task == Task::SpanCorruption {
+        SENTINELS
+    } else {
+        0
+    }
+}
 
 /// Tokens an encoder-decoder run adds to each trained vocabulary for `task`.
 pub fn added_tokens(task: Task) -> usize {
-    SPECIALS.len()
-        + if task == Task::SpanCorruption {
-            SENTINELS
-        } else {
-            0
-        }
+    SPECIALS.len() + sentinels_for(task)
 }
 
 /// The tokenizers of a run and the special ids decoding needs.
@@ -121,12 +125,7 @@ impl Vocabularies {
             .is_file()
             .then(|| ZooTokenizer::load(&target_path))
             .transpose()?;
-        let sentinels = if task == Task::SpanCorruption {
-            SENTINELS
-        } else {
-            0
-        };
-        Ok(Self::new(source, target, sentinels))
+        Ok(Self::new(source, target, sentinels_for(task)))
     }
 
     /// A source sentence as the encoder reads it: its tokens, then `</s>`, at most `max_len`.
@@ -166,11 +165,11 @@ impl Examples {
 
 /// Source and target sentences of `split` (the recipe's languages).
 fn load_pairs(
+    registry: &DatasetRegistry,
     recipe: &Recipe,
     split: &str,
     dir: &DataDir,
 ) -> Result<Vec<(String, String)>, ZooError> {
-    let registry = DatasetRegistry::builtin();
     let data = &recipe.data;
     let languages = registry.languages(&data.dataset)?;
     let pick = |given: &Option<String>, index: usize| {
@@ -180,25 +179,50 @@ fn load_pairs(
     Ok(registry.load_parallel(&data.dataset, split, [&source, &target], dir)?)
 }
 
-/// The token sequences span corruption draws from: the split's text as one stream of tokens
-/// (T5 packs its corpus the same way), cut into pieces of `seq_len - 1` tokens, so that the
-/// corrupted input (shorter: each span becomes one sentinel) and its `</s>` fit `seq_len`.
-fn load_texts(
-    recipe: &Recipe,
-    split: &str,
-    dir: &DataDir,
-    vocab: &Vocabularies,
-    seq_len: usize,
-) -> Result<Vec<Vec<u32>>, ZooError> {
-    let text = DatasetRegistry::builtin().load_split(&recipe.data.dataset, split, dir)?;
-    let lines = vocab.source.encode_lines(&text)?;
-    let piece = seq_len.saturating_sub(1).max(2);
-    let stream: Vec<u32> = lines.concat();
-    Ok(stream
-        .chunks(piece)
-        .filter(|piece| piece.len() >= 2)
-        .map(<[u32]>::to_vec)
-        .collect())
+/// A split as read: sentence pairs (translation) or running text (span corruption).
+enum SplitText {
+    Pairs(Vec<(String, String)>),
+    Text(String),
+}
+
+impl SplitText {
+    /// The training examples: pairs within `seq_len` (and how many were longer), or for span
+    /// corruption the text as one stream of tokens (T5 packs its corpus the same way) cut into
+    /// pieces of `seq_len - 1` tokens, so that the corrupted input (shorter: each span becomes
+    /// one sentinel) and its `</s>` fit `seq_len`.
+    fn examples(
+        &self,
+        vocab: &Vocabularies,
+        seq_len: usize,
+    ) -> Result<(Examples, usize), ZooError> {
+        match self {
+            SplitText::Text(text) => {
+                let stream: Vec<u32> = vocab.source.encode_lines(text)?.concat();
+                let piece = seq_len.saturating_sub(1).max(2);
+                let pieces = stream
+                    .chunks(piece)
+                    .filter(|piece| piece.len() >= 2)
+                    .map(<[u32]>::to_vec)
+                    .collect();
+                Ok((Examples::Texts(pieces), 0))
+            }
+            SplitText::Pairs(pairs) => {
+                let (sources, targets): (Vec<&str>, Vec<&str>) =
+                    pairs.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+                let sources = vocab.source.encode_each(&sources)?;
+                let targets = vocab.target.encode_each(&targets)?;
+                let mut kept = Vec::with_capacity(pairs.len());
+                for (mut source, target) in sources.into_iter().zip(targets) {
+                    source.push(vocab.source_tokens.eos);
+                    if source.len() <= seq_len && target.len() < seq_len {
+                        kept.push((source, target));
+                    }
+                }
+                let dropped = pairs.len() - kept.len();
+                Ok((Examples::Pairs(kept), dropped))
+            }
+        }
+    }
 }
 
 /// How a split's examples are batched.
@@ -241,7 +265,7 @@ struct ExamplesInner {
     source_tokens: DecodeTokens,
     target_tokens: DecodeTokens,
     corruption: Option<(SpanCorruption, Vec<u32>)>,
-    order: Mutex<Option<(usize, Arc<Vec<Vec<usize>>>)>>,
+    batches: PerPass<Vec<Vec<usize>>>,
 }
 
 impl Seq2SeqExamples {
@@ -261,7 +285,7 @@ impl Seq2SeqExamples {
                 source_tokens: vocab.source_tokens,
                 target_tokens: vocab.target_tokens,
                 corruption: corruption.map(|c| (c, vocab.sentinels.clone())),
-                order: Mutex::new(None),
+                batches: PerPass::default(),
             }),
         })
     }
@@ -282,29 +306,23 @@ impl Seq2SeqExamples {
     }
 
     fn batches_of(&self, pass: usize) -> Arc<Vec<Vec<usize>>> {
-        let mut cached = self.inner.order.lock().expect("order lock");
-        if let Some((cached_pass, batches)) = cached.as_ref()
-            && *cached_pass == pass
-        {
-            return batches.clone();
-        }
         let inner = &*self.inner;
-        let size = inner.batching.batch_size;
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        if inner.batching.shuffle {
-            order.shuffle(&mut stream(inner.batching.seed, 1, pass as u64));
-        }
-        let by_length = |chunk: &mut [usize]| {
-            chunk.sort_by_key(|&i| inner.examples.source_len(i));
-        };
-        order.chunks_mut(size * 50).for_each(by_length);
-        let mut batches: Vec<Vec<usize>> = order.chunks(size).map(<[usize]>::to_vec).collect();
-        if inner.batching.shuffle {
-            batches.shuffle(&mut stream(inner.batching.seed, 4, pass as u64));
-        }
-        let batches = Arc::new(batches);
-        *cached = Some((pass, batches.clone()));
-        batches
+        inner.batches.get(pass, || {
+            let size = inner.batching.batch_size;
+            let mut order: Vec<usize> = (0..self.len()).collect();
+            if inner.batching.shuffle {
+                order.shuffle(&mut stream(inner.batching.seed, 1, pass as u64));
+            }
+            let by_length = |chunk: &mut [usize]| {
+                chunk.sort_by_key(|&i| inner.examples.source_len(i));
+            };
+            order.chunks_mut(size * 50).for_each(by_length);
+            let mut batches: Vec<Vec<usize>> = order.chunks(size).map(<[usize]>::to_vec).collect();
+            if inner.batching.shuffle {
+                batches.shuffle(&mut stream(inner.batching.seed, 4, pass as u64));
+            }
+            batches
+        })
     }
 
     /// The source and target ids of the examples of batch `g` of the run.
@@ -539,17 +557,19 @@ pub(crate) fn train(
     let data = &recipe.data;
     let dir = &options.data_dir;
     let span_corruption = recipe.task == Task::SpanCorruption;
-    let (train_pairs, val_pairs) = if span_corruption {
-        (Vec::new(), Vec::new())
-    } else {
-        (
-            load_pairs(recipe, &data.train_split, dir).map_err(|e| match e {
-                ZooError::Text(e) => recipe_error(format!("[data]: {e}")),
-                other => other,
-            })?,
-            load_pairs(recipe, &data.val_split, dir)?,
-        )
+    let registry = DatasetRegistry::builtin();
+    let read = |split: &str| -> Result<SplitText, ZooError> {
+        Ok(if span_corruption {
+            SplitText::Text(registry.load_split(&data.dataset, split, dir)?)
+        } else {
+            SplitText::Pairs(load_pairs(&registry, recipe, split, dir)?)
+        })
     };
+    let train_data = read(&data.train_split).map_err(|e| match e {
+        ZooError::Text(e) => recipe_error(format!("[data]: {e}")),
+        other => other,
+    })?;
+    let val_data = read(&data.val_split)?;
 
     std::fs::create_dir_all(&run_dir).map_err(|e| ZooError::io(&run_dir, e))?;
     let (vocab, config) = match resume_epoch {
@@ -568,21 +588,18 @@ pub(crate) fn train(
                     .map(|(s, t)| format!("{}\n", if target { t } else { s }))
                     .collect()
             };
-            let vocab = if span_corruption {
-                let text =
-                    DatasetRegistry::builtin().load_split(&data.dataset, &data.train_split, dir)?;
-                Vocabularies::new(ZooTokenizer::build(spec, &text)?, None, SENTINELS)
-            } else {
-                match &recipe.target_tokenizer {
-                    Some(target_spec) => Vocabularies::new(
-                        ZooTokenizer::build(spec, &side(&train_pairs, false))?,
-                        Some(ZooTokenizer::build(target_spec, &side(&train_pairs, true))?),
-                        0,
-                    ),
-                    None => {
-                        let both = side(&train_pairs, false) + &side(&train_pairs, true);
-                        Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
-                    }
+            let vocab = match (&train_data, &recipe.target_tokenizer) {
+                (SplitText::Text(text), _) => {
+                    Vocabularies::new(ZooTokenizer::build(spec, text)?, None, SENTINELS)
+                }
+                (SplitText::Pairs(pairs), Some(target_spec)) => Vocabularies::new(
+                    ZooTokenizer::build(spec, &side(pairs, false))?,
+                    Some(ZooTokenizer::build(target_spec, &side(pairs, true))?),
+                    0,
+                ),
+                (SplitText::Pairs(pairs), None) => {
+                    let both = side(pairs, false) + &side(pairs, true);
+                    Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
                 }
             };
             let mut config = recipe.model_config().map_err(recipe_error)?;
@@ -595,30 +612,8 @@ pub(crate) fn train(
 
     let seq_len = recipe.sequence_len(&config);
     let t = &recipe.training;
-    let encode_pairs = |pairs: &[(String, String)]| -> Result<(Examples, usize), ZooError> {
-        let mut kept = Vec::with_capacity(pairs.len());
-        let mut dropped = 0;
-        for (source, target) in pairs {
-            let mut source_ids = vocab.source.encode(source)?;
-            source_ids.push(vocab.source_tokens.eos);
-            let target_ids = vocab.target.encode(target)?;
-            if source_ids.len() > seq_len || target_ids.len() + 1 > seq_len {
-                dropped += 1;
-                continue;
-            }
-            kept.push((source_ids, target_ids));
-        }
-        Ok((Examples::Pairs(kept), dropped))
-    };
-    let ((train_examples, train_dropped), (val_examples, _)) = if span_corruption {
-        let texts = |split: &str| load_texts(recipe, split, dir, &vocab, seq_len);
-        (
-            (Examples::Texts(texts(&data.train_split)?), 0),
-            (Examples::Texts(texts(&data.val_split)?), 0),
-        )
-    } else {
-        (encode_pairs(&train_pairs)?, encode_pairs(&val_pairs)?)
-    };
+    let (train_examples, train_dropped) = train_data.examples(&vocab, seq_len)?;
+    let (val_examples, _) = val_data.examples(&vocab, seq_len)?;
     let corruption = span_corruption.then_some(SpanCorruption {
         noise_density: data.noise_density,
         mean_span_length: data.mean_span_length,
@@ -925,7 +920,7 @@ pub fn evaluate_seq2seq(
             "a span-corruption run is scored by its validation loss and token accuracy during training (metrics.jsonl); decode its inputs with `zoo translate`".into(),
         ));
     }
-    let pairs = load_pairs(&run.recipe, split, data_dir)?;
+    let pairs = load_pairs(&DatasetRegistry::builtin(), &run.recipe, split, data_dir)?;
     let (sources, references): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
     let started = Instant::now();
     let outputs = translate(run, &sources, decoding, None)?;
