@@ -136,6 +136,19 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         batch_size: usize,
     },
+    /// Train a set of recipes on one shared budget (steps, tokens, FLOPs or seconds) and write a
+    /// report: a table of costs and metrics, plots, and the commands that repeat each run.
+    /// Finished runs are skipped and interrupted ones resumed when it is run again.
+    Compare {
+        /// The comparison file (e.g. recipes/compare/char-lm.toml).
+        file: PathBuf,
+        /// The comparison's directory (default: runs/compare/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only write the report, from the runs finished so far.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Measure training throughput.
     Bench {
         #[command(subcommand)]
@@ -182,6 +195,44 @@ enum BenchFamily {
     Rnn(RnnBench),
     /// Masked-LM training steps of a BERT on random tokens (dropout on), then inference.
     Bert(BertBench),
+    /// Forward and training time and memory per sequence against sequence length, for LSTM,
+    /// GRU and GPT models of about 3M parameters; a table and log-log plots. Each point runs in
+    /// a process of its own so its peak memory is its own.
+    Scaling(ScalingBench),
+    /// One point of `bench scaling`, printed as a JSON line.
+    #[command(hide = true)]
+    ScalingPoint(ScalingPointArgs),
+}
+
+#[derive(Args)]
+struct ScalingBench {
+    /// Families to measure (lstm, gru, gpt).
+    #[arg(long, value_delimiter = ',', default_value = "lstm,gru,gpt")]
+    archs: Vec<String>,
+    /// Sequence lengths.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024,2048,4096")]
+    seq_lens: Vec<usize>,
+    /// Tokens per batch: each batch holds this many tokens / the length sequences (at least 1).
+    #[arg(long, default_value_t = 8192)]
+    tokens_per_batch: usize,
+    /// Timed forward passes and training steps per point (after one untimed each).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Where the table and plots go.
+    #[arg(long, default_value = "runs/bench/scaling")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ScalingPointArgs {
+    #[arg(long)]
+    arch: String,
+    #[arg(long)]
+    seq_len: usize,
+    #[arg(long)]
+    batch: usize,
+    #[arg(long)]
+    steps: usize,
 }
 
 #[derive(Args)]
@@ -290,7 +341,13 @@ fn main() -> ExitCode {
         }
     };
     let data_dir = DataDir::resolve(cli.data_dir.as_deref());
-    match run(cli.command, device, data_dir) {
+    // What a child `zoo` (a comparison's runs) is started with.
+    let mut global_args = vec!["--device".into(), cli.device.0.clone().into()];
+    if let Some(dir) = &cli.data_dir {
+        global_args.extend(["--data-dir".into(), dir.clone().into_os_string()]);
+    }
+    let globals = Globals { global_args };
+    match run(cli.command, device, data_dir, globals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -299,8 +356,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Result<(), ZooError> {
+/// Global options as given, for child processes.
+struct Globals {
+    global_args: Vec<std::ffi::OsString>,
+}
+
+fn run(
+    command: Command,
+    device: burn::tensor::Device,
+    data_dir: DataDir,
+    globals: Globals,
+) -> Result<(), ZooError> {
     match command {
+        Command::Compare {
+            file,
+            out,
+            report_only,
+        } => {
+            let program = std::env::current_exe().map_err(|e| {
+                ZooError::Usage(format!("cannot find the zoo executable to run the runs: {e}"))
+            })?;
+            let launcher = zoo_train::compare::Launcher {
+                program,
+                global_args: globals.global_args,
+            };
+            let options = zoo_train::compare::CompareOptions {
+                out_dir: out,
+                report_only,
+            };
+            let report = zoo_train::compare::compare(&file, &options, &launcher)?;
+            println!(
+                "compared in {}: {} trained now, {} finished before; report {}",
+                report.out_dir.display(),
+                report.trained.len(),
+                report.skipped.len(),
+                report.report.display()
+            );
+        }
         Command::Train {
             recipe,
             run_dir,
@@ -491,6 +583,22 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
         Command::Bench {
             family: BenchFamily::Bert(args),
         } => bench_bert(args, &device)?,
+        Command::Bench {
+            family: BenchFamily::Scaling(args),
+        } => bench_scaling(args, &globals)?,
+        Command::Bench {
+            family: BenchFamily::ScalingPoint(args),
+        } => {
+            let point = zoo_train::bench::scaling_point(
+                &args.arch,
+                args.seq_len,
+                args.batch,
+                args.steps,
+                &device,
+            )
+            .map_err(ZooError::Usage)?;
+            println!("{}", serde_json::to_string(&point).expect("points serialise"));
+        }
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
             println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
@@ -506,6 +614,63 @@ fn run(command: Command, device: burn::tensor::Device, data_dir: DataDir) -> Res
             );
         }
     }
+    Ok(())
+}
+
+/// Runs every point of the scaling benchmark in a child process, then writes the report.
+fn bench_scaling(args: ScalingBench, globals: &Globals) -> Result<(), ZooError> {
+    for arch in &args.archs {
+        if !zoo_train::bench::SCALING_ARCHS.contains(&arch.as_str()) {
+            return Err(ZooError::Usage(format!(
+                "--archs: unknown architecture '{arch}' (choose among {})",
+                zoo_train::bench::SCALING_ARCHS.join(", ")
+            )));
+        }
+    }
+    if args.seq_lens.contains(&0) || args.steps == 0 {
+        return Err(ZooError::Usage("--seq-lens and --steps must be positive".into()));
+    }
+    let program = std::env::current_exe()
+        .map_err(|e| ZooError::Usage(format!("cannot find the zoo executable: {e}")))?;
+    let mut points = Vec::new();
+    for arch in &args.archs {
+        for &seq_len in &args.seq_lens {
+            let batch = (args.tokens_per_batch / seq_len).max(1);
+            let output = std::process::Command::new(&program)
+                .args(&globals.global_args)
+                .args(["bench", "scaling-point", "--arch", arch])
+                .args(["--seq-len", &seq_len.to_string(), "--batch", &batch.to_string()])
+                .args(["--steps", &args.steps.to_string()])
+                .output()
+                .map_err(|e| ZooError::Usage(format!("cannot start a benchmark process: {e}")))?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let point: zoo_train::bench::ScalingPoint = text
+                .lines()
+                .last()
+                .and_then(|line| serde_json::from_str(line).ok())
+                .filter(|_| output.status.success())
+                .ok_or_else(|| {
+                    ZooError::Training(format!(
+                        "{arch} at length {seq_len} failed: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ))
+                })?;
+            println!(
+                "{arch:>4} len {seq_len:>5} x {batch:>3}: forward {:>9.2} ms/seq, training {:>9.2} ms/seq, training memory {} MiB/seq",
+                point.forward_ms_per_seq,
+                point.train_ms_per_seq,
+                point
+                    .train_mib_per_seq
+                    .map_or("-".into(), |m| format!("{m:.2}"))
+            );
+            points.push(point);
+        }
+    }
+    let table = zoo_train::bench::scaling_report(&points, &args.out)?;
+    println!(
+        "\n{table}\nwritten to {}: scaling.md, scaling.json, scaling-forward-time.svg, scaling-train-time.svg, scaling-train-memory.svg",
+        args.out.display()
+    );
     Ok(())
 }
 

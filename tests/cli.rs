@@ -855,3 +855,181 @@ fn an_rnn_encoder_decoder_learns_to_reverse() {
     let exact = scores(&dir.join("run"))[0]["exact_match"].as_f64().unwrap();
     assert!(exact >= 95.0, "exact match {exact}");
 }
+
+/// A GRU language model small enough to train a few steps in seconds on the embedded corpus.
+const TINY_GRU: &str = r#"
+seed = 7
+
+[model]
+arch = "rnn"
+preset = "gru-small"
+d_hidden = 32
+d_embed = 32
+dropout = 0.0
+
+[tokenizer]
+kind = "char"
+
+[data]
+dataset = "embedded"
+
+[optimizer]
+lr = 3e-3
+
+[training]
+batch_size = 8
+bptt = 16
+steps = 6
+eval_interval = 2
+eval_batches = 2
+"#;
+
+const TWO_TINY_RUNS: &str = r#"
+description = "two tiny runs"
+seed = 3
+
+[budget]
+flops = 2.5e9
+
+[set]
+"training.eval_interval" = 4
+"sample.tokens" = 0
+
+[[run]]
+name = "gpt"
+recipe = "gpt.toml"
+
+[[run]]
+name = "gru"
+recipe = "gru.toml"
+"#;
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
+    let dir = scratch("compare");
+    write(&dir, "gpt.toml", TINY);
+    write(&dir, "gru.toml", TINY_GRU);
+    write(&dir, "cmp.toml", TWO_TINY_RUNS);
+    let out = zoo(&["compare", "cmp.toml"], &dir);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let root = dir.join("runs/compare/cmp");
+
+    // Budget accounting: each run stops within one step of the FLOPs budget, never past it,
+    // and its log ends at the step its summary reports.
+    let budget = 2.5e9;
+    let mut steps = Vec::new();
+    for name in ["gpt", "gru"] {
+        let s = summary(&root.join(name));
+        let per_step = s["flops_per_token"].as_f64().unwrap() * s["tokens_per_step"].as_f64().unwrap();
+        let spent = s["flops"].as_f64().unwrap();
+        assert!(spent <= budget && budget - spent < per_step, "{name}: {s}");
+        let n = s["steps"].as_u64().unwrap();
+        assert!(n > 4, "{name} should take several steps: {s}");
+        let last = metrics(&root.join(name)).last().unwrap()["step"].as_u64();
+        assert_eq!(last, Some(n), "{name}");
+        for key in ["params", "non_embedding_params", "tokens_per_second", "wall_seconds", "peak_rss_bytes"] {
+            assert!(s[key].as_f64().is_some_and(|v| v > 0.0), "{name}: {key} in {s}");
+        }
+        steps.push(n);
+    }
+    assert_ne!(steps[0], steps[1], "the two models cost different FLOPs per step");
+
+    // The report: the promised columns, the best value marked, the commands, the plots.
+    let report = std::fs::read_to_string(root.join("report.md")).unwrap();
+    for column in [
+        "| run | params | non-embedding | FLOPs/token | steps | tokens | training FLOPs | tokens/s | peak RSS (MiB) | training (s) | wall (s) | best | final | best ppl | final ppl |",
+        "| gpt |",
+        "| gru |",
+        "**",
+        "zoo --device flex train runs/compare/cmp/recipes/gru.toml --run-dir runs/compare/cmp/gru",
+    ] {
+        assert!(report.contains(column), "report lacks {column:?}:\n{report}");
+    }
+    for plot in ["metric-vs-step.svg", "metric-vs-time.svg", "metric-vs-flops.svg"] {
+        assert!(report.contains(plot), "{report}");
+        let svg = std::fs::read_to_string(root.join(plot)).unwrap();
+        // plotters writes each label on a line of its own inside its <text> element.
+        for text in ["<svg", "\ngpt\n", "\ngru\n", "validation loss (nats/token)"] {
+            assert!(svg.contains(text), "{plot} lacks {text}");
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("report.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert!(!run["curve"].as_array().unwrap().is_empty(), "{run}");
+        assert!(run["best"].as_f64().unwrap() <= run["final_value"].as_f64().unwrap());
+    }
+
+    // Restart: the finished run is skipped untouched; an interrupted one resumes and finishes
+    // on the same budget.
+    let gpt_summary = std::fs::read_to_string(root.join("gpt/summary.json")).unwrap();
+    std::fs::remove_dir_all(root.join("gru")).unwrap();
+    let partial = zoo(
+        &["train", "runs/compare/cmp/recipes/gru.toml", "--run-dir", "runs/compare/cmp/gru", "--stop-after-steps", "4"],
+        &dir,
+    );
+    assert!(partial.status.success(), "{}", stderr(&partial));
+    assert!(!root.join("gru/summary.json").exists(), "a stopped run is not finished");
+    let again = zoo(&["compare", "cmp.toml"], &dir);
+    assert!(again.status.success(), "{}{}", stdout(&again), stderr(&again));
+    let log = stdout(&again);
+    assert!(log.contains("== gpt: finished before, skipped"), "{log}");
+    assert!(log.contains("== gru (resuming)"), "{log}");
+    assert_eq!(std::fs::read_to_string(root.join("gpt/summary.json")).unwrap(), gpt_summary);
+    assert_eq!(summary(&root.join("gru"))["steps"].as_u64(), Some(steps[1]));
+    let epochs: Vec<u64> = metrics(&root.join("gru"))
+        .iter()
+        .filter(|l| l["split"] == "valid")
+        .map(|l| l["epoch"].as_u64().unwrap())
+        .collect();
+    let mut unique = epochs.clone();
+    unique.dedup();
+    assert_eq!(epochs, unique, "a resumed run logs each validation once");
+    let third = zoo(&["compare", "cmp.toml"], &dir);
+    assert!(stdout(&third).contains("== gru: finished before, skipped"));
+}
+
+#[test]
+fn compare_turns_a_seconds_budget_into_steps_by_timing_a_probe() {
+    let dir = scratch("compare-seconds");
+    write(&dir, "gpt.toml", TINY);
+    write(
+        &dir,
+        "cmp.toml",
+        "base = \"gpt.toml\"\n[budget]\nseconds = 1.5\nprobe_steps = 2\n[set]\n\"sample.tokens\" = 0\n[vary]\n\"model.position\" = [\"rope\"]\n",
+    );
+    let out = zoo(&["compare", "cmp.toml"], &dir);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let root = dir.join("runs/compare/cmp");
+    assert!(stdout(&out).contains("ms per step ->"), "{}", stdout(&out));
+    let recipe = std::fs::read_to_string(root.join("recipes/rope.toml")).unwrap();
+    assert!(recipe.contains("steps = "), "{recipe}");
+    assert!(!root.join("probe/rope").exists(), "the probe's scratch run is removed");
+    let s = summary(&root.join("rope"));
+    assert!(s["train_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn compare_names_a_bad_override_and_trains_nothing() {
+    let dir = scratch("compare-bad");
+    write(&dir, "gpt.toml", TINY);
+    write(
+        &dir,
+        "cmp.toml",
+        "base = \"gpt.toml\"\n[budget]\nsteps = 4\n[vary]\n\"model.positon\" = [\"rope\", \"alibi\"]\n",
+    );
+    let out = zoo(&["compare", "cmp.toml"], &dir);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("cmp.toml") && err.contains("run 'rope'") && err.contains("positon"), "{err}");
+    assert!(!dir.join("runs/compare/cmp/rope").exists());
+    let no_budget = write(&dir, "none.toml", "base = \"gpt.toml\"\n[budget]\nsteps = 4\nflops = 1e9\n[vary]\n\"model.position\" = [\"rope\"]\n");
+    let out = zoo(&["compare", no_budget.to_str().unwrap()], &dir);
+    assert!(stderr(&out).contains("exactly one positive budget"), "{}", stderr(&out));
+}

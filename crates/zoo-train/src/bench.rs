@@ -1,7 +1,11 @@
 //! Throughput benchmarks: they print figures; nothing here asserts a time.
 
+use crate::ZooError;
 use crate::lm::gradients;
 use crate::optim::AdamW;
+use crate::plot::{Axis, Plot, Series};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
@@ -9,6 +13,7 @@ use burn::tensor::Distribution;
 use std::time::{Duration, Instant};
 use zoo_bert::{BertConfig, BertTask, Targets};
 use zoo_gpt::GptConfig;
+use zoo_blocks::CellKind;
 use zoo_rnn::{RnnConfig, RnnState};
 
 /// Timings of a training benchmark.
@@ -262,4 +267,207 @@ fn time_steps(
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The families `zoo bench scaling` compares, at about 3M parameters each over a 256-symbol
+/// vocabulary: a GPT of 4 layers of 256 (4 heads), an LSTM of 2 layers of 448 and a GRU of 2
+/// layers of 512, both over a 256-wide embedding. No dropout.
+pub const SCALING_ARCHS: [&str; 3] = ["lstm", "gru", "gpt"];
+
+const SCALING_VOCAB: usize = 256;
+
+/// One point of the cost-against-length curve: one family at one sequence length.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScalingPoint {
+    /// `lstm`, `gru` or `gpt`.
+    pub arch: String,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Parameters of the model.
+    pub params: usize,
+    /// Median milliseconds of a forward pass (loss included, no autodiff) per sequence.
+    pub forward_ms_per_seq: f64,
+    /// Median milliseconds of a training step (forward, backward, optimiser) per sequence.
+    pub train_ms_per_seq: f64,
+    /// Peak resident memory above the process's at the start, per sequence, over the forward
+    /// passes (MiB).
+    pub forward_mib_per_seq: Option<f64>,
+    /// The same over the training steps (activations kept for the backward pass, gradients and
+    /// optimiser state).
+    pub train_mib_per_seq: Option<f64>,
+}
+
+/// Times one family at one sequence length: `steps` forward passes then `steps` training
+/// steps (one untimed warm-up each) on batches of `batch` random sequences. Memory is the
+/// process's peak, so each point should run in a process of its own (`zoo bench scaling`
+/// does that).
+pub fn scaling_point(
+    arch: &str,
+    seq_len: usize,
+    batch: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<ScalingPoint, String> {
+    use crate::summary::{peak_rss_bytes, reset_peak_rss, rss_bytes};
+    let start_rss = rss_bytes();
+    let measured = reset_peak_rss();
+    let above_start = || -> Option<f64> {
+        let (peak, start) = (peak_rss_bytes()?, start_rss?);
+        measured.then(|| peak.saturating_sub(start) as f64 / (1 << 20) as f64 / batch as f64)
+    };
+    let shape = [batch, seq_len];
+    let ids = || random_ids(shape, SCALING_VOCAB, device);
+    let time_forward = |forward: &dyn Fn() -> Tensor<1>| -> Result<f64, String> {
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..=steps {
+            let started = Instant::now();
+            let _ = forward().into_scalar::<f32>();
+            device.sync().map_err(|e| e.to_string())?;
+            if i > 0 {
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(median(&mut times) / batch as f64)
+    };
+    let (params, forward_ms, forward_mib, train) = match arch {
+        "gpt" => {
+            let config = GptConfig {
+                vocab_size: SCALING_VOCAB,
+                block_size: seq_len,
+                n_layer: 4,
+                n_head: 4,
+                n_embd: 256,
+                ..GptConfig::default()
+            };
+            let model = config.init(device)?;
+            let (inputs, targets) = (ids(), ids());
+            let forward_ms =
+                time_forward(&|| model.loss(inputs.clone(), targets.clone()).0)?;
+            let forward_mib = above_start();
+            drop(model);
+            let train = bench_gpt(&config, batch, steps, 1, device)?;
+            (train.params, forward_ms, forward_mib, train)
+        }
+        "lstm" | "gru" => {
+            let config = RnnConfig {
+                vocab_size: SCALING_VOCAB,
+                cell: if arch == "lstm" { CellKind::Lstm } else { CellKind::Gru },
+                n_layer: 2,
+                d_hidden: if arch == "lstm" { 448 } else { 512 },
+                d_embed: 256,
+                dropout: 0.0,
+                tie_weights: false,
+            };
+            let model = config.init(device)?;
+            let (inputs, targets) = (ids(), ids());
+            let forward_ms =
+                time_forward(&|| model.loss(inputs.clone(), targets.clone(), None).0)?;
+            let forward_mib = above_start();
+            drop(model);
+            let train = bench_rnn(&config, batch, seq_len, steps, 1, device)?;
+            (train.params, forward_ms, forward_mib, train)
+        }
+        other => {
+            return Err(format!(
+                "unknown architecture '{other}' (choose among {})",
+                SCALING_ARCHS.join(", ")
+            ));
+        }
+    };
+    Ok(ScalingPoint {
+        arch: arch.to_string(),
+        seq_len,
+        batch,
+        params,
+        forward_ms_per_seq: forward_ms,
+        train_ms_per_seq: train.step_ms_median / batch as f64,
+        forward_mib_per_seq: forward_mib,
+        train_mib_per_seq: above_start(),
+    })
+}
+
+/// Writes `scaling.json`, `scaling.md` and three plots (forward time, training time and
+/// training memory per sequence against length, log-log: a cost linear in the length is a
+/// line of slope 1, a quadratic one bends up to slope 2) into `out_dir`; returns the table.
+pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String, ZooError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| ZooError::io(out_dir, e))?;
+    let json = out_dir.join("scaling.json");
+    std::fs::write(&json, serde_json::to_string_pretty(points).expect("points serialise") + "\n")
+        .map_err(|e| ZooError::io(&json, e))?;
+    let mut archs: Vec<&str> = points.iter().map(|p| p.arch.as_str()).collect();
+    archs.dedup();
+    let series = |value: fn(&ScalingPoint) -> Option<f64>| -> Vec<Series> {
+        archs
+            .iter()
+            .map(|arch| Series {
+                label: format!(
+                    "{arch} ({:.1}M params)",
+                    points.iter().find(|p| p.arch == *arch).map_or(0, |p| p.params) as f64 / 1e6
+                ),
+                points: points
+                    .iter()
+                    .filter(|p| p.arch == *arch)
+                    .filter_map(|p| Some((p.seq_len as f64, value(p)?)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let plots: [(&str, &str, &str, Vec<Series>); 3] = [
+        (
+            "scaling-forward-time.svg",
+            "Forward pass cost against sequence length",
+            "forward time per sequence (ms)",
+            series(|p| Some(p.forward_ms_per_seq)),
+        ),
+        (
+            "scaling-train-time.svg",
+            "Training step cost against sequence length",
+            "training step time per sequence (ms)",
+            series(|p| Some(p.train_ms_per_seq)),
+        ),
+        (
+            "scaling-train-memory.svg",
+            "Training memory against sequence length",
+            "peak training memory per sequence (MiB)",
+            series(|p| p.train_mib_per_seq.filter(|m| *m > 0.0)),
+        ),
+    ];
+    for (file, title, y_label, series) in plots {
+        Plot {
+            title,
+            x_label: "sequence length (tokens, log scale)",
+            y_label,
+            x_axis: Axis::Log,
+            y_axis: Axis::Log,
+        }
+        .draw(&series, &out_dir.join(file))?;
+    }
+    let mut table = String::from(
+        "| arch | params | seq len | batch | forward ms/seq | train ms/seq | forward MiB/seq | train MiB/seq |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mib = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.2}"));
+    for p in points {
+        table += &format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} |\n",
+            p.arch,
+            p.params,
+            p.seq_len,
+            p.batch,
+            p.forward_ms_per_seq,
+            p.train_ms_per_seq,
+            mib(p.forward_mib_per_seq),
+            mib(p.train_mib_per_seq)
+        );
+    }
+    let md = out_dir.join("scaling.md");
+    std::fs::write(
+        &md,
+        format!(
+            "# Cost against sequence length\n\n{table}\nPlots: scaling-forward-time.svg, scaling-train-time.svg, scaling-train-memory.svg\n"
+        ),
+    )
+    .map_err(|e| ZooError::io(&md, e))?;
+    Ok(table)
 }

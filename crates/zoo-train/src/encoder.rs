@@ -14,11 +14,12 @@ use crate::metrics::{
 };
 use crate::recipe::{ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
+    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
     check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe, model_checkpoint,
     read_metrics, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
+use crate::summary::RunSummary;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
@@ -276,6 +277,12 @@ impl EncoderExamples {
     /// Batches in one pass (the last may be short).
     pub fn batches_per_pass(&self) -> usize {
         self.len().div_ceil(self.inner.batching.batch_size)
+    }
+
+    /// Mean tokens per input (what a token budget counts; padding is not counted).
+    pub fn mean_tokens(&self) -> f64 {
+        let total: usize = self.inner.inputs.iter().map(|i| i.ids.len()).sum();
+        total as f64 / self.len() as f64
     }
 
     /// The order of the examples in pass `pass`: shuffled from the seed and the pass when
@@ -840,10 +847,16 @@ pub(crate) fn train(
     let val_examples = examples(false)?;
 
     let micro_batches = t.grad_accumulation;
+    let cost = StepCost {
+        tokens: train_examples.mean_tokens() * (t.batch_size * micro_batches) as f64,
+        flops_per_token: config.encoder_size(seq_len).1 as f64,
+    };
     let budget = Budget::of(
         recipe,
         train_examples.batches_per_pass().div_ceil(micro_batches),
-    );
+        cost,
+    )
+    .map_err(recipe_error)?;
     let Plan {
         total_steps,
         epochs,
@@ -899,7 +912,8 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
+    let metric_logger =
+        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
 
     let accuracy = || LabelMetric::<MainLabels>::new("Accuracy", LabelStatistic::Accuracy);
     let mut training =
@@ -933,7 +947,7 @@ pub(crate) fn train(
         epochs,
         resume_epoch,
         metric_logger,
-        LineRenderer::with_columns(budget.steps_per_epoch, t.batch_size, "seq", columns),
+        LineRenderer::with_columns(budget, t.batch_size, "seq", columns),
     );
     let (total, _) = config.encoder_size(seq_len);
     println!(
@@ -956,6 +970,10 @@ pub(crate) fn train(
     let result = training.launch(learner);
     if let Some(error) = &result.error {
         return Err(ZooError::Training(error.to_string()));
+    }
+    if total_steps == budget.total_steps {
+        let size = ModelConfig::Bert(config.clone()).size();
+        RunSummary::new(recipe, size, cost, total_steps, &run_dir).save(&run_dir)?;
     }
     Ok(TrainReport {
         val_loss: last_val_loss(&run_dir),

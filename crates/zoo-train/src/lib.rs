@@ -3,15 +3,18 @@
 //! resume, evaluation, generation, model summaries and throughput benchmarks.
 
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod encoder;
 pub mod lm;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod recipe;
 pub mod run;
 pub mod schedule;
 pub mod seq2seq;
+pub mod summary;
 
 pub use recipe::Recipe;
 

@@ -2,6 +2,8 @@
 //! logits), the metrics log as JSON lines in the run directory, and one line of progress per
 //! validation when no terminal is attached (burn-train's TUI takes over on a terminal).
 
+use crate::ZooError;
+use crate::run::Budget;
 use crate::schedule::SharedPlateau;
 use burn::prelude::*;
 use burn::tensor::TensorReadError;
@@ -335,8 +337,10 @@ impl<I: LabelledBatch> Numeric for LabelMetric<I> {
 /// burn-train's checkpoint strategies need.
 pub struct JsonlMetricLogger {
     path: PathBuf,
-    steps_per_epoch: usize,
+    budget: Budget,
     started: Instant,
+    /// Seconds the run had already taken before this invocation (resumed runs).
+    earlier_seconds: f64,
     names: HashMap<MetricId, String>,
     finals: BTreeMap<(usize, String), BTreeMap<String, f64>>,
     memory: InMemoryMetricLogger,
@@ -345,17 +349,39 @@ pub struct JsonlMetricLogger {
 }
 
 impl JsonlMetricLogger {
-    /// Appends to `path` (a resumed run continues its log).
-    pub fn new(path: PathBuf, steps_per_epoch: usize) -> Self {
-        Self {
+    /// Writes to `path`. A fresh run (`resume_epoch` None) starts the log afresh; a resumed
+    /// one keeps the lines up to its checkpoint's epoch (later ones are about to be redone) and
+    /// continues their clock, so `elapsed_s` counts the run's time over every invocation.
+    pub fn new(
+        path: PathBuf,
+        budget: Budget,
+        resume_epoch: Option<usize>,
+    ) -> Result<Self, ZooError> {
+        let kept: Vec<serde_json::Value> = match resume_epoch {
+            None => Vec::new(),
+            Some(epoch) => std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|line| line["epoch"].as_u64().is_some_and(|e| e <= epoch as u64))
+                .collect(),
+        };
+        let already = kept
+            .iter()
+            .filter_map(|line| line["elapsed_s"].as_f64())
+            .fold(0.0, f64::max);
+        let text: String = kept.iter().map(|line| format!("{line}\n")).collect();
+        std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
+        Ok(Self {
             path,
-            steps_per_epoch,
+            budget,
             started: Instant::now(),
+            earlier_seconds: already,
             names: HashMap::new(),
             finals: BTreeMap::new(),
             memory: InMemoryMetricLogger::default(),
             plateau: None,
-        }
+        })
     }
 
     /// Also reports each validation loss to `plateau`.
@@ -413,12 +439,12 @@ impl MetricLogger for JsonlMetricLogger {
         line.insert("epoch".into(), summary.epoch_number.into());
         line.insert(
             "step".into(),
-            (summary.epoch_number * self.steps_per_epoch).into(),
+            self.budget.steps_at_epoch(summary.epoch_number).into(),
         );
         line.insert("split".into(), key.1.into());
         line.insert(
             "elapsed_s".into(),
-            self.started.elapsed().as_secs_f64().into(),
+            (self.earlier_seconds + self.started.elapsed().as_secs_f64()).into(),
         );
         for (name, value) in metrics {
             let key = name.to_lowercase().replace(' ', "_");
@@ -441,8 +467,7 @@ impl MetricLogger for JsonlMetricLogger {
 pub struct LineRenderer {
     names: HashMap<MetricId, String>,
     latest: HashMap<(bool, String), f64>,
-    steps_per_epoch: usize,
-    total_epochs: usize,
+    budget: Budget,
     /// Epochs finished, counting those before a resume.
     epoch: usize,
     tokens_per_batch: usize,
@@ -458,11 +483,11 @@ pub struct LineRenderer {
 }
 
 impl LineRenderer {
-    /// A renderer for epochs of `steps_per_epoch` optimiser steps, of micro-batches of
-    /// `tokens_per_batch` tokens, showing the validation perplexity.
-    pub fn new(steps_per_epoch: usize, tokens_per_batch: usize) -> Self {
+    /// A renderer for a run of `budget`, of micro-batches of `tokens_per_batch` tokens,
+    /// showing the validation perplexity.
+    pub fn new(budget: Budget, tokens_per_batch: usize) -> Self {
         Self::with_columns(
-            steps_per_epoch,
+            budget,
             tokens_per_batch,
             "tok",
             vec![("val ppl", "Perplexity", 3)],
@@ -472,7 +497,7 @@ impl LineRenderer {
     /// A renderer showing the validation metrics `columns` (label, metric name, decimals) and
     /// throughput in `unit`s (`tokens_per_batch` of them per micro-batch).
     pub fn with_columns(
-        steps_per_epoch: usize,
+        budget: Budget,
         tokens_per_batch: usize,
         unit: &'static str,
         columns: Vec<(&'static str, &'static str, usize)>,
@@ -480,8 +505,7 @@ impl LineRenderer {
         Self {
             names: HashMap::new(),
             latest: HashMap::new(),
-            steps_per_epoch,
-            total_epochs: 0,
+            budget,
             epoch: 0,
             tokens_per_batch,
             unit,
@@ -536,18 +560,17 @@ impl MetricsRenderer for LineRenderer {
 impl TrainingProgressLogger for LineRenderer {
     fn start(
         &mut self,
-        total_epochs: usize,
+        _total_epochs: usize,
         starting_epoch: usize,
         _: Option<usize>,
         _: Option<&str>,
     ) {
-        self.total_epochs = total_epochs;
         self.epoch = starting_epoch.saturating_sub(1);
         if starting_epoch > 1 {
             println!(
                 "resuming at step {} of {}",
-                (starting_epoch - 1) * self.steps_per_epoch,
-                total_epochs * self.steps_per_epoch
+                self.budget.steps_at_epoch(starting_epoch - 1),
+                self.budget.total_steps
             );
         }
     }
@@ -576,7 +599,7 @@ impl TrainingProgressLogger for LineRenderer {
         }
         // burn-train counts epochs from 1; the line reports optimiser steps.
         self.epoch += 1;
-        let step = self.epoch * self.steps_per_epoch;
+        let step = self.budget.steps_at_epoch(self.epoch);
         let columns: String = self
             .columns
             .iter()
@@ -586,7 +609,7 @@ impl TrainingProgressLogger for LineRenderer {
             .collect();
         println!(
             "step {step:>6}/{} | train loss {:.4} | val loss {:.4}{columns} | lr {:.2e} | {:.0} train {}/s | {:.0}s",
-            self.total_epochs * self.steps_per_epoch,
+            self.budget.total_steps,
             self.get(false, "Loss"),
             self.get(true, "Loss"),
             self.get(false, "Learning Rate"),

@@ -29,7 +29,7 @@
 //!
 //! [training]
 //! batch_size = 12
-//! steps = 2000                  # or epochs = N (passes over the training tokens)
+//! steps = 2000                  # or epochs, tokens or flops = N
 //! eval_interval = 250
 //! ```
 
@@ -344,9 +344,18 @@ pub struct TrainingSpec {
     /// Budget in optimiser steps...
     #[serde(default)]
     pub steps: Option<usize>,
-    /// ...or in passes over the training tokens.
+    /// ...or in passes over the training tokens...
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// ...or in training tokens (the steps are as many as fit: tokens per step is the batch's
+    /// for language models, the mean example's times the batch size for encoders and, counting
+    /// target tokens, encoder-decoders)...
+    #[serde(default)]
+    pub tokens: Option<f64>,
+    /// ...or in training FLOPs: as many steps as fit, at the model's training FLOPs per token
+    /// (`zoo info` shows them) times the tokens per step. What `zoo compare` equalises.
+    #[serde(default)]
+    pub flops: Option<f64>,
     /// Steps between validations (each one ends a burn-train epoch).
     #[serde(default = "default_eval_interval")]
     pub eval_interval: usize,
@@ -393,6 +402,8 @@ impl Default for TrainingSpec {
             grad_accumulation: 1,
             steps: None,
             epochs: None,
+            tokens: None,
+            flops: None,
             eval_interval: default_eval_interval(),
             eval_batches: default_eval_batches(),
             checkpoint_interval: None,
@@ -568,13 +579,41 @@ impl Recipe {
                 return Err(format!("{key} must be at least 1"));
             }
         }
-        match (t.steps, t.epochs) {
-            (Some(0), _) | (_, Some(0)) => return Err("training budget must be at least 1".into()),
-            (Some(_), Some(_)) => {
-                return Err("give either training.steps or training.epochs, not both".into());
+        let budgets = [
+            ("steps", t.steps.map(|s| s as f64)),
+            ("epochs", t.epochs.map(|e| e as f64)),
+            ("tokens", t.tokens),
+            ("flops", t.flops),
+        ];
+        let given: Vec<&str> = budgets
+            .iter()
+            .filter(|(_, value)| value.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        match given.as_slice() {
+            [] => {
+                return Err(
+                    "training needs a budget: steps, epochs, tokens or flops = N".into(),
+                );
             }
-            (None, None) => return Err("training needs a budget: steps = N or epochs = N".into()),
-            _ => {}
+            [_] => {}
+            _ => {
+                return Err(format!(
+                    "give one training budget, not {}",
+                    given
+                        .iter()
+                        .map(|key| format!("training.{key}"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ));
+            }
+        }
+        for (key, value) in budgets {
+            if let Some(value) = value
+                && !(value >= 1.0 && value.is_finite())
+            {
+                return Err(format!("training.{key} must be at least 1, got {value}"));
+            }
         }
         if let Some(interval) = t.checkpoint_interval
             && (interval == 0 || interval % t.eval_interval != 0)
@@ -1095,7 +1134,8 @@ steps = 10
     #[test]
     fn bad_values_are_named() {
         for (from, to, key) in [
-            ("steps = 10", "steps = 0", "budget"),
+            ("steps = 10", "steps = 0", "training.steps must be at least 1"),
+            ("steps = 10", "steps = 10\nflops = 1e9", "not training.steps and training.flops"),
             ("batch_size = 4", "batch_size = 0", "training.batch_size"),
             (
                 "preset = \"gpt-nano\"",

@@ -20,6 +20,8 @@ use crate::metrics::{JsonlMetricLogger, LineRenderer, Perplexity};
 use crate::optim::AdamW;
 use crate::recipe::{ModelConfig, NgramConfig, OptimizerKind, Recipe};
 use crate::schedule::{LrSchedule, Plateau, SharedPlateau};
+use crate::summary::RunSummary;
+use serde::{Deserialize, Serialize};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -84,20 +86,57 @@ pub struct Budget {
     pub steps_per_epoch: usize,
 }
 
+/// What one optimiser step of a run costs: the unit a token or FLOPs budget is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepCost {
+    /// Training tokens per optimiser step: exact for language models (batch x window x
+    /// micro-batches), the mean example's tokens times the batch for encoders, its target tokens
+    /// for encoder-decoders.
+    pub tokens: f64,
+    /// The model's training FLOPs per token (6 per weight of every matrix product, plus
+    /// attention's scores).
+    pub flops_per_token: f64,
+}
+
+impl StepCost {
+    /// Training FLOPs per optimiser step.
+    pub fn flops(&self) -> f64 {
+        self.tokens * self.flops_per_token
+    }
+}
+
 impl Budget {
     /// The budget of `recipe` when one pass over the training data takes `steps_per_pass`
-    /// optimiser steps.
-    pub fn of(recipe: &Recipe, steps_per_pass: usize) -> Self {
+    /// optimiser steps and each step costs `cost`. A token or FLOPs budget buys as many whole
+    /// steps as fit in it (so a run stops less than one step short of its budget); one that
+    /// does not buy a single step is an error.
+    pub fn of(recipe: &Recipe, steps_per_pass: usize, cost: StepCost) -> Result<Self, String> {
         let t = &recipe.training;
-        let total_steps = match (t.steps, t.epochs) {
-            (Some(steps), _) => steps,
-            (None, Some(epochs)) => epochs * steps_per_pass.max(1),
-            (None, None) => unreachable!("validated recipes have a budget"),
+        let fit = |budget: f64, per_step: f64, key: &str| {
+            let steps = (budget / per_step).floor();
+            if steps < 1.0 {
+                return Err(format!(
+                    "training.{key} = {budget:e} buys no step: one step costs {per_step:e}"
+                ));
+            }
+            Ok(steps as usize)
         };
-        Self {
+        let total_steps = match (t.steps, t.epochs, t.tokens, t.flops) {
+            (Some(steps), ..) => steps,
+            (_, Some(epochs), ..) => epochs * steps_per_pass.max(1),
+            (_, _, Some(tokens), _) => fit(tokens, cost.tokens, "tokens")?,
+            (_, _, _, Some(flops)) => fit(flops, cost.flops(), "flops")?,
+            (None, None, None, None) => unreachable!("validated recipes have a budget"),
+        };
+        Ok(Self {
             total_steps,
             steps_per_epoch: t.eval_interval.min(total_steps),
-        }
+        })
+    }
+
+    /// Optimiser steps done when burn-train epoch `epoch` ends (the last may be short).
+    pub fn steps_at_epoch(&self, epoch: usize) -> usize {
+        (epoch * self.steps_per_epoch).min(self.total_steps)
     }
 }
 
@@ -398,7 +437,11 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
             (Windows::Streams(train), Windows::Streams(val), per_pass)
         }
     };
-    let budget = Budget::of(&recipe, steps_per_pass);
+    let cost = StepCost {
+        tokens: (t.batch_size * seq_len * micro_batches) as f64,
+        flops_per_token: config.size().train_flops_per_token as f64,
+    };
+    let budget = Budget::of(&recipe, steps_per_pass, cost).map_err(recipe_error)?;
 
     let Plan {
         total_steps,
@@ -427,7 +470,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         config.width(),
     );
     let mut metric_logger =
-        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
+        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
     if let Some(divisor) = recipe.schedule.plateau_divisor {
         let mut plateau = Plateau::new(divisor);
         // A resumed run replays the validations it has had, so it anneals exactly as an
@@ -465,7 +508,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         epochs,
         resume_epoch,
         metric_logger,
-        LineRenderer::new(budget.steps_per_epoch, t.batch_size * seq_len),
+        LineRenderer::new(budget, t.batch_size * seq_len),
     );
     println!(
         "training {} ({} parameters) on {} tokens of '{}' for {} steps of {} x {} tokens{}; run directory {}",
@@ -486,6 +529,9 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
     let result = training.launch(learner);
     if let Some(error) = &result.error {
         return Err(ZooError::Training(error.to_string()));
+    }
+    if total_steps == budget.total_steps {
+        RunSummary::new(&recipe, config.size(), cost, total_steps, &run_dir).save(&run_dir)?;
     }
 
     let sample = if recipe.sample.tokens > 0 {
@@ -674,7 +720,7 @@ pub(crate) fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
 }
 
 /// The lines of the run's metrics log (none if it has none yet).
-pub(crate) fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+pub fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join(METRICS_FILE))
         .map(|text| {
             text.lines()
@@ -953,4 +999,36 @@ pub fn generate(
         ));
     }
     continue_text(&run.model, &run.tokenizer, &ids, max_tokens, sampling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(budget: &str) -> Recipe {
+        Recipe::parse(&format!(
+            "[model]\npreset = \"gpt-nano\"\n[tokenizer]\nkind = \"char\"\n[data]\ndataset = \"embedded\"\n[training]\nbatch_size = 4\neval_interval = 10\n{budget}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn token_and_flops_budgets_buy_the_whole_steps_that_fit() {
+        let cost = StepCost {
+            tokens: 1000.0,
+            flops_per_token: 3.0,
+        };
+        // 3,000 FLOPs per step: 10,000 buys 3 steps (9,000), not 4.
+        let b = Budget::of(&recipe("flops = 1e4"), 0, cost).unwrap();
+        assert_eq!((b.total_steps, b.steps_per_epoch), (3, 3));
+        let b = Budget::of(&recipe("flops = 3e4"), 0, cost).unwrap();
+        assert_eq!(b.total_steps, 10);
+        let b = Budget::of(&recipe("tokens = 25999"), 0, cost).unwrap();
+        assert_eq!((b.total_steps, b.steps_per_epoch), (25, 10));
+        assert_eq!((b.steps_at_epoch(2), b.steps_at_epoch(3)), (20, 25));
+        let e = Budget::of(&recipe("flops = 2999"), 0, cost).unwrap_err();
+        assert!(e.contains("training.flops") && e.contains("buys no step"), "{e}");
+        let b = Budget::of(&recipe("epochs = 2"), 7, cost).unwrap();
+        assert_eq!(b.total_steps, 14);
+    }
 }

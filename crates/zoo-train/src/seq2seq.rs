@@ -12,11 +12,12 @@ use crate::lm::gradients;
 use crate::metrics::{JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer};
 use crate::recipe::{DecodingSpec, ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, METRICS_FILE, Plan, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
+    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
     check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint, resumed_model,
     select_checkpoint, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
+use crate::summary::RunSummary;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
@@ -303,6 +304,24 @@ impl Seq2SeqExamples {
     /// Batches in one pass.
     pub fn batches_per_pass(&self) -> usize {
         self.len().div_ceil(self.inner.batching.batch_size)
+    }
+
+    /// Mean target tokens per example, `</s>` included (what a token budget counts): a pair's
+    /// target, or a corrupted text's sentinels and noise tokens.
+    pub fn mean_target_tokens(&self) -> f64 {
+        let inner = &*self.inner;
+        let total: usize = match (&inner.examples, &inner.corruption) {
+            (Examples::Pairs(pairs), _) => pairs.iter().map(|(_, target)| target.len() + 1).sum(),
+            (Examples::Texts(texts), Some((corruption, _))) => texts
+                .iter()
+                .map(|text| {
+                    let (noise, spans) = corruption.counts(text.len());
+                    noise + spans + 1
+                })
+                .sum(),
+            (Examples::Texts(_), None) => unreachable!("texts are only served for corruption"),
+        };
+        total as f64 / self.len() as f64
     }
 
     fn batches_of(&self, pass: usize) -> Arc<Vec<Vec<usize>>> {
@@ -632,10 +651,16 @@ pub(crate) fn train(
     let val_examples = serve(val_examples, false)?;
 
     let micro_batches = t.grad_accumulation;
+    let cost = StepCost {
+        tokens: train_examples.mean_target_tokens() * (t.batch_size * micro_batches) as f64,
+        flops_per_token: config.size().train_flops_per_token as f64,
+    };
     let budget = Budget::of(
         recipe,
         train_examples.batches_per_pass().div_ceil(micro_batches),
-    );
+        cost,
+    )
+    .map_err(recipe_error)?;
     let Plan {
         total_steps,
         epochs,
@@ -665,7 +690,8 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget.steps_per_epoch);
+    let metric_logger =
+        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
     let accuracy = || LabelMetric::<TargetTokens>::new("Accuracy", LabelStatistic::Accuracy);
     let training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
         .metric_train_numeric(LossMetric::new())
@@ -681,7 +707,7 @@ pub(crate) fn train(
         resume_epoch,
         metric_logger,
         LineRenderer::with_columns(
-            budget.steps_per_epoch,
+            budget,
             t.batch_size,
             "seq",
             vec![("val token acc", "Accuracy", 2)],
@@ -716,6 +742,9 @@ pub(crate) fn train(
     let trained_for = started.elapsed().as_secs_f64();
     // Score the validation split by decoding it, as `zoo eval` would.
     let finished = total_steps == budget.total_steps;
+    if finished {
+        RunSummary::new(recipe, size, cost, total_steps, &run_dir).save(&run_dir)?;
+    }
     if finished && !span_corruption {
         let run = load_seq2seq_run(&run_dir, None, &device)?;
         let report = evaluate_seq2seq(&run, &data.val_split, dir, &recipe.decoding)?;
