@@ -384,6 +384,23 @@ mod tests {
         total
     }
 
+    /// The difference in log-probability between the tokens `a` and `b` choose where they first
+    /// differ (the end token where one has ended), both after their common prefix.
+    fn divergence_gap(model: &Seq2Seq, source: &[u32], a: &[u32], b: &[u32], device: &Device) -> f64 {
+        let at = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let (ids, padding) = source_batch(&[source.to_vec()], 0, device);
+        let mut state = model.start(ids, padding);
+        let mut previous = TOKENS.bos;
+        for &token in &a[..at] {
+            model.step(previous_tensor(&[previous], device), &mut state);
+            previous = token;
+        }
+        let logits = model.step(previous_tensor(&[previous], device), &mut state);
+        let (lp, _) = to_rows(log_softmax(logits, 1));
+        let choice = |t: &[u32]| lp[t.get(at).copied().unwrap_or(TOKENS.eos) as usize] as f64;
+        (choice(a) - choice(b)).abs()
+    }
+
     /// Beam search of width 1 is greedy decoding; a batch decodes as each source alone; and on
     /// these sources a beam of 4 finds hypotheses at least as likely as greedy's (beam search
     /// does not promise that in general, but a worse one here would point at a bug).
@@ -399,7 +416,14 @@ mod tests {
                 length_penalty: 0.0,
             };
             let one = decode(&model, &sources, TOKENS, &beam(1), 12, &device);
-            assert_eq!(one, greedy);
+            for (i, source) in sources.iter().enumerate() {
+                // A batch of beams and the greedy batch differ in shape, so their logits may
+                // differ in the last bits: they may part only where two tokens tie.
+                if one[i] != greedy[i] {
+                    let gap = divergence_gap(&model, source, &one[i], &greedy[i], &device);
+                    assert!(gap < 1e-4, "source {i}: beam 1 {:?} is not greedy {:?}", one[i], greedy[i]);
+                }
+            }
             let four = decode(&model, &sources, TOKENS, &beam(4), 12, &device);
             for (i, source) in sources.iter().enumerate() {
                 let alone = decode(&model, &[source.clone()], TOKENS, &beam(4), 12, &device);

@@ -3,7 +3,8 @@
 use crate::ZooError;
 use crate::lm::gradients;
 use crate::optim::AdamW;
-use crate::plot::{Axis, Plot, Series};
+use crate::plot::{Axis, Legend, Plot, Series};
+use zoo_blocks::PositionKind;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use burn::module::Module;
@@ -270,7 +271,7 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The families `zoo bench scaling` compares, at about 3M parameters each over a 256-symbol
-/// vocabulary: a GPT of 4 layers of 256 (4 heads), an LSTM of 2 layers of 448 and a GRU of 2
+/// vocabulary: a GPT of 4 layers of 256 (4 heads, rotary positions), an LSTM of 2 layers of 448 and a GRU of 2
 /// layers of 512, both over a 256-wide embedding. No dropout.
 pub const SCALING_ARCHS: [&str; 3] = ["lstm", "gru", "gpt"];
 
@@ -339,6 +340,9 @@ pub fn scaling_point(
                 n_layer: 4,
                 n_head: 4,
                 n_embd: 256,
+                // Rotary positions: no table that grows with the length, so the parameters
+                // are the same at every length.
+                position: PositionKind::Rope,
                 ..GptConfig::default()
             };
             let model = config.init(device)?;
@@ -441,6 +445,7 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
             y_label,
             x_axis: Axis::Log,
             y_axis: Axis::Log,
+            legend: Legend::UpperLeft,
         }
         .draw(&series, &out_dir.join(file))?;
     }

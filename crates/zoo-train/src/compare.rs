@@ -37,7 +37,7 @@
 //! masked-LM, BLEU (decoded at the end) for translation, beside each run's cost.
 
 use crate::ZooError;
-use crate::plot::{Axis, Plot, Series};
+use crate::plot::{Axis, Legend, Plot, Series};
 use crate::recipe::{Recipe, Task};
 use crate::run::{checkpoint_epochs, read_metrics};
 use crate::seq2seq::SCORES_FILE;
@@ -791,6 +791,11 @@ fn draw_plots(
             y_label: curve_metric.label,
             x_axis,
             y_axis: Axis::Linear,
+            legend: if curve_metric.higher_is_better {
+                Legend::LowerRight
+            } else {
+                Legend::UpperRight
+            },
         }
         .draw(&series, &out_dir.join(file))?;
     }

@@ -36,6 +36,19 @@ pub struct Plot<'a> {
     pub x_axis: Axis,
     /// The y axis's scale.
     pub y_axis: Axis,
+    /// Where the legend goes: a corner the lines keep clear of.
+    pub legend: Legend,
+}
+
+/// The legend's corner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Legend {
+    /// Upper left: for lines that rise to the right.
+    UpperLeft,
+    /// Upper right: for lines that fall to the right (losses).
+    UpperRight,
+    /// Lower right: for lines that rise and level off (accuracies).
+    LowerRight,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -121,6 +134,9 @@ impl Plot<'_> {
             .y_label_formatter(&y_format)
             .axis_desc_style(("sans-serif", 16))
             .label_style(("sans-serif", 13))
+            // Log axes otherwise label every minor tick (800, 900, 1000 run together).
+            .x_labels(if self.x_axis == Axis::Log { 8 } else { 10 })
+            .y_labels(if self.y_axis == Axis::Log { 8 } else { 10 })
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(|e| error(&e))?;
@@ -146,7 +162,11 @@ impl Plot<'_> {
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.5))
             .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match self.legend {
+                Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+                Legend::UpperRight => SeriesLabelPosition::UpperRight,
+                Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            })
             .draw()
             .map_err(|e| error(&e))
     }
