@@ -195,9 +195,9 @@ enum BenchFamily {
     Rnn(RnnBench),
     /// Masked-LM training steps of a BERT on random tokens (dropout on), then inference.
     Bert(BertBench),
-    /// Forward and training time and memory per sequence against sequence length, for LSTM,
-    /// GRU and GPT models of about 3M parameters; a table and log-log plots. Each point runs in
-    /// a process of its own so its peak memory is its own.
+    /// Forward and training time per sequence, and training memory, against sequence length,
+    /// for LSTM, GRU and GPT models of about 3M parameters; a table and log-log plots. Each
+    /// point runs in a process of its own so its peak memory is its own.
     Scaling(ScalingBench),
     /// One point of `bench scaling`, printed as a JSON line.
     #[command(hide = true)]
@@ -210,17 +210,26 @@ struct ScalingBench {
     #[arg(long, value_delimiter = ',', default_value = "lstm,gru,gpt")]
     archs: Vec<String>,
     /// Sequence lengths.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024,2048,4096")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,128,256,512,1024,2048,4096"
+    )]
     seq_lens: Vec<usize>,
-    /// Tokens per batch: each batch holds this many tokens / the length sequences (at least 1).
-    #[arg(long, default_value_t = 8192)]
-    tokens_per_batch: usize,
+    /// Sequences per batch, the same at every length (with fewer sequences at longer lengths
+    /// the RNNs' small per-time-step products would lose efficiency, and that is not the
+    /// length's cost).
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
     /// Timed forward passes and training steps per point (after one untimed each).
     #[arg(long, default_value_t = 3)]
     steps: usize,
     /// Where the table and plots go.
     #[arg(long, default_value = "runs/bench/scaling")]
     out: PathBuf,
+    /// Measure nothing: redraw the table and plots from the directory's scaling.json.
+    #[arg(long)]
+    report_only: bool,
 }
 
 #[derive(Args)]
@@ -374,7 +383,9 @@ fn run(
             report_only,
         } => {
             let program = std::env::current_exe().map_err(|e| {
-                ZooError::Usage(format!("cannot find the zoo executable to run the runs: {e}"))
+                ZooError::Usage(format!(
+                    "cannot find the zoo executable to run the runs: {e}"
+                ))
             })?;
             let launcher = zoo_train::compare::Launcher {
                 program,
@@ -597,7 +608,10 @@ fn run(
                 &device,
             )
             .map_err(ZooError::Usage)?;
-            println!("{}", serde_json::to_string(&point).expect("points serialise"));
+            println!(
+                "{}",
+                serde_json::to_string(&point).expect("points serialise")
+            );
         }
         Command::List => {
             println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
@@ -628,18 +642,37 @@ fn bench_scaling(args: ScalingBench, globals: &Globals) -> Result<(), ZooError> 
         }
     }
     if args.seq_lens.contains(&0) || args.steps == 0 {
-        return Err(ZooError::Usage("--seq-lens and --steps must be positive".into()));
+        return Err(ZooError::Usage(
+            "--seq-lens and --steps must be positive".into(),
+        ));
+    }
+    if args.report_only {
+        let path = args.out.join("scaling.json");
+        let points: Vec<zoo_train::bench::ScalingPoint> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .ok_or_else(|| {
+                ZooError::Usage(format!("{} is missing or unreadable", path.display()))
+            })?;
+        let table = zoo_train::bench::scaling_report(&points, &args.out)?;
+        println!("{table}");
+        return Ok(());
     }
     let program = std::env::current_exe()
         .map_err(|e| ZooError::Usage(format!("cannot find the zoo executable: {e}")))?;
     let mut points = Vec::new();
     for arch in &args.archs {
         for &seq_len in &args.seq_lens {
-            let batch = (args.tokens_per_batch / seq_len).max(1);
+            let batch = args.batch_size;
             let output = std::process::Command::new(&program)
                 .args(&globals.global_args)
                 .args(["bench", "scaling-point", "--arch", arch])
-                .args(["--seq-len", &seq_len.to_string(), "--batch", &batch.to_string()])
+                .args([
+                    "--seq-len",
+                    &seq_len.to_string(),
+                    "--batch",
+                    &batch.to_string(),
+                ])
                 .args(["--steps", &args.steps.to_string()])
                 .output()
                 .map_err(|e| ZooError::Usage(format!("cannot start a benchmark process: {e}")))?;
@@ -656,12 +689,10 @@ fn bench_scaling(args: ScalingBench, globals: &Globals) -> Result<(), ZooError> 
                     ))
                 })?;
             println!(
-                "{arch:>4} len {seq_len:>5} x {batch:>3}: forward {:>9.2} ms/seq, training {:>9.2} ms/seq, training memory {} MiB/seq",
+                "{arch:>4} len {seq_len:>5} x {batch:>3}: forward {:>9.2} ms/seq, training {:>9.2} ms/seq, training memory {} MiB",
                 point.forward_ms_per_seq,
                 point.train_ms_per_seq,
-                point
-                    .train_mib_per_seq
-                    .map_or("-".into(), |m| format!("{m:.2}"))
+                point.train_mib.map_or("-".into(), |m| format!("{m:.2}"))
             );
             points.push(point);
         }

@@ -924,19 +924,32 @@ fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
     let mut steps = Vec::new();
     for name in ["gpt", "gru"] {
         let s = summary(&root.join(name));
-        let per_step = s["flops_per_token"].as_f64().unwrap() * s["tokens_per_step"].as_f64().unwrap();
+        let per_step =
+            s["flops_per_token"].as_f64().unwrap() * s["tokens_per_step"].as_f64().unwrap();
         let spent = s["flops"].as_f64().unwrap();
         assert!(spent <= budget && budget - spent < per_step, "{name}: {s}");
         let n = s["steps"].as_u64().unwrap();
         assert!(n > 4, "{name} should take several steps: {s}");
         let last = metrics(&root.join(name)).last().unwrap()["step"].as_u64();
         assert_eq!(last, Some(n), "{name}");
-        for key in ["params", "non_embedding_params", "tokens_per_second", "wall_seconds", "peak_rss_bytes"] {
-            assert!(s[key].as_f64().is_some_and(|v| v > 0.0), "{name}: {key} in {s}");
+        for key in [
+            "params",
+            "non_embedding_params",
+            "tokens_per_second",
+            "wall_seconds",
+            "peak_rss_bytes",
+        ] {
+            assert!(
+                s[key].as_f64().is_some_and(|v| v > 0.0),
+                "{name}: {key} in {s}"
+            );
         }
         steps.push(n);
     }
-    assert_ne!(steps[0], steps[1], "the two models cost different FLOPs per step");
+    assert_ne!(
+        steps[0], steps[1],
+        "the two models cost different FLOPs per step"
+    );
 
     // The report: the promised columns, the best value marked, the commands, the plots.
     let report = std::fs::read_to_string(root.join("report.md")).unwrap();
@@ -947,9 +960,16 @@ fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
         "**",
         "zoo --device flex train runs/compare/cmp/recipes/gru.toml --run-dir runs/compare/cmp/gru",
     ] {
-        assert!(report.contains(column), "report lacks {column:?}:\n{report}");
+        assert!(
+            report.contains(column),
+            "report lacks {column:?}:\n{report}"
+        );
     }
-    for plot in ["metric-vs-step.svg", "metric-vs-time.svg", "metric-vs-flops.svg"] {
+    for plot in [
+        "metric-vs-step.svg",
+        "metric-vs-time.svg",
+        "metric-vs-flops.svg",
+    ] {
         assert!(report.contains(plot), "{report}");
         let svg = std::fs::read_to_string(root.join(plot)).unwrap();
         // plotters writes each label on a line of its own inside its <text> element.
@@ -971,17 +991,35 @@ fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
     let gpt_summary = std::fs::read_to_string(root.join("gpt/summary.json")).unwrap();
     std::fs::remove_dir_all(root.join("gru")).unwrap();
     let partial = zoo(
-        &["train", "runs/compare/cmp/recipes/gru.toml", "--run-dir", "runs/compare/cmp/gru", "--stop-after-steps", "4"],
+        &[
+            "train",
+            "runs/compare/cmp/recipes/gru.toml",
+            "--run-dir",
+            "runs/compare/cmp/gru",
+            "--stop-after-steps",
+            "4",
+        ],
         &dir,
     );
     assert!(partial.status.success(), "{}", stderr(&partial));
-    assert!(!root.join("gru/summary.json").exists(), "a stopped run is not finished");
+    assert!(
+        !root.join("gru/summary.json").exists(),
+        "a stopped run is not finished"
+    );
     let again = zoo(&["compare", "cmp.toml"], &dir);
-    assert!(again.status.success(), "{}{}", stdout(&again), stderr(&again));
+    assert!(
+        again.status.success(),
+        "{}{}",
+        stdout(&again),
+        stderr(&again)
+    );
     let log = stdout(&again);
     assert!(log.contains("== gpt: finished before, skipped"), "{log}");
     assert!(log.contains("== gru (resuming)"), "{log}");
-    assert_eq!(std::fs::read_to_string(root.join("gpt/summary.json")).unwrap(), gpt_summary);
+    assert_eq!(
+        std::fs::read_to_string(root.join("gpt/summary.json")).unwrap(),
+        gpt_summary
+    );
     assert_eq!(summary(&root.join("gru"))["steps"].as_u64(), Some(steps[1]));
     let epochs: Vec<u64> = metrics(&root.join("gru"))
         .iter()
@@ -995,41 +1033,57 @@ fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
     assert!(stdout(&third).contains("== gru: finished before, skipped"));
 }
 
+/// Runs `zoo compare cmp.toml` in a scratch directory holding `comparison` as cmp.toml and
+/// the tiny GPT recipe as gpt.toml.
+fn compare_tiny_gpt(name: &str, comparison: &str) -> (PathBuf, Output) {
+    let dir = scratch(name);
+    write(&dir, "gpt.toml", TINY);
+    write(&dir, "cmp.toml", comparison);
+    let out = zoo(&["compare", "cmp.toml"], &dir);
+    (dir, out)
+}
+
 #[test]
 fn compare_turns_a_seconds_budget_into_steps_by_timing_a_probe() {
-    let dir = scratch("compare-seconds");
-    write(&dir, "gpt.toml", TINY);
-    write(
-        &dir,
-        "cmp.toml",
+    let (dir, out) = compare_tiny_gpt(
+        "compare-seconds",
         "base = \"gpt.toml\"\n[budget]\nseconds = 1.5\nprobe_steps = 2\n[set]\n\"sample.tokens\" = 0\n[vary]\n\"model.position\" = [\"rope\"]\n",
     );
-    let out = zoo(&["compare", "cmp.toml"], &dir);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let root = dir.join("runs/compare/cmp");
     assert!(stdout(&out).contains("ms per step ->"), "{}", stdout(&out));
     let recipe = std::fs::read_to_string(root.join("recipes/rope.toml")).unwrap();
     assert!(recipe.contains("steps = "), "{recipe}");
-    assert!(!root.join("probe/rope").exists(), "the probe's scratch run is removed");
+    assert!(
+        !root.join("probe/rope").exists(),
+        "the probe's scratch run is removed"
+    );
     let s = summary(&root.join("rope"));
     assert!(s["train_seconds"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
 fn compare_names_a_bad_override_and_trains_nothing() {
-    let dir = scratch("compare-bad");
-    write(&dir, "gpt.toml", TINY);
-    write(
-        &dir,
-        "cmp.toml",
+    let (dir, out) = compare_tiny_gpt(
+        "compare-bad",
         "base = \"gpt.toml\"\n[budget]\nsteps = 4\n[vary]\n\"model.positon\" = [\"rope\", \"alibi\"]\n",
     );
-    let out = zoo(&["compare", "cmp.toml"], &dir);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("cmp.toml") && err.contains("run 'rope'") && err.contains("positon"), "{err}");
+    assert!(
+        err.contains("cmp.toml") && err.contains("run 'rope'") && err.contains("positon"),
+        "{err}"
+    );
     assert!(!dir.join("runs/compare/cmp/rope").exists());
-    let no_budget = write(&dir, "none.toml", "base = \"gpt.toml\"\n[budget]\nsteps = 4\nflops = 1e9\n[vary]\n\"model.position\" = [\"rope\"]\n");
+    let no_budget = write(
+        &dir,
+        "none.toml",
+        "base = \"gpt.toml\"\n[budget]\nsteps = 4\nflops = 1e9\n[vary]\n\"model.position\" = [\"rope\"]\n",
+    );
     let out = zoo(&["compare", no_budget.to_str().unwrap()], &dir);
-    assert!(stderr(&out).contains("exactly one positive budget"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exactly one positive budget"),
+        "{}",
+        stderr(&out)
+    );
 }

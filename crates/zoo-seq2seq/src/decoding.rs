@@ -386,7 +386,13 @@ mod tests {
 
     /// The difference in log-probability between the tokens `a` and `b` choose where they first
     /// differ (the end token where one has ended), both after their common prefix.
-    fn divergence_gap(model: &Seq2Seq, source: &[u32], a: &[u32], b: &[u32], device: &Device) -> f64 {
+    fn divergence_gap(
+        model: &Seq2Seq,
+        source: &[u32],
+        a: &[u32],
+        b: &[u32],
+        device: &Device,
+    ) -> f64 {
         let at = a.iter().zip(b).take_while(|(x, y)| x == y).count();
         let (ids, padding) = source_batch(&[source.to_vec()], 0, device);
         let mut state = model.start(ids, padding);
@@ -421,7 +427,12 @@ mod tests {
                 // differ in the last bits: they may part only where two tokens tie.
                 if one[i] != greedy[i] {
                     let gap = divergence_gap(&model, source, &one[i], &greedy[i], &device);
-                    assert!(gap < 1e-4, "source {i}: beam 1 {:?} is not greedy {:?}", one[i], greedy[i]);
+                    assert!(
+                        gap < 1e-4,
+                        "source {i}: beam 1 {:?} is not greedy {:?}",
+                        one[i],
+                        greedy[i]
+                    );
                 }
             }
             let four = decode(&model, &sources, TOKENS, &beam(4), 12, &device);

@@ -4,17 +4,17 @@ use crate::ZooError;
 use crate::lm::gradients;
 use crate::optim::AdamW;
 use crate::plot::{Axis, Legend, Plot, Series};
-use zoo_blocks::PositionKind;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use zoo_bert::{BertConfig, BertTask, Targets};
-use zoo_gpt::GptConfig;
 use zoo_blocks::CellKind;
+use zoo_blocks::PositionKind;
+use zoo_gpt::GptConfig;
 use zoo_rnn::{RnnConfig, RnnState};
 
 /// Timings of a training benchmark.
@@ -292,12 +292,12 @@ pub struct ScalingPoint {
     pub forward_ms_per_seq: f64,
     /// Median milliseconds of a training step (forward, backward, optimiser) per sequence.
     pub train_ms_per_seq: f64,
-    /// Peak resident memory above the process's at the start, per sequence, over the forward
-    /// passes (MiB).
-    pub forward_mib_per_seq: Option<f64>,
-    /// The same over the training steps (activations kept for the backward pass, gradients and
-    /// optimiser state).
-    pub train_mib_per_seq: Option<f64>,
+    /// Peak resident memory above the process's at the start over the forward passes of a
+    /// batch (MiB; the weights included).
+    pub forward_mib: Option<f64>,
+    /// The same over the training steps: activations kept for the backward pass, and the
+    /// weights, gradients and optimiser state, which do not grow with the length.
+    pub train_mib: Option<f64>,
 }
 
 /// Times one family at one sequence length: `steps` forward passes then `steps` training
@@ -316,7 +316,7 @@ pub fn scaling_point(
     let measured = reset_peak_rss();
     let above_start = || -> Option<f64> {
         let (peak, start) = (peak_rss_bytes()?, start_rss?);
-        measured.then(|| peak.saturating_sub(start) as f64 / (1 << 20) as f64 / batch as f64)
+        measured.then(|| peak.saturating_sub(start) as f64 / (1 << 20) as f64)
     };
     let shape = [batch, seq_len];
     let ids = || random_ids(shape, SCALING_VOCAB, device);
@@ -347,8 +347,7 @@ pub fn scaling_point(
             };
             let model = config.init(device)?;
             let (inputs, targets) = (ids(), ids());
-            let forward_ms =
-                time_forward(&|| model.loss(inputs.clone(), targets.clone()).0)?;
+            let forward_ms = time_forward(&|| model.loss(inputs.clone(), targets.clone()).0)?;
             let forward_mib = above_start();
             drop(model);
             let train = bench_gpt(&config, batch, steps, 1, device)?;
@@ -357,7 +356,11 @@ pub fn scaling_point(
         "lstm" | "gru" => {
             let config = RnnConfig {
                 vocab_size: SCALING_VOCAB,
-                cell: if arch == "lstm" { CellKind::Lstm } else { CellKind::Gru },
+                cell: if arch == "lstm" {
+                    CellKind::Lstm
+                } else {
+                    CellKind::Gru
+                },
                 n_layer: 2,
                 d_hidden: if arch == "lstm" { 448 } else { 512 },
                 d_embed: 256,
@@ -366,8 +369,7 @@ pub fn scaling_point(
             };
             let model = config.init(device)?;
             let (inputs, targets) = (ids(), ids());
-            let forward_ms =
-                time_forward(&|| model.loss(inputs.clone(), targets.clone(), None).0)?;
+            let forward_ms = time_forward(&|| model.loss(inputs.clone(), targets.clone(), None).0)?;
             let forward_mib = above_start();
             drop(model);
             let train = bench_rnn(&config, batch, seq_len, steps, 1, device)?;
@@ -387,19 +389,22 @@ pub fn scaling_point(
         params,
         forward_ms_per_seq: forward_ms,
         train_ms_per_seq: train.step_ms_median / batch as f64,
-        forward_mib_per_seq: forward_mib,
-        train_mib_per_seq: above_start(),
+        forward_mib,
+        train_mib: above_start(),
     })
 }
 
-/// Writes `scaling.json`, `scaling.md` and three plots (forward time, training time and
-/// training memory per sequence against length, log-log: a cost linear in the length is a
-/// line of slope 1, a quadratic one bends up to slope 2) into `out_dir`; returns the table.
+/// Writes `scaling.json`, `scaling.md` and three plots (forward and training time per sequence
+/// and the training batch's peak memory against length, both axes in powers of two: a cost
+/// linear in the length is a line of slope 1, a quadratic one bends up to slope 2) into `out_dir`; returns the table.
 pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String, ZooError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ZooError::io(out_dir, e))?;
     let json = out_dir.join("scaling.json");
-    std::fs::write(&json, serde_json::to_string_pretty(points).expect("points serialise") + "\n")
-        .map_err(|e| ZooError::io(&json, e))?;
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(points).expect("points serialise") + "\n",
+    )
+    .map_err(|e| ZooError::io(&json, e))?;
     let mut archs: Vec<&str> = points.iter().map(|p| p.arch.as_str()).collect();
     archs.dedup();
     let series = |value: fn(&ScalingPoint) -> Option<f64>| -> Vec<Series> {
@@ -408,7 +413,11 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
             .map(|arch| Series {
                 label: format!(
                     "{arch} ({:.1}M params)",
-                    points.iter().find(|p| p.arch == *arch).map_or(0, |p| p.params) as f64 / 1e6
+                    points
+                        .iter()
+                        .find(|p| p.arch == *arch)
+                        .map_or(0, |p| p.params) as f64
+                        / 1e6
                 ),
                 points: points
                     .iter()
@@ -434,8 +443,8 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
         (
             "scaling-train-memory.svg",
             "Training memory against sequence length",
-            "peak training memory per sequence (MiB)",
-            series(|p| p.train_mib_per_seq.filter(|m| *m > 0.0)),
+            "peak training memory of a batch (MiB)",
+            series(|p| p.train_mib.filter(|m| *m > 0.0)),
         ),
     ];
     for (file, title, y_label, series) in plots {
@@ -443,14 +452,14 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
             title,
             x_label: "sequence length (tokens, log scale)",
             y_label,
-            x_axis: Axis::Log,
-            y_axis: Axis::Log,
+            x_axis: Axis::Log2,
+            y_axis: Axis::Log2,
             legend: Legend::UpperLeft,
         }
         .draw(&series, &out_dir.join(file))?;
     }
     let mut table = String::from(
-        "| arch | params | seq len | batch | forward ms/seq | train ms/seq | forward MiB/seq | train MiB/seq |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| arch | params | seq len | batch | forward ms/seq | train ms/seq | forward MiB | train MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mib = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.2}"));
     for p in points {
@@ -462,8 +471,8 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
             p.batch,
             p.forward_ms_per_seq,
             p.train_ms_per_seq,
-            mib(p.forward_mib_per_seq),
-            mib(p.train_mib_per_seq)
+            mib(p.forward_mib),
+            mib(p.train_mib)
         );
     }
     let md = out_dir.join("scaling.md");

@@ -181,17 +181,31 @@ impl Launcher {
 
     /// The training command as a user would type it.
     fn shown(&self, recipe: &Path, run_dir: &Path) -> String {
-        self.shown_with(&["train", &recipe.display().to_string(), "--run-dir", &run_dir.display().to_string()])
+        self.shown_with(&[
+            "train",
+            &recipe.display().to_string(),
+            "--run-dir",
+            &run_dir.display().to_string(),
+        ])
     }
 
     /// The comparison's command as a user would type it.
     fn shown_compare(&self, file: &Path, out_dir: &Path) -> String {
-        self.shown_with(&["compare", &file.display().to_string(), "--out", &out_dir.display().to_string()])
+        self.shown_with(&[
+            "compare",
+            &file.display().to_string(),
+            "--out",
+            &out_dir.display().to_string(),
+        ])
     }
 
     fn shown_with(&self, words: &[&str]) -> String {
         let mut all = vec!["zoo".to_string()];
-        all.extend(self.global_args.iter().map(|a| a.to_string_lossy().into_owned()));
+        all.extend(
+            self.global_args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
         all.extend(words.iter().map(|w| w.to_string()));
         all.join(" ")
     }
@@ -213,8 +227,8 @@ impl Comparison {
             path: path.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| error(format!("cannot read it: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| error(format!("cannot read it: {e}")))?;
         let file: ComparisonFile =
             toml::from_str(&text).map_err(|e| error(e.to_string().trim_end().to_string()))?;
         let here = path.parent().unwrap_or(Path::new("."));
@@ -250,7 +264,11 @@ impl Comparison {
             };
             let mut overrides = if prepare { Vec::new() } else { shared.clone() };
             overrides.extend(entry.set.clone());
-            let mut removed = if prepare { Vec::new() } else { file.unset.clone() };
+            let mut removed = if prepare {
+                Vec::new()
+            } else {
+                file.unset.clone()
+            };
             removed.extend(entry.unset.clone());
             Ok(PlannedRun {
                 name: entry.name.clone(),
@@ -268,7 +286,9 @@ impl Comparison {
             runs.push(entry(e, false)?);
         }
         if !file.vary.is_empty() {
-            let base = base.clone().ok_or_else(|| error("[vary] needs a base recipe".into()))?;
+            let base = base
+                .clone()
+                .ok_or_else(|| error("[vary] needs a base recipe".into()))?;
             for combination in combinations(&file.vary).map_err(error)? {
                 let name = combination
                     .iter()
@@ -288,7 +308,9 @@ impl Comparison {
             }
         }
         if !runs.iter().any(|r| !r.prepare) {
-            return Err(error("no runs to compare: give [[run]] entries or [vary]".into()));
+            return Err(error(
+                "no runs to compare: give [[run]] entries or [vary]".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = runs.iter().find(|r| !seen.insert(r.name.as_str())) {
@@ -296,7 +318,8 @@ impl Comparison {
         }
         if let Some(seed) = file.seed {
             for run in &mut runs {
-                run.overrides.push(("seed".into(), toml::Value::Integer(seed as i64)));
+                run.overrides
+                    .push(("seed".into(), toml::Value::Integer(seed as i64)));
             }
         }
         Ok(Self {
@@ -335,8 +358,8 @@ impl Comparison {
         };
         let text = std::fs::read_to_string(&run.base)
             .map_err(|e| error(format!("cannot read {}: {e}", run.base.display())))?;
-        let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| error(format!("{}: {e}", run.base.display())))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| error(format!("{}: {e}", run.base.display())))?;
         let runs = out_dir.display().to_string();
         for key in &run.removed {
             remove_dotted(&mut table, key);
@@ -472,10 +495,12 @@ impl Comparison {
 }
 
 fn check_recipe(comparison: &Comparison, run: &PlannedRun, text: &str) -> Result<(), ZooError> {
-    Recipe::parse(text).map(|_| ()).map_err(|message| ZooError::Recipe {
-        path: comparison.file.clone(),
-        message: format!("run '{}' ({}): {message}", run.name, run.base.display()),
-    })
+    Recipe::parse(text)
+        .map(|_| ())
+        .map_err(|message| ZooError::Recipe {
+            path: comparison.file.clone(),
+            message: format!("run '{}' ({}): {message}", run.name, run.base.display()),
+        })
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), ZooError> {
@@ -513,7 +538,10 @@ fn probe(
     std::fs::create_dir_all(&probe_dir).map_err(|e| ZooError::io(&probe_dir, e))?;
     let mut probe_run = run.clone();
     probe_run.overrides.extend([
-        ("training.eval_interval".to_string(), toml::Value::Integer(k as i64)),
+        (
+            "training.eval_interval".to_string(),
+            toml::Value::Integer(k as i64),
+        ),
         ("training.eval_batches".to_string(), toml::Value::Integer(1)),
         ("sample.tokens".to_string(), toml::Value::Integer(0)),
     ]);
@@ -723,7 +751,9 @@ fn write_report(
     launcher: &Launcher,
 ) -> Result<PathBuf, ZooError> {
     let compared: Vec<&PlannedRun> = comparison.runs.iter().filter(|r| !r.prepare).collect();
-    let first_recipe = out_dir.join("recipes").join(format!("{}.toml", compared[0].name));
+    let first_recipe = out_dir
+        .join("recipes")
+        .join(format!("{}.toml", compared[0].name));
     let task = Recipe::load(&first_recipe)?.task;
     let (metric, curve_metric) = metrics_of(task);
     let mut runs = Vec::new();
@@ -781,7 +811,11 @@ fn draw_plots(
     let title = format!("{}: {}", comparison.name, curve_metric.label);
     let plots = [
         ("optimiser step", Axis::Linear, series(|p| p.step as f64)),
-        ("wall time (s, validation included)", Axis::Linear, series(|p| p.seconds)),
+        (
+            "wall time (s, validation included)",
+            Axis::Linear,
+            series(|p| p.seconds),
+        ),
         ("training FLOPs", Axis::Scientific, series(|p| p.flops)),
     ];
     for ((x_label, x_axis, series), file) in plots.into_iter().zip(PLOT_FILES) {
@@ -812,7 +846,11 @@ fn report_markdown(data: &ReportData, task: Task) -> String {
         data.file.display(),
         data.budget,
         data.metric.label,
-        if data.metric.higher_is_better { "higher" } else { "lower" }
+        if data.metric.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        }
     );
     let language_model = task == Task::CausalLm;
     let pick = |values: Vec<Option<f64>>| -> Option<f64> {
@@ -890,7 +928,10 @@ fn report_markdown(data: &ReportData, task: Task) -> String {
     for r in data.prepared.iter().chain(&data.runs) {
         md += &format!("{}\n", r.command);
     }
-    md += &format!("# or all of it, skipping finished runs:\n{}\n```\n", data.compare_command);
+    md += &format!(
+        "# or all of it, skipping finished runs:\n{}\n```\n",
+        data.compare_command
+    );
     md
 }
 
@@ -1012,7 +1053,10 @@ mod tests {
             .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
             .collect();
         for wanted in ["char-lm", "norms", "positions", "pretraining"] {
-            assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{wanted} missing from {names:?}"
+            );
         }
         for file in files {
             let comparison = Comparison::load(&file).unwrap();
@@ -1029,7 +1073,12 @@ mod tests {
                 assert_eq!(recipe.name(), run.name);
                 if !run.prepare {
                     let t = &recipe.training;
-                    let budgets = [t.steps.is_some(), t.epochs.is_some(), t.tokens.is_some(), t.flops.is_some()];
+                    let budgets = [
+                        t.steps.is_some(),
+                        t.epochs.is_some(),
+                        t.tokens.is_some(),
+                        t.flops.is_some(),
+                    ];
                     assert_eq!(budgets.iter().filter(|b| **b).count(), 1, "{text}");
                 }
             }
@@ -1045,7 +1094,12 @@ mod tests {
         let names: Vec<String> = combinations(&vary)
             .unwrap()
             .iter()
-            .map(|c| c.iter().map(|(_, v)| value_name(v)).collect::<Vec<_>>().join("-"))
+            .map(|c| {
+                c.iter()
+                    .map(|(_, v)| value_name(v))
+                    .collect::<Vec<_>>()
+                    .join("-")
+            })
             .collect();
         assert_eq!(names, ["pre-0", "pre-200", "post-0", "post-200"]);
         let empty: toml::Table = toml::from_str("\"model.position\" = []").unwrap();
@@ -1054,14 +1108,18 @@ mod tests {
 
     #[test]
     fn dotted_keys_set_and_remove_nested_values() {
-        let mut table: toml::Table = toml::from_str("[schedule]\ndecay_steps = 5\nkind = \"constant\"").unwrap();
+        let mut table: toml::Table =
+            toml::from_str("[schedule]\ndecay_steps = 5\nkind = \"constant\"").unwrap();
         remove_dotted(&mut table, "schedule.decay_steps");
         remove_dotted(&mut table, "nothing.here");
         set_dotted(&mut table, "training.steps", toml::Value::Integer(3)).unwrap();
         set_dotted(&mut table, "seed", toml::Value::Integer(9)).unwrap();
         assert_eq!(
             table,
-            toml::from_str::<toml::Table>("seed = 9\n[schedule]\nkind = \"constant\"\n[training]\nsteps = 3").unwrap()
+            toml::from_str::<toml::Table>(
+                "seed = 9\n[schedule]\nkind = \"constant\"\n[training]\nsteps = 3"
+            )
+            .unwrap()
         );
         assert!(set_dotted(&mut table, "seed.x", toml::Value::Integer(1)).is_err());
         assert_eq!(

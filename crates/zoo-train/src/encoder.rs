@@ -14,9 +14,9 @@ use crate::metrics::{
 };
 use crate::recipe::{ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
-    check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe, model_checkpoint,
-    read_metrics, with_run_settings, write_run_recipe,
+    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport,
+    build_optimizer, check_checkpoint, checkpoint_epochs, last_val_loss, load_run_recipe,
+    model_checkpoint, read_metrics, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use crate::summary::RunSummary;
@@ -912,8 +912,7 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let metric_logger =
-        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
+    let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
 
     let accuracy = || LabelMetric::<MainLabels>::new("Accuracy", LabelStatistic::Accuracy);
     let mut training =

@@ -20,8 +20,10 @@ pub enum Axis {
     Linear,
     /// Linear, ticks in scientific notation (FLOPs, tokens).
     Scientific,
-    /// Logarithmic (sequence lengths, times spanning decades).
+    /// Logarithmic (times spanning decades).
     Log,
+    /// Logarithmic in base 2, ticks at powers of two (sequence lengths 64, 128, ..., 4096).
+    Log2,
 }
 
 /// A plot: title, axis names (with units) and scales.
@@ -70,6 +72,24 @@ impl Plot<'_> {
     }
 
     fn draw_svg(&self, series: &[Series], path: &Path) -> Result<(), String> {
+        // A base-2 axis is drawn as a linear one over log2 of the values, labelled 2^v.
+        let log2 = |v: f64, axis: Axis| if axis == Axis::Log2 { v.log2() } else { v };
+        let transformed: Vec<Series> = series
+            .iter()
+            .map(|s| Series {
+                label: s.label.clone(),
+                points: s
+                    .points
+                    .iter()
+                    .filter(|(x, y)| {
+                        (self.x_axis != Axis::Log2 || *x > 0.0)
+                            && (self.y_axis != Axis::Log2 || *y > 0.0)
+                    })
+                    .map(|&(x, y)| (log2(x, self.x_axis), log2(y, self.y_axis)))
+                    .collect(),
+            })
+            .collect();
+        let series = transformed.as_slice();
         let error = |e: &dyn std::fmt::Display| e.to_string();
         let points = || series.iter().flat_map(|s| s.points.iter().copied());
         let x = Range::of(points().map(|p| p.0), self.x_axis);
@@ -135,26 +155,25 @@ impl Plot<'_> {
             .axis_desc_style(("sans-serif", 16))
             .label_style(("sans-serif", 13))
             // Log axes otherwise label every minor tick (800, 900, 1000 run together).
-            .x_labels(if self.x_axis == Axis::Log { 8 } else { 10 })
-            .y_labels(if self.y_axis == Axis::Log { 8 } else { 10 })
+            .x_labels(if self.x_axis == Axis::Log { 8 } else { 12 })
+            .y_labels(if self.y_axis == Axis::Log { 8 } else { 12 })
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(|e| error(&e))?;
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(|e| error(&e))?
                 .label(s.label.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
                 });
             chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, color.filled())),
-                )
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| error(&e))?;
         }
         chart
@@ -178,6 +197,8 @@ impl Plot<'_> {
 enum Ticks {
     Scientific,
     Decimals(usize),
+    /// The axis holds log2 of the values: whole exponents are labelled with their power.
+    PowersOfTwo,
 }
 
 impl Ticks {
@@ -186,6 +207,9 @@ impl Ticks {
         let largest = range.start.abs().max(range.end.abs());
         if axis == Axis::Scientific || largest >= 1e6 || (largest < 1e-3 && largest > 0.0) {
             return Ticks::Scientific;
+        }
+        if axis == Axis::Log2 {
+            return Ticks::PowersOfTwo;
         }
         if axis == Axis::Log {
             return Ticks::Decimals(if range.start < 1.0 { 2 } else { 0 });
@@ -202,6 +226,10 @@ impl Ticks {
         match self {
             Ticks::Scientific => format!("{value:.1e}"),
             Ticks::Decimals(d) => format!("{value:.d$}"),
+            Ticks::PowersOfTwo if (value - value.round()).abs() < 1e-6 => {
+                format!("{}", 2f64.powi(value.round() as i32))
+            }
+            Ticks::PowersOfTwo => String::new(),
         }
     }
 }
@@ -228,7 +256,11 @@ impl Range {
                 hi: hi * 1.15,
             };
         }
-        let pad = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1.0) * 0.05 };
+        let pad = if hi > lo {
+            (hi - lo) * 0.05
+        } else {
+            lo.abs().max(1.0) * 0.05
+        };
         Self {
             lo: lo - pad,
             hi: hi + pad,

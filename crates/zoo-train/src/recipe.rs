@@ -592,9 +592,7 @@ impl Recipe {
             .collect();
         match given.as_slice() {
             [] => {
-                return Err(
-                    "training needs a budget: steps, epochs, tokens or flops = N".into(),
-                );
+                return Err("training needs a budget: steps, epochs, tokens or flops = N".into());
             }
             [_] => {}
             _ => {
@@ -1134,8 +1132,16 @@ steps = 10
     #[test]
     fn bad_values_are_named() {
         for (from, to, key) in [
-            ("steps = 10", "steps = 0", "training.steps must be at least 1"),
-            ("steps = 10", "steps = 10\nflops = 1e9", "not training.steps and training.flops"),
+            (
+                "steps = 10",
+                "steps = 0",
+                "training.steps must be at least 1",
+            ),
+            (
+                "steps = 10",
+                "steps = 10\nflops = 1e9",
+                "not training.steps and training.flops",
+            ),
             ("batch_size = 4", "batch_size = 0", "training.batch_size"),
             (
                 "preset = \"gpt-nano\"",

@@ -21,7 +21,6 @@ use crate::optim::AdamW;
 use crate::recipe::{ModelConfig, NgramConfig, OptimizerKind, Recipe};
 use crate::schedule::{LrSchedule, Plateau, SharedPlateau};
 use crate::summary::RunSummary;
-use serde::{Deserialize, Serialize};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -32,6 +31,7 @@ use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::{LearningRateMetric, LossMetric};
 use burn::train::renderer::{MetricsRenderer, default_renderer};
 use burn::train::{Learner, LearnerModel, SupervisedTraining};
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1027,7 +1027,10 @@ mod tests {
         assert_eq!((b.total_steps, b.steps_per_epoch), (25, 10));
         assert_eq!((b.steps_at_epoch(2), b.steps_at_epoch(3)), (20, 25));
         let e = Budget::of(&recipe("flops = 2999"), 0, cost).unwrap_err();
-        assert!(e.contains("training.flops") && e.contains("buys no step"), "{e}");
+        assert!(
+            e.contains("training.flops") && e.contains("buys no step"),
+            "{e}"
+        );
         let b = Budget::of(&recipe("epochs = 2"), 7, cost).unwrap();
         assert_eq!(b.total_steps, 14);
     }

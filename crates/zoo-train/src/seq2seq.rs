@@ -12,9 +12,9 @@ use crate::lm::gradients;
 use crate::metrics::{JsonlMetricLogger, LabelMetric, LabelStatistic, LabelledBatch, LineRenderer};
 use crate::recipe::{DecodingSpec, ModelConfig, Recipe, Task};
 use crate::run::{
-    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport, build_optimizer,
-    check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint, resumed_model,
-    select_checkpoint, with_run_settings, write_run_recipe,
+    Budget, METRICS_FILE, Plan, StepCost, TOKENIZER_FILE, TrainOptions, TrainReport,
+    build_optimizer, check_checkpoint, last_val_loss, load_run_recipe, model_checkpoint,
+    resumed_model, select_checkpoint, with_run_settings, write_run_recipe,
 };
 use crate::schedule::LrSchedule;
 use crate::summary::RunSummary;
@@ -690,8 +690,7 @@ pub(crate) fn train(
         &device,
     );
     let val_loader = StepLoader::validation(val_examples.clone(), t.eval_batches, &device);
-    let metric_logger =
-        JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
+    let metric_logger = JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
     let accuracy = || LabelMetric::<TargetTokens>::new("Accuracy", LabelStatistic::Accuracy);
     let training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(val_loader))
         .metric_train_numeric(LossMetric::new())

@@ -48,7 +48,13 @@ pub struct RunSummary {
 impl RunSummary {
     /// The summary of a run that has taken `steps` steps of `cost`, its times read from its
     /// metrics log.
-    pub fn new(recipe: &Recipe, size: ModelSize, cost: StepCost, steps: usize, run_dir: &Path) -> Self {
+    pub fn new(
+        recipe: &Recipe,
+        size: ModelSize,
+        cost: StepCost,
+        steps: usize,
+        run_dir: &Path,
+    ) -> Self {
         let (train_seconds, wall_seconds) = training_seconds(run_dir);
         let tokens = cost.tokens * steps as f64;
         Self {
@@ -104,7 +110,9 @@ impl RunSummary {
             .map(Some)
             .map_err(|e| ZooError::RunDir {
                 path: run_dir.to_path_buf(),
-                message: format!("{SUMMARY_FILE} cannot be read ({e}); delete it to redo the summary"),
+                message: format!(
+                    "{SUMMARY_FILE} cannot be read ({e}); delete it to redo the summary"
+                ),
             })
     }
 }
