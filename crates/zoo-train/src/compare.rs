@@ -717,8 +717,7 @@ fn final_bleu(run_dir: &Path, recipe: &Recipe) -> Option<f64> {
     let text = std::fs::read_to_string(run_dir.join(SCORES_FILE)).ok()?;
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["split"] == recipe.data.val_split.as_str())
-        .last()
+        .rfind(|l| l["split"] == recipe.data.val_split.as_str())
         .and_then(|l| l["bleu"].as_f64())
 }
 
@@ -939,7 +938,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
