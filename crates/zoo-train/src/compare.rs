@@ -418,7 +418,7 @@ pub struct CompareReport {
     pub trained: Vec<String>,
     /// Runs skipped as finished before.
     pub skipped: Vec<String>,
-    /// The report files.
+    /// `report.md`.
     pub report: PathBuf,
 }
 
@@ -442,7 +442,12 @@ pub fn compare(
         } else {
             let text = comparison.recipe_text(run, &out_dir, None)?;
             check_recipe(&comparison, run, &text)?;
-            write_file(&recipes_dir.join(format!("{}.toml", run.name)), &text)?;
+            let recipe = recipes_dir.join(format!("{}.toml", run.name));
+            // A finished run keeps the recipe it was trained with.
+            let finished = RunSummary::load(&out_dir.join(&run.name))?.is_some();
+            if !(finished && recipe.is_file()) {
+                write_file(&recipe, &text)?;
+            }
         }
     }
     let mut trained = Vec::new();
