@@ -199,7 +199,6 @@ fn train_resume_eval_and_generate() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// One line on stderr that names `needles`, a failing exit code, and no panic.
 /// A recurrent LM small enough to train in a second on the embedded corpus.
 const TINY_RNN: &str = r#"
 seed = 7
@@ -856,34 +855,6 @@ fn an_rnn_encoder_decoder_learns_to_reverse() {
     assert!(exact >= 95.0, "exact match {exact}");
 }
 
-/// A GRU language model small enough to train a few steps in seconds on the embedded corpus.
-const TINY_GRU: &str = r#"
-seed = 7
-
-[model]
-arch = "rnn"
-preset = "gru-small"
-d_hidden = 32
-d_embed = 32
-dropout = 0.0
-
-[tokenizer]
-kind = "char"
-
-[data]
-dataset = "embedded"
-
-[optimizer]
-lr = 3e-3
-
-[training]
-batch_size = 8
-bptt = 16
-steps = 6
-eval_interval = 2
-eval_batches = 2
-"#;
-
 const TWO_TINY_RUNS: &str = r#"
 description = "two tiny runs"
 seed = 3
@@ -912,7 +883,11 @@ fn summary(run: &Path) -> serde_json::Value {
 fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
     let dir = scratch("compare");
     write(&dir, "gpt.toml", TINY);
-    write(&dir, "gru.toml", TINY_GRU);
+    write(
+        &dir,
+        "gru.toml",
+        &TINY_RNN.replace("lstm-small", "gru-small"),
+    );
     write(&dir, "cmp.toml", TWO_TINY_RUNS);
     let out = zoo(&["compare", "cmp.toml"], &dir);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
