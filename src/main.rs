@@ -355,8 +355,7 @@ fn main() -> ExitCode {
     if let Some(dir) = &cli.data_dir {
         global_args.extend(["--data-dir".into(), dir.clone().into_os_string()]);
     }
-    let globals = Globals { global_args };
-    match run(cli.command, device, data_dir, globals) {
+    match run(cli.command, device, data_dir, global_args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -365,16 +364,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Global options as given, for child processes.
-struct Globals {
-    global_args: Vec<std::ffi::OsString>,
-}
-
+/// `global_args`: the global options as given, for child processes.
 fn run(
     command: Command,
     device: burn::tensor::Device,
     data_dir: DataDir,
-    globals: Globals,
+    global_args: Vec<std::ffi::OsString>,
 ) -> Result<(), ZooError> {
     match command {
         Command::Compare {
@@ -382,15 +377,7 @@ fn run(
             out,
             report_only,
         } => {
-            let program = std::env::current_exe().map_err(|e| {
-                ZooError::Usage(format!(
-                    "cannot find the zoo executable to run the runs: {e}"
-                ))
-            })?;
-            let launcher = zoo_train::compare::Launcher {
-                program,
-                global_args: globals.global_args,
-            };
+            let launcher = zoo_train::compare::Launcher::current(global_args)?;
             let options = zoo_train::compare::CompareOptions {
                 out_dir: out,
                 report_only,
@@ -596,7 +583,7 @@ fn run(
         } => bench_bert(args, &device)?,
         Command::Bench {
             family: BenchFamily::Scaling(args),
-        } => bench_scaling(args, &globals)?,
+        } => bench_scaling(args, global_args)?,
         Command::Bench {
             family: BenchFamily::ScalingPoint(args),
         } => {
@@ -632,7 +619,7 @@ fn run(
 }
 
 /// Runs every point of the scaling benchmark in a child process, then writes the report.
-fn bench_scaling(args: ScalingBench, globals: &Globals) -> Result<(), ZooError> {
+fn bench_scaling(args: ScalingBench, global_args: Vec<std::ffi::OsString>) -> Result<(), ZooError> {
     for arch in &args.archs {
         if !zoo_train::bench::SCALING_ARCHS.contains(&arch.as_str()) {
             return Err(ZooError::Usage(format!(
@@ -658,15 +645,13 @@ fn bench_scaling(args: ScalingBench, globals: &Globals) -> Result<(), ZooError> 
         println!("{table}");
         return Ok(());
     }
-    let program = std::env::current_exe()
-        .map_err(|e| ZooError::Usage(format!("cannot find the zoo executable: {e}")))?;
+    let launcher = zoo_train::compare::Launcher::current(global_args)?;
     let mut points = Vec::new();
     for arch in &args.archs {
         for &seq_len in &args.seq_lens {
             let batch = args.batch_size;
-            let output = std::process::Command::new(&program)
-                .args(&globals.global_args)
-                .args(["bench", "scaling-point", "--arch", arch])
+            let output = launcher
+                .command(["bench", "scaling-point", "--arch", arch])
                 .args([
                     "--seq-len",
                     &seq_len.to_string(),

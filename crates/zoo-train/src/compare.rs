@@ -43,7 +43,6 @@ use crate::run::{checkpoint_epochs, read_metrics};
 use crate::seq2seq::SCORES_FILE;
 use crate::summary::RunSummary;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,14 +164,31 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    fn train(&self, recipe: &Path, run_dir: &Path, resume: bool) -> Command {
+    /// A launcher of this very executable with `global_args`.
+    pub fn current(global_args: Vec<OsString>) -> Result<Self, ZooError> {
+        let program = std::env::current_exe().map_err(|e| {
+            ZooError::Usage(format!("cannot find the zoo executable to start runs: {e}"))
+        })?;
+        Ok(Self {
+            program,
+            global_args,
+        })
+    }
+
+    /// A child `zoo` with the global options, then `args`.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Command {
         let mut command = Command::new(&self.program);
+        command.args(&self.global_args).args(args);
         command
-            .args(&self.global_args)
-            .arg("train")
-            .arg(recipe)
-            .arg("--run-dir")
-            .arg(run_dir);
+    }
+
+    fn train(&self, recipe: &Path, run_dir: &Path, resume: bool) -> Command {
+        let mut command = self.command([
+            "train".as_ref(),
+            recipe.as_os_str(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+        ]);
         if resume {
             command.arg("--resume");
         }
@@ -336,6 +352,10 @@ impl Comparison {
         })
     }
 
+    fn budget_is_seconds(&self) -> bool {
+        matches!(self.budget, CompareBudget::Seconds(_))
+    }
+
     /// The comparison's directory.
     pub fn out_dir(&self, options: &CompareOptions) -> PathBuf {
         options
@@ -432,9 +452,14 @@ pub fn compare(
     let out_dir = comparison.out_dir(options);
     let recipes_dir = out_dir.join("recipes");
     std::fs::create_dir_all(&recipes_dir).map_err(|e| ZooError::io(&recipes_dir, e))?;
+    let finished: Vec<bool> = comparison
+        .runs
+        .iter()
+        .map(|run| Ok(RunSummary::load(&out_dir.join(&run.name))?.is_some()))
+        .collect::<Result<_, ZooError>>()?;
     // Write and check every recipe before training anything, so a typo in the last run does
     // not surface an hour in.
-    for run in &comparison.runs {
+    for (run, &finished) in comparison.runs.iter().zip(&finished) {
         if comparison.budget_is_seconds() && !run.prepare {
             // Checked with a stand-in step count; the real one comes from the probe.
             let text = comparison.recipe_text(run, &out_dir, Some(1))?;
@@ -444,7 +469,6 @@ pub fn compare(
             check_recipe(&comparison, run, &text)?;
             let recipe = recipes_dir.join(format!("{}.toml", run.name));
             // A finished run keeps the recipe it was trained with.
-            let finished = RunSummary::load(&out_dir.join(&run.name))?.is_some();
             if !(finished && recipe.is_file()) {
                 write_file(&recipe, &text)?;
             }
@@ -452,9 +476,9 @@ pub fn compare(
     }
     let mut trained = Vec::new();
     let mut skipped = Vec::new();
-    for run in &comparison.runs {
+    for (run, finished) in comparison.runs.iter().zip(finished) {
         let run_dir = out_dir.join(&run.name);
-        if RunSummary::load(&run_dir)?.is_some() {
+        if finished {
             println!("== {}: finished before, skipped", run.name);
             skipped.push(run.name.clone());
             continue;
@@ -491,12 +515,6 @@ pub fn compare(
         skipped,
         report,
     })
-}
-
-impl Comparison {
-    fn budget_is_seconds(&self) -> bool {
-        matches!(self.budget, CompareBudget::Seconds(_))
-    }
 }
 
 fn check_recipe(comparison: &Comparison, run: &PlannedRun, text: &str) -> Result<(), ZooError> {
@@ -668,30 +686,20 @@ fn run_result(
         return Ok(None);
     };
     let flops_per_step = summary.flops_per_token * summary.tokens_per_step;
-    // The last line of each epoch: a resumed run may have logged an epoch twice.
-    let mut by_epoch = BTreeMap::new();
-    for line in read_metrics(&run_dir) {
-        if line["split"] == "valid"
-            && let (Some(epoch), Some(step), Some(seconds), Some(value)) = (
-                line["epoch"].as_u64(),
-                line["step"].as_u64(),
-                line["elapsed_s"].as_f64(),
-                line[curve_metric.key].as_f64(),
-            )
-        {
-            let step = (step as usize).min(summary.steps);
-            by_epoch.insert(
-                epoch,
-                CurvePoint {
-                    step,
-                    seconds,
-                    flops: step as f64 * flops_per_step,
-                    value,
-                },
-            );
-        }
-    }
-    let curve: Vec<CurvePoint> = by_epoch.into_values().collect();
+    // The log holds each validation once (a resumed run's log drops what it redoes).
+    let curve: Vec<CurvePoint> = read_metrics(&run_dir)
+        .iter()
+        .filter(|line| line["split"] == "valid")
+        .filter_map(|line| {
+            let step = line["step"].as_u64()? as usize;
+            Some(CurvePoint {
+                step,
+                seconds: line["elapsed_s"].as_f64()?,
+                flops: step as f64 * flops_per_step,
+                value: line[curve_metric.key].as_f64()?,
+            })
+        })
+        .collect();
     let recipe = out_dir.join("recipes").join(format!("{}.toml", run.name));
     let (best, final_value) = if metric.key == "bleu" {
         let bleu = final_bleu(&run_dir, &Recipe::load(&recipe)?);
