@@ -1,17 +1,19 @@
-//! `zoo`: train, evaluate, sample from and measure the zoo's models. Thin: it parses the
-//! command line, picks the device, and calls the crates.
+//! `zoo`: train, evaluate, sample from and measure the zoo's models. A switchboard: it parses
+//! the command line, picks the device, calls `zoo-train` and prints what comes back. Run files,
+//! tokenizers and models are the crates' business.
 
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use zoo::device::{DeviceChoice, pick_device};
 use zoo_blocks::SamplingConfig;
-use zoo_gpt::GptConfig;
-use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
-use zoo_train::encoder::PredictInput;
-use zoo_train::recipe::ModelConfig;
-use zoo_train::run::{TrainOptions, evaluate, generate, load_run, train};
-use zoo_train::{Recipe, ZooError};
+use zoo_text::{DataDir, DatasetRegistry};
+use zoo_train::ZooError;
+use zoo_train::dispatch::{Evaluation, TrainOptions};
+use zoo_train::launcher::Launcher;
+use zoo_train::models::{ARCHITECTURES, ModelConfig};
+use zoo_train::tasks::encoder::predict::PredictInput;
+use zoo_train::tasks::seq2seq::decode::DecodingOptions;
 
 #[derive(Parser)]
 #[command(
@@ -170,20 +172,11 @@ struct DecodingArgs {
 }
 
 impl DecodingArgs {
-    fn apply(&self, recipe: &Recipe) -> Result<zoo_train::recipe::DecodingSpec, ZooError> {
-        let mut spec = recipe.decoding.clone();
-        if let Some(beam) = self.beam {
-            if beam == 0 {
-                return Err(ZooError::Usage(
-                    "--beam must be at least 1 (1 is greedy)".into(),
-                ));
-            }
-            spec.beam = beam;
+    fn options(&self) -> DecodingOptions {
+        DecodingOptions {
+            beam: self.beam,
+            length_penalty: self.length_penalty,
         }
-        if let Some(penalty) = self.length_penalty {
-            spec.length_penalty = penalty;
-        }
-        Ok(spec)
     }
 }
 
@@ -377,7 +370,7 @@ fn run(
             out,
             report_only,
         } => {
-            let launcher = zoo_train::compare::Launcher::current(global_args)?;
+            let launcher = Launcher::current(global_args)?;
             let options = zoo_train::compare::CompareOptions {
                 out_dir: out,
                 report_only,
@@ -404,7 +397,7 @@ fn run(
                 device,
                 stop_after_steps,
             };
-            let report = train(&recipe, &options)?;
+            let report = zoo_train::dispatch::train(&recipe, &options)?;
             let what = match report.steps {
                 0 => "counted".to_string(),
                 steps => format!("trained {steps} steps"),
@@ -425,26 +418,24 @@ fn run(
             checkpoint,
             decoding,
         } => {
-            if zoo_train::seq2seq::is_seq2seq_run(&run_dir) {
-                let run = zoo_train::seq2seq::load_seq2seq_run(&run_dir, checkpoint, &device)?;
-                let spec = decoding.apply(&run.recipe)?;
-                let report = zoo_train::seq2seq::evaluate_seq2seq(&run, &split, &data_dir, &spec)?;
-                for (source, output, reference) in &report.examples {
-                    println!("source:    {source}\noutput:    {output}\nreference: {reference}\n");
+            let evaluation = zoo_train::dispatch::evaluate(
+                &run_dir,
+                &split,
+                checkpoint,
+                decoding.options(),
+                &data_dir,
+                &device,
+            )?;
+            match evaluation {
+                Evaluation::EncoderDecoder(report) => {
+                    for (source, output, reference) in &report.examples {
+                        println!(
+                            "source:    {source}\noutput:    {output}\nreference: {reference}\n"
+                        );
+                    }
+                    println!("{}: {}", run_dir.display(), report.summary());
                 }
-                println!("{}: {}", run_dir.display(), report.summary());
-                report.record(&run_dir)?;
-                return Ok(());
-            }
-            if zoo_train::encoder::is_encoder_run(&run_dir) {
-                if checkpoint.is_some() {
-                    return Err(ZooError::Usage(
-                        "--checkpoint is not supported for encoder runs yet: they evaluate their last checkpoint".into(),
-                    ));
-                }
-                let run = zoo_train::encoder::load_encoder_run(&run_dir, &device)?;
-                let report = zoo_train::encoder::evaluate_encoder(&run, &split, &data_dir)?;
-                println!(
+                Evaluation::Encoder(report) => println!(
                     "{}: split {} | loss {:.4} | accuracy {:.2}%{} | {} predictions",
                     run_dir.display(),
                     report.split,
@@ -454,20 +445,17 @@ fn run(
                         .f1
                         .map_or(String::new(), |f1| format!(" | F1 {f1:.2}")),
                     report.predictions
-                );
-                return Ok(());
+                ),
+                Evaluation::LanguageModel(report) => println!(
+                    "{}: split {} | step {} | loss {:.4} | perplexity {:.3} | {} tokens",
+                    run_dir.display(),
+                    report.split,
+                    report.steps,
+                    report.loss,
+                    report.perplexity,
+                    report.tokens
+                ),
             }
-            let run = load_run(&run_dir, checkpoint, &device)?;
-            let report = evaluate(&run, &split, &data_dir)?;
-            println!(
-                "{}: split {} | step {} | loss {:.4} | perplexity {:.3} | {} tokens",
-                run_dir.display(),
-                report.split,
-                report.steps,
-                report.loss,
-                report.perplexity,
-                report.tokens
-            );
         }
         Command::Generate {
             run_dir,
@@ -479,14 +467,15 @@ fn run(
             seed,
             checkpoint,
         } => {
-            let run = load_run(&run_dir, checkpoint, &device)?;
+            let run = zoo_train::tasks::lm::load_run(&run_dir, checkpoint, &device)?;
             let sampling = SamplingConfig {
                 temperature,
                 top_k,
                 top_p,
                 seed,
             };
-            println!("{}", generate(&run, &prompt, max_tokens, sampling)?);
+            let text = zoo_train::tasks::lm::generate(&run, &prompt, max_tokens, sampling)?;
+            println!("{text}");
         }
         Command::Predict {
             run_dir,
@@ -494,12 +483,6 @@ fn run(
             context,
             file,
         } => {
-            if !zoo_train::encoder::is_encoder_run(&run_dir) {
-                return Err(ZooError::Usage(format!(
-                    "{} is not a BERT run: `zoo predict` applies encoders; use `zoo generate` for language models",
-                    run_dir.display()
-                )));
-            }
             let inputs: Vec<PredictInput> = match (input, file) {
                 (Some(text), None) => vec![PredictInput { text, context }],
                 (None, Some(path)) => std::fs::read_to_string(&path)
@@ -521,9 +504,12 @@ fn run(
                     return Err(ZooError::Usage("give --input TEXT or --file PATH".into()));
                 }
             };
-            let run = zoo_train::encoder::load_encoder_run(&run_dir, &device)?;
+            let run = zoo_train::dispatch::encoder_run(&run_dir, &device)?;
             for input in &inputs {
-                println!("{}", zoo_train::encoder::predict(&run, input)?);
+                println!(
+                    "{}",
+                    zoo_train::tasks::encoder::predict::predict(&run, input)?
+                );
             }
         }
         Command::Translate {
@@ -536,12 +522,6 @@ fn run(
             checkpoint,
             decoding,
         } => {
-            if !zoo_train::seq2seq::is_seq2seq_run(&run_dir) {
-                return Err(ZooError::Usage(format!(
-                    "{} is not an encoder-decoder run: `zoo translate` needs one (task = \"translation\" or \"span-corruption\")",
-                    run_dir.display()
-                )));
-            }
             let sentences: Vec<String> = match (input, &file) {
                 (Some(text), None) => vec![text],
                 (None, Some(path)) => std::fs::read_to_string(path)
@@ -551,14 +531,15 @@ fn run(
                     .collect(),
                 _ => return Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
             };
-            let run = zoo_train::seq2seq::load_seq2seq_run(&run_dir, checkpoint, &device)?;
-            let spec = decoding.apply(&run.recipe)?;
+            let run = zoo_train::dispatch::seq2seq_run(&run_dir, checkpoint, &device)?;
+            let spec = decoding.options().apply(&run.recipe.decoding)?;
             let sampling = temperature.map(|temperature| SamplingConfig {
                 temperature,
                 seed,
                 ..SamplingConfig::default()
             });
-            let outputs = zoo_train::seq2seq::translate(&run, &sentences, &spec, sampling)?;
+            let outputs =
+                zoo_train::tasks::seq2seq::decode::translate(&run, &sentences, &spec, sampling)?;
             let text: String = outputs.iter().map(|o| format!("{o}\n")).collect();
             match output {
                 Some(path) => std::fs::write(&path, text).map_err(|e| {
@@ -571,7 +552,10 @@ fn run(
             model,
             vocab_size,
             batch_size,
-        } => info(&model, vocab_size, batch_size, &data_dir)?,
+        } => println!(
+            "{}",
+            zoo_train::info::describe(&model, vocab_size, batch_size, &data_dir)?
+        ),
         Command::Bench {
             family: BenchFamily::Gpt(args),
         } => bench_gpt(args, &device)?,
@@ -583,7 +567,26 @@ fn run(
         } => bench_bert(args, &device)?,
         Command::Bench {
             family: BenchFamily::Scaling(args),
-        } => bench_scaling(args, global_args)?,
+        } => {
+            let table = if args.report_only {
+                zoo_train::bench::scaling_report_again(&args.out)?
+            } else {
+                let launcher = Launcher::current(global_args)?;
+                let table = zoo_train::bench::scaling(
+                    &args.archs,
+                    &args.seq_lens,
+                    args.batch_size,
+                    args.steps,
+                    &args.out,
+                    &launcher,
+                )?;
+                format!(
+                    "\n{table}\nwritten to {}: scaling.md, scaling.json, scaling-forward-time.svg, scaling-train-time.svg, scaling-train-memory.svg",
+                    args.out.display()
+                )
+            };
+            println!("{table}");
+        }
         Command::Bench {
             family: BenchFamily::ScalingPoint(args),
         } => {
@@ -601,16 +604,21 @@ fn run(
             );
         }
         Command::List => {
-            println!("GPT presets: {}", zoo_gpt::PRESETS.join(", "));
-            println!("RNN presets: {}", zoo::rnn::PRESETS.join(", "));
-            println!("BERT presets: {}", zoo::bert::PRESETS.join(", "));
+            for arch in ARCHITECTURES {
+                println!(
+                    "{:<14} {} ({}): {}",
+                    arch.name,
+                    arch.family,
+                    arch.task_names(),
+                    if arch.presets.is_empty() {
+                        "no presets".to_string()
+                    } else {
+                        arch.presets.join(", ")
+                    }
+                );
+            }
             println!(
-                "encoder-decoder presets: {}, {}",
-                zoo::seq2seq::TRANSFORMER_PRESETS.join(", "),
-                zoo::seq2seq::RNN_ATTENTION_PRESETS.join(", ")
-            );
-            println!(
-                "datasets:    {}",
+                "datasets: {}",
                 DatasetRegistry::builtin().names().join(", ")
             );
         }
@@ -618,329 +626,30 @@ fn run(
     Ok(())
 }
 
-/// Runs every point of the scaling benchmark in a child process, then writes the report.
-fn bench_scaling(args: ScalingBench, global_args: Vec<std::ffi::OsString>) -> Result<(), ZooError> {
-    for arch in &args.archs {
-        if !zoo_train::bench::SCALING_ARCHS.contains(&arch.as_str()) {
-            return Err(ZooError::Usage(format!(
-                "--archs: unknown architecture '{arch}' (choose among {})",
-                zoo_train::bench::SCALING_ARCHS.join(", ")
-            )));
-        }
-    }
-    if args.seq_lens.contains(&0) || args.steps == 0 {
-        return Err(ZooError::Usage(
-            "--seq-lens and --steps must be positive".into(),
-        ));
-    }
-    if args.report_only {
-        let path = args.out.join("scaling.json");
-        let points: Vec<zoo_train::bench::ScalingPoint> = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .ok_or_else(|| {
-                ZooError::Usage(format!("{} is missing or unreadable", path.display()))
-            })?;
-        let table = zoo_train::bench::scaling_report(&points, &args.out)?;
-        println!("{table}");
-        return Ok(());
-    }
-    let launcher = zoo_train::compare::Launcher::current(global_args)?;
-    let mut points = Vec::new();
-    for arch in &args.archs {
-        for &seq_len in &args.seq_lens {
-            let batch = args.batch_size;
-            let output = launcher
-                .command(["bench", "scaling-point", "--arch", arch])
-                .args([
-                    "--seq-len",
-                    &seq_len.to_string(),
-                    "--batch",
-                    &batch.to_string(),
-                ])
-                .args(["--steps", &args.steps.to_string()])
-                .output()
-                .map_err(|e| ZooError::Usage(format!("cannot start a benchmark process: {e}")))?;
-            let text = String::from_utf8_lossy(&output.stdout);
-            let point: zoo_train::bench::ScalingPoint = text
-                .lines()
-                .last()
-                .and_then(|line| serde_json::from_str(line).ok())
-                .filter(|_| output.status.success())
-                .ok_or_else(|| {
-                    ZooError::Training(format!(
-                        "{arch} at length {seq_len} failed: {}",
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ))
-                })?;
-            println!(
-                "{arch:>4} len {seq_len:>5} x {batch:>3}: forward {:>9.2} ms/seq, training {:>9.2} ms/seq, training memory {} MiB",
-                point.forward_ms_per_seq,
-                point.train_ms_per_seq,
-                point.train_mib.map_or("-".into(), |m| format!("{m:.2}"))
-            );
-            points.push(point);
-        }
-    }
-    let table = zoo_train::bench::scaling_report(&points, &args.out)?;
-    println!(
-        "\n{table}\nwritten to {}: scaling.md, scaling.json, scaling-forward-time.svg, scaling-train-time.svg, scaling-train-memory.svg",
-        args.out.display()
-    );
-    Ok(())
-}
-
-fn preset_config(name: &str) -> Result<GptConfig, ZooError> {
-    zoo_gpt::preset(name).ok_or_else(|| {
-        ZooError::Usage(format!(
-            "unknown GPT preset '{name}'; GPT presets: {}",
-            zoo_gpt::PRESETS.join(", ")
-        ))
-    })
-}
-
-/// A GPT, BERT or recurrent preset by name.
-fn any_preset(name: &str) -> Result<ModelConfig, ZooError> {
-    if let Some(config) = zoo_gpt::preset(name) {
-        return Ok(ModelConfig::Gpt(config));
-    }
-    if let Some(config) = zoo::bert::preset(name) {
-        return Ok(ModelConfig::Bert(config));
-    }
-    if let Some(config) = zoo::seq2seq::transformer_preset(name) {
-        return Ok(ModelConfig::Transformer(config));
-    }
-    if let Some(config) = zoo::seq2seq::rnn_attention_preset(name) {
-        return Ok(ModelConfig::RnnAttention(config));
-    }
-    zoo::rnn::preset(name).map(ModelConfig::Rnn).ok_or_else(|| {
-        ZooError::Usage(format!(
-            "unknown preset '{name}'; presets: {}, {}, {}, {}, {}",
-            zoo_gpt::PRESETS.join(", "),
-            zoo::rnn::PRESETS.join(", "),
-            zoo::bert::PRESETS.join(", "),
-            zoo::seq2seq::TRANSFORMER_PRESETS.join(", "),
-            zoo::seq2seq::RNN_ATTENTION_PRESETS.join(", ")
-        ))
-    })
-}
-
-/// The config of a preset name or a recipe file, with the vocabulary size resolved, and the
-/// tokens per training sequence.
-fn resolve_model(
-    model: &str,
-    vocab_size: Option<usize>,
-    data_dir: &DataDir,
-) -> Result<(String, ModelConfig, usize), ZooError> {
-    let path = Path::new(model);
-    let (label, mut config, recipe) =
-        if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
-            let recipe = Recipe::load(path)?;
-            let config = recipe.model_config().map_err(|message| ZooError::Recipe {
-                path: path.to_path_buf(),
-                message,
-            })?;
-            (recipe.name().to_string(), config, Some(recipe))
-        } else {
-            (model.to_string(), any_preset(model)?, None)
-        };
-    if let Some(v) = vocab_size {
-        config.set_vocab_size(v);
-    }
-    if config.vocab_size() == 0 {
-        // The tokenizer decides: build it the way training would.
-        let vocab = match &recipe {
-            Some(recipe) if recipe.init_from.is_some() => {
-                // A fine-tuning run takes the tokenizer of the run it starts from.
-                let from = recipe.init_from.as_ref().expect("checked");
-                ZooTokenizer::load(&from.join("tokenizer.json"))?.vocab_size()
-            }
-            Some(recipe) => {
-                let text = DatasetRegistry::builtin().load_split(
-                    &recipe.data.dataset,
-                    &recipe.data.train_split,
-                    data_dir,
-                )?;
-                let spec = recipe.tokenizer_spec().map_err(ZooError::Usage)?;
-                let added = if recipe.task.is_seq2seq() {
-                    zoo_train::seq2seq::added_tokens(recipe.task)
-                } else {
-                    0
-                };
-                ZooTokenizer::build(spec, &text)?.vocab_size() + added
-            }
-            None => {
-                return Err(ZooError::Usage(format!(
-                    "preset '{model}' takes its vocabulary size from the tokenizer: pass --vocab-size N"
-                )));
-            }
-        };
-        config.set_vocab_size(vocab);
-    }
-    config.validate().map_err(ZooError::Usage)?;
-    let seq_len = match (&recipe, &config) {
-        (Some(recipe), _) => recipe.sequence_len(&config),
-        (None, ModelConfig::Gpt(gpt)) => gpt.block_size,
-        (None, ModelConfig::Rnn(_)) => zoo_train::recipe::DEFAULT_BPTT,
-        (None, ModelConfig::Ngram(ngram)) => ngram.order,
-        (None, ModelConfig::Bert(bert)) => {
-            zoo_train::recipe::DEFAULT_ENCODER_SEQ_LEN.min(bert.max_len)
-        }
-        (None, config @ (ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_))) => {
-            zoo_train::recipe::DEFAULT_SEQ2SEQ_SEQ_LEN.min(config.max_len())
-        }
-    };
-    Ok((label, config, seq_len))
-}
-
-fn info(
-    model: &str,
-    vocab_size: Option<usize>,
-    batch_size: usize,
-    data_dir: &DataDir,
-) -> Result<(), ZooError> {
-    let (label, config, seq_len) = resolve_model(model, vocab_size, data_dir)?;
-    let size = config.size();
-    let mb = |bytes: usize| bytes as f64 / 1e6;
-    let weights = 4 * size.total;
-    println!("model                {label}");
-    let flops_formula = match &config {
-        ModelConfig::Gpt(config) => {
-            println!(
-                "shape                {} layers, {} heads ({} kv), width {}, ff {}, block {}, vocab {}",
-                config.n_layer,
-                config.n_head,
-                config.kv_heads(),
-                config.n_embd,
-                config.ff_width(),
-                config.block_size,
-                config.vocab_size
-            );
-            println!(
-                "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, tied {}, dropout {}",
-                config.position,
-                config.norm,
-                config.norm_placement,
-                config.activation,
-                config.bias,
-                config.tie_weights,
-                config.dropout
-            );
-            "6N + 12·L·d·T"
-        }
-        ModelConfig::Rnn(config) => {
-            println!(
-                "shape                {:?}, {} layers x {} units, embedding {}, vocab {}",
-                config.cell,
-                config.n_layer,
-                config.d_hidden,
-                config.embed_width(),
-                config.vocab_size
-            );
-            println!(
-                "options              tied {}, dropout {}",
-                config.tie_weights, config.dropout
-            );
-            "6 x matrix parameters"
-        }
-        ModelConfig::Bert(config) => {
-            println!(
-                "shape                {} layers, {} heads, width {}, ff {}, max_len {}, vocab {}, {} segment types",
-                config.n_layer,
-                config.n_head,
-                config.d_model,
-                config.ff_width(),
-                config.max_len,
-                config.vocab_size,
-                config.type_vocab_size
-            );
-            println!(
-                "options              norm {:?}, activation {:?}, dropout {}; size counts the encoder and pooler (no head)",
-                config.norm_placement, config.activation, config.dropout
-            );
-            "6N + 12·L·d·T"
-        }
-        ModelConfig::Transformer(config) => {
-            println!(
-                "shape                {} + {} layers, {} heads, width {}, ff {}, max_len {}, vocab {} -> {}",
-                config.n_encoder_layers,
-                config.n_decoder_layers,
-                config.n_head,
-                config.d_model,
-                config.d_ff,
-                config.max_len,
-                config.src_vocab_size,
-                config.tgt_vocab_size
-            );
-            println!(
-                "options              positions {:?}, norm {:?} ({:?}), activation {:?}, bias {}, shared embeddings {}, tied output {}, dropout {}",
-                config.position,
-                config.norm,
-                config.norm_placement,
-                config.activation,
-                config.bias,
-                config.share_embeddings,
-                config.tie_output,
-                config.dropout
-            );
-            "6 x matrix parameters, per source + target token"
-        }
-        ModelConfig::RnnAttention(config) => {
-            println!(
-                "shape                bidirectional {:?} encoder 2 x {}, decoder {}, embeddings {}, {:?} attention, vocab {} -> {}",
-                config.cell,
-                config.d_encoder,
-                config.d_decoder,
-                config.d_embed,
-                config.attention,
-                config.src_vocab_size,
-                config.tgt_vocab_size
-            );
-            println!(
-                "options              tied output {}, dropout {}",
-                config.tie_output, config.dropout
-            );
-            "6 x matrix parameters, per source + target token"
-        }
-        ModelConfig::Ngram(config) => {
-            println!(
-                "shape                interpolated modified Kneser-Ney, order {}, vocab {}",
-                config.order, config.vocab_size
-            );
-            println!(
-                "training             one counting pass over the training split; no parameters"
-            );
-            return Ok(());
-        }
-    };
-    println!(
-        "parameters           {} total, {} non-embedding",
-        size.total, size.non_embedding
-    );
-    println!(
-        "training FLOPs       {:.3} MFLOP per token ({flops_formula}), {:.2} GFLOP per step of {} x {}",
-        size.train_flops_per_token as f64 / 1e6,
-        (size.train_flops_per_token * batch_size * seq_len) as f64 / 1e9,
-        batch_size,
-        seq_len
-    );
-    println!(
-        "training memory      weights {:.1} MB + gradients {:.1} MB + AdamW state {:.1} MB = {:.1} MB (f32, before activations)",
-        mb(weights),
-        mb(weights),
-        mb(2 * weights),
-        mb(4 * weights)
-    );
-    Ok(())
+/// The preset `name` of one family, picked out of the model table's answer by `family`.
+fn family_preset<C>(
+    name: &str,
+    family: &str,
+    pick: fn(ModelConfig) -> Option<C>,
+) -> Result<C, ZooError> {
+    zoo_train::models::preset(name)
+        .ok()
+        .and_then(pick)
+        .ok_or_else(|| {
+            let presets = ARCHITECTURES
+                .iter()
+                .find(|arch| arch.family == family)
+                .map_or(String::new(), |arch| arch.presets.join(", "));
+            ZooError::Usage(format!(
+                "unknown preset '{name}'; {family} presets: {presets}"
+            ))
+        })
 }
 
 fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
-    let mut config = zoo::rnn::preset(&args.preset).ok_or_else(|| {
-        ZooError::Usage(format!(
-            "unknown preset '{}'; recurrent presets: {}",
-            args.preset,
-            zoo::rnn::PRESETS.join(", ")
-        ))
+    let mut config = family_preset(&args.preset, "recurrent", |c| match c {
+        ModelConfig::Rnn(c) => Some(c),
+        _ => None,
     })?;
     config.vocab_size = args.vocab_size;
     config.tie_weights = args.tied;
@@ -977,12 +686,9 @@ fn bench_rnn(args: RnnBench, device: &burn::tensor::Device) -> Result<(), ZooErr
 }
 
 fn bench_bert(args: BertBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
-    let mut config = zoo::bert::preset(&args.preset).ok_or_else(|| {
-        ZooError::Usage(format!(
-            "unknown preset '{}'; BERT presets: {}",
-            args.preset,
-            zoo::bert::PRESETS.join(", ")
-        ))
+    let mut config = family_preset(&args.preset, "BERT", |c| match c {
+        ModelConfig::Bert(c) => Some(c),
+        _ => None,
     })?;
     config.vocab_size = args.vocab_size;
     if args.steps == 0 || args.batch_size == 0 || !(1..=config.max_len).contains(&args.seq_len) {
@@ -1016,7 +722,10 @@ fn bench_bert(args: BertBench, device: &burn::tensor::Device) -> Result<(), ZooE
 }
 
 fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
-    let mut config = preset_config(&args.preset)?;
+    let mut config = family_preset(&args.preset, "GPT", |c| match c {
+        ModelConfig::Gpt(c) => Some(c),
+        _ => None,
+    })?;
     config.dropout = 0.0;
     if let Some(block) = args.block_size {
         config.block_size = block;

@@ -563,7 +563,9 @@ fn encoder_weights(run: &Path) -> Vec<Vec<f32>> {
             );
         }
     }
-    let loaded = zoo::train::encoder::load_encoder_run(run, &burn::tensor::Device::flex()).unwrap();
+    let loaded =
+        zoo::train::tasks::encoder::run::load_encoder_run(run, None, &burn::tensor::Device::flex())
+            .unwrap();
     let mut collect = Collect(Vec::new());
     loaded.model.encoder.embeddings.visit(&mut collect);
     loaded.model.encoder.layers.visit(&mut collect);
@@ -740,6 +742,45 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     );
     let refused = zoo(&["train", "wide.toml"], &dir);
     assert_clean_error(&refused, 1, &["wide.toml", "init_from", "d_model = 64"]);
+}
+
+/// `schedule.plateau_divisor` anneals every task's learning rate, not only a language model's.
+/// Here a masked-LM encoder whose rate (1e-30, everything but the head frozen, no weight decay)
+/// is too small to move any weight by a float's step: every validation loss after the first is
+/// no better than the best, so each divides the next interval's rate by 4.
+#[test]
+fn a_plateau_divides_an_encoders_learning_rate() {
+    let dir = scratch("plateau");
+    let recipe = TINY_MLM
+        .replace(
+            "lr = 2e-3",
+            "lr = 1e-30\nweight_decay = 0.0\n\n[schedule]\nplateau_divisor = 4.0",
+        )
+        .replace(
+            "steps = 20",
+            "steps = 40\nfreeze_embeddings = true\nfreeze_layers = 2",
+        );
+    write(&dir, "still.toml", &recipe);
+    let out = zoo(&["train", "still.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.join("runs/still");
+    let losses = val_losses(&run);
+    assert_eq!(losses.len(), 4, "{losses:?}");
+    assert!(
+        losses.iter().all(|(_, loss)| *loss == losses[0].1),
+        "the weights should not move: {losses:?}"
+    );
+    let rates: Vec<f64> = metrics(&run)
+        .into_iter()
+        .filter(|m| m["split"] == "train")
+        .map(|m| m["learning_rate"].as_f64().unwrap())
+        .collect();
+    // The first validation sets the best; the second and third divide.
+    let ratios: Vec<f64> = rates.windows(2).map(|w| w[1] / w[0]).collect();
+    assert_eq!(rates.len(), 4, "{rates:?}");
+    for (ratio, expected) in ratios.iter().zip([1.0, 0.25, 0.25]) {
+        assert!((ratio - expected).abs() < 1e-9, "{rates:?}");
+    }
 }
 
 fn scores(run: &Path) -> Vec<serde_json::Value> {

@@ -18,6 +18,7 @@ use burn::nn::{
 use burn::tensor::activation::{softmax, tanh};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::ModelSize;
 use zoo_blocks::kernels::gelu;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
@@ -221,14 +222,15 @@ impl BertConfig {
             .init(device)
     }
 
-    /// Parameters of the encoder and pooler (HF's `BertModel`; bert-base: 109,482,240), and
-    /// the FLOPs to train on one token of a `seq_len`-token sequence.
-    pub fn encoder_size(&self, seq_len: usize) -> (usize, usize) {
+    /// Parameters of the encoder and pooler (HF's `BertModel`; bert-base: 109,482,240; no task
+    /// head), and the FLOPs to train on one token of a `seq_len`-token sequence.
+    pub fn size(&self, seq_len: usize) -> ModelSize {
         let d = self.d_model;
         let ff = self.ff_width();
         let norm = 2 * d;
         let per_layer = (d * 3 * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * norm;
-        let embeddings = (self.vocab_size + self.max_len + self.type_vocab_size) * d + norm;
+        let embedding_matrices = (self.vocab_size + self.max_len + self.type_vocab_size) * d;
+        let embeddings = embedding_matrices + norm;
         let final_norm = if self.norm_placement == NormPlacement::Pre {
             norm
         } else {
@@ -236,9 +238,12 @@ impl BertConfig {
         };
         let pooler = d * d + d;
         let total = embeddings + self.n_layer * per_layer + final_norm + pooler;
-        // 6 FLOPs per matmul parameter per token, plus scores and weighted sums (12 L d T).
-        let flops = 6 * self.n_layer * per_layer + 12 * self.n_layer * d * seq_len;
-        (total, flops)
+        ModelSize {
+            total,
+            non_embedding: total - embedding_matrices,
+            // 6 FLOPs per matmul parameter per token, plus scores and weighted sums (12 L d T).
+            train_flops_per_token: 6 * self.n_layer * per_layer + 12 * self.n_layer * d * seq_len,
+        }
     }
 }
 
@@ -749,10 +754,10 @@ mod tests {
             vocab_size: 30522,
             ..crate::preset("bert-base").unwrap()
         };
-        assert_eq!(config.encoder_size(128).0, 109_482_240);
+        assert_eq!(config.size(128).total, 109_482_240);
         let small = tiny(50);
         let model = small.init_encoder(&device()).unwrap();
-        assert_eq!(model.num_params(), small.encoder_size(16).0);
+        assert_eq!(model.num_params(), small.size(16).total);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod norm;
 pub mod positions;
 pub mod recurrent;
+pub mod size;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,3 +28,4 @@ pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use norm::{Norm, NormKind, NormPlacement};
 pub use positions::{AbsolutePositions, PositionKind, RelativePositionBias, Rotary, alibi_slopes};
 pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState};
+pub use size::ModelSize;

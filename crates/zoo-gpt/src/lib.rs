@@ -3,5 +3,5 @@
 pub mod model;
 pub mod presets;
 
-pub use model::{Gpt, GptCache, GptConfig, ModelSize};
+pub use model::{Gpt, GptCache, GptConfig};
 pub use presets::{PRESETS, preset};

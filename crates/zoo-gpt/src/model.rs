@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::ModelSize;
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
@@ -222,17 +223,6 @@ impl GptConfig {
             train_flops_per_token: 6 * matmul_params + attention_flops,
         }
     }
-}
-
-/// What [`GptConfig::size`] reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct ModelSize {
-    /// Every parameter.
-    pub total: usize,
-    /// Without the token and position embedding matrices.
-    pub non_embedding: usize,
-    /// FLOPs to train on one token (forward and backward) at full context.
-    pub train_flops_per_token: usize,
 }
 
 /// One transformer block: attention then feed-forward, each a residual branch.

@@ -3,5 +3,5 @@
 pub mod model;
 pub mod presets;
 
-pub use model::{RnnConfig, RnnLm, RnnSize, RnnState};
+pub use model::{RnnConfig, RnnLm, RnnState};
 pub use presets::{PRESETS, preset};

@@ -12,6 +12,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::ModelSize;
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::kernels::matmul_weight;
 use zoo_blocks::loss::cross_entropy;
@@ -49,17 +50,6 @@ impl Default for RnnConfig {
             tie_weights: false,
         }
     }
-}
-
-/// Parameter counts and compute per token of a recurrent LM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RnnSize {
-    /// Every parameter.
-    pub total: usize,
-    /// Without the embedding matrix (and without the decoder when it is the same matrix).
-    pub non_embedding: usize,
-    /// FLOPs to train on one token: forward and backward through every matrix product.
-    pub train_flops_per_token: usize,
 }
 
 impl RnnConfig {
@@ -129,7 +119,7 @@ impl RnnConfig {
     }
 
     /// Parameter counts and compute per token, from the shapes alone.
-    pub fn size(&self) -> RnnSize {
+    pub fn size(&self) -> ModelSize {
         let (v, h) = (self.vocab_size, self.d_hidden);
         let gates = self.cell.gates();
         let recurrent: usize = (0..self.n_layer)
@@ -146,7 +136,7 @@ impl RnnConfig {
             .map(|i| gates * h * (self.layer(i).d_input + h))
             .sum::<usize>()
             + h * v;
-        RnnSize {
+        ModelSize {
             total: embedding + recurrent + decoder + v,
             non_embedding: recurrent + v,
             train_flops_per_token: 6 * matmul_params,

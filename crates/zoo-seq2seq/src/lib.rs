@@ -15,7 +15,7 @@ pub use presets::{
     RNN_ATTENTION_PRESETS, TRANSFORMER_PRESETS, rnn_attention_preset, transformer_preset,
 };
 pub use rnn::{AttentionKind, RnnAttention, RnnAttentionConfig, RnnAttentionState};
-pub use transformer::{Positions, Seq2SeqSize, Transformer, TransformerConfig, TransformerState};
+pub use transformer::{Positions, Transformer, TransformerConfig, TransformerState};
 
 /// Either encoder-decoder family, as a training run holds it.
 #[derive(Module, Debug)]

@@ -17,13 +17,13 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{softmax, tanh};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::ModelSize;
 use zoo_blocks::kernels::linear;
 use zoo_blocks::{
     CellKind, Recurrent, RecurrentConfig, RecurrentState, TokenEmbedding, TokenEmbeddingConfig,
 };
 
 use crate::decoding::EncoderDecoder;
-use crate::transformer::Seq2SeqSize;
 
 /// How the decoder scores annotations.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -122,7 +122,7 @@ impl RnnAttentionConfig {
     }
 
     /// Parameter counts and training compute, from the shapes alone.
-    pub fn size(&self) -> Seq2SeqSize {
+    pub fn size(&self) -> ModelSize {
         let (cell_input, combined, key_width) = self.widths();
         let gates = self.cell.gates();
         let recurrent = |d_in: usize, h: usize| {
@@ -160,7 +160,7 @@ impl RnnAttentionConfig {
             + decoder
             + 16 * (2 * self.d_encoder + key_width)
             + self.d_embed * self.tgt_vocab_size;
-        Seq2SeqSize {
+        ModelSize {
             total: non_embedding + embeddings,
             non_embedding,
             train_flops_per_token: 6 * per_token,

@@ -11,6 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use zoo_blocks::ModelSize;
 use zoo_blocks::{
     AbsolutePositions, Activation, AttentionCache, CrossAttention, CrossAttentionConfig,
     FeedForward, FeedForwardConfig, MemoryKeys, Norm, NormKind, NormPlacement, PositionKind,
@@ -252,7 +253,7 @@ impl TransformerConfig {
     }
 
     /// Parameter counts and training compute, from the shapes alone.
-    pub fn size(&self) -> Seq2SeqSize {
+    pub fn size(&self) -> ModelSize {
         let (d, ff) = (self.d_model, self.d_ff);
         let bias = self.bias as usize;
         let norm = match self.norm {
@@ -286,7 +287,7 @@ impl TransformerConfig {
             } else {
                 self.src_vocab_size * d
             };
-        Seq2SeqSize {
+        ModelSize {
             total: non_embedding + embeddings,
             non_embedding,
             // 6 FLOPs per weight per token for forward and backward, taking one source and one
@@ -295,18 +296,6 @@ impl TransformerConfig {
             train_flops_per_token: 6 * (layers + d * self.tgt_vocab_size),
         }
     }
-}
-
-/// What [`TransformerConfig::size`] and [`RnnAttentionConfig::size`](crate::RnnAttentionConfig::size)
-/// report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seq2SeqSize {
-    /// Every parameter.
-    pub total: usize,
-    /// Without the token embedding matrices.
-    pub non_embedding: usize,
-    /// Approximate FLOPs to train on one source token and one target token.
-    pub train_flops_per_token: usize,
 }
 
 /// `x + f(norm(x))` (pre-norm) or `norm(x + f(x))` (post-norm).

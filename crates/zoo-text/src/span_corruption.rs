@@ -16,6 +16,9 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+/// Sentinels a span-corruption vocabulary carries (`<extra_id_0>` to `<extra_id_99>`, as T5's).
+pub const SENTINELS: usize = 100;
+
 /// The objective's rates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpanCorruption {

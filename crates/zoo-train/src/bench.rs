@@ -1,9 +1,11 @@
-//! Throughput benchmarks: they print figures; nothing here asserts a time.
+//! Throughput benchmarks: they print figures; nothing here asserts a time. `zoo bench scaling`
+//! measures each point in a child process of its own (see [`scaling`]).
 
 use crate::ZooError;
-use crate::lm::gradients;
-use crate::optim::AdamW;
+use crate::launcher::Launcher;
 use crate::plot::{Axis, Legend, Plot, Series};
+use crate::runtime::optim::AdamW;
+use crate::runtime::step::gradients;
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
@@ -311,7 +313,7 @@ pub fn scaling_point(
     steps: usize,
     device: &Device,
 ) -> Result<ScalingPoint, String> {
-    use crate::summary::{peak_rss_bytes, reset_peak_rss, rss_bytes};
+    use crate::runtime::summary::{peak_rss_bytes, reset_peak_rss, rss_bytes};
     let start_rss = rss_bytes();
     let measured = reset_peak_rss();
     let above_start = || -> Option<f64> {
@@ -484,4 +486,78 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
     )
     .map_err(|e| ZooError::io(&md, e))?;
     Ok(table)
+}
+
+/// `zoo bench scaling`: every point of `archs` at `seq_lens` (batches of `batch` sequences,
+/// `steps` timed passes and steps each), each measured by a child `zoo bench scaling-point` so
+/// that its peak memory is its own, then the report in `out_dir` (see [`scaling_report`]).
+/// Prints a line per point as it goes; returns the table.
+pub fn scaling(
+    archs: &[String],
+    seq_lens: &[usize],
+    batch: usize,
+    steps: usize,
+    out_dir: &Path,
+    launcher: &Launcher,
+) -> Result<String, ZooError> {
+    for arch in archs {
+        if !SCALING_ARCHS.contains(&arch.as_str()) {
+            return Err(ZooError::Usage(format!(
+                "--archs: unknown architecture '{arch}' (choose among {})",
+                SCALING_ARCHS.join(", ")
+            )));
+        }
+    }
+    if seq_lens.contains(&0) || steps == 0 {
+        return Err(ZooError::Usage(
+            "--seq-lens and --steps must be positive".into(),
+        ));
+    }
+    let mut points = Vec::new();
+    for arch in archs {
+        for &seq_len in seq_lens {
+            let output = launcher
+                .command(["bench", "scaling-point", "--arch", arch])
+                .args([
+                    "--seq-len",
+                    &seq_len.to_string(),
+                    "--batch",
+                    &batch.to_string(),
+                ])
+                .args(["--steps", &steps.to_string()])
+                .output()
+                .map_err(|e| ZooError::Usage(format!("cannot start a benchmark process: {e}")))?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let point: ScalingPoint = text
+                .lines()
+                .last()
+                .and_then(|line| serde_json::from_str(line).ok())
+                .filter(|_| output.status.success())
+                .ok_or_else(|| {
+                    ZooError::Training(format!(
+                        "{arch} at length {seq_len} failed: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ))
+                })?;
+            println!(
+                "{arch:>4} len {seq_len:>5} x {batch:>3}: forward {:>9.2} ms/seq, training {:>9.2} ms/seq, training memory {} MiB",
+                point.forward_ms_per_seq,
+                point.train_ms_per_seq,
+                point.train_mib.map_or("-".into(), |m| format!("{m:.2}"))
+            );
+            points.push(point);
+        }
+    }
+    scaling_report(&points, out_dir)
+}
+
+/// The scaling report redrawn from `out_dir`'s `scaling.json`, measuring nothing; returns the
+/// table.
+pub fn scaling_report_again(out_dir: &Path) -> Result<String, ZooError> {
+    let path = out_dir.join("scaling.json");
+    let points: Vec<ScalingPoint> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .ok_or_else(|| ZooError::Usage(format!("{} is missing or unreadable", path.display())))?;
+    scaling_report(&points, out_dir)
 }

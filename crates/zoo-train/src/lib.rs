@@ -1,20 +1,38 @@
 //! The zoo's training runtime: recipes (TOML files naming model, tokenizer, data, optimiser,
 //! schedule and budget), training on burn-train's `SupervisedTraining` with checkpoints that
-//! resume, evaluation, generation, model summaries and throughput benchmarks.
+//! resume, evaluation, generation, comparisons on equal budgets and throughput benchmarks.
+//!
+//! The crate is built in layers. Each layer imports only the layers below it, never one above
+//! and never a sibling of its own layer (a task never imports another task):
+//!
+//! ```text
+//! 4  dispatch   train / evaluate: picks the task module from the recipe or run directory
+//!    compare    recipes on one shared budget, reports and plots
+//!    bench      throughput and scaling benchmarks
+//!    info       what a preset or recipe costs
+//!    launcher   child `zoo` processes (compare's runs, the scaling benchmark's points)
+//! 3  tasks/     one module per task, each on the runtime: lm (GPT, RNN, n-gram), encoder
+//!               (BERT pretraining and fine-tuning), seq2seq (encoder-decoders)
+//! 2  runtime/   what every task's training shares and no task names: budget and plan, the run
+//!               directory and its checkpoints, optimiser, schedules, the gradient step, batch
+//!               loaders, metrics, logging, the summary, and the training session
+//! 1  recipe/    the recipe: its schema (mod.rs) and its validation (validate.rs)
+//! 0  models     the model table: architectures, presets and tasks, `ModelConfig`, `ModelSize`
+//!    plot       SVG line plots
+//! ```
+//!
+//! Adding a task means one module under `tasks/` and one match arm in `dispatch`.
 
 pub mod bench;
 pub mod compare;
-pub mod data;
-pub mod encoder;
-pub mod lm;
-pub mod metrics;
-pub mod optim;
+pub mod dispatch;
+pub mod info;
+pub mod launcher;
+pub mod models;
 pub mod plot;
 pub mod recipe;
-pub mod run;
-pub mod schedule;
-pub mod seq2seq;
-pub mod summary;
+pub mod runtime;
+pub mod tasks;
 
 pub use recipe::Recipe;
 
@@ -71,6 +89,22 @@ impl ZooError {
         ZooError::Io {
             path: path.into(),
             message: e.to_string(),
+        }
+    }
+
+    /// A problem with the recipe at `path`.
+    pub(crate) fn recipe(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ZooError::Recipe {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the run directory at `path`.
+    pub(crate) fn run_dir(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ZooError::RunDir {
+            path: path.into(),
+            message: message.into(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! What the fused recurrent kernels (`lstm.rs`, `gru.rs`) share: the shape of a sequence, the
 //! gate non-linearities, and the recurrent weights' gradient over all steps.
 
-use super::exp_f32;
 use super::strided::{Matrix, gemm_parallel};
+use crate::kernels::exp_f32;
 
 /// `batch` sequences of `len` steps through `hidden` units.
 #[derive(Clone, Copy, Debug)]

@@ -5,8 +5,13 @@
 //! decay only touches parameters of rank 2 and up (weight matrices and embeddings), never gains
 //! and biases: nanoGPT's `configure_optimizers` rule, which HF transformers follows too.
 //! The state is Burn's `AdaptiveMomentumState`, so checkpoints keep their layout.
+//!
+//! [`build_optimizer`] makes a recipe's `[optimizer]`: this AdamW, or Burn's SGD.
 
-use burn::optim::{AdaptiveMomentumState, LearningRate, Optimizer};
+use crate::recipe::{OptimizerKind, Recipe};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, SgdConfig};
 use burn::tensor::{Device, Tensor};
 use zoo_blocks::kernels::{AdamWStep, adamw};
 
@@ -51,6 +56,28 @@ impl Optimizer for AdamW {
         state.moment_1 = state.moment_1.to_device(device);
         state.moment_2 = state.moment_2.to_device(device);
         state
+    }
+}
+
+/// The recipe's optimiser.
+pub fn build_optimizer(recipe: &Recipe) -> ModuleOptimizer {
+    let o = &recipe.optimizer;
+    match o.kind {
+        OptimizerKind::Adamw => AdamW {
+            beta_1: o.beta1 as f32,
+            beta_2: o.beta2 as f32,
+            epsilon: o.eps as f32,
+            weight_decay: o.weight_decay as f32,
+        }
+        .into(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay(
+                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+            )
+            .with_momentum(
+                (o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)),
+            )
+            .init(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The fused causal-attention kernels behind [`super::causal_attention`] and
-//! [`super::causal_attention_packed`],
+//! The fused causal-attention kernels behind [`crate::kernels::causal_attention`] and
+//! [`crate::kernels::causal_attention_packed`],
 //! one head at a time. Each head's `[len, dim]` query, key, value and output matrices are read and
 //! written where they lie (described by [`Heads`]), so the packed QKV projection's output needs no
 //! splitting or transposing, and the gradient lands packed the same way. The forward keeps each

@@ -1,4 +1,4 @@
-//! The fused GRU kernels behind [`super::gru_sequence`], as the LSTM's (`lstm.rs`): a whole
+//! The fused GRU kernels behind [`crate::kernels::gru_sequence`], as the LSTM's (`lstm.rs`): a whole
 //! sequence of one layer forward and backward through time, one product per step for the hidden
 //! state times all three gates' recurrent weights (packed once per pass), the recurrent weights'
 //! gradient in one gemm at the end. Gate order is PyTorch's `(r, z, n)`; the candidate's

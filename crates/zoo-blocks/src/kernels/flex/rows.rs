@@ -3,7 +3,7 @@
 //! has is picked at run time: the baseline alone leaves these loops 4 floats wide and without
 //! fused multiply-adds.
 
-use super::{erf_f32, exp_f32};
+use crate::kernels::{erf_f32, exp_f32};
 
 /// The largest of `xs` (−∞ when empty), in sixteen lanes so that it vectorises.
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! The fused LSTM kernels behind [`super::lstm_sequence`]: a whole sequence of one layer, forward
+//! The fused LSTM kernels behind [`crate::kernels::lstm_sequence`]: a whole sequence of one layer, forward
 //! and backward through time, on plain slices. Per time step one product multiplies the hidden
 //! state by all four gates' recurrent weights (packed once per pass, see `sequence::Packed`;
 //! added onto the precomputed input part), then one pass over `[batch, hidden]` applies the gates.

@@ -4,10 +4,11 @@
 
 use crate::ZooError;
 use crate::recipe::Recipe;
-use crate::run::{StepCost, read_metrics};
+use crate::runtime::budget::StepCost;
+use crate::runtime::run_dir::read_metrics;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use zoo_gpt::ModelSize;
+use zoo_blocks::ModelSize;
 
 /// The file in a run directory.
 pub const SUMMARY_FILE: &str = "summary.json";

@@ -1,23 +1,15 @@
-//! burn-train data loaders: one loader serves any source of numbered batches (token windows
-//! for language models, encoder inputs for BERT), epoch by epoch, resumable.
+//! burn-train data loaders: one loader serves any source of numbered batches (a task's token
+//! windows, encoder inputs, sentence pairs), epoch by epoch, resumable; and the seeded random
+//! streams sources draw their orders and masks from, so that a batch is a function of the seed
+//! and its number.
 
-use crate::lm::LmBatch;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use zoo_text::batcher::WindowBatch;
-use zoo_text::{RandomWindows, Streams};
-
-/// Where a loader's windows come from.
-#[derive(Clone)]
-pub enum Windows {
-    /// nanoGPT-style random windows (GPT).
-    Random(RandomWindows),
-    /// Contiguous streams read front to back (recurrent models); the state carries across.
-    Streams(Streams),
-}
 
 /// Where a loader's batches come from: batch `index` of `epoch` is a pure function of the
 /// numbers, so a resumed run draws what it would have drawn.
@@ -31,28 +23,6 @@ pub trait BatchSource: Clone + Send + Sync + 'static {
 
     /// Batches in one validation when the recipe asks for `requested`.
     fn validation_batches(&self, requested: usize) -> usize;
-}
-
-impl BatchSource for Windows {
-    type Batch = LmBatch;
-
-    fn batch(&self, epoch: usize, index: usize, per_epoch: usize, device: &Device) -> LmBatch {
-        match self {
-            Windows::Random(windows) => to_tensors(windows.batch(epoch, index), false, device),
-            Windows::Streams(streams) => {
-                // Count windows through the whole run and wrap around at the end of each pass.
-                let window = (epoch * per_epoch + index) % streams.windows();
-                to_tensors(streams.window(window), window == 0, device)
-            }
-        }
-    }
-
-    fn validation_batches(&self, requested: usize) -> usize {
-        match self {
-            Windows::Random(_) => requested,
-            Windows::Streams(streams) => streams.windows(),
-        }
-    }
 }
 
 /// What a batch source derives for one pass over its examples (their order, its batches),
@@ -80,9 +50,6 @@ impl<T> PerPass<T> {
         value
     }
 }
-
-/// A loader of token windows.
-pub type WindowLoader = StepLoader<Windows>;
 
 /// Serves a [`BatchSource`] to burn-train, `batches_per_epoch` micro-batches per epoch.
 ///
@@ -138,22 +105,6 @@ impl<S: BatchSource> StepLoader<S> {
                 .min(self.batches_per_epoch),
             None => self.batches_per_epoch,
         }
-    }
-}
-
-/// Moves a host batch onto `device` as `[batch, block]` id tensors.
-pub fn to_tensors(batch: WindowBatch, reset: bool, device: &Device) -> LmBatch {
-    let shape = [batch.batch_size, batch.block_size];
-    let ids = |v: Vec<u32>| {
-        Tensor::<2, Int>::from_data(
-            TensorData::new(v.into_iter().map(|t| t as i64).collect::<Vec<_>>(), shape),
-            device,
-        )
-    };
-    LmBatch {
-        inputs: ids(batch.inputs),
-        targets: ids(batch.targets),
-        reset,
     }
 }
 
@@ -225,72 +176,70 @@ impl<S: BatchSource> DataLoader<S::Batch> for StepLoader<S> {
     }
 }
 
+/// A generator for stream `(a, b)` of `seed` (SplitMix64's finaliser over the three).
+pub fn stream(seed: u64, a: u64, b: u64) -> StdRng {
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn windows() -> Windows {
-        Windows::Random(RandomWindows::new(Arc::new((0..500).collect()), 8, 2, 1).unwrap())
+    /// Batch `(pass-wide number, epoch, index)`: what a loader asked for.
+    #[derive(Clone)]
+    struct Numbered;
+
+    impl BatchSource for Numbered {
+        type Batch = (usize, usize, usize);
+
+        fn batch(&self, epoch: usize, index: usize, per_epoch: usize, _: &Device) -> Self::Batch {
+            (epoch * per_epoch + index, epoch, index)
+        }
+
+        fn validation_batches(&self, requested: usize) -> usize {
+            requested
+        }
     }
 
-    fn first_inputs(loader: &WindowLoader) -> Vec<Vec<i64>> {
-        loader
-            .iter()
-            .map(|b| {
-                b.unwrap()
-                    .inputs
-                    .into_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>()
-                    .unwrap()
-            })
-            .collect()
+    fn epoch(loader: &StepLoader<Numbered>) -> Vec<(usize, usize, usize)> {
+        loader.iter().map(|b| b.unwrap()).collect()
     }
 
     #[test]
     fn a_resumed_loader_continues_the_same_stream() {
         let device = Device::flex();
-        let fresh = WindowLoader::training(windows(), 3, 100, 0, &device);
-        let _epoch0 = first_inputs(&fresh);
-        let epoch1 = first_inputs(&fresh);
-        let resumed = WindowLoader::training(windows(), 3, 100, 1, &device);
-        assert_eq!(first_inputs(&resumed), epoch1);
+        let fresh = StepLoader::training(Numbered, 3, 100, 0, &device);
+        let _epoch0 = epoch(&fresh);
+        let epoch1 = epoch(&fresh);
+        assert_eq!(epoch1, [(3, 1, 0), (4, 1, 1), (5, 1, 2)]);
+        let resumed = StepLoader::training(Numbered, 3, 100, 1, &device);
+        assert_eq!(epoch(&resumed), epoch1);
     }
 
     #[test]
     fn the_last_epoch_is_cut_to_the_budget() {
-        let loader = WindowLoader::training(windows(), 4, 10, 0, &Device::flex());
+        let loader = StepLoader::training(Numbered, 4, 10, 0, &Device::flex());
         let sizes: Vec<usize> = (0..3).map(|_| loader.iter().count()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
     }
 
     #[test]
     fn validation_batches_are_the_same_every_time() {
-        let loader = WindowLoader::validation(windows(), 3, &Device::flex());
-        assert_eq!(first_inputs(&loader), first_inputs(&loader));
+        let loader = StepLoader::validation(Numbered, 3, &Device::flex());
+        assert_eq!(epoch(&loader), epoch(&loader));
+        assert_eq!(epoch(&loader).len(), 3);
     }
 
     #[test]
-    fn streams_continue_across_epochs_and_reset_at_each_pass() {
-        // 2 streams of 50 tokens in windows of 10: 5 windows per pass.
-        let streams = Streams::new(Arc::new((0..100).collect()), 2, 10).unwrap();
-        let loader = WindowLoader::training(Windows::Streams(streams), 3, 12, 0, &Device::flex());
-        let mut resets = Vec::new();
-        let mut firsts = Vec::new();
-        for _ in 0..4 {
-            for batch in loader.iter() {
-                let batch = batch.unwrap();
-                resets.push(batch.reset);
-                let inputs = batch
-                    .inputs
-                    .into_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>();
-                firsts.push(inputs.unwrap()[0]);
-            }
-        }
-        assert_eq!(firsts, [0, 10, 20, 30, 40, 0, 10, 20, 30, 40, 0, 10]);
-        let expected: Vec<bool> = firsts.iter().map(|&f| f == 0).collect();
-        assert_eq!(resets, expected);
+    fn streams_of_different_numbers_differ_and_repeat() {
+        use rand::Rng;
+        let draw = |a, b| stream(7, a, b).random::<u64>();
+        assert_eq!(draw(1, 2), draw(1, 2));
+        assert_ne!(draw(1, 2), draw(2, 1));
+        assert_ne!(draw(1, 2), draw(1, 3));
     }
 }

@@ -1,0 +1,471 @@
+//! The autodiff side of [`ZooOps`](super::ZooOps): for each op a backward step that calls the
+//! op's `_backward` kernel on the inner backend, so our kernels train as Burn's ops do.
+
+use super::{AdamWStep, ZooOps};
+use burn::backend::Backend;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
+use burn_autodiff::{Autodiff, NodeId};
+
+#[derive(Debug)]
+struct ZooGelu;
+
+impl<B: Backend + ZooOps> Backward<B, 1> for ZooGelu {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let input = checkpointer.retrieve_node_output(ops.state);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::zoo_gelu_backward(input, grad)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct ZooCausalAttention;
+
+type AttentionState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    f32,
+);
+
+impl<B: Backend + ZooOps> Backward<B, 3> for ZooCausalAttention {
+    type State = AttentionState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, out, probs, scale) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let (dq, dk, dv) = B::zoo_causal_attention_backward(q, k, v, out, probs, grad, scale);
+        for (parent, gradient) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ZooPackedAttention;
+
+/// Packed projection, output, probabilities, query heads, key/value heads, scale.
+type PackedAttentionState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    usize,
+    usize,
+    f32,
+);
+
+impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
+    type State = PackedAttentionState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (qkv, out, probs, n_heads, n_kv_heads, scale) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::zoo_causal_attention_packed_backward(
+                qkv, out, probs, grad, n_heads, n_kv_heads, scale,
+            )
+        });
+    }
+}
+
+#[derive(Debug)]
+struct ZooCrossEntropy;
+
+/// Logits, targets and the rows' log-sum-exp.
+type CrossEntropyState<B> = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
+    type State = CrossEntropyState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (logits, targets, lse) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::zoo_cross_entropy_backward(logits, targets, lse, grad)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct ZooGru;
+
+/// Recurrent weights, starting state, output, gates and candidate recurrent parts.
+type GruState<B> = [FloatTensor<B>; 5];
+
+impl<B: Backend + ZooOps> Backward<B, 4> for ZooGru {
+    type State = GruState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [weight, h0, y, gates, hn] = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let (dx, dw, db, dh0) = B::zoo_gru_backward(weight, h0, y, gates, hn, grad);
+        for (parent, gradient) in ops.parents.into_iter().zip([dx, dw, db, dh0]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ZooLstm;
+
+/// Recurrent weights, starting hidden and cell states, output, gates and cells.
+type LstmState<B> = [FloatTensor<B>; 6];
+
+impl<B: Backend + ZooOps> Backward<B, 4> for ZooLstm {
+    type State = LstmState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [weight, h0, c0, y, gates, cells] = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let (dx, dw, dh0, dc0) = B::zoo_lstm_backward(weight, h0, c0, y, gates, cells, grad);
+        for (parent, gradient) in ops.parents.into_iter().zip([dx, dw, dh0, dc0]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ZooMatmul;
+
+impl<B: Backend + ZooOps> Backward<B, 2> for ZooMatmul {
+    /// The left operand when the right one needs its gradient, and the other way round.
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let (lhs, rhs) = ops.state;
+        let lhs = lhs.map(|lhs| checkpointer.retrieve_node_output(lhs));
+        let rhs = rhs.map(|rhs| checkpointer.retrieve_node_output(rhs));
+        // Transposes are views on flex: gemm reads them in place.
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| B::zoo_matmul(grad, B::float_transpose(rhs.unwrap())),
+            |grad| B::zoo_matmul(B::float_transpose(lhs.unwrap()), grad),
+        );
+    }
+}
+
+#[derive(Debug)]
+struct ZooLayerNorm;
+
+/// Input, gain, row means and row reciprocal standard deviations.
+type LayerNormState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+);
+
+impl<B: Backend + ZooOps> Backward<B, 3> for ZooLayerNorm {
+    type State = LayerNormState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, mean, rstd) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let (dx, dgamma, dbeta) = B::zoo_layer_norm_backward(x, gamma, mean, rstd, grad);
+        for (parent, gradient) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
+    fn zoo_causal_attention_packed(
+        qkv: FloatTensor<Self>,
+        n_heads: usize,
+        n_kv_heads: usize,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let packed = qkv.primitive().clone();
+        let (out, probs) =
+            B::zoo_causal_attention_packed(packed.clone(), n_heads, n_kv_heads, scale);
+        // The probabilities leave as a constant: nothing differentiates through them.
+        let probs_leaf = FloatTensor::<Self>::new(probs.clone());
+        let out = match ZooPackedAttention
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (packed, out.clone(), probs, n_heads, n_kv_heads, scale);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, probs_leaf)
+    }
+
+    fn zoo_causal_attention_packed_backward(
+        _qkv: FloatTensor<Self>,
+        _out: FloatTensor<Self>,
+        _probs: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+        _n_heads: usize,
+        _n_kv_heads: usize,
+        _scale: f32,
+    ) -> FloatTensor<Self> {
+        panic!(
+            "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+        )
+    }
+
+    fn zoo_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // An optimizer update is never differentiated: it runs on the inner tensors.
+        let (p, m, v) = B::zoo_adamw(
+            param.into_primitive(),
+            grad.into_primitive(),
+            moment_1.into_primitive(),
+            moment_2.into_primitive(),
+            step,
+        );
+        (
+            FloatTensor::<Self>::new(p),
+            FloatTensor::<Self>::new(m),
+            FloatTensor::<Self>::new(v),
+        )
+    }
+
+    fn zoo_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let values = logits.primitive().clone();
+        let (loss, lse) = B::zoo_cross_entropy(values.clone(), targets.clone());
+        let lse_leaf = FloatTensor::<Self>::new(lse.clone());
+        let loss = match ZooCrossEntropy
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((values, targets, lse), loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        };
+        (loss, lse_leaf)
+    }
+
+    fn zoo_cross_entropy_backward(
+        _logits: FloatTensor<Self>,
+        _targets: IntTensor<Self>,
+        _log_sum_exp: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        panic!(
+            "zoo's cross-entropy has no second-order gradient; its backward runs on the inner backend"
+        )
+    }
+
+    fn zoo_gru(
+        x_proj: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [x, w, b, h0p] = [&x_proj, &weight, &bias, &h0].map(|t| t.primitive().clone());
+        let (y, gates, hn) = B::zoo_gru(x, w.clone(), b, h0p.clone());
+        // Gates and candidate parts leave as constants: nothing differentiates through them.
+        let saved = (
+            FloatTensor::<Self>::new(gates.clone()),
+            FloatTensor::<Self>::new(hn.clone()),
+        );
+        let y = match ZooGru
+            .prepare::<C>([x_proj.node(), weight.node(), bias.node(), h0.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish([w, h0p, y.clone(), gates, hn], y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, saved.0, saved.1)
+    }
+
+    fn zoo_gru_backward(
+        _weight: FloatTensor<Self>,
+        _h0: FloatTensor<Self>,
+        _y: FloatTensor<Self>,
+        _gates: FloatTensor<Self>,
+        _hn: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        panic!("zoo's GRU has no second-order gradient; its backward runs on the inner backend")
+    }
+
+    fn zoo_lstm(
+        x_proj: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let inputs = [&x_proj, &weight, &h0, &c0].map(|t| t.primitive().clone());
+        let [x, w, h0p, c0p] = inputs;
+        let (y, gates, cells) = B::zoo_lstm(x, w.clone(), h0p.clone(), c0p.clone());
+        // Gates and cells leave as constants: nothing differentiates through them.
+        let saved = (
+            FloatTensor::<Self>::new(gates.clone()),
+            FloatTensor::<Self>::new(cells.clone()),
+        );
+        let y = match ZooLstm
+            .prepare::<C>([x_proj.node(), weight.node(), h0.node(), c0.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish([w, h0p, c0p, y.clone(), gates, cells], y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, saved.0, saved.1)
+    }
+
+    fn zoo_lstm_backward(
+        _weight: FloatTensor<Self>,
+        _h0: FloatTensor<Self>,
+        _c0: FloatTensor<Self>,
+        _y: FloatTensor<Self>,
+        _gates: FloatTensor<Self>,
+        _cells: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        panic!("zoo's LSTM has no second-order gradient; its backward runs on the inner backend")
+    }
+
+    fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        match ZooMatmul
+            .prepare::<C>([lhs.node(), rhs.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+                let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+                prep.finish(
+                    (lhs_state, rhs_state),
+                    B::zoo_matmul(lhs.into_primitive(), rhs.into_primitive()),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::zoo_matmul(lhs.into_primitive(), rhs.into_primitive()))
+            }
+        }
+    }
+
+    fn zoo_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (xp, gp) = (x.primitive().clone(), gamma.primitive().clone());
+        let (out, mean, rstd) =
+            B::zoo_layer_norm(xp.clone(), gp.clone(), beta.primitive().clone(), epsilon);
+        // The statistics leave as constants: nothing differentiates through them.
+        let stats = (
+            FloatTensor::<Self>::new(mean.clone()),
+            FloatTensor::<Self>::new(rstd.clone()),
+        );
+        let out = match ZooLayerNorm
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((xp, gp, mean, rstd), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, stats.0, stats.1)
+    }
+
+    fn zoo_layer_norm_backward(
+        _x: FloatTensor<Self>,
+        _gamma: FloatTensor<Self>,
+        _mean: FloatTensor<Self>,
+        _rstd: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        panic!(
+            "zoo's LayerNorm has no second-order gradient; its backward runs on the inner backend"
+        )
+    }
+
+    fn zoo_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match ZooGelu.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::zoo_gelu(x.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::zoo_gelu(x.into_primitive())),
+        }
+    }
+
+    fn zoo_causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (qp, kp, vp) = (
+            q.primitive().clone(),
+            k.primitive().clone(),
+            v.primitive().clone(),
+        );
+        let (out, probs) = B::zoo_causal_attention(qp.clone(), kp.clone(), vp.clone(), scale);
+        // The probabilities leave as a constant: nothing differentiates through them.
+        let probs_leaf = FloatTensor::<Self>::new(probs.clone());
+        let out = match ZooCausalAttention
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((qp, kp, vp, out.clone(), probs, scale), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, probs_leaf)
+    }
+
+    fn zoo_causal_attention_backward(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _out: FloatTensor<Self>,
+        _probs: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+        _scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        panic!(
+            "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+        )
+    }
+}

@@ -1,0 +1,606 @@
+//! The flex (CPU) implementation of [`ZooOps`]: each op reads its tensors as f32 slices and runs
+//! the element loops of the files beside this one (vectorised per instruction set, parallel
+//! over rows with rayon); tensors of other dtypes go to Burn's own ops.
+
+mod attention;
+mod gru;
+mod layer_norm;
+mod lstm;
+mod rows;
+mod sequence;
+mod strided;
+
+use super::{AdamWStep, ZooOps};
+use burn::backend::DType;
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
+use burn_flex::{Flex, FlexTensor, Layout};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+/// `t` laid out contiguously (a cheap clone when it already is).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// `t` as a contiguous f32 tensor; `None` for other dtypes.
+fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    (t.dtype() == DType::F32).then(|| contiguous(t))
+}
+
+/// A contiguous f32 tensor of `shape` holding `values`.
+fn from_f32(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+impl ZooOps for Flex {
+    fn zoo_gelu(x: FlexTensor) -> FlexTensor {
+        let Some(x) = contiguous_f32(&x) else {
+            return Flex::gelu(x);
+        };
+        let input = x.as_slice::<f32>().expect("contiguous");
+        let mut out = vec![0.0f32; input.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK))
+            .for_each(|(o, i)| rows::gelu(o, i));
+        from_f32(out, x.layout().shape().clone())
+    }
+
+    fn zoo_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (Some(x), Some(grad)) = (contiguous_f32(&x), contiguous_f32(&grad)) else {
+            return Flex::gelu_backward(x, grad);
+        };
+        let input = x.as_slice::<f32>().expect("contiguous");
+        let upstream = grad.as_slice::<f32>().expect("contiguous");
+        let mut out = vec![0.0f32; input.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))
+            .for_each(|(o, (i, g))| rows::gelu_backward(o, i, g));
+        from_f32(out, x.layout().shape().clone())
+    }
+
+    fn zoo_causal_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = split_shape(&q, &k);
+        let [q, k, v] = [&q, &k, &v].map(f32_contiguous);
+        let mut out = vec![0.0f32; q.layout().num_elements()];
+        let mut probs = vec![0.0f32; shape.batch * shape.heads * shape.len * shape.len];
+        let (query, kv) = split_heads(&shape);
+        attention::forward(
+            shape,
+            [input(&q, query), input(&k, kv), input(&v, kv)],
+            attention::Output::new(&mut out, query),
+            &mut probs,
+            scale,
+        );
+        let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
+        (
+            from_f32(out, [b, h, t, d].into()),
+            from_f32(probs, [b, h, t, t].into()),
+        )
+    }
+
+    fn zoo_causal_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        probs: FlexTensor,
+        grad: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = split_shape(&q, &k);
+        let [q, k, v, out, probs, grad] = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
+        let (query, kv) = split_heads(&shape);
+        let mut dq = vec![0.0f32; q.layout().num_elements()];
+        let mut dk = vec![0.0f32; k.layout().num_elements()];
+        let mut dv = vec![0.0f32; k.layout().num_elements()];
+        attention::backward(
+            shape,
+            [input(&q, query), input(&k, kv), input(&v, kv)],
+            input(&out, query),
+            input(&grad, query),
+            probs.as_slice::<f32>().unwrap(),
+            [
+                attention::Output::new(&mut dq, query),
+                attention::Output::new(&mut dk, kv),
+                attention::Output::new(&mut dv, kv),
+            ],
+            scale,
+        );
+        (
+            from_f32(dq, q.layout().shape().clone()),
+            from_f32(dk, k.layout().shape().clone()),
+            from_f32(dv, k.layout().shape().clone()),
+        )
+    }
+
+    fn zoo_causal_attention_packed(
+        qkv: FlexTensor,
+        n_heads: usize,
+        n_kv_heads: usize,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = packed_shape(&qkv, n_heads, n_kv_heads);
+        let qkv = f32_contiguous(&qkv);
+        let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
+        let mut out = vec![0.0f32; b * t * h * d];
+        let mut probs = vec![0.0f32; b * h * t * t];
+        let heads = packed_heads(&shape);
+        attention::forward(
+            shape,
+            heads.map(|heads| input(&qkv, heads)),
+            attention::Output::new(&mut out, attention::Heads::packed(0, t, h * d, d)),
+            &mut probs,
+            scale,
+        );
+        (
+            from_f32(out, [b, t, h * d].into()),
+            from_f32(probs, [b, h, t, t].into()),
+        )
+    }
+
+    fn zoo_causal_attention_packed_backward(
+        qkv: FlexTensor,
+        out: FlexTensor,
+        probs: FlexTensor,
+        grad: FlexTensor,
+        n_heads: usize,
+        n_kv_heads: usize,
+        scale: f32,
+    ) -> FlexTensor {
+        let shape = packed_shape(&qkv, n_heads, n_kv_heads);
+        let [qkv, out, probs, grad] = [&qkv, &out, &probs, &grad].map(f32_contiguous);
+        let [t, d] = [shape.len, shape.dim];
+        let out_heads = attention::Heads::packed(0, t, shape.heads * d, d);
+        let heads = packed_heads(&shape);
+        // Every element is written: each head of q, k and v gets its gradient.
+        let mut dqkv = vec![0.0f32; qkv.layout().num_elements()];
+        let d_heads = heads.map(|heads| attention::Output::new(&mut dqkv, heads));
+        attention::backward(
+            shape,
+            heads.map(|heads| input(&qkv, heads)),
+            input(&out, out_heads),
+            input(&grad, out_heads),
+            probs.as_slice::<f32>().unwrap(),
+            d_heads,
+            scale,
+        );
+        from_f32(dqkv, qkv.layout().shape().clone())
+    }
+
+    fn zoo_adamw(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        step: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let tensors = [&param, &grad, &moment_1, &moment_2].map(f32_contiguous);
+        let [p, g, m, v] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let bias = step.bias_corrections();
+        let mut out = [p, m, v].map(|x| vec![0.0f32; x.len()]);
+        let [out_p, out_m, out_v] = &mut out;
+        out_p
+            .par_chunks_mut(CHUNK)
+            .zip(out_m.par_chunks_mut(CHUNK).zip(out_v.par_chunks_mut(CHUNK)))
+            .enumerate()
+            .for_each(|(c, (out_p, (out_m, out_v)))| {
+                let at = c * CHUNK;
+                for i in 0..out_p.len() {
+                    let j = at + i;
+                    [out_p[i], out_m[i], out_v[i]] = step.apply(p[j], g[j], m[j], v[j], bias);
+                }
+            });
+        let shape = param.layout().shape().clone();
+        let [p, m, v] = out;
+        (
+            from_f32(p, shape.clone()),
+            from_f32(m, shape.clone()),
+            from_f32(v, shape),
+        )
+    }
+
+    fn zoo_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let logits = f32_contiguous(&logits);
+        let values = logits.as_slice::<f32>().unwrap();
+        let [n, classes] = logits.layout().shape().dims::<2>();
+        let targets = class_ids(targets, n, classes);
+        let mut lse = vec![0.0f32; n];
+        let total: f64 = lse
+            .par_iter_mut()
+            .zip(values.par_chunks(classes))
+            .zip(targets.par_iter())
+            .map(|((lse, row), &target)| {
+                *lse = rows::log_sum_exp(row);
+                (*lse - row[target]) as f64
+            })
+            .sum();
+        let loss = vec![(total / n.max(1) as f64) as f32];
+        (from_f32(loss, [1].into()), from_f32(lse, [n].into()))
+    }
+
+    fn zoo_cross_entropy_backward(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        log_sum_exp: FlexTensor,
+        grad: FlexTensor,
+    ) -> FlexTensor {
+        let tensors = [&logits, &log_sum_exp, &grad].map(f32_contiguous);
+        let [values, lse, grad] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let [n, classes] = logits.layout().shape().dims::<2>();
+        let targets = class_ids(targets, n, classes);
+        let scale = grad[0] / n.max(1) as f32;
+        let mut out = vec![0.0f32; values.len()];
+        out.par_chunks_mut(classes)
+            .zip(values.par_chunks(classes))
+            .zip(lse.par_iter().zip(targets.par_iter()))
+            .for_each(|((out, row), (&lse, &target))| {
+                rows::scaled_softmax(out, row, lse, scale);
+                out[target] -= scale;
+            });
+        from_f32(out, [n, classes].into())
+    }
+
+    fn zoo_gru(
+        x_proj: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        h0: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dims = sequence_dims(&x_proj, 3);
+        let (batch, len, hidden) = (dims.batch, dims.len, dims.hidden);
+        let width = 3 * hidden;
+        let tensors = [&x_proj, &weight, &bias, &h0].map(f32_contiguous);
+        let [x, w, b, h0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let mut y = vec![0.0f32; batch * len * hidden];
+        let mut gates = vec![0.0f32; x.len()];
+        let mut hn = vec![0.0f32; y.len()];
+        gru::forward(dims, x, w, b, h0, &mut y, &mut gates, &mut hn);
+        (
+            from_f32(y, [batch, len, hidden].into()),
+            from_f32(gates, [batch, len, width].into()),
+            from_f32(hn, [batch, len, hidden].into()),
+        )
+    }
+
+    fn zoo_gru_backward(
+        weight: FlexTensor,
+        h0: FlexTensor,
+        y: FlexTensor,
+        gates: FlexTensor,
+        hn: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let dims = sequence_dims(&gates, 3);
+        let (batch, len, width) = (dims.batch, dims.len, 3 * dims.hidden);
+        let tensors = [&weight, &h0, &y, &gates, &hn, &grad].map(f32_contiguous);
+        let [w, h0s, y, gates, hn, dy] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let mut dx = vec![0.0f32; gates.len()];
+        let mut dw = vec![0.0f32; w.len()];
+        let mut db = vec![0.0f32; width];
+        let mut dh0 = vec![0.0f32; h0s.len()];
+        gru::backward(
+            dims, w, h0s, y, gates, hn, dy, &mut dx, &mut dw, &mut db, &mut dh0,
+        );
+        (
+            from_f32(dx, [batch, len, width].into()),
+            from_f32(dw, weight.layout().shape().clone()),
+            from_f32(db, [width].into()),
+            from_f32(dh0, h0.layout().shape().clone()),
+        )
+    }
+
+    fn zoo_lstm(
+        x_proj: FlexTensor,
+        weight: FlexTensor,
+        h0: FlexTensor,
+        c0: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dims = sequence_dims(&x_proj, 4);
+        let (batch, len, width) = (dims.batch, dims.len, 4 * dims.hidden);
+        let tensors = [&x_proj, &weight, &h0, &c0].map(f32_contiguous);
+        let [x, w, h0, c0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let hidden = dims.hidden;
+        let mut y = vec![0.0f32; batch * (len + 1) * hidden];
+        let mut gates = vec![0.0f32; x.len()];
+        let mut cells = vec![0.0f32; batch * len * hidden];
+        lstm::forward(dims, x, w, h0, c0, &mut y, &mut gates, &mut cells);
+        (
+            from_f32(y, [batch, len + 1, hidden].into()),
+            from_f32(gates, [batch, len, width].into()),
+            from_f32(cells, [batch, len, hidden].into()),
+        )
+    }
+
+    fn zoo_lstm_backward(
+        weight: FlexTensor,
+        h0: FlexTensor,
+        c0: FlexTensor,
+        y: FlexTensor,
+        gates: FlexTensor,
+        cells: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let dims = sequence_dims(&gates, 4);
+        let (batch, len, width) = (dims.batch, dims.len, 4 * dims.hidden);
+        let tensors = [&weight, &h0, &c0, &y, &gates, &cells, &grad].map(f32_contiguous);
+        let [w, h0s, c0s, y, gates, cells, dy] =
+            tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let mut dx = vec![0.0f32; gates.len()];
+        let mut dw = vec![0.0f32; w.len()];
+        let mut dh0 = vec![0.0f32; h0s.len()];
+        let mut dc0 = vec![0.0f32; c0s.len()];
+        lstm::backward(
+            dims, w, h0s, c0s, y, gates, cells, dy, &mut dx, &mut dw, &mut dh0, &mut dc0,
+        );
+        (
+            from_f32(dx, [batch, len, width].into()),
+            from_f32(dw, weight.layout().shape().clone()),
+            from_f32(dh0, h0.layout().shape().clone()),
+            from_f32(dc0, c0.layout().shape().clone()),
+        )
+    }
+
+    fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        let (lhs, rhs) = (Matrix::of(lhs), Matrix::of(rhs));
+        let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+        assert_eq!(
+            k, rhs.rows,
+            "zoo_matmul: [{m}, {k}] times [{}, {n}]",
+            rhs.rows
+        );
+        let mut out = Vec::<f32>::with_capacity(m * n);
+        if k == 0 {
+            out.resize(m * n, 0.0);
+        } else {
+            // Above about 192³ multiply-adds gemm's own threads pay off (flex's threshold).
+            let parallelism = if m * n * k >= 192 * 192 * 192 {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: the operands' pointers and strides describe [m, k] and [k, n] matrices
+            // inside their storage (`Matrix::of`); gemm writes all of the `[m, n]` row-major
+            // output without reading it (`read_dst` false), so it is initialised after.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs.ptr(),
+                    lhs.col_stride,
+                    lhs.row_stride,
+                    rhs.ptr(),
+                    rhs.col_stride,
+                    rhs.row_stride,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+                out.set_len(m * n);
+            }
+        }
+        from_f32(out, [m, n].into())
+    }
+
+    fn zoo_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let [x, gamma, beta] = [&x, &gamma, &beta].map(f32_contiguous);
+        let [xs, gamma, beta] = [&x, &gamma, &beta].map(|t| t.as_slice::<f32>().unwrap());
+        let d = gamma.len();
+        let rows = xs.len() / d;
+        let mut y = vec![0.0f32; xs.len()];
+        let mut stats = vec![(0.0f32, 0.0f32); rows];
+        y.par_chunks_mut(d * ROWS)
+            .zip(xs.par_chunks(d * ROWS))
+            .zip(stats.par_chunks_mut(ROWS))
+            .for_each(|((y, x), stats)| {
+                for ((y, x), stats) in y.chunks_mut(d).zip(x.chunks(d)).zip(stats) {
+                    *stats = layer_norm::forward(x, gamma, beta, y, epsilon);
+                }
+            });
+        let (mean, rstd) = stats.into_iter().unzip();
+        (
+            from_f32(y, x.layout().shape().clone()),
+            from_f32(mean, [rows].into()),
+            from_f32(rstd, [rows].into()),
+        )
+    }
+
+    fn zoo_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        rstd: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let tensors = [&x, &gamma, &mean, &rstd, &grad].map(f32_contiguous);
+        let [xs, gamma, mean, rstd, dy] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let d = gamma.len();
+        let mut dx = vec![0.0f32; xs.len()];
+        // Each chunk of rows sums its own share of dgamma and dbeta; the shares add up after.
+        let add = |(mut g, mut b): (Vec<f32>, Vec<f32>), (g2, b2): (Vec<f32>, Vec<f32>)| {
+            g.iter_mut().zip(g2).for_each(|(g, g2)| *g += g2);
+            b.iter_mut().zip(b2).for_each(|(b, b2)| *b += b2);
+            (g, b)
+        };
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(d * ROWS)
+            .zip(xs.par_chunks(d * ROWS).zip(dy.par_chunks(d * ROWS)))
+            .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
+            .map(|((dx, (x, dy)), (mean, rstd))| {
+                let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                let rows = dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d));
+                for (((dx, x), dy), stats) in rows.zip(mean.iter().zip(rstd)) {
+                    let stats = (*stats.0, *stats.1);
+                    layer_norm::backward(x, gamma, stats, dy, dx, &mut dgamma, &mut dbeta);
+                }
+                (dgamma, dbeta)
+            })
+            .reduce(|| (vec![0.0; d], vec![0.0; d]), add);
+        (
+            from_f32(dx, x.layout().shape().clone()),
+            from_f32(dgamma, [d].into()),
+            from_f32(dbeta, [d].into()),
+        )
+    }
+}
+
+/// The shape of a recurrent sequence from a `[batch, len, gates hidden]` tensor.
+fn sequence_dims(t: &FlexTensor, gates: usize) -> sequence::Dims {
+    let [batch, len, width] = t.layout().shape().dims::<3>();
+    sequence::Dims {
+        batch,
+        len,
+        hidden: width / gates,
+    }
+}
+
+/// Class ids as indices, checked against the number of classes.
+fn class_ids(targets: FlexTensor, n: usize, classes: usize) -> Vec<usize> {
+    let ids = targets
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("class ids read back as integers");
+    assert_eq!(
+        ids.len(),
+        n,
+        "cross-entropy: {n} rows but {} targets",
+        ids.len()
+    );
+    ids.into_iter()
+        .map(|id| {
+            assert!(
+                (0..classes as i64).contains(&id),
+                "cross-entropy: class id {id} outside 0..{classes}"
+            );
+            id as usize
+        })
+        .collect()
+}
+
+/// Rows per parallel task in the LayerNorm kernels.
+const ROWS: usize = 16;
+
+/// A 2-D f32 operand as gemm reads it: row-major or a transposed view, in place.
+struct Matrix {
+    tensor: FlexTensor,
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Matrix {
+    fn of(t: FlexTensor) -> Self {
+        let t = if t.dtype() == DType::F32 {
+            t
+        } else {
+            f32_contiguous(&t)
+        };
+        // Row-major and transposed views go to gemm as they are; anything else is copied.
+        let in_place = |t: &FlexTensor| match t.layout().as_2d_strides() {
+            Some((_, _, rs, cs)) => rs >= 0 && cs >= 0 && (rs == 1 || cs == 1),
+            None => false,
+        };
+        let tensor = if in_place(&t) { t } else { t.to_contiguous() };
+        let (rows, cols, row_stride, col_stride) = tensor
+            .layout()
+            .as_2d_strides()
+            .expect("zoo_matmul takes 2-D operands");
+        Self {
+            tensor,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    fn ptr(&self) -> *const f32 {
+        self.tensor.storage::<f32>()[self.tensor.layout().start_offset()..].as_ptr()
+    }
+}
+
+/// `t` as a contiguous f32 tensor, cast if it is another float dtype.
+fn f32_contiguous(t: &FlexTensor) -> FlexTensor {
+    contiguous_f32(t)
+        .unwrap_or_else(|| contiguous(&Flex::float_cast(t.clone(), burn::backend::FloatDType::F32)))
+}
+
+/// The shape of attention over `[batch, heads, len, dim]` queries and
+/// `[batch, kv_heads, len, dim]` keys.
+fn split_shape(q: &FlexTensor, k: &FlexTensor) -> attention::Shape {
+    let [batch, heads, len, dim] = q.layout().shape().dims::<4>();
+    attention::Shape {
+        batch,
+        heads,
+        kv_heads: k.layout().shape().dims::<4>()[1],
+        len,
+        dim,
+    }
+}
+
+/// Where the query heads and the key/value heads sit in contiguous split tensors.
+fn split_heads(shape: &attention::Shape) -> (attention::Heads, attention::Heads) {
+    let (t, d) = (shape.len, shape.dim);
+    (
+        attention::Heads::split(shape.heads, t, d),
+        attention::Heads::split(shape.kv_heads, t, d),
+    )
+}
+
+/// The shape of attention over a packed `[batch, len, (heads + 2 kv_heads) dim]` projection.
+fn packed_shape(qkv: &FlexTensor, heads: usize, kv_heads: usize) -> attention::Shape {
+    let [batch, len, width] = qkv.layout().shape().dims::<3>();
+    assert!(
+        heads.is_multiple_of(kv_heads) && width % (heads + 2 * kv_heads) == 0,
+        "packed attention: width {width} is not {heads} query + 2 x {kv_heads} key/value heads"
+    );
+    attention::Shape {
+        batch,
+        heads,
+        kv_heads,
+        len,
+        dim: width / (heads + 2 * kv_heads),
+    }
+}
+
+/// Where the query, key and value heads sit in a packed projection: side by side in that
+/// order along each row.
+fn packed_heads(shape: &attention::Shape) -> [attention::Heads; 3] {
+    let (t, d) = (shape.len, shape.dim);
+    let width = (shape.heads + 2 * shape.kv_heads) * d;
+    let kv_start = shape.heads * d;
+    [0, kv_start, kv_start + shape.kv_heads * d]
+        .map(|offset| attention::Heads::packed(offset, t, width, d))
+}
+
+/// A contiguous f32 tensor's elements and where its heads sit.
+fn input(t: &FlexTensor, heads: attention::Heads) -> attention::Input<'_> {
+    attention::Input(t.as_slice::<f32>().expect("contiguous f32"), heads)
+}

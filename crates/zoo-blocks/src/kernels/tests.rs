@@ -1,0 +1,190 @@
+//! Parity of every kernel with Burn's ops (values and gradients) and finite-difference checks.
+
+use super::*;
+use crate::testing::{assert_close, check_gradients, erf_reference, test_device, to_vec};
+use burn::tensor::{Distribution, TensorData};
+
+#[test]
+fn the_rational_erf_is_accurate_to_a_few_ulp() {
+    let mut worst = 0.0f64;
+    for i in -4000..=4000 {
+        let x = i as f64 / 1000.0;
+        worst = worst.max((erf_f32(x as f32) as f64 - erf_reference(x)).abs());
+    }
+    assert!(worst < 5e-7, "max error {worst}");
+    // Saturates (to within an ulp of ±1) and stays finite far out.
+    assert!((erf_f32(9.0) - 1.0).abs() < 2e-7 && (erf_f32(-1e30) + 1.0).abs() < 2e-7);
+}
+
+#[test]
+fn gelu_matches_burns_gelu_values_and_gradients() {
+    let device = test_device().autodiff();
+    let x = Tensor::<2>::random([64, 300], Distribution::Normal(0.0, 3.0), &device).require_grad();
+    let ours = gelu(x.clone());
+    let theirs = burn::tensor::activation::gelu(x.clone());
+    assert_close(ours.clone().inner(), theirs.clone().inner(), 2e-6);
+    let weights = Tensor::<2>::random([64, 300], Distribution::Normal(0.0, 1.0), &device);
+    let g_ours = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+    let g_theirs = x.grad(&(theirs * weights).sum().backward()).unwrap();
+    assert_close(g_ours, g_theirs, 2e-5);
+}
+
+#[test]
+fn gelu_handles_non_contiguous_inputs() {
+    let device = test_device();
+    let x = Tensor::<2>::random([5, 7], Distribution::Normal(0.0, 2.0), &device).transpose();
+    assert_close(gelu(x.clone()), burn::tensor::activation::gelu(x), 2e-6);
+    let exact = to_vec(gelu(Tensor::<1>::from_data(
+        TensorData::from([0.0f32, 1.0]),
+        &device,
+    )));
+    assert!((exact[1] - 0.841_344_7).abs() < 1e-6 && exact[0] == 0.0);
+}
+
+#[test]
+fn gelu_gradients_match_finite_differences() {
+    let device = test_device().autodiff();
+    let weights = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
+    check_gradients([3, 5], |x| (gelu(x) * weights.clone()).sum(), &device);
+}
+
+#[test]
+fn matmul_matches_burns_for_plain_and_transposed_operands() {
+    let device = test_device().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    // Inputs `[2, 3, 40]` against a `[40, 30]` weight, held as is or as a transposed view.
+    let x0 = Tensor::<3>::random([2, 3, 40], normal, &device);
+    let w0 = Tensor::<2>::random([40, 30], normal, &device);
+    let probe = Tensor::<3>::random([2, 3, 30], normal, &device);
+    for transposed in [false, true] {
+        // Output, input gradient and weight gradient, each side on a graph of its own.
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let held = if transposed {
+                w0.clone().transpose()
+            } else {
+                w0.clone()
+            };
+            let held = held.detach().require_grad();
+            let weight = if transposed {
+                held.clone().transpose()
+            } else {
+                held.clone()
+            };
+            let out = if ours {
+                matmul_weight(x.clone(), weight)
+            } else {
+                x.clone().matmul(weight.unsqueeze())
+            };
+            let grads = (out.clone() * probe.clone()).sum().backward();
+            (
+                out.inner(),
+                x.grad(&grads).unwrap(),
+                held.grad(&grads).unwrap(),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_close(ours.0, theirs.0, 1e-5);
+        assert_close(ours.1, theirs.1, 1e-5);
+        assert_close(ours.2, theirs.2, 1e-5);
+    }
+}
+
+#[test]
+fn matmul_gradients_match_finite_differences() {
+    let device = test_device().autodiff();
+    let weight = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
+    let probe = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+    check_gradients(
+        [5, 4],
+        |x| (matmul_weight(x, weight.clone()) * probe.clone()).sum(),
+        &device,
+    );
+    let x = Tensor::<2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
+    check_gradients(
+        [3, 4],
+        |w| (matmul_weight(x.clone(), w.transpose()) * probe.clone()).sum(),
+        &device,
+    );
+}
+
+#[test]
+fn layer_norm_matches_burns_values_and_gradients() {
+    let device = test_device().autodiff();
+    // More rows than one parallel task takes, so the dgamma shares are summed.
+    let x0 = Tensor::<3>::random([3, 50, 24], Distribution::Normal(2.0, 3.0), &device);
+    let gamma0 = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device);
+    let beta0 = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device);
+    let probe = Tensor::<3>::random([3, 50, 24], Distribution::Normal(0.0, 1.0), &device);
+    for with_bias in [true, false] {
+        // Output and the gradients of input, gain and bias, each side on its own graph.
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let gamma = gamma0.clone().detach().require_grad();
+            let beta = beta0.clone().detach().require_grad();
+            let bias = with_bias.then(|| beta.clone());
+            let out = if ours {
+                layer_norm(x.clone(), gamma.clone(), bias, 1e-5)
+            } else {
+                burn::tensor::module::layer_norm(x.clone(), gamma.clone(), bias, 1e-5)
+            };
+            let grads = (out.clone() * probe.clone()).sum().backward();
+            let beta_grad = beta.grad(&grads).map(to_vec);
+            (
+                out.inner(),
+                x.grad(&grads).unwrap(),
+                gamma.grad(&grads).unwrap(),
+                beta_grad,
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_close(ours.0, theirs.0, 1e-5);
+        assert_close(ours.1, theirs.1, 1e-4);
+        assert_close(ours.2, theirs.2, 1e-4);
+        assert_eq!(ours.3.is_some(), with_bias);
+        if let (Some(ours), Some(theirs)) = (ours.3, theirs.3) {
+            assert!(ours.iter().zip(&theirs).all(|(a, b)| (a - b).abs() < 1e-4));
+        }
+    }
+}
+
+#[test]
+fn adamw_kernel_matches_the_formula() {
+    let device = test_device();
+    let normal = Distribution::Normal(0.0, 1.0);
+    // More elements than one parallel chunk, so chunk offsets are exercised.
+    let n = 3 * (1 << 14) + 5;
+    let [p, g, m] = [0; 3].map(|_| Tensor::<1>::random([n], normal, &device));
+    let v = Tensor::<1>::random([n], Distribution::Uniform(0.0, 2.0), &device);
+    let step = AdamWStep {
+        lr: 0.01,
+        beta_1: 0.9,
+        beta_2: 0.95,
+        epsilon: 1e-8,
+        weight_decay: 0.1,
+        time: 3,
+    };
+    let (p2, m2, v2) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), step);
+    let m_ref = m * 0.9 + g.clone() * 0.1;
+    let v_ref = v * 0.95 + g.square() * 0.05;
+    let (bias_1, bias_2) = (1.0 - 0.9f32.powi(3), 1.0 - 0.95f32.powi(3));
+    let delta = (m_ref.clone() / bias_1) / ((v_ref.clone() / bias_2).sqrt() + 1e-8);
+    let p_ref = p * (1.0 - 0.01 * 0.1) - delta * 0.01;
+    assert_close(p2, p_ref, 1e-6);
+    assert_close(m2, m_ref, 1e-6);
+    assert_close(v2, v_ref, 1e-6);
+}
+
+#[test]
+fn the_polynomial_exp_is_accurate_to_a_few_ulp() {
+    let mut worst = 0.0f64;
+    for i in -870_000..=880_000 {
+        let x = i as f32 / 10_000.0;
+        let exact = (x as f64).exp();
+        worst = worst.max(((exp_f32(x) as f64) - exact).abs() / exact);
+    }
+    assert!(worst < 3e-7, "max relative error {worst}");
+    assert_eq!(exp_f32(0.0), 1.0);
+    assert!(exp_f32(-1e4) < 1.2e-38 && exp_f32(-1e4) >= 0.0 && exp_f32(1e4).is_finite());
+    assert!(exp_f32(f32::NAN).is_nan());
+}

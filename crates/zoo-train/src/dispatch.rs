@@ -1,0 +1,151 @@
+//! The dispatch, at the top of `zoo-train`: which task trains a recipe, and which loads and
+//! evaluates a run directory. The only place that maps tasks to their modules.
+
+use crate::ZooError;
+use crate::recipe::{Recipe, Task};
+use crate::runtime::run_dir::{last_val_loss, load_run_recipe, resume_epoch};
+use crate::runtime::session::Session;
+pub use crate::runtime::session::{TrainOptions, TrainReport};
+use crate::tasks::encoder::predict::{EncoderEvalReport, evaluate_encoder};
+use crate::tasks::encoder::run::EncoderRun;
+use crate::tasks::lm::EvalReport;
+use crate::tasks::seq2seq::decode::{DecodingOptions, Seq2SeqEvalReport, evaluate_seq2seq};
+use crate::tasks::seq2seq::run::Seq2SeqRun;
+use crate::tasks::{encoder, lm, seq2seq};
+use burn::tensor::Device;
+use std::path::Path;
+use std::time::Instant;
+use zoo_text::{DataDir, DatasetRegistry};
+
+/// The family of tasks a recipe or run belongs to: which task module trains and loads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// Causal language models (GPT, RNN, n-gram): `tasks::lm`.
+    LanguageModel,
+    /// BERT encoders: `tasks::encoder`.
+    Encoder,
+    /// Encoder-decoders: `tasks::seq2seq`.
+    EncoderDecoder,
+}
+
+impl RunKind {
+    /// The kind of run that trains with `task`.
+    pub fn of_task(task: Task) -> Self {
+        match task {
+            Task::CausalLm => RunKind::LanguageModel,
+            Task::MaskedLm | Task::Classification | Task::TokenClassification | Task::SpanQa => {
+                RunKind::Encoder
+            }
+            Task::Translation | Task::SpanCorruption => RunKind::EncoderDecoder,
+        }
+    }
+
+    /// The kind of run `run_dir` holds, from its recipe.
+    pub fn of_run(run_dir: &Path) -> Result<Self, ZooError> {
+        if !run_dir.is_dir() {
+            return Err(ZooError::run_dir(run_dir, "does not exist"));
+        }
+        Ok(Self::of_task(load_run_recipe(run_dir)?.task))
+    }
+}
+
+/// Trains the recipe at `recipe_path` (or resumes it, with `options.resume`).
+pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, ZooError> {
+    let started = Instant::now();
+    let recipe = Recipe::load(recipe_path)?;
+    let run_dir = options
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| recipe.default_run_dir());
+    let registry = DatasetRegistry::builtin();
+    let data = &recipe.data;
+    registry
+        .check(&data.dataset, &data.train_split)
+        .and_then(|_| registry.check(&data.dataset, &data.val_split))
+        .map_err(|e| ZooError::recipe(recipe_path, format!("[data]: {e}")))?;
+    let session = Session {
+        recipe: &recipe,
+        recipe_path,
+        resume_epoch: resume_epoch(&run_dir, options.resume)?,
+        run_dir,
+        options,
+    };
+    let outcome = match RunKind::of_task(recipe.task) {
+        RunKind::LanguageModel => lm::train(&session)?,
+        RunKind::Encoder => encoder::train(&session)?,
+        RunKind::EncoderDecoder => seq2seq::train(&session)?,
+    };
+    Ok(TrainReport {
+        val_loss: last_val_loss(&session.run_dir),
+        run_dir: session.run_dir,
+        steps: outcome.steps,
+        seconds: started.elapsed().as_secs_f64(),
+        sample: outcome.sample,
+    })
+}
+
+/// What `zoo eval` found, by kind of run.
+pub enum Evaluation {
+    /// Loss and perplexity over every token of the split.
+    LanguageModel(EvalReport),
+    /// Loss, accuracy (and F1) over the split.
+    Encoder(EncoderEvalReport),
+    /// BLEU and exact match of the split's decoded outputs (recorded in `scores.jsonl`).
+    EncoderDecoder(Seq2SeqEvalReport),
+}
+
+/// Scores the run in `run_dir` (its last checkpoint, or `checkpoint`'s) over `split`; an
+/// encoder-decoder decodes as its `[decoding]` says, changed by `decoding`.
+pub fn evaluate(
+    run_dir: &Path,
+    split: &str,
+    checkpoint: Option<usize>,
+    decoding: DecodingOptions,
+    data_dir: &DataDir,
+    device: &Device,
+) -> Result<Evaluation, ZooError> {
+    Ok(match RunKind::of_run(run_dir)? {
+        RunKind::LanguageModel => {
+            let run = lm::load_run(run_dir, checkpoint, device)?;
+            Evaluation::LanguageModel(lm::evaluate(&run, split, data_dir)?)
+        }
+        RunKind::Encoder => {
+            let run = encoder::run::load_encoder_run(run_dir, checkpoint, device)?;
+            Evaluation::Encoder(evaluate_encoder(&run, split, data_dir)?)
+        }
+        RunKind::EncoderDecoder => {
+            let run = seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device)?;
+            let spec = decoding.apply(&run.recipe.decoding)?;
+            let report = evaluate_seq2seq(&run, split, data_dir, &spec)?;
+            report.record(run_dir)?;
+            Evaluation::EncoderDecoder(report)
+        }
+    })
+}
+
+/// The encoder run in `run_dir`, for `zoo predict`.
+pub fn encoder_run(run_dir: &Path, device: &Device) -> Result<EncoderRun, ZooError> {
+    if RunKind::of_run(run_dir).ok() != Some(RunKind::Encoder) {
+        return Err(ZooError::Usage(format!(
+            "{} is not a BERT run: `zoo predict` applies encoders; use `zoo generate` for language models",
+            run_dir.display()
+        )));
+    }
+    encoder::run::load_encoder_run(run_dir, None, device)
+}
+
+/// The encoder-decoder run in `run_dir` (its last checkpoint, or `checkpoint`'s), for
+/// `zoo translate`.
+pub fn seq2seq_run(
+    run_dir: &Path,
+    checkpoint: Option<usize>,
+    device: &Device,
+) -> Result<Seq2SeqRun, ZooError> {
+    if RunKind::of_run(run_dir).ok() != Some(RunKind::EncoderDecoder) {
+        return Err(ZooError::Usage(format!(
+            "{} is not an encoder-decoder run: `zoo translate` needs one (task = \"translation\" or \"span-corruption\")",
+            run_dir.display()
+        )));
+    }
+    seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device)
+}

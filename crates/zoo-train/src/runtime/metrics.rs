@@ -1,0 +1,318 @@
+//! Metrics burn-train does not have: perplexity computed from the loss (no second pass over the
+//! logits), and accuracy or F1 counted from every prediction of an epoch.
+
+use burn::prelude::*;
+use burn::tensor::TensorReadError;
+use burn::train::metric::{
+    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
+    SerializedEntry,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The loss of a batch and how many tokens it averages over.
+pub struct TokenLoss {
+    /// Mean cross-entropy.
+    pub loss: Tensor<1>,
+    /// Token count.
+    pub tokens: usize,
+}
+
+/// Perplexity, `exp` of the token-weighted mean loss: per batch, and over the epoch.
+#[derive(Clone)]
+pub struct Perplexity {
+    name: MetricName,
+    nll_sum: f64,
+    tokens: usize,
+    current: f64,
+    current_tokens: usize,
+}
+
+impl Default for Perplexity {
+    fn default() -> Self {
+        Self {
+            name: Arc::new("Perplexity".into()),
+            nll_sum: 0.0,
+            tokens: 0,
+            current: f64::NAN,
+            current_tokens: 0,
+        }
+    }
+}
+
+impl Perplexity {
+    fn epoch_value(&self) -> f64 {
+        if self.tokens == 0 {
+            f64::NAN
+        } else {
+            (self.nll_sum / self.tokens as f64).exp()
+        }
+    }
+}
+
+impl Metric for Perplexity {
+    type Input = TokenLoss;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: false,
+        }
+        .into()
+    }
+
+    fn update(
+        &mut self,
+        item: &TokenLoss,
+        _: &MetricMetadata,
+    ) -> Result<SerializedEntry, TensorReadError> {
+        let loss = item.loss.clone().mean().try_into_scalar::<f64>()?;
+        self.nll_sum += loss * item.tokens as f64;
+        self.tokens += item.tokens;
+        self.current = loss.exp();
+        self.current_tokens = item.tokens;
+        Ok(SerializedEntry::new(
+            format!(
+                "epoch {:.3} - batch {:.3}",
+                self.epoch_value(),
+                self.current
+            ),
+            NumericEntry::Aggregated {
+                aggregated_value: self.current,
+                count: self.current_tokens,
+            }
+            .serialize(),
+        ))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        let value = self.epoch_value();
+        Ok(SerializedEntry::new(
+            format!("{value:.3}"),
+            NumericEntry::Final(value).serialize(),
+        ))
+    }
+
+    fn clear(&mut self) {
+        *self = Self {
+            name: self.name.clone(),
+            ..Self::default()
+        };
+    }
+}
+
+impl Numeric for Perplexity {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.current,
+            count: self.current_tokens,
+        })
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.epoch_value(),
+            count: self.tokens,
+        })
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        NumericEntry::Final(self.epoch_value())
+    }
+}
+
+/// Predicted and expected labels of a batch, `[n]` each, for [`LabelMetric`]s.
+pub trait LabelledBatch: Send + Sync + 'static {
+    /// `(predicted, expected)`, or `None` when the batch has no such labels.
+    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)>;
+}
+
+/// Which statistic of the labels a [`LabelMetric`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelStatistic {
+    /// Share of predictions that are right, in percent.
+    Accuracy,
+    /// F1 in percent: of class 1 when the labels are 0 and 1 (GLUE's convention for binary
+    /// tasks), else the mean of every class's F1 (macro).
+    F1,
+}
+
+/// Counts of (expected, predicted) label pairs.
+#[derive(Clone, Debug, Default)]
+pub struct Confusion(BTreeMap<(i64, i64), usize>);
+
+impl Confusion {
+    /// Counts a batch of labels.
+    pub fn add(&mut self, expected: &[i64], predicted: &[i64]) {
+        for (&e, &p) in expected.iter().zip(predicted) {
+            *self.0.entry((e, p)).or_default() += 1;
+        }
+    }
+
+    /// Labels counted.
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    /// Accuracy or F1 in percent (NaN before any label).
+    pub fn statistic(&self, statistic: LabelStatistic) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return f64::NAN;
+        }
+        match statistic {
+            LabelStatistic::Accuracy => {
+                let right: usize = self
+                    .0
+                    .iter()
+                    .filter(|((e, p), _)| e == p)
+                    .map(|(_, n)| n)
+                    .sum();
+                100.0 * right as f64 / total as f64
+            }
+            LabelStatistic::F1 => {
+                let classes: std::collections::BTreeSet<i64> =
+                    self.0.keys().flat_map(|&(e, p)| [e, p]).collect();
+                let f1 = |class: i64| {
+                    let count = |f: &dyn Fn(i64, i64) -> bool| -> f64 {
+                        self.0
+                            .iter()
+                            .filter(|((e, p), _)| f(*e, *p))
+                            .map(|(_, n)| *n as f64)
+                            .sum()
+                    };
+                    let tp = count(&|e, p| e == class && p == class);
+                    let fp = count(&|e, p| e != class && p == class);
+                    let fn_ = count(&|e, p| e == class && p != class);
+                    if tp == 0.0 {
+                        0.0
+                    } else {
+                        2.0 * tp / (2.0 * tp + fp + fn_)
+                    }
+                };
+                let binary = classes.iter().all(|c| *c == 0 || *c == 1);
+                if binary {
+                    100.0 * f1(1)
+                } else {
+                    100.0 * classes.iter().map(|&c| f1(c)).sum::<f64>() / classes.len() as f64
+                }
+            }
+        }
+    }
+}
+
+/// Accuracy or F1 of labels (see [`LabelStatistic`]), over the epoch, counted from every
+/// prediction rather than averaged over batches.
+pub struct LabelMetric<I> {
+    name: MetricName,
+    statistic: LabelStatistic,
+    epoch: Confusion,
+    batch: Confusion,
+    _input: std::marker::PhantomData<fn(&I)>,
+}
+
+impl<I> LabelMetric<I> {
+    /// A metric called `name`.
+    pub fn new(name: &str, statistic: LabelStatistic) -> Self {
+        Self {
+            name: Arc::new(name.into()),
+            statistic,
+            epoch: Confusion::default(),
+            batch: Confusion::default(),
+            _input: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<I> Clone for LabelMetric<I> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            statistic: self.statistic,
+            epoch: self.epoch.clone(),
+            batch: self.batch.clone(),
+            _input: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<I: LabelledBatch> Metric for LabelMetric<I> {
+    type Input = I;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: Some("%".into()),
+            higher_is_better: true,
+        }
+        .into()
+    }
+
+    fn update(&mut self, item: &I, _: &MetricMetadata) -> Result<SerializedEntry, TensorReadError> {
+        let read = |t: Tensor<1, Int>| -> Result<Vec<i64>, TensorReadError> {
+            Ok(t.try_into_data()?
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .unwrap_or_default())
+        };
+        self.batch = Confusion::default();
+        if let Some((predicted, expected)) = item.labels() {
+            let (expected, predicted) = (read(expected)?, read(predicted)?);
+            self.batch.add(&expected, &predicted);
+            self.epoch.add(&expected, &predicted);
+        }
+        let current = self.batch.statistic(self.statistic);
+        Ok(SerializedEntry::new(
+            format!(
+                "epoch {:.2} - batch {:.2}",
+                self.epoch.statistic(self.statistic),
+                current
+            ),
+            NumericEntry::Aggregated {
+                aggregated_value: current,
+                count: self.batch.total(),
+            }
+            .serialize(),
+        ))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        let value = self.epoch.statistic(self.statistic);
+        Ok(SerializedEntry::new(
+            format!("{value:.2}"),
+            NumericEntry::Final(value).serialize(),
+        ))
+    }
+
+    fn clear(&mut self) {
+        self.epoch = Confusion::default();
+        self.batch = Confusion::default();
+    }
+}
+
+impl<I: LabelledBatch> Numeric for LabelMetric<I> {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.batch.statistic(self.statistic),
+            count: self.batch.total(),
+        })
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.epoch.statistic(self.statistic),
+            count: self.epoch.total(),
+        })
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        NumericEntry::Final(self.epoch.statistic(self.statistic))
+    }
+}

@@ -1,0 +1,27 @@
+//! The training runtime: everything a task's training shares, none of it naming a task. It
+//! imports the recipe and the model table below it, Burn and the model-free parts of the zoo's
+//! crates, and never `tasks` or anything above.
+//!
+//! ```text
+//! session    the skeleton every task's training runs through (TrainingTask, Session)
+//! budget     steps a recipe buys, burn-train epochs, the plan of one invocation
+//! run_dir    the run directory's files and checkpoints: list, select, check, load, resume
+//! data       the resumable loader of numbered batches (BatchSource), seeded random streams
+//! step       the gradient step: backward, accumulation scale, global-norm clipping
+//! optim      AdamW on the fused update, and the recipe's optimiser
+//! schedule   learning-rate schedules and annealing on a plateau
+//! metrics    perplexity, accuracy and F1
+//! logging    metrics.jsonl and the one-line-per-validation display
+//! summary    summary.json: what a finished run cost
+//! ```
+
+pub mod budget;
+pub mod data;
+pub mod logging;
+pub mod metrics;
+pub mod optim;
+pub mod run_dir;
+pub mod schedule;
+pub mod session;
+pub mod step;
+pub mod summary;

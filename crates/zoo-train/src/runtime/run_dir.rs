@@ -1,0 +1,267 @@
+//! The run directory: what it holds, its checkpoints, and the files every task reads and writes.
+//!
+//! ```text
+//! runs/NAME/
+//!   recipe.toml        the recipe as resolved (preset expanded, vocabulary size filled in)
+//!   tokenizer.json     the tokenizer (Hugging Face format)
+//!   checkpoint/        model-E.bpk, optim-E.bpk, scheduler-E.bpk after epoch E
+//!   metrics.jsonl      one line per epoch and split: step, losses, metrics, learning rate
+//!   summary.json       what the finished run cost (see `summary`)
+//!   experiment.log     burn-train's log
+//! ```
+//!
+//! Tasks add their own files beside these (an n-gram model's counts, a classifier's labels, an
+//! encoder-decoder's target tokenizer and decoded scores).
+
+use crate::ZooError;
+use crate::models::ModelConfig;
+use crate::recipe::Recipe;
+use burn::module::Module;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
+use std::path::{Path, PathBuf};
+
+/// The resolved recipe.
+pub const RECIPE_FILE: &str = "recipe.toml";
+/// The tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The metrics log.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Saves every `every` epochs and at the last one, keeping the newest `keep`.
+pub struct EveryNKeepLast {
+    /// Save every this many epochs...
+    pub every: usize,
+    /// ...and at this one, the last.
+    pub last: usize,
+    /// Checkpoints kept.
+    pub keep: usize,
+    /// The epochs saved so far, oldest first.
+    pub saved: Vec<usize>,
+}
+
+impl CheckpointingStrategy for EveryNKeepLast {
+    fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        if !epoch.is_multiple_of(self.every) && epoch != self.last {
+            return Vec::new();
+        }
+        let mut actions = vec![CheckpointingAction::Save];
+        self.saved.push(epoch);
+        while self.saved.len() > self.keep {
+            actions.push(CheckpointingAction::Delete(self.saved.remove(0)));
+        }
+        actions
+    }
+}
+
+/// The epochs that have a complete checkpoint (model, optimiser and scheduler), oldest first.
+pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
+    let dir = run_dir.join(CHECKPOINT_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut epochs: Vec<usize> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
+        })
+        .filter(|epoch| {
+            ["optim", "scheduler"]
+                .iter()
+                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+/// The model file of epoch `epoch`'s checkpoint.
+pub fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("model-{epoch}.bpk"))
+}
+
+/// The epoch to resume from (`resume`: the last complete checkpoint, which must exist), or
+/// `None` for a fresh run (then the directory must hold no checkpoints).
+pub fn resume_epoch(run_dir: &Path, resume: bool) -> Result<Option<usize>, ZooError> {
+    let existing = checkpoint_epochs(run_dir);
+    if resume {
+        let epoch = *existing.last().ok_or_else(|| {
+            ZooError::run_dir(run_dir, "has no complete checkpoint to resume from")
+        })?;
+        return Ok(Some(epoch));
+    }
+    if !existing.is_empty() {
+        return Err(ZooError::run_dir(
+            run_dir,
+            "already holds checkpoints of a run: pass --resume to continue it, or --run-dir to start a new one elsewhere",
+        ));
+    }
+    Ok(None)
+}
+
+/// Loads the last model checkpoint once, before training, so a damaged file is reported
+/// clearly instead of failing inside burn-train.
+pub fn check_checkpoint<M: Module>(
+    run_dir: &Path,
+    epoch: usize,
+    model: &M,
+) -> Result<(), ZooError> {
+    let path = model_checkpoint(run_dir, epoch);
+    model
+        .clone()
+        .try_load_file(&path)
+        .map_err(|e| ZooError::Checkpoint {
+            path: path.clone(),
+            message: format!(
+                "cannot be loaded ({e}); delete it to resume from an earlier checkpoint"
+            ),
+        })?;
+    for kind in ["optim", "scheduler"] {
+        let path = run_dir
+            .join(CHECKPOINT_DIR)
+            .join(format!("{kind}-{epoch}.bpk"));
+        let valid = match kind {
+            "optim" => burn::optim::OptimizerRecord::load(&path).is_ok(),
+            _ => burn::lr_scheduler::LrSchedulerRecord::load(&path).is_ok(),
+        };
+        if !valid {
+            return Err(ZooError::Checkpoint {
+                path,
+                message: "cannot be loaded; delete this epoch's files to resume from an earlier checkpoint".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the resolved recipe (`config` in place of the recipe's `[model]`).
+pub fn write_run_recipe(
+    run_dir: &Path,
+    recipe: &Recipe,
+    config: &ModelConfig,
+) -> Result<(), ZooError> {
+    let mut resolved = recipe.clone();
+    resolved.model = config.to_spec();
+    let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
+    let path = run_dir.join(RECIPE_FILE);
+    std::fs::write(
+        &path,
+        format!("# Resolved by zoo train: the preset is expanded.\n{text}"),
+    )
+    .map_err(|e| ZooError::io(&path, e))
+}
+
+/// The run's resolved recipe.
+pub fn load_run_recipe(run_dir: &Path) -> Result<Recipe, ZooError> {
+    let path = run_dir.join(RECIPE_FILE);
+    if !path.is_file() {
+        return Err(ZooError::run_dir(
+            run_dir,
+            format!("has no {RECIPE_FILE}: is it a run directory made by zoo train?"),
+        ));
+    }
+    Recipe::load(&path)
+}
+
+/// The resolved recipe of the run in `run_dir` and its model config.
+pub fn load_run_config(run_dir: &Path) -> Result<(Recipe, ModelConfig), ZooError> {
+    if !run_dir.is_dir() {
+        return Err(ZooError::run_dir(run_dir, "does not exist"));
+    }
+    let recipe = load_run_recipe(run_dir)?;
+    let config = recipe
+        .model_config()
+        .map_err(|message| ZooError::run_dir(run_dir, message))?;
+    Ok((recipe, config))
+}
+
+/// The lines of the run's metrics log (none if it has none yet).
+pub fn read_metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join(METRICS_FILE))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The optimiser step an epoch ended on, from the metrics log.
+pub fn steps_at_epoch(run_dir: &Path, epoch: usize) -> Option<usize> {
+    read_metrics(run_dir)
+        .into_iter()
+        .find(|v| v["epoch"].as_u64() == Some(epoch as u64))
+        .and_then(|v| v["step"].as_u64())
+        .map(|s| s as usize)
+}
+
+/// `(epoch, loss)` of every validation in the metrics log, in order.
+pub fn validation_losses(run_dir: &Path) -> Vec<(usize, f64)> {
+    read_metrics(run_dir)
+        .into_iter()
+        .filter(|v| v["split"] == "valid")
+        .filter_map(|v| Some((v["epoch"].as_u64()? as usize, v["loss"].as_f64()?)))
+        .collect()
+}
+
+/// The last validation loss in the metrics log.
+pub fn last_val_loss(run_dir: &Path) -> Option<f64> {
+    validation_losses(run_dir).last().map(|v| v.1)
+}
+
+/// The model config of the run being resumed, after checking that the recipe asks for the same
+/// model: `fit` first gives the recipe's config what the run decided itself (vocabulary sizes).
+pub fn resumed_model(
+    run_dir: &Path,
+    recipe: &Recipe,
+    recipe_path: &Path,
+    fit: impl FnOnce(&mut ModelConfig, &ModelConfig) -> Result<(), String>,
+) -> Result<ModelConfig, ZooError> {
+    let run_error = |message: String| ZooError::run_dir(run_dir, message);
+    let recipe_error = |message: String| ZooError::recipe(recipe_path, message);
+    let stored = load_run_recipe(run_dir)?
+        .model_config()
+        .map_err(run_error)?;
+    let mut wanted = recipe.model_config().map_err(recipe_error)?;
+    fit(&mut wanted, &stored).map_err(recipe_error)?;
+    if wanted != stored {
+        return Err(run_error(
+            "the recipe's [model] differs from the run's recipe.toml; resume with the run's recipe or start a new run".into(),
+        ));
+    }
+    Ok(stored)
+}
+
+/// The epoch of the checkpoint to load: `epoch` if the run has it, else the last one.
+pub fn select_checkpoint(run_dir: &Path, epoch: Option<usize>) -> Result<usize, ZooError> {
+    let epochs = checkpoint_epochs(run_dir);
+    let run_error = |message: String| ZooError::run_dir(run_dir, message);
+    match epoch {
+        Some(e) if epochs.contains(&e) => Ok(e),
+        Some(e) => Err(run_error(format!(
+            "has no checkpoint for epoch {e}; it has {epochs:?}"
+        ))),
+        None => epochs
+            .last()
+            .copied()
+            .ok_or_else(|| run_error("has no checkpoint yet".into())),
+    }
+}
+
+/// `module` with the weights of epoch `epoch`'s model checkpoint.
+pub fn load_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Result<M, ZooError> {
+    let path = model_checkpoint(run_dir, epoch);
+    module
+        .try_load_file(&path)
+        .map_err(|e| ZooError::Checkpoint {
+            path: path.clone(),
+            message: format!("cannot be loaded: {e}"),
+        })
+}

@@ -1,0 +1,310 @@
+//! The training session: the one skeleton every task's training runs through. A task reads its
+//! data, settles its tokenizer and model config ([`Session::model_config`], fresh or resumed the
+//! same way for every task), and hands [`Session::train`] its batches and a [`TrainingTask`]; the
+//! session does the rest: budget and plan, seeding, the resume check, optimiser and schedule
+//! (with annealing on a plateau), loaders, the metrics log and the progress display, burn-train's
+//! launch, and the summary of a finished run.
+
+use crate::ZooError;
+use crate::models::ModelConfig;
+use crate::recipe::Recipe;
+use crate::runtime::budget::{Budget, Plan, StepCost};
+use crate::runtime::data::{BatchSource, StepLoader};
+use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
+use crate::runtime::optim::build_optimizer;
+use crate::runtime::run_dir::{
+    EveryNKeepLast, METRICS_FILE, check_checkpoint, checkpoint_epochs, resumed_model,
+    validation_losses,
+};
+use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
+use crate::runtime::summary::RunSummary;
+use burn::prelude::*;
+use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
+use burn::train::renderer::{MetricsRenderer, default_renderer};
+use burn::train::{InferenceStep, Learner, LearnerModel, SupervisedTraining, TrainStep};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use zoo_text::DataDir;
+
+/// Options of `zoo train` beside the recipe.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Run directory (default: `runs/<recipe name>`).
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the run directory's last checkpoint.
+    pub resume: bool,
+    /// Where datasets live.
+    pub data_dir: DataDir,
+    /// The device to train on (its autodiff version is used for training).
+    pub device: Device,
+    /// Stop after this many optimiser steps even if the recipe's budget is larger (the run
+    /// can be resumed). Used to test interruption.
+    pub stop_after_steps: Option<usize>,
+}
+
+/// What a finished `zoo train` reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Optimiser steps done in total (including before a resume).
+    pub steps: usize,
+    /// Validation loss at the last validation.
+    pub val_loss: Option<f64>,
+    /// Wall time of this invocation.
+    pub seconds: f64,
+    /// The sample the recipe asks for.
+    pub sample: Option<String>,
+}
+
+/// What a task's training hands back: the step it stopped at and, for language models, the
+/// sample the recipe asks for.
+#[derive(Clone, Debug)]
+pub struct TaskOutcome {
+    /// Optimiser steps done in total (0 for a counted n-gram model).
+    pub steps: usize,
+    /// The sample printed at the end.
+    pub sample: Option<String>,
+}
+
+/// One invocation of `zoo train`: the recipe, where the run lives, and whether it resumes.
+pub struct Session<'a> {
+    /// The recipe.
+    pub recipe: &'a Recipe,
+    /// The recipe's file, which recipe errors name.
+    pub recipe_path: &'a Path,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The command line's options.
+    pub options: &'a TrainOptions,
+    /// The checkpoint epoch this invocation resumes from; `None` for a fresh run.
+    pub resume_epoch: Option<usize>,
+}
+
+/// A task's batches, and what a step of them costs.
+pub struct Batches<S> {
+    /// Training batches.
+    pub train: S,
+    /// Validation batches.
+    pub valid: S,
+    /// Optimiser steps in one pass over the training data (what an `epochs` budget counts).
+    pub steps_per_pass: usize,
+    /// What one optimiser step costs (what `tokens` and `flops` budgets count).
+    pub cost: StepCost,
+}
+
+/// What a task brings to [`Session::train`] beside its batches: its model, its metrics and its
+/// words. The trait is all the session knows of a task.
+pub trait TrainingTask {
+    /// The model with what training needs beside its weights (burn-train's training and
+    /// validation steps).
+    type Model: LearnerModel;
+    /// Where its batches come from.
+    type Source: BatchSource<Batch = <Self::Model as TrainStep>::Input>;
+
+    /// The model to train, on the autodiff `device`, which the session has just seeded: fresh
+    /// weights, or a starting point's.
+    fn model(&mut self, device: &Device) -> Result<Self::Model, ZooError>;
+
+    /// Registers the task's metrics beyond the loss and the learning rate.
+    fn metrics(&self, training: SupervisedTraining<Self::Model>)
+    -> SupervisedTraining<Self::Model>;
+
+    /// The progress line printed at each validation when no terminal is attached.
+    fn progress(&self, budget: Budget) -> LineRenderer;
+
+    /// The line printed when training starts.
+    fn announce(&self, budget: &Budget) -> String;
+}
+
+/// A task's model as training left it.
+pub struct Trained<M> {
+    /// The model, on the autodiff device.
+    pub model: M,
+    /// The step this invocation stopped at.
+    pub steps: usize,
+    /// Whether the run reached the end of its budget (its summary is written).
+    pub finished: bool,
+}
+
+impl Session<'_> {
+    /// An error in the recipe, naming its file.
+    pub fn recipe_error(&self, message: impl Into<String>) -> ZooError {
+        ZooError::recipe(self.recipe_path, message)
+    }
+
+    /// Whether this invocation starts the run (rather than resuming it): it then writes the
+    /// run's recipe and tokenizer.
+    pub fn is_fresh(&self) -> bool {
+        self.resume_epoch.is_none()
+    }
+
+    /// Where datasets live.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.options.data_dir
+    }
+
+    /// Creates the run directory.
+    pub fn create_run_dir(&self) -> Result<(), ZooError> {
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| ZooError::io(&self.run_dir, e))
+    }
+
+    /// The run's model config: the recipe's, after `fit` has filled in what the data decides
+    /// (vocabulary sizes, label counts) and checked what the recipe gives. A fresh run validates
+    /// it; a resumed one checks that it is the config the run was started with.
+    pub fn model_config(
+        &self,
+        fit: impl FnOnce(&mut ModelConfig) -> Result<(), String>,
+    ) -> Result<ModelConfig, ZooError> {
+        if self.resume_epoch.is_some() {
+            return resumed_model(&self.run_dir, self.recipe, self.recipe_path, |wanted, _| {
+                fit(wanted)
+            });
+        }
+        let mut config = self
+            .recipe
+            .model_config()
+            .map_err(|e| self.recipe_error(e))?;
+        fit(&mut config).map_err(|e| self.recipe_error(e))?;
+        config
+            .validate()
+            .map_err(|e| self.recipe_error(format!("[model]: {e}")))?;
+        Ok(config)
+    }
+
+    /// Trains `task`'s model of `config` on `batches` for the recipe's budget (or up to
+    /// `--stop-after-steps`), from the checkpoint it resumes from, with checkpoints and metrics
+    /// written to the run directory; writes the summary if the run finished.
+    pub fn train<T>(
+        &self,
+        mut task: T,
+        batches: Batches<T::Source>,
+        config: &ModelConfig,
+    ) -> Result<Trained<T::Model>, ZooError>
+    where
+        T: TrainingTask,
+        T::Model: InferenceStep<Input = <T::Source as BatchSource>::Batch>,
+        <T::Model as TrainStep>::Output: Adaptor<LossInput>,
+        <T::Model as InferenceStep>::Output: Adaptor<LossInput>,
+    {
+        let (recipe, run_dir) = (self.recipe, self.run_dir.as_path());
+        let t = &recipe.training;
+        let micro_batches = t.grad_accumulation;
+        let budget = Budget::of(recipe, batches.steps_per_pass, batches.cost)
+            .map_err(|e| self.recipe_error(e))?;
+        let Plan {
+            total_steps,
+            epochs,
+            start_epoch,
+        } = budget.plan(self.options.stop_after_steps, self.resume_epoch, run_dir)?;
+
+        let device = self.options.device.clone();
+        device.seed(recipe.seed);
+        // Parameters must be created on the autodiff device to be tracked.
+        let model = task.model(&device.clone().autodiff())?;
+        if let Some(epoch) = self.resume_epoch {
+            check_checkpoint(run_dir, epoch, &model)?;
+        }
+
+        let mut schedule = LrSchedule::new(
+            &recipe.schedule,
+            recipe.optimizer.lr,
+            budget.total_steps,
+            config.width(),
+        );
+        let mut metric_logger =
+            JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, self.resume_epoch)?;
+        if let Some(divisor) = recipe.schedule.plateau_divisor {
+            let mut plateau = Plateau::new(divisor);
+            // A resumed run replays the validations it has had, so it anneals exactly as an
+            // uninterrupted one.
+            for (epoch, loss) in validation_losses(run_dir) {
+                if epoch <= start_epoch {
+                    plateau.observe(loss);
+                }
+            }
+            let plateau: SharedPlateau = Arc::new(Mutex::new(plateau));
+            schedule = schedule.with_plateau(plateau.clone());
+            metric_logger = metric_logger.with_plateau(plateau);
+        }
+        let learner = Learner::new(model, build_optimizer(recipe), schedule);
+
+        let train_loader = StepLoader::training(
+            batches.train,
+            budget.steps_per_epoch * micro_batches,
+            total_steps * micro_batches,
+            start_epoch,
+            &device,
+        );
+        let val_loader = StepLoader::validation(batches.valid, t.eval_batches, &device);
+        let training =
+            SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(val_loader))
+                .metric_train_numeric(LossMetric::new())
+                .metric_valid_numeric(LossMetric::new())
+                .metric_train_numeric(LearningRateMetric::new());
+        let training = with_run_settings(
+            task.metrics(training),
+            recipe,
+            run_dir,
+            epochs,
+            self.resume_epoch,
+            metric_logger,
+            task.progress(budget),
+        );
+        println!("{}", task.announce(&budget));
+        let result = training.launch(learner);
+        if let Some(error) = &result.error {
+            return Err(ZooError::Training(error.to_string()));
+        }
+        let finished = total_steps == budget.total_steps;
+        if finished {
+            RunSummary::new(recipe, config.size(), batches.cost, total_steps, run_dir)
+                .save(run_dir)?;
+        }
+        Ok(Trained {
+            model: result.model,
+            steps: total_steps,
+            finished,
+        })
+    }
+}
+
+/// What every run's training shares beside its metrics: the metrics log, checkpoints (every
+/// `training.checkpoint_interval`, always at the end, the newest `keep_checkpoints` kept), the
+/// epochs, gradient accumulation, the checkpoint to resume from, and the display: burn-train's
+/// dashboard on a terminal, otherwise `lines` (one line per validation).
+fn with_run_settings<M: LearnerModel>(
+    training: SupervisedTraining<M>,
+    recipe: &Recipe,
+    run_dir: &Path,
+    epochs: usize,
+    resume_epoch: Option<usize>,
+    metric_logger: JsonlMetricLogger,
+    lines: LineRenderer,
+) -> SupervisedTraining<M> {
+    let t = &recipe.training;
+    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
+    let mut training = training
+        .with_metric_logger(metric_logger)
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(EveryNKeepLast {
+            every: checkpoint_every.max(1),
+            last: epochs,
+            keep: t.keep_checkpoints,
+            saved: checkpoint_epochs(run_dir),
+        })
+        .num_epochs(epochs);
+    if t.grad_accumulation > 1 {
+        training = training.grads_accumulation(t.grad_accumulation);
+    }
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+    let renderer: Box<dyn MetricsRenderer> = if std::io::stdout().is_terminal() {
+        default_renderer(training.interrupter(), resume_epoch)
+    } else {
+        Box::new(lines)
+    };
+    training.renderer(renderer)
+}

@@ -1,0 +1,268 @@
+//! Applying an encoder run: scoring it over a whole split (`zoo eval`) and reading one input
+//! (`zoo predict`): a label, tags, an answer span, or fillers for `[MASK]`.
+
+use crate::ZooError;
+use crate::models::ModelConfig;
+use crate::recipe::Task;
+use crate::runtime::data::stream;
+use crate::runtime::metrics::{Confusion, LabelStatistic};
+use crate::tasks::encoder::data::{Batching, EncoderExamples, SplitData};
+use crate::tasks::encoder::run::EncoderRun;
+use burn::module::Module;
+use burn::prelude::*;
+use zoo_bert::Prediction;
+use zoo_text::{DataDir, DatasetRegistry, EncodedInput};
+
+/// What `zoo eval` reports for an encoder run.
+#[derive(Clone, Debug)]
+pub struct EncoderEvalReport {
+    /// The split.
+    pub split: String,
+    /// Mean loss over batches, weighted by predictions.
+    pub loss: f64,
+    /// Accuracy in percent (masked tokens, or labels).
+    pub accuracy: f64,
+    /// F1 in percent (classification).
+    pub f1: Option<f64>,
+    /// Predictions scored.
+    pub predictions: usize,
+}
+
+/// Scores an encoder run on a whole split: classification accuracy and F1, or masked-LM
+/// accuracy with masks drawn from the run's seed.
+pub fn evaluate_encoder(
+    run: &EncoderRun,
+    split: &str,
+    data_dir: &DataDir,
+) -> Result<EncoderEvalReport, ZooError> {
+    let registry = DatasetRegistry::builtin();
+    let recipe = &run.recipe;
+    let special = run.tokenizer.special_ids()?;
+    let seq_len = recipe.sequence_len(&ModelConfig::Bert(run.config.clone()));
+    let batch_size = recipe.training.batch_size;
+    let split_data = SplitData::load(
+        recipe.task,
+        &registry,
+        &recipe.data.dataset,
+        split,
+        &[],
+        data_dir,
+    )?;
+    let usage = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
+    let (inputs, targets) = split_data
+        .encode(
+            &run.tokenizer,
+            &run.labels,
+            recipe,
+            seq_len,
+            &mut stream(recipe.seed, 3, 2),
+        )
+        .map_err(usage)?;
+    let batching = Batching {
+        batch_size,
+        seed: recipe.seed,
+        shuffle: false,
+        special,
+        vocab_size: run.config.vocab_size,
+    };
+    let examples = EncoderExamples::new(inputs, targets, batching).map_err(usage)?;
+    let device = run.model.devices()[0].clone();
+    let mut confusion = Confusion::default();
+    let (mut loss_sum, mut count) = (0.0, 0usize);
+    let ints = |t: Tensor<1, Int>| -> Vec<i64> {
+        t.into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap_or_default()
+    };
+    for g in 0..examples.batches_per_pass() {
+        let batch = examples.batch_at(g, &device);
+        let out = run
+            .model
+            .loss(batch.tokens, batch.segments, batch.padding, batch.targets);
+        let n = out.main.expected.dims()[0];
+        loss_sum += out.loss.into_scalar::<f64>() * n as f64;
+        count += n;
+        confusion.add(&ints(out.main.expected), &ints(out.main.predicted));
+    }
+    Ok(EncoderEvalReport {
+        split: split.to_string(),
+        loss: loss_sum / count.max(1) as f64,
+        accuracy: confusion.statistic(LabelStatistic::Accuracy),
+        f1: matches!(
+            recipe.task,
+            Task::Classification | Task::TokenClassification
+        )
+        .then(|| confusion.statistic(LabelStatistic::F1)),
+        predictions: count,
+    })
+}
+
+/// One input to [`predict`]: a text, or for span QA a question and its context.
+#[derive(Clone, Debug)]
+pub struct PredictInput {
+    /// The text (for span QA, the question).
+    pub text: String,
+    /// Span QA only: the text the answer is taken from.
+    pub context: Option<String>,
+}
+
+/// Longest answer span [`predict`] considers, in tokens.
+const MAX_ANSWER_TOKENS: usize = 30;
+
+/// What the run's model makes of `input`, as one line: the label and its probability (then
+/// every label's) for a classifier; `word/TAG` per word for a tagger; the answer for span QA;
+/// the five likeliest tokens at each `[MASK]` for masked-LM.
+pub fn predict(run: &EncoderRun, input: &PredictInput) -> Result<String, ZooError> {
+    let device = run.model.devices()[0].clone();
+    let seq_len = run
+        .recipe
+        .sequence_len(&ModelConfig::Bert(run.config.clone()));
+    let tokenizer = &run.tokenizer;
+    let words: Vec<String> = input.text.split_whitespace().map(String::from).collect();
+    let task = run.recipe.task;
+    let (encoded, aligned_words) = match task {
+        Task::TokenClassification => {
+            let aligned = tokenizer.encode_words(&[&words], seq_len)?.remove(0);
+            (aligned.input, aligned.words)
+        }
+        Task::SpanQa => {
+            let context = input.context.as_deref().ok_or_else(|| {
+                ZooError::Usage("a span-QA run needs a --context to take the answer from".into())
+            })?;
+            let context: Vec<String> = context.split_whitespace().map(String::from).collect();
+            let aligned = tokenizer
+                .encode_question_context(&[(input.text.as_str(), &context)], seq_len)?
+                .remove(0);
+            let answer = best_span(run, &aligned.input, &aligned.words, &device)
+                .map(|(first, last)| context[first..=last].join(" "));
+            return Ok(answer.unwrap_or_else(|| "(no answer in the context)".into()));
+        }
+        _ => {
+            let encoded = tokenizer.encode_inputs(&[(input.text.as_str(), None)], seq_len)?;
+            (encoded.into_iter().next().expect("one input"), Vec::new())
+        }
+    };
+    let (tokens, segments, padding) = single(&encoded, &device);
+    let Prediction::Labels(probs) = run.model.predict(tokens, segments, padding) else {
+        unreachable!("only span heads predict spans");
+    };
+    let [_, len, classes] = probs.dims();
+    let probs: Vec<f32> = probs
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    let row = |t: usize| &probs[t * classes..(t + 1) * classes];
+    let ranked = |t: usize| {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&a, &b| row(t)[b].total_cmp(&row(t)[a]));
+        order
+    };
+    let label = |i: usize| run.labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    Ok(match task {
+        Task::Classification => {
+            let order = ranked(0);
+            let all: Vec<String> = order
+                .iter()
+                .map(|&i| format!("{} {:.3}", label(i), row(0)[i]))
+                .collect();
+            format!(
+                "{}\t{:.3}\t({})",
+                label(order[0]),
+                row(0)[order[0]],
+                all.join(", ")
+            )
+        }
+        Task::TokenClassification => {
+            let mut tags = vec![String::new(); words.len()];
+            let mut previous = None;
+            for (t, word) in aligned_words.iter().enumerate().take(len) {
+                if let Some(w) = *word
+                    && *word != previous
+                {
+                    tags[w as usize] = label(ranked(t)[0]);
+                }
+                previous = *word;
+            }
+            words
+                .iter()
+                .zip(&tags)
+                .map(|(word, tag)| format!("{word}/{}", if tag.is_empty() { "-" } else { tag }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        _ => {
+            let special = tokenizer.special_ids()?;
+            let masks: Vec<usize> = (0..encoded.ids.len())
+                .filter(|&t| encoded.ids[t] == special.mask)
+                .collect();
+            if masks.is_empty() {
+                return Err(ZooError::Usage(
+                    "a masked-LM run fills in [MASK]: put [MASK] in the --input".into(),
+                ));
+            }
+            let mut out = Vec::new();
+            for t in masks {
+                let best: Vec<String> = ranked(t)
+                    .into_iter()
+                    .take(5)
+                    .map(|id| {
+                        let piece = tokenizer.decode(&[id as u32]).unwrap_or_default();
+                        format!("{piece} {:.3}", row(t)[id])
+                    })
+                    .collect();
+                out.push(format!("[MASK] -> {}", best.join(", ")));
+            }
+            out.join("\n")
+        }
+    })
+}
+
+/// The context words of the likeliest answer span: the pair of context tokens (start at or
+/// before end, at most [`MAX_ANSWER_TOKENS`] apart) with the largest summed logits.
+fn best_span(
+    run: &EncoderRun,
+    input: &EncodedInput,
+    words: &[Option<u32>],
+    device: &Device,
+) -> Option<(usize, usize)> {
+    let (tokens, segments, padding) = single(input, device);
+    let Prediction::Span { start, end } = run.model.predict(tokens, segments, padding) else {
+        unreachable!("span heads predict spans");
+    };
+    let read = |t: Tensor<2>| -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default()
+    };
+    let (start, end) = (read(start), read(end));
+    let mut best: Option<(f32, usize, usize)> = None;
+    for s in (0..words.len()).filter(|&t| words[t].is_some()) {
+        for e in (s..words.len().min(s + MAX_ANSWER_TOKENS)).filter(|&t| words[t].is_some()) {
+            let score = start[s] + end[e];
+            if best.is_none_or(|(b, _, _)| score > b) {
+                best = Some((score, s, e));
+            }
+        }
+    }
+    let (_, s, e) = best?;
+    let (first, last) = (words[s]? as usize, words[e]? as usize);
+    (first <= last).then_some((first, last))
+}
+
+/// One input as a batch of one: token ids, segment ids and (no) padding.
+fn single(
+    input: &EncodedInput,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Bool>) {
+    let len = input.ids.len();
+    let ints = |v: &[u32]| {
+        let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+        Tensor::<2, Int>::from_data(TensorData::new(v, [1, len]), device)
+    };
+    let tokens = ints(&input.ids);
+    let padding = tokens.clone().equal_elem(-1);
+    (tokens, ints(&input.segments), padding)
+}

@@ -1,0 +1,229 @@
+//! The encoder-decoder task: translation (parallel corpora and the synthetic tasks) and T5's span
+//! corruption on any text; then decoding a run, with BLEU and exact match on its outputs.
+//!
+//! A run directory holds what every run's does, plus `target_tokenizer.json` when the two sides
+//! have separate vocabularies, and `scores.jsonl`: one line per decoded evaluation (split,
+//! checkpoint epoch, strategy, BLEU, exact match, wall time).
+
+pub mod data;
+pub mod decode;
+pub mod model;
+pub mod run;
+pub mod vocab;
+
+use crate::ZooError;
+use crate::models::ModelConfig;
+use crate::recipe::Task;
+use crate::runtime::budget::{Budget, StepCost};
+use crate::runtime::logging::LineRenderer;
+use crate::runtime::metrics::{LabelMetric, LabelStatistic};
+use crate::runtime::run_dir::write_run_recipe;
+use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
+use burn::prelude::*;
+use burn::train::SupervisedTraining;
+use data::{Examples, Seq2SeqBatching, Seq2SeqExamples, SplitText, load_pairs};
+use decode::evaluate_seq2seq;
+use model::{Seq2SeqTrainer, TargetTokens};
+use run::{init_model, load_seq2seq_run};
+use vocab::Vocabularies;
+use zoo_text::span_corruption::{SENTINELS, SpanCorruption};
+use zoo_text::{DatasetRegistry, ZooTokenizer};
+
+/// Trains an encoder-decoder recipe in `session`'s run directory; a finished translation run
+/// then decodes its validation split and records BLEU and exact match.
+pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
+    let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
+    let data = &recipe.data;
+    let dir = session.data_dir();
+    let span_corruption = recipe.task == Task::SpanCorruption;
+    let registry = DatasetRegistry::builtin();
+    let read = |split: &str| -> Result<SplitText, ZooError> {
+        Ok(if span_corruption {
+            SplitText::Text(registry.load_split(&data.dataset, split, dir)?)
+        } else {
+            SplitText::Pairs(load_pairs(&registry, recipe, split, dir)?)
+        })
+    };
+    let train_data = read(&data.train_split).map_err(|e| match e {
+        ZooError::Text(e) => session.recipe_error(format!("[data]: {e}")),
+        other => other,
+    })?;
+    let val_data = read(&data.val_split)?;
+
+    session.create_run_dir()?;
+    let vocab = if session.is_fresh() {
+        let spec = recipe
+            .tokenizer_spec()
+            .map_err(|e| session.recipe_error(e))?;
+        let side = |pairs: &[(String, String)], target: bool| -> String {
+            pairs
+                .iter()
+                .map(|(s, t)| format!("{}\n", if target { t } else { s }))
+                .collect()
+        };
+        match (&train_data, &recipe.target_tokenizer) {
+            (SplitText::Text(text), _) => {
+                Vocabularies::new(ZooTokenizer::build(spec, text)?, None, SENTINELS)
+            }
+            (SplitText::Pairs(pairs), Some(target_spec)) => Vocabularies::new(
+                ZooTokenizer::build(spec, &side(pairs, false))?,
+                Some(ZooTokenizer::build(target_spec, &side(pairs, true))?),
+                0,
+            ),
+            (SplitText::Pairs(pairs), None) => {
+                let both = side(pairs, false) + &side(pairs, true);
+                Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
+            }
+        }
+    } else {
+        Vocabularies::load(run_dir, recipe.task)?
+    };
+    let config = session.model_config(|config| fit_vocabularies(config, &vocab))?;
+    if session.is_fresh() {
+        vocab.save(run_dir)?;
+        write_run_recipe(run_dir, recipe, &config)?;
+    }
+
+    let seq_len = recipe.sequence_len(&config);
+    let t = &recipe.training;
+    let (train_examples, train_dropped) = train_data.examples(&vocab, seq_len)?;
+    let (val_examples, _) = val_data.examples(&vocab, seq_len)?;
+    let corruption = span_corruption.then_some(SpanCorruption {
+        noise_density: data.noise_density,
+        mean_span_length: data.mean_span_length,
+    });
+    let serve = |examples: Examples, train: bool| {
+        let batching = Seq2SeqBatching {
+            batch_size: t.batch_size,
+            seed: recipe.seed ^ if train { 0 } else { 0x76_616C },
+            shuffle: train,
+        };
+        let split = if train { "training" } else { "validation" };
+        Seq2SeqExamples::new(examples, batching, &vocab, corruption)
+            .map_err(|e| session.recipe_error(format!("{split} split: {e}")))
+    };
+    let train_examples = serve(train_examples, true)?;
+    let val_examples = serve(val_examples, false)?;
+
+    let micro_batches = t.grad_accumulation;
+    let batches = Batches {
+        steps_per_pass: train_examples.batches_per_pass().div_ceil(micro_batches),
+        cost: StepCost {
+            tokens: train_examples.mean_target_tokens() * (t.batch_size * micro_batches) as f64,
+            flops_per_token: config.size().train_flops_per_token as f64,
+        },
+        train: train_examples,
+        valid: val_examples,
+    };
+    let task = Seq2SeqTraining {
+        session,
+        config: &config,
+        examples: batches.train.len(),
+        dropped: train_dropped,
+        seq_len,
+    };
+    let trained = session.train(task, batches, &config)?;
+    // Score the validation split by decoding it, as `zoo eval` would.
+    if trained.finished && !span_corruption {
+        let run = load_seq2seq_run(run_dir, None, &session.options.device)?;
+        let report = evaluate_seq2seq(&run, &data.val_split, dir, &recipe.decoding)?;
+        println!("{}", report.summary());
+        report.record(run_dir)?;
+    }
+    Ok(TaskOutcome {
+        steps: trained.steps,
+        sample: None,
+    })
+}
+
+/// An encoder-decoder's part of a training session.
+struct Seq2SeqTraining<'a> {
+    session: &'a Session<'a>,
+    config: &'a ModelConfig,
+    /// Training examples (pairs, or pieces of text to corrupt).
+    examples: usize,
+    /// Training pairs left out for being longer than `seq_len`.
+    dropped: usize,
+    seq_len: usize,
+}
+
+impl TrainingTask for Seq2SeqTraining<'_> {
+    type Model = Seq2SeqTrainer;
+    type Source = Seq2SeqExamples;
+
+    fn model(&mut self, device: &Device) -> Result<Seq2SeqTrainer, ZooError> {
+        let model = init_model(self.config, device).map_err(|e| self.session.recipe_error(e))?;
+        Ok(Seq2SeqTrainer::new(model, self.session.recipe))
+    }
+
+    fn metrics(
+        &self,
+        training: SupervisedTraining<Seq2SeqTrainer>,
+    ) -> SupervisedTraining<Seq2SeqTrainer> {
+        let accuracy = || LabelMetric::<TargetTokens>::new("Accuracy", LabelStatistic::Accuracy);
+        training
+            .metric_train_numeric(accuracy())
+            .metric_valid_numeric(accuracy())
+    }
+
+    fn progress(&self, budget: Budget) -> LineRenderer {
+        LineRenderer::with_columns(
+            budget,
+            self.session.recipe.training.batch_size,
+            "seq",
+            vec![("val token acc", "Accuracy", 2)],
+        )
+    }
+
+    fn announce(&self, budget: &Budget) -> String {
+        let recipe = self.session.recipe;
+        let t = &recipe.training;
+        format!(
+            "training {} ({} parameters, {}) on {} {} of '{}'{} for {} steps of {} examples; run directory {}",
+            recipe.name(),
+            self.config.size().total,
+            recipe.task.name(),
+            self.examples,
+            if recipe.task == Task::SpanCorruption {
+                "text pieces"
+            } else {
+                "pairs"
+            },
+            recipe.data.dataset,
+            if self.dropped > 0 {
+                format!(
+                    " ({} pairs longer than seq_len = {} left out)",
+                    self.dropped, self.seq_len
+                )
+            } else {
+                String::new()
+            },
+            budget.total_steps,
+            t.batch_size * t.grad_accumulation,
+            self.session.run_dir.display()
+        )
+    }
+}
+
+/// Fills in vocabulary sizes left at 0 and checks the ones given.
+fn fit_vocabularies(config: &mut ModelConfig, vocab: &Vocabularies) -> Result<(), String> {
+    let (source, target) = match config {
+        ModelConfig::Transformer(c) => (&mut c.src_vocab_size, &mut c.tgt_vocab_size),
+        ModelConfig::RnnAttention(c) => (&mut c.src_vocab_size, &mut c.tgt_vocab_size),
+        _ => unreachable!("encoder-decoder configs only"),
+    };
+    for (size, tokenizer, name) in [
+        (source, &vocab.source, "src_vocab_size"),
+        (target, &vocab.target, "tgt_vocab_size"),
+    ] {
+        if *size == 0 {
+            *size = tokenizer.vocab_size();
+        } else if *size < tokenizer.vocab_size() {
+            return Err(format!(
+                "[model] {name} = {size} is smaller than the tokenizer's {} tokens",
+                tokenizer.vocab_size()
+            ));
+        }
+    }
+    Ok(())
+}
