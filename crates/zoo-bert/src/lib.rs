@@ -1,6 +1,7 @@
 //! Encoder-only BERT models: the encoder and its task heads in [`model`], named shapes (Google's
 //! BERT miniatures) in [`presets`].
 
+pub mod hf;
 pub mod model;
 pub mod presets;
 

@@ -5,7 +5,8 @@
 //! build it: token + segment + learned position embeddings summed, LayerNorm, dropout; post-norm
 //! encoder layers with exact GELU; a pooler (`tanh` of a projection of the `[CLS]` vector); every
 //! weight from N(0, 0.02²). Pre-norm (`norm_placement = "pre"`, with a final LayerNorm) is an
-//! option. One difference: LayerNorm's epsilon is PyTorch's 1e-5, not BERT's 1e-12.
+//! option. LayerNorm's epsilon is `layer_norm_eps`: PyTorch's 1e-5 unless set (BERT's is 1e-12,
+//! which a checkpoint imported from Hugging Face keeps).
 //!
 //! Padding: every batch comes with a padding mask (true at padded positions). Attention never
 //! reads a padded key and every head ignores padded positions, so what a sequence is padded
@@ -52,6 +53,8 @@ pub struct BertConfig {
     pub activation: Activation,
     /// Classes of the classification and token-classification heads (0: from the data).
     pub num_labels: usize,
+    /// LayerNorm's epsilon (PyTorch's 1e-5; Google's BERT and its checkpoints use 1e-12).
+    pub layer_norm_eps: f64,
 }
 
 impl Default for BertConfig {
@@ -68,6 +71,7 @@ impl Default for BertConfig {
             norm_placement: NormPlacement::Post,
             activation: Activation::Gelu,
             num_labels: 0,
+            layer_norm_eps: 1e-5,
         }
     }
 }
@@ -109,6 +113,16 @@ impl BertConfig {
         }
     }
 
+    fn norm(&self, device: &Device) -> Norm {
+        Norm::with_epsilon(
+            NormKind::LayerNorm,
+            self.d_model,
+            true,
+            self.layer_norm_eps,
+            device,
+        )
+    }
+
     fn attention(&self) -> SelfAttentionConfig {
         SelfAttentionConfig {
             dropout: self.dropout,
@@ -146,7 +160,7 @@ impl BertConfig {
     /// The encoder with fresh weights.
     pub fn init_encoder(&self, device: &Device) -> Result<Bert, String> {
         self.validate()?;
-        let norm = || Norm::new(NormKind::LayerNorm, self.d_model, true, device);
+        let norm = || self.norm(device);
         let table = |rows: usize| {
             EmbeddingConfig::new(rows, self.d_model)
                 .with_initializer(INIT)
@@ -190,7 +204,7 @@ impl BertConfig {
         Ok(match task {
             BertTask::MaskedLm { next_sentence } => BertHead::MaskedLm(MaskedLmHead {
                 transform: self.linear(self.d_model, device),
-                norm: Norm::new(NormKind::LayerNorm, self.d_model, true, device),
+                norm: self.norm(device),
                 bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
                 next_sentence: next_sentence.then(|| self.linear(2, device)),
             }),

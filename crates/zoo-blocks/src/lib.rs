@@ -10,6 +10,7 @@ pub mod cross_attention;
 pub mod decoding;
 pub mod embedding;
 pub mod feed_forward;
+pub mod hf;
 pub mod kernels;
 pub mod loss;
 pub mod norm;

@@ -1,8 +1,8 @@
 //! Normalisation layers (LayerNorm, RMSNorm) and where a block puts them (pre- or post-norm).
 
 use crate::kernels;
-use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -28,9 +28,22 @@ pub enum NormPlacement {
     Post,
 }
 
-/// LayerNorm's epsilon (PyTorch's and Burn's default). Burn's module keeps its own private, so
-/// [`Norm::new`] sets it and [`Norm::forward`] hands the same value to our kernel.
-const LAYER_NORM_EPSILON: f64 = 1e-5;
+/// LayerNorm's and RMSNorm's epsilon unless a model says otherwise (PyTorch's and Burn's
+/// default; BERT uses 1e-12, T5 1e-6).
+pub const DEFAULT_EPSILON: f64 = 1e-5;
+
+/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + epsilon) * gamma + beta`, on our
+/// fused kernel. Burn's `LayerNorm` keeps its epsilon private, where the kernel cannot read it;
+/// this one has the same parameters under the same names, so checkpoints load either way.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// The gain, `[d_model]`.
+    pub gamma: Param<Tensor<1>>,
+    /// The bias, `[d_model]` (absent in bias-free models).
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Added to the variance.
+    pub epsilon: f64,
+}
 
 /// A LayerNorm or an RMSNorm, chosen at construction.
 #[derive(Module, Debug)]
@@ -42,16 +55,31 @@ pub enum Norm {
 }
 
 impl Norm {
-    /// A norm over the last dimension of size `d_model`. `bias` only matters for LayerNorm.
+    /// A norm over the last dimension of size `d_model`, with the default epsilon. `bias` only
+    /// matters for LayerNorm.
     pub fn new(kind: NormKind, d_model: usize, bias: bool, device: &Device) -> Self {
+        Self::with_epsilon(kind, d_model, bias, DEFAULT_EPSILON, device)
+    }
+
+    /// [`Norm::new`] with `epsilon` added to the variance (or mean square).
+    pub fn with_epsilon(
+        kind: NormKind,
+        d_model: usize,
+        bias: bool,
+        epsilon: f64,
+        device: &Device,
+    ) -> Self {
         match kind {
-            NormKind::LayerNorm => Norm::Layer(
-                LayerNormConfig::new(d_model)
-                    .with_bias(bias)
-                    .with_epsilon(LAYER_NORM_EPSILON)
+            NormKind::LayerNorm => Norm::Layer(LayerNorm {
+                gamma: Initializer::Ones.init([d_model], device),
+                beta: bias.then(|| Initializer::Zeros.init([d_model], device)),
+                epsilon,
+            }),
+            NormKind::RmsNorm => Norm::Rms(
+                RmsNormConfig::new(d_model)
+                    .with_epsilon(epsilon)
                     .init(device),
             ),
-            NormKind::RmsNorm => Norm::Rms(RmsNormConfig::new(d_model).init(device)),
         }
     }
 
@@ -62,7 +90,7 @@ impl Norm {
                 x,
                 norm.gamma.val(),
                 norm.beta.as_ref().map(|beta| beta.val()),
-                LAYER_NORM_EPSILON,
+                norm.epsilon,
             ),
             Norm::Rms(norm) => norm.forward(x),
         }

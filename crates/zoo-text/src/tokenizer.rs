@@ -358,7 +358,15 @@ impl ZooTokenizer {
                 path: path.to_path_buf(),
             });
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| TextError::Parse {
+        let mut inner = Tokenizer::from_file(path).map_err(|e| TextError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        // The zoo pads each batch to its longest input and cuts each input to the run's length
+        // itself; a file's own settings (Hugging Face's often pad every input to 128 tokens)
+        // would hand it padding as if it were text.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| TextError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -481,6 +489,69 @@ fn with_vocabulary(vocab: impl IntoIterator<Item = (String, u32)>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Hugging Face BERT tokenizer (bert-base-uncased's layout: [PAD] 0, [UNK] 100, [CLS] 101,
+    /// [SEP] 102, [MASK] 103), saved by `tokenizers` with the ids it gives a few texts.
+    #[test]
+    fn a_hugging_face_tokenizer_gives_the_reference_ids_and_its_own_specials() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf/bert-encoder");
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        // The same file with Hugging Face's padding and truncation settings, as published
+        // tokenizers often have them.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+                .unwrap();
+        json["padding"] = serde_json::json!({
+            "strategy": {"Fixed": 128}, "direction": "Right", "pad_to_multiple_of": null,
+            "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"
+        });
+        json["truncation"] = serde_json::json!({
+            "direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0
+        });
+        let padded =
+            std::env::temp_dir().join(format!("zoo-hf-tokenizer-{}.json", std::process::id()));
+        std::fs::write(&padded, json.to_string()).unwrap();
+        for path in [dir.join("tokenizer.json"), padded.clone()] {
+            let tokenizer = ZooTokenizer::load(&path).unwrap();
+            let special = tokenizer.special_ids().unwrap();
+            assert_eq!(
+                [
+                    special.pad,
+                    special.unk,
+                    special.cls,
+                    special.sep,
+                    special.mask
+                ],
+                [0, 100, 101, 102, 103]
+            );
+            for (i, texts) in reference["texts"].as_array().unwrap().iter().enumerate() {
+                let texts: Vec<&str> = texts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                let input = tokenizer
+                    .encode_inputs(&[(texts[0], texts.get(1).copied())], 64)
+                    .unwrap()
+                    .remove(0);
+                let ids = |key: &str| -> Vec<u32> {
+                    reference[key][i]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap() as u32)
+                        .collect()
+                };
+                assert_eq!(input.ids, ids("input_ids"), "{texts:?}");
+                assert_eq!(input.segments, ids("token_type_ids"), "{texts:?}");
+            }
+        }
+        std::fs::remove_file(padded).unwrap();
+    }
 
     const TEXT: &str = "the cat sat on the mat.\nthe dog sat on the log.\nthe cat saw the dog.\n";
 
