@@ -12,7 +12,7 @@ use zoo_train::ZooError;
 use zoo_train::dispatch::{Evaluation, TrainOptions};
 use zoo_train::launcher::Launcher;
 use zoo_train::models::{ARCHITECTURES, ModelConfig};
-use zoo_train::tasks::encoder::predict::PredictInput;
+use zoo_train::tasks::encoder::predict::{Pooling, PredictInput, embed};
 use zoo_train::tasks::seq2seq::decode::DecodingOptions;
 
 #[derive(Parser)]
@@ -127,6 +127,39 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Turn a Hugging Face model directory (config.json, model.safetensors, tokenizer.json) into
+    /// a run directory that every command works on (BERT models so far).
+    Import {
+        /// The Hugging Face model directory.
+        hf_dir: PathBuf,
+        /// The run directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The dataset `zoo eval` scores the run on (default: the embedded corpus).
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    /// Sentence embeddings from an encoder run (or a Hugging Face BERT directory): one line of
+    /// numbers per input, or JSON.
+    Embed {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The text to embed.
+        #[arg(long, conflicts_with = "file")]
+        input: Option<String>,
+        /// One text per line.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// How the token vectors become one: their mean (padding left out) or the [CLS] vector.
+        #[arg(long, value_enum, default_value = "mean")]
+        pooling: PoolingArg,
+        /// Scale each embedding to unit length.
+        #[arg(long)]
+        normalize: bool,
+        /// Print a JSON array of arrays.
+        #[arg(long)]
+        json: bool,
+    },
     /// Parameters, FLOPs per token and training memory of a preset or recipe.
     Info {
         /// A preset name (e.g. gpt-mini) or a recipe file.
@@ -158,6 +191,13 @@ enum Command {
     },
     /// List presets and datasets.
     List,
+}
+
+/// `zoo embed --pooling`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PoolingArg {
+    Mean,
+    Cls,
 }
 
 /// How an encoder-decoder decodes; unset values come from the run's `[decoding]`.
@@ -522,15 +562,7 @@ fn run(
             checkpoint,
             decoding,
         } => {
-            let sentences: Vec<String> = match (input, &file) {
-                (Some(text), None) => vec![text],
-                (None, Some(path)) => std::fs::read_to_string(path)
-                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
-                    .lines()
-                    .map(str::to_string)
-                    .collect(),
-                _ => return Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
-            };
+            let sentences = input_lines(input, file.as_deref())?;
             let run = zoo_train::dispatch::seq2seq_run(&run_dir, checkpoint, &device)?;
             let spec = decoding.options().apply(&run.recipe.decoding)?;
             let sampling = temperature.map(|temperature| SamplingConfig {
@@ -546,6 +578,53 @@ fn run(
                     ZooError::Usage(format!("cannot write {}: {e}", path.display()))
                 })?,
                 None => print!("{text}"),
+            }
+        }
+        Command::Import {
+            hf_dir,
+            out,
+            dataset,
+        } => {
+            let report = zoo_train::import::import(&hf_dir, &out, dataset.as_deref(), &device)?;
+            println!(
+                "imported {} ({}, {} parameters) as a {} run{}; run directory {}",
+                hf_dir.display(),
+                report.class,
+                report.parameters,
+                report.task,
+                if report.labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with labels {}", report.labels.join(", "))
+                },
+                report.run_dir.display()
+            );
+        }
+        Command::Embed {
+            run_dir,
+            input,
+            file,
+            pooling,
+            normalize,
+            json,
+        } => {
+            let texts = input_lines(input, file.as_deref())?;
+            let run = zoo_train::dispatch::encoder_run(&run_dir, &device)?;
+            let pooling = match pooling {
+                PoolingArg::Mean => Pooling::Mean,
+                PoolingArg::Cls => Pooling::Cls,
+            };
+            let vectors = embed(&run, &texts, pooling, normalize)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&vectors).expect("numbers serialise")
+                );
+            } else {
+                for vector in vectors {
+                    let line: Vec<String> = vector.iter().map(|v| format!("{v:.6}")).collect();
+                    println!("{}", line.join(" "));
+                }
             }
         }
         Command::Info {
@@ -624,6 +703,22 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// The texts of `--input TEXT` (one) or `--file PATH` (one per line).
+fn input_lines(
+    input: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>, ZooError> {
+    match (input, file) {
+        (Some(text), None) => Ok(vec![text]),
+        (None, Some(path)) => Ok(std::fs::read_to_string(path)
+            .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
+            .lines()
+            .map(str::to_string)
+            .collect()),
+        _ => Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
+    }
 }
 
 /// The preset `name` of one family, picked out of the model table's answer by `family`.

@@ -744,6 +744,125 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
     assert_clean_error(&refused, 1, &["wide.toml", "init_from", "d_model = 64"]);
 }
 
+/// A Hugging Face BERT directory (tests/fixtures/hf, tiny random checkpoints made with
+/// `transformers`) imports as a run every command works on, embeds as sentence-transformers
+/// pools, and starts a fine-tuning run through `init_from`, directly or once imported.
+#[test]
+fn a_hugging_face_bert_imports_embeds_predicts_and_fine_tunes() {
+    let dir = scratch("hf");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let hf = |name: &str| fixtures.join(name).to_str().unwrap().to_string();
+
+    let imported = zoo(
+        &["import", &hf("bert-classifier"), "--out", "runs/cls"],
+        &dir,
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let out = stdout(&imported);
+    assert!(
+        out.contains("BertForSequenceClassification") && out.contains("LABEL_0, LABEL_1, LABEL_2"),
+        "{out}"
+    );
+    let predicted = zoo(
+        &["predict", "runs/cls", "--input", "the cat sat on the mat."],
+        &dir,
+    );
+    assert!(predicted.status.success(), "{}", stderr(&predicted));
+    assert!(
+        stdout(&predicted).starts_with("LABEL_"),
+        "{}",
+        stdout(&predicted)
+    );
+    let again = zoo(
+        &["import", &hf("bert-classifier"), "--out", "runs/cls"],
+        &dir,
+    );
+    assert_clean_error(&again, 1, &["runs/cls", "already holds a run"]);
+    let not_hf = zoo(&["import", "runs/cls", "--out", "runs/other"], &dir);
+    assert_clean_error(&not_hf, 1, &["not a Hugging Face model directory"]);
+
+    // Mean pooling over the real tokens of the reference hidden states, as sentence-transformers
+    // pools them; the imported run and the Hugging Face directory itself give it.
+    let imported = zoo(&["import", &hf("bert-encoder"), "--out", "runs/enc"], &dir);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let reference = fixtures.join("bert-encoder/reference.safetensors");
+    let mut tensors = zoo::blocks::hf::HfTensors::open(&reference).unwrap();
+    let hidden: Vec<f32> = tensors
+        .take("last_hidden_state", &[3, 12, 32])
+        .unwrap()
+        .try_to_vec()
+        .unwrap();
+    // "the cat sat on the mat." is 9 tokens, [CLS] and [SEP] included.
+    let expected: Vec<f64> = (0..32)
+        .map(|k| (0..9).map(|t| hidden[t * 32 + k] as f64).sum::<f64>() / 9.0)
+        .collect();
+    let embed = |run: &str, extra: &[&str]| -> Vec<f64> {
+        let args = [
+            &["embed", run, "--input", "the cat sat on the mat.", "--json"],
+            extra,
+        ]
+        .concat();
+        let out = zoo(&args, &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let vectors: Vec<Vec<f64>> = serde_json::from_str(&stdout(&out)).unwrap();
+        vectors.into_iter().next().unwrap()
+    };
+    for run in ["runs/enc", hf("bert-encoder").as_str()] {
+        let mean = embed(run, &[]);
+        let diff = mean
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{run}: mean pooling differs by {diff}");
+    }
+    let unit = embed("runs/enc", &["--normalize"]);
+    let norm = unit.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    let cls = embed("runs/enc", &["--pooling", "cls"]);
+    let diff = cls
+        .iter()
+        .zip(&hidden[..32])
+        .map(|(a, b)| (a - *b as f64).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "the [CLS] vector differs by {diff}");
+
+    // Fine-tuning straight from the Hugging Face directory, every pretrained weight frozen: the
+    // run takes the pretrained shape (the recipe states none of it), and its encoder is the
+    // imported one to the bit.
+    let recipe = format!(
+        "seed = 3\ntask = \"classification\"\ninit_from = {:?}\n[model]\narch = \"bert\"\ndropout = 0.0\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 4\neval_interval = 2\nseq_len = 32\nfreeze_embeddings = true\nfreeze_layers = 2\n",
+        hf("bert-encoder")
+    );
+    write(&dir, "tune.toml", &recipe);
+    let tuned = zoo(&["train", "tune.toml"], &dir);
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    assert!(
+        stdout(&tuned).contains("loaded the encoder from"),
+        "{}",
+        stdout(&tuned)
+    );
+    let before = encoder_weights(&dir.join("runs/enc"));
+    assert_eq!(encoder_weights(&dir.join("runs/tune")), before);
+    let resolved = std::fs::read_to_string(dir.join("runs/tune/recipe.toml")).unwrap();
+    assert!(
+        resolved.contains("layer_norm_eps = 0.000000000001"),
+        "{resolved}"
+    );
+    // A shape the recipe states and the checkpoint does not have is refused by name.
+    write(
+        &dir,
+        "wide.toml",
+        &recipe.replace("dropout = 0.0", "dropout = 0.0\nd_model = 64"),
+    );
+    let refused = zoo(&["train", "wide.toml"], &dir);
+    assert_clean_error(
+        &refused,
+        1,
+        &["wide.toml", "init_from", "d_model = 64 (the run has 32)"],
+    );
+}
+
 /// `schedule.plateau_divisor` anneals every task's learning rate, not only a language model's.
 /// Here a masked-LM encoder whose rate (1e-30, everything but the head frozen, no weight decay)
 /// is too small to move any weight by a float's step: every validation loss after the first is

@@ -3,7 +3,9 @@
 
 use crate::ZooError;
 use crate::recipe::{Recipe, Task};
-use crate::runtime::run_dir::{last_val_loss, load_run_recipe, resume_epoch};
+use crate::runtime::run_dir::{
+    HF_CONFIG_FILE, is_hugging_face_dir, last_val_loss, load_run_recipe, resume_epoch,
+};
 use crate::runtime::session::Session;
 pub use crate::runtime::session::{TrainOptions, TrainReport};
 use crate::tasks::encoder::predict::{EncoderEvalReport, evaluate_encoder};
@@ -40,12 +42,34 @@ impl RunKind {
         }
     }
 
-    /// The kind of run `run_dir` holds, from its recipe.
+    /// The kind of run `run_dir` holds, from its recipe (or, for a Hugging Face model
+    /// directory, its `config.json`).
     pub fn of_run(run_dir: &Path) -> Result<Self, ZooError> {
         if !run_dir.is_dir() {
             return Err(ZooError::run_dir(run_dir, "does not exist"));
         }
+        if is_hugging_face_dir(run_dir) {
+            return Self::of_hugging_face(run_dir);
+        }
         Ok(Self::of_task(load_run_recipe(run_dir)?.task))
+    }
+
+    /// The kind of model in a Hugging Face directory, from its `config.json`'s `model_type`.
+    pub fn of_hugging_face(dir: &Path) -> Result<Self, ZooError> {
+        let path = dir.join(HF_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE} is not JSON: {e}")))?;
+        match json["model_type"].as_str() {
+            Some("bert") => Ok(RunKind::Encoder),
+            other => Err(ZooError::run_dir(
+                dir,
+                format!(
+                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\"",
+                    other.map_or("missing".into(), |t| format!("\"{t}\""))
+                ),
+            )),
+        }
     }
 }
 
@@ -110,7 +134,7 @@ pub fn evaluate(
             Evaluation::LanguageModel(lm::evaluate(&run, split, data_dir)?)
         }
         RunKind::Encoder => {
-            let run = encoder::run::load_encoder_run(run_dir, checkpoint, device)?;
+            let run = encoder::load(run_dir, checkpoint, device)?;
             Evaluation::Encoder(evaluate_encoder(&run, split, data_dir)?)
         }
         RunKind::EncoderDecoder => {
@@ -123,15 +147,18 @@ pub fn evaluate(
     })
 }
 
-/// The encoder run in `run_dir`, for `zoo predict`.
+/// The encoder run in `run_dir` (or a Hugging Face BERT directory), for `zoo predict` and
+/// `zoo embed`.
 pub fn encoder_run(run_dir: &Path, device: &Device) -> Result<EncoderRun, ZooError> {
-    if RunKind::of_run(run_dir).ok() != Some(RunKind::Encoder) {
-        return Err(ZooError::Usage(format!(
-            "{} is not a BERT run: `zoo predict` applies encoders; use `zoo generate` for language models",
+    match RunKind::of_run(run_dir) {
+        Ok(RunKind::Encoder) => encoder::load(run_dir, None, device),
+        // A Hugging Face directory the zoo cannot read says why.
+        Err(e) if is_hugging_face_dir(run_dir) => Err(e),
+        _ => Err(ZooError::Usage(format!(
+            "{} is not a BERT run: `zoo predict` and `zoo embed` apply encoders; use `zoo generate` for language models",
             run_dir.display()
-        )));
+        ))),
     }
-    encoder::run::load_encoder_run(run_dir, None, device)
 }
 
 /// The encoder-decoder run in `run_dir` (its last checkpoint, or `checkpoint`'s), for
@@ -141,11 +168,12 @@ pub fn seq2seq_run(
     checkpoint: Option<usize>,
     device: &Device,
 ) -> Result<Seq2SeqRun, ZooError> {
-    if RunKind::of_run(run_dir).ok() != Some(RunKind::EncoderDecoder) {
-        return Err(ZooError::Usage(format!(
+    match RunKind::of_run(run_dir) {
+        Ok(RunKind::EncoderDecoder) => seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device),
+        Err(e) if is_hugging_face_dir(run_dir) => Err(e),
+        _ => Err(ZooError::Usage(format!(
             "{} is not an encoder-decoder run: `zoo translate` needs one (task = \"translation\" or \"span-corruption\")",
             run_dir.display()
-        )));
+        ))),
     }
-    seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device)
 }

@@ -4,21 +4,34 @@
 //! training would build it.
 
 use crate::ZooError;
+use crate::dispatch::RunKind;
 use crate::models::{ModelConfig, preset};
 use crate::recipe::Recipe;
-use crate::runtime::run_dir::TOKENIZER_FILE;
+use crate::runtime::run_dir::{RECIPE_FILE, TOKENIZER_FILE, is_hugging_face_dir};
+use crate::tasks::encoder;
 use crate::tasks::seq2seq::vocab::added_tokens;
 use std::path::Path;
 use zoo_text::{DataDir, DatasetRegistry, ZooTokenizer};
 
-/// The config of a preset name or a recipe file, with the vocabulary size resolved, and the
-/// tokens per training sequence.
+/// The config of a preset name, a recipe file, a run directory or a Hugging Face model
+/// directory, with the vocabulary size resolved, and the tokens per training sequence.
 fn resolve(
     model: &str,
     vocab_size: Option<usize>,
     data_dir: &DataDir,
 ) -> Result<(String, ModelConfig, usize), ZooError> {
     let path = Path::new(model);
+    if is_hugging_face_dir(path) {
+        // Only BERT is imported so far; the message names the model_type otherwise.
+        RunKind::of_hugging_face(path)?;
+        let config = ModelConfig::Bert(encoder::hf::read_config(path)?.config);
+        let seq_len = config.default_sequence_len();
+        return Ok((model.to_string(), config, seq_len));
+    }
+    if path.is_dir() {
+        let recipe = path.join(RECIPE_FILE);
+        return resolve(&recipe.to_string_lossy(), vocab_size, data_dir);
+    }
     let (label, mut config, recipe) =
         if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
             let recipe = Recipe::load(path)?;
@@ -75,7 +88,7 @@ fn resolve(
 }
 
 /// `zoo info`: the shape, parameters, training FLOPs and training memory of `model` (a preset
-/// name or a recipe file), per step of `batch_size` sequences; the vocabulary size comes from
+/// name, a recipe file, a run directory or a Hugging Face directory), per step of `batch_size` sequences; the vocabulary size comes from
 /// `vocab_size`, the model, or the tokenizer training would build.
 pub fn describe(
     model: &str,

@@ -6,11 +6,12 @@
 //! and never a sibling of its own layer (a task never imports another task):
 //!
 //! ```text
-//! 4  dispatch   train / evaluate: picks the task module from the recipe or run directory
+//! 6  import     a Hugging Face model directory written out as a run directory
 //!    compare    recipes on one shared budget, reports and plots
 //!    bench      throughput and scaling benchmarks
-//!    info       what a preset or recipe costs
-//!    launcher   child `zoo` processes (compare's runs, the scaling benchmark's points)
+//!    info       what a preset, recipe or run's model costs
+//! 5  dispatch   train / evaluate: picks the task module from the recipe or run directory
+//! 4  launcher   child `zoo` processes (compare's runs, the scaling benchmark's points)
 //! 3  tasks/     one module per task, each on the runtime: lm (GPT, RNN, n-gram), encoder
 //!               (BERT pretraining and fine-tuning), seq2seq (encoder-decoders)
 //! 2  runtime/   what every task's training shares and no task names: budget and plan, the run
@@ -26,6 +27,7 @@
 pub mod bench;
 pub mod compare;
 pub mod dispatch;
+pub mod import;
 pub mod info;
 pub mod launcher;
 pub mod models;

@@ -12,8 +12,9 @@ fn layer(module: &str) -> usize {
         "runtime" => 2,
         "tasks" => 3,
         "launcher" => 4,
-        "bench" | "compare" | "dispatch" | "info" => 5,
-        "lib" => 6,
+        "dispatch" => 5,
+        "bench" | "compare" | "import" | "info" => 6,
+        "lib" => 7,
         other => panic!("module {other} has no layer: add it to tests/layers.rs"),
     }
 }

@@ -55,10 +55,24 @@ impl CheckpointingStrategy for EveryNKeepLast {
     }
 }
 
-/// The epochs that have a complete checkpoint (model, optimiser and scheduler), oldest first.
+/// The epochs that have a complete checkpoint (model, optimiser and scheduler), oldest first:
+/// what a run can be resumed from.
 pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
     let dir = run_dir.join(CHECKPOINT_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    model_epochs(run_dir)
+        .into_iter()
+        .filter(|epoch| {
+            ["optim", "scheduler"]
+                .iter()
+                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
+        })
+        .collect()
+}
+
+/// The epochs that have a model checkpoint, oldest first: what a run can be loaded from (an
+/// imported run has a model and no optimiser state).
+pub fn model_epochs(run_dir: &Path) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINT_DIR)) else {
         return Vec::new();
     };
     let mut epochs: Vec<usize> = entries
@@ -69,11 +83,6 @@ pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
                 .strip_suffix(".bpk")?
                 .parse()
                 .ok()
-        })
-        .filter(|epoch| {
-            ["optim", "scheduler"]
-                .iter()
-                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
         })
         .collect();
     epochs.sort_unstable();
@@ -141,21 +150,22 @@ pub fn check_checkpoint<M: Module>(
     Ok(())
 }
 
-/// Writes the resolved recipe (`config` in place of the recipe's `[model]`).
+/// What the first line of a run's `recipe.toml` says about where it came from.
+pub const TRAINED: &str = "Resolved by zoo train: the preset is expanded.";
+
+/// Writes the resolved recipe (`config` in place of the recipe's `[model]`), headed by a
+/// comment line saying where it came from (`origin`).
 pub fn write_run_recipe(
     run_dir: &Path,
     recipe: &Recipe,
     config: &ModelConfig,
+    origin: &str,
 ) -> Result<(), ZooError> {
     let mut resolved = recipe.clone();
     resolved.model = config.to_spec();
     let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
     let path = run_dir.join(RECIPE_FILE);
-    std::fs::write(
-        &path,
-        format!("# Resolved by zoo train: the preset is expanded.\n{text}"),
-    )
-    .map_err(|e| ZooError::io(&path, e))
+    std::fs::write(&path, format!("# {origin}\n{text}")).map_err(|e| ZooError::io(&path, e))
 }
 
 /// The run's resolved recipe.
@@ -241,7 +251,7 @@ pub fn resumed_model(
 
 /// The epoch of the checkpoint to load: `epoch` if the run has it, else the last one.
 pub fn select_checkpoint(run_dir: &Path, epoch: Option<usize>) -> Result<usize, ZooError> {
-    let epochs = checkpoint_epochs(run_dir);
+    let epochs = model_epochs(run_dir);
     let run_error = |message: String| ZooError::run_dir(run_dir, message);
     match epoch {
         Some(e) if epochs.contains(&e) => Ok(e),
@@ -253,6 +263,23 @@ pub fn select_checkpoint(run_dir: &Path, epoch: Option<usize>) -> Result<usize, 
             .copied()
             .ok_or_else(|| run_error("has no checkpoint yet".into())),
     }
+}
+
+/// Writes `module` as epoch `epoch`'s model checkpoint (how an imported model enters a run
+/// directory: with no optimiser state, it can be loaded but not resumed).
+pub fn save_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Result<(), ZooError> {
+    let dir = run_dir.join(CHECKPOINT_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| ZooError::io(&dir, e))?;
+    let path = model_checkpoint(run_dir, epoch);
+    module.save_file(&path).map_err(|e| ZooError::io(&path, e))
+}
+
+/// A Hugging Face model directory's configuration.
+pub const HF_CONFIG_FILE: &str = "config.json";
+
+/// Whether `dir` is a Hugging Face model directory (a `config.json`, no zoo recipe).
+pub fn is_hugging_face_dir(dir: &Path) -> bool {
+    dir.join(HF_CONFIG_FILE).is_file() && !dir.join(RECIPE_FILE).is_file()
 }
 
 /// `module` with the weights of epoch `epoch`'s model checkpoint.

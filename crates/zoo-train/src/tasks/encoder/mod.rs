@@ -8,26 +8,31 @@
 //! and next-sentence accuracy when pretraining on pairs.
 
 pub mod data;
+pub mod hf;
 pub mod model;
 pub mod predict;
 pub mod run;
 
 use crate::ZooError;
-use crate::models::ModelConfig;
+use crate::models::{ModelConfig, ModelSpec};
 use crate::recipe::Task;
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::data::stream;
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
-use crate::runtime::run_dir::{TOKENIZER_FILE, write_run_recipe};
+use crate::runtime::run_dir::{
+    TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, write_run_recipe,
+};
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
 use data::{Batching, EncoderExamples, SplitData};
+use hf::{IMPORTED_DATASET, load_hf_encoder, read_config};
 use model::{Encoder, MainLabels, NextSentenceLabels};
 use run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run, read_labels};
+use std::path::Path;
 use zoo_bert::{BertConfig, BertModel};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
 
@@ -41,7 +46,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             .map_err(|e| session.recipe_error(format!("data.extra_train: {e}")))?;
     }
     let data = &recipe.data;
-    let load = |split: &str, extra: &[String]| {
+    let read_split = |split: &str, extra: &[String]| {
         SplitData::load(
             recipe.task,
             &registry,
@@ -51,16 +56,18 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             session.data_dir(),
         )
     };
-    let train_data = load(&data.train_split, &data.extra_train)?;
-    let val_data = load(&data.val_split, &[])?;
-    // The run this one starts from, loaded where training happens (before the session seeds
-    // the device, so its loading draws nothing from the run's random stream).
+    let train_data = read_split(&data.train_split, &data.extra_train)?;
+    let val_data = read_split(&data.val_split, &[])?;
+    // The run this one starts from: its shape always, its weights (loaded where training
+    // happens, before the session seeds the device, so loading draws nothing from the run's
+    // random stream) when starting afresh.
+    let pretrained = recipe
+        .init_from
+        .as_deref()
+        .map(pretrained_config)
+        .transpose()?;
     let init = match (&recipe.init_from, session.is_fresh()) {
-        (Some(dir), true) => Some(load_encoder_run(
-            dir,
-            None,
-            &session.options.device.clone().autodiff(),
-        )?),
+        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
         _ => None,
     };
 
@@ -89,6 +96,22 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let ModelConfig::Bert(config) = config else {
             unreachable!("validated encoder recipes are BERT");
         };
+        if let Some(pretrained) = &pretrained {
+            let mismatches = shape_mismatches(&recipe.model, config, pretrained);
+            if !mismatches.is_empty() {
+                return Err(format!(
+                    "[model] does not match init_from = {}: {}",
+                    recipe.init_from.as_ref().expect("init").display(),
+                    mismatches.join(", ")
+                ));
+            }
+            // The pretrained shape, with this run's dropout and labels.
+            *config = BertConfig {
+                dropout: config.dropout,
+                num_labels: config.num_labels,
+                ..pretrained.clone()
+            };
+        }
         if config.vocab_size == 0 {
             config.vocab_size = tokenizer.vocab_size();
         }
@@ -112,16 +135,6 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
                 _ => {}
             }
         }
-        if let Some(init) = &init {
-            let mismatches = shape_mismatches(config, &init.config);
-            if !mismatches.is_empty() {
-                return Err(format!(
-                    "[model] does not match init_from = {}: {}",
-                    recipe.init_from.as_ref().expect("init").display(),
-                    mismatches.join(", ")
-                ));
-            }
-        }
         Ok(())
     })?;
     let ModelConfig::Bert(bert) = &config else {
@@ -129,7 +142,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     };
     if session.is_fresh() {
         tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
-        write_run_recipe(run_dir, recipe, &config)?;
+        write_run_recipe(run_dir, recipe, &config, TRAINED)?;
         if !labels.is_empty() {
             let path = run_dir.join(LABELS_FILE);
             let text = serde_json::to_string(&labels).expect("strings serialise");
@@ -306,9 +319,34 @@ impl TrainingTask for EncoderTraining<'_> {
     }
 }
 
-/// The fields in which a fine-tuning config's shape differs from the run it starts from (all
-/// but dropout and the label count), as `field = ours (the run has theirs)`.
-fn shape_mismatches(ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
+/// An encoder run directory, or a Hugging Face BERT directory, loaded onto `device` (its last
+/// checkpoint, or `epoch`'s).
+pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<EncoderRun, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return load_hf_encoder(dir, IMPORTED_DATASET, device);
+    }
+    load_encoder_run(dir, epoch, device)
+}
+
+/// The config of the encoder in `dir` (a run, or a Hugging Face directory), weights unread.
+fn pretrained_config(dir: &Path) -> Result<BertConfig, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return Ok(read_config(dir)?.config);
+    }
+    match load_run_config(dir)? {
+        (_, ModelConfig::Bert(config)) => Ok(config),
+        _ => Err(ZooError::run_dir(
+            dir,
+            "is not a BERT run: init_from needs an encoder",
+        )),
+    }
+}
+
+/// The fields the recipe's `[model]` states (all of a preset's, else the overrides) in which its
+/// shape differs from the pretrained one, as `field = ours (the run has theirs)`. Dropout and the
+/// label count are the fine-tuning run's own, and a vocabulary size of 0 leaves it to the
+/// tokenizer.
+fn shape_mismatches(spec: &ModelSpec, ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
     let shape = |c: &BertConfig| {
         let c = BertConfig {
             dropout: 0.0,
@@ -318,9 +356,14 @@ fn shape_mismatches(ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
         };
         toml::Table::try_from(c).expect("configs serialise to TOML")
     };
-    let (ours, theirs) = (shape(ours), shape(theirs));
-    ours.iter()
-        .filter(|(key, value)| theirs.get(*key) != Some(*value))
+    let (ours_table, theirs) = (shape(ours), shape(theirs));
+    let stated = |key: &str| {
+        (spec.preset.is_some() || spec.overrides.contains_key(key))
+            && !(key == "vocab_size" && ours.vocab_size == 0)
+    };
+    ours_table
+        .iter()
+        .filter(|(key, value)| stated(key) && theirs.get(*key) != Some(*value))
         .map(|(key, value)| {
             let theirs = theirs.get(key).map_or("nothing".into(), |v| v.to_string());
             format!("{key} = {value} (the run has {theirs})")

@@ -1,5 +1,6 @@
-//! Applying an encoder run: scoring it over a whole split (`zoo eval`) and reading one input
-//! (`zoo predict`): a label, tags, an answer span, or fillers for `[MASK]`.
+//! Applying an encoder run: scoring it over a whole split (`zoo eval`), reading one input
+//! (`zoo predict`: a label, tags, an answer span, or fillers for `[MASK]`), and sentence
+//! embeddings (`zoo embed`).
 
 use crate::ZooError;
 use crate::models::ModelConfig;
@@ -257,12 +258,92 @@ fn single(
     input: &EncodedInput,
     device: &Device,
 ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Bool>) {
-    let len = input.ids.len();
-    let ints = |v: &[u32]| {
-        let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
-        Tensor::<2, Int>::from_data(TensorData::new(v, [1, len]), device)
-    };
-    let tokens = ints(&input.ids);
-    let padding = tokens.clone().equal_elem(-1);
-    (tokens, ints(&input.segments), padding)
+    padded(std::slice::from_ref(input), 0, device)
+}
+
+/// Inputs as one batch padded with `pad` to the longest: token ids, segment ids, and true at
+/// padding.
+fn padded(
+    inputs: &[EncodedInput],
+    pad: u32,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Bool>) {
+    let len = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
+    let batch = inputs.len();
+    let mut tokens = vec![pad as i64; batch * len];
+    let mut segments = vec![0i64; batch * len];
+    let mut padding = vec![true; batch * len];
+    for (b, input) in inputs.iter().enumerate() {
+        for (t, (&id, &segment)) in input.ids.iter().zip(&input.segments).enumerate() {
+            tokens[b * len + t] = id as i64;
+            segments[b * len + t] = segment as i64;
+            padding[b * len + t] = false;
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(tokens, [batch, len]), device),
+        Tensor::from_data(TensorData::new(segments, [batch, len]), device),
+        Tensor::from_data(TensorData::new(padding, [batch, len]), device),
+    )
+}
+
+/// How [`embed`] makes one vector of a text's hidden states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the text's tokens, `[CLS]` and `[SEP]` included, padding left out (as
+    /// sentence-transformers pools).
+    Mean,
+    /// The `[CLS]` token's vector.
+    Cls,
+}
+
+/// Texts embedded in one batch.
+const EMBED_BATCH: usize = 32;
+
+/// One vector per text: the encoder's last hidden states pooled as `pooling` says, scaled to
+/// unit length when `normalize` (sentence encoders compare by cosine). Texts longer than the
+/// run's input length are cut to it.
+pub fn embed(
+    run: &EncoderRun,
+    texts: &[String],
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<Vec<Vec<f32>>, ZooError> {
+    let seq_len = run
+        .recipe
+        .sequence_len(&ModelConfig::Bert(run.config.clone()));
+    let pairs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_str(), None)).collect();
+    let inputs = run.tokenizer.encode_inputs(&pairs, seq_len)?;
+    let pad = run.tokenizer.special_ids()?.pad;
+    let device = run.model.devices()[0].clone();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in inputs.chunks(EMBED_BATCH) {
+        let (tokens, segments, padding) = padded(chunk, pad, &device);
+        let hidden = run
+            .model
+            .encoder
+            .forward(tokens, segments, Some(padding.clone()));
+        let [batch, len, d] = hidden.dims();
+        let pooled = match pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1).reshape([batch, d]),
+            Pooling::Mean => {
+                let real: Tensor<3> = padding.bool_not().float().reshape([batch, len, 1]);
+                let counts = real.clone().sum_dim(1).reshape([batch, 1]);
+                (hidden * real).sum_dim(1).reshape([batch, d]) / counts
+            }
+        };
+        let pooled = if normalize {
+            let norms = pooled.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+            pooled / norms
+        } else {
+            pooled
+        };
+        let values: Vec<f32> = pooled
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(|e| ZooError::Training(format!("reading embeddings: {e:?}")))?;
+        vectors.extend(values.chunks(d).map(<[f32]>::to_vec));
+    }
+    Ok(vectors)
 }

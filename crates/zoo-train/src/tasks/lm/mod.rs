@@ -15,7 +15,7 @@ use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::Perplexity;
 use crate::runtime::run_dir::{
-    METRICS_FILE, TOKENIZER_FILE, load_checkpoint, load_run_config, select_checkpoint,
+    METRICS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, select_checkpoint,
     steps_at_epoch, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
@@ -70,7 +70,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     })?;
     if session.is_fresh() {
         tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
-        write_run_recipe(run_dir, recipe, &config)?;
+        write_run_recipe(run_dir, recipe, &config, TRAINED)?;
     }
 
     let train_tokens = Arc::new(tokenizer.encode(&train_text)?);

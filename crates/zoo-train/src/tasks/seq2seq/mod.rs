@@ -17,7 +17,7 @@ use crate::recipe::Task;
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
-use crate::runtime::run_dir::write_run_recipe;
+use crate::runtime::run_dir::{TRAINED, write_run_recipe};
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
@@ -81,7 +81,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let config = session.model_config(|config| fit_vocabularies(config, &vocab))?;
     if session.is_fresh() {
         vocab.save(run_dir)?;
-        write_run_recipe(run_dir, recipe, &config)?;
+        write_run_recipe(run_dir, recipe, &config, TRAINED)?;
     }
 
     let seq_len = recipe.sequence_len(&config);
