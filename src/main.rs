@@ -507,14 +507,14 @@ fn run(
             seed,
             checkpoint,
         } => {
-            let run = zoo_train::tasks::lm::load_run(&run_dir, checkpoint, &device)?;
+            let run = zoo_train::tasks::lm::load(&run_dir, checkpoint, &device)?;
             let sampling = SamplingConfig {
                 temperature,
                 top_k,
                 top_p,
                 seed,
             };
-            let text = zoo_train::tasks::lm::generate(&run, &prompt, max_tokens, sampling)?;
+            let text = zoo_train::tasks::lm::run::generate(&run, &prompt, max_tokens, sampling)?;
             println!("{text}");
         }
         Command::Predict {

@@ -863,6 +863,56 @@ fn a_hugging_face_bert_imports_embeds_predicts_and_fine_tunes() {
     );
 }
 
+/// A Hugging Face GPT-2 directory imports as a language-model run; `zoo generate` at
+/// temperature 0 continues the reference prompt as `transformers`' greedy `generate` did, from
+/// the imported run and from the directory itself.
+#[test]
+fn a_hugging_face_gpt2_imports_and_generates_as_transformers_does() {
+    let dir = scratch("hf-gpt2");
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt2");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("reference.json")).unwrap()).unwrap();
+    let greedy: Vec<u32> = reference["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
+    let expected = tokenizer.decode(&greedy).unwrap();
+    let hf = hf.to_str().unwrap();
+    let imported = zoo(&["import", hf, "--out", "runs/gpt2"], &dir);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stdout(&imported).contains("GPT2LMHeadModel"),
+        "{}",
+        stdout(&imported)
+    );
+    for run in ["runs/gpt2", hf] {
+        let prompt = reference["prompt"].as_str().unwrap();
+        let args = [
+            "generate",
+            run,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+        ];
+        let out = zoo(&args, &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim_end_matches('\n'), expected, "{run}");
+    }
+    let evaluated = zoo(&["eval", "runs/gpt2"], &dir);
+    assert!(evaluated.status.success(), "{}", stderr(&evaluated));
+    assert!(
+        stdout(&evaluated).contains("perplexity"),
+        "{}",
+        stdout(&evaluated)
+    );
+}
+
 /// `schedule.plateau_divisor` anneals every task's learning rate, not only a language model's.
 /// Here a masked-LM encoder whose rate (1e-30, everything but the head frozen, no weight decay)
 /// is too small to move any weight by a float's step: every validation loss after the first is

@@ -1,5 +1,6 @@
 //! Decoder-only GPT language models: the model in [`model`], named shapes in [`presets`].
 
+pub mod hf;
 pub mod model;
 pub mod presets;
 

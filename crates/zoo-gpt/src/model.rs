@@ -51,6 +51,8 @@ pub struct GptConfig {
     pub activation: Activation,
     /// Share the token embedding with the output head.
     pub tie_weights: bool,
+    /// The norms' epsilon (GPT-2's, PyTorch's: 1e-5).
+    pub layer_norm_eps: f64,
 }
 
 impl Default for GptConfig {
@@ -70,6 +72,7 @@ impl Default for GptConfig {
             norm_placement: NormPlacement::Pre,
             activation: Activation::Gelu,
             tie_weights: true,
+            layer_norm_eps: 1e-5,
         }
     }
 }
@@ -91,6 +94,16 @@ impl GptConfig {
         } else {
             self.d_ff
         }
+    }
+
+    fn norm(&self, device: &Device) -> Norm {
+        Norm::with_epsilon(
+            self.norm,
+            self.n_embd,
+            self.bias,
+            self.layer_norm_eps,
+            device,
+        )
     }
 
     fn attention(&self) -> SelfAttentionConfig {
@@ -157,15 +170,14 @@ impl GptConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             blocks: (0..self.n_layer)
                 .map(|_| GptBlock {
-                    attention_norm: Norm::new(self.norm, self.n_embd, self.bias, device),
+                    attention_norm: self.norm(device),
                     attention: self.attention().init(device),
-                    ff_norm: Norm::new(self.norm, self.n_embd, self.bias, device),
+                    ff_norm: self.norm(device),
                     feed_forward: self.feed_forward().init(device),
                     placement: self.norm_placement,
                 })
                 .collect(),
-            final_norm: (self.norm_placement == NormPlacement::Pre)
-                .then(|| Norm::new(self.norm, self.n_embd, self.bias, device)),
+            final_norm: (self.norm_placement == NormPlacement::Pre).then(|| self.norm(device)),
             block_size: self.block_size,
         })
     }

@@ -4,13 +4,14 @@
 use crate::ZooError;
 use crate::recipe::{Recipe, Task};
 use crate::runtime::run_dir::{
-    HF_CONFIG_FILE, is_hugging_face_dir, last_val_loss, load_run_recipe, resume_epoch,
+    HF_CONFIG_FILE, is_hugging_face_dir, last_val_loss, load_run_recipe, read_hf_config,
+    resume_epoch,
 };
 use crate::runtime::session::Session;
 pub use crate::runtime::session::{TrainOptions, TrainReport};
 use crate::tasks::encoder::predict::{EncoderEvalReport, evaluate_encoder};
 use crate::tasks::encoder::run::EncoderRun;
-use crate::tasks::lm::EvalReport;
+use crate::tasks::lm::run::EvalReport;
 use crate::tasks::seq2seq::decode::{DecodingOptions, Seq2SeqEvalReport, evaluate_seq2seq};
 use crate::tasks::seq2seq::run::Seq2SeqRun;
 use crate::tasks::{encoder, lm, seq2seq};
@@ -56,16 +57,13 @@ impl RunKind {
 
     /// The kind of model in a Hugging Face directory, from its `config.json`'s `model_type`.
     pub fn of_hugging_face(dir: &Path) -> Result<Self, ZooError> {
-        let path = dir.join(HF_CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE} is not JSON: {e}")))?;
-        match json["model_type"].as_str() {
+        match read_hf_config(dir)?["model_type"].as_str() {
             Some("bert") => Ok(RunKind::Encoder),
+            Some("gpt2") => Ok(RunKind::LanguageModel),
             other => Err(ZooError::run_dir(
                 dir,
                 format!(
-                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\"",
+                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\" and \"gpt2\"",
                     other.map_or("missing".into(), |t| format!("\"{t}\""))
                 ),
             )),
@@ -130,8 +128,8 @@ pub fn evaluate(
 ) -> Result<Evaluation, ZooError> {
     Ok(match RunKind::of_run(run_dir)? {
         RunKind::LanguageModel => {
-            let run = lm::load_run(run_dir, checkpoint, device)?;
-            Evaluation::LanguageModel(lm::evaluate(&run, split, data_dir)?)
+            let run = lm::load(run_dir, checkpoint, device)?;
+            Evaluation::LanguageModel(lm::run::evaluate(&run, split, data_dir)?)
         }
         RunKind::Encoder => {
             let run = encoder::load(run_dir, checkpoint, device)?;

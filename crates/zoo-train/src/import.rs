@@ -5,8 +5,8 @@
 
 use crate::ZooError;
 use crate::dispatch::RunKind;
-use crate::runtime::run_dir::{RECIPE_FILE, is_hugging_face_dir};
-use crate::tasks::encoder;
+use crate::runtime::run_dir::{IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir};
+use crate::tasks::{encoder, lm};
 use burn::module::Module;
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub fn import(
     match RunKind::of_hugging_face(hf_dir)? {
         RunKind::Encoder => {
             let class = encoder::hf::read_config(hf_dir)?.class;
-            let dataset = dataset.unwrap_or(encoder::hf::IMPORTED_DATASET);
+            let dataset = dataset.unwrap_or(IMPORTED_DATASET);
             let mut run = encoder::hf::load_hf_encoder(hf_dir, dataset, device)?;
             run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
             let report = ImportReport {
@@ -60,6 +60,22 @@ pub fn import(
                 labels: run.labels.clone(),
             };
             encoder::hf::write_encoder_run(run, hf_dir, out)?;
+            Ok(report)
+        }
+        RunKind::LanguageModel => {
+            let class = lm::hf::read_config(hf_dir)?.class;
+            let dataset = dataset.unwrap_or(IMPORTED_DATASET);
+            let mut run = lm::hf::load_hf_lm(hf_dir, dataset, device)?;
+            run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+            let parameters = run.config.size().total;
+            let report = ImportReport {
+                run_dir: out.to_path_buf(),
+                class,
+                task: run.recipe.task.name().to_string(),
+                parameters,
+                labels: Vec::new(),
+            };
+            lm::hf::write_lm_run(run, hf_dir, out)?;
             Ok(report)
         }
         kind => Err(ZooError::Usage(format!(

@@ -15,11 +15,13 @@
 
 use crate::ZooError;
 use crate::models::ModelConfig;
-use crate::recipe::Recipe;
+use crate::recipe::{Recipe, Task};
 use burn::module::Module;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use std::path::{Path, PathBuf};
+use zoo_blocks::hf::HfTensors;
+use zoo_text::ZooTokenizer;
 
 /// The resolved recipe.
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -274,8 +276,83 @@ pub fn save_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Re
     module.save_file(&path).map_err(|e| ZooError::io(&path, e))
 }
 
+/// The recipe of a model imported from a Hugging Face directory: `task`, its `config`, its own
+/// tokenizer, and `dataset` for `zoo eval` to score it on. `[training]` is what evaluation
+/// batches by; the imported run itself trains nothing (fine-tuning starts a new run from it
+/// with `init_from`).
+pub fn imported_recipe(
+    name: &str,
+    task: Task,
+    config: &ModelConfig,
+    dataset: &str,
+) -> Result<Recipe, ZooError> {
+    let text = format!(
+        "name = {name:?}\ntask = \"{}\"\n[model]\narch = \"{}\"\n[tokenizer]\nkind = \"file\"\npath = \"{TOKENIZER_FILE}\"\n[data]\ndataset = {dataset:?}\n[training]\nbatch_size = 8\nepochs = 1\n",
+        task.name(),
+        config.architecture().name,
+    );
+    let mut recipe = Recipe::parse(&text)
+        .map_err(|e| ZooError::Usage(format!("the recipe of an imported model: {e}")))?;
+    recipe.model = config.to_spec();
+    Ok(recipe)
+}
+
+/// Writes an imported model as the run directory `out`: its recipe (saying it came from
+/// `hf_dir`), its tokenizer, and `module` as the checkpoint of epoch 0, which loads but does
+/// not resume (there is no optimiser state).
+pub fn write_imported_run<M: Module>(
+    out: &Path,
+    hf_dir: &Path,
+    recipe: &Recipe,
+    config: &ModelConfig,
+    tokenizer: &ZooTokenizer,
+    module: M,
+) -> Result<(), ZooError> {
+    std::fs::create_dir_all(out).map_err(|e| ZooError::io(out, e))?;
+    let origin = format!(
+        "Imported by zoo import from {}: nothing trained here; [training] is what zoo eval batches by.",
+        hf_dir.display()
+    );
+    write_run_recipe(out, recipe, config, &origin)?;
+    tokenizer.save(&out.join(TOKENIZER_FILE))?;
+    save_checkpoint(out, 0, module)
+}
+
 /// A Hugging Face model directory's configuration.
 pub const HF_CONFIG_FILE: &str = "config.json";
+
+/// A Hugging Face model directory's weights.
+pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The `config.json` of the Hugging Face directory `dir`, parsed.
+pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value, ZooError> {
+    let path = dir.join(HF_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE} is not JSON: {e}")))
+}
+
+/// The tokenizer and the weights of the Hugging Face directory `dir`, whose model has
+/// `vocab_size` tokens (the tokenizer may have fewer, never more).
+pub fn open_hf_dir(dir: &Path, vocab_size: usize) -> Result<(ZooTokenizer, HfTensors), ZooError> {
+    let tokenizer = ZooTokenizer::load(&dir.join(TOKENIZER_FILE))?;
+    if tokenizer.vocab_size() > vocab_size {
+        return Err(ZooError::run_dir(
+            dir,
+            format!(
+                "{TOKENIZER_FILE} has {} tokens, more than config.json's vocab_size = {vocab_size}",
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    let tensors =
+        HfTensors::open(&dir.join(HF_WEIGHTS_FILE)).map_err(|e| ZooError::run_dir(dir, e))?;
+    Ok((tokenizer, tensors))
+}
+
+/// What a model loaded from a Hugging Face directory is scored on by `zoo eval` unless
+/// `zoo import --dataset` says otherwise: the corpus the zoo ships.
+pub const IMPORTED_DATASET: &str = "embedded";
 
 /// Whether `dir` is a Hugging Face model directory (a `config.json`, no zoo recipe).
 pub fn is_hugging_face_dir(dir: &Path) -> bool {

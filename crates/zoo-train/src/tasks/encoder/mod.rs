@@ -21,7 +21,8 @@ use crate::runtime::data::stream;
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
-    TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, write_run_recipe,
+    IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
+    write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
@@ -29,7 +30,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
 use data::{Batching, EncoderExamples, SplitData};
-use hf::{IMPORTED_DATASET, load_hf_encoder, read_config};
+use hf::{load_hf_encoder, read_config};
 use model::{Encoder, MainLabels, NextSentenceLabels};
 use run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run, read_labels};
 use std::path::Path;

@@ -6,7 +6,9 @@
 //! as a neural run's validations.
 
 pub mod data;
+pub mod hf;
 pub mod model;
+pub mod run;
 
 use crate::ZooError;
 use crate::models::{ModelConfig, NgramConfig};
@@ -15,22 +17,29 @@ use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::Perplexity;
 use crate::runtime::run_dir::{
-    METRICS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, select_checkpoint,
-    steps_at_epoch, write_run_recipe,
+    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
-use burn::module::Module;
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
-use data::{Windows, to_tensors};
+use data::Windows;
+use hf::load_hf_lm;
 use model::{Lm, LmModel};
+use run::{LoadedRun, NGRAM_FILE, RunModel, continue_text, load_run, sample_text};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use zoo_blocks::{Sampler, SamplingConfig};
-use zoo_text::batcher::WindowBatch;
-use zoo_text::{DataDir, DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
+use zoo_text::{DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
+
+/// A language-model run directory, or a Hugging Face GPT-2 directory, loaded onto `device`
+/// (its last checkpoint, or `epoch`'s).
+pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedRun, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return load_hf_lm(dir, IMPORTED_DATASET, device);
+    }
+    load_run(dir, epoch, device)
+}
 
 /// Trains a language-model recipe (or counts an n-gram one) in `session`'s run directory.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
@@ -208,9 +217,6 @@ impl TrainingTask for LmTraining<'_> {
     }
 }
 
-/// The counted model of an n-gram run.
-const NGRAM_FILE: &str = "ngram.bin";
-
 /// "Trains" an n-gram recipe: counts the training tokens, saves the counts, scores the
 /// validation split (one line in the metrics log, as a neural run's validations) and samples.
 fn count_ngrams(
@@ -260,224 +266,4 @@ fn count_ngrams(
         })
         .transpose()?;
     Ok(TaskOutcome { steps: 0, sample })
-}
-
-/// Generates `tokens` tokens after `prompt` (or, if it is empty, after the first token of
-/// `fallback`) and returns the text including the prompt.
-fn sample_text(
-    model: &RunModel,
-    tokenizer: &ZooTokenizer,
-    prompt: &str,
-    fallback: &str,
-    tokens: usize,
-    sampling: SamplingConfig,
-) -> Result<String, ZooError> {
-    let mut ids = tokenizer.encode(prompt)?;
-    if ids.is_empty() {
-        ids = tokenizer.encode(fallback)?.into_iter().take(1).collect();
-    }
-    continue_text(model, tokenizer, &ids, tokens, sampling)
-}
-
-/// The text of `ids` followed by `tokens` sampled tokens.
-fn continue_text(
-    model: &RunModel,
-    tokenizer: &ZooTokenizer,
-    ids: &[u32],
-    tokens: usize,
-    sampling: SamplingConfig,
-) -> Result<String, ZooError> {
-    let mut sampler = Sampler::new(sampling);
-    let out = match model {
-        RunModel::Neural(model) => model.generate(ids, tokens, &mut sampler),
-        RunModel::Ngram(model) => {
-            let mut out = ids.to_vec();
-            for _ in 0..tokens {
-                let context = &out[out.len().saturating_sub(model.order() - 1)..];
-                let next = sampler.sample(&model.log_probs(context)) as u32;
-                out.push(next);
-            }
-            out
-        }
-    };
-    Ok(tokenizer.decode(&out)?)
-}
-
-/// A run's model: a network, or n-gram counts.
-// One per run, never in a collection: the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum RunModel {
-    /// A GPT or a recurrent LM.
-    Neural(LmModel),
-    /// An interpolated Kneser-Ney model.
-    Ngram(KneserNey),
-}
-
-/// A trained run, loaded for evaluation or generation.
-pub struct LoadedRun {
-    /// The run's resolved recipe.
-    pub recipe: Recipe,
-    /// Its model config.
-    pub config: ModelConfig,
-    /// Its tokenizer.
-    pub tokenizer: ZooTokenizer,
-    /// The model, on the plain (non-autodiff) device.
-    pub model: RunModel,
-    /// The checkpoint's epoch.
-    pub epoch: usize,
-    /// Optimiser steps the checkpoint had taken.
-    pub steps: usize,
-}
-
-/// Loads `run_dir`'s model from its last checkpoint (or `epoch`).
-pub fn load_run(
-    run_dir: &Path,
-    epoch: Option<usize>,
-    device: &Device,
-) -> Result<LoadedRun, ZooError> {
-    let run_error = |message: String| ZooError::run_dir(run_dir, message);
-    let (recipe, config) = load_run_config(run_dir)?;
-    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
-    if let ModelConfig::Ngram(_) = config {
-        let path = run_dir.join(NGRAM_FILE);
-        if !path.is_file() {
-            return Err(run_error(format!(
-                "has no {NGRAM_FILE}: the counting did not finish"
-            )));
-        }
-        let model = KneserNey::load(&path)?;
-        return Ok(LoadedRun {
-            recipe,
-            config,
-            tokenizer,
-            model: RunModel::Ngram(model),
-            epoch: 1,
-            steps: 0,
-        });
-    }
-    let epoch = select_checkpoint(run_dir, epoch)?;
-    let model = LmModel::init(&config, device).map_err(run_error)?;
-    let model = load_checkpoint(run_dir, epoch, Lm::new(model, GradientStep::new(1, 0.0)))?;
-    let steps = steps_at_epoch(run_dir, epoch).unwrap_or(epoch * recipe.training.eval_interval);
-    Ok(LoadedRun {
-        recipe,
-        config,
-        tokenizer,
-        model: RunModel::Neural(model.model),
-        epoch,
-        steps,
-    })
-}
-
-/// What `zoo eval` reports.
-#[derive(Clone, Debug)]
-pub struct EvalReport {
-    /// The split evaluated.
-    pub split: String,
-    /// Mean cross-entropy per token (nats).
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Tokens scored.
-    pub tokens: usize,
-    /// Optimiser steps of the checkpoint.
-    pub steps: usize,
-}
-
-/// Scores every token of a split. A GPT reads it in consecutive windows of `block_size`
-/// tokens, each predicting its next tokens, batched by the recipe's batch size; a recurrent
-/// model reads it as `eval_batch_size` contiguous streams in BPTT windows, as validation does,
-/// its state carried from each window to the next from zeros at the start.
-pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<EvalReport, ZooError> {
-    let registry = DatasetRegistry::builtin();
-    let text = registry.load_split(&run.recipe.data.dataset, split, data_dir)?;
-    let tokens = run.tokenizer.encode(&text)?;
-    let seq_len = run.recipe.sequence_len(&run.config);
-    let batch_size = run.recipe.training.batch_size;
-    let too_short = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
-    let model = match &run.model {
-        RunModel::Neural(model) => model,
-        RunModel::Ngram(ngram) => {
-            let loss = ngram.cross_entropy(&tokens);
-            return Ok(EvalReport {
-                split: split.to_string(),
-                loss,
-                perplexity: loss.exp(),
-                tokens: tokens.len(),
-                steps: run.steps,
-            });
-        }
-    };
-    let batches: Vec<WindowBatch> = match model {
-        LmModel::Gpt(_) => {
-            if tokens.len() <= seq_len {
-                return Err(too_short(format!(
-                    "{} tokens, fewer than one window of {seq_len}",
-                    tokens.len()
-                )));
-            }
-            let starts: Vec<usize> = (0..(tokens.len() - 1) / seq_len)
-                .map(|w| w * seq_len)
-                .collect();
-            starts
-                .chunks(batch_size)
-                .map(|starts| {
-                    let mut batch = WindowBatch {
-                        inputs: Vec::with_capacity(starts.len() * seq_len),
-                        targets: Vec::with_capacity(starts.len() * seq_len),
-                        batch_size: starts.len(),
-                        block_size: seq_len,
-                    };
-                    for &s in starts {
-                        batch.inputs.extend_from_slice(&tokens[s..s + seq_len]);
-                        batch
-                            .targets
-                            .extend_from_slice(&tokens[s + 1..s + 1 + seq_len]);
-                    }
-                    batch
-                })
-                .collect()
-        }
-        LmModel::Rnn(_) => {
-            let streams = Streams::new(Arc::new(tokens), run.recipe.eval_batch_size(), seq_len)
-                .map_err(too_short)?;
-            (0..streams.windows()).map(|w| streams.window(w)).collect()
-        }
-    };
-    let device = model.devices()[0].clone();
-    let (mut nll, mut count) = (0.0f64, 0usize);
-    let mut state = None;
-    for batch in batches {
-        let n = batch.batch_size * batch.block_size;
-        let batch = to_tensors(batch, false, &device);
-        let (loss, next) = model.loss(batch.inputs, batch.targets, state);
-        state = next;
-        nll += loss.into_scalar::<f64>() * n as f64;
-        count += n;
-    }
-    let loss = nll / count as f64;
-    Ok(EvalReport {
-        split: split.to_string(),
-        loss,
-        perplexity: loss.exp(),
-        tokens: count,
-        steps: run.steps,
-    })
-}
-
-/// Samples from a loaded run.
-pub fn generate(
-    run: &LoadedRun,
-    prompt: &str,
-    max_tokens: usize,
-    sampling: SamplingConfig,
-) -> Result<String, ZooError> {
-    sampling.validate().map_err(ZooError::Usage)?;
-    let ids = run.tokenizer.encode(prompt)?;
-    if ids.is_empty() {
-        return Err(ZooError::Usage(
-            "the prompt is empty after tokenisation; give --prompt some text".into(),
-        ));
-    }
-    continue_text(&run.model, &run.tokenizer, &ids, max_tokens, sampling)
 }
