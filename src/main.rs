@@ -139,6 +139,19 @@ enum Command {
         #[arg(long)]
         dataset: Option<String>,
     },
+    /// Write a run as a Hugging Face model directory that `transformers` loads (BERT runs as
+    /// BertForMaskedLM / BertForSequenceClassification, GPT runs in GPT-2's shape as
+    /// GPT2LMHeadModel).
+    Export {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The Hugging Face directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+    },
     /// Sentence embeddings from an encoder run (or a Hugging Face BERT directory): one line of
     /// numbers per input, or JSON.
     Embed {
@@ -585,7 +598,8 @@ fn run(
             out,
             dataset,
         } => {
-            let report = zoo_train::import::import(&hf_dir, &out, dataset.as_deref(), &device)?;
+            let report =
+                zoo_train::huggingface::import(&hf_dir, &out, dataset.as_deref(), &device)?;
             println!(
                 "imported {} ({}, {} parameters) as a {} run{}; run directory {}",
                 hf_dir.display(),
@@ -598,6 +612,19 @@ fn run(
                     format!(" with labels {}", report.labels.join(", "))
                 },
                 report.run_dir.display()
+            );
+        }
+        Command::Export {
+            run_dir,
+            out,
+            checkpoint,
+        } => {
+            let report = zoo_train::huggingface::export(&run_dir, checkpoint, &out, &device)?;
+            println!(
+                "exported {} as {} to {}",
+                run_dir.display(),
+                report.class,
+                report.out.display()
             );
         }
         Command::Embed {

@@ -1,8 +1,10 @@
-//! Hugging Face checkpoints: a `model.safetensors` read as tensors by name (through burn-store),
-//! the layout changes every family's import needs (PyTorch's `[out, in]` linear weights, half
-//! precision, separate query/key/value projections joined into one), and tensors named by
-//! module path applied to a zoo model with every parameter accounted for. Each error names the
-//! tensor and the shape expected; nothing here panics on a bad file.
+//! Hugging Face checkpoints in and out: a `model.safetensors` read as tensors by name (through
+//! burn-store), the correspondence of a checkpoint's tensors and a zoo model's parameters as
+//! [`Link`]s that serve both directions (PyTorch's `[out, in]` linear weights, separate
+//! query/key/value projections joined into one), tensors named by module path applied to a zoo
+//! model with every parameter accounted for, and a model's tensors written back out as a
+//! `model.safetensors` that `transformers` loads. Each error names the tensor and the shape
+//! expected; nothing here panics on a bad file.
 
 use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore, bridge};
 use burn::tensor::{DType, TensorData};
@@ -105,6 +107,223 @@ impl HfTensors {
             left.join(", ")
         ))
     }
+}
+
+/// How a checkpoint's tensors make one of a zoo model's parameters; read one way by
+/// [`HfTensors::read_links`] and the other by [`write_links`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Link {
+    /// The same values under two names, of `shape`.
+    Same {
+        /// The checkpoint's name.
+        hf: String,
+        /// The parameter's path in the zoo model.
+        zoo: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// PyTorch `nn.Linear` weights `[d_out_i, d_in]`, transposed and side by side as the zoo's
+    /// one `[d_in, sum d_out_i]`: one projection, or query, key and value joined.
+    Linear {
+        /// The checkpoint's names, in the order the zoo's columns take them.
+        hf: Vec<String>,
+        /// The parameter's path in the zoo model.
+        zoo: String,
+        /// Input width.
+        d_in: usize,
+        /// Output width of each.
+        d_outs: Vec<usize>,
+    },
+    /// Vectors one after another as one (the biases of joined projections).
+    Vectors {
+        /// The checkpoint's names, in order.
+        hf: Vec<String>,
+        /// The parameter's path in the zoo model.
+        zoo: String,
+        /// Length of each.
+        sizes: Vec<usize>,
+    },
+}
+
+impl Link {
+    /// The same values of `shape` named `hf` and `zoo`.
+    pub fn same(hf: impl Into<String>, zoo: impl Into<String>, shape: &[usize]) -> Self {
+        Link::Same {
+            hf: hf.into(),
+            zoo: zoo.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// One PyTorch `nn.Linear` (`{hf}.weight`, `{hf}.bias`) as the zoo's `Linear` at `zoo`.
+    pub fn linear(hf: &str, zoo: &str, d_in: usize, d_out: usize) -> [Self; 2] {
+        [
+            Link::Linear {
+                hf: vec![format!("{hf}.weight")],
+                zoo: format!("{zoo}.weight"),
+                d_in,
+                d_outs: vec![d_out],
+            },
+            Link::same(format!("{hf}.bias"), format!("{zoo}.bias"), &[d_out]),
+        ]
+    }
+
+    /// PyTorch `nn.Linear`s from `d_in` to `d` each (`{name}.weight`, `{name}.bias` for every
+    /// name in `hf`), joined as the zoo's one `Linear` at `zoo`.
+    pub fn joined_linear(hf: &[String], zoo: &str, d_in: usize, d: usize) -> [Self; 2] {
+        [
+            Link::Linear {
+                hf: hf.iter().map(|name| format!("{name}.weight")).collect(),
+                zoo: format!("{zoo}.weight"),
+                d_in,
+                d_outs: vec![d; hf.len()],
+            },
+            Link::Vectors {
+                hf: hf.iter().map(|name| format!("{name}.bias")).collect(),
+                zoo: format!("{zoo}.bias"),
+                sizes: vec![d; hf.len()],
+            },
+        ]
+    }
+
+    /// A PyTorch `nn.LayerNorm` (`{hf}.weight`, `{hf}.bias`) as the zoo's LayerNorm at `zoo`.
+    pub fn layer_norm(hf: &str, zoo: &str, d: usize) -> [Self; 2] {
+        [
+            Link::same(format!("{hf}.weight"), format!("{zoo}.Layer.gamma"), &[d]),
+            Link::same(format!("{hf}.bias"), format!("{zoo}.Layer.beta"), &[d]),
+        ]
+    }
+
+    /// The zoo parameter's path.
+    pub fn zoo(&self) -> &str {
+        match self {
+            Link::Same { zoo, .. } | Link::Linear { zoo, .. } | Link::Vectors { zoo, .. } => zoo,
+        }
+    }
+}
+
+impl HfTensors {
+    /// The zoo parameters `links` make, read from the file.
+    pub fn read_links(&mut self, links: &[Link]) -> Result<Vec<(String, TensorData)>, String> {
+        links
+            .iter()
+            .map(|link| {
+                let data = match link {
+                    Link::Same { hf, shape, .. } => self.take(hf, shape)?,
+                    Link::Linear {
+                        hf, d_in, d_outs, ..
+                    } => {
+                        let parts = hf
+                            .iter()
+                            .zip(d_outs)
+                            .map(|(name, &d_out)| self.linear(name, *d_in, d_out))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        concat_last(&parts)
+                    }
+                    Link::Vectors { hf, sizes, .. } => {
+                        let parts = hf
+                            .iter()
+                            .zip(sizes)
+                            .map(|(name, &n)| self.take(name, &[n]))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        concat_last(&parts)
+                    }
+                };
+                Ok((link.zoo().to_string(), data))
+            })
+            .collect()
+    }
+}
+
+/// The checkpoint's tensors that `links` make of the zoo parameters `zoo` (by path): the
+/// inverse of [`HfTensors::read_links`].
+pub fn write_links(
+    zoo: &BTreeMap<String, TensorData>,
+    links: &[Link],
+) -> Result<Vec<(String, TensorData)>, String> {
+    let mut out = Vec::new();
+    for link in links {
+        let data = zoo
+            .get(link.zoo())
+            .ok_or_else(|| format!("the model has no parameter {}", link.zoo()))?;
+        match link {
+            Link::Same { hf, .. } => out.push((hf.clone(), data.clone())),
+            Link::Linear { hf, d_outs, .. } => {
+                for (name, part) in hf.iter().zip(split_last(data, d_outs)) {
+                    out.push((name.clone(), transpose(part)));
+                }
+            }
+            Link::Vectors { hf, sizes, .. } => {
+                for (name, part) in hf.iter().zip(split_last(data, sizes)) {
+                    out.push((name.clone(), part));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every parameter of `module`, by its path.
+pub fn module_tensors<M: ModuleSnapshot>(
+    module: &M,
+) -> Result<BTreeMap<String, TensorData>, String> {
+    module
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let name = t.name.clone();
+            let data = bridge::into_data(t).map_err(|e| format!("reading {name}: {e}"))?;
+            Ok((name, data.convert::<f32>()))
+        })
+        .collect()
+}
+
+/// Writes `tensors` (f32) as a `model.safetensors` at `path`, with the metadata `transformers`
+/// expects of a PyTorch checkpoint.
+pub fn save_safetensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<(), String> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, data)| {
+            let values = f32_values(data);
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), data.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| format!("{} cannot be written: {e}", path.display()))
+}
+
+/// `data` (`[..., sum widths]`) cut along its last dimension into parts of `widths`.
+fn split_last(data: &TensorData, widths: &[usize]) -> Vec<TensorData> {
+    let shape = data.shape().to_vec();
+    let rank = shape.len();
+    let total = shape[rank - 1];
+    let rows: usize = shape[..rank - 1].iter().product();
+    let values = f32_values(data);
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&width| {
+            let mut part = Vec::with_capacity(rows * width);
+            for r in 0..rows {
+                part.extend_from_slice(&values[r * total + start..r * total + start + width]);
+            }
+            start += width;
+            let mut part_shape = shape.clone();
+            part_shape[rank - 1] = width;
+            TensorData::new(part, part_shape)
+        })
+        .collect()
 }
 
 /// A matrix `[rows, cols]` as `[cols, rows]`.

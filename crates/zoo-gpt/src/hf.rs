@@ -1,13 +1,14 @@
-//! GPT-2 from a Hugging Face checkpoint (`GPT2LMHeadModel`, `GPT2Model`): `config.json` read
-//! into a [`GptConfig`], `model.safetensors` into a [`Gpt`]. GPT-2 is the zoo's default GPT
-//! (learned positions, pre-norm LayerNorm, tied output) with GELU's tanh form; its projections
-//! are `Conv1D`s stored `[d_in, d_out]` as Burn's `Linear`, and its query, key and value are
-//! already one projection, so the weights go in as they are.
+//! GPT-2 and Hugging Face checkpoints, both ways (`GPT2LMHeadModel`, `GPT2Model`):
+//! `config.json` read into a [`GptConfig`] (and written from one), `model.safetensors` read into
+//! a [`Gpt`] (and written from one). GPT-2 is the zoo's default GPT (learned positions, pre-norm
+//! LayerNorm, tied output) with GELU's tanh form; its projections are `Conv1D`s stored
+//! `[d_in, d_out]` as Burn's `Linear`, and its query, key and value are already one projection,
+//! so the weights go across as they are.
 
 use crate::model::{Gpt, GptConfig};
-use burn::tensor::Device;
-use serde_json::Value;
-use zoo_blocks::hf::{HfTensors, apply_named};
+use burn::tensor::{Device, TensorData};
+use serde_json::{Value, json};
+use zoo_blocks::hf::{HfTensors, Link, apply_named, module_tensors, write_links};
 use zoo_blocks::{Activation, NormKind, NormPlacement, PositionKind};
 
 /// A Hugging Face GPT-2, read from its `config.json`.
@@ -84,50 +85,96 @@ impl HfGpt2 {
         Ok(Self { config, class })
     }
 
-    /// The model, on `device`, with the checkpoint's weights; a tensor the file lacks, has in
-    /// another shape or has that the model has no place for is an error naming it.
-    pub fn load(&self, tensors: &mut HfTensors, device: &Device) -> Result<Gpt, String> {
+    /// The GPT-2 a zoo GPT of `config` exports as; an option GPT-2 does not have (other
+    /// positions or norms, post-norm, grouped-query attention, SwiGLU, an untied head) is
+    /// refused by name. A GPT without biases is a GPT-2 whose biases are zero.
+    pub fn for_export(config: &GptConfig) -> Result<Self, String> {
+        let refuse = |what: String| Err(format!("{what}: GPT-2 has no such option"));
+        if config.position != PositionKind::Learned {
+            return refuse(format!("position = {:?}", config.position));
+        }
+        if config.norm != NormKind::LayerNorm || config.norm_placement != NormPlacement::Pre {
+            return refuse(format!(
+                "norm = {:?} ({:?})",
+                config.norm, config.norm_placement
+            ));
+        }
+        if config.kv_heads() != config.n_head {
+            return refuse(format!("n_kv_head = {}", config.n_kv_head));
+        }
+        if !config.tie_weights {
+            return refuse("tie_weights = false".into());
+        }
+        if config.activation == Activation::Swiglu {
+            return refuse("activation = swiglu".into());
+        }
+        Ok(Self {
+            config: config.clone(),
+            class: "GPT2LMHeadModel".into(),
+        })
+    }
+
+    /// The `config.json` that `transformers` builds this GPT-2 from; `eos_id` is the
+    /// tokenizer's end-of-text token, if it has one.
+    pub fn to_config(&self, eos_id: Option<u32>) -> Value {
+        let c = &self.config;
+        let activation = match c.activation {
+            Activation::GeluTanh => "gelu_new",
+            Activation::Gelu => "gelu",
+            Activation::Relu => "relu",
+            Activation::Swiglu => unreachable!("refused by for_export"),
+        };
+        json!({
+            "architectures": [self.class],
+            "model_type": "gpt2",
+            "vocab_size": c.vocab_size,
+            "n_positions": c.block_size,
+            "n_embd": c.n_embd,
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_inner": c.ff_width(),
+            "activation_function": activation,
+            "resid_pdrop": c.dropout,
+            "embd_pdrop": c.dropout,
+            "attn_pdrop": c.dropout,
+            "layer_norm_epsilon": c.layer_norm_eps,
+            "initializer_range": 0.02,
+            "scale_attn_weights": true,
+            "tie_word_embeddings": true,
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+        })
+    }
+
+    /// How the checkpoint's tensors (the body under `prefix`) and the model's parameters
+    /// correspond.
+    fn links(&self, prefix: &str) -> Vec<Link> {
         let c = &self.config;
         let (d, ff) = (c.n_embd, c.ff_width());
-        // The language-model class keeps the body under `transformer.`; GPT2Model has none.
-        let p = if tensors.contains("transformer.wte.weight") {
-            "transformer."
-        } else {
-            ""
-        };
-        let mut named = vec![
-            (
-                "tokens.weight".to_string(),
-                tensors.take(&format!("{p}wte.weight"), &[c.vocab_size, d])?,
+        let mut links = vec![
+            Link::same(
+                format!("{prefix}wte.weight"),
+                "tokens.weight",
+                &[c.vocab_size, d],
             ),
-            (
-                "positions.Learned.weight".to_string(),
-                tensors.take(&format!("{p}wpe.weight"), &[c.block_size, d])?,
+            Link::same(
+                format!("{prefix}wpe.weight"),
+                "positions.Learned.weight",
+                &[c.block_size, d],
             ),
         ];
-        let mut norm = |from: &str, to: &str, named: &mut Vec<_>| -> Result<(), String> {
-            named.push((
-                format!("{to}.Layer.gamma"),
-                tensors.take(&format!("{from}.weight"), &[d])?,
-            ));
-            named.push((
-                format!("{to}.Layer.beta"),
-                tensors.take(&format!("{from}.bias"), &[d])?,
-            ));
-            Ok(())
-        };
         for i in 0..c.n_layer {
-            let (hf, zoo) = (format!("{p}h.{i}."), format!("blocks.{i}."));
-            norm(
+            let (hf, zoo) = (format!("{prefix}h.{i}."), format!("blocks.{i}."));
+            links.extend(Link::layer_norm(
                 &format!("{hf}ln_1"),
                 &format!("{zoo}attention_norm"),
-                &mut named,
-            )?;
-            norm(&format!("{hf}ln_2"), &format!("{zoo}ff_norm"), &mut named)?;
-        }
-        norm(&format!("{p}ln_f"), "final_norm", &mut named)?;
-        for i in 0..c.n_layer {
-            let (hf, zoo) = (format!("{p}h.{i}."), format!("blocks.{i}."));
+                d,
+            ));
+            links.extend(Link::layer_norm(
+                &format!("{hf}ln_2"),
+                &format!("{zoo}ff_norm"),
+                d,
+            ));
             // Conv1D: `[d_in, d_out]`, Burn's layout already.
             let projections = [
                 ("attn.c_attn", "attention.qkv", d, 3 * d),
@@ -136,22 +183,58 @@ impl HfGpt2 {
                 ("mlp.c_proj", "feed_forward.out", ff, d),
             ];
             for (from, to, d_in, d_out) in projections {
-                named.push((
+                links.push(Link::same(
+                    format!("{hf}{from}.weight"),
                     format!("{zoo}{to}.weight"),
-                    tensors.take(&format!("{hf}{from}.weight"), &[d_in, d_out])?,
+                    &[d_in, d_out],
                 ));
-                named.push((
+                links.push(Link::same(
+                    format!("{hf}{from}.bias"),
                     format!("{zoo}{to}.bias"),
-                    tensors.take(&format!("{hf}{from}.bias"), &[d_out])?,
+                    &[d_out],
                 ));
             }
-            // Older checkpoints keep the causal mask as buffers.
-            tensors.skip(&format!("{hf}attn.bias"));
-            tensors.skip(&format!("{hf}attn.masked_bias"));
         }
-        // The head is the token embedding (tied).
+        links.extend(Link::layer_norm(&format!("{prefix}ln_f"), "final_norm", d));
+        links
+    }
+
+    /// The model, on `device`, with the checkpoint's weights; a tensor the file lacks, has in
+    /// another shape or has that the model has no place for is an error naming it.
+    pub fn load(&self, tensors: &mut HfTensors, device: &Device) -> Result<Gpt, String> {
+        // The language-model class keeps the body under `transformer.`; GPT2Model has none.
+        let prefix = if tensors.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let named = tensors.read_links(&self.links(prefix))?;
+        // Older checkpoints keep the causal mask as buffers; the head is the token embedding.
+        for i in 0..self.config.n_layer {
+            tensors.skip(&format!("{prefix}h.{i}.attn.bias"));
+            tensors.skip(&format!("{prefix}h.{i}.attn.masked_bias"));
+        }
         tensors.skip("lm_head.weight");
         tensors.check_all_taken()?;
-        apply_named(c.init(device)?, named, &[])
+        apply_named(self.config.init(device)?, named, &[])
+    }
+
+    /// The checkpoint's tensors of `model`, named as `GPT2LMHeadModel` names them.
+    pub fn export(&self, model: &Gpt) -> Result<Vec<(String, TensorData)>, String> {
+        let links = self.links("transformer.");
+        let mut tensors = module_tensors(model)?;
+        if !self.config.bias {
+            // A layer without a bias is one whose bias is zero.
+            for link in &links {
+                if let Link::Same { zoo, shape, .. } = link
+                    && (zoo.ends_with(".bias") || zoo.ends_with(".beta"))
+                {
+                    let zeros =
+                        TensorData::new(vec![0.0f32; shape.iter().product()], shape.clone());
+                    tensors.entry(zoo.clone()).or_insert(zeros);
+                }
+            }
+        }
+        write_links(&tensors, &links)
     }
 }

@@ -18,7 +18,9 @@ pub use pretraining::{
     MaskedTokens, MaskingConfig, PretrainingCorpus, PretrainingExample, mask_tokens,
 };
 pub use registry::{DataDir, DatasetRegistry, LabelledExample, SpanExample, TaggedExample};
-pub use tokenizer::{EncodedInput, SpecialIds, TokenizerSpec, WordAligned, ZooTokenizer};
+pub use tokenizer::{
+    END_OF_TEXT, EncodedInput, SpecialIds, TokenizerSpec, WordAligned, ZooTokenizer,
+};
 
 use std::path::PathBuf;
 

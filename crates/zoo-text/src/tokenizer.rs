@@ -14,6 +14,7 @@ use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
 use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -21,6 +22,22 @@ use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::utils::truncation::{TruncationParams, TruncationStrategy};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// Every character is its own piece (and decoding concatenates them back). `[\s\S]` rather than
+/// `(?s).`: the same single character to both regex engines, where Oniguruma, which Hugging
+/// Face's Python tokenizers use, has no `(?s)`.
+const ONE_CHARACTER: &str = r"[\s\S]";
+/// How character tokenizers made before said it, which Python cannot read.
+const ONE_CHARACTER_BEFORE: &str = "(?s).";
+
+fn each_char() -> Result<Split, TextError> {
+    Split::new(
+        SplitPattern::Regex(ONE_CHARACTER.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(TextError::tokenizer)
+}
 
 /// Which tokenizer a recipe asks for.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -139,14 +156,7 @@ impl ZooTokenizer {
             .enumerate()
             .map(|(i, c)| (c.to_string(), i as u32));
         let mut inner = with_vocabulary(vocab)?;
-        // Every character is its own piece, and decoding concatenates them back.
-        let each_char = Split::new(
-            SplitPattern::Regex("(?s).".into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(TextError::tokenizer)?;
-        inner.with_pre_tokenizer(Some(each_char));
+        inner.with_pre_tokenizer(Some(each_char()?));
         inner.with_decoder(Some(Fuse::new()));
         Ok(Self { inner })
     }
@@ -362,6 +372,13 @@ impl ZooTokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        // A character tokenizer saved before said "one character" in a form only Rust reads;
+        // the same pattern in the form both read keeps the file exportable.
+        if let Some(PreTokenizerWrapper::Split(split)) = inner.get_pre_tokenizer()
+            && split.pattern == SplitPattern::Regex(ONE_CHARACTER_BEFORE.into())
+        {
+            inner.with_pre_tokenizer(Some(each_char()?));
+        }
         // The zoo pads each batch to its longest input and cuts each input to the run's length
         // itself; a file's own settings (Hugging Face's often pad every input to 128 tokens)
         // would hand it padding as if it were text.

@@ -6,7 +6,7 @@
 //! and never a sibling of its own layer (a task never imports another task):
 //!
 //! ```text
-//! 6  import     a Hugging Face model directory written out as a run directory
+//! 6  huggingface  Hugging Face model directories in (`zoo import`) and out (`zoo export`)
 //!    compare    recipes on one shared budget, reports and plots
 //!    bench      throughput and scaling benchmarks
 //!    info       what a preset, recipe or run's model costs
@@ -27,7 +27,7 @@
 pub mod bench;
 pub mod compare;
 pub mod dispatch;
-pub mod import;
+pub mod huggingface;
 pub mod info;
 pub mod launcher;
 pub mod models;

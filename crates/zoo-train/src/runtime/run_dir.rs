@@ -350,6 +350,30 @@ pub fn open_hf_dir(dir: &Path, vocab_size: usize) -> Result<(ZooTokenizer, HfTen
     Ok((tokenizer, tensors))
 }
 
+/// Writes a Hugging Face model directory at `out`: `config.json`, `model.safetensors` of
+/// `tensors`, the tokenizer as `tokenizer.json` and `tokenizer_config` as
+/// `tokenizer_config.json`.
+pub fn write_hf_dir(
+    out: &Path,
+    config: &serde_json::Value,
+    tensors: &[(String, burn::tensor::TensorData)],
+    tokenizer: &ZooTokenizer,
+    tokenizer_config: &serde_json::Value,
+) -> Result<(), ZooError> {
+    std::fs::create_dir_all(out).map_err(|e| ZooError::io(out, e))?;
+    let write_json = |name: &str, value: &serde_json::Value| {
+        let path = out.join(name);
+        let text = serde_json::to_string_pretty(value).expect("JSON serialises");
+        std::fs::write(&path, text + "\n").map_err(|e| ZooError::io(&path, e))
+    };
+    write_json(HF_CONFIG_FILE, config)?;
+    write_json("tokenizer_config.json", tokenizer_config)?;
+    zoo_blocks::hf::save_safetensors(&out.join(HF_WEIGHTS_FILE), tensors)
+        .map_err(|e| ZooError::run_dir(out, e))?;
+    tokenizer.save(&out.join(TOKENIZER_FILE))?;
+    Ok(())
+}
+
 /// What a model loaded from a Hugging Face directory is scored on by `zoo eval` unless
 /// `zoo import --dataset` says otherwise: the corpus the zoo ships.
 pub const IMPORTED_DATASET: &str = "embedded";

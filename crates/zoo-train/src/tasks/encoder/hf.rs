@@ -1,17 +1,18 @@
 //! A Hugging Face BERT directory (`config.json`, `model.safetensors`, `tokenizer.json`) as an
 //! encoder run: loaded directly (`init_from`, or any command given such a directory) or written
-//! out as a zoo run directory by `zoo import`.
+//! out as a zoo run directory by `zoo import`; and an encoder run written as one by
+//! `zoo export`.
 
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::run_dir::{
-    HF_CONFIG_FILE, TOKENIZER_FILE, imported_recipe, open_hf_dir, read_hf_config,
+    HF_CONFIG_FILE, TOKENIZER_FILE, imported_recipe, open_hf_dir, read_hf_config, write_hf_dir,
     write_imported_run,
 };
 use crate::runtime::step::GradientStep;
 use crate::tasks::encoder::model::Encoder;
-use crate::tasks::encoder::run::{EncoderRun, LABELS_FILE};
+use crate::tasks::encoder::run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run};
 use burn::prelude::*;
 use std::path::Path;
 use zoo_bert::BertTask;
@@ -70,4 +71,39 @@ pub fn write_encoder_run(run: EncoderRun, hf_dir: &Path, out: &Path) -> Result<(
         std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
     }
     Ok(())
+}
+
+/// Writes the encoder run in `run_dir` (its last checkpoint, or `epoch`'s) as a Hugging Face
+/// BERT directory at `out`; returns the class it is saved as.
+pub fn export_encoder_run(
+    run_dir: &Path,
+    epoch: Option<usize>,
+    out: &Path,
+    device: &Device,
+) -> Result<String, ZooError> {
+    let run = load_encoder_run(run_dir, epoch, device)?;
+    let hf = HfBert::for_export(&run.config, bert_task(&run.recipe), run.labels.clone())
+        .map_err(|e| ZooError::run_dir(run_dir, format!("cannot be exported: {e}")))?;
+    let special = run.tokenizer.special_ids()?;
+    let tensors = hf
+        .export(&run.model)
+        .map_err(|e| ZooError::run_dir(run_dir, e))?;
+    let token = |id: u32| run.tokenizer.decode(&[id]).unwrap_or_default();
+    let tokenizer_config = serde_json::json!({
+        "tokenizer_class": "BertTokenizerFast",
+        "model_max_length": run.config.max_len,
+        "cls_token": token(special.cls),
+        "sep_token": token(special.sep),
+        "pad_token": token(special.pad),
+        "mask_token": token(special.mask),
+        "unk_token": token(special.unk),
+    });
+    write_hf_dir(
+        out,
+        &hf.to_config(special.pad),
+        &tensors,
+        &run.tokenizer,
+        &tokenizer_config,
+    )?;
+    Ok(hf.class)
 }

@@ -1,19 +1,20 @@
 //! A Hugging Face GPT-2 directory (`config.json`, `model.safetensors`, `tokenizer.json`) as a
 //! language-model run: loaded directly (any command given such a directory) or written out as a
-//! zoo run directory by `zoo import`.
+//! zoo run directory by `zoo import`; and a GPT run written as one by `zoo export`.
 
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::run_dir::{
-    HF_CONFIG_FILE, imported_recipe, open_hf_dir, read_hf_config, write_imported_run,
+    HF_CONFIG_FILE, imported_recipe, open_hf_dir, read_hf_config, write_hf_dir, write_imported_run,
 };
 use crate::runtime::step::GradientStep;
 use crate::tasks::lm::model::{Lm, LmModel};
-use crate::tasks::lm::run::{LoadedRun, RunModel};
+use crate::tasks::lm::run::{LoadedRun, RunModel, load_run};
 use burn::prelude::*;
 use std::path::Path;
 use zoo_gpt::hf::HfGpt2;
+use zoo_text::END_OF_TEXT;
 
 /// Reads the `config.json` of the GPT-2 in `dir`.
 pub fn read_config(dir: &Path) -> Result<HfGpt2, ZooError> {
@@ -58,4 +59,45 @@ pub fn write_lm_run(run: LoadedRun, hf_dir: &Path, out: &Path) -> Result<(), Zoo
         &run.tokenizer,
         module,
     )
+}
+
+/// Writes the language-model run in `run_dir` (its last checkpoint, or `epoch`'s) as a Hugging
+/// Face GPT-2 directory at `out`; returns the class it is saved as. Recurrent and n-gram runs,
+/// and GPTs in shapes GPT-2 does not have, are refused by name.
+pub fn export_lm_run(
+    run_dir: &Path,
+    epoch: Option<usize>,
+    out: &Path,
+    device: &Device,
+) -> Result<String, ZooError> {
+    let run = load_run(run_dir, epoch, device)?;
+    let refused = |why: String| ZooError::run_dir(run_dir, format!("cannot be exported: {why}"));
+    let RunModel::Neural(LmModel::Gpt(gpt)) = &run.model else {
+        return Err(refused(format!(
+            "model.arch = \"{}\": the zoo exports GPTs",
+            run.config.architecture().name
+        )));
+    };
+    let ModelConfig::Gpt(config) = &run.config else {
+        unreachable!("a GPT's config");
+    };
+    let hf = HfGpt2::for_export(config).map_err(refused)?;
+    let tensors = hf.export(gpt).map_err(|e| ZooError::run_dir(run_dir, e))?;
+    let eos = run.tokenizer.token_id(END_OF_TEXT);
+    let mut tokenizer_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.block_size,
+    });
+    if eos.is_some() {
+        tokenizer_config["eos_token"] = END_OF_TEXT.into();
+        tokenizer_config["bos_token"] = END_OF_TEXT.into();
+    }
+    write_hf_dir(
+        out,
+        &hf.to_config(eos),
+        &tensors,
+        &run.tokenizer,
+        &tokenizer_config,
+    )?;
+    Ok(hf.class)
 }

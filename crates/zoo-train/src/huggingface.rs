@@ -1,11 +1,14 @@
-//! `zoo import`: a Hugging Face model directory (`config.json`, `model.safetensors`,
-//! `tokenizer.json`) written out as a zoo run directory, so that every command works on it as on
-//! a run trained here. The architecture comes from `config.json`; the task module of that kind
-//! of model reads the weights.
+//! Hugging Face model directories (`config.json`, `model.safetensors`, `tokenizer.json`) in and
+//! out. `zoo import` writes one out as a zoo run directory, so that every command works on it as
+//! on a run trained here; `zoo export` writes a run as one that `transformers` loads. The
+//! architecture comes from `config.json` (or the run's recipe); the task module of that kind of
+//! model maps the weights.
 
 use crate::ZooError;
 use crate::dispatch::RunKind;
-use crate::runtime::run_dir::{IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir};
+use crate::runtime::run_dir::{
+    IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir, load_run_recipe,
+};
 use crate::tasks::{encoder, lm};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -82,4 +85,50 @@ pub fn import(
             "importing {kind:?} checkpoints is not supported yet"
         ))),
     }
+}
+
+/// What `zoo export` wrote.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    /// The Hugging Face directory written.
+    pub out: PathBuf,
+    /// The class `transformers` loads it as.
+    pub class: String,
+}
+
+/// Writes the run in `run_dir` (its last checkpoint, or `epoch`'s) as a Hugging Face model
+/// directory at `out`. A model no Hugging Face class expresses is refused, naming the option.
+pub fn export(
+    run_dir: &Path,
+    epoch: Option<usize>,
+    out: &Path,
+    device: &Device,
+) -> Result<ExportReport, ZooError> {
+    if is_hugging_face_dir(run_dir) {
+        return Err(ZooError::run_dir(
+            run_dir,
+            "is a Hugging Face directory already: export a run directory",
+        ));
+    }
+    if out.join(RECIPE_FILE).exists() || out.join(crate::runtime::run_dir::HF_CONFIG_FILE).exists()
+    {
+        return Err(ZooError::run_dir(
+            out,
+            "already holds a model: export into a new directory",
+        ));
+    }
+    let task = load_run_recipe(run_dir)?.task;
+    let class = match RunKind::of_task(task) {
+        RunKind::Encoder => encoder::hf::export_encoder_run(run_dir, epoch, out, device)?,
+        RunKind::LanguageModel => lm::hf::export_lm_run(run_dir, epoch, out, device)?,
+        RunKind::EncoderDecoder => {
+            return Err(ZooError::Usage(
+                "exporting encoder-decoders is not supported yet".into(),
+            ));
+        }
+    };
+    Ok(ExportReport {
+        out: out.to_path_buf(),
+        class,
+    })
 }
