@@ -602,7 +602,7 @@ fn run(
                 zoo_train::huggingface::import(&hf_dir, &out, dataset.as_deref(), &device)?;
             println!(
                 "imported {} ({}, {} parameters) as a {} run{}; run directory {}",
-                hf_dir.display(),
+                report.source.display(),
                 report.class,
                 report.parameters,
                 report.task,

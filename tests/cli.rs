@@ -14,6 +14,19 @@ fn zoo(args: &[&str], dir: &Path) -> Output {
         .expect("the zoo binary runs")
 }
 
+/// [`zoo`] with the Hugging Face cache at `hf_home`.
+fn zoo_with_hf_home(args: &[&str], dir: &Path, hf_home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zoo"))
+        .args(args)
+        .current_dir(dir)
+        .env("ZOO_OFFLINE", "1")
+        .env("HF_HOME", hf_home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .expect("the zoo binary runs")
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -910,6 +923,54 @@ fn a_hugging_face_gpt2_imports_and_generates_as_transformers_does() {
         stdout(&evaluated).contains("perplexity"),
         "{}",
         stdout(&evaluated)
+    );
+}
+
+/// A model id is looked up in the local Hugging Face cache (`$HF_HOME/hub`, laid out as the
+/// hub's own tools lay it out), by `zoo import` and by `init_from`; an id the cache lacks, with
+/// downloads off, is a clean error naming the cache. (The download itself is tested against a
+/// loopback server in zoo-text.)
+#[test]
+fn a_model_id_is_found_in_the_hugging_face_cache() {
+    let dir = scratch("hf-cache");
+    let hf_home = dir.join("hf-home");
+    let snapshot = hf_home.join("hub/models--zoo-test--tiny-bert/snapshots/c0ffee");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(hf_home.join("hub/models--zoo-test--tiny-bert/refs")).unwrap();
+    std::fs::write(
+        hf_home.join("hub/models--zoo-test--tiny-bert/refs/main"),
+        "c0ffee",
+    )
+    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert-encoder");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture.join(file), snapshot.join(file)).unwrap();
+    }
+    let imported = zoo_with_hf_home(
+        &["import", "zoo-test/tiny-bert", "--out", "runs/enc"],
+        &dir,
+        &hf_home,
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stdout(&imported).contains("c0ffee"),
+        "{}",
+        stdout(&imported)
+    );
+    let recipe = "seed = 3\ntask = \"classification\"\ninit_from = \"zoo-test/tiny-bert\"\n[model]\narch = \"bert\"\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 2\neval_interval = 2\nseq_len = 32\n";
+    write(&dir, "tune.toml", recipe);
+    let tuned = zoo_with_hf_home(&["train", "tune.toml"], &dir, &hf_home);
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    assert!(stdout(&tuned).contains("c0ffee"), "{}", stdout(&tuned));
+    let missing = zoo_with_hf_home(
+        &["import", "zoo-test/absent", "--out", "runs/x"],
+        &dir,
+        &hf_home,
+    );
+    assert_clean_error(
+        &missing,
+        1,
+        &["zoo-test/absent", "Hugging Face cache", "hf-home"],
     );
 }
 

@@ -1,10 +1,12 @@
 //! Text for the zoo: tokenizers on the `tokenizers` crate, the dataset registry, the embedded
 //! default corpus the project generates itself, batchers that turn token streams into training
-//! examples, and encoder pretraining data (sentence pairs, masked-LM masking).
+//! examples, encoder pretraining data (sentence pairs, masked-LM masking), and the local
+//! Hugging Face hub cache pretrained models are found (and downloaded) in.
 
 pub mod batcher;
 pub mod bleu;
 pub mod corpus;
+pub mod hub;
 pub mod ngram;
 pub mod pretraining;
 pub mod registry;
@@ -74,6 +76,19 @@ pub enum TextError {
         split: String,
         /// The splits it has.
         known: Vec<String>,
+    },
+    /// A model id the Hugging Face cache does not have, and that could not be downloaded.
+    #[error(
+        "model '{id}' is not in the Hugging Face cache at {} ({reason}); download it there (huggingface-cli download {id}), or give the model's directory",
+        cache.display()
+    )]
+    ModelMissing {
+        /// The id asked for.
+        id: String,
+        /// The cache looked in.
+        cache: PathBuf,
+        /// Why it is not there.
+        reason: String,
     },
     /// A dataset file is missing and could not be downloaded.
     #[error(

@@ -223,8 +223,10 @@ impl DataDir {
                     std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
                 home.join(".cache").join("zoo").join("datasets")
             });
-        let download = std::env::var_os("ZOO_OFFLINE").is_none_or(|v| v.is_empty() || v == "0");
-        Self { root, download }
+        Self {
+            root,
+            download: downloads_allowed(),
+        }
     }
 }
 
@@ -590,6 +592,11 @@ fn slice_chars(text: &str, from: f64, to: f64) -> &str {
     &text[byte_at(from)..byte_at(to)]
 }
 
+/// Whether missing files may be downloaded: unless `$ZOO_OFFLINE` is set (to anything but `0`).
+pub fn downloads_allowed() -> bool {
+    std::env::var_os("ZOO_OFFLINE").is_none_or(|v| v.is_empty() || v == "0")
+}
+
 /// The local path of `file`, downloading it if it is missing; always checksummed.
 pub fn fetch(dataset: &str, file: &DatasetFile, dir: &DataDir) -> Result<PathBuf, TextError> {
     let path = dir.root.join(dataset).join(&file.name);
@@ -633,15 +640,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Downloads `url` to `path` through a temporary file, so an interrupted download leaves nothing
 /// that looks complete.
-fn download(url: &str, gzip: bool, path: &Path) -> Result<(), String> {
+pub(crate) fn download(url: &str, gzip: bool, path: &Path) -> Result<(), String> {
     eprintln!("downloading {url} -> {}", path.display());
-    let response = ureq::get(url).call().map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    let (mut bytes, _) = get(url, None)?;
     if gzip {
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(bytes.as_slice())
@@ -649,11 +650,36 @@ fn download(url: &str, gzip: bool, path: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot decompress: {e}"))?;
         bytes = plain;
     }
-    let parent = path.parent().expect("dataset files live in a directory");
+    write_atomically(path, &bytes)
+}
+
+/// The body of `url`, and the value of its response header `header` when asked for.
+pub(crate) fn get(url: &str, header: Option<&str>) -> Result<(Vec<u8>, Option<String>), String> {
+    let response = ureq::get(url).call().map_err(|e| e.to_string())?;
+    let value = header.and_then(|name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let mut bytes = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok((bytes, value))
+}
+
+/// Writes `bytes` to `path` (creating its directory) through a temporary file renamed into
+/// place.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let parent = path.parent().expect("files live in a directory");
     std::fs::create_dir_all(parent)
         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, &bytes)
+    std::fs::write(&partial, bytes)
         .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
     std::fs::rename(&partial, path).map_err(|e| format!("cannot move into {}: {e}", path.display()))
 }

@@ -7,7 +7,7 @@
 use crate::ZooError;
 use crate::dispatch::RunKind;
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir, load_run_recipe,
+    IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir, load_run_recipe, locate_model,
 };
 use crate::tasks::{encoder, lm};
 use burn::module::Module;
@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 /// What `zoo import` did.
 #[derive(Clone, Debug)]
 pub struct ImportReport {
+    /// Where the model was read from (a model id's snapshot in the Hugging Face cache).
+    pub source: PathBuf,
     /// The run directory written.
     pub run_dir: PathBuf,
     /// The checkpoint's class (`BertForMaskedLM`, ...).
@@ -29,14 +31,16 @@ pub struct ImportReport {
     pub labels: Vec<String>,
 }
 
-/// Imports the Hugging Face model in `hf_dir` into the run directory `out`; `dataset` is what
-/// `zoo eval` will score the run on (default: the embedded corpus).
+/// Imports the Hugging Face model in `hf_dir` (a directory, or a model id looked up in the local
+/// Hugging Face cache and downloaded there if missing) into the run directory `out`; `dataset`
+/// is what `zoo eval` will score the run on (default: the embedded corpus).
 pub fn import(
     hf_dir: &Path,
     out: &Path,
     dataset: Option<&str>,
     device: &Device,
 ) -> Result<ImportReport, ZooError> {
+    let hf_dir = &locate_model(hf_dir)?;
     if !is_hugging_face_dir(hf_dir) {
         return Err(ZooError::run_dir(
             hf_dir,
@@ -56,6 +60,7 @@ pub fn import(
             let mut run = encoder::hf::load_hf_encoder(hf_dir, dataset, device)?;
             run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
             let report = ImportReport {
+                source: hf_dir.clone(),
                 run_dir: out.to_path_buf(),
                 class,
                 task: run.recipe.task.name().to_string(),
@@ -72,6 +77,7 @@ pub fn import(
             run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
             let parameters = run.config.size().total;
             let report = ImportReport {
+                source: hf_dir.clone(),
                 run_dir: out.to_path_buf(),
                 class,
                 task: run.recipe.task.name().to_string(),

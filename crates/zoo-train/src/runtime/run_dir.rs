@@ -378,6 +378,22 @@ pub fn write_hf_dir(
 /// `zoo import --dataset` says otherwise: the corpus the zoo ships.
 pub const IMPORTED_DATASET: &str = "embedded";
 
+/// The directory of a pretrained model named by `name`: the path itself when it exists, else,
+/// when it reads as a Hugging Face model id (`bert-base-uncased`, `ORG/NAME`), its snapshot in
+/// the local Hugging Face cache, downloaded there first if it is missing and downloads are on.
+pub fn locate_model(name: &Path) -> Result<PathBuf, ZooError> {
+    let text = name.to_string_lossy();
+    if name.exists() || !zoo_text::hub::is_model_id(&text) {
+        return Ok(name.to_path_buf());
+    }
+    let cache = zoo_text::hub::cache_dir();
+    Ok(zoo_text::hub::model_dir(
+        &text,
+        &cache,
+        zoo_text::registry::downloads_allowed(),
+    )?)
+}
+
 /// Whether `dir` is a Hugging Face model directory (a `config.json`, no zoo recipe).
 pub fn is_hugging_face_dir(dir: &Path) -> bool {
     dir.join(HF_CONFIG_FILE).is_file() && !dir.join(RECIPE_FILE).is_file()

@@ -21,7 +21,7 @@ use crate::runtime::data::stream;
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
+    IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, locate_model,
     write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
@@ -33,7 +33,7 @@ use data::{Batching, EncoderExamples, SplitData};
 use hf::{load_hf_encoder, read_config};
 use model::{Encoder, MainLabels, NextSentenceLabels};
 use run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run, read_labels};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use zoo_bert::{BertConfig, BertModel};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
 
@@ -62,12 +62,10 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     // The run this one starts from: its shape always, its weights (loaded where training
     // happens, before the session seeds the device, so loading draws nothing from the run's
     // random stream) when starting afresh.
-    let pretrained = recipe
-        .init_from
-        .as_deref()
-        .map(pretrained_config)
-        .transpose()?;
-    let init = match (&recipe.init_from, session.is_fresh()) {
+    // A model id names a snapshot in the local Hugging Face cache.
+    let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
+    let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let init = match (&init_from, session.is_fresh()) {
         (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
         _ => None,
     };
@@ -192,7 +190,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let task = EncoderTraining {
         session,
         config: bert,
-        init,
+        init: init.zip(init_from),
         seq_len,
         parameters: size.total,
         examples: batches.train.len(),
@@ -208,8 +206,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
 struct EncoderTraining<'a> {
     session: &'a Session<'a>,
     config: &'a BertConfig,
-    /// The run whose encoder this one starts from (fresh runs with `init_from`).
-    init: Option<EncoderRun>,
+    /// The run whose encoder this one starts from (fresh runs with `init_from`), and where it
+    /// was found.
+    init: Option<(EncoderRun, PathBuf)>,
     /// Longest input in tokens.
     seq_len: usize,
     /// Parameters of the encoder and pooler.
@@ -239,11 +238,11 @@ impl TrainingTask for EncoderTraining<'_> {
             .config
             .init(bert_task(recipe), device)
             .map_err(|e| self.session.recipe_error(format!("[model]: {e}")))?;
-        if let Some(init) = self.init.take() {
+        if let Some((init, from)) = self.init.take() {
             let loaded = init.model.encoder.num_params();
             println!(
                 "loaded the encoder from {} (embeddings, {} layers, pooler: {loaded} parameters); new: the {} ({} parameters); left behind: its {}",
-                recipe.init_from.as_ref().expect("init").display(),
+                from.display(),
                 init.config.n_layer,
                 model.head.describe(),
                 model.head.num_params(),
