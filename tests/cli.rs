@@ -876,54 +876,56 @@ fn a_hugging_face_bert_imports_embeds_predicts_and_fine_tunes() {
     );
 }
 
-/// A Hugging Face GPT-2 directory imports as a language-model run; `zoo generate` at
+/// Hugging Face GPT-2 and Llama directories import as language-model runs; `zoo generate` at
 /// temperature 0 continues the reference prompt as `transformers`' greedy `generate` did, from
 /// the imported run and from the directory itself.
 #[test]
-fn a_hugging_face_gpt2_imports_and_generates_as_transformers_does() {
-    let dir = scratch("hf-gpt2");
-    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt2");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(hf.join("reference.json")).unwrap()).unwrap();
-    let greedy: Vec<u32> = reference["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
-    let expected = tokenizer.decode(&greedy).unwrap();
-    let hf = hf.to_str().unwrap();
-    let imported = zoo(&["import", hf, "--out", "runs/gpt2"], &dir);
-    assert!(imported.status.success(), "{}", stderr(&imported));
-    assert!(
-        stdout(&imported).contains("GPT2LMHeadModel"),
-        "{}",
-        stdout(&imported)
-    );
-    for run in ["runs/gpt2", hf] {
-        let prompt = reference["prompt"].as_str().unwrap();
-        let args = [
-            "generate",
-            run,
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            "16",
-            "--temperature",
-            "0",
-        ];
-        let out = zoo(&args, &dir);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(stdout(&out).trim_end_matches('\n'), expected, "{run}");
+fn hugging_face_decoders_import_and_generate_as_transformers_does() {
+    let dir = scratch("hf-decoders");
+    for (name, class) in [("gpt2", "GPT2LMHeadModel"), ("llama", "LlamaForCausalLM")] {
+        let hf = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf")
+            .join(name);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("reference.json")).unwrap())
+                .unwrap();
+        let greedy: Vec<u32> = reference["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
+        let expected = tokenizer.decode(&greedy).unwrap();
+        let hf = hf.to_str().unwrap();
+        let run = format!("runs/{name}");
+        let imported = zoo(&["import", hf, "--out", &run], &dir);
+        assert!(imported.status.success(), "{}", stderr(&imported));
+        assert!(stdout(&imported).contains(class), "{}", stdout(&imported));
+        for source in [run.as_str(), hf] {
+            let prompt = reference["prompt"].as_str().unwrap();
+            let args = [
+                "generate",
+                source,
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                "16",
+                "--temperature",
+                "0",
+            ];
+            let out = zoo(&args, &dir);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(stdout(&out).trim_end_matches('\n'), expected, "{source}");
+        }
+        let evaluated = zoo(&["eval", &run], &dir);
+        assert!(evaluated.status.success(), "{}", stderr(&evaluated));
+        assert!(
+            stdout(&evaluated).contains("perplexity"),
+            "{}",
+            stdout(&evaluated)
+        );
     }
-    let evaluated = zoo(&["eval", "runs/gpt2"], &dir);
-    assert!(evaluated.status.success(), "{}", stderr(&evaluated));
-    assert!(
-        stdout(&evaluated).contains("perplexity"),
-        "{}",
-        stdout(&evaluated)
-    );
 }
 
 /// A model id is looked up in the local Hugging Face cache (`$HF_HOME/hub`, laid out as the
@@ -1002,8 +1004,18 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
     let dir = scratch("export");
     let biased = TINY.replace("block_size = 32", "block_size = 32\nbias = true");
     write(&dir, "gpt.toml", &biased);
+    // Llama's shape: rotary positions, RMSNorm, SwiGLU, one key/value head, an untied head.
+    let llama = TINY.replace(
+        "block_size = 32",
+        "block_size = 32\nposition = \"rope\"\nnorm = \"rms-norm\"\nactivation = \"swiglu\"\nn_kv_head = 1\ntie_weights = false",
+    );
+    write(&dir, "llama.toml", &llama);
     write(&dir, "mlm.toml", TINY_MLM);
-    for (recipe, run) in [("gpt.toml", "runs/gpt"), ("mlm.toml", "runs/mlm")] {
+    for (recipe, run) in [
+        ("gpt.toml", "runs/gpt"),
+        ("llama.toml", "runs/llama"),
+        ("mlm.toml", "runs/mlm"),
+    ] {
         let trained = zoo(&["train", recipe], &dir);
         assert!(trained.status.success(), "{}", stderr(&trained));
         let hf = format!("{run}-hf");
@@ -1031,7 +1043,7 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
         let again = zoo(&["export", run, "--out", &hf], &dir);
         assert_clean_error(&again, 1, &["already holds a model"]);
     }
-    // A GPT with rotary positions has no GPT-2 form.
+    // Rotary positions with LayerNorm are neither GPT-2 nor Llama.
     write(
         &dir,
         "rope.toml",

@@ -59,11 +59,11 @@ impl RunKind {
     pub fn of_hugging_face(dir: &Path) -> Result<Self, ZooError> {
         match read_hf_config(dir)?["model_type"].as_str() {
             Some("bert") => Ok(RunKind::Encoder),
-            Some("gpt2") => Ok(RunKind::LanguageModel),
+            Some("gpt2" | "llama") => Ok(RunKind::LanguageModel),
             other => Err(ZooError::run_dir(
                 dir,
                 format!(
-                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\" and \"gpt2\"",
+                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\", \"gpt2\" and \"llama\"",
                     other.map_or("missing".into(), |t| format!("\"{t}\""))
                 ),
             )),

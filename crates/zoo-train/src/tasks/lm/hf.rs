@@ -1,6 +1,7 @@
-//! A Hugging Face GPT-2 directory (`config.json`, `model.safetensors`, `tokenizer.json`) as a
-//! language-model run: loaded directly (any command given such a directory) or written out as a
-//! zoo run directory by `zoo import`; and a GPT run written as one by `zoo export`.
+//! A Hugging Face GPT-2 or Llama directory (`config.json`, `model.safetensors`,
+//! `tokenizer.json`) as a language-model run: loaded directly (any command given such a
+//! directory) or written out as a zoo run directory by `zoo import`; and a GPT run written as
+//! one by `zoo export`.
 
 use crate::ZooError;
 use crate::models::ModelConfig;
@@ -13,17 +14,17 @@ use crate::tasks::lm::model::{Lm, LmModel};
 use crate::tasks::lm::run::{LoadedRun, RunModel, load_run};
 use burn::prelude::*;
 use std::path::Path;
-use zoo_gpt::hf::HfGpt2;
+use zoo_gpt::hf::HfGpt;
 use zoo_text::END_OF_TEXT;
 
-/// Reads the `config.json` of the GPT-2 in `dir`.
-pub fn read_config(dir: &Path) -> Result<HfGpt2, ZooError> {
-    HfGpt2::from_config(&read_hf_config(dir)?)
+/// Reads the `config.json` of the GPT-2 or Llama in `dir`.
+pub fn read_config(dir: &Path) -> Result<HfGpt, ZooError> {
+    HfGpt::from_config(&read_hf_config(dir)?)
         .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE}: {e}")))
 }
 
-/// The GPT-2 in the Hugging Face directory `dir`, loaded onto `device` as a language-model run
-/// whose recipe names `dataset` (what `zoo eval` scores it on).
+/// The GPT-2 or Llama in the Hugging Face directory `dir`, loaded onto `device` as a
+/// language-model run whose recipe names `dataset` (what `zoo eval` scores it on).
 pub fn load_hf_lm(dir: &Path, dataset: &str, device: &Device) -> Result<LoadedRun, ZooError> {
     let hf = read_config(dir)?;
     let (tokenizer, mut tensors) = open_hf_dir(dir, hf.config.vocab_size)?;
@@ -62,8 +63,8 @@ pub fn write_lm_run(run: LoadedRun, hf_dir: &Path, out: &Path) -> Result<(), Zoo
 }
 
 /// Writes the language-model run in `run_dir` (its last checkpoint, or `epoch`'s) as a Hugging
-/// Face GPT-2 directory at `out`; returns the class it is saved as. Recurrent and n-gram runs,
-/// and GPTs in shapes GPT-2 does not have, are refused by name.
+/// Face GPT-2 or Llama directory at `out`; returns the class it is saved as. Recurrent and
+/// n-gram runs, and GPTs in shapes neither has, are refused by name.
 pub fn export_lm_run(
     run_dir: &Path,
     epoch: Option<usize>,
@@ -81,7 +82,7 @@ pub fn export_lm_run(
     let ModelConfig::Gpt(config) = &run.config else {
         unreachable!("a GPT's config");
     };
-    let hf = HfGpt2::for_export(config).map_err(refused)?;
+    let hf = HfGpt::for_export(config).map_err(refused)?;
     let tensors = hf.export(gpt).map_err(|e| ZooError::run_dir(run_dir, e))?;
     let eos = run.tokenizer.token_id(END_OF_TEXT);
     let mut tokenizer_config = serde_json::json!({
