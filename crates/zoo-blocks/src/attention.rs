@@ -38,6 +38,12 @@ pub struct SelfAttentionConfig {
     /// Each position sees only itself and earlier ones (decoders); off, every position sees
     /// the whole sequence (encoders).
     pub causal: bool,
+    /// Width of each head (0: `d_model / n_heads`). T5 v1.1 sets it apart from the width:
+    /// the heads together are `n_heads * head_dim` wide.
+    pub head_dim: usize,
+    /// Divide the scores by `sqrt(head_dim)` (the transformer's scaled dot product); T5 does
+    /// not (its initialisation accounts for it).
+    pub scaled: bool,
 }
 
 impl SelfAttentionConfig {
@@ -53,6 +59,8 @@ impl SelfAttentionConfig {
             max_len,
             proj_init_std: 0.02,
             causal: true,
+            head_dim: 0,
+            scaled: true,
         }
     }
 
@@ -64,9 +72,18 @@ impl SelfAttentionConfig {
         }
     }
 
+    /// Width of each head after resolving the 0 default.
+    pub fn head_width(&self) -> usize {
+        if self.head_dim == 0 {
+            self.d_model / self.n_heads.max(1)
+        } else {
+            self.head_dim
+        }
+    }
+
     /// Checks the head arithmetic; the message names the offending fields.
     pub fn validate(&self) -> Result<(), String> {
-        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+        if self.n_heads == 0 || (self.head_dim == 0 && !self.d_model.is_multiple_of(self.n_heads)) {
             return Err(format!(
                 "d_model ({}) must be a positive multiple of n_heads ({})",
                 self.d_model, self.n_heads
@@ -78,10 +95,10 @@ impl SelfAttentionConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.position == PositionKind::Rope && !(self.d_model / self.n_heads).is_multiple_of(2) {
+        if self.position == PositionKind::Rope && !self.head_width().is_multiple_of(2) {
             return Err(format!(
-                "RoPE needs an even head dimension, d_model / n_heads = {}",
-                self.d_model / self.n_heads
+                "RoPE needs an even head dimension, got {}",
+                self.head_width()
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -95,7 +112,7 @@ impl SelfAttentionConfig {
         if let Err(message) = self.validate() {
             panic!("invalid attention config: {message}");
         }
-        let head_dim = self.d_model / self.n_heads;
+        let head_dim = self.head_width();
         let qkv_width = (self.n_heads + 2 * self.n_kv_heads) * head_dim;
         let normal = |std| Initializer::Normal { mean: 0.0, std };
         SelfAttention {
@@ -103,7 +120,7 @@ impl SelfAttentionConfig {
                 .with_bias(self.bias)
                 .with_initializer(normal(0.02))
                 .init(device),
-            proj: LinearConfig::new(self.d_model, self.d_model)
+            proj: LinearConfig::new(self.n_heads * head_dim, self.d_model)
                 .with_bias(self.bias)
                 .with_initializer(normal(self.proj_init_std))
                 .init(device),
@@ -115,6 +132,12 @@ impl SelfAttentionConfig {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             causal: self.causal,
+            head_dim,
+            scale: if self.scaled {
+                (head_dim as f64).powf(-0.5)
+            } else {
+                1.0
+            },
         }
     }
 }
@@ -133,6 +156,9 @@ pub struct SelfAttention {
     n_heads: usize,
     n_kv_heads: usize,
     causal: bool,
+    head_dim: usize,
+    /// What the scores are multiplied by: `1 / sqrt(head_dim)`, or 1 (T5).
+    scale: f64,
 }
 
 /// Keys and values of the tokens seen so far, per layer, for incremental decoding.
@@ -208,12 +234,12 @@ impl SelfAttention {
         cache: Option<&mut AttentionCache>,
         position_bias: Option<Tensor<4>>,
     ) -> Tensor<3> {
-        let [batch, len, d_model] = x.dims();
-        let head_dim = d_model / self.n_heads;
+        let [batch, len, _] = x.dims();
+        let head_dim = self.head_dim;
         let past = cache.as_ref().map_or(0, |c| c.len());
 
         let qkv = kernels::linear(&self.qkv, x);
-        let scale = (head_dim as f64).powf(-0.5);
+        let scale = self.scale;
         // Training with plain causal attention: our fused kernel reads the heads where the
         // projection left them, when it serves the device.
         let plain_causal = qkv.device().is_autodiff()
@@ -303,14 +329,16 @@ impl SelfAttention {
             self.attn_dropout.forward(weights).matmul(v)
         } else {
             let options = AttentionModuleOptions {
-                scale: None,
+                scale: Some(scale),
                 softcap: None,
                 is_causal: self.causal,
             };
             attention(q, k, v, padding, bias, options)
         };
 
-        let y = y.swap_dims(1, 2).reshape([batch, len, d_model]);
+        let y = y
+            .swap_dims(1, 2)
+            .reshape([batch, len, self.n_heads * head_dim]);
         self.resid_dropout.forward(kernels::linear(&self.proj, y))
     }
 

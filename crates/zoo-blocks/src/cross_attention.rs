@@ -25,6 +25,11 @@ pub struct CrossAttentionConfig {
     pub bias: bool,
     /// Dropout on the attention weights and on the output projection.
     pub dropout: f64,
+    /// Width of each head (0: `d_model / n_heads`; see
+    /// [`SelfAttentionConfig`](crate::SelfAttentionConfig)).
+    pub head_dim: usize,
+    /// Divide the scores by `sqrt(head_dim)`; T5 does not.
+    pub scaled: bool,
 }
 
 impl CrossAttentionConfig {
@@ -36,12 +41,23 @@ impl CrossAttentionConfig {
             n_heads,
             bias: true,
             dropout: 0.0,
+            head_dim: 0,
+            scaled: true,
+        }
+    }
+
+    /// Width of each head after resolving the 0 default.
+    pub fn head_width(&self) -> usize {
+        if self.head_dim == 0 {
+            self.d_model / self.n_heads.max(1)
+        } else {
+            self.head_dim
         }
     }
 
     /// Checks the head arithmetic; the message names the offending fields.
     pub fn validate(&self) -> Result<(), String> {
-        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+        if self.n_heads == 0 || (self.head_dim == 0 && !self.d_model.is_multiple_of(self.n_heads)) {
             return Err(format!(
                 "d_model ({}) must be a positive multiple of n_heads ({})",
                 self.d_model, self.n_heads
@@ -73,13 +89,19 @@ impl CrossAttentionConfig {
                 })
                 .init(device)
         };
+        let (head_dim, inner) = (self.head_width(), self.n_heads * self.head_width());
         CrossAttention {
-            query: linear(self.d_model, self.d_model),
-            key_value: linear(d_memory, 2 * self.d_model),
-            proj: linear(self.d_model, self.d_model),
+            query: linear(self.d_model, inner),
+            key_value: linear(d_memory, 2 * inner),
+            proj: linear(inner, self.d_model),
             attn_dropout: DropoutConfig::new(self.dropout).init(),
             resid_dropout: DropoutConfig::new(self.dropout).init(),
             n_heads: self.n_heads,
+            scale: if self.scaled {
+                (head_dim as f64).powf(-0.5)
+            } else {
+                1.0
+            },
         }
     }
 }
@@ -89,13 +111,15 @@ impl CrossAttentionConfig {
 pub struct CrossAttention {
     /// Projects the queries.
     pub query: Linear,
-    /// Projects the memory to keys and values side by side: `[d_memory, 2 d_model]`.
+    /// Projects the memory to keys and values side by side: `[d_memory, 2 n_heads head_dim]`.
     pub key_value: Linear,
     /// Output projection.
     pub proj: Linear,
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     n_heads: usize,
+    /// What the scores are multiplied by: `1 / sqrt(head_dim)`, or 1 (T5).
+    scale: f64,
 }
 
 /// The memory's keys and values, `[batch, heads, memory_len, head_dim]` each, and which memory
@@ -135,17 +159,17 @@ impl CrossAttention {
     pub fn memory(&self, memory: Tensor<3>, padding: Option<Tensor<2, Bool>>) -> MemoryKeys {
         let [batch, len, _] = memory.dims();
         let kv = kernels::linear(&self.key_value, memory);
-        let d_model = kv.dims()[2] / 2;
-        let head_dim = d_model / self.n_heads;
+        let inner = kv.dims()[2] / 2;
+        let head_dim = inner / self.n_heads;
         let heads = |start: usize| {
             kv.clone()
-                .narrow(2, start, d_model)
+                .narrow(2, start, inner)
                 .reshape([batch, len, self.n_heads, head_dim])
                 .swap_dims(1, 2)
         };
         MemoryKeys {
             keys: heads(0),
-            values: heads(d_model),
+            values: heads(inner),
             padding,
         }
     }
@@ -153,9 +177,11 @@ impl CrossAttention {
     /// Attends from `x` (`[batch, len, d_model]`) over `memory`. Each query position is
     /// independent of the others, so decoding one token at a time equals the full forward.
     pub fn forward(&self, x: Tensor<3>, memory: &MemoryKeys) -> Tensor<3> {
-        let [batch, len, d_model] = x.dims();
-        let head_dim = d_model / self.n_heads;
-        let q = kernels::linear(&self.query, x)
+        let [batch, len, _] = x.dims();
+        let q = kernels::linear(&self.query, x);
+        let inner = q.dims()[2];
+        let head_dim = inner / self.n_heads;
+        let q = q
             .reshape([batch, len, self.n_heads, head_dim])
             .swap_dims(1, 2);
         let (k, v) = (memory.keys.clone(), memory.values.clone());
@@ -166,20 +192,20 @@ impl CrossAttention {
         });
         let y = if q.device().is_autodiff() {
             // Training: explicit weights so dropout can act on them.
-            let mut scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5);
+            let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
             if let Some(mask) = mask {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
             self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
         } else {
             let options = AttentionModuleOptions {
-                scale: None,
+                scale: Some(self.scale),
                 softcap: None,
                 is_causal: false,
             };
             attention(q, k, v, mask, None, options)
         };
-        let y = y.swap_dims(1, 2).reshape([batch, len, d_model]);
+        let y = y.swap_dims(1, 2).reshape([batch, len, inner]);
         self.resid_dropout.forward(kernels::linear(&self.proj, y))
     }
 }

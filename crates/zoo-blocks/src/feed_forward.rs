@@ -20,6 +20,16 @@ pub enum Activation {
     GeluTanh,
     /// `silu(x W) * (x V)` (PaLM, LLaMA): the first projection is twice as wide.
     Swiglu,
+    /// `gelu_tanh(x W) * (x V)` (T5 v1.1's "gated-gelu"): the first projection is twice as
+    /// wide.
+    Geglu,
+}
+
+impl Activation {
+    /// Whether the first projection feeds a gate and a value side by side.
+    pub fn is_gated(self) -> bool {
+        matches!(self, Activation::Swiglu | Activation::Geglu)
+    }
 }
 
 /// Shapes and options of a [`FeedForward`].
@@ -27,7 +37,7 @@ pub enum Activation {
 pub struct FeedForwardConfig {
     /// Width of the residual stream.
     pub d_model: usize,
-    /// Hidden width (for SwiGLU, the width of each of the two branches).
+    /// Hidden width (for the gated activations, the width of each of the two branches).
     pub d_ff: usize,
     /// The non-linearity.
     pub activation: Activation,
@@ -54,11 +64,7 @@ impl FeedForwardConfig {
 
     /// Initialises the block.
     pub fn init(&self, device: &Device) -> FeedForward {
-        let branches = if self.activation == Activation::Swiglu {
-            2
-        } else {
-            1
-        };
+        let branches = if self.activation.is_gated() { 2 } else { 1 };
         let normal = |std| Initializer::Normal { mean: 0.0, std };
         FeedForward {
             fc: LinearConfig::new(self.d_model, branches * self.d_ff)
@@ -98,6 +104,10 @@ impl FeedForward {
             Activation::Swiglu => {
                 let [gate, value] = h.chunk(2, D - 1).try_into().expect("two halves");
                 silu(gate) * value
+            }
+            Activation::Geglu => {
+                let [gate, value] = h.chunk(2, D - 1).try_into().expect("two halves");
+                gelu_approximate(gate) * value
             }
         };
         self.dropout.forward(kernels::linear(&self.out, h))

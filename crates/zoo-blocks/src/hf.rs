@@ -45,6 +45,11 @@ impl HfTensors {
         self.tensors.contains_key(name)
     }
 
+    /// Tensor `name` as the file holds it, without taking it.
+    pub fn get(&self, name: &str) -> Option<&TensorData> {
+        self.tensors.get(name)
+    }
+
     /// Tensor `name`, which must have `shape`, as f32 (half-precision and f64 files are
     /// converted); a missing tensor, another shape or integers are errors naming the tensor.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, String> {

@@ -199,8 +199,8 @@ impl HfGpt {
                 if !c.tie_weights {
                     return refuse("tie_weights = false".into(), "GPT-2");
                 }
-                if c.activation == Activation::Swiglu {
-                    return refuse("activation = swiglu".into(), "GPT-2");
+                if c.activation.is_gated() {
+                    return refuse(format!("activation = {:?}", c.activation), "GPT-2");
                 }
             }
             HfFamily::Llama => {
@@ -230,7 +230,7 @@ impl HfGpt {
                     Activation::GeluTanh => "gelu_new",
                     Activation::Gelu => "gelu",
                     Activation::Relu => "relu",
-                    Activation::Swiglu => unreachable!("refused by for_export"),
+                    Activation::Swiglu | Activation::Geglu => unreachable!("refused by for_export"),
                 };
                 json!({
                     "architectures": [self.class],

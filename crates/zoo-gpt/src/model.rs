@@ -117,6 +117,8 @@ impl GptConfig {
             max_len: self.block_size,
             proj_init_std: self.residual_init_std(),
             causal: true,
+            head_dim: 0,
+            scaled: true,
         }
     }
 
@@ -195,11 +197,7 @@ impl GptConfig {
         let qkv = d * (self.n_head + 2 * self.kv_heads()) * head_dim
             + bias * (self.n_head + 2 * self.kv_heads()) * head_dim;
         let proj = d * d + bias * d;
-        let branches = if self.activation == Activation::Swiglu {
-            2
-        } else {
-            1
-        };
+        let branches = if self.activation.is_gated() { 2 } else { 1 };
         let ff = d * branches * self.ff_width()
             + bias * branches * self.ff_width()
             + self.ff_width() * d

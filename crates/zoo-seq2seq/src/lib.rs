@@ -3,6 +3,7 @@
 //! search) in [`decoding`] and named shapes in [`presets`].
 
 pub mod decoding;
+pub mod hf;
 pub mod presets;
 pub mod rnn;
 pub mod transformer;

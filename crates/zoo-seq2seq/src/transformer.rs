@@ -76,6 +76,16 @@ pub struct TransformerConfig {
     pub relative_buckets: usize,
     /// Relative positions only: distances from this on share the last bucket (T5: 128).
     pub relative_max_distance: usize,
+    /// Width of each attention head (0: `d_model / n_head`); T5 v1.1 sets it apart, the heads
+    /// together then being `n_head * head_dim` wide.
+    pub head_dim: usize,
+    /// Divide attention scores by `sqrt(head_dim)`; T5 does not (its initialisation does).
+    pub scaled_attention: bool,
+    /// The norms' epsilon (T5: 1e-6).
+    pub layer_norm_eps: f64,
+    /// Multiply the decoder's output by `d_model^-1/2` before the output projection (T5 v1.0,
+    /// whose tied embeddings are not scaled on the way in and so are as wide as the output).
+    pub scale_output: bool,
 }
 
 impl Default for TransformerConfig {
@@ -100,6 +110,10 @@ impl Default for TransformerConfig {
             tie_output: true,
             relative_buckets: 32,
             relative_max_distance: 128,
+            head_dim: 0,
+            scaled_attention: true,
+            layer_norm_eps: 1e-5,
+            scale_output: false,
         }
     }
 }
@@ -141,12 +155,23 @@ impl TransformerConfig {
         self.cross_attention().validate()
     }
 
+    /// Width of each attention head after resolving the 0 default.
+    pub fn head_width(&self) -> usize {
+        if self.head_dim == 0 {
+            self.d_model / self.n_head.max(1)
+        } else {
+            self.head_dim
+        }
+    }
+
     fn self_attention(&self, causal: bool) -> SelfAttentionConfig {
         SelfAttentionConfig {
             bias: self.bias,
             dropout: self.dropout,
             position: PositionKind::Learned, // positions are added outside attention
             causal,
+            head_dim: self.head_dim,
+            scaled: self.scaled_attention,
             ..SelfAttentionConfig::new(self.d_model, self.n_head, self.max_len)
         }
     }
@@ -155,6 +180,8 @@ impl TransformerConfig {
         CrossAttentionConfig {
             bias: self.bias,
             dropout: self.dropout,
+            head_dim: self.head_dim,
+            scaled: self.scaled_attention,
             ..CrossAttentionConfig::new(self.d_model, self.n_head)
         }
     }
@@ -169,7 +196,13 @@ impl TransformerConfig {
     }
 
     fn norm(&self, device: &Device) -> Norm {
-        Norm::new(self.norm, self.d_model, self.bias, device)
+        Norm::with_epsilon(
+            self.norm,
+            self.d_model,
+            self.bias,
+            self.layer_norm_eps,
+            device,
+        )
     }
 
     /// Token embeddings with N(0, 1/d_model) entries (fairseq's choice): scaled by
@@ -248,6 +281,11 @@ impl TransformerConfig {
             } else {
                 1.0
             },
+            output_scale: if self.scale_output {
+                (self.d_model as f64).powf(-0.5)
+            } else {
+                1.0
+            },
             max_len: self.max_len,
         })
     }
@@ -255,13 +293,15 @@ impl TransformerConfig {
     /// Parameter counts and training compute, from the shapes alone.
     pub fn size(&self) -> ModelSize {
         let (d, ff) = (self.d_model, self.d_ff);
+        let inner = self.n_head * self.head_width();
         let bias = self.bias as usize;
         let norm = match self.norm {
             NormKind::LayerNorm => d * (1 + bias),
             NormKind::RmsNorm => d,
         };
-        let attention = 4 * d * d + 4 * d * bias;
-        let feed_forward = 2 * d * ff + (ff + d) * bias;
+        let attention = 4 * d * inner + (3 * inner + d) * bias;
+        let branches = if self.activation.is_gated() { 2 } else { 1 };
+        let feed_forward = d * branches * ff + ff * d + (branches * ff + d) * bias;
         let encoder_layer = attention + feed_forward + 2 * norm;
         let decoder_layer = 2 * attention + feed_forward + 3 * norm;
         let final_norms = if self.norm_placement == NormPlacement::Pre {
@@ -388,6 +428,8 @@ pub struct Transformer {
     decoder: Vec<DecoderLayer>,
     decoder_norm: Option<Norm>,
     embedding_scale: f64,
+    /// What the decoder's output is multiplied by before the output projection.
+    output_scale: f64,
     max_len: usize,
 }
 
@@ -511,6 +553,9 @@ impl Transformer {
         if let Some(norm) = &self.decoder_norm {
             x = norm.forward(x);
         }
+        if self.output_scale != 1.0 {
+            x = x * self.output_scale;
+        }
         self.target_embedding.logits(x)
     }
 
@@ -616,6 +661,24 @@ mod tests {
                 scale_embeddings: false,
                 relative_buckets: 8,
                 relative_max_distance: 16,
+                scale_output: true,
+                scaled_attention: false,
+                layer_norm_eps: 1e-6,
+                ..tiny.clone()
+            },
+            // T5 v1.1's shape: heads narrower than the width allows, gated GELU, an output
+            // head of its own.
+            TransformerConfig {
+                bias: false,
+                position: Positions::Relative,
+                norm: NormKind::RmsNorm,
+                scale_embeddings: false,
+                relative_buckets: 8,
+                relative_max_distance: 16,
+                head_dim: 3,
+                activation: Activation::Geglu,
+                scaled_attention: false,
+                tie_output: false,
                 ..tiny
             },
         ]

@@ -1,0 +1,332 @@
+//! T5 and Hugging Face checkpoints, both ways (`T5ForConditionalGeneration`): `config.json`
+//! read into a [`TransformerConfig`] (and written from one), `model.safetensors` read into a
+//! [`Transformer`] (and written from one). Both T5 generations fit the zoo's transformer through
+//! its config: v1.0 (ReLU feed-forward, output tied to the embeddings and fed the decoder's
+//! output scaled by `d_model^-1/2`) and v1.1 / flan (gated GELU, an output head of its own, and
+//! heads whose widths together need not equal `d_model`). Both have pre-norm RMSNorm, no biases,
+//! unscaled attention scores and one relative position bias per stack, kept by its first layer.
+//!
+//! One table of [`Link`]s says how each parameter and the checkpoint's tensors correspond, and
+//! serves import and export alike.
+
+use crate::transformer::{Positions, Transformer, TransformerConfig};
+use burn::tensor::{Device, TensorData};
+use serde_json::{Value, json};
+use zoo_blocks::hf::{HfTensors, Link, apply_named, module_tensors, write_links};
+use zoo_blocks::{Activation, NormKind, NormPlacement};
+
+/// A Hugging Face T5, read from its `config.json` or made for export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfT5 {
+    /// The shape and options.
+    pub config: TransformerConfig,
+    /// The checkpoint's class, as `architectures` names it.
+    pub class: String,
+}
+
+/// The decoder's first input, padding and end of sequence in a T5 vocabulary.
+pub const T5_TOKENS: crate::DecodeTokens = crate::DecodeTokens {
+    pad: 0,
+    bos: 0,
+    eos: 1,
+};
+
+impl HfT5 {
+    /// Reads a T5's `config.json`; any option the zoo's transformer cannot express is refused by
+    /// name.
+    pub fn from_config(json: &Value) -> Result<Self, String> {
+        let model_type = json["model_type"].as_str().unwrap_or("");
+        if model_type != "t5" {
+            return Err(format!("model_type is \"{model_type}\", not \"t5\""));
+        }
+        let class = json["architectures"][0]
+            .as_str()
+            .unwrap_or("T5ForConditionalGeneration")
+            .to_string();
+        if class != "T5ForConditionalGeneration" {
+            return Err(format!(
+                "architectures = [\"{class}\"] is not one the zoo imports; T5 class: T5ForConditionalGeneration"
+            ));
+        }
+        let usize_of = |key: &str| {
+            json[key]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("config.json has no {key}"))
+        };
+        let activation = match json["feed_forward_proj"].as_str().unwrap_or("relu") {
+            "relu" => Activation::Relu,
+            "gated-gelu" => Activation::Geglu,
+            other => {
+                return Err(format!(
+                    "feed_forward_proj = \"{other}\": the zoo's transformer has \"relu\" and \"gated-gelu\""
+                ));
+            }
+        };
+        // Before transformers 5, `tie_word_embeddings` said both whether the output head is the
+        // embedding matrix and whether the decoder's output is scaled first (v1.0 both, v1.1
+        // neither); transformers 5 writes the second apart as `scale_decoder_outputs`.
+        let tied = json["tie_word_embeddings"].as_bool().unwrap_or(true);
+        let scaled_output = json["scale_decoder_outputs"].as_bool().unwrap_or(tied);
+        let layers = usize_of("num_layers")?;
+        let config = TransformerConfig {
+            src_vocab_size: usize_of("vocab_size")?,
+            tgt_vocab_size: usize_of("vocab_size")?,
+            max_len: json["n_positions"].as_u64().unwrap_or(512) as usize,
+            n_encoder_layers: layers,
+            n_decoder_layers: json["num_decoder_layers"]
+                .as_u64()
+                .map_or(layers, |n| n as usize),
+            n_head: usize_of("num_heads")?,
+            d_model: usize_of("d_model")?,
+            d_ff: usize_of("d_ff")?,
+            dropout: json["dropout_rate"].as_f64().unwrap_or(0.1),
+            bias: false,
+            position: Positions::Relative,
+            norm: NormKind::RmsNorm,
+            norm_placement: NormPlacement::Pre,
+            activation,
+            scale_embeddings: false,
+            share_embeddings: true,
+            tie_output: tied,
+            relative_buckets: usize_of("relative_attention_num_buckets").unwrap_or(32),
+            relative_max_distance: usize_of("relative_attention_max_distance").unwrap_or(128),
+            head_dim: usize_of("d_kv")?,
+            scaled_attention: false,
+            layer_norm_eps: json["layer_norm_epsilon"].as_f64().unwrap_or(1e-6),
+            scale_output: scaled_output,
+        };
+        config.validate()?;
+        Ok(Self { config, class })
+    }
+
+    /// The T5 a zoo transformer of `config` exports as; a shape T5 does not have is refused by
+    /// name.
+    pub fn for_export(config: &TransformerConfig) -> Result<Self, String> {
+        let c = config;
+        let checks: [(bool, &str); 8] = [
+            (c.position == Positions::Relative, "position (T5: relative)"),
+            (c.norm == NormKind::RmsNorm, "norm (T5: rms-norm)"),
+            (
+                c.norm_placement == NormPlacement::Pre,
+                "norm_placement (T5: pre)",
+            ),
+            (!c.bias, "bias (T5: false)"),
+            (!c.scale_embeddings, "scale_embeddings (T5: false)"),
+            (c.share_embeddings, "share_embeddings (T5: true)"),
+            (!c.scaled_attention, "scaled_attention (T5: false)"),
+            (
+                matches!(c.activation, Activation::Relu | Activation::Geglu),
+                "activation (T5: relu or geglu)",
+            ),
+        ];
+        if let Some((_, what)) = checks.iter().find(|(fits, _)| !fits) {
+            return Err(format!("{what}: the config is not a T5's"));
+        }
+        if c.n_encoder_layers == 0 || c.n_decoder_layers == 0 {
+            return Err("a T5 has an encoder and a decoder".into());
+        }
+        Ok(Self {
+            config: config.clone(),
+            class: "T5ForConditionalGeneration".into(),
+        })
+    }
+
+    /// The `config.json` that `transformers` builds this T5 from.
+    pub fn to_config(&self) -> Value {
+        let c = &self.config;
+        json!({
+            "architectures": [self.class],
+            "model_type": "t5",
+            "vocab_size": c.tgt_vocab_size,
+            "d_model": c.d_model,
+            "d_kv": c.head_width(),
+            "d_ff": c.d_ff,
+            "num_layers": c.n_encoder_layers,
+            "num_decoder_layers": c.n_decoder_layers,
+            "num_heads": c.n_head,
+            "relative_attention_num_buckets": c.relative_buckets,
+            "relative_attention_max_distance": c.relative_max_distance,
+            "dropout_rate": c.dropout,
+            "layer_norm_epsilon": c.layer_norm_eps,
+            "feed_forward_proj": if c.activation == Activation::Geglu { "gated-gelu" } else { "relu" },
+            "tie_word_embeddings": c.tie_output,
+            "scale_decoder_outputs": c.scale_output,
+            "is_encoder_decoder": true,
+            "n_positions": c.max_len,
+            "pad_token_id": T5_TOKENS.pad,
+            "eos_token_id": T5_TOKENS.eos,
+            "decoder_start_token_id": T5_TOKENS.bos,
+        })
+    }
+
+    /// How the checkpoint's tensors and the model's parameters correspond.
+    fn links(&self) -> Vec<Link> {
+        let c = &self.config;
+        let (d, ff, inner) = (c.d_model, c.d_ff, c.n_head * c.head_width());
+        let rms = |hf: String, zoo: String| {
+            Link::same(format!("{hf}.weight"), format!("{zoo}.Rms.gamma"), &[d])
+        };
+        let linear = |hf: Vec<String>, zoo: String, d_in: usize, d_outs: Vec<usize>| Link::Linear {
+            hf: hf
+                .into_iter()
+                .map(|name| format!("{name}.weight"))
+                .collect(),
+            zoo: format!("{zoo}.weight"),
+            d_in,
+            d_outs,
+        };
+        let feed_forward = |hf: &str, zoo: &str| {
+            let wi = if c.activation == Activation::Geglu {
+                linear(
+                    vec![format!("{hf}.wi_0"), format!("{hf}.wi_1")],
+                    format!("{zoo}.fc"),
+                    d,
+                    vec![ff, ff],
+                )
+            } else {
+                linear(vec![format!("{hf}.wi")], format!("{zoo}.fc"), d, vec![ff])
+            };
+            [
+                wi,
+                linear(vec![format!("{hf}.wo")], format!("{zoo}.out"), ff, vec![d]),
+            ]
+        };
+        let self_attention = |hf: &str, zoo: &str| {
+            [
+                linear(
+                    ["q", "k", "v"].map(|p| format!("{hf}.{p}")).to_vec(),
+                    format!("{zoo}.qkv"),
+                    d,
+                    vec![inner; 3],
+                ),
+                linear(
+                    vec![format!("{hf}.o")],
+                    format!("{zoo}.proj"),
+                    inner,
+                    vec![d],
+                ),
+            ]
+        };
+        let mut links = vec![
+            Link::same(
+                "shared.weight",
+                "target_embedding.weight",
+                &[c.tgt_vocab_size, d],
+            ),
+            Link::same(
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                "encoder_relative.table.weight",
+                &[c.relative_buckets, c.n_head],
+            ),
+            Link::same(
+                "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                "decoder_relative.table.weight",
+                &[c.relative_buckets, c.n_head],
+            ),
+        ];
+        for i in 0..c.n_encoder_layers {
+            let (hf, zoo) = (format!("encoder.block.{i}.layer."), format!("encoder.{i}."));
+            links.push(rms(
+                format!("{hf}0.layer_norm"),
+                format!("{zoo}attention_norm"),
+            ));
+            links.extend(self_attention(
+                &format!("{hf}0.SelfAttention"),
+                &format!("{zoo}attention"),
+            ));
+            links.push(rms(format!("{hf}1.layer_norm"), format!("{zoo}ff_norm")));
+            links.extend(feed_forward(
+                &format!("{hf}1.DenseReluDense"),
+                &format!("{zoo}feed_forward"),
+            ));
+        }
+        links.push(rms(
+            "encoder.final_layer_norm".into(),
+            "encoder_norm".into(),
+        ));
+        for i in 0..c.n_decoder_layers {
+            let (hf, zoo) = (format!("decoder.block.{i}.layer."), format!("decoder.{i}."));
+            links.push(rms(
+                format!("{hf}0.layer_norm"),
+                format!("{zoo}attention_norm"),
+            ));
+            links.extend(self_attention(
+                &format!("{hf}0.SelfAttention"),
+                &format!("{zoo}attention"),
+            ));
+            links.push(rms(format!("{hf}1.layer_norm"), format!("{zoo}cross_norm")));
+            let cross = format!("{hf}1.EncDecAttention");
+            links.push(linear(
+                vec![format!("{cross}.q")],
+                format!("{zoo}cross_attention.query"),
+                d,
+                vec![inner],
+            ));
+            links.push(linear(
+                vec![format!("{cross}.k"), format!("{cross}.v")],
+                format!("{zoo}cross_attention.key_value"),
+                d,
+                vec![inner, inner],
+            ));
+            links.push(linear(
+                vec![format!("{cross}.o")],
+                format!("{zoo}cross_attention.proj"),
+                inner,
+                vec![d],
+            ));
+            links.push(rms(format!("{hf}2.layer_norm"), format!("{zoo}ff_norm")));
+            links.extend(feed_forward(
+                &format!("{hf}2.DenseReluDense"),
+                &format!("{zoo}feed_forward"),
+            ));
+        }
+        links.push(rms(
+            "decoder.final_layer_norm".into(),
+            "decoder_norm".into(),
+        ));
+        if !c.tie_output {
+            links.push(linear(
+                vec!["lm_head".into()],
+                "target_embedding.head".into(),
+                d,
+                vec![c.tgt_vocab_size],
+            ));
+        }
+        links
+    }
+
+    /// The model, on `device`, with the checkpoint's weights; a tensor the file lacks, has in
+    /// another shape or has that the model has no place for is an error naming it.
+    ///
+    /// transformers 5 writes `tie_word_embeddings: true` for every T5, also one whose output
+    /// head is its own and saved apart as `lm_head.weight`; as transformers does on loading, a
+    /// head that differs from the embeddings is kept as the model's own (and the config says so).
+    pub fn load(
+        &mut self,
+        tensors: &mut HfTensors,
+        device: &Device,
+    ) -> Result<Transformer, String> {
+        if self.config.tie_output
+            && let Some(head) = tensors.get("lm_head.weight")
+            && tensors.get("shared.weight") != Some(head)
+        {
+            self.config.tie_output = false;
+        }
+        let named = tensors.read_links(&self.links())?;
+        // The stacks' embeddings are the shared one, and a tied head is too.
+        for name in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"] {
+            tensors.skip(name);
+        }
+        if self.config.tie_output {
+            tensors.skip("lm_head.weight");
+        }
+        tensors.check_all_taken()?;
+        apply_named(self.config.init(device)?, named, &[])
+    }
+
+    /// The checkpoint's tensors of `model`, named as `T5ForConditionalGeneration` names them.
+    pub fn export(&self, model: &Transformer) -> Result<Vec<(String, TensorData)>, String> {
+        write_links(&module_tensors(model)?, &self.links())
+    }
+}
