@@ -876,6 +876,21 @@ fn a_hugging_face_bert_imports_embeds_predicts_and_fine_tunes() {
     );
 }
 
+/// A Hugging Face fixture's directory and its `reference.json`.
+fn hf_fixture(name: &str) -> (PathBuf, serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name);
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+/// Token ids written as a JSON array.
+fn json_ids(value: &serde_json::Value) -> Vec<u32> {
+    let ids = value.as_array().unwrap();
+    ids.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
 /// Hugging Face GPT-2 and Llama directories import as language-model runs; `zoo generate` at
 /// temperature 0 continues the reference prompt as `transformers`' greedy `generate` did, from
 /// the imported run and from the directory itself.
@@ -883,18 +898,8 @@ fn a_hugging_face_bert_imports_embeds_predicts_and_fine_tunes() {
 fn hugging_face_decoders_import_and_generate_as_transformers_does() {
     let dir = scratch("hf-decoders");
     for (name, class) in [("gpt2", "GPT2LMHeadModel"), ("llama", "LlamaForCausalLM")] {
-        let hf = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hf")
-            .join(name);
-        let reference: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("reference.json")).unwrap())
-                .unwrap();
-        let greedy: Vec<u32> = reference["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let (hf, reference) = hf_fixture(name);
+        let greedy = json_ids(&reference["greedy"]);
         let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
         let expected = tokenizer.decode(&greedy).unwrap();
         let hf = hf.to_str().unwrap();
@@ -926,6 +931,74 @@ fn hugging_face_decoders_import_and_generate_as_transformers_does() {
             stdout(&evaluated)
         );
     }
+}
+
+/// The T5 fixtures (v1.0: ReLU, tied and scaled output; v1.1: gated GELU, a head of its own)
+/// import, translate as `generate` did (from the run and from the directory itself), go back
+/// out to the same tensors, and start a fine-tuning run with `init_from`: its weights are the
+/// pretrained ones, moved a little.
+#[test]
+fn hugging_face_t5s_import_translate_export_and_fine_tune() {
+    let dir = scratch("hf-t5");
+    for name in ["t5-v1_0", "t5-v1_1"] {
+        let (hf, reference) = hf_fixture(name);
+        // `generate`'s 8 tokens after the decoder's start.
+        let greedy = json_ids(&reference["greedy"])[1..].to_vec();
+        let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
+        let expected = tokenizer.decode_text(&greedy).unwrap();
+        let hf = hf.to_str().unwrap();
+        let run = format!("runs/{name}");
+        let imported = zoo(&["import", hf, "--out", &run], &dir);
+        assert!(imported.status.success(), "{}", stderr(&imported));
+        assert!(stdout(&imported).contains("T5ForConditionalGeneration"));
+        let source = reference["sources"][0].as_str().unwrap();
+        for from in [run.as_str(), hf] {
+            let out = zoo(&["translate", from, "--input", source], &dir);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(
+                stdout(&out).starts_with(&expected),
+                "{from}: {} does not start with {expected}",
+                stdout(&out)
+            );
+        }
+        let exported = format!("{run}-hf");
+        let out = zoo(&["export", &run, "--out", &exported], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let back = format!("{run}-back");
+        let out = zoo(&["import", &exported, "--out", &back], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(run_tensors(&dir.join(&run)), run_tensors(&dir.join(&back)));
+    }
+    let recipe = format!(
+        "seed = 3\ntask = \"translation\"\ninit_from = {:?}\n[model]\narch = \"transformer\"\ndropout = 0.0\n[data]\ndataset = \"synthetic-reverse\"\n[optimizer]\nlr = 1e-4\n[training]\nbatch_size = 8\nsteps = 2\neval_interval = 2\neval_batches = 1\nseq_len = 16\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/t5-v1_1")
+    );
+    write(&dir, "tune.toml", &recipe);
+    let tuned = zoo(&["train", "tune.toml", "--run-dir", "runs/tuned"], &dir);
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    assert!(stdout(&tuned).contains("loaded the transformer from"));
+    let (pretrained, tuned) = (
+        run_tensors(&dir.join("runs/t5-v1_1")),
+        run_tensors(&dir.join("runs/tuned")),
+    );
+    assert_eq!(
+        pretrained.keys().collect::<Vec<_>>(),
+        tuned.keys().collect::<Vec<_>>()
+    );
+    let moved = pretrained
+        .iter()
+        .flat_map(|(path, values)| values.iter().zip(&tuned[path]))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 0.0 && moved < 1e-2, "moved by {moved}");
+    // A shape the recipe states must be the pretrained one.
+    write(
+        &dir,
+        "bad.toml",
+        &recipe.replace("dropout = 0.0", "d_model = 64"),
+    );
+    let bad = zoo(&["train", "bad.toml", "--run-dir", "runs/bad"], &dir);
+    assert_clean_error(&bad, 1, &["does not match init_from", "d_model = 64"]);
 }
 
 /// A model id is looked up in the local Hugging Face cache (`$HF_HOME/hub`, laid out as the
@@ -983,6 +1056,9 @@ fn run_tensors(run: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     let tensors = if kind == zoo::train::dispatch::RunKind::Encoder {
         let loaded = zoo::train::tasks::encoder::load(run, None, &device).unwrap();
         zoo::blocks::hf::module_tensors(&loaded.model).unwrap()
+    } else if kind == zoo::train::dispatch::RunKind::EncoderDecoder {
+        let loaded = zoo::train::tasks::seq2seq::load(run, None, &device).unwrap();
+        zoo::blocks::hf::module_tensors(&loaded.model).unwrap()
     } else {
         let loaded = zoo::train::tasks::lm::load(run, None, &device).unwrap();
         let zoo::train::tasks::lm::run::RunModel::Neural(model) = loaded.model else {
@@ -1011,10 +1087,12 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
     );
     write(&dir, "llama.toml", &llama);
     write(&dir, "mlm.toml", TINY_MLM);
+    write(&dir, "t5.toml", TINY_T5);
     for (recipe, run) in [
         ("gpt.toml", "runs/gpt"),
         ("llama.toml", "runs/llama"),
         ("mlm.toml", "runs/mlm"),
+        ("t5.toml", "runs/t5"),
     ] {
         let trained = zoo(&["train", recipe], &dir);
         assert!(trained.status.success(), "{}", stderr(&trained));
@@ -1057,7 +1135,48 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
         1,
         &["runs/rope", "cannot be exported", "position = Rope"],
     );
+    // T5 does not scale its attention scores.
+    write(
+        &dir,
+        "scaled.toml",
+        &TINY_T5.replace("scaled_attention = false\n", ""),
+    );
+    let trained = zoo(&["train", "scaled.toml"], &dir);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let refused = zoo(&["export", "runs/scaled", "--out", "runs/scaled-hf"], &dir);
+    assert_clean_error(&refused, 1, &["cannot be exported", "scaled_attention"]);
 }
+
+/// A transformer encoder-decoder in T5's shape (as `T5ForConditionalGeneration` computes it).
+const TINY_T5: &str = r#"
+seed = 5
+task = "translation"
+[model]
+arch = "transformer"
+preset = "transformer-tiny"
+max_len = 32
+d_model = 32
+d_ff = 48
+position = "relative"
+relative_buckets = 8
+relative_max_distance = 16
+norm = "rms-norm"
+bias = false
+scale_embeddings = false
+scaled_attention = false
+scale_output = true
+[tokenizer]
+kind = "word"
+vocab_size = 64
+[data]
+dataset = "synthetic-reverse"
+[training]
+batch_size = 16
+steps = 4
+eval_interval = 4
+eval_batches = 2
+seq_len = 16
+"#;
 
 /// `schedule.plateau_divisor` anneals every task's learning rate, not only a language model's.
 /// Here a masked-LM encoder whose rate (1e-30, everything but the head frozen, no weight decay)

@@ -9,6 +9,7 @@
 //! One table of [`Link`]s says how each parameter and the checkpoint's tensors correspond, and
 //! serves import and export alike.
 
+use crate::DecodeTokens;
 use crate::transformer::{Positions, Transformer, TransformerConfig};
 use burn::tensor::{Device, TensorData};
 use serde_json::{Value, json};
@@ -22,10 +23,14 @@ pub struct HfT5 {
     pub config: TransformerConfig,
     /// The checkpoint's class, as `architectures` names it.
     pub class: String,
+    /// Padding, the decoder's first input and end of sequence (`pad_token_id`,
+    /// `decoder_start_token_id`, `eos_token_id`).
+    pub tokens: DecodeTokens,
 }
 
-/// The decoder's first input, padding and end of sequence in a T5 vocabulary.
-pub const T5_TOKENS: crate::DecodeTokens = crate::DecodeTokens {
+/// Padding, the decoder's first input and end of sequence in T5's own vocabulary: the decoder
+/// starts from `<pad>`.
+pub const T5_TOKENS: DecodeTokens = DecodeTokens {
     pad: 0,
     bos: 0,
     eos: 1,
@@ -97,12 +102,23 @@ impl HfT5 {
             scale_output: scaled_output,
         };
         config.validate()?;
-        Ok(Self { config, class })
+        let id = |key: &str, default: u32| json[key].as_u64().map_or(default, |v| v as u32);
+        let pad = id("pad_token_id", T5_TOKENS.pad);
+        let tokens = DecodeTokens {
+            pad,
+            bos: id("decoder_start_token_id", pad),
+            eos: id("eos_token_id", T5_TOKENS.eos),
+        };
+        Ok(Self {
+            config,
+            class,
+            tokens,
+        })
     }
 
-    /// The T5 a zoo transformer of `config` exports as; a shape T5 does not have is refused by
-    /// name.
-    pub fn for_export(config: &TransformerConfig) -> Result<Self, String> {
+    /// The T5 a zoo transformer of `config`, whose vocabulary has `tokens`, exports as; a shape
+    /// T5 does not have is refused by name.
+    pub fn for_export(config: &TransformerConfig, tokens: DecodeTokens) -> Result<Self, String> {
         let c = config;
         let checks: [(bool, &str); 8] = [
             (c.position == Positions::Relative, "position (T5: relative)"),
@@ -129,6 +145,7 @@ impl HfT5 {
         Ok(Self {
             config: config.clone(),
             class: "T5ForConditionalGeneration".into(),
+            tokens,
         })
     }
 
@@ -154,144 +171,127 @@ impl HfT5 {
             "scale_decoder_outputs": c.scale_output,
             "is_encoder_decoder": true,
             "n_positions": c.max_len,
-            "pad_token_id": T5_TOKENS.pad,
-            "eos_token_id": T5_TOKENS.eos,
-            "decoder_start_token_id": T5_TOKENS.bos,
+            "pad_token_id": self.tokens.pad,
+            "eos_token_id": self.tokens.eos,
+            "decoder_start_token_id": self.tokens.bos,
         })
     }
 
-    /// How the checkpoint's tensors and the model's parameters correspond.
+    /// How the checkpoint's tensors and the model's parameters correspond. A T5 block is a list
+    /// of sublayers, each a norm and what it feeds: `layer.0` self-attention, in the decoder
+    /// `layer.1` cross-attention, and the last one the feed-forward.
     fn links(&self) -> Vec<Link> {
         let c = &self.config;
         let (d, ff, inner) = (c.d_model, c.d_ff, c.n_head * c.head_width());
-        let rms = |hf: String, zoo: String| {
-            Link::same(format!("{hf}.weight"), format!("{zoo}.Rms.gamma"), &[d])
-        };
-        let linear = |hf: Vec<String>, zoo: String, d_in: usize, d_outs: Vec<usize>| Link::Linear {
-            hf: hf
-                .into_iter()
-                .map(|name| format!("{name}.weight"))
-                .collect(),
-            zoo: format!("{zoo}.weight"),
-            d_in,
-            d_outs,
-        };
-        let feed_forward = |hf: &str, zoo: &str| {
-            let wi = if c.activation == Activation::Geglu {
-                linear(
-                    vec![format!("{hf}.wi_0"), format!("{hf}.wi_1")],
-                    format!("{zoo}.fc"),
-                    d,
-                    vec![ff, ff],
-                )
-            } else {
-                linear(vec![format!("{hf}.wi")], format!("{zoo}.fc"), d, vec![ff])
+        let linear =
+            |hf: &str, parts: &[&str], zoo: &str, d_in: usize, d_out: usize| Link::Linear {
+                hf: parts.iter().map(|p| format!("{hf}.{p}.weight")).collect(),
+                zoo: format!("{zoo}.weight"),
+                d_in,
+                d_outs: vec![d_out; parts.len()],
             };
-            [
-                wi,
-                linear(vec![format!("{hf}.wo")], format!("{zoo}.out"), ff, vec![d]),
-            ]
+        // Sublayer `hf` (`encoder.block.0.layer.1`): its norm as `zoo_norm`, then `links` of
+        // what it holds.
+        let sublayer = |hf: &str, zoo_norm: &str, links: Vec<Link>| {
+            let norm = Link::same(
+                format!("{hf}.layer_norm.weight"),
+                format!("{zoo_norm}.Rms.gamma"),
+                &[d],
+            );
+            std::iter::once(norm).chain(links).collect::<Vec<_>>()
         };
         let self_attention = |hf: &str, zoo: &str| {
-            [
-                linear(
-                    ["q", "k", "v"].map(|p| format!("{hf}.{p}")).to_vec(),
-                    format!("{zoo}.qkv"),
-                    d,
-                    vec![inner; 3],
-                ),
-                linear(
-                    vec![format!("{hf}.o")],
-                    format!("{zoo}.proj"),
-                    inner,
-                    vec![d],
-                ),
+            let (hf, zoo) = (format!("{hf}.SelfAttention"), format!("{zoo}attention"));
+            vec![
+                linear(&hf, &["q", "k", "v"], &format!("{zoo}.qkv"), d, inner),
+                linear(&hf, &["o"], &format!("{zoo}.proj"), inner, d),
             ]
         };
-        let mut links = vec![
+        let cross_attention = |hf: &str, zoo: &str| {
+            let (hf, zoo) = (
+                format!("{hf}.EncDecAttention"),
+                format!("{zoo}cross_attention"),
+            );
+            vec![
+                linear(&hf, &["q"], &format!("{zoo}.query"), d, inner),
+                linear(&hf, &["k", "v"], &format!("{zoo}.key_value"), d, inner),
+                linear(&hf, &["o"], &format!("{zoo}.proj"), inner, d),
+            ]
+        };
+        let feed_forward = |hf: &str, zoo: &str| {
+            let (hf, zoo) = (format!("{hf}.DenseReluDense"), format!("{zoo}feed_forward"));
+            let gated = c.activation == Activation::Geglu;
+            let wi: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
+            vec![
+                linear(&hf, wi, &format!("{zoo}.fc"), d, ff),
+                linear(&hf, &["wo"], &format!("{zoo}.out"), ff, d),
+            ]
+        };
+        let final_norm = |stack: &str| {
             Link::same(
-                "shared.weight",
-                "target_embedding.weight",
-                &[c.tgt_vocab_size, d],
-            ),
-            Link::same(
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                "encoder_relative.table.weight",
+                format!("{stack}.final_layer_norm.weight"),
+                format!("{stack}_norm.Rms.gamma"),
+                &[d],
+            )
+        };
+        let mut links = vec![Link::same(
+            "shared.weight",
+            "target_embedding.weight",
+            &[c.tgt_vocab_size, d],
+        )];
+        for stack in ["encoder", "decoder"] {
+            // One relative position bias per stack, kept by its first block.
+            links.push(Link::same(
+                format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                format!("{stack}_relative.table.weight"),
                 &[c.relative_buckets, c.n_head],
-            ),
-            Link::same(
-                "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                "decoder_relative.table.weight",
-                &[c.relative_buckets, c.n_head],
-            ),
-        ];
+            ));
+        }
         for i in 0..c.n_encoder_layers {
-            let (hf, zoo) = (format!("encoder.block.{i}.layer."), format!("encoder.{i}."));
-            links.push(rms(
-                format!("{hf}0.layer_norm"),
-                format!("{zoo}attention_norm"),
+            let (hf, zoo) = (format!("encoder.block.{i}.layer"), format!("encoder.{i}."));
+            let attention = format!("{hf}.0");
+            links.extend(sublayer(
+                &attention,
+                &format!("{zoo}attention_norm"),
+                self_attention(&attention, &zoo),
             ));
-            links.extend(self_attention(
-                &format!("{hf}0.SelfAttention"),
-                &format!("{zoo}attention"),
-            ));
-            links.push(rms(format!("{hf}1.layer_norm"), format!("{zoo}ff_norm")));
-            links.extend(feed_forward(
-                &format!("{hf}1.DenseReluDense"),
-                &format!("{zoo}feed_forward"),
+            let ff_layer = format!("{hf}.1");
+            links.extend(sublayer(
+                &ff_layer,
+                &format!("{zoo}ff_norm"),
+                feed_forward(&ff_layer, &zoo),
             ));
         }
-        links.push(rms(
-            "encoder.final_layer_norm".into(),
-            "encoder_norm".into(),
-        ));
+        links.push(final_norm("encoder"));
         for i in 0..c.n_decoder_layers {
-            let (hf, zoo) = (format!("decoder.block.{i}.layer."), format!("decoder.{i}."));
-            links.push(rms(
-                format!("{hf}0.layer_norm"),
-                format!("{zoo}attention_norm"),
+            let (hf, zoo) = (format!("decoder.block.{i}.layer"), format!("decoder.{i}."));
+            let attention = format!("{hf}.0");
+            links.extend(sublayer(
+                &attention,
+                &format!("{zoo}attention_norm"),
+                self_attention(&attention, &zoo),
             ));
-            links.extend(self_attention(
-                &format!("{hf}0.SelfAttention"),
-                &format!("{zoo}attention"),
+            let cross = format!("{hf}.1");
+            links.extend(sublayer(
+                &cross,
+                &format!("{zoo}cross_norm"),
+                cross_attention(&cross, &zoo),
             ));
-            links.push(rms(format!("{hf}1.layer_norm"), format!("{zoo}cross_norm")));
-            let cross = format!("{hf}1.EncDecAttention");
-            links.push(linear(
-                vec![format!("{cross}.q")],
-                format!("{zoo}cross_attention.query"),
-                d,
-                vec![inner],
-            ));
-            links.push(linear(
-                vec![format!("{cross}.k"), format!("{cross}.v")],
-                format!("{zoo}cross_attention.key_value"),
-                d,
-                vec![inner, inner],
-            ));
-            links.push(linear(
-                vec![format!("{cross}.o")],
-                format!("{zoo}cross_attention.proj"),
-                inner,
-                vec![d],
-            ));
-            links.push(rms(format!("{hf}2.layer_norm"), format!("{zoo}ff_norm")));
-            links.extend(feed_forward(
-                &format!("{hf}2.DenseReluDense"),
-                &format!("{zoo}feed_forward"),
+            let ff_layer = format!("{hf}.2");
+            links.extend(sublayer(
+                &ff_layer,
+                &format!("{zoo}ff_norm"),
+                feed_forward(&ff_layer, &zoo),
             ));
         }
-        links.push(rms(
-            "decoder.final_layer_norm".into(),
-            "decoder_norm".into(),
-        ));
+        links.push(final_norm("decoder"));
         if !c.tie_output {
-            links.push(linear(
-                vec!["lm_head".into()],
-                "target_embedding.head".into(),
-                d,
-                vec![c.tgt_vocab_size],
-            ));
+            links.push(Link::Linear {
+                hf: vec!["lm_head.weight".into()],
+                zoo: "target_embedding.head.weight".into(),
+                d_in: d,
+                d_outs: vec![c.tgt_vocab_size],
+            });
         }
         links
     }

@@ -642,6 +642,20 @@ mod tests {
             tgt_vocab_size: 13,
             ..transformer_preset("transformer-tiny").unwrap()
         };
+        // T5 v1.0's shape: relative positions, RMSNorm, no biases, unscaled embeddings and
+        // attention scores, the tied output fed the decoder's output scaled.
+        let t5_v1_0 = TransformerConfig {
+            bias: false,
+            position: Positions::Relative,
+            norm: NormKind::RmsNorm,
+            scale_embeddings: false,
+            relative_buckets: 8,
+            relative_max_distance: 16,
+            scale_output: true,
+            scaled_attention: false,
+            layer_norm_eps: 1e-6,
+            ..tiny.clone()
+        };
         vec![
             TransformerConfig {
                 norm_placement: NormPlacement::Post,
@@ -654,32 +668,15 @@ mod tests {
                 src_vocab_size: 17,
                 ..tiny.clone()
             },
-            TransformerConfig {
-                bias: false,
-                position: Positions::Relative,
-                norm: NormKind::RmsNorm,
-                scale_embeddings: false,
-                relative_buckets: 8,
-                relative_max_distance: 16,
-                scale_output: true,
-                scaled_attention: false,
-                layer_norm_eps: 1e-6,
-                ..tiny.clone()
-            },
+            t5_v1_0.clone(),
             // T5 v1.1's shape: heads narrower than the width allows, gated GELU, an output
-            // head of its own.
+            // head of its own, unscaled.
             TransformerConfig {
-                bias: false,
-                position: Positions::Relative,
-                norm: NormKind::RmsNorm,
-                scale_embeddings: false,
-                relative_buckets: 8,
-                relative_max_distance: 16,
                 head_dim: 3,
                 activation: Activation::Geglu,
-                scaled_attention: false,
                 tie_output: false,
-                ..tiny
+                scale_output: false,
+                ..t5_v1_0
             },
         ]
     }

@@ -5,9 +5,7 @@
 //! states and teacher-forced logits, decode greedily as `generate` did, and export back to the
 //! same tensors and an equivalent config.
 
-use burn::store::{ModuleStore, SafetensorsStore, bridge};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use std::collections::BTreeMap;
+use burn::tensor::{Bool, Device, Int, Tensor};
 use std::path::{Path, PathBuf};
 use zoo_blocks::hf::HfTensors;
 use zoo_seq2seq::hf::{HfT5, T5_TOKENS};
@@ -21,14 +19,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn reference(name: &str) -> BTreeMap<String, TensorData> {
-    let mut store = SafetensorsStore::from_file(fixture(name).join("reference.safetensors"));
-    store
-        .get_all_tensors()
-        .unwrap()
-        .iter()
-        .map(|(name, t)| (name.clone(), bridge::to_data(t).unwrap()))
-        .collect()
+/// The reference inputs and outputs `transformers` gave, by name.
+fn reference(name: &str) -> HfTensors {
+    HfTensors::open(&fixture(name).join("reference.safetensors")).unwrap()
 }
 
 fn config(name: &str) -> serde_json::Value {
@@ -60,9 +53,10 @@ fn t5_reproduces_encoder_states_and_logits() {
     for name in FIXTURES {
         let (_, model) = import(name);
         let reference = reference(name);
-        let ints = |key: &str| Tensor::<2, Int>::from_data(reference[key].clone(), &device);
+        let data = |key: &str| reference.get(key).unwrap().clone();
+        let ints = |key: &str| Tensor::<2, Int>::from_data(data(key), &device);
         let check = |what: &str, ours: Tensor<3>, key: &str, mask: &str| {
-            let expected = Tensor::from_data(reference[key].clone(), &device);
+            let expected = Tensor::from_data(data(key), &device);
             let diff = masked_difference(ours, expected, ints(mask));
             assert!(diff < 1e-4, "{name}: {what} differ by {diff}");
         };
@@ -82,7 +76,7 @@ fn t5_reproduces_encoder_states_and_logits() {
 #[test]
 fn t5_decodes_greedily_as_transformers_does() {
     for name in FIXTURES {
-        let (_, model) = import(name);
+        let (hf, model) = import(name);
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
         )
@@ -98,13 +92,13 @@ fn t5_decodes_greedily_as_transformers_does() {
         let source = ids(&json["input_ids"][0]);
         // `generate` starts with the decoder's start token and stops after </s>.
         let mut expected = ids(&json["greedy"])[1..].to_vec();
-        if expected.last() == Some(&T5_TOKENS.eos) {
+        if expected.last() == Some(&hf.tokens.eos) {
             expected.pop();
         }
         let out = decode(
             &zoo_seq2seq::Seq2Seq::Transformer(model),
             &[source],
-            T5_TOKENS,
+            hf.tokens,
             &Strategy::Greedy,
             8,
             &Device::flex(),
@@ -117,7 +111,7 @@ fn t5_decodes_greedily_as_transformers_does() {
 fn t5_exports_back_to_every_tensor_bit_for_bit() {
     for name in FIXTURES {
         let (hf, model) = import(name);
-        let exported = HfT5::for_export(&hf.config).unwrap();
+        let exported = HfT5::for_export(&hf.config, hf.tokens).unwrap();
         let out = exported.export(&model).unwrap();
         let mut original = HfTensors::open(&fixture(name).join("model.safetensors")).unwrap();
         for (tensor, data) in &out {
@@ -137,7 +131,7 @@ fn t5_exports_back_to_every_tensor_bit_for_bit() {
     }
     // The zoo's own T5-style preset scales its attention scores, which T5 does not.
     let preset = zoo_seq2seq::transformer_preset("t5-small").unwrap();
-    let e = HfT5::for_export(&preset).unwrap_err();
+    let e = HfT5::for_export(&preset, T5_TOKENS).unwrap_err();
     assert!(e.contains("scaled_attention"), "{e}");
 }
 
@@ -145,7 +139,7 @@ fn t5_exports_back_to_every_tensor_bit_for_bit() {
 fn t5_config_round_trips_through_export() {
     for name in FIXTURES {
         let (hf, _) = import(name);
-        let written = HfT5::for_export(&hf.config).unwrap().to_config();
+        let written = HfT5::for_export(&hf.config, hf.tokens).unwrap().to_config();
         assert_eq!(HfT5::from_config(&written).unwrap(), hf, "{name}");
     }
 }

@@ -245,6 +245,28 @@ impl ZooTokenizer {
         Ok(Self { inner })
     }
 
+    /// This tokenizer, ending each input with `token` when asked for special tokens (as
+    /// Hugging Face's T5 tokenizers do with `</s>`), unless it has a post-processor already.
+    /// The zoo's own encoding never asks; a tokenizer exported for `transformers` does.
+    pub fn ending_with(mut self, token: &str) -> Result<Self, TextError> {
+        if self.inner.get_post_processor().is_some() {
+            return Ok(self);
+        }
+        let id = self
+            .inner
+            .token_to_id(token)
+            .ok_or_else(|| TextError::tokenizer(format!("the vocabulary has no {token}")))?;
+        let template = TemplateProcessing::builder()
+            .try_single(format!("$A:0 {token}:0"))
+            .and_then(|b| b.try_pair(format!("$A:0 {token}:0 $B:1 {token}:1")))
+            .map_err(TextError::tokenizer)?
+            .special_tokens(vec![(token, id)])
+            .build()
+            .map_err(TextError::tokenizer)?;
+        self.inner.with_post_processor(Some(template));
+        Ok(self)
+    }
+
     /// The ids of BERT's special tokens; an error names the first one the vocabulary lacks.
     pub fn special_ids(&self) -> Result<SpecialIds, TextError> {
         let id = |token: &str| {
@@ -506,6 +528,34 @@ fn with_vocabulary(vocab: impl IntoIterator<Item = (String, u32)>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ending_with_adds_the_token_only_when_special_tokens_are_asked_for() {
+        let mut tokenizer = ZooTokenizer::word_level("a b c\nb c a\n", 10).unwrap();
+        let eos = tokenizer.add_special_tokens(&["</s>".into()])[0];
+        let plain = tokenizer.encode("a b").unwrap();
+        let ending = tokenizer.ending_with("</s>").unwrap();
+        assert_eq!(
+            ending.encode("a b").unwrap(),
+            plain,
+            "the zoo's encoding is unchanged"
+        );
+        let with_specials = ending.inner.encode("a b", true).unwrap();
+        assert_eq!(with_specials.get_ids(), [plain, vec![eos]].concat());
+        // A tokenizer with a post-processor keeps its own.
+        let bert = ZooTokenizer::wordpiece(&"the cat sat\n".repeat(20), 40).unwrap();
+        let kept = bert.clone().ending_with("[SEP]").unwrap();
+        assert_eq!(
+            kept.inner.encode("cat", true).unwrap().get_ids(),
+            bert.inner.encode("cat", true).unwrap().get_ids()
+        );
+        assert!(
+            ZooTokenizer::word_level("a b\n", 10)
+                .unwrap()
+                .ending_with("</s>")
+                .is_err()
+        );
+    }
 
     /// A Hugging Face BERT tokenizer (bert-base-uncased's layout: [PAD] 0, [UNK] 100, [CLS] 101,
     /// [SEP] 102, [MASK] 103), saved by `tokenizers` with the ids it gives a few texts.

@@ -60,10 +60,11 @@ impl RunKind {
         match read_hf_config(dir)?["model_type"].as_str() {
             Some("bert") => Ok(RunKind::Encoder),
             Some("gpt2" | "llama") => Ok(RunKind::LanguageModel),
+            Some("t5") => Ok(RunKind::EncoderDecoder),
             other => Err(ZooError::run_dir(
                 dir,
                 format!(
-                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\", \"gpt2\" and \"llama\"",
+                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\", \"gpt2\", \"llama\" and \"t5\"",
                     other.map_or("missing".into(), |t| format!("\"{t}\""))
                 ),
             )),
@@ -136,7 +137,7 @@ pub fn evaluate(
             Evaluation::Encoder(evaluate_encoder(&run, split, data_dir)?)
         }
         RunKind::EncoderDecoder => {
-            let run = seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device)?;
+            let run = seq2seq::load(run_dir, checkpoint, device)?;
             let spec = decoding.apply(&run.recipe.decoding)?;
             let report = evaluate_seq2seq(&run, split, data_dir, &spec)?;
             report.record(run_dir)?;
@@ -167,7 +168,7 @@ pub fn seq2seq_run(
     device: &Device,
 ) -> Result<Seq2SeqRun, ZooError> {
     match RunKind::of_run(run_dir) {
-        Ok(RunKind::EncoderDecoder) => seq2seq::run::load_seq2seq_run(run_dir, checkpoint, device),
+        Ok(RunKind::EncoderDecoder) => seq2seq::load(run_dir, checkpoint, device),
         Err(e) if is_hugging_face_dir(run_dir) => Err(e),
         _ => Err(ZooError::Usage(format!(
             "{} is not an encoder-decoder run: `zoo translate` needs one (task = \"translation\" or \"span-corruption\")",

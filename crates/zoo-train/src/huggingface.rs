@@ -6,10 +6,11 @@
 
 use crate::ZooError;
 use crate::dispatch::RunKind;
+use crate::recipe::Recipe;
 use crate::runtime::run_dir::{
     IMPORTED_DATASET, RECIPE_FILE, is_hugging_face_dir, load_run_recipe, locate_model,
 };
-use crate::tasks::{encoder, lm};
+use crate::tasks::{encoder, lm, seq2seq};
 use burn::module::Module;
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
@@ -53,20 +54,28 @@ pub fn import(
             "already holds a run: import into a new directory",
         ));
     }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    let report =
+        |class: String, recipe: &Recipe, parameters: usize, labels: Vec<String>| ImportReport {
+            source: hf_dir.clone(),
+            run_dir: out.to_path_buf(),
+            class,
+            task: recipe.task.name().to_string(),
+            parameters,
+            labels,
+        };
     match RunKind::of_hugging_face(hf_dir)? {
         RunKind::Encoder => {
             let class = encoder::hf::read_config(hf_dir)?.class;
             let dataset = dataset.unwrap_or(IMPORTED_DATASET);
             let mut run = encoder::hf::load_hf_encoder(hf_dir, dataset, device)?;
-            run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
-            let report = ImportReport {
-                source: hf_dir.clone(),
-                run_dir: out.to_path_buf(),
+            run.recipe.name = name;
+            let report = report(
                 class,
-                task: run.recipe.task.name().to_string(),
-                parameters: run.model.num_params(),
-                labels: run.labels.clone(),
-            };
+                &run.recipe,
+                run.model.num_params(),
+                run.labels.clone(),
+            );
             encoder::hf::write_encoder_run(run, hf_dir, out)?;
             Ok(report)
         }
@@ -74,22 +83,20 @@ pub fn import(
             let class = lm::hf::read_config(hf_dir)?.class;
             let dataset = dataset.unwrap_or(IMPORTED_DATASET);
             let mut run = lm::hf::load_hf_lm(hf_dir, dataset, device)?;
-            run.recipe.name = out.file_name().map(|n| n.to_string_lossy().into_owned());
-            let parameters = run.config.size().total;
-            let report = ImportReport {
-                source: hf_dir.clone(),
-                run_dir: out.to_path_buf(),
-                class,
-                task: run.recipe.task.name().to_string(),
-                parameters,
-                labels: Vec::new(),
-            };
+            run.recipe.name = name;
+            let report = report(class, &run.recipe, run.config.size().total, Vec::new());
             lm::hf::write_lm_run(run, hf_dir, out)?;
             Ok(report)
         }
-        kind => Err(ZooError::Usage(format!(
-            "importing {kind:?} checkpoints is not supported yet"
-        ))),
+        RunKind::EncoderDecoder => {
+            let class = seq2seq::hf::read_config(hf_dir)?.class;
+            let dataset = dataset.unwrap_or(seq2seq::hf::IMPORTED_PAIRS);
+            let mut run = seq2seq::hf::load_hf_seq2seq(hf_dir, dataset, device)?;
+            run.recipe.name = name;
+            let report = report(class, &run.recipe, run.config.size().total, Vec::new());
+            seq2seq::hf::write_seq2seq_run(run, hf_dir, out)?;
+            Ok(report)
+        }
     }
 }
 
@@ -127,11 +134,7 @@ pub fn export(
     let class = match RunKind::of_task(task) {
         RunKind::Encoder => encoder::hf::export_encoder_run(run_dir, epoch, out, device)?,
         RunKind::LanguageModel => lm::hf::export_lm_run(run_dir, epoch, out, device)?,
-        RunKind::EncoderDecoder => {
-            return Err(ZooError::Usage(
-                "exporting encoder-decoders is not supported yet".into(),
-            ));
-        }
+        RunKind::EncoderDecoder => seq2seq::hf::export_seq2seq_run(run_dir, epoch, out, device)?,
     };
     Ok(ExportReport {
         out: out.to_path_buf(),

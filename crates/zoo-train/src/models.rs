@@ -79,6 +79,39 @@ pub struct ModelSpec {
     pub overrides: toml::Table,
 }
 
+impl ModelSpec {
+    /// The fields this `[model]` states (all of a preset's, else the overrides) on which the run's
+    /// config `ours` differs from `theirs`, a pretrained one, as `field = ours (the run has
+    /// theirs)`. The `own` fields are the new run's to choose, and a vocabulary size of 0 is
+    /// left to the tokenizer.
+    pub fn mismatches(
+        &self,
+        ours: &ModelConfig,
+        theirs: &ModelConfig,
+        own: &[&str],
+    ) -> Vec<String> {
+        let (ours_arch, theirs_arch) = (ours.architecture().name, theirs.architecture().name);
+        if ours_arch != theirs_arch {
+            return vec![format!(
+                "arch = \"{ours_arch}\" (the run is a \"{theirs_arch}\")"
+            )];
+        }
+        let (ours, theirs) = (ours.to_spec().overrides, theirs.to_spec().overrides);
+        let stated = |key: &str, value: &toml::Value| {
+            (self.preset.is_some() || self.overrides.contains_key(key))
+                && !own.contains(&key)
+                && !(key.ends_with("vocab_size") && value.as_integer() == Some(0))
+        };
+        ours.iter()
+            .filter(|(key, value)| stated(key, value) && theirs.get(*key) != Some(*value))
+            .map(|(key, value)| {
+                let theirs = theirs.get(key).map_or("nothing".into(), |v| v.to_string());
+                format!("{key} = {value} (the run has {theirs})")
+            })
+            .collect()
+    }
+}
+
 fn default_arch() -> String {
     "gpt".into()
 }
@@ -278,6 +311,18 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.max_len,
             ModelConfig::Transformer(c) => c.max_len,
             ModelConfig::RnnAttention(c) => c.max_len,
+        }
+    }
+
+    /// The dropout probability (an n-gram model has none).
+    pub fn dropout_mut(&mut self) -> Option<&mut f64> {
+        match self {
+            ModelConfig::Gpt(c) => Some(&mut c.dropout),
+            ModelConfig::Rnn(c) => Some(&mut c.dropout),
+            ModelConfig::Ngram(_) => None,
+            ModelConfig::Bert(c) => Some(&mut c.dropout),
+            ModelConfig::Transformer(c) => Some(&mut c.dropout),
+            ModelConfig::RnnAttention(c) => Some(&mut c.dropout),
         }
     }
 

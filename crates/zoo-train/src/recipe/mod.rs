@@ -58,8 +58,9 @@ pub struct Recipe {
     /// pretraining and the `classification`, `token-classification`, `span-qa` fine-tuning tasks.
     #[serde(default)]
     pub task: Task,
-    /// A BERT run directory whose encoder this run starts from (its heads are left behind and
-    /// this task's head starts fresh).
+    /// The run (or Hugging Face directory, or model id) this one starts from: a BERT's encoder
+    /// (its heads are left behind and this task's head starts fresh), or a whole encoder-decoder
+    /// with its vocabulary.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
     /// The model: `arch`, `preset` and overrides of the preset's fields.
@@ -154,6 +155,10 @@ pub struct DataSpec {
     /// Translation: the target language (default: the dataset's second).
     #[serde(default)]
     pub target: Option<String>,
+    /// Translation: text put before every source sentence, in training, evaluation and
+    /// `zoo translate` alike (T5's task prefixes: `"translate English to German: "`).
+    #[serde(default)]
+    pub source_prefix: String,
     /// Span corruption: share of tokens replaced (T5: 0.15).
     #[serde(default = "default_noise_density")]
     pub noise_density: f64,

@@ -147,7 +147,7 @@ impl Recipe {
         let translation = self.task == Task::Translation;
         // (key, set in the recipe, allowed for this task)
         let keys = [
-            ("init_from", self.init_from.is_some(), encoder),
+            ("init_from", self.init_from.is_some(), encoder || seq2seq),
             ("training.seq_len", t.seq_len.is_some(), encoder || seq2seq),
             ("training.freeze_embeddings", t.freeze_embeddings, encoder),
             ("training.freeze_layers", t.freeze_layers > 0, encoder),
@@ -165,6 +165,11 @@ impl Recipe {
             ),
             ("data.source", d.source.is_some(), translation),
             ("data.target", d.target.is_some(), translation),
+            (
+                "data.source_prefix",
+                !d.source_prefix.is_empty(),
+                translation,
+            ),
             (
                 "data.noise_density",
                 d.noise_density != default_noise_density(),
@@ -242,6 +247,11 @@ impl Recipe {
                 "training.label_smoothing must be in [0, 1), got {}",
                 t.label_smoothing
             ));
+        }
+        if self.init_from.is_some() && self.target_tokenizer.is_some() {
+            return Err(
+                "[target_tokenizer] does not apply with init_from: the run keeps the vocabulary of the model it starts from".into(),
+            );
         }
         if decoding.beam == 0 {
             return Err("decoding.beam must be at least 1 (1 is greedy)".into());

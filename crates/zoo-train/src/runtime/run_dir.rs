@@ -281,11 +281,14 @@ pub fn save_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Re
 /// batches by; the imported run itself trains nothing (fine-tuning starts a new run from it
 /// with `init_from`).
 pub fn imported_recipe(
-    name: &str,
+    dir: &Path,
     task: Task,
     config: &ModelConfig,
     dataset: &str,
 ) -> Result<Recipe, ZooError> {
+    let name = dir
+        .file_name()
+        .map_or("imported".into(), |n| n.to_string_lossy().into_owned());
     let text = format!(
         "name = {name:?}\ntask = \"{}\"\n[model]\narch = \"{}\"\n[tokenizer]\nkind = \"file\"\npath = \"{TOKENIZER_FILE}\"\n[data]\ndataset = {dataset:?}\n[training]\nbatch_size = 8\nepochs = 1\n",
         task.name(),

@@ -35,15 +35,12 @@ pub fn load_hf_encoder(dir: &Path, dataset: &str, device: &Device) -> Result<Enc
     let model = hf
         .load(&mut tensors, device)
         .map_err(|e| ZooError::run_dir(dir, e))?;
-    let name = dir
-        .file_name()
-        .map_or("imported".into(), |n| n.to_string_lossy().into_owned());
     let task = match hf.task {
         BertTask::MaskedLm { .. } => Task::MaskedLm,
         BertTask::Classification => Task::Classification,
         other => unreachable!("{other:?} is not read from config.json"),
     };
-    let mut recipe = imported_recipe(&name, task, &ModelConfig::Bert(hf.config.clone()), dataset)?;
+    let mut recipe = imported_recipe(dir, task, &ModelConfig::Bert(hf.config.clone()), dataset)?;
     // A pretraining checkpoint's head predicts the next sentence too.
     recipe.data.next_sentence = hf.task
         == BertTask::MaskedLm {

@@ -248,7 +248,11 @@ impl TrainingTask for EncoderTraining<'_> {
                 model.head.num_params(),
                 init.model.head.describe(),
             );
-            model.encoder = init.model.encoder;
+            // The weights into this run's encoder, so that its dropout is this run's.
+            model.encoder = model
+                .encoder
+                .try_load_record(init.model.encoder.into_record())
+                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
         }
         let model = freeze(model, t.freeze_embeddings, t.freeze_layers);
         if t.freeze_embeddings || t.freeze_layers > 0 {
@@ -342,33 +346,17 @@ fn pretrained_config(dir: &Path) -> Result<BertConfig, ZooError> {
     }
 }
 
-/// The fields the recipe's `[model]` states (all of a preset's, else the overrides) in which its
-/// shape differs from the pretrained one, as `field = ours (the run has theirs)`. Dropout and the
-/// label count are the fine-tuning run's own, and a vocabulary size of 0 leaves it to the
-/// tokenizer.
+/// Where the run's config `ours` differs from the pretrained `theirs` in a field `[model]`
+/// states; dropout and the label count are the fine-tuning run's own.
 fn shape_mismatches(spec: &ModelSpec, ours: &BertConfig, theirs: &BertConfig) -> Vec<String> {
+    // A feed-forward width of 0 means 4 x d_model.
     let shape = |c: &BertConfig| {
-        let c = BertConfig {
-            dropout: 0.0,
-            num_labels: 0,
+        ModelConfig::Bert(BertConfig {
             d_ff: c.ff_width(),
             ..c.clone()
-        };
-        toml::Table::try_from(c).expect("configs serialise to TOML")
-    };
-    let (ours_table, theirs) = (shape(ours), shape(theirs));
-    let stated = |key: &str| {
-        (spec.preset.is_some() || spec.overrides.contains_key(key))
-            && !(key == "vocab_size" && ours.vocab_size == 0)
-    };
-    ours_table
-        .iter()
-        .filter(|(key, value)| stated(key) && theirs.get(*key) != Some(*value))
-        .map(|(key, value)| {
-            let theirs = theirs.get(key).map_or("nothing".into(), |v| v.to_string());
-            format!("{key} = {value} (the run has {theirs})")
         })
-        .collect()
+    };
+    spec.mismatches(&shape(ours), &shape(theirs), &["dropout", "num_labels"])
 }
 
 /// Stops the embeddings and the first `layers` encoder layers from training.

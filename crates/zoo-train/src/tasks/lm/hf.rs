@@ -31,12 +31,9 @@ pub fn load_hf_lm(dir: &Path, dataset: &str, device: &Device) -> Result<LoadedRu
     let gpt = hf
         .load(&mut tensors, device)
         .map_err(|e| ZooError::run_dir(dir, e))?;
-    let name = dir
-        .file_name()
-        .map_or("imported".into(), |n| n.to_string_lossy().into_owned());
     let config = ModelConfig::Gpt(hf.config);
     Ok(LoadedRun {
-        recipe: imported_recipe(&name, Task::CausalLm, &config, dataset)?,
+        recipe: imported_recipe(dir, Task::CausalLm, &config, dataset)?,
         config,
         tokenizer,
         model: RunModel::Neural(LmModel::Gpt(gpt)),

@@ -38,6 +38,20 @@ impl Examples {
     }
 }
 
+/// The source and target languages of a translation recipe: `data.source` and `data.target`,
+/// else the dataset's first and second.
+pub(crate) fn languages(
+    registry: &DatasetRegistry,
+    recipe: &Recipe,
+) -> Result<(String, String), ZooError> {
+    let data = &recipe.data;
+    let languages = registry.languages(&data.dataset)?;
+    let pick = |given: &Option<String>, index: usize| {
+        given.clone().unwrap_or_else(|| languages[index].clone())
+    };
+    Ok((pick(&data.source, 0), pick(&data.target, 1)))
+}
+
 /// Source and target sentences of `split` (the recipe's languages).
 pub(crate) fn load_pairs(
     registry: &DatasetRegistry,
@@ -45,13 +59,8 @@ pub(crate) fn load_pairs(
     split: &str,
     dir: &DataDir,
 ) -> Result<Vec<(String, String)>, ZooError> {
-    let data = &recipe.data;
-    let languages = registry.languages(&data.dataset)?;
-    let pick = |given: &Option<String>, index: usize| {
-        given.clone().unwrap_or_else(|| languages[index].clone())
-    };
-    let (source, target) = (pick(&data.source, 0), pick(&data.target, 1));
-    Ok(registry.load_parallel(&data.dataset, split, [&source, &target], dir)?)
+    let (source, target) = languages(registry, recipe)?;
+    Ok(registry.load_parallel(&recipe.data.dataset, split, [&source, &target], dir)?)
 }
 
 /// A split as read: sentence pairs (translation) or running text (span corruption).
@@ -84,11 +93,10 @@ impl SplitText {
             SplitText::Pairs(pairs) => {
                 let (sources, targets): (Vec<&str>, Vec<&str>) =
                     pairs.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
-                let sources = vocab.source.encode_each(&sources)?;
+                let sources = vocab.encode_sources(&sources)?;
                 let targets = vocab.target.encode_each(&targets)?;
                 let mut kept = Vec::with_capacity(pairs.len());
-                for (mut source, target) in sources.into_iter().zip(targets) {
-                    source.push(vocab.source_tokens.eos);
+                for (source, target) in sources.into_iter().zip(targets) {
                     if source.len() <= seq_len && target.len() < seq_len {
                         kept.push((source, target));
                     }

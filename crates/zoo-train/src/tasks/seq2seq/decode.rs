@@ -69,10 +69,14 @@ pub fn translate(
     sampling: Option<SamplingConfig>,
 ) -> Result<Vec<String>, ZooError> {
     let max_len = run.config.max_len();
-    let sources: Vec<Vec<u32>> = sentences
-        .iter()
-        .map(|s| run.vocab.encode_source(s, max_len))
-        .collect::<Result<_, _>>()?;
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let mut sources = run.vocab.encode_sources(&texts)?;
+    // What is longer than the model reads keeps its end, `</s>`.
+    for ids in &mut sources {
+        if ids.len() > max_len {
+            ids.drain(max_len.saturating_sub(1)..ids.len() - 1);
+        }
+    }
     let chosen = match sampling {
         Some(config) => Strategy::Sample(config),
         None => strategy(decoding),

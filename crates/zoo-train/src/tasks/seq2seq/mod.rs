@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod decode;
+pub mod hf;
 pub mod model;
 pub mod run;
 pub mod vocab;
@@ -17,17 +18,44 @@ use crate::recipe::Task;
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
-use crate::runtime::run_dir::{TRAINED, write_run_recipe};
+use crate::runtime::run_dir::{
+    TRAINED, is_hugging_face_dir, load_run_config, locate_model, write_run_recipe,
+};
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
 use data::{Examples, Seq2SeqBatching, Seq2SeqExamples, SplitText, load_pairs};
 use decode::evaluate_seq2seq;
 use model::{Seq2SeqTrainer, TargetTokens};
-use run::{init_model, load_seq2seq_run};
-use vocab::Vocabularies;
+use run::{Seq2SeqRun, init_model, load_seq2seq_run};
+use std::path::{Path, PathBuf};
+use vocab::{Vocabularies, sentinels_for};
 use zoo_text::span_corruption::{SENTINELS, SpanCorruption};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
+
+/// An encoder-decoder run directory, or a Hugging Face T5 directory, loaded onto `device` (its
+/// last checkpoint, or `epoch`'s).
+pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<Seq2SeqRun, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return hf::load_hf_seq2seq(dir, hf::IMPORTED_PAIRS, device);
+    }
+    load_seq2seq_run(dir, epoch, device)
+}
+
+/// The config of the encoder-decoder in `dir` (a run, or a Hugging Face directory), weights
+/// unread.
+fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return Ok(ModelConfig::Transformer(hf::read_config(dir)?.config));
+    }
+    match load_run_config(dir)? {
+        (_, config) if config.is_seq2seq() => Ok(config),
+        _ => Err(ZooError::run_dir(
+            dir,
+            "is not an encoder-decoder run: init_from needs one",
+        )),
+    }
+}
 
 /// Trains an encoder-decoder recipe in `session`'s run directory; a finished translation run
 /// then decodes its validation split and records BLEU and exact match.
@@ -49,9 +77,25 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         other => other,
     })?;
     let val_data = read(&data.val_split)?;
+    // The run this one starts from: its shape and vocabulary always, its weights (loaded where
+    // training happens, before the session seeds the device) when starting afresh.
+    let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
+    let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let init = match (&init_from, session.is_fresh()) {
+        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
+        _ => None,
+    };
 
     session.create_run_dir()?;
-    let vocab = if session.is_fresh() {
+    let vocab = if let Some(init) = &init {
+        let target = (!init.vocab.joint).then(|| init.vocab.target.clone());
+        Vocabularies::new(
+            init.vocab.source.clone(),
+            target,
+            sentinels_for(recipe.task),
+        )
+        .with_source_prefix(&data.source_prefix)
+    } else if session.is_fresh() {
         let spec = recipe
             .tokenizer_spec()
             .map_err(|e| session.recipe_error(e))?;
@@ -61,7 +105,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
                 .map(|(s, t)| format!("{}\n", if target { t } else { s }))
                 .collect()
         };
-        match (&train_data, &recipe.target_tokenizer) {
+        let built = match (&train_data, &recipe.target_tokenizer) {
             (SplitText::Text(text), _) => {
                 Vocabularies::new(ZooTokenizer::build(spec, text)?, None, SENTINELS)
             }
@@ -74,11 +118,30 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
                 let both = side(pairs, false) + &side(pairs, true);
                 Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
             }
-        }
+        };
+        built.with_source_prefix(&data.source_prefix)
     } else {
-        Vocabularies::load(run_dir, recipe.task)?
+        Vocabularies::load(run_dir, recipe)?
     };
-    let config = session.model_config(|config| fit_vocabularies(config, &vocab))?;
+    let config = session.model_config(|config| {
+        if let Some(pretrained) = &pretrained {
+            let mismatches = recipe.model.mismatches(config, pretrained, &["dropout"]);
+            if !mismatches.is_empty() {
+                return Err(format!(
+                    "[model] does not match init_from = {}: {}",
+                    recipe.init_from.as_ref().expect("init").display(),
+                    mismatches.join(", ")
+                ));
+            }
+            // The pretrained shape, with this run's dropout.
+            let dropout = config.dropout_mut().copied();
+            *config = pretrained.clone();
+            if let (Some(ours), Some(dropout)) = (config.dropout_mut(), dropout) {
+                *ours = dropout;
+            }
+        }
+        fit_vocabularies(config, &vocab)
+    })?;
     if session.is_fresh() {
         vocab.save(run_dir)?;
         write_run_recipe(run_dir, recipe, &config, TRAINED)?;
@@ -118,6 +181,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let task = Seq2SeqTraining {
         session,
         config: &config,
+        init: init.zip(init_from),
         examples: batches.train.len(),
         dropped: train_dropped,
         seq_len,
@@ -140,6 +204,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
 struct Seq2SeqTraining<'a> {
     session: &'a Session<'a>,
     config: &'a ModelConfig,
+    /// The run whose weights this one starts from (fresh runs with `init_from`), and where it
+    /// was found.
+    init: Option<(Seq2SeqRun, PathBuf)>,
     /// Training examples (pairs, or pieces of text to corrupt).
     examples: usize,
     /// Training pairs left out for being longer than `seq_len`.
@@ -152,7 +219,20 @@ impl TrainingTask for Seq2SeqTraining<'_> {
     type Source = Seq2SeqExamples;
 
     fn model(&mut self, device: &Device) -> Result<Seq2SeqTrainer, ZooError> {
-        let model = init_model(self.config, device).map_err(|e| self.session.recipe_error(e))?;
+        let mut model =
+            init_model(self.config, device).map_err(|e| self.session.recipe_error(e))?;
+        if let Some((init, from)) = self.init.take() {
+            println!(
+                "loaded the {} from {} ({} parameters)",
+                init.config.architecture().name,
+                from.display(),
+                init.model.num_params()
+            );
+            // The weights into a model of this run's config, so that its dropout is this run's.
+            model = model
+                .try_load_record(init.model.into_record())
+                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
+        }
         Ok(Seq2SeqTrainer::new(model, self.session.recipe))
     }
 

@@ -43,7 +43,7 @@ pub fn load_seq2seq_run(
 ) -> Result<Seq2SeqRun, ZooError> {
     let run_error = |message: String| ZooError::run_dir(run_dir, message);
     let (recipe, config) = load_run_config(run_dir)?;
-    let vocab = Vocabularies::load(run_dir, recipe.task)?;
+    let vocab = Vocabularies::load(run_dir, &recipe)?;
     let epoch = select_checkpoint(run_dir, epoch)?;
     let model = init_model(&config, device).map_err(run_error)?;
     let trainer = load_checkpoint(run_dir, epoch, Seq2SeqTrainer::new(model, &recipe))?;

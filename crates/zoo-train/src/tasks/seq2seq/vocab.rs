@@ -1,8 +1,9 @@
 //! An encoder-decoder run's vocabularies: one joint or a source and a target one, each with
-//! `<pad> <s> </s>` added (and, for span corruption, T5's sentinels).
+//! `<pad> <s> </s>` added (and, for span corruption, T5's sentinels); and how a source sentence
+//! becomes the encoder's input.
 
 use crate::ZooError;
-use crate::recipe::Task;
+use crate::recipe::{Recipe, Task};
 use crate::runtime::run_dir::TOKENIZER_FILE;
 use std::path::Path;
 use zoo_seq2seq::DecodeTokens;
@@ -43,21 +44,31 @@ pub struct Vocabularies {
     pub target_tokens: DecodeTokens,
     /// `<extra_id_0>`, ... (span corruption only; joint vocabulary).
     pub sentinels: Vec<u32>,
+    /// Text put before every source sentence (`data.source_prefix`).
+    pub source_prefix: String,
 }
 
+/// The special ids of `tokenizer`, with those it lacks added. A T5 vocabulary (`<pad>` and
+/// `</s>` but no `<s>`) is left as it is: T5's decoder starts from `<pad>`.
 fn with_specials(tokenizer: &mut ZooTokenizer, sentinels: usize) -> (DecodeTokens, Vec<u32>) {
+    let [pad, bos, eos] = SPECIALS;
+    let t5 = tokenizer.token_id(bos).is_none()
+        && tokenizer.token_id(pad).is_some()
+        && tokenizer.token_id(eos).is_some();
     let names: Vec<String> = SPECIALS
         .iter()
+        .filter(|&&name| !(t5 && name == bos))
         .map(|s| s.to_string())
         .chain((0..sentinels).map(|i| format!("<extra_id_{i}>")))
         .collect();
     let ids = tokenizer.add_special_tokens(&names);
+    let id = |name: &str| tokenizer.token_id(name).expect("added");
     let tokens = DecodeTokens {
-        pad: ids[0],
-        bos: ids[1],
-        eos: ids[2],
+        pad: id(pad),
+        bos: if t5 { id(pad) } else { id(bos) },
+        eos: id(eos),
     };
-    (tokens, ids[3..].to_vec())
+    (tokens, ids[names.len() - sentinels..].to_vec())
 }
 
 impl Vocabularies {
@@ -83,7 +94,14 @@ impl Vocabularies {
             source_tokens,
             target_tokens,
             sentinels,
+            source_prefix: String::new(),
         }
+    }
+
+    /// These vocabularies, with `prefix` put before every source sentence.
+    pub(crate) fn with_source_prefix(mut self, prefix: &str) -> Self {
+        self.source_prefix = prefix.to_string();
+        self
     }
 
     pub(crate) fn save(&self, run_dir: &Path) -> Result<(), ZooError> {
@@ -94,21 +112,35 @@ impl Vocabularies {
         Ok(())
     }
 
-    pub(crate) fn load(run_dir: &Path, task: Task) -> Result<Self, ZooError> {
+    /// The vocabularies of the run in `run_dir`, trained with `recipe`.
+    pub(crate) fn load(run_dir: &Path, recipe: &Recipe) -> Result<Self, ZooError> {
         let source = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
         let target_path = run_dir.join(TARGET_TOKENIZER_FILE);
         let target = target_path
             .is_file()
             .then(|| ZooTokenizer::load(&target_path))
             .transpose()?;
-        Ok(Self::new(source, target, sentinels_for(task)))
+        Ok(Self::new(source, target, sentinels_for(recipe.task))
+            .with_source_prefix(&recipe.data.source_prefix))
     }
 
-    /// A source sentence as the encoder reads it: its tokens, then `</s>`, at most `max_len`.
-    pub(crate) fn encode_source(&self, text: &str, max_len: usize) -> Result<Vec<u32>, ZooError> {
-        let mut ids = self.source.encode(text)?;
-        ids.truncate(max_len.saturating_sub(1));
-        ids.push(self.source_tokens.eos);
-        Ok(ids)
+    /// Source sentences as the encoder reads them: the prefix and the sentence's tokens, then
+    /// `</s>`.
+    pub(crate) fn encode_sources(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, ZooError> {
+        let prefixed: Vec<String>;
+        let texts = if self.source_prefix.is_empty() {
+            texts
+        } else {
+            prefixed = texts
+                .iter()
+                .map(|t| format!("{}{t}", self.source_prefix))
+                .collect();
+            &prefixed.iter().map(String::as_str).collect::<Vec<_>>()
+        };
+        let mut encoded = self.source.encode_each(texts)?;
+        for ids in &mut encoded {
+            ids.push(self.source_tokens.eos);
+        }
+        Ok(encoded)
     }
 }
