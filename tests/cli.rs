@@ -934,23 +934,30 @@ fn hugging_face_decoders_import_and_generate_as_transformers_does() {
 }
 
 /// The T5 fixtures (v1.0: ReLU, tied and scaled output; v1.1: gated GELU, a head of its own)
-/// import, translate as `generate` did (from the run and from the directory itself), go back
-/// out to the same tensors, and start a fine-tuning run with `init_from`: its weights are the
-/// pretrained ones, moved a little.
+/// and the BART one import, translate as `generate` did (from the run and from the directory
+/// itself), go back out to the same tensors, and start a fine-tuning run with `init_from`: its
+/// weights are the pretrained ones, moved a little.
 #[test]
-fn hugging_face_t5s_import_translate_export_and_fine_tune() {
-    let dir = scratch("hf-t5");
-    for name in ["t5-v1_0", "t5-v1_1"] {
+fn hugging_face_encoder_decoders_import_translate_export_and_fine_tune() {
+    let dir = scratch("hf-seq2seq");
+    for (name, class) in [
+        ("t5-v1_0", "T5ForConditionalGeneration"),
+        ("t5-v1_1", "T5ForConditionalGeneration"),
+        ("bart", "BartForConditionalGeneration"),
+    ] {
         let (hf, reference) = hf_fixture(name);
-        // `generate`'s 8 tokens after the decoder's start.
-        let greedy = json_ids(&reference["greedy"])[1..].to_vec();
+        // `generate`'s tokens after the decoder's start (BART's last is a forced </s>).
+        let mut greedy = json_ids(&reference["greedy"])[1..].to_vec();
+        if name == "bart" {
+            greedy.pop();
+        }
         let tokenizer = zoo::text::ZooTokenizer::load(&hf.join("tokenizer.json")).unwrap();
         let expected = tokenizer.decode_text(&greedy).unwrap();
         let hf = hf.to_str().unwrap();
         let run = format!("runs/{name}");
         let imported = zoo(&["import", hf, "--out", &run], &dir);
         assert!(imported.status.success(), "{}", stderr(&imported));
-        assert!(stdout(&imported).contains("T5ForConditionalGeneration"));
+        assert!(stdout(&imported).contains(class), "{}", stdout(&imported));
         let source = reference["sources"][0].as_str().unwrap();
         for from in [run.as_str(), hf] {
             let out = zoo(&["translate", from, "--input", source], &dir);
@@ -991,6 +998,18 @@ fn hugging_face_t5s_import_translate_export_and_fine_tune() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(moved > 0.0 && moved < 1e-2, "moved by {moved}");
+    // BART's decoder start (</s>) and source format (<s> ... </s>) carry over to the
+    // fine-tuning run.
+    let bart = recipe.replace("t5-v1_1", "bart");
+    write(&dir, "tune-bart.toml", &bart);
+    let tuned = zoo(
+        &["train", "tune-bart.toml", "--run-dir", "runs/tuned-bart"],
+        &dir,
+    );
+    assert!(tuned.status.success(), "{}", stderr(&tuned));
+    let kept = std::fs::read_to_string(dir.join("runs/tuned-bart/recipe.toml")).unwrap();
+    assert!(kept.contains("decoder_start = \"</s>\""), "{kept}");
+    assert!(kept.contains("source_specials = true"), "{kept}");
     // A shape the recipe states must be the pretrained one.
     write(
         &dir,
@@ -1087,12 +1106,14 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
     );
     write(&dir, "llama.toml", &llama);
     write(&dir, "mlm.toml", TINY_MLM);
-    write(&dir, "t5.toml", TINY_T5);
+    write(&dir, "t5.toml", &tiny_seq2seq(T5_SHAPE));
+    write(&dir, "bart.toml", &tiny_seq2seq(BART_SHAPE));
     for (recipe, run) in [
         ("gpt.toml", "runs/gpt"),
         ("llama.toml", "runs/llama"),
         ("mlm.toml", "runs/mlm"),
         ("t5.toml", "runs/t5"),
+        ("bart.toml", "runs/bart"),
     ] {
         let trained = zoo(&["train", recipe], &dir);
         assert!(trained.status.success(), "{}", stderr(&trained));
@@ -1139,7 +1160,7 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
     write(
         &dir,
         "scaled.toml",
-        &TINY_T5.replace("scaled_attention = false\n", ""),
+        &tiny_seq2seq(&T5_SHAPE.replace("scaled_attention = false\n", "")),
     );
     let trained = zoo(&["train", "scaled.toml"], &dir);
     assert!(trained.status.success(), "{}", stderr(&trained));
@@ -1147,36 +1168,19 @@ fn a_run_exported_and_imported_back_is_the_same_to_the_bit() {
     assert_clean_error(&refused, 1, &["cannot be exported", "scaled_attention"]);
 }
 
+/// A tiny encoder-decoder recipe on synthetic-reverse whose `[model]` adds `model` to the
+/// transformer-tiny preset.
+fn tiny_seq2seq(model: &str) -> String {
+    format!(
+        "seed = 5\ntask = \"translation\"\n[model]\narch = \"transformer\"\npreset = \"transformer-tiny\"\nmax_len = 32\nd_model = 32\nd_ff = 48\n{model}[tokenizer]\nkind = \"word\"\nvocab_size = 64\n[data]\ndataset = \"synthetic-reverse\"\n[training]\nbatch_size = 16\nsteps = 4\neval_interval = 4\neval_batches = 2\nseq_len = 16\n"
+    )
+}
+
+/// A transformer encoder-decoder in BART's shape (as `BartForConditionalGeneration` computes it).
+const BART_SHAPE: &str = "position = \"learned\"\nseparate_positions = true\nposition_offset = 2\nembedding_norm = true\noutput_bias = true\nnorm_placement = \"post\"\n";
+
 /// A transformer encoder-decoder in T5's shape (as `T5ForConditionalGeneration` computes it).
-const TINY_T5: &str = r#"
-seed = 5
-task = "translation"
-[model]
-arch = "transformer"
-preset = "transformer-tiny"
-max_len = 32
-d_model = 32
-d_ff = 48
-position = "relative"
-relative_buckets = 8
-relative_max_distance = 16
-norm = "rms-norm"
-bias = false
-scale_embeddings = false
-scaled_attention = false
-scale_output = true
-[tokenizer]
-kind = "word"
-vocab_size = 64
-[data]
-dataset = "synthetic-reverse"
-[training]
-batch_size = 16
-steps = 4
-eval_interval = 4
-eval_batches = 2
-seq_len = 16
-"#;
+const T5_SHAPE: &str = "position = \"relative\"\nrelative_buckets = 8\nrelative_max_distance = 16\nnorm = \"rms-norm\"\nbias = false\nscale_embeddings = false\nscaled_attention = false\nscale_output = true\n";
 
 /// `schedule.plateau_divisor` anneals every task's learning rate, not only a language model's.
 /// Here a masked-LM encoder whose rate (1e-30, everything but the head frozen, no weight decay)

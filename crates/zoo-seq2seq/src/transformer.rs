@@ -86,6 +86,17 @@ pub struct TransformerConfig {
     /// Multiply the decoder's output by `d_model^-1/2` before the output projection (T5 v1.0,
     /// whose tied embeddings are not scaled on the way in and so are as wide as the output).
     pub scale_output: bool,
+    /// Learned positions only: the encoder and the decoder each have a table of their own
+    /// (BART) rather than sharing one.
+    pub separate_positions: bool,
+    /// Learned positions only: position `i` is row `i + position_offset` of its table (BART's
+    /// tables start at 2, a legacy of fairseq's padding rows).
+    pub position_offset: usize,
+    /// A norm over the embeddings (with positions) of each stack before its first layer
+    /// (BART's `layernorm_embedding`).
+    pub embedding_norm: bool,
+    /// A learned bias added to the output logits (BART's `final_logits_bias`).
+    pub output_bias: bool,
 }
 
 impl Default for TransformerConfig {
@@ -114,6 +125,10 @@ impl Default for TransformerConfig {
             scaled_attention: true,
             layer_norm_eps: 1e-5,
             scale_output: false,
+            separate_positions: false,
+            position_offset: 0,
+            embedding_norm: false,
+            output_bias: false,
         }
     }
 }
@@ -150,6 +165,13 @@ impl TransformerConfig {
         }
         if self.position == Positions::Relative && self.relative_buckets < 4 {
             return Err("relative_buckets must be at least 4".into());
+        }
+        if self.position != Positions::Learned
+            && (self.separate_positions || self.position_offset > 0)
+        {
+            return Err(
+                "separate_positions and position_offset are for position = \"learned\"".into(),
+            );
         }
         self.self_attention(false).validate()?;
         self.cross_attention().validate()
@@ -228,12 +250,17 @@ impl TransformerConfig {
     /// Builds the model with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Result<Transformer, String> {
         self.validate()?;
-        let absolute = |kind| AbsolutePositions::new(kind, self.max_len, self.d_model, device);
+        let rows = self.max_len + self.position_offset;
+        let absolute = |kind| AbsolutePositions::new(kind, rows, self.d_model, device);
         let positions = match self.position {
             Positions::Sinusoidal => absolute(PositionKind::Sinusoidal),
             Positions::Learned => absolute(PositionKind::Learned),
             Positions::Relative => None,
         };
+        let target_positions = (self.separate_positions && self.position == Positions::Learned)
+            .then(|| absolute(PositionKind::Learned))
+            .flatten();
+        let embedding_norm = || self.embedding_norm.then(|| self.norm(device));
         let relative = |bidirectional| {
             (self.position == Positions::Relative).then(|| {
                 RelativePositionBias::new(
@@ -251,6 +278,9 @@ impl TransformerConfig {
                 .then(|| self.embedding(self.src_vocab_size, true, device)),
             target_embedding: self.embedding(self.tgt_vocab_size, self.tie_output, device),
             positions,
+            target_positions,
+            encoder_embedding_norm: embedding_norm(),
+            decoder_embedding_norm: embedding_norm(),
             encoder_relative: relative(true),
             decoder_relative: relative(false),
             dropout: DropoutConfig::new(self.dropout).init(),
@@ -286,6 +316,10 @@ impl TransformerConfig {
             } else {
                 1.0
             },
+            output_bias: self
+                .output_bias
+                .then(|| Param::from_tensor(Tensor::zeros([1, self.tgt_vocab_size], device))),
+            position_offset: self.position_offset,
             max_len: self.max_len,
         })
     }
@@ -309,10 +343,17 @@ impl TransformerConfig {
         } else {
             0
         };
+        let tables = if self.separate_positions { 2 } else { 1 };
         let positions = match self.position {
-            Positions::Learned => self.max_len * d,
+            Positions::Learned => tables * (self.max_len + self.position_offset) * d,
             Positions::Sinusoidal => 0,
             Positions::Relative => 2 * self.relative_buckets * self.n_head,
+        };
+        let embedding_norms = if self.embedding_norm { 2 * norm } else { 0 };
+        let output_bias = if self.output_bias {
+            self.tgt_vocab_size
+        } else {
+            0
         };
         let head = if self.tie_output {
             0
@@ -320,7 +361,7 @@ impl TransformerConfig {
             d * self.tgt_vocab_size
         };
         let layers = self.n_encoder_layers * encoder_layer + self.n_decoder_layers * decoder_layer;
-        let non_embedding = layers + final_norms + positions + head;
+        let non_embedding = layers + final_norms + embedding_norms + positions + head + output_bias;
         let embeddings = self.tgt_vocab_size * d
             + if self.share_embeddings {
                 0
@@ -419,7 +460,12 @@ pub struct Transformer {
     source_embedding: Option<TokenEmbedding>,
     /// Target embeddings, and the output head (tied or not).
     target_embedding: TokenEmbedding,
+    /// Absolute positions: the encoder's, and the decoder's too unless it has its own.
     positions: Option<AbsolutePositions>,
+    /// The decoder's own learned positions (`separate_positions`).
+    target_positions: Option<AbsolutePositions>,
+    encoder_embedding_norm: Option<Norm>,
+    decoder_embedding_norm: Option<Norm>,
     encoder_relative: Option<RelativePositionBias>,
     decoder_relative: Option<RelativePositionBias>,
     dropout: Dropout,
@@ -430,6 +476,10 @@ pub struct Transformer {
     embedding_scale: f64,
     /// What the decoder's output is multiplied by before the output projection.
     output_scale: f64,
+    /// Added to the logits (`output_bias`), `[1, tgt_vocab]` as BART keeps it.
+    output_bias: Option<Param<Tensor<2>>>,
+    /// Position `i` is row `i + position_offset` of a learned table.
+    position_offset: usize,
     max_len: usize,
 }
 
@@ -466,7 +516,16 @@ pub struct TransformerState {
 }
 
 impl Transformer {
-    fn embed(&self, embedding: &TokenEmbedding, ids: Tensor<2, Int>, start: usize) -> Tensor<3> {
+    /// The input of a stack: the embeddings of `ids` (at positions from `start`), scaled, with
+    /// their positions added and `norm` applied.
+    fn embed(
+        &self,
+        embedding: &TokenEmbedding,
+        ids: Tensor<2, Int>,
+        start: usize,
+        positions: Option<&AbsolutePositions>,
+        norm: Option<&Norm>,
+    ) -> Tensor<3> {
         let [_, len] = ids.dims();
         assert!(
             start + len <= self.max_len,
@@ -475,8 +534,11 @@ impl Transformer {
             self.max_len
         );
         let mut x = embedding.forward(ids) * self.embedding_scale;
-        if let Some(positions) = &self.positions {
-            x = x + positions.forward(start, len);
+        if let Some(positions) = positions {
+            x = x + positions.forward(start + self.position_offset, len);
+        }
+        if let Some(norm) = norm {
+            x = norm.forward(x);
         }
         self.dropout.forward(x)
     }
@@ -489,7 +551,8 @@ impl Transformer {
             .as_ref()
             .unwrap_or(&self.target_embedding);
         let [_, len] = source.dims();
-        let mut x = self.embed(embedding, source, 0);
+        let norm = self.encoder_embedding_norm.as_ref();
+        let mut x = self.embed(embedding, source, 0, self.positions.as_ref(), norm);
         let bias = self.encoder_relative.as_ref().map(|r| r.forward(len, len));
         for layer in &self.encoder {
             x = layer.forward(x, &padding, bias.clone());
@@ -525,7 +588,9 @@ impl Transformer {
     ) -> Tensor<3> {
         let [_, len] = target.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let mut x = self.embed(&self.target_embedding, target, start);
+        let positions = self.target_positions.as_ref().or(self.positions.as_ref());
+        let norm = self.decoder_embedding_norm.as_ref();
+        let mut x = self.embed(&self.target_embedding, target, start, positions, norm);
         let bias = self
             .decoder_relative
             .as_ref()
@@ -556,7 +621,11 @@ impl Transformer {
         if self.output_scale != 1.0 {
             x = x * self.output_scale;
         }
-        self.target_embedding.logits(x)
+        let logits = self.target_embedding.logits(x);
+        match &self.output_bias {
+            Some(bias) => logits + bias.val().unsqueeze(),
+            None => logits,
+        }
     }
 
     /// Teacher-forced logits `[batch, tgt_len, tgt_vocab]`: `target_in` is the target shifted
@@ -666,6 +735,17 @@ mod tests {
                 share_embeddings: false,
                 tie_output: false,
                 src_vocab_size: 17,
+                ..tiny.clone()
+            },
+            // BART's shape: post-norm, learned positions of each stack's own from row 2, a norm
+            // over the embeddings, a bias on the logits.
+            TransformerConfig {
+                norm_placement: NormPlacement::Post,
+                position: Positions::Learned,
+                separate_positions: true,
+                position_offset: 2,
+                embedding_norm: true,
+                output_bias: true,
                 ..tiny.clone()
             },
             t5_v1_0.clone(),

@@ -249,7 +249,7 @@ impl ZooTokenizer {
     /// Hugging Face's T5 tokenizers do with `</s>`), unless it has a post-processor already.
     /// The zoo's own encoding never asks; a tokenizer exported for `transformers` does.
     pub fn ending_with(mut self, token: &str) -> Result<Self, TextError> {
-        if self.inner.get_post_processor().is_some() {
+        if self.has_post_processor() {
             return Ok(self);
         }
         let id = self
@@ -451,6 +451,16 @@ impl ZooTokenizer {
         self.inner.decode(ids, true).map_err(TextError::tokenizer)
     }
 
+    /// The token of `id`, if the vocabulary has one.
+    pub fn id_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Whether the tokenizer adds special tokens of its own when asked (a post-processor).
+    pub fn has_post_processor(&self) -> bool {
+        self.inner.get_post_processor().is_some()
+    }
+
     /// The id of `token`, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -493,6 +503,16 @@ impl ZooTokenizer {
             ));
         }
         Ok(ids)
+    }
+
+    /// Token ids of each of `texts` with the tokenizer's own special tokens (what its
+    /// post-processor adds, such as BART's `<s> ... </s>`), encoded in parallel.
+    pub fn encode_each_with_specials(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TextError> {
+        let encodings = self
+            .inner
+            .encode_batch(texts.to_vec(), true)
+            .map_err(TextError::tokenizer)?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
     /// The text of `ids`.

@@ -60,11 +60,11 @@ impl RunKind {
         match read_hf_config(dir)?["model_type"].as_str() {
             Some("bert") => Ok(RunKind::Encoder),
             Some("gpt2" | "llama") => Ok(RunKind::LanguageModel),
-            Some("t5") => Ok(RunKind::EncoderDecoder),
+            Some("t5" | "bart") => Ok(RunKind::EncoderDecoder),
             other => Err(ZooError::run_dir(
                 dir,
                 format!(
-                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\", \"gpt2\", \"llama\" and \"t5\"",
+                    "{HF_CONFIG_FILE} has model_type {}: the zoo imports \"bert\", \"gpt2\", \"llama\", \"t5\" and \"bart\"",
                     other.map_or("missing".into(), |t| format!("\"{t}\""))
                 ),
             )),

@@ -159,6 +159,15 @@ pub struct DataSpec {
     /// `zoo translate` alike (T5's task prefixes: `"translate English to German: "`).
     #[serde(default)]
     pub source_prefix: String,
+    /// Encoder-decoders: encode sources with the tokenizer's own special tokens (its
+    /// post-processor: BART's `<s> ... </s>`, T5's `... </s>`) rather than appending `</s>`;
+    /// set for models imported from Hugging Face, and inherited through `init_from`.
+    #[serde(default)]
+    pub source_specials: Option<bool>,
+    /// Encoder-decoders: the token the decoder starts from (default `<s>`, or `<pad>` in a T5
+    /// vocabulary, which has no `<s>`; BART's is `</s>`); inherited through `init_from`.
+    #[serde(default)]
+    pub decoder_start: Option<String>,
     /// Span corruption: share of tokens replaced (T5: 0.15).
     #[serde(default = "default_noise_density")]
     pub noise_density: f64,

@@ -170,6 +170,8 @@ impl Recipe {
                 !d.source_prefix.is_empty(),
                 translation,
             ),
+            ("data.source_specials", d.source_specials.is_some(), seq2seq),
+            ("data.decoder_start", d.decoder_start.is_some(), seq2seq),
             (
                 "data.noise_density",
                 d.noise_density != default_noise_density(),

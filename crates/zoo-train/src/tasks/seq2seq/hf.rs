@@ -1,7 +1,7 @@
-//! A Hugging Face T5 directory (`config.json`, `model.safetensors`, `tokenizer.json`) as an
-//! encoder-decoder run: loaded directly (`init_from`, or any command given such a directory) or
-//! written out as a zoo run directory by `zoo import`; and a transformer run in T5's shape
-//! written as one by `zoo export`.
+//! A Hugging Face T5 or BART directory (`config.json`, `model.safetensors`, `tokenizer.json`)
+//! as an encoder-decoder run: loaded directly (`init_from`, or any command given such a
+//! directory) or written out as a zoo run directory by `zoo import`; and a transformer run in
+//! T5's or BART's shape written as one by `zoo export`.
 
 use crate::ZooError;
 use crate::models::ModelConfig;
@@ -17,7 +17,7 @@ use crate::tasks::seq2seq::vocab::Vocabularies;
 use burn::prelude::*;
 use std::path::Path;
 use zoo_seq2seq::Seq2Seq;
-use zoo_seq2seq::hf::HfT5;
+use zoo_seq2seq::hf::HfSeq2Seq;
 use zoo_text::DatasetRegistry;
 
 /// What an encoder-decoder loaded from a Hugging Face directory translates in `zoo eval`
@@ -25,44 +25,53 @@ use zoo_text::DatasetRegistry;
 /// translation direction).
 pub const IMPORTED_PAIRS: &str = "multi30k";
 
-/// Reads the `config.json` of the T5 in `dir`.
-pub fn read_config(dir: &Path) -> Result<HfT5, ZooError> {
-    HfT5::from_config(&read_hf_config(dir)?)
+/// Reads the `config.json` of the T5 or BART in `dir`.
+pub fn read_config(dir: &Path) -> Result<HfSeq2Seq, ZooError> {
+    HfSeq2Seq::from_config(&read_hf_config(dir)?)
         .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE}: {e}")))
 }
 
-/// The T5 in the Hugging Face directory `dir`, loaded onto `device` as a translation run whose
-/// recipe names `dataset`. When `config.json` gives a prefix for the dataset's direction
+/// The T5 or BART in the Hugging Face directory `dir`, loaded onto `device` as a translation
+/// run whose recipe names `dataset`. Sources are encoded as the model's tokenizer says (its
+/// post-processor), and the decoder starts from the model's `decoder_start_token_id`. When
+/// `config.json` gives a prefix for the dataset's direction
 /// (`task_specific_params.translation_en_to_de.prefix`, as t5-small's does), the run puts it
 /// before every source sentence.
 pub fn load_hf_seq2seq(dir: &Path, dataset: &str, device: &Device) -> Result<Seq2SeqRun, ZooError> {
     let json = read_hf_config(dir)?;
-    let mut hf = HfT5::from_config(&json)
+    let mut hf = HfSeq2Seq::from_config(&json)
         .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE}: {e}")))?;
-    let (tokenizer, mut tensors) = open_hf_dir(dir, hf.config.tgt_vocab_size)?;
-    let vocab = Vocabularies::new(tokenizer, None, 0);
-    if vocab.target_tokens != hf.tokens {
-        let ids = |t: zoo_seq2seq::DecodeTokens| format!("{}/{}/{}", t.pad, t.bos, t.eos);
-        return Err(ZooError::run_dir(
-            dir,
-            format!(
-                "{HF_CONFIG_FILE} gives pad/decoder start/end ids {}, but {TOKENIZER_FILE}'s <pad>, <s> (or <pad> for T5) and </s> are {}",
-                ids(hf.tokens),
-                ids(vocab.target_tokens)
-            ),
-        ));
-    }
+    let (tokenizer, mut tensors) = open_hf_dir(dir, hf.config().tgt_vocab_size)?;
+    let tokens = hf.tokens();
     let model = hf
         .load(&mut tensors, device)
         .map_err(|e| ZooError::run_dir(dir, e))?;
-    let config = ModelConfig::Transformer(hf.config);
+    // After loading, which may find a T5's head untied (see `HfT5::load`).
+    let config = ModelConfig::Transformer(hf.config().clone());
     let mut recipe = imported_recipe(dir, Task::Translation, &config, dataset)?;
+    recipe.data.source_specials = Some(tokenizer.has_post_processor());
+    recipe.data.decoder_start = tokenizer.id_token(tokens.bos);
     let key = direction_key(&recipe)?;
     if let Some(prefix) = json["task_specific_params"][key]["prefix"].as_str() {
         recipe.data.source_prefix = prefix.to_string();
     }
+    let vocab = Vocabularies::new(tokenizer, None, 0)
+        .configured(&recipe.data)
+        .map_err(|e| ZooError::run_dir(dir, e))?;
+    if vocab.target_tokens != tokens {
+        let ids = |t: zoo_seq2seq::DecodeTokens| format!("{}/{}/{}", t.pad, t.bos, t.eos);
+        return Err(ZooError::run_dir(
+            dir,
+            format!(
+                "{HF_CONFIG_FILE} gives pad/decoder start/end ids {}, but {TOKENIZER_FILE} has <pad>/{}/</s> at {}",
+                ids(tokens),
+                recipe.data.decoder_start.as_deref().unwrap_or("?"),
+                ids(vocab.target_tokens)
+            ),
+        ));
+    }
     Ok(Seq2SeqRun {
-        vocab: vocab.with_source_prefix(&recipe.data.source_prefix),
+        vocab,
         recipe,
         config,
         model: Seq2Seq::Transformer(model),
@@ -92,9 +101,9 @@ pub fn write_seq2seq_run(run: Seq2SeqRun, hf_dir: &Path, out: &Path) -> Result<(
 }
 
 /// Writes the encoder-decoder run in `run_dir` (its last checkpoint, or `epoch`'s) as a Hugging
-/// Face T5 directory at `out`; returns the class it is saved as. RNN runs, runs with separate
-/// source and target vocabularies and transformers in shapes T5 does not have are refused by
-/// name.
+/// Face T5 (relative positions) or BART (learned positions) directory at `out`; returns the
+/// class it is saved as. RNN runs, runs with separate source and target vocabularies and
+/// transformers in shapes neither has are refused by name.
 pub fn export_seq2seq_run(
     run_dir: &Path,
     epoch: Option<usize>,
@@ -106,16 +115,16 @@ pub fn export_seq2seq_run(
     let (Seq2Seq::Transformer(model), ModelConfig::Transformer(config)) = (&run.model, &run.config)
     else {
         return Err(refused(format!(
-            "model.arch = \"{}\": the zoo exports transformers in T5's shape",
+            "model.arch = \"{}\": the zoo exports transformers in T5's or BART's shape",
             run.config.architecture().name
         )));
     };
     if !run.vocab.joint {
         return Err(refused(
-            "separate source and target vocabularies: T5 has one (share_embeddings = true)".into(),
+            "separate source and target vocabularies: T5 and BART have one (share_embeddings = true)".into(),
         ));
     }
-    let hf = HfT5::for_export(config, run.vocab.target_tokens).map_err(refused)?;
+    let hf = HfSeq2Seq::for_export(config, run.vocab.target_tokens).map_err(refused)?;
     let tensors = hf
         .export(model)
         .map_err(|e| ZooError::run_dir(run_dir, e))?;
@@ -125,19 +134,17 @@ pub fn export_seq2seq_run(
             direction_key(&run.recipe)?: { "prefix": run.recipe.data.source_prefix }
         });
     }
-    let token = |id: u32| run.vocab.source.decode(&[id]).unwrap_or_default();
+    let token = |id: u32| run.vocab.source.id_token(id).unwrap_or_default();
+    let (pad, eos) = (token(hf.tokens().pad), token(hf.tokens().eos));
     let tokenizer_config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": config.max_len,
-        "pad_token": token(hf.tokens.pad),
-        "eos_token": token(hf.tokens.eos),
+        "pad_token": pad,
+        "eos_token": eos,
     });
-    // transformers' tokenizer ends each input with </s> itself, as T5's does.
-    let tokenizer = run
-        .vocab
-        .source
-        .clone()
-        .ending_with(&token(hf.tokens.eos))?;
+    // transformers' tokenizer ends each input with </s> itself, as the zoo does (a tokenizer
+    // that came with a model keeps its own special tokens).
+    let tokenizer = run.vocab.source.clone().ending_with(&eos)?;
     write_hf_dir(out, &hf_config, &tensors, &tokenizer, &tokenizer_config)?;
-    Ok(hf.class)
+    Ok(hf.class().to_string())
 }

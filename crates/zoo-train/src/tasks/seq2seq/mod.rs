@@ -19,7 +19,7 @@ use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
-    TRAINED, is_hugging_face_dir, load_run_config, locate_model, write_run_recipe,
+    TRAINED, is_hugging_face_dir, load_run_config, load_run_recipe, locate_model, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use burn::prelude::*;
@@ -46,7 +46,9 @@ pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<Seq2Seq
 /// unread.
 fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
     if is_hugging_face_dir(dir) {
-        return Ok(ModelConfig::Transformer(hf::read_config(dir)?.config));
+        return Ok(ModelConfig::Transformer(
+            hf::read_config(dir)?.config().clone(),
+        ));
     }
     match load_run_config(dir)? {
         (_, config) if config.is_seq2seq() => Ok(config),
@@ -86,15 +88,29 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         _ => None,
     };
 
+    // The recipe as the run keeps it: how the pretrained model encodes sources and starts its
+    // decoder, where the recipe does not say.
+    let mut kept = recipe.clone();
+    if let Some(init) = &init {
+        let (ours, theirs) = (&mut kept.data, &init.recipe.data);
+        ours.source_specials = ours.source_specials.or(theirs.source_specials);
+        ours.decoder_start = ours.decoder_start.take().or(theirs.decoder_start.clone());
+    }
+    let configured = |vocab: Vocabularies| {
+        vocab
+            .configured(&kept.data)
+            .map_err(|e| session.recipe_error(e))
+    };
+
     session.create_run_dir()?;
     let vocab = if let Some(init) = &init {
         let target = (!init.vocab.joint).then(|| init.vocab.target.clone());
-        Vocabularies::new(
+        let sentinels = sentinels_for(recipe.task);
+        configured(Vocabularies::new(
             init.vocab.source.clone(),
             target,
-            sentinels_for(recipe.task),
-        )
-        .with_source_prefix(&data.source_prefix)
+            sentinels,
+        ))?
     } else if session.is_fresh() {
         let spec = recipe
             .tokenizer_spec()
@@ -119,9 +135,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
                 Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
             }
         };
-        built.with_source_prefix(&data.source_prefix)
+        configured(built)?
     } else {
-        Vocabularies::load(run_dir, recipe)?
+        Vocabularies::load(run_dir, &load_run_recipe(run_dir)?)?
     };
     let config = session.model_config(|config| {
         if let Some(pretrained) = &pretrained {
@@ -144,7 +160,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     })?;
     if session.is_fresh() {
         vocab.save(run_dir)?;
-        write_run_recipe(run_dir, recipe, &config, TRAINED)?;
+        write_run_recipe(run_dir, &kept, &config, TRAINED)?;
     }
 
     let seq_len = recipe.sequence_len(&config);

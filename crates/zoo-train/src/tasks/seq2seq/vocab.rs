@@ -3,7 +3,7 @@
 //! becomes the encoder's input.
 
 use crate::ZooError;
-use crate::recipe::{Recipe, Task};
+use crate::recipe::{DataSpec, Recipe, Task};
 use crate::runtime::run_dir::TOKENIZER_FILE;
 use std::path::Path;
 use zoo_seq2seq::DecodeTokens;
@@ -46,6 +46,8 @@ pub struct Vocabularies {
     pub sentinels: Vec<u32>,
     /// Text put before every source sentence (`data.source_prefix`).
     pub source_prefix: String,
+    /// Sources get the tokenizer's own special tokens (`data.source_specials`), not `</s>`.
+    pub source_specials: bool,
 }
 
 /// The special ids of `tokenizer`, with those it lacks added. A T5 vocabulary (`<pad>` and
@@ -95,13 +97,22 @@ impl Vocabularies {
             target_tokens,
             sentinels,
             source_prefix: String::new(),
+            source_specials: false,
         }
     }
 
-    /// These vocabularies, with `prefix` put before every source sentence.
-    pub(crate) fn with_source_prefix(mut self, prefix: &str) -> Self {
-        self.source_prefix = prefix.to_string();
-        self
+    /// These vocabularies, encoding sources and starting the decoder as `data` says
+    /// (`source_prefix`, `source_specials`, `decoder_start`); a start token the target
+    /// vocabulary lacks is an error naming it.
+    pub(crate) fn configured(mut self, data: &DataSpec) -> Result<Self, String> {
+        self.source_prefix = data.source_prefix.clone();
+        self.source_specials = data.source_specials.unwrap_or(false);
+        if let Some(start) = &data.decoder_start {
+            self.target_tokens.bos = self.target.token_id(start).ok_or_else(|| {
+                format!("data.decoder_start = {start:?} is not in the target vocabulary")
+            })?;
+        }
+        Ok(self)
     }
 
     pub(crate) fn save(&self, run_dir: &Path) -> Result<(), ZooError> {
@@ -112,7 +123,7 @@ impl Vocabularies {
         Ok(())
     }
 
-    /// The vocabularies of the run in `run_dir`, trained with `recipe`.
+    /// The vocabularies of the run in `run_dir`, trained with `recipe` (as the run saved it).
     pub(crate) fn load(run_dir: &Path, recipe: &Recipe) -> Result<Self, ZooError> {
         let source = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
         let target_path = run_dir.join(TARGET_TOKENIZER_FILE);
@@ -120,12 +131,13 @@ impl Vocabularies {
             .is_file()
             .then(|| ZooTokenizer::load(&target_path))
             .transpose()?;
-        Ok(Self::new(source, target, sentinels_for(recipe.task))
-            .with_source_prefix(&recipe.data.source_prefix))
+        Self::new(source, target, sentinels_for(recipe.task))
+            .configured(&recipe.data)
+            .map_err(|e| ZooError::run_dir(run_dir, e))
     }
 
     /// Source sentences as the encoder reads them: the prefix and the sentence's tokens, then
-    /// `</s>`.
+    /// `</s>` (or, with `source_specials`, what the tokenizer adds itself).
     pub(crate) fn encode_sources(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, ZooError> {
         let prefixed: Vec<String>;
         let texts = if self.source_prefix.is_empty() {
@@ -137,6 +149,9 @@ impl Vocabularies {
                 .collect();
             &prefixed.iter().map(String::as_str).collect::<Vec<_>>()
         };
+        if self.source_specials {
+            return Ok(self.source.encode_each_with_specials(texts)?);
+        }
         let mut encoded = self.source.encode_each(texts)?;
         for ids in &mut encoded {
             ids.push(self.source_tokens.eos);

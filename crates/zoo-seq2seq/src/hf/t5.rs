@@ -9,12 +9,16 @@
 //! One table of [`Link`]s says how each parameter and the checkpoint's tensors correspond, and
 //! serves import and export alike.
 
+use super::{check_class, decode_tokens, load_links, refuse_misfits, usize_of};
 use crate::DecodeTokens;
 use crate::transformer::{Positions, Transformer, TransformerConfig};
 use burn::tensor::{Device, TensorData};
 use serde_json::{Value, json};
-use zoo_blocks::hf::{HfTensors, Link, apply_named, module_tensors, write_links};
+use zoo_blocks::hf::{HfTensors, Link, module_tensors, write_links};
 use zoo_blocks::{Activation, NormKind, NormPlacement};
+
+/// The class the zoo reads and writes T5s as.
+const CLASS: &str = "T5ForConditionalGeneration";
 
 /// A Hugging Face T5, read from its `config.json` or made for export.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,25 +44,8 @@ impl HfT5 {
     /// Reads a T5's `config.json`; any option the zoo's transformer cannot express is refused by
     /// name.
     pub fn from_config(json: &Value) -> Result<Self, String> {
-        let model_type = json["model_type"].as_str().unwrap_or("");
-        if model_type != "t5" {
-            return Err(format!("model_type is \"{model_type}\", not \"t5\""));
-        }
-        let class = json["architectures"][0]
-            .as_str()
-            .unwrap_or("T5ForConditionalGeneration")
-            .to_string();
-        if class != "T5ForConditionalGeneration" {
-            return Err(format!(
-                "architectures = [\"{class}\"] is not one the zoo imports; T5 class: T5ForConditionalGeneration"
-            ));
-        }
-        let usize_of = |key: &str| {
-            json[key]
-                .as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| format!("config.json has no {key}"))
-        };
+        let class = check_class(json, "t5", CLASS)?;
+        let usize_of = |key: &str| usize_of(json, key);
         let activation = match json["feed_forward_proj"].as_str().unwrap_or("relu") {
             "relu" => Activation::Relu,
             "gated-gelu" => Activation::Geglu,
@@ -100,19 +87,16 @@ impl HfT5 {
             scaled_attention: false,
             layer_norm_eps: json["layer_norm_epsilon"].as_f64().unwrap_or(1e-6),
             scale_output: scaled_output,
+            separate_positions: false,
+            position_offset: 0,
+            embedding_norm: false,
+            output_bias: false,
         };
         config.validate()?;
-        let id = |key: &str, default: u32| json[key].as_u64().map_or(default, |v| v as u32);
-        let pad = id("pad_token_id", T5_TOKENS.pad);
-        let tokens = DecodeTokens {
-            pad,
-            bos: id("decoder_start_token_id", pad),
-            eos: id("eos_token_id", T5_TOKENS.eos),
-        };
         Ok(Self {
             config,
             class,
-            tokens,
+            tokens: decode_tokens(json, T5_TOKENS),
         })
     }
 
@@ -120,7 +104,7 @@ impl HfT5 {
     /// T5 does not have is refused by name.
     pub fn for_export(config: &TransformerConfig, tokens: DecodeTokens) -> Result<Self, String> {
         let c = config;
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 10] = [
             (c.position == Positions::Relative, "position (T5: relative)"),
             (c.norm == NormKind::RmsNorm, "norm (T5: rms-norm)"),
             (
@@ -131,20 +115,20 @@ impl HfT5 {
             (!c.scale_embeddings, "scale_embeddings (T5: false)"),
             (c.share_embeddings, "share_embeddings (T5: true)"),
             (!c.scaled_attention, "scaled_attention (T5: false)"),
+            (!c.embedding_norm, "embedding_norm (T5: false)"),
+            (!c.output_bias, "output_bias (T5: false)"),
             (
                 matches!(c.activation, Activation::Relu | Activation::Geglu),
                 "activation (T5: relu or geglu)",
             ),
         ];
-        if let Some((_, what)) = checks.iter().find(|(fits, _)| !fits) {
-            return Err(format!("{what}: the config is not a T5's"));
-        }
+        refuse_misfits(&checks, "T5")?;
         if c.n_encoder_layers == 0 || c.n_decoder_layers == 0 {
             return Err("a T5 has an encoder and a decoder".into());
         }
         Ok(Self {
             config: config.clone(),
-            class: "T5ForConditionalGeneration".into(),
+            class: CLASS.into(),
             tokens,
         })
     }
@@ -313,16 +297,11 @@ impl HfT5 {
         {
             self.config.tie_output = false;
         }
-        let named = tensors.read_links(&self.links())?;
-        // The stacks' embeddings are the shared one, and a tied head is too.
-        for name in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"] {
-            tensors.skip(name);
-        }
+        let mut copies = vec!["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
         if self.config.tie_output {
-            tensors.skip("lm_head.weight");
+            copies.push("lm_head.weight");
         }
-        tensors.check_all_taken()?;
-        apply_named(self.config.init(device)?, named, &[])
+        load_links(&self.config, &self.links(), tensors, &copies, device)
     }
 
     /// The checkpoint's tensors of `model`, named as `T5ForConditionalGeneration` names them.
