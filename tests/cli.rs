@@ -391,6 +391,34 @@ fn bad_recipes_name_the_file_and_the_key() {
         &["preset.toml", "gpt-enormous", "gpt-mini"],
     );
     assert_clean_error(&zoo(&["train", "nowhere.toml"], &dir), 1, &["nowhere.toml"]);
+    // A prompt with a character the corpus lacks is refused before training, not after.
+    write(
+        &dir,
+        "prompt.toml",
+        &TINY.replace("prompt = \"Ada\"", "prompt = \"Ada\u{263a}\""),
+    );
+    let refused = zoo(&["train", "prompt.toml"], &dir);
+    assert_clean_error(&refused, 1, &["prompt.toml", "[sample] prompt"]);
+    assert!(
+        !dir.join("runs/prompt/checkpoints").exists(),
+        "nothing trained"
+    );
+    // Next-sentence pairs need a second segment embedding.
+    write(
+        &dir,
+        "segments.toml",
+        &TINY_MLM
+            .replace("dropout = 0.0", "dropout = 0.0\ntype_vocab_size = 1")
+            .replace(
+                "dataset = \"embedded\"",
+                "dataset = \"embedded\"\nnext_sentence = true",
+            ),
+    );
+    assert_clean_error(
+        &zoo(&["train", "segments.toml"], &dir),
+        1,
+        &["segments.toml", "type_vocab_size = 1", "segment id 1"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -969,6 +997,18 @@ fn hugging_face_encoder_decoders_import_translate_export_and_fine_tune() {
             );
         }
         let exported = format!("{run}-hf");
+        let nan = zoo(
+            &[
+                "translate",
+                hf,
+                "--input",
+                source,
+                "--length-penalty",
+                "NaN",
+            ],
+            &dir,
+        );
+        assert_clean_error(&nan, 1, &["--length-penalty", "NaN"]);
         let out = zoo(&["export", &run, "--out", &exported], &dir);
         assert!(out.status.success(), "{}", stderr(&out));
         let back = format!("{run}-back");

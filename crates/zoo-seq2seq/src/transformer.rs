@@ -166,6 +166,17 @@ impl TransformerConfig {
         if self.position == Positions::Relative && self.relative_buckets < 4 {
             return Err("relative_buckets must be at least 4".into());
         }
+        // Distances below half the (decoder's) buckets each have a bucket; the rest share the
+        // others on a log scale up to relative_max_distance, which must lie beyond them.
+        if self.position == Positions::Relative
+            && self.relative_max_distance <= self.relative_buckets / 2
+        {
+            return Err(format!(
+                "relative_max_distance ({}) must exceed relative_buckets / 2 ({})",
+                self.relative_max_distance,
+                self.relative_buckets / 2
+            ));
+        }
         if self.position != Positions::Learned
             && (self.separate_positions || self.position_offset > 0)
         {
@@ -759,6 +770,25 @@ mod tests {
                 ..t5_v1_0
             },
         ]
+    }
+
+    #[test]
+    fn relative_distances_must_reach_past_the_exact_buckets() {
+        let config = TransformerConfig {
+            position: Positions::Relative,
+            relative_buckets: 8,
+            relative_max_distance: 4,
+            src_vocab_size: 13,
+            tgt_vocab_size: 13,
+            ..transformer_preset("transformer-tiny").unwrap()
+        };
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("relative_max_distance (4)"), "{e}");
+        let fine = TransformerConfig {
+            relative_max_distance: 5,
+            ..config
+        };
+        fine.validate().unwrap();
     }
 
     #[test]

@@ -492,7 +492,10 @@ impl ZooTokenizer {
         let encodings = self
             .inner
             .encode_batch(texts.to_vec(), false)
-            .map_err(TextError::tokenizer)?;
+            .map_err(|e| {
+                self.unknown_character(texts)
+                    .unwrap_or(TextError::tokenizer(e))
+            })?;
         let ids: Vec<Vec<u32>> = encodings.iter().map(|e| e.get_ids().to_vec()).collect();
         if self.is_char_level()
             && let Some(unk) = self.inner.token_to_id(UNK)
@@ -518,6 +521,19 @@ impl ZooTokenizer {
     /// The text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
         self.inner.decode(ids, false).map_err(TextError::tokenizer)
+    }
+
+    /// For a character vocabulary without an unknown token (whose encoding fails on a
+    /// character it lacks), the first character of `texts` it lacks.
+    fn unknown_character(&self, texts: &[&str]) -> Option<TextError> {
+        if !self.is_char_level() {
+            return None;
+        }
+        let lacking = texts
+            .iter()
+            .flat_map(|t| t.chars())
+            .find(|c| self.inner.token_to_id(c.encode_utf8(&mut [0; 4])).is_none())?;
+        Some(TextError::UnknownCharacter(lacking.to_string()))
     }
 
     fn is_char_level(&self) -> bool {
@@ -548,6 +564,15 @@ fn with_vocabulary(vocab: impl IntoIterator<Item = (String, u32)>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_the_vocabulary_lacks_is_named() {
+        let tokenizer = ZooTokenizer::char_level("abc\n").unwrap();
+        match tokenizer.encode("ab\u{263a}c") {
+            Err(TextError::UnknownCharacter(c)) => assert_eq!(c, "\u{263a}"),
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+    }
 
     #[test]
     fn ending_with_adds_the_token_only_when_special_tokens_are_asked_for() {

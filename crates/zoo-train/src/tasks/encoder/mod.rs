@@ -162,6 +162,17 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let (inputs, targets) = split_data
             .encode(&tokenizer, &labels, recipe, seq_len, &mut rng)
             .map_err(|e| session.recipe_error(format!("{split} split: {e}")))?;
+        // Text pairs (next-sentence prediction, span QA, pair classification) need a second
+        // segment embedding.
+        if let Some(&segment) = inputs.iter().flat_map(|i| &i.segments).max()
+            && segment as usize >= bert.type_vocab_size
+        {
+            return Err(session.recipe_error(format!(
+                "model.type_vocab_size = {}, but the {split} split's inputs are text pairs with segment id {segment}: set type_vocab_size = {}",
+                bert.type_vocab_size,
+                segment + 1
+            )));
+        }
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
         let batching = Batching {
             batch_size: t.batch_size,

@@ -77,6 +77,13 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         }
         Ok(())
     })?;
+    // The sample comes after the whole training: a prompt the tokenizer cannot encode (a
+    // character a character vocabulary never saw) is refused before it starts.
+    if recipe.sample.tokens > 0 {
+        tokenizer
+            .encode(&recipe.sample.prompt)
+            .map_err(|e| session.recipe_error(format!("[sample] prompt: {e}")))?;
+    }
     if session.is_fresh() {
         tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
         write_run_recipe(run_dir, recipe, &config, TRAINED)?;

@@ -39,6 +39,11 @@ impl DecodingOptions {
             spec.beam = beam;
         }
         if let Some(penalty) = self.length_penalty {
+            if !penalty.is_finite() {
+                return Err(ZooError::Usage(format!(
+                    "--length-penalty must be a finite number, got {penalty}"
+                )));
+            }
             spec.length_penalty = penalty;
         }
         Ok(spec)
