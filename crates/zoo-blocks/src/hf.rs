@@ -100,6 +100,28 @@ impl HfTensors {
             .collect()
     }
 
+    /// Checks an export against this file: each of `written` equal to the file's tensor of its
+    /// name, and every tensor of the file written but `copies` (tensors that repeat others, such
+    /// as a tied head). The error names the first tensor that differs or was not written.
+    pub fn check_written(
+        mut self,
+        written: &[(String, TensorData)],
+        copies: &[&str],
+    ) -> Result<(), String> {
+        for (name, data) in written {
+            if &self.take(name, data.shape())? != data {
+                return Err(format!("{name} differs from {}'s", self.path.display()));
+            }
+        }
+        for name in copies {
+            self.skip(name);
+        }
+        match self.untaken().as_slice() {
+            [] => Ok(()),
+            left => Err(format!("not written: {}", left.join(", "))),
+        }
+    }
+
     /// An error if any tensor is left untaken, naming them.
     pub fn check_all_taken(&self) -> Result<(), String> {
         let left = self.untaken();
@@ -111,6 +133,17 @@ impl HfTensors {
             self.path.display(),
             left.join(", ")
         ))
+    }
+}
+
+/// A tensor of the file as it holds it, by name; panics if the file has none of that name (use
+/// [`HfTensors::get`] or [`HfTensors::take`] on files a user gave).
+impl std::ops::Index<&str> for HfTensors {
+    type Output = TensorData;
+
+    fn index(&self, name: &str) -> &TensorData {
+        self.get(name)
+            .unwrap_or_else(|| panic!("{} has no tensor {name}", self.path.display()))
     }
 }
 
@@ -160,15 +193,21 @@ impl Link {
         }
     }
 
+    /// The weight of a PyTorch `nn.Linear` (`{hf}.weight`; an output head, a bias-free
+    /// projection) as the zoo's `Linear` at `zoo`.
+    pub fn weight(hf: &str, zoo: &str, d_in: usize, d_out: usize) -> Self {
+        Link::Linear {
+            hf: vec![format!("{hf}.weight")],
+            zoo: format!("{zoo}.weight"),
+            d_in,
+            d_outs: vec![d_out],
+        }
+    }
+
     /// One PyTorch `nn.Linear` (`{hf}.weight`, `{hf}.bias`) as the zoo's `Linear` at `zoo`.
     pub fn linear(hf: &str, zoo: &str, d_in: usize, d_out: usize) -> [Self; 2] {
         [
-            Link::Linear {
-                hf: vec![format!("{hf}.weight")],
-                zoo: format!("{zoo}.weight"),
-                d_in,
-                d_outs: vec![d_out],
-            },
+            Link::weight(hf, zoo, d_in, d_out),
             Link::same(format!("{hf}.bias"), format!("{zoo}.bias"), &[d_out]),
         ]
     }
@@ -438,5 +477,32 @@ mod tests {
             TensorData::new(vec![2.0f32, 3.0], [2]),
         ]);
         assert_eq!(f32_values(&v), [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn an_export_is_checked_against_the_file_tensor_by_tensor() {
+        let path =
+            std::env::temp_dir().join(format!("zoo-check-{}.safetensors", std::process::id()));
+        let a = TensorData::new(vec![1.0f32, 2.0], [2]);
+        let b = TensorData::new(vec![3.0f32], [1]);
+        let head = TensorData::new(vec![1.0f32, 2.0], [2]);
+        let file = [
+            ("a".to_string(), a.clone()),
+            ("b".to_string(), b.clone()),
+            ("head".to_string(), head),
+        ];
+        save_safetensors(&path, &file).unwrap();
+        let open = || HfTensors::open(&path).unwrap();
+        let all = [("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        open().check_written(&all, &["head"]).unwrap();
+        let e = open().check_written(&all, &[]).unwrap_err();
+        assert!(e.contains("not written: head"), "{e}");
+        let changed = [
+            ("a".to_string(), a),
+            ("b".to_string(), TensorData::new(vec![4.0f32], [1])),
+        ];
+        let e = open().check_written(&changed, &["head"]).unwrap_err();
+        assert!(e.starts_with("b differs"), "{e}");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -408,12 +408,7 @@ impl HfGpt {
         }
         links.push(rms(format!("{prefix}norm"), "final_norm".into()));
         if !c.tie_weights {
-            links.push(Link::Linear {
-                hf: vec!["lm_head.weight".into()],
-                zoo: "tokens.head.weight".into(),
-                d_in: d,
-                d_outs: vec![c.vocab_size],
-            });
+            links.push(Link::weight("lm_head", "tokens.head", d, c.vocab_size));
         }
         links
     }

@@ -89,7 +89,7 @@ pub fn import(
             Ok(report)
         }
         RunKind::EncoderDecoder => {
-            let class = seq2seq::hf::read_config(hf_dir)?.class().to_string();
+            let class = seq2seq::hf::read_config(hf_dir)?.class;
             let dataset = dataset.unwrap_or(seq2seq::hf::IMPORTED_PAIRS);
             let mut run = seq2seq::hf::load_hf_seq2seq(hf_dir, dataset, device)?;
             run.recipe.name = name;

@@ -1,34 +1,50 @@
 //! Hugging Face encoder-decoders in and out: T5 ([`t5`]) and BART ([`bart`]), each a zoo
-//! [`Transformer`] in the shape its config describes. [`HfSeq2Seq`] is either, chosen by
-//! `config.json`'s `model_type` on the way in and by the transformer's shape on the way out.
+//! [`Transformer`] in the shape its config describes. [`HfSeq2Seq`] is either: its family is
+//! chosen by `config.json`'s `model_type` on the way in and by the transformer's shape on the
+//! way out, and the family's module says how its config and tensors map.
 
 pub mod bart;
 pub mod t5;
 
-pub use bart::{BART_TOKENS, HfBart};
-pub use t5::{HfT5, T5_TOKENS};
+pub use bart::BART_TOKENS;
+pub use t5::T5_TOKENS;
 
 use crate::DecodeTokens;
 use crate::transformer::{Positions, Transformer, TransformerConfig};
 use burn::tensor::{Device, TensorData};
 use serde_json::Value;
-use zoo_blocks::hf::{HfTensors, Link, apply_named};
+use zoo_blocks::hf::{HfTensors, Link, apply_named, module_tensors, write_links};
 
-/// A Hugging Face encoder-decoder the zoo's transformer expresses.
-#[derive(Clone, Debug, PartialEq)]
-pub enum HfSeq2Seq {
+/// The Hugging Face model types the zoo's transformer expresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfFamily {
     /// `T5ForConditionalGeneration`.
-    T5(HfT5),
+    T5,
     /// `BartForConditionalGeneration`.
-    Bart(HfBart),
+    Bart,
+}
+
+/// A Hugging Face T5 or BART, read from its `config.json` or made for export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfSeq2Seq {
+    /// Which model type.
+    pub family: HfFamily,
+    /// The shape and options.
+    pub config: TransformerConfig,
+    /// The checkpoint's class, as `architectures` names it.
+    pub class: String,
+    /// Padding, the decoder's first input and end of sequence (`pad_token_id`,
+    /// `decoder_start_token_id`, `eos_token_id`).
+    pub tokens: DecodeTokens,
 }
 
 impl HfSeq2Seq {
-    /// Reads a `config.json` of a model type the zoo imports (`t5`, `bart`).
+    /// Reads a `config.json` of a model type the zoo imports (`t5`, `bart`); any option the
+    /// zoo's transformer cannot express is refused by name.
     pub fn from_config(json: &Value) -> Result<Self, String> {
         match json["model_type"].as_str() {
-            Some("t5") => HfT5::from_config(json).map(Self::T5),
-            Some("bart") => HfBart::from_config(json).map(Self::Bart),
+            Some("t5") => t5::from_config(json),
+            Some("bart") => bart::from_config(json),
             other => Err(format!(
                 "model_type {}: the zoo's encoder-decoders import \"t5\" and \"bart\"",
                 other.map_or("missing".into(), |t| format!("\"{t}\""))
@@ -40,66 +56,74 @@ impl HfSeq2Seq {
     /// its positions are relative, BART when they are learned; an option the class does not
     /// have is refused by name.
     pub fn for_export(config: &TransformerConfig, tokens: DecodeTokens) -> Result<Self, String> {
-        match config.position {
-            Positions::Relative => HfT5::for_export(config, tokens).map(Self::T5),
-            Positions::Learned => HfBart::for_export(config, tokens).map(Self::Bart),
-            Positions::Sinusoidal => Err(
-                "position = sinusoidal: Hugging Face has T5 (relative) and BART (learned)".into(),
-            ),
+        let (family, class) = match config.position {
+            Positions::Relative => (HfFamily::T5, t5::CLASS),
+            Positions::Learned => (HfFamily::Bart, bart::CLASS),
+            Positions::Sinusoidal => {
+                return Err(
+                    "position = sinusoidal: Hugging Face has T5 (relative) and BART (learned)"
+                        .into(),
+                );
+            }
+        };
+        match family {
+            HfFamily::T5 => t5::check_export(config)?,
+            HfFamily::Bart => bart::check_export(config)?,
         }
-    }
-
-    /// The transformer's config.
-    pub fn config(&self) -> &TransformerConfig {
-        match self {
-            Self::T5(hf) => &hf.config,
-            Self::Bart(hf) => &hf.config,
-        }
-    }
-
-    /// Padding, the decoder's first input and end of sequence.
-    pub fn tokens(&self) -> DecodeTokens {
-        match self {
-            Self::T5(hf) => hf.tokens,
-            Self::Bart(hf) => hf.tokens,
-        }
-    }
-
-    /// The checkpoint's class.
-    pub fn class(&self) -> &str {
-        match self {
-            Self::T5(hf) => &hf.class,
-            Self::Bart(hf) => &hf.class,
-        }
+        Ok(Self {
+            family,
+            config: config.clone(),
+            class: class.into(),
+            tokens,
+        })
     }
 
     /// The `config.json` that `transformers` builds the model from.
     pub fn to_config(&self) -> Value {
-        match self {
-            Self::T5(hf) => hf.to_config(),
-            Self::Bart(hf) => hf.to_config(),
+        match self.family {
+            HfFamily::T5 => t5::to_config(self),
+            HfFamily::Bart => bart::to_config(self),
         }
     }
 
-    /// The model, on `device`, with the checkpoint's weights (the config may learn that the
-    /// head is untied: see [`HfT5::load`]).
+    /// How the checkpoint's tensors and the model's parameters correspond.
+    fn links(&self) -> Vec<Link> {
+        match self.family {
+            HfFamily::T5 => t5::links(&self.config),
+            HfFamily::Bart => bart::links(&self.config),
+        }
+    }
+
+    /// The model, on `device`, with the checkpoint's weights; a tensor the file lacks, has in
+    /// another shape or has that the model has no place for is an error naming it. A T5's config
+    /// may learn here that its head is untied: transformers 5 writes `tie_word_embeddings: true`
+    /// for every T5 and saves a head of its own apart, as `lm_head.weight`.
     pub fn load(
         &mut self,
         tensors: &mut HfTensors,
         device: &Device,
     ) -> Result<Transformer, String> {
-        match self {
-            Self::T5(hf) => hf.load(tensors, device),
-            Self::Bart(hf) => hf.load(tensors, device),
+        let copies = match self.family {
+            HfFamily::T5 => {
+                t5::untie_saved_head(&mut self.config, tensors);
+                t5::EMBEDDING_COPIES
+            }
+            HfFamily::Bart => bart::EMBEDDING_COPIES,
+        };
+        let named = tensors.read_links(&self.links())?;
+        for name in copies {
+            tensors.skip(name);
         }
+        if self.config.tie_output {
+            tensors.skip("lm_head.weight");
+        }
+        tensors.check_all_taken()?;
+        apply_named(self.config.init(device)?, named, &[])
     }
 
-    /// The checkpoint's tensors of `model`.
+    /// The checkpoint's tensors of `model`, named as the class names them.
     pub fn export(&self, model: &Transformer) -> Result<Vec<(String, TensorData)>, String> {
-        match self {
-            Self::T5(hf) => hf.export(model),
-            Self::Bart(hf) => hf.export(model),
-        }
+        write_links(&module_tensors(model)?, &self.links())
     }
 }
 
@@ -110,24 +134,6 @@ fn refuse_misfits(checks: &[(bool, &str)], family: &str) -> Result<(), String> {
         Some((_, what)) => Err(format!("{what}: the config is not a {family}'s")),
         None => Ok(()),
     }
-}
-
-/// A transformer of `config` with the weights `links` read from `tensors`; `copies` are
-/// tensors a file may hold that repeat others (the stacks' copies of the shared embeddings, a
-/// tied head), skipped; any other tensor left over is an error naming it.
-fn load_links(
-    config: &TransformerConfig,
-    links: &[Link],
-    tensors: &mut HfTensors,
-    copies: &[&str],
-    device: &Device,
-) -> Result<Transformer, String> {
-    let named = tensors.read_links(links)?;
-    for name in copies {
-        tensors.skip(name);
-    }
-    tensors.check_all_taken()?;
-    apply_named(config.init(device)?, named, &[])
 }
 
 /// The class `config.json`'s `architectures` names, which must be `class` of `model_type`.

@@ -164,8 +164,9 @@ pub struct DataSpec {
     /// set for models imported from Hugging Face, and inherited through `init_from`.
     #[serde(default)]
     pub source_specials: Option<bool>,
-    /// Encoder-decoders: the token the decoder starts from (default `<s>`, or `<pad>` in a T5
-    /// vocabulary, which has no `<s>`; BART's is `</s>`); inherited through `init_from`.
+    /// Encoder-decoders: the token the decoder starts from (default `<s>`, added to the
+    /// vocabulary; T5's is `<pad>`, BART's `</s>`: set by `zoo import`); inherited through
+    /// `init_from`.
     #[serde(default)]
     pub decoder_start: Option<String>,
     /// Span corruption: share of tokens replaced (T5: 0.15).

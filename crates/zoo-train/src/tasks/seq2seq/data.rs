@@ -310,7 +310,7 @@ mod tests {
         let text = "the cat sat on the mat\nthe dog ate the red fish\n".repeat(10);
         let tokenizer =
             ZooTokenizer::build(&TokenizerSpec::Word { vocab_size: 50 }, &text).unwrap();
-        Vocabularies::new(tokenizer, None, sentinels)
+        Vocabularies::new(tokenizer, None, sentinels, None).unwrap()
     }
 
     #[test]

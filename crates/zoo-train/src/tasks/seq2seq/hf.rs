@@ -41,13 +41,13 @@ pub fn load_hf_seq2seq(dir: &Path, dataset: &str, device: &Device) -> Result<Seq
     let json = read_hf_config(dir)?;
     let mut hf = HfSeq2Seq::from_config(&json)
         .map_err(|e| ZooError::run_dir(dir, format!("{HF_CONFIG_FILE}: {e}")))?;
-    let (tokenizer, mut tensors) = open_hf_dir(dir, hf.config().tgt_vocab_size)?;
-    let tokens = hf.tokens();
+    let (tokenizer, mut tensors) = open_hf_dir(dir, hf.config.tgt_vocab_size)?;
+    let tokens = hf.tokens;
     let model = hf
         .load(&mut tensors, device)
         .map_err(|e| ZooError::run_dir(dir, e))?;
-    // After loading, which may find a T5's head untied (see `HfT5::load`).
-    let config = ModelConfig::Transformer(hf.config().clone());
+    // After loading, which may find a T5's head untied (see `HfSeq2Seq::load`).
+    let config = ModelConfig::Transformer(hf.config.clone());
     let mut recipe = imported_recipe(dir, Task::Translation, &config, dataset)?;
     recipe.data.source_specials = Some(tokenizer.has_post_processor());
     recipe.data.decoder_start = tokenizer.id_token(tokens.bos);
@@ -55,9 +55,9 @@ pub fn load_hf_seq2seq(dir: &Path, dataset: &str, device: &Device) -> Result<Seq
     if let Some(prefix) = json["task_specific_params"][key]["prefix"].as_str() {
         recipe.data.source_prefix = prefix.to_string();
     }
-    let vocab = Vocabularies::new(tokenizer, None, 0)
-        .configured(&recipe.data)
-        .map_err(|e| ZooError::run_dir(dir, e))?;
+    let vocab = Vocabularies::new(tokenizer, None, 0, recipe.data.decoder_start.as_deref())
+        .map_err(|e| ZooError::run_dir(dir, e))?
+        .configured(&recipe.data);
     if vocab.target_tokens != tokens {
         let ids = |t: zoo_seq2seq::DecodeTokens| format!("{}/{}/{}", t.pad, t.bos, t.eos);
         return Err(ZooError::run_dir(
@@ -135,7 +135,7 @@ pub fn export_seq2seq_run(
         });
     }
     let token = |id: u32| run.vocab.source.id_token(id).unwrap_or_default();
-    let (pad, eos) = (token(hf.tokens().pad), token(hf.tokens().eos));
+    let (pad, eos) = (token(hf.tokens.pad), token(hf.tokens.eos));
     let tokenizer_config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": config.max_len,
@@ -146,5 +146,5 @@ pub fn export_seq2seq_run(
     // that came with a model keeps its own special tokens).
     let tokenizer = run.vocab.source.clone().ending_with(&eos)?;
     write_hf_dir(out, &hf_config, &tensors, &tokenizer, &tokenizer_config)?;
-    Ok(hf.class().to_string())
+    Ok(hf.class)
 }

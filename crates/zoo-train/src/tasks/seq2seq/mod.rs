@@ -47,7 +47,7 @@ pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<Seq2Seq
 fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
     if is_hugging_face_dir(dir) {
         return Ok(ModelConfig::Transformer(
-            hf::read_config(dir)?.config().clone(),
+            hf::read_config(dir)?.config.clone(),
         ));
     }
     match load_run_config(dir)? {
@@ -96,21 +96,16 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         ours.source_specials = ours.source_specials.or(theirs.source_specials);
         ours.decoder_start = ours.decoder_start.take().or(theirs.decoder_start.clone());
     }
-    let configured = |vocab: Vocabularies| {
-        vocab
-            .configured(&kept.data)
-            .map_err(|e| session.recipe_error(e))
-    };
 
     session.create_run_dir()?;
-    let vocab = if let Some(init) = &init {
+    // Fresh runs: the tokenizers (the pretrained run's, or trained here) and the sentinels.
+    let fresh = if let Some(init) = &init {
         let target = (!init.vocab.joint).then(|| init.vocab.target.clone());
-        let sentinels = sentinels_for(recipe.task);
-        configured(Vocabularies::new(
+        Some((
             init.vocab.source.clone(),
             target,
-            sentinels,
-        ))?
+            sentinels_for(recipe.task),
+        ))
     } else if session.is_fresh() {
         let spec = recipe
             .tokenizer_spec()
@@ -121,23 +116,29 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
                 .map(|(s, t)| format!("{}\n", if target { t } else { s }))
                 .collect()
         };
-        let built = match (&train_data, &recipe.target_tokenizer) {
-            (SplitText::Text(text), _) => {
-                Vocabularies::new(ZooTokenizer::build(spec, text)?, None, SENTINELS)
-            }
-            (SplitText::Pairs(pairs), Some(target_spec)) => Vocabularies::new(
+        Some(match (&train_data, &recipe.target_tokenizer) {
+            (SplitText::Text(text), _) => (ZooTokenizer::build(spec, text)?, None, SENTINELS),
+            (SplitText::Pairs(pairs), Some(target_spec)) => (
                 ZooTokenizer::build(spec, &side(pairs, false))?,
                 Some(ZooTokenizer::build(target_spec, &side(pairs, true))?),
                 0,
             ),
             (SplitText::Pairs(pairs), None) => {
                 let both = side(pairs, false) + &side(pairs, true);
-                Vocabularies::new(ZooTokenizer::build(spec, &both)?, None, 0)
+                (ZooTokenizer::build(spec, &both)?, None, 0)
             }
-        };
-        configured(built)?
+        })
     } else {
-        Vocabularies::load(run_dir, &load_run_recipe(run_dir)?)?
+        None
+    };
+    let vocab = match fresh {
+        Some((source, target, sentinels)) => {
+            let start = kept.data.decoder_start.as_deref();
+            Vocabularies::new(source, target, sentinels, start)
+                .map_err(|e| session.recipe_error(e))?
+                .configured(&kept.data)
+        }
+        None => Vocabularies::load(run_dir, &load_run_recipe(run_dir)?)?,
     };
     let config = session.model_config(|config| {
         if let Some(pretrained) = &pretrained {

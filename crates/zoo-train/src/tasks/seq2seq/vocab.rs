@@ -1,6 +1,6 @@
 //! An encoder-decoder run's vocabularies: one joint or a source and a target one, each with
-//! `<pad> <s> </s>` added (and, for span corruption, T5's sentinels); and how a source sentence
-//! becomes the encoder's input.
+//! `<pad> <s> </s>` added where it lacks them (and, for span corruption, T5's sentinels); where
+//! the decoder starts; and how a source sentence becomes the encoder's input.
 
 use crate::ZooError;
 use crate::recipe::{DataSpec, Recipe, Task};
@@ -50,46 +50,56 @@ pub struct Vocabularies {
     pub source_specials: bool,
 }
 
-/// The special ids of `tokenizer`, with those it lacks added. A T5 vocabulary (`<pad>` and
-/// `</s>` but no `<s>`) is left as it is: T5's decoder starts from `<pad>`.
-fn with_specials(tokenizer: &mut ZooTokenizer, sentinels: usize) -> (DecodeTokens, Vec<u32>) {
+/// The special ids of `tokenizer`, with `<pad>`, `<s>` and `</s>` (and `sentinels`) added where
+/// it lacks them. The decoder starts from `start` when one is named (T5's `<pad>`, BART's
+/// `</s>`), which the vocabulary must have, else from `<s>`.
+fn with_specials(
+    tokenizer: &mut ZooTokenizer,
+    sentinels: usize,
+    start: Option<&str>,
+) -> Result<(DecodeTokens, Vec<u32>), String> {
     let [pad, bos, eos] = SPECIALS;
-    let t5 = tokenizer.token_id(bos).is_none()
-        && tokenizer.token_id(pad).is_some()
-        && tokenizer.token_id(eos).is_some();
-    let names: Vec<String> = SPECIALS
-        .iter()
-        .filter(|&&name| !(t5 && name == bos))
-        .map(|s| s.to_string())
+    if let Some(start) = start
+        && tokenizer.token_id(start).is_none()
+    {
+        return Err(format!(
+            "data.decoder_start = {start:?} is not in the target vocabulary"
+        ));
+    }
+    let names: Vec<String> = [pad, start.unwrap_or(bos), eos]
+        .into_iter()
+        .map(str::to_string)
         .chain((0..sentinels).map(|i| format!("<extra_id_{i}>")))
         .collect();
     let ids = tokenizer.add_special_tokens(&names);
-    let id = |name: &str| tokenizer.token_id(name).expect("added");
     let tokens = DecodeTokens {
-        pad: id(pad),
-        bos: if t5 { id(pad) } else { id(bos) },
-        eos: id(eos),
+        pad: ids[0],
+        bos: ids[1],
+        eos: ids[2],
     };
-    (tokens, ids[names.len() - sentinels..].to_vec())
+    Ok((tokens, ids[3..].to_vec()))
 }
 
 impl Vocabularies {
-    /// A joint vocabulary, or separate source and target ones.
+    /// A joint vocabulary, or separate source and target ones, whose decoder starts from
+    /// `decoder_start` (default `<s>`).
     pub(crate) fn new(
         mut source: ZooTokenizer,
         target: Option<ZooTokenizer>,
         sentinels: usize,
-    ) -> Self {
-        let (source_tokens, sentinels) = with_specials(&mut source, sentinels);
+        decoder_start: Option<&str>,
+    ) -> Result<Self, String> {
         let joint = target.is_none();
+        let source_start = if joint { decoder_start } else { None };
+        let (source_tokens, sentinels) = with_specials(&mut source, sentinels, source_start)?;
         let (target, target_tokens) = match target {
             Some(mut target) => {
-                let (tokens, _) = with_specials(&mut target, 0);
+                let (tokens, _) = with_specials(&mut target, 0, decoder_start)?;
                 (target, tokens)
             }
             None => (source.clone(), source_tokens),
         };
-        Self {
+        Ok(Self {
             source,
             target,
             joint,
@@ -98,21 +108,15 @@ impl Vocabularies {
             sentinels,
             source_prefix: String::new(),
             source_specials: false,
-        }
+        })
     }
 
-    /// These vocabularies, encoding sources and starting the decoder as `data` says
-    /// (`source_prefix`, `source_specials`, `decoder_start`); a start token the target
-    /// vocabulary lacks is an error naming it.
-    pub(crate) fn configured(mut self, data: &DataSpec) -> Result<Self, String> {
+    /// These vocabularies, encoding sources as `data` says (`source_prefix`,
+    /// `source_specials`).
+    pub(crate) fn configured(mut self, data: &DataSpec) -> Self {
         self.source_prefix = data.source_prefix.clone();
         self.source_specials = data.source_specials.unwrap_or(false);
-        if let Some(start) = &data.decoder_start {
-            self.target_tokens.bos = self.target.token_id(start).ok_or_else(|| {
-                format!("data.decoder_start = {start:?} is not in the target vocabulary")
-            })?;
-        }
-        Ok(self)
+        self
     }
 
     pub(crate) fn save(&self, run_dir: &Path) -> Result<(), ZooError> {
@@ -131,9 +135,10 @@ impl Vocabularies {
             .is_file()
             .then(|| ZooTokenizer::load(&target_path))
             .transpose()?;
-        Self::new(source, target, sentinels_for(recipe.task))
-            .configured(&recipe.data)
-            .map_err(|e| ZooError::run_dir(run_dir, e))
+        let start = recipe.data.decoder_start.as_deref();
+        Ok(Self::new(source, target, sentinels_for(recipe.task), start)
+            .map_err(|e| ZooError::run_dir(run_dir, e))?
+            .configured(&recipe.data))
     }
 
     /// Source sentences as the encoder reads them: the prefix and the sentence's tokens, then
