@@ -45,6 +45,11 @@ impl HfTensors {
         self.tensors.contains_key(name)
     }
 
+    /// Every tensor of the file, by name.
+    pub fn into_tensors(self) -> BTreeMap<String, TensorData> {
+        self.tensors
+    }
+
     /// Tensor `name` as the file holds it, without taking it.
     pub fn get(&self, name: &str) -> Option<&TensorData> {
         self.tensors.get(name)
@@ -322,9 +327,9 @@ pub fn module_tensors<M: ModuleSnapshot>(
         .collect()
 }
 
-/// Writes `tensors` (f32) as a `model.safetensors` at `path`, with the metadata `transformers`
+/// `tensors` (f32) as the bytes of a `model.safetensors`, with the metadata `transformers`
 /// expects of a PyTorch checkpoint.
-pub fn save_safetensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<(), String> {
+pub fn safetensors_bytes(tensors: &[(String, TensorData)]) -> Result<Vec<u8>, String> {
     use safetensors::tensor::{Dtype, TensorView};
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
@@ -343,8 +348,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, TensorData)]) -> Result
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| format!("{} cannot be written: {e}", path.display()))
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// `data` (`[..., sum widths]`) cut along its last dimension into parts of `widths`.
@@ -491,7 +495,7 @@ mod tests {
             ("b".to_string(), b.clone()),
             ("head".to_string(), head),
         ];
-        save_safetensors(&path, &file).unwrap();
+        std::fs::write(&path, safetensors_bytes(&file).unwrap()).unwrap();
         let open = || HfTensors::open(&path).unwrap();
         let all = [("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
         open().check_written(&all, &["head"]).unwrap();

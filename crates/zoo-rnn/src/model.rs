@@ -10,7 +10,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::ModelSize;
 use zoo_blocks::decoding::ids_tensor;
@@ -198,6 +198,63 @@ impl RnnLm {
         (loss, state)
     }
 
+    /// `state` as named tensors (`layer.0.hidden`, `layer.0.cell`, ...): what a checkpoint keeps
+    /// of the state training carries from one window to the next.
+    pub fn state_tensors(state: &RnnState) -> Vec<(String, TensorData)> {
+        let mut named = Vec::new();
+        for (i, layer) in state.iter().enumerate() {
+            named.push((format!("layer.{i}.hidden"), layer.hidden.to_data()));
+            if let Some(cell) = &layer.cell {
+                named.push((format!("layer.{i}.cell"), cell.to_data()));
+            }
+        }
+        named
+    }
+
+    /// The state [`state_tensors`](Self::state_tensors) named, on `device`, after checking
+    /// that it fits this model: a state for each layer, a cell state exactly for LSTM layers,
+    /// `[batch, d_hidden]` each with one batch size throughout. An error names the tensor.
+    pub fn state_from_tensors(
+        &self,
+        mut named: std::collections::BTreeMap<String, TensorData>,
+        device: &Device,
+    ) -> Result<RnnState, String> {
+        let mut batch = None;
+        let mut take = |name: String, width: usize| -> Result<Option<Tensor<2>>, String> {
+            let Some(data) = named.remove(&name) else {
+                return Ok(None);
+            };
+            let shape = data.shape().to_vec();
+            if shape.len() != 2 || shape[1] != width || batch.is_some_and(|b| b != shape[0]) {
+                return Err(format!(
+                    "{name} has shape {shape:?}, expected [{}, {width}]",
+                    batch.map_or("batch".to_string(), |b: usize| b.to_string())
+                ));
+            }
+            batch = Some(shape[0]);
+            Ok(Some(Tensor::from_data(data.convert::<f32>(), device)))
+        };
+        let mut state = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let width = layer.d_hidden();
+            let hidden = take(format!("layer.{i}.hidden"), width)?
+                .ok_or_else(|| format!("layer.{i}.hidden is missing"))?;
+            let cell = take(format!("layer.{i}.cell"), width)?;
+            if cell.is_some() != (layer.kind() == CellKind::Lstm) {
+                return Err(format!(
+                    "layer {i} is {:?}: its cell state is {}",
+                    layer.kind(),
+                    if cell.is_some() { "unexpected" } else { "missing" }
+                ));
+            }
+            state.push(RecurrentState { hidden, cell });
+        }
+        match named.into_keys().next() {
+            Some(extra) => Err(format!("{extra} belongs to no layer of this model")),
+            None => Ok(state),
+        }
+    }
+
     /// Continues `prompt` by `max_new_tokens` tokens picked by `sampler`: the prompt runs through
     /// once, then each new token advances the state by one step.
     pub fn generate(
@@ -271,6 +328,40 @@ mod tests {
                     "{cell:?} tied={tie}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_state_survives_its_tensors_and_a_misfit_is_named() {
+        let device = device();
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            let model = tiny(cell, true).init(&device).unwrap();
+            let (_, state) = model.forward(ids(&[1, 5, 2], &device), None);
+            let named: std::collections::BTreeMap<_, _> =
+                RnnLm::state_tensors(&state).into_iter().collect();
+            let back = model.state_from_tensors(named.clone(), &device).unwrap();
+            for (a, b) in state.iter().zip(&back) {
+                assert_eq!(a.hidden.to_data(), b.hidden.to_data());
+                assert_eq!(a.cell.as_ref().map(|c| c.to_data()), b.cell.as_ref().map(|c| c.to_data()));
+            }
+            // Continuing from the restored state is continuing from the state itself.
+            let next = ids(&[9, 12], &device);
+            let (a, _) = model.forward(next.clone(), Some(state));
+            let (b, _) = model.forward(next, Some(back));
+            assert_eq!(a.to_data(), b.to_data());
+
+            let mut wide = named.clone();
+            wide.insert("layer.1.hidden".into(), TensorData::new(vec![0f32; 9], [1, 9]));
+            let e = model.state_from_tensors(wide, &device).unwrap_err();
+            assert!(e.contains("layer.1.hidden has shape [1, 9]"), "{e}");
+            let mut missing = named.clone();
+            missing.remove("layer.0.hidden");
+            let e = model.state_from_tensors(missing, &device).unwrap_err();
+            assert!(e.contains("layer.0.hidden is missing"), "{e}");
+            let mut extra = named;
+            extra.insert("layer.2.hidden".into(), TensorData::new(vec![0f32; 8], [1, 8]));
+            let e = model.state_from_tensors(extra, &device).unwrap_err();
+            assert!(e.contains("layer.2.hidden belongs to no layer"), "{e}");
         }
     }
 

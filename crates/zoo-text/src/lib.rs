@@ -6,6 +6,7 @@
 pub mod batcher;
 pub mod bleu;
 pub mod corpus;
+pub mod files;
 pub mod hub;
 pub mod ngram;
 pub mod pretraining;

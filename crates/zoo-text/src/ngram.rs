@@ -113,7 +113,7 @@ impl KneserNey {
                 put(count);
             }
         }
-        std::fs::write(path, bytes).map_err(|e| TextError::Io {
+        crate::files::write_atomically(path, &bytes).map_err(|e| TextError::Io {
             path: path.to_path_buf(),
             message: e.to_string(),
         })

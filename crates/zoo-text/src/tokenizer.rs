@@ -414,7 +414,11 @@ impl ZooTokenizer {
 
     /// Writes `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<(), TextError> {
-        self.inner.save(path, true).map_err(|e| TextError::Io {
+        let json = self.inner.to_string(true).map_err(|e| TextError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        crate::files::write_atomically(path, json.as_bytes()).map_err(|e| TextError::Io {
             path: path.to_path_buf(),
             message: e.to_string(),
         })

@@ -5,7 +5,7 @@ use crate::ZooError;
 use crate::launcher::Launcher;
 use crate::plot::{Axis, Legend, Plot, Series};
 use crate::runtime::optim::AdamW;
-use crate::runtime::step::gradients;
+use crate::runtime::step::{clip_global_norm, gradients};
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
@@ -222,7 +222,10 @@ fn timed_step<M: Module>(
     let loss = loss(&model);
     device.sync().map_err(|e| e.to_string())?;
     let forward = started.elapsed();
-    let grads = gradients(&model, &loss, 1.0, clip);
+    let mut grads = gradients(&model, &loss, 1.0);
+    if clip > 0.0 {
+        clip_global_norm(&model, &mut grads, clip);
+    }
     device.sync().map_err(|e| e.to_string())?;
     let backward = started.elapsed();
     let model = optimizer.step(lr, model, grads);

@@ -19,12 +19,13 @@ fn layer(module: &str) -> usize {
     }
 }
 
-/// The order inside the runtime: the session on top, the display and the summary below it,
+/// The order inside the runtime: the session on top, the loop, the display and the summary
+/// below it,
 /// the rest at the bottom.
 fn runtime_layer(module: &str) -> usize {
     match module {
         "session" => 2,
-        "logging" | "summary" => 1,
+        "fit" | "logging" | "summary" => 1,
         "budget" | "data" | "metrics" | "optim" | "run_dir" | "schedule" | "step" | "mod" => 0,
         other => panic!("runtime module {other} has no layer: add it to tests/layers.rs"),
     }

@@ -32,6 +32,7 @@
 //! batch_size = 12
 //! steps = 2000                  # or epochs, tokens or flops = N
 //! eval_interval = 250
+//! on_nonfinite = "stop"         # or "skip": a NaN or infinite loss or gradient skips the batch
 //! ```
 
 mod validate;
@@ -332,6 +333,21 @@ pub struct TrainingSpec {
     /// Encoder-decoders: label smoothing of the target cross-entropy (the transformer: 0.1).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// What a step whose loss or gradient is not finite does: `stop` the run there (the last
+    /// good checkpoint kept, a non-zero exit), or `skip` the batch (counted in the metrics log).
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
+}
+
+/// `training.on_nonfinite`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// Stop the run at the step, with an error naming the step and the value.
+    #[default]
+    Stop,
+    /// Leave the weights and the optimiser as they were and go on with the next batch.
+    Skip,
 }
 
 /// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).
@@ -357,6 +373,7 @@ impl Default for TrainingSpec {
             freeze_embeddings: false,
             freeze_layers: 0,
             label_smoothing: 0.0,
+            on_nonfinite: OnNonFinite::Stop,
         }
     }
 }

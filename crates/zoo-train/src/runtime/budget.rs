@@ -81,7 +81,8 @@ pub struct Plan {
 }
 
 impl Budget {
-    /// The plan of a run that stops after `stop_after` steps (or at the budget) and resumes
+    /// The plan of a run that stops after `stop_after` steps (at the end of the evaluation
+    /// interval that step falls in, or at the budget) and resumes
     /// from `resume_epoch`; a run that has nothing left to do is an error.
     pub fn plan(
         &self,
@@ -89,7 +90,11 @@ impl Budget {
         resume_epoch: Option<usize>,
         run_dir: &Path,
     ) -> Result<Plan, ZooError> {
-        let total_steps = stop_after.map_or(self.total_steps, |s| s.min(self.total_steps));
+        // A stop inside an evaluation interval moves to its end: checkpoints are taken where
+        // intervals end, and one there resumes exactly as if the run had never stopped.
+        let total_steps = stop_after.map_or(self.total_steps, |s| {
+            s.next_multiple_of(self.steps_per_epoch).min(self.total_steps)
+        });
         let epochs = total_steps.div_ceil(self.steps_per_epoch);
         let start_epoch = resume_epoch.unwrap_or(0);
         if start_epoch >= epochs {

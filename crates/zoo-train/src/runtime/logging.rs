@@ -4,7 +4,9 @@
 
 use crate::ZooError;
 use crate::runtime::budget::Budget;
+use crate::runtime::run_dir::write_run_file;
 use crate::runtime::schedule::SharedPlateau;
+use crate::runtime::step::SkippedSteps;
 use burn::train::logger::{
     EvaluationProgressLogger, InMemoryMetricLogger, MetricLogger, TrainingProgressLogger,
 };
@@ -33,6 +35,8 @@ pub struct JsonlMetricLogger {
     memory: InMemoryMetricLogger,
     /// Told every validation loss, when the schedule anneals on a plateau.
     plateau: Option<SharedPlateau>,
+    /// Steps skipped for non-finite values, written on each training line when skipping is on.
+    skipped: Option<SkippedSteps>,
 }
 
 impl JsonlMetricLogger {
@@ -58,7 +62,7 @@ impl JsonlMetricLogger {
             .filter_map(|line| line["elapsed_s"].as_f64())
             .fold(0.0, f64::max);
         let text: String = kept.iter().map(|line| format!("{line}\n")).collect();
-        std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
+        write_run_file(&path, text.as_bytes())?;
         Ok(Self {
             path,
             budget,
@@ -68,7 +72,16 @@ impl JsonlMetricLogger {
             finals: BTreeMap::new(),
             memory: InMemoryMetricLogger::default(),
             plateau: None,
+            skipped: None,
         })
+    }
+
+    /// Also writes how many steps of each epoch were `skipped`.
+    pub fn with_skips(self, skipped: SkippedSteps) -> Self {
+        Self {
+            skipped: Some(skipped),
+            ..self
+        }
     }
 
     /// Also reports each validation loss to `plateau`.
@@ -136,6 +149,9 @@ impl MetricLogger for JsonlMetricLogger {
         for (name, value) in metrics {
             let key = name.to_lowercase().replace(' ', "_");
             line.insert(key, serde_json::json!(value));
+        }
+        if let (Some(skipped), "train") = (&self.skipped, line["split"].as_str().unwrap_or("")) {
+            line.insert("skipped".into(), skipped.of_epoch(summary.epoch_number).into());
         }
         let written = std::fs::OpenOptions::new()
             .create(true)

@@ -7,7 +7,9 @@
 //! budget     steps a recipe buys, burn-train epochs, the plan of one invocation
 //! run_dir    the run directory's files and checkpoints: list, select, check, load, resume
 //! data       the resumable loader of numbered batches (BatchSource), seeded random streams
-//! step       the gradient step: backward, accumulation scale, global-norm clipping
+//! fit        the training loop: seeded per step, accumulation then clipping, non-finite
+//!            steps stopped or skipped, checkpoints with the carried state
+//! step       the gradient step: backward, accumulation scale, global-norm arithmetic
 //! optim      AdamW on the fused update, and the recipe's optimiser
 //! schedule   learning-rate schedules and annealing on a plateau
 //! metrics    perplexity, accuracy and F1
@@ -17,6 +19,7 @@
 
 pub mod budget;
 pub mod data;
+pub mod fit;
 pub mod logging;
 pub mod metrics;
 pub mod optim;

@@ -4,7 +4,8 @@
 //! runs/NAME/
 //!   recipe.toml        the recipe as resolved (preset expanded, vocabulary size filled in)
 //!   tokenizer.json     the tokenizer (Hugging Face format)
-//!   checkpoint/        model-E.bpk, optim-E.bpk, scheduler-E.bpk after epoch E
+//!   checkpoint/        model-E.bpk, optim-E.bpk, scheduler-E.bpk after epoch E, and
+//!                      carry-E.safetensors when the model carries state between batches
 //!   metrics.jsonl      one line per epoch and split: step, losses, metrics, learning rate
 //!   summary.json       what the finished run cost (see `summary`)
 //!   experiment.log     burn-train's log
@@ -12,16 +13,26 @@
 //!
 //! Tasks add their own files beside these (an n-gram model's counts, a classifier's labels, an
 //! encoder-decoder's target tokenizer and decoded scores).
+//!
+//! Every file is written whole or not at all ([`write_run_file`], [`AtomicCheckpointer`]): a
+//! kill or a full disk leaves the previous version, never a torn one. A checkpoint is complete
+//! when its model, optimiser and scheduler files are all there; older ones are deleted only
+//! once a newer one is complete ([`prune_checkpoints`]).
 
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::{Recipe, Task};
 use burn::module::Module;
-use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::tensor::TensorData;
+use burn::train::checkpoint::{
+    Checkpoint, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy,
+};
 use burn::train::metric::store::EventStoreClient;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use zoo_blocks::hf::HfTensors;
 use zoo_text::ZooTokenizer;
+use zoo_text::files::{TEMPORARY_SUFFIX, replace_atomically, write_atomically};
 
 /// The resolved recipe.
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -31,42 +42,181 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 const CHECKPOINT_DIR: &str = "checkpoint";
 
-/// Saves every `every` epochs and at the last one, keeping the newest `keep`.
-pub struct EveryNKeepLast {
-    /// Save every this many epochs...
-    pub every: usize,
-    /// ...and at this one, the last.
-    pub last: usize,
-    /// Checkpoints kept.
-    pub keep: usize,
-    /// The epochs saved so far, oldest first.
-    pub saved: Vec<usize>,
+/// Writes a run file whole or not at all (see the module docs).
+pub fn write_run_file(path: &Path, contents: &[u8]) -> Result<(), ZooError> {
+    write_atomically(path, contents).map_err(|e| ZooError::io(path, e))
 }
 
-impl CheckpointingStrategy for EveryNKeepLast {
-    fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
-        if !epoch.is_multiple_of(self.every) && epoch != self.last {
-            return Vec::new();
-        }
-        let mut actions = vec![CheckpointingAction::Save];
-        self.saved.push(epoch);
-        while self.saved.len() > self.keep {
-            actions.push(CheckpointingAction::Delete(self.saved.remove(0)));
-        }
-        actions
+/// Which epochs end with a checkpoint: every `every`-th, and the last.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointRule {
+    /// Save every this many epochs...
+    pub every: usize,
+    /// ...and at this one, the last of the invocation.
+    pub last: usize,
+    /// Complete checkpoints kept (the newest).
+    pub keep: usize,
+}
+
+impl CheckpointRule {
+    /// Whether epoch `epoch` ends with a checkpoint.
+    pub fn saves_at(&self, epoch: usize) -> bool {
+        epoch.is_multiple_of(self.every.max(1)) || epoch == self.last
     }
+}
+
+/// burn-train's checkpointing strategy when the training loop decides which epochs to save
+/// ([`CheckpointRule`]) and deletes old ones itself ([`prune_checkpoints`]): save when asked.
+pub struct SaveWhenAsked;
+
+impl CheckpointingStrategy for SaveWhenAsked {
+    fn checkpointing(&mut self, _: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        vec![CheckpointingAction::Save]
+    }
+}
+
+/// burn-train's file checkpointer, writing each file atomically: `KIND-EPOCH.bpk` in the run's
+/// checkpoint directory appears whole or not at all. A write that fails (a full disk, a
+/// read-only directory) is an error naming the file, and the files already there are kept.
+pub struct AtomicCheckpointer {
+    dir: PathBuf,
+    kind: &'static str,
+}
+
+impl AtomicCheckpointer {
+    /// The checkpointer of `kind` (`model`, `optim` or `scheduler`) in `run_dir`.
+    pub fn new(run_dir: &Path, kind: &'static str) -> Self {
+        Self {
+            dir: run_dir.join(CHECKPOINT_DIR),
+            kind,
+        }
+    }
+
+    fn path(&self, epoch: usize) -> PathBuf {
+        self.dir.join(format!("{}-{epoch}.bpk", self.kind))
+    }
+}
+
+impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
+    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
+        let path = self.path(epoch);
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                replace_atomically(&path, |temporary| {
+                    record
+                        .save(temporary.to_path_buf())
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                })
+            })
+            .map_err(|e| {
+                CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()))
+            })
+    }
+
+    fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
+        R::load(self.path(epoch))
+    }
+
+    fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
+        remove_if_present(&self.path(epoch)).map_err(CheckpointerError::IOError)
+    }
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The kinds of file one checkpoint has (the carried state only for models that carry one).
+const CHECKPOINT_KINDS: [&str; 4] = ["model", "optim", "scheduler", "carry"];
+
+/// The file of `kind` in epoch `epoch`'s checkpoint.
+fn checkpoint_file(run_dir: &Path, kind: &str, epoch: usize) -> PathBuf {
+    let extension = if kind == "carry" { "safetensors" } else { "bpk" };
+    run_dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("{kind}-{epoch}.{extension}"))
+}
+
+/// Deletes the checkpoints older than the newest `keep` complete ones. A checkpoint still
+/// being written (newer than the newest complete one) is left alone, so a kill at any moment
+/// leaves at least one complete checkpoint once there has been one.
+pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<(), ZooError> {
+    let complete = checkpoint_epochs(run_dir);
+    let Some(&oldest_kept) = complete.iter().rev().take(keep.max(1)).last() else {
+        return Ok(());
+    };
+    for epoch in model_epochs(run_dir).into_iter().chain(complete) {
+        if epoch < oldest_kept {
+            for kind in CHECKPOINT_KINDS {
+                let path = checkpoint_file(run_dir, kind, epoch);
+                remove_if_present(&path).map_err(|e| ZooError::io(&path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the temporary files a killed writer left in the checkpoint directory (they are
+/// never read: the rename that would have made them a checkpoint did not happen).
+pub fn remove_partial_files(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINT_DIR)) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().ends_with(TEMPORARY_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes the state `tensors` a model carries after epoch `epoch` (nothing when it carries
+/// none), before the epoch's other checkpoint files: a complete checkpoint always has it.
+pub fn save_carried(
+    run_dir: &Path,
+    epoch: usize,
+    tensors: &[(String, TensorData)],
+) -> Result<(), ZooError> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let path = checkpoint_file(run_dir, "carry", epoch);
+    let bytes = zoo_blocks::hf::safetensors_bytes(tensors)
+        .map_err(|message| ZooError::Checkpoint {
+            path: path.clone(),
+            message,
+        })?;
+    std::fs::create_dir_all(run_dir.join(CHECKPOINT_DIR)).map_err(|e| ZooError::io(run_dir, e))?;
+    write_run_file(&path, &bytes)
+}
+
+/// The state a model carried after epoch `epoch` (empty when it carried none).
+pub fn load_carried(
+    run_dir: &Path,
+    epoch: usize,
+) -> Result<BTreeMap<String, TensorData>, ZooError> {
+    let path = checkpoint_file(run_dir, "carry", epoch);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let file = HfTensors::open(&path).map_err(|message| ZooError::Checkpoint {
+        path: path.clone(),
+        message,
+    })?;
+    Ok(file.into_tensors())
 }
 
 /// The epochs that have a complete checkpoint (model, optimiser and scheduler), oldest first:
 /// what a run can be resumed from.
 pub fn checkpoint_epochs(run_dir: &Path) -> Vec<usize> {
-    let dir = run_dir.join(CHECKPOINT_DIR);
     model_epochs(run_dir)
         .into_iter()
-        .filter(|epoch| {
+        .filter(|&epoch| {
             ["optim", "scheduler"]
                 .iter()
-                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
+                .all(|kind| checkpoint_file(run_dir, kind, epoch).is_file())
         })
         .collect()
 }
@@ -93,20 +243,16 @@ pub fn model_epochs(run_dir: &Path) -> Vec<usize> {
 
 /// The model file of epoch `epoch`'s checkpoint.
 pub fn model_checkpoint(run_dir: &Path, epoch: usize) -> PathBuf {
-    run_dir
-        .join(CHECKPOINT_DIR)
-        .join(format!("model-{epoch}.bpk"))
+    checkpoint_file(run_dir, "model", epoch)
 }
 
-/// The epoch to resume from (`resume`: the last complete checkpoint, which must exist), or
-/// `None` for a fresh run (then the directory must hold no checkpoints).
+/// The epoch to resume from (`resume`: the last complete checkpoint; `None` when there is none
+/// yet, and the run starts from its first step), or `None` for a fresh run (then the directory
+/// must hold no checkpoints).
 pub fn resume_epoch(run_dir: &Path, resume: bool) -> Result<Option<usize>, ZooError> {
     let existing = checkpoint_epochs(run_dir);
     if resume {
-        let epoch = *existing.last().ok_or_else(|| {
-            ZooError::run_dir(run_dir, "has no complete checkpoint to resume from")
-        })?;
-        return Ok(Some(epoch));
+        return Ok(existing.last().copied());
     }
     if !existing.is_empty() {
         return Err(ZooError::run_dir(
@@ -117,36 +263,75 @@ pub fn resume_epoch(run_dir: &Path, resume: bool) -> Result<Option<usize>, ZooEr
     Ok(None)
 }
 
-/// Loads the last model checkpoint once, before training, so a damaged file is reported
-/// clearly instead of failing inside burn-train.
+/// Loads every file of epoch `epoch`'s checkpoint once, before training, so that a damaged
+/// one is found here (and an older checkpoint used) instead of failing inside burn-train.
+/// `carry_on` takes the carried state.
 pub fn check_checkpoint<M: Module>(
     run_dir: &Path,
     epoch: usize,
     model: &M,
+    carry_on: impl FnOnce(BTreeMap<String, TensorData>) -> Result<(), String>,
 ) -> Result<(), ZooError> {
-    let path = model_checkpoint(run_dir, epoch);
+    let damaged = |kind: &str, message: String| ZooError::Checkpoint {
+        path: checkpoint_file(run_dir, kind, epoch),
+        message: format!("cannot be loaded: {message}"),
+    };
     model
         .clone()
-        .try_load_file(&path)
-        .map_err(|e| ZooError::Checkpoint {
-            path: path.clone(),
+        .try_load_file(checkpoint_file(run_dir, "model", epoch))
+        .map_err(|e| damaged("model", e.to_string()))?;
+    burn::optim::OptimizerRecord::load(checkpoint_file(run_dir, "optim", epoch))
+        .map_err(|e| damaged("optim", e.to_string()))?;
+    burn::lr_scheduler::LrSchedulerRecord::load(checkpoint_file(run_dir, "scheduler", epoch))
+        .map_err(|e| damaged("scheduler", e.to_string()))?;
+    carry_on(load_carried(run_dir, epoch)?).map_err(|e| damaged("carry", e))
+}
+
+/// The newest complete checkpoint of `run_dir` that loads (see [`check_checkpoint`]), and a
+/// warning for each newer one that does not. The files of those are renamed `*.damaged`: kept
+/// for a look, out of the way of the run that redoes their epochs. None loading is an error
+/// naming the newest.
+pub fn newest_loadable<M: Module>(
+    run_dir: &Path,
+    model: &M,
+    mut carry_on: impl FnMut(BTreeMap<String, TensorData>) -> Result<(), String>,
+) -> Result<(usize, Vec<String>), ZooError> {
+    let mut damaged = Vec::new();
+    for epoch in checkpoint_epochs(run_dir).into_iter().rev() {
+        match check_checkpoint(run_dir, epoch, model, &mut carry_on) {
+            Ok(()) => {
+                let mut warnings = Vec::new();
+                for (newer, error) in damaged {
+                    set_aside(run_dir, newer)?;
+                    warnings.push(format!(
+                        "{error}; its files are renamed *.damaged and the run resumes from epoch {epoch}"
+                    ));
+                }
+                return Ok((epoch, warnings));
+            }
+            Err(error) => damaged.push((epoch, error)),
+        }
+    }
+    Err(match damaged.into_iter().next() {
+        Some((_, ZooError::Checkpoint { path, message })) => ZooError::Checkpoint {
+            path,
             message: format!(
-                "cannot be loaded ({e}); delete it to resume from an earlier checkpoint"
+                "{message}; the run has no earlier checkpoint that loads: start it again with --run-dir elsewhere"
             ),
-        })?;
-    for kind in ["optim", "scheduler"] {
-        let path = run_dir
-            .join(CHECKPOINT_DIR)
-            .join(format!("{kind}-{epoch}.bpk"));
-        let valid = match kind {
-            "optim" => burn::optim::OptimizerRecord::load(&path).is_ok(),
-            _ => burn::lr_scheduler::LrSchedulerRecord::load(&path).is_ok(),
-        };
-        if !valid {
-            return Err(ZooError::Checkpoint {
-                path,
-                message: "cannot be loaded; delete this epoch's files to resume from an earlier checkpoint".into(),
-            });
+        },
+        Some((_, other)) => other,
+        None => ZooError::run_dir(run_dir, "has no complete checkpoint to resume from"),
+    })
+}
+
+/// Renames the files of epoch `epoch`'s checkpoint `*.damaged`.
+fn set_aside(run_dir: &Path, epoch: usize) -> Result<(), ZooError> {
+    for kind in CHECKPOINT_KINDS {
+        let path = checkpoint_file(run_dir, kind, epoch);
+        if path.exists() {
+            let mut aside = path.clone().into_os_string();
+            aside.push(".damaged");
+            std::fs::rename(&path, &aside).map_err(|e| ZooError::io(&path, e))?;
         }
     }
     Ok(())
@@ -166,8 +351,10 @@ pub fn write_run_recipe(
     let mut resolved = recipe.clone();
     resolved.model = config.to_spec();
     let text = toml::to_string_pretty(&resolved).expect("recipes serialise to TOML");
-    let path = run_dir.join(RECIPE_FILE);
-    std::fs::write(&path, format!("# {origin}\n{text}")).map_err(|e| ZooError::io(&path, e))
+    write_run_file(
+        &run_dir.join(RECIPE_FILE),
+        format!("# {origin}\n{text}").as_bytes(),
+    )
 }
 
 /// The run's resolved recipe.
@@ -273,7 +460,12 @@ pub fn save_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Re
     let dir = run_dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| ZooError::io(&dir, e))?;
     let path = model_checkpoint(run_dir, epoch);
-    module.save_file(&path).map_err(|e| ZooError::io(&path, e))
+    replace_atomically(&path, |temporary| {
+        module
+            .save_file(temporary)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|e| ZooError::io(&path, e))
 }
 
 /// The recipe of a model imported from a Hugging Face directory: `task`, its `config`, its own
@@ -365,14 +557,13 @@ pub fn write_hf_dir(
 ) -> Result<(), ZooError> {
     std::fs::create_dir_all(out).map_err(|e| ZooError::io(out, e))?;
     let write_json = |name: &str, value: &serde_json::Value| {
-        let path = out.join(name);
         let text = serde_json::to_string_pretty(value).expect("JSON serialises");
-        std::fs::write(&path, text + "\n").map_err(|e| ZooError::io(&path, e))
+        write_run_file(&out.join(name), (text + "\n").as_bytes())
     };
     write_json(HF_CONFIG_FILE, config)?;
     write_json("tokenizer_config.json", tokenizer_config)?;
-    zoo_blocks::hf::save_safetensors(&out.join(HF_WEIGHTS_FILE), tensors)
-        .map_err(|e| ZooError::run_dir(out, e))?;
+    let weights = zoo_blocks::hf::safetensors_bytes(tensors).map_err(|e| ZooError::run_dir(out, e))?;
+    write_run_file(&out.join(HF_WEIGHTS_FILE), &weights)?;
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
     Ok(())
 }

@@ -1,27 +1,36 @@
 //! The training session: the one skeleton every task's training runs through. A task reads its
 //! data, settles its tokenizer and model config ([`Session::model_config`], fresh or resumed the
 //! same way for every task), and hands [`Session::train`] its batches and a [`TrainingTask`]; the
-//! session does the rest: budget and plan, seeding, the resume check, optimiser and schedule
-//! (with annealing on a plateau), loaders, the metrics log and the progress display, burn-train's
-//! launch, and the summary of a finished run.
+//! session does the rest: budget and plan, seeding, the checkpoint to resume from (the newest
+//! that loads), optimiser and schedule (with annealing on a plateau), loaders, the metrics log
+//! and the progress display, burn-train's launch with the zoo's training loop (`fit`) and
+//! atomic checkpoints, and the summary of a finished run.
 
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Recipe;
+use crate::recipe::OnNonFinite;
 use crate::runtime::budget::{Budget, Plan, StepCost};
 use crate::runtime::data::{BatchSource, StepLoader};
+use crate::runtime::fit::TrainingLoop;
 use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
 use crate::runtime::optim::build_optimizer;
 use crate::runtime::run_dir::{
-    EveryNKeepLast, METRICS_FILE, check_checkpoint, checkpoint_epochs, resumed_model,
+    AtomicCheckpointer, CheckpointRule, METRICS_FILE, SaveWhenAsked, checkpoint_epochs,
+    newest_loadable, prune_checkpoints, remove_partial_files, resumed_model, steps_at_epoch,
     validation_losses,
 };
 use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
+use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput};
 use crate::runtime::summary::RunSummary;
 use burn::prelude::*;
+use burn::train::checkpoint::CheckpointerError;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
 use burn::train::renderer::{MetricsRenderer, default_renderer};
-use burn::train::{InferenceStep, Learner, LearnerModel, SupervisedTraining, TrainStep};
+use burn::train::{
+    InferenceStep, Learner, LearnerModel, SupervisedTraining, TrainStep, TrainingError,
+    TrainingStrategy,
+};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -78,7 +87,8 @@ pub struct Session<'a> {
     pub run_dir: PathBuf,
     /// The command line's options.
     pub options: &'a TrainOptions,
-    /// The checkpoint epoch this invocation resumes from; `None` for a fresh run.
+    /// The newest complete checkpoint's epoch when this invocation resumes (training falls
+    /// back to an older one if it does not load); `None` for a fresh run.
     pub resume_epoch: Option<usize>,
 }
 
@@ -104,7 +114,7 @@ pub trait TrainingTask {
     type Source: BatchSource<Batch = <Self::Model as TrainStep>::Input>;
 
     /// The model to train, on the autodiff `device`, which the session has just seeded: fresh
-    /// weights, or a starting point's.
+    /// weights, or a starting point's (a resumed run's checkpoint is loaded into it later).
     fn model(&mut self, device: &Device) -> Result<Self::Model, ZooError>;
 
     /// Registers the task's metrics beyond the loss and the learning rate.
@@ -184,8 +194,8 @@ impl Session<'_> {
     ) -> Result<Trained<T::Model>, ZooError>
     where
         T: TrainingTask,
-        T::Model: InferenceStep<Input = <T::Source as BatchSource>::Batch>,
-        <T::Model as TrainStep>::Output: Adaptor<LossInput>,
+        T::Model: InferenceStep<Input = <T::Source as BatchSource>::Batch> + CarriedState,
+        <T::Model as TrainStep>::Output: Adaptor<LossInput> + StepOutput,
         <T::Model as InferenceStep>::Output: Adaptor<LossInput>,
     {
         let (recipe, run_dir) = (self.recipe, self.run_dir.as_path());
@@ -193,18 +203,43 @@ impl Session<'_> {
         let micro_batches = t.grad_accumulation;
         let budget = Budget::of(recipe, batches.steps_per_pass, batches.cost)
             .map_err(|e| self.recipe_error(e))?;
+
+        let device = self.options.device.clone();
+        let autodiff = device.clone().autodiff();
+        device.seed(recipe.seed);
+        // Parameters must be created on the autodiff device to be tracked.
+        let model = task.model(&autodiff)?;
+        remove_partial_files(run_dir);
+        let resume_epoch = match self.resume_epoch {
+            Some(_) => {
+                let (epoch, warnings) = newest_loadable(run_dir, &model, |carried| {
+                    model.carry_on(carried, &autodiff)
+                })?;
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
+                Some(epoch)
+            }
+            None if self.options.resume => {
+                println!(
+                    "{} has no complete checkpoint yet: the run starts from its first step",
+                    run_dir.display()
+                );
+                None
+            }
+            None => None,
+        };
         let Plan {
             total_steps,
             epochs,
             start_epoch,
-        } = budget.plan(self.options.stop_after_steps, self.resume_epoch, run_dir)?;
-
-        let device = self.options.device.clone();
-        device.seed(recipe.seed);
-        // Parameters must be created on the autodiff device to be tracked.
-        let model = task.model(&device.clone().autodiff())?;
-        if let Some(epoch) = self.resume_epoch {
-            check_checkpoint(run_dir, epoch, &model)?;
+        } = budget.plan(self.options.stop_after_steps, resume_epoch, run_dir)?;
+        if let Some(asked) = self.options.stop_after_steps
+            && asked < total_steps
+        {
+            println!(
+                "--stop-after-steps {asked}: stopping at step {total_steps}, where that evaluation interval ends, so that --resume continues exactly"
+            );
         }
 
         let mut schedule = LrSchedule::new(
@@ -213,8 +248,12 @@ impl Session<'_> {
             budget.total_steps,
             config.width(),
         );
+        let skipped = SkippedSteps::default();
         let mut metric_logger =
-            JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, self.resume_epoch)?;
+            JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
+        if t.on_nonfinite == OnNonFinite::Skip {
+            metric_logger = metric_logger.with_skips(skipped.clone());
+        }
         if let Some(divisor) = recipe.schedule.plateau_divisor {
             let mut plateau = Plateau::new(divisor);
             // A resumed run replays the validations it has had, so it anneals exactly as an
@@ -238,25 +277,46 @@ impl Session<'_> {
             &device,
         );
         let val_loader = StepLoader::validation(batches.valid, t.eval_batches, &device);
+        let checkpoints = CheckpointRule {
+            every: (t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval).max(1),
+            last: epochs,
+            keep: t.keep_checkpoints,
+        };
+        let training_loop = TrainingLoop::new(
+            recipe,
+            &autodiff,
+            run_dir.to_path_buf(),
+            budget.steps_per_epoch,
+            checkpoints,
+            skipped,
+        );
+        let stopped = training_loop.failure();
         let training =
             SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(val_loader))
                 .metric_train_numeric(LossMetric::new())
                 .metric_valid_numeric(LossMetric::new())
-                .metric_train_numeric(LearningRateMetric::new());
+                .metric_train_numeric(LearningRateMetric::new())
+                .with_training_strategy(TrainingStrategy::Custom(Arc::new(training_loop)));
         let training = with_run_settings(
             task.metrics(training),
-            recipe,
             run_dir,
             epochs,
-            self.resume_epoch,
+            resume_epoch,
             metric_logger,
             task.progress(budget),
         );
         println!("{}", task.announce(&budget));
         let result = training.launch(learner);
-        if let Some(error) = &result.error {
-            return Err(ZooError::Training(error.to_string()));
+        if let Some(reason) = stopped.lock().expect("failure lock").take() {
+            return Err(self.stopped_at(&reason, &budget));
         }
+        if let Some(error) = &result.error {
+            return Err(ZooError::Training(match error.as_ref() {
+                TrainingError::Checkpoint(CheckpointerError::Unknown(message)) => message.clone(),
+                other => other.to_string(),
+            }));
+        }
+        prune_checkpoints(run_dir, t.keep_checkpoints)?;
         let finished = total_steps == budget.total_steps;
         if finished {
             RunSummary::new(recipe, config.size(), batches.cost, total_steps, run_dir)
@@ -268,36 +328,48 @@ impl Session<'_> {
             finished,
         })
     }
+
+    /// The error of a run the training loop stopped (`reason`: at which step, and why), saying
+    /// what was kept and what to do.
+    fn stopped_at(&self, reason: &str, budget: &Budget) -> ZooError {
+        let run_dir = self.run_dir.as_path();
+        let kept = match checkpoint_epochs(run_dir).last() {
+            Some(&epoch) => format!(
+                "its last checkpoint (step {}) is kept",
+                steps_at_epoch(run_dir, epoch).unwrap_or(budget.steps_at_epoch(epoch))
+            ),
+            None => "it has no checkpoint yet".into(),
+        };
+        let advice = if reason.contains("cannot be written") {
+            "free space or make the run directory writable, then --resume"
+        } else {
+            "lower optimizer.lr or set optimizer.grad_clip, or set training.on_nonfinite = \"skip\" to skip such batches"
+        };
+        ZooError::Training(format!("{reason}: the run stops here and {kept}; {advice}"))
+    }
 }
 
-/// What every run's training shares beside its metrics: the metrics log, checkpoints (every
-/// `training.checkpoint_interval`, always at the end, the newest `keep_checkpoints` kept), the
-/// epochs, gradient accumulation, the checkpoint to resume from, and the display: burn-train's
-/// dashboard on a terminal, otherwise `lines` (one line per validation).
+/// What every run's training shares beside its metrics: the metrics log, checkpoints written
+/// atomically (when the training loop asks), the epochs, the checkpoint to resume from, and
+/// the display: burn-train's dashboard on a terminal, otherwise `lines` (one line per
+/// validation).
 fn with_run_settings<M: LearnerModel>(
     training: SupervisedTraining<M>,
-    recipe: &Recipe,
     run_dir: &Path,
     epochs: usize,
     resume_epoch: Option<usize>,
     metric_logger: JsonlMetricLogger,
     lines: LineRenderer,
 ) -> SupervisedTraining<M> {
-    let t = &recipe.training;
-    let checkpoint_every = t.checkpoint_interval.unwrap_or(t.eval_interval) / t.eval_interval;
     let mut training = training
         .with_metric_logger(metric_logger)
-        .with_default_checkpointers()
-        .with_checkpointing_strategy(EveryNKeepLast {
-            every: checkpoint_every.max(1),
-            last: epochs,
-            keep: t.keep_checkpoints,
-            saved: checkpoint_epochs(run_dir),
-        })
+        .with_custom_checkpointers(
+            AtomicCheckpointer::new(run_dir, "model"),
+            AtomicCheckpointer::new(run_dir, "optim"),
+            AtomicCheckpointer::new(run_dir, "scheduler"),
+        )
+        .with_checkpointing_strategy(SaveWhenAsked)
         .num_epochs(epochs);
-    if t.grad_accumulation > 1 {
-        training = training.grads_accumulation(t.grad_accumulation);
-    }
     if let Some(epoch) = resume_epoch {
         training = training.checkpoint(epoch);
     }

@@ -1,13 +1,20 @@
 //! The gradient step every task's training step ends with: backward from the loss (scaled for
-//! gradient accumulation), the global gradient norm clipped, and the loss detached for the
-//! metrics. A task's training module keeps a [`GradientStep`] beside its model and hands it
-//! its forward pass's [`StepOutput`].
+//! gradient accumulation) and the loss detached for the metrics. A task's training module keeps
+//! a [`GradientStep`] beside its model and hands it its forward pass's [`StepOutput`]. What
+//! happens to the gradients next (summed over micro-batches, checked, clipped to a global norm,
+//! applied) is the training loop's, in `fit`; the norm arithmetic is here.
+//!
+//! [`CarriedState`] is the other thing a task's model tells the runtime: what it carries from
+//! one batch to the next, which a checkpoint must keep.
 
 use crate::recipe::Recipe;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::train::TrainOutput;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// What a task's forward pass reports: it holds the loss backward starts from, which the
 /// gradient step detaches once it has the gradients (the metrics keep the rest as it is).
@@ -16,31 +23,70 @@ pub trait StepOutput {
     fn loss_mut(&mut self) -> &mut Tensor<1>;
 }
 
+/// State a model carries from one training batch to the next (a recurrent model's hidden
+/// state under truncated backpropagation through time). A checkpoint keeps it, so a resumed
+/// run continues from it and not from zeros. Models that carry nothing keep the defaults.
+pub trait CarriedState {
+    /// The carried tensors by name; none when nothing is carried (yet).
+    fn carried(&self) -> Vec<(String, TensorData)> {
+        Vec::new()
+    }
+
+    /// Carries on from `tensors` (what [`carried`](Self::carried) gave), on `device`; a
+    /// tensor that does not fit the model is an error naming it.
+    fn carry_on(
+        &self,
+        tensors: BTreeMap<String, TensorData>,
+        device: &Device,
+    ) -> Result<(), String> {
+        let _ = device;
+        match tensors.into_keys().next() {
+            Some(name) => Err(format!("{name}: this model carries no state")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Optimiser steps skipped for a non-finite loss or gradient (`training.on_nonfinite =
+/// "skip"`), by epoch: the training loop counts them, the metrics log reports them.
+#[derive(Clone, Debug, Default)]
+pub struct SkippedSteps(Arc<Mutex<BTreeMap<usize, usize>>>);
+
+impl SkippedSteps {
+    /// One more step of epoch `epoch` skipped.
+    pub fn count(&self, epoch: usize) {
+        *self.0.lock().expect("skips lock").entry(epoch).or_default() += 1;
+    }
+
+    /// The steps of epoch `epoch` skipped.
+    pub fn of_epoch(&self, epoch: usize) -> usize {
+        self.0
+            .lock()
+            .expect("skips lock")
+            .get(&epoch)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 /// How a training step turns a loss into gradients.
 #[derive(Clone, Copy, Debug)]
 pub struct GradientStep {
-    /// Multiplies the loss before backward: `1 / grad_accumulation`, so that burn-train's
-    /// summed micro-batch gradients are the mean gradient of the whole batch.
+    /// Multiplies the loss before backward: `1 / grad_accumulation`, so that the micro-batch
+    /// gradients the training loop sums are the mean gradient of the whole batch.
     pub loss_scale: f32,
-    /// Clip the global gradient norm to this (0 = off). burn-train sums micro-batch gradients
-    /// outside the step, so with gradient accumulation each micro-batch is clipped on its own.
-    pub grad_clip: f32,
 }
 
 impl GradientStep {
-    /// The recipe's accumulation and clipping.
+    /// The recipe's accumulation.
     pub fn of(recipe: &Recipe) -> Self {
-        Self::new(
-            recipe.training.grad_accumulation,
-            recipe.optimizer.grad_clip,
-        )
+        Self::new(recipe.training.grad_accumulation)
     }
 
-    /// One micro-batch in `grad_accumulation`, clipped to `grad_clip` (0: not clipped).
-    pub fn new(grad_accumulation: usize, grad_clip: f64) -> Self {
+    /// One micro-batch in `grad_accumulation`.
+    pub fn new(grad_accumulation: usize) -> Self {
         Self {
             loss_scale: 1.0 / grad_accumulation as f32,
-            grad_clip: grad_clip as f32,
         }
     }
 
@@ -48,7 +94,7 @@ impl GradientStep {
     /// and `output` with its loss detached.
     pub fn output<M: Module, O: StepOutput>(&self, module: &M, mut output: O) -> TrainOutput<O> {
         let loss = output.loss_mut();
-        let grads = gradients(module, loss, self.loss_scale, self.grad_clip);
+        let grads = gradients(module, loss, self.loss_scale);
         *loss = loss.clone().detach();
         TrainOutput {
             grads,
@@ -57,29 +103,19 @@ impl GradientStep {
     }
 }
 
-/// The gradients of `loss * loss_scale` with respect to `module`'s parameters, their global
-/// norm clipped to `grad_clip` (0: not clipped).
-pub fn gradients<M: Module>(
-    module: &M,
-    loss: &Tensor<1>,
-    loss_scale: f32,
-    grad_clip: f32,
-) -> GradientsParams {
+/// The gradients of `loss * loss_scale` with respect to `module`'s parameters.
+pub fn gradients<M: Module>(module: &M, loss: &Tensor<1>, loss_scale: f32) -> GradientsParams {
     let scaled = if loss_scale == 1.0 {
         loss.clone()
     } else {
         loss.clone() * loss_scale
     };
-    let mut grads = GradientsParams::from_grads(scaled.backward(), module);
-    if grad_clip > 0.0 {
-        clip_global_norm(module, &mut grads, grad_clip);
-    }
-    grads
+    GradientsParams::from_grads(scaled.backward(), module)
 }
 
-/// Scales every gradient by `min(1, max_norm / ‖g‖)`, where `‖g‖` is the norm of all gradients
-/// together (PyTorch's `clip_grad_norm_`). Burn's own clipping works per parameter tensor.
-pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) {
+/// The squared norm of all of `module`'s gradients together, on the device (`None`: no
+/// parameter has a gradient). Not finite exactly when some gradient is not (or overflows).
+pub fn squared_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         total: Option<Tensor<1>>,
@@ -95,6 +131,19 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
             }
         }
     }
+    let mut sum = SumSquares { grads, total: None };
+    module.visit(&mut sum);
+    sum.total
+}
+
+/// Scales every gradient by `min(1, max_norm / ‖g‖)`, given `‖g‖²` (PyTorch's
+/// `clip_grad_norm_`). Burn's own clipping works per parameter tensor.
+pub fn clip_to_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    squared_norm: Tensor<1>,
+    max_norm: f32,
+) {
     struct Scale<'a> {
         grads: &'a mut GradientsParams,
         factor: Tensor<1>,
@@ -107,13 +156,16 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
             }
         }
     }
-
-    let mut sum = SumSquares { grads, total: None };
-    module.visit(&mut sum);
-    let Some(total) = sum.total else { return };
     // Stays on the device: no read-back, so clipping does not stall the step.
-    let factor = (total.sqrt().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
+    let factor = (squared_norm.sqrt().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
     module.visit(&mut Scale { grads, factor });
+}
+
+/// Clips the global norm of `module`'s gradients to `max_norm` (see [`clip_to_norm`]).
+pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) {
+    if let Some(norm) = squared_norm(module, grads) {
+        clip_to_norm(module, grads, norm, max_norm);
+    }
 }
 
 #[cfg(test)]

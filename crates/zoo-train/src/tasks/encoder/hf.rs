@@ -60,7 +60,7 @@ pub fn load_hf_encoder(dir: &Path, dataset: &str, device: &Device) -> Result<Enc
 /// labels and its weights as the checkpoint of epoch 0.
 pub fn write_encoder_run(run: EncoderRun, hf_dir: &Path, out: &Path) -> Result<(), ZooError> {
     let config = ModelConfig::Bert(run.config.clone());
-    let module = Encoder::new(run.model, GradientStep::new(1, 0.0));
+    let module = Encoder::new(run.model, GradientStep::new(1));
     write_imported_run(out, hf_dir, &run.recipe, &config, &run.tokenizer, module)?;
     if !run.labels.is_empty() {
         let path = out.join(LABELS_FILE);

@@ -3,7 +3,7 @@
 //! metrics.
 
 use crate::runtime::metrics::LabelledBatch;
-use crate::runtime::step::{GradientStep, StepOutput};
+use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LossInput};
@@ -16,13 +16,16 @@ use zoo_bert::{BertModel, Predictions, Targets};
 pub struct Encoder {
     /// The encoder and its head.
     pub model: BertModel,
-    /// Accumulation and clipping.
+    /// The loss scale of gradient accumulation.
     #[module(skip)]
     step: GradientStep,
 }
 
+/// Each batch stands alone: nothing is carried.
+impl CarriedState for Encoder {}
+
 impl Encoder {
-    /// Wraps a model for training with `step`'s accumulation and clipping.
+    /// Wraps a model for training with `step`'s loss scale.
     pub fn new(model: BertModel, step: GradientStep) -> Self {
         Self { model, step }
     }

@@ -66,7 +66,7 @@ pub fn load_encoder_run(
     let model = load_checkpoint(
         run_dir,
         epoch,
-        Encoder::new(model, GradientStep::new(1, 0.0)),
+        Encoder::new(model, GradientStep::new(1)),
     )?;
     let labels = read_labels(run_dir)?;
     Ok(EncoderRun {

@@ -48,7 +48,7 @@ pub fn write_lm_run(run: LoadedRun, hf_dir: &Path, out: &Path) -> Result<(), Zoo
     let RunModel::Neural(model) = run.model else {
         unreachable!("imported language models are networks");
     };
-    let module = Lm::new(model, GradientStep::new(1, 0.0));
+    let module = Lm::new(model, GradientStep::new(1));
     write_imported_run(
         out,
         hf_dir,

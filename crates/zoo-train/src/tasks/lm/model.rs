@@ -4,12 +4,14 @@
 
 use crate::models::ModelConfig;
 use crate::runtime::metrics::TokenLoss;
-use crate::runtime::step::{GradientStep, StepOutput};
+use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
+use burn::tensor::TensorData;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use zoo_blocks::{RecurrentState, Sampler};
 use zoo_gpt::Gpt;
@@ -78,7 +80,7 @@ impl LmModel {
 pub struct Lm {
     /// The model.
     pub model: LmModel,
-    /// Accumulation and clipping.
+    /// The loss scale of gradient accumulation.
     #[module(skip)]
     step: GradientStep,
     /// A recurrent model's state between windows, kept apart for training and validation.
@@ -110,13 +112,36 @@ impl StateCarry {
 }
 
 impl Lm {
-    /// Wraps a model for training with `step`'s accumulation and clipping.
+    /// Wraps a model for training with `step`'s loss scale.
     pub fn new(model: LmModel, step: GradientStep) -> Self {
         Self {
             model,
             step,
             carry: StateCarry::default(),
         }
+    }
+}
+
+impl CarriedState for Lm {
+    fn carried(&self) -> Vec<(String, TensorData)> {
+        let slot = self.carry.train.lock().expect("state lock");
+        slot.as_ref().map(RnnLm::state_tensors).unwrap_or_default()
+    }
+
+    fn carry_on(
+        &self,
+        tensors: BTreeMap<String, TensorData>,
+        device: &Device,
+    ) -> Result<(), String> {
+        let LmModel::Rnn(rnn) = &self.model else {
+            return match tensors.into_keys().next() {
+                Some(name) => Err(format!("{name}: a GPT carries no state")),
+                None => Ok(()),
+            };
+        };
+        let state = rnn.state_from_tensors(tensors, device)?;
+        *self.carry.train.lock().expect("state lock") = Some(state);
+        Ok(())
     }
 }
 

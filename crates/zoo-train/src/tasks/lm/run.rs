@@ -116,7 +116,7 @@ pub fn load_run(
     }
     let epoch = select_checkpoint(run_dir, epoch)?;
     let model = LmModel::init(&config, device).map_err(run_error)?;
-    let model = load_checkpoint(run_dir, epoch, Lm::new(model, GradientStep::new(1, 0.0)))?;
+    let model = load_checkpoint(run_dir, epoch, Lm::new(model, GradientStep::new(1)))?;
     let steps = steps_at_epoch(run_dir, epoch).unwrap_or(epoch * recipe.training.eval_interval);
     Ok(LoadedRun {
         recipe,

@@ -4,7 +4,7 @@
 
 use crate::recipe::Recipe;
 use crate::runtime::metrics::LabelledBatch;
-use crate::runtime::step::{GradientStep, StepOutput};
+use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
 use crate::tasks::seq2seq::data::Seq2SeqBatch;
 use burn::module::Module;
 use burn::prelude::*;
@@ -19,13 +19,16 @@ use zoo_seq2seq::Seq2Seq;
 pub struct Seq2SeqTrainer {
     /// The model.
     pub model: Seq2Seq,
-    /// Accumulation and clipping.
+    /// The loss scale of gradient accumulation.
     #[module(skip)]
     step: GradientStep,
     /// Label smoothing of the target cross-entropy.
     #[module(skip)]
     label_smoothing: f64,
 }
+
+/// Each batch stands alone: nothing is carried.
+impl CarriedState for Seq2SeqTrainer {}
 
 impl Seq2SeqTrainer {
     /// Wraps a model for training.

@@ -1,0 +1,295 @@
+//! The training loop: burn-train's single-device loop (a training pass, a validation, a
+//! checkpoint, epoch after epoch), with what a run needs to survive anything:
+//!
+//! - **Randomness is a function of the step.** Before each micro-batch the device's generator
+//!   is seeded from `(seed, micro-batch number)`, so the dropout masks of step 1,000 are the
+//!   same whether the process started at step 0 or resumed at step 900. (Batches, masks and
+//!   orders are drawn from `(seed, number)` by the batch sources already.)
+//! - **Gradient accumulation sums, then clips once.** The micro-batch gradients of a step are
+//!   summed and the global norm of the sum is clipped, as PyTorch and nanoGPT do; burn-train's
+//!   own loop applies whatever each step hands it.
+//! - **A non-finite step is caught before it is applied.** The step's loss and gradient norm
+//!   are read back (one read per optimiser step); when either is NaN or infinite the run stops
+//!   there with an error naming the step and the value, or, with `training.on_nonfinite =
+//!   "skip"`, leaves weights and optimiser as they were and counts the skip.
+//! - **Checkpoints keep what the model carries** (a recurrent model's state between windows)
+//!   and old ones go only once a newer one is complete.
+
+use crate::recipe::{OnNonFinite, Recipe};
+use crate::runtime::data::stream;
+use crate::runtime::run_dir::{CheckpointRule, prune_checkpoints, save_carried};
+use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput, clip_to_norm, squared_norm};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::train::{
+    EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent, LearnerModel,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainStep,
+    TrainingComponents, TrainingItem, ValidLoader,
+};
+use rand::Rng;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The stream the device's generator is seeded from before each micro-batch (dropout).
+const DEVICE_STREAM: u64 = 0x64726f70; // "drop"
+
+/// burn-train's training strategy for every zoo run; see the module docs.
+pub struct TrainingLoop {
+    /// The autodiff device training runs on.
+    device: Device,
+    seed: u64,
+    /// Micro-batches per optimiser step.
+    micro_batches: usize,
+    /// Optimiser steps per burn-train epoch (the last epoch of a run may have fewer).
+    steps_per_epoch: usize,
+    /// Global gradient norm clipping (0: off).
+    grad_clip: f32,
+    on_nonfinite: OnNonFinite,
+    run_dir: PathBuf,
+    checkpoints: CheckpointRule,
+    skipped: SkippedSteps,
+    /// Why the loop stopped the run, if it did.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl TrainingLoop {
+    /// The loop of `recipe`'s run in `run_dir`, on the autodiff `device`, `steps_per_epoch`
+    /// optimiser steps to an epoch, checkpointing by `checkpoints`, counting skipped steps in
+    /// `skipped`.
+    pub fn new(
+        recipe: &Recipe,
+        device: &Device,
+        run_dir: PathBuf,
+        steps_per_epoch: usize,
+        checkpoints: CheckpointRule,
+        skipped: SkippedSteps,
+    ) -> Self {
+        Self {
+            device: device.clone(),
+            seed: recipe.seed,
+            micro_batches: recipe.training.grad_accumulation,
+            steps_per_epoch,
+            grad_clip: recipe.optimizer.grad_clip as f32,
+            on_nonfinite: recipe.training.on_nonfinite,
+            run_dir,
+            checkpoints,
+            skipped,
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Where the loop says why it stopped the run (read it once training has returned).
+    pub fn failure(&self) -> Arc<Mutex<Option<String>>> {
+        self.failure.clone()
+    }
+
+    /// Seeds the device's generator for micro-batch `number` of the run (0-based).
+    fn seed_micro_batch(&self, number: usize) {
+        let seed = stream(self.seed, DEVICE_STREAM, number as u64).random::<u64>();
+        self.device.seed(seed);
+    }
+
+    /// Applies one optimiser step's summed `grads`, whose micro-batch losses sum to `loss`:
+    /// checked, clipped, then handed to the optimiser. `Err` stops the run.
+    fn apply<M: LearnerModel>(
+        &self,
+        learner: &mut Learner<M>,
+        mut grads: GradientsParams,
+        loss: Tensor<1>,
+        step: usize,
+        epoch: usize,
+    ) -> Result<(), String> {
+        let model = learner.model();
+        let norm = squared_norm(&model, &grads).unwrap_or_else(|| loss.zeros_like());
+        let read = Tensor::cat(vec![loss, norm.clone()], 0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .map_err(|e| format!("step {step}: the loss cannot be read back: {e:?}"))?;
+        let (loss, norm_value) = (read[0] / self.micro_batches as f64, read[1].sqrt());
+        if !(loss.is_finite() && norm_value.is_finite()) {
+            let what = if loss.is_finite() {
+                format!("the gradient norm is {norm_value} (loss {loss})")
+            } else {
+                format!("the loss is {loss}")
+            };
+            if self.on_nonfinite == OnNonFinite::Stop {
+                return Err(format!("step {step}: {what}"));
+            }
+            self.skipped.count(epoch);
+            // The step is spent: the schedule moves on as it would have.
+            learner.lr_step();
+            return Ok(());
+        }
+        if self.grad_clip > 0.0 {
+            clip_to_norm(&model, &mut grads, norm, self.grad_clip);
+        }
+        learner.lr_step();
+        learner.optimizer_step(grads);
+        Ok(())
+    }
+
+    /// One training pass: epoch `epoch`'s micro-batches, a step every `micro_batches`.
+    fn train_epoch<M>(
+        &self,
+        learner: &mut Learner<M>,
+        loader: &TrainLoader<M>,
+        epoch: usize,
+        processor: &mut SupervisedTrainingEventProcessor<M>,
+        interrupter: &Interrupter,
+    ) -> Result<(), String>
+    where
+        M: LearnerModel,
+        <M as TrainStep>::Output: StepOutput,
+    {
+        let first_micro_batch = (epoch - 1) * self.steps_per_epoch * self.micro_batches;
+        let mut iterator = loader.iter();
+        let mut accumulator = GradientsAccumulator::new();
+        let mut step_loss: Option<Tensor<1>> = None;
+        let mut iteration = 0;
+        while let Some(item) = iterator.next() {
+            let item = match item {
+                Ok(item) => item,
+                Err(err) => {
+                    interrupter.fail(err);
+                    return Ok(());
+                }
+            };
+            iteration += 1;
+            let progress = iterator.progress();
+            self.seed_micro_batch(first_micro_batch + iteration - 1);
+            let mut output = learner.train_step(item);
+            let loss = output.item.loss_mut().clone();
+            step_loss = Some(match step_loss.take() {
+                Some(sum) => sum + loss,
+                None => loss,
+            });
+            accumulator.accumulate(&learner.model(), output.grads);
+            if iteration.is_multiple_of(self.micro_batches) || progress.is_completed() {
+                let step = (epoch - 1) * self.steps_per_epoch + iteration.div_ceil(self.micro_batches);
+                let loss = step_loss.take().expect("a step has a micro-batch");
+                self.apply(learner, accumulator.grads(), loss, step, epoch)?;
+            }
+            let item = TrainingItem::new(
+                output.item,
+                progress,
+                Some(iteration),
+                Some(learner.lr_current()),
+            );
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+            if interrupter.should_stop() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One validation: the validation loader's batches through the model without autodiff.
+    fn valid_epoch<M: LearnerModel>(
+        &self,
+        learner: &Learner<M>,
+        loader: &ValidLoader<M>,
+        processor: &mut SupervisedTrainingEventProcessor<M>,
+        interrupter: &Interrupter,
+    ) {
+        let model = learner.model().valid();
+        let mut iterator = loader.iter();
+        let mut iteration = 0;
+        while let Some(item) = iterator.next() {
+            let item = match item {
+                Ok(item) => item,
+                Err(err) => {
+                    interrupter.fail(err);
+                    break;
+                }
+            };
+            iteration += 1;
+            let progress = iterator.progress();
+            let item = InferenceStep::step(&model, item);
+            let item = TrainingItem::new(item, progress, Some(iteration), None);
+            interrupter.fail_on_error(processor.process_valid(LearnerEvent::ProcessedItem(item)));
+            if interrupter.should_stop() {
+                break;
+            }
+        }
+    }
+}
+
+impl<M> SupervisedLearningStrategy<M> for TrainingLoop
+where
+    M: LearnerModel + CarriedState,
+    <M as TrainStep>::Output: StepOutput,
+{
+    fn fit(
+        &self,
+        components: TrainingComponents<M>,
+        mut learner: Learner<M>,
+        train_loader: TrainLoader<M>,
+        valid_loader: ValidLoader<M>,
+        starting_epoch: usize,
+    ) -> (M, SupervisedTrainingEventProcessor<M>) {
+        let train_loader = train_loader.to_device(&self.device);
+        let valid_loader = valid_loader.to_device(&self.device.clone().inner());
+        learner.fork(&self.device);
+        let TrainingComponents {
+            num_epochs,
+            mut checkpointer,
+            interrupter,
+            event_processor: mut processor,
+            event_store,
+            ..
+        } = components;
+        let fail = |message: String| {
+            *self.failure.lock().expect("failure lock") = Some(message.clone());
+            interrupter.stop(Some(&message));
+        };
+
+        for epoch in starting_epoch..=num_epochs {
+            let train_items = train_loader.num_items();
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::StartSplit {
+                epoch_number: epoch,
+                total_items: train_items,
+            }));
+            let trained =
+                self.train_epoch(&mut learner, &train_loader, epoch, &mut processor, &interrupter);
+            if let Err(message) = trained {
+                fail(message);
+                break;
+            }
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
+            if interrupter.should_stop() {
+                break;
+            }
+
+            interrupter.fail_on_error(processor.process_valid(LearnerEvent::StartSplit {
+                epoch_number: epoch,
+                total_items: valid_loader.num_items(),
+            }));
+            self.valid_epoch(&learner, &valid_loader, &mut processor, &interrupter);
+            interrupter.fail_on_error(processor.process_valid(LearnerEvent::EndSplit(epoch)));
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch)));
+            interrupter.fail_on_error(processor.flush());
+            if interrupter.should_stop() {
+                break;
+            }
+
+            if self.checkpoints.saves_at(epoch)
+                && let Some(checkpointer) = &mut checkpointer
+            {
+                // The carried state first: a checkpoint whose model file exists has it.
+                let saved = save_carried(&self.run_dir, epoch, &learner.model().carried())
+                    .and_then(|()| {
+                        checkpointer.checkpoint(&learner, epoch, &event_store);
+                        prune_checkpoints(&self.run_dir, self.checkpoints.keep)
+                    });
+                if let Err(e) = saved {
+                    fail(e.to_string());
+                    break;
+                }
+            }
+        }
+        // The checkpointer's writer threads finish their files before it is gone.
+        drop(checkpointer);
+        (learner.model(), processor)
+    }
+}
