@@ -1,18 +1,11 @@
 //! End-to-end tests of the `zoo` binary: train, interrupt, resume, evaluate, generate, and the
 //! errors a user can run into.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn zoo(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zoo"))
-        .args(args)
-        .current_dir(dir)
-        .env("ZOO_OFFLINE", "1")
-        .env_remove("BURN_DEVICE")
-        .output()
-        .expect("the zoo binary runs")
-}
 
 /// [`zoo`] with the Hugging Face cache at `hf_home`.
 fn zoo_with_hf_home(args: &[&str], dir: &Path, hf_home: &Path) -> Output {
@@ -25,21 +18,6 @@ fn zoo_with_hf_home(args: &[&str], dir: &Path, hf_home: &Path) -> Output {
         .env_remove("BURN_DEVICE")
         .output()
         .expect("the zoo binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A GPT small enough to train a few steps in seconds on the embedded corpus.
@@ -74,20 +52,6 @@ eval_batches = 2
 prompt = "Ada"
 tokens = 20
 "#;
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn val_losses(run: &Path) -> Vec<(u64, f64)> {
     metrics(run)
@@ -347,18 +311,6 @@ fn an_ngram_baseline_counts_evaluates_and_generates() {
     // Counting again into the same run directory is refused, not silently overwritten.
     let again = zoo(&["train", "kn.toml"], &dir);
     assert_clean_error(&again, 1, &["already holds a counted n-gram model"]);
-}
-
-fn assert_clean_error(o: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{err}"
-    );
-    for needle in needles {
-        assert!(err.contains(needle), "missing {needle:?} in: {err}");
-    }
 }
 
 #[test]

@@ -90,7 +90,8 @@ impl TrainingLoop {
     }
 
     /// Applies one optimiser step's summed `grads`, whose micro-batch losses sum to `loss`:
-    /// checked, clipped, then handed to the optimiser. `Err` stops the run.
+    /// checked, clipped, then handed to the optimiser at the step's learning rate (already
+    /// taken). `Err` stops the run.
     fn apply<M: LearnerModel>(
         &self,
         learner: &mut Learner<M>,
@@ -116,15 +117,13 @@ impl TrainingLoop {
             if self.on_nonfinite == OnNonFinite::Stop {
                 return Err(format!("step {step}: {what}"));
             }
+            // The step is spent (its learning rate taken): the schedule moves on as it would have.
             self.skipped.count(epoch);
-            // The step is spent: the schedule moves on as it would have.
-            learner.lr_step();
             return Ok(());
         }
         if self.grad_clip > 0.0 {
             clip_to_norm(&model, &mut grads, norm, self.grad_clip);
         }
-        learner.lr_step();
         learner.optimizer_step(grads);
         Ok(())
     }
@@ -146,7 +145,7 @@ impl TrainingLoop {
         let mut iterator = loader.iter();
         let mut accumulator = GradientsAccumulator::new();
         let mut step_loss: Option<Tensor<1>> = None;
-        let mut iteration = 0;
+        let mut iteration: usize = 0;
         while let Some(item) = iterator.next() {
             let item = match item {
                 Ok(item) => item,
@@ -157,6 +156,11 @@ impl TrainingLoop {
             };
             iteration += 1;
             let progress = iterator.progress();
+            if (iteration - 1).is_multiple_of(self.micro_batches) {
+                // The step's learning rate, taken at its first micro-batch so that every
+                // micro-batch reports the rate of its own step (a resumed run included).
+                learner.lr_step();
+            }
             self.seed_micro_batch(first_micro_batch + iteration - 1);
             let mut output = learner.train_step(item);
             let loss = output.item.loss_mut().clone();

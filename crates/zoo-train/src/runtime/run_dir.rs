@@ -14,8 +14,8 @@
 //! Tasks add their own files beside these (an n-gram model's counts, a classifier's labels, an
 //! encoder-decoder's target tokenizer and decoded scores).
 //!
-//! Every file is written whole or not at all ([`write_run_file`], [`AtomicCheckpointer`]): a
-//! kill or a full disk leaves the previous version, never a torn one. A checkpoint is complete
+//! Every file is written whole or not at all ([`write_run_file`]; burn-pack does the same for
+//! checkpoints): a kill or a full disk leaves the previous version, never a torn one. A checkpoint is complete
 //! when its model, optimiser and scheduler files are all there; older ones are deleted only
 //! once a newer one is complete ([`prune_checkpoints`]).
 
@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use zoo_blocks::hf::HfTensors;
 use zoo_text::ZooTokenizer;
-use zoo_text::files::{TEMPORARY_SUFFIX, replace_atomically, write_atomically};
+use zoo_text::files::{TEMPORARY_SUFFIX, write_atomically};
 
 /// The resolved recipe.
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -75,9 +75,11 @@ impl CheckpointingStrategy for SaveWhenAsked {
     }
 }
 
-/// burn-train's file checkpointer, writing each file atomically: `KIND-EPOCH.bpk` in the run's
-/// checkpoint directory appears whole or not at all. A write that fails (a full disk, a
-/// read-only directory) is an error naming the file, and the files already there are kept.
+/// burn-train's file checkpointer, whose errors name the file: `KIND-EPOCH.bpk` in the run's
+/// checkpoint directory. burn-pack writes each file atomically (a scratch file beside it,
+/// flushed to the disk, renamed over it), so a kill or a full disk leaves the file whole or
+/// absent; a write that fails (a full disk, a read-only directory) keeps the files already
+/// there.
 pub struct AtomicCheckpointer {
     dir: PathBuf,
     kind: &'static str,
@@ -100,17 +102,10 @@ impl AtomicCheckpointer {
 impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
     fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
         let path = self.path(epoch);
-        std::fs::create_dir_all(&self.dir)
-            .and_then(|()| {
-                replace_atomically(&path, |temporary| {
-                    record
-                        .save(temporary.to_path_buf())
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                })
-            })
-            .map_err(|e| {
-                CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()))
-            })
+        let cannot =
+            |e: String| CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()));
+        std::fs::create_dir_all(&self.dir).map_err(|e| cannot(e.to_string()))?;
+        record.save(path.clone()).map_err(|e| cannot(e.to_string()))
     }
 
     fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
@@ -159,14 +154,16 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<(), ZooError> {
     Ok(())
 }
 
-/// Removes the temporary files a killed writer left in the checkpoint directory (they are
-/// never read: the rename that would have made them a checkpoint did not happen).
+/// Removes the scratch files a killed writer left in the checkpoint directory: ours
+/// (`*.partial`) and burn-pack's (`*.tmp`). They are never read: the rename that would have
+/// made them a checkpoint did not happen.
 pub fn remove_partial_files(run_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINT_DIR)) else {
         return;
     };
     for entry in entries.filter_map(|e| e.ok()) {
-        if entry.file_name().to_string_lossy().ends_with(TEMPORARY_SUFFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(TEMPORARY_SUFFIX) || name.ends_with(".tmp") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -460,12 +457,8 @@ pub fn save_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Re
     let dir = run_dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| ZooError::io(&dir, e))?;
     let path = model_checkpoint(run_dir, epoch);
-    replace_atomically(&path, |temporary| {
-        module
-            .save_file(temporary)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(|e| ZooError::io(&path, e))
+    // burn-pack writes the file atomically.
+    module.save_file(&path).map_err(|e| ZooError::io(&path, e))
 }
 
 /// The recipe of a model imported from a Hugging Face directory: `task`, its `config`, its own

@@ -441,13 +441,10 @@ impl ZooOps for Flex {
         let [xs, gamma, mean, rstd, dy] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
         let d = gamma.len();
         let mut dx = vec![0.0f32; xs.len()];
-        // Each chunk of rows sums its own share of dgamma and dbeta; the shares add up after.
-        let add = |(mut g, mut b): (Vec<f32>, Vec<f32>), (g2, b2): (Vec<f32>, Vec<f32>)| {
-            g.iter_mut().zip(g2).for_each(|(g, g2)| *g += g2);
-            b.iter_mut().zip(b2).for_each(|(b, b2)| *b += b2);
-            (g, b)
-        };
-        let (dgamma, dbeta) = dx
+        // Each chunk of rows sums its own share of dgamma and dbeta; the shares add up after,
+        // in chunk order. (Not with rayon's `reduce`: its tree follows how the work happened to
+        // be split between threads, so float sums, and a resumed run, would differ run to run.)
+        let shares: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(d * ROWS)
             .zip(xs.par_chunks(d * ROWS).zip(dy.par_chunks(d * ROWS)))
             .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
@@ -460,7 +457,12 @@ impl ZooOps for Flex {
                 }
                 (dgamma, dbeta)
             })
-            .reduce(|| (vec![0.0; d], vec![0.0; d]), add);
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for (g, b) in shares {
+            dgamma.iter_mut().zip(g).for_each(|(total, g)| *total += g);
+            dbeta.iter_mut().zip(b).for_each(|(total, b)| *total += b);
+        }
         (
             from_f32(dx, x.layout().shape().clone()),
             from_f32(dgamma, [d].into()),

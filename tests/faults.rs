@@ -1,0 +1,271 @@
+//! End-to-end tests of runs that meet faults: killed at random moments and resumed, stopped by
+//! a non-finite loss, resumed past a damaged checkpoint.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A GPT with dropout, two micro-batches per step, and gradient clipping.
+const GPT: &str = r#"
+seed = 7
+[model]
+preset = "gpt-nano"
+n_layer = 2
+block_size = 32
+dropout = 0.1
+[tokenizer]
+kind = "char"
+[data]
+dataset = "embedded"
+[optimizer]
+lr = 3e-3
+grad_clip = 0.5
+[schedule]
+kind = "warmup-cosine"
+warmup_steps = 4
+[training]
+batch_size = 8
+grad_accumulation = 2
+steps = 120
+eval_interval = 6
+eval_batches = 2
+"#;
+
+/// An LSTM with dropout whose state carries from one window to the next.
+const RNN: &str = r#"
+seed = 7
+[model]
+arch = "rnn"
+preset = "lstm-small"
+d_hidden = 48
+dropout = 0.2
+[tokenizer]
+kind = "char"
+[data]
+dataset = "embedded"
+[optimizer]
+kind = "sgd"
+lr = 1.0
+weight_decay = 0.0
+grad_clip = 0.5
+[training]
+batch_size = 8
+bptt = 16
+steps = 240
+eval_interval = 15
+"#;
+
+/// A BERT pretrained with masks, with dropout; the tokenizer is a file so that every run reads
+/// the same one (WordPiece training breaks frequency ties in hash order).
+const MLM: &str = r#"
+seed = 11
+task = "masked-lm"
+[model]
+arch = "bert"
+preset = "bert-tiny"
+n_layer = 2
+d_model = 32
+max_len = 128
+dropout = 0.1
+[tokenizer]
+kind = "file"
+path = "tokenizer.json"
+[data]
+dataset = "embedded"
+[optimizer]
+lr = 2e-3
+[training]
+batch_size = 16
+steps = 100
+eval_interval = 5
+eval_batches = 2
+seq_len = 32
+"#;
+
+/// The pretrained BERT fine-tuned to classify, with dropout.
+const FINETUNE: &str = r#"
+seed = 12
+task = "classification"
+init_from = "pretrained"
+[model]
+arch = "bert"
+preset = "bert-tiny"
+n_layer = 2
+d_model = 32
+max_len = 128
+dropout = 0.1
+[data]
+dataset = "embedded-sums"
+[optimizer]
+lr = 2e-3
+[training]
+batch_size = 32
+steps = 60
+eval_interval = 4
+seq_len = 32
+"#;
+
+/// A transformer encoder-decoder with dropout.
+const SEQ2SEQ: &str = r#"
+seed = 5
+task = "translation"
+[model]
+arch = "transformer"
+preset = "transformer-tiny"
+max_len = 32
+d_model = 32
+d_ff = 48
+dropout = 0.1
+[tokenizer]
+kind = "word"
+vocab_size = 64
+[data]
+dataset = "synthetic-reverse"
+[training]
+batch_size = 16
+steps = 160
+eval_interval = 8
+eval_batches = 2
+seq_len = 16
+"#;
+
+/// Uniform numbers in [0, 1) from `state` (xorshift64*).
+fn uniform(state: &mut u64) -> f64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Trains `recipe` as run `run`, killing the process with SIGKILL up to four times, each at a
+/// moment drawn from `seed` within the first half of `duration` (how long an uninterrupted run
+/// takes) after it started, resuming after each kill, then lets it finish. Returns how many
+/// kills landed before the run had finished.
+fn train_with_kills(dir: &Path, recipe: &str, run: &str, duration: Duration, seed: u64) -> usize {
+    let mut state = seed;
+    let mut landed = 0;
+    for attempt in 0..4 {
+        let wait = duration.mul_f64(0.05 + 0.45 * uniform(&mut state));
+        let mut args = vec!["train", recipe, "--run-dir", run];
+        if attempt > 0 {
+            args.push("--resume");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
+            .args(&args)
+            .current_dir(dir)
+            .env("ZOO_OFFLINE", "1")
+            .env_remove("BURN_DEVICE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(wait);
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        landed += 1;
+    }
+    if !dir.join(run).join("summary.json").exists() {
+        let finished = zoo(&["train", recipe, "--run-dir", run, "--resume"], dir);
+        assert!(finished.status.success(), "{}", stderr(&finished));
+    }
+    landed
+}
+
+/// Every tensor of a checkpoint file by name, as bytes (parameter ids, which differ from run to
+/// run, left out).
+fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let reader = burn_pack::Reader::from_file(path).unwrap();
+    reader
+        .tensor_names()
+        .into_iter()
+        .map(|name| (name.to_string(), reader.tensor_data(name).unwrap()))
+        .collect()
+}
+
+/// The run's last checkpoint epoch.
+fn last_epoch(run: &Path) -> usize {
+    std::fs::read_dir(run.join("checkpoint"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+/// The metrics log without wall times.
+fn metrics_without_time(run: &Path) -> Vec<serde_json::Value> {
+    metrics(run)
+        .into_iter()
+        .map(|mut line| {
+            line.as_object_mut().unwrap().remove("elapsed_s");
+            line
+        })
+        .collect()
+}
+
+/// Trains `recipe` uninterrupted and again under kills, and checks both end with the same
+/// weights, bit for bit, and the same metrics log. Returns the kills that landed.
+fn killed_run_matches(dir: &Path, recipe: &str, seed: u64) -> usize {
+    let name = recipe.trim_end_matches(".toml");
+    let (whole, killed) = (format!("{name}-whole"), format!("{name}-killed"));
+    let started = Instant::now();
+    let out = zoo(&["train", recipe, "--run-dir", &whole], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let landed = train_with_kills(dir, recipe, &killed, started.elapsed(), seed);
+
+    let (whole, killed) = (dir.join(whole), dir.join(killed));
+    let epoch = last_epoch(&whole);
+    assert_eq!(last_epoch(&killed), epoch);
+    let file = format!("checkpoint/model-{epoch}.bpk");
+    let (a, b) = (tensors(&whole.join(&file)), tensors(&killed.join(&file)));
+    assert_eq!(a.len(), b.len());
+    for (name, bytes) in &a {
+        assert!(b[name] == *bytes, "{recipe}: {name} differs after {landed} kills");
+    }
+    assert_eq!(
+        metrics_without_time(&whole),
+        metrics_without_time(&killed),
+        "{recipe}: the metrics logs differ after {landed} kills"
+    );
+    landed
+}
+
+#[test]
+fn every_family_killed_at_random_moments_resumes_to_the_same_weights() {
+    let dir = scratch("kills");
+    write(&dir, "gpt.toml", GPT);
+    write(&dir, "rnn.toml", RNN);
+    write(&dir, "seq2seq.toml", SEQ2SEQ);
+    // The tokenizer the masked-LM runs share, and the encoder fine-tuning starts from.
+    write(&dir, "mlm.toml", MLM);
+    let pretrain = MLM.replace(
+        "kind = \"file\"\npath = \"tokenizer.json\"",
+        "kind = \"wordpiece\"\nvocab_size = 300",
+    );
+    write(&dir, "pretrain.toml", &pretrain.replace("steps = 100", "steps = 10"));
+    let out = zoo(&["train", "pretrain.toml", "--run-dir", "pretrained"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(dir.join("pretrained/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    write(&dir, "finetune.toml", FINETUNE);
+
+    let mut landed = Vec::new();
+    for (i, recipe) in ["gpt.toml", "rnn.toml", "mlm.toml", "finetune.toml", "seq2seq.toml"]
+        .into_iter()
+        .enumerate()
+    {
+        landed.push((recipe, killed_run_matches(&dir, recipe, 0x5eed + i as u64)));
+    }
+    // Kills that land while the run trains are the point of the test.
+    println!("kills that landed: {landed:?}");
+    assert!(landed.iter().all(|(_, n)| *n >= 2), "too few kills landed: {landed:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
