@@ -195,7 +195,10 @@ fn last_epoch(run: &Path) -> usize {
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
         })
         .max()
         .unwrap()
@@ -229,7 +232,10 @@ fn killed_run_matches(dir: &Path, recipe: &str, seed: u64) -> usize {
     let (a, b) = (tensors(&whole.join(&file)), tensors(&killed.join(&file)));
     assert_eq!(a.len(), b.len());
     for (name, bytes) in &a {
-        assert!(b[name] == *bytes, "{recipe}: {name} differs after {landed} kills");
+        assert!(
+            b[name] == *bytes,
+            "{recipe}: {name} differs after {landed} kills"
+        );
     }
     assert_eq!(
         metrics_without_time(&whole),
@@ -251,21 +257,306 @@ fn every_family_killed_at_random_moments_resumes_to_the_same_weights() {
         "kind = \"file\"\npath = \"tokenizer.json\"",
         "kind = \"wordpiece\"\nvocab_size = 300",
     );
-    write(&dir, "pretrain.toml", &pretrain.replace("steps = 100", "steps = 10"));
+    write(
+        &dir,
+        "pretrain.toml",
+        &pretrain.replace("steps = 100", "steps = 10"),
+    );
     let out = zoo(&["train", "pretrain.toml", "--run-dir", "pretrained"], &dir);
     assert!(out.status.success(), "{}", stderr(&out));
-    std::fs::copy(dir.join("pretrained/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        dir.join("pretrained/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
     write(&dir, "finetune.toml", FINETUNE);
 
     let mut landed = Vec::new();
-    for (i, recipe) in ["gpt.toml", "rnn.toml", "mlm.toml", "finetune.toml", "seq2seq.toml"]
-        .into_iter()
-        .enumerate()
+    for (i, recipe) in [
+        "gpt.toml",
+        "rnn.toml",
+        "mlm.toml",
+        "finetune.toml",
+        "seq2seq.toml",
+    ]
+    .into_iter()
+    .enumerate()
     {
         landed.push((recipe, killed_run_matches(&dir, recipe, 0x5eed + i as u64)));
     }
     // Kills that land while the run trains are the point of the test.
     println!("kills that landed: {landed:?}");
-    assert!(landed.iter().all(|(_, n)| *n >= 2), "too few kills landed: {landed:?}");
+    assert!(
+        landed.iter().all(|(_, n)| *n >= 2),
+        "too few kills landed: {landed:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A GPT whose intervals are short enough to have checkpoints after a few steps.
+fn short_gpt(extra_training: &str) -> String {
+    GPT.replace(
+        "steps = 120\neval_interval = 6",
+        &format!("steps = 12\neval_interval = 2\nkeep_checkpoints = 3\n{extra_training}"),
+    )
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dir = scratch("nonfinite");
+    // A learning rate of 1e6 overflows the weights within a few steps.
+    let exploding =
+        short_gpt("").replace("lr = 3e-3\ngrad_clip = 0.5", "lr = 1e6\ngrad_clip = 0.0");
+    write(&dir, "boom.toml", &exploding);
+    let out = zoo(&["train", "boom.toml"], &dir);
+    assert_clean_error(&out, 1, &["step ", "is NaN", "on_nonfinite"]);
+    let message = stderr(&out);
+    let step: usize = message
+        .split("step ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in: {message}"));
+    // The checkpoint of the last interval before the bad step is kept; none after it exists.
+    let run = dir.join("runs/boom");
+    let last_good = (step - 1) / 2;
+    for epoch in 1..=6 {
+        let exists = run.join(format!("checkpoint/model-{epoch}.bpk")).exists();
+        if epoch == last_good {
+            assert!(exists, "no checkpoint of epoch {epoch} before step {step}");
+        }
+        assert!(
+            !(exists && epoch > last_good),
+            "epoch {epoch} after step {step}"
+        );
+    }
+    assert!(!run.join("summary.json").exists());
+
+    // Skipping instead: the run ends, and the metrics log counts the skipped steps.
+    write(
+        &dir,
+        "skip.toml",
+        &exploding.replace("[training]", "[training]\non_nonfinite = \"skip\""),
+    );
+    let out = zoo(&["train", "skip.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let skipped: u64 = metrics(&dir.join("runs/skip"))
+        .iter()
+        .filter(|line| line["split"] == "train")
+        .map(|line| line["skipped"].as_u64().unwrap())
+        .sum();
+    assert!(skipped > 0 && skipped <= 12, "{skipped}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before() {
+    let dir = scratch("damaged");
+    write(&dir, "gpt.toml", &short_gpt(""));
+    for run in ["whole", "damaged"] {
+        let out = zoo(&["train", "gpt.toml", "--run-dir", run], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // A torn last checkpoint: the run is complete, but its newest model file is cut short.
+    let newest = dir.join("damaged/checkpoint/model-6.bpk");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let out = zoo(
+        &["train", "gpt.toml", "--run-dir", "damaged", "--resume"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warning = stderr(&out);
+    assert!(
+        warning.contains("warning: checkpoint")
+            && warning.contains("model-6.bpk")
+            && warning.contains("resumes from epoch 5"),
+        "{warning}"
+    );
+    assert!(dir.join("damaged/checkpoint/model-6.bpk.damaged").exists());
+    // Redoing the last interval from epoch 5 ends where the run had ended.
+    let file = "checkpoint/model-6.bpk";
+    assert_eq!(
+        tensors(&dir.join("whole").join(file)),
+        tensors(&dir.join("damaged").join(file))
+    );
+    assert_eq!(
+        metrics_without_time(&dir.join("whole")),
+        metrics_without_time(&dir.join("damaged"))
+    );
+
+    // With no loadable checkpoint left the error names the newest, and nothing is renamed.
+    write(
+        &dir,
+        "one.toml",
+        &short_gpt("").replace("steps = 12", "steps = 2"),
+    );
+    let out = zoo(&["train", "one.toml", "--run-dir", "one"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(dir.join("one/checkpoint/optim-1.bpk"), b"not a burnpack").unwrap();
+    let out = zoo(&["train", "one.toml", "--run-dir", "one", "--resume"], &dir);
+    assert_clean_error(&out, 1, &["optim-1.bpk", "no earlier checkpoint"]);
+    assert!(dir.join("one/checkpoint/optim-1.bpk").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_stop_inside_an_interval_resumes_to_the_uninterrupted_run() {
+    let dir = scratch("midstop");
+    write(&dir, "gpt.toml", &short_gpt(""));
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "whole"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = zoo(
+        &[
+            "train",
+            "gpt.toml",
+            "--run-dir",
+            "stopped",
+            "--stop-after-steps",
+            "5",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("stopping at step 6"),
+        "{}",
+        stdout(&out)
+    );
+    let out = zoo(
+        &["train", "gpt.toml", "--run-dir", "stopped", "--resume"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = "checkpoint/model-6.bpk";
+    assert_eq!(
+        tensors(&dir.join("whole").join(file)),
+        tensors(&dir.join("stopped").join(file))
+    );
+    assert_eq!(
+        metrics_without_time(&dir.join("whole")),
+        metrics_without_time(&dir.join("stopped"))
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs `zoo args` in `dir` under a shell `limits` line (`ulimit -f 64`), with SIGXFSZ ignored
+/// so that an oversized write fails with an error rather than killing the process.
+fn zoo_limited(limits: &str, args: &[&str], dir: &Path) -> std::process::Output {
+    let command = format!("trap '' XFSZ; {limits}; exec \"$0\" \"$@\"");
+    Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .arg(env!("CARGO_BIN_EXE_zoo"))
+        .args(args)
+        .current_dir(dir)
+        .env("ZOO_OFFLINE", "1")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_run_resumes_once_there_is_room() {
+    let dir = scratch("fulldisk");
+    write(&dir, "gpt.toml", &short_gpt(""));
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "whole"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = zoo(
+        &[
+            "train",
+            "gpt.toml",
+            "--run-dir",
+            "full",
+            "--stop-after-steps",
+            "4",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Files may grow to 64 KiB: the recipe and the metrics log fit, a checkpoint does not.
+    let out = zoo_limited(
+        "ulimit -f 64",
+        &["train", "gpt.toml", "--run-dir", "full", "--resume"],
+        &dir,
+    );
+    // Whichever of the epoch's files was written first is the one named.
+    assert_clean_error(&out, 1, &["-3.bpk", "cannot be written", "File too large"]);
+    // Nothing written before is lost: the run resumes from epoch 2 and ends as it would have.
+    let out = zoo(
+        &["train", "gpt.toml", "--run-dir", "full", "--resume"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = "checkpoint/model-6.bpk";
+    assert_eq!(
+        tensors(&dir.join("whole").join(file)),
+        tensors(&dir.join("full").join(file))
+    );
+    assert_eq!(
+        metrics_without_time(&dir.join("whole")),
+        metrics_without_time(&dir.join("full"))
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_read_only_run_directory_is_a_clear_error_and_keeps_its_files() {
+    let dir = scratch("readonly");
+    write(&dir, "gpt.toml", &short_gpt(""));
+    let out = zoo(
+        &[
+            "train",
+            "gpt.toml",
+            "--run-dir",
+            "ro",
+            "--stop-after-steps",
+            "4",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checkpoints = dir.join("ro/checkpoint");
+    let before: BTreeMap<String, Vec<u8>> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    // Read-only even for root: the immutable attribute (ext4 and most Linux file systems).
+    let immutable = |on: bool| {
+        Command::new("chattr")
+            .arg(if on { "+i" } else { "-i" })
+            .arg(&checkpoints)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !immutable(true) {
+        eprintln!("chattr is not available here: the read-only case is not tried");
+        return;
+    }
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "ro", "--resume"], &dir);
+    assert!(immutable(false));
+    // Whichever of the epoch's files was written first is the one named.
+    assert_clean_error(
+        &out,
+        1,
+        &["-3.bpk", "cannot be written", "Operation not permitted"],
+    );
+    let after: BTreeMap<String, Vec<u8>> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(before, after);
     std::fs::remove_dir_all(dir).unwrap();
 }

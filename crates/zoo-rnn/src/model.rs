@@ -244,7 +244,11 @@ impl RnnLm {
                 return Err(format!(
                     "layer {i} is {:?}: its cell state is {}",
                     layer.kind(),
-                    if cell.is_some() { "unexpected" } else { "missing" }
+                    if cell.is_some() {
+                        "unexpected"
+                    } else {
+                        "missing"
+                    }
                 ));
             }
             state.push(RecurrentState { hidden, cell });
@@ -342,7 +346,10 @@ mod tests {
             let back = model.state_from_tensors(named.clone(), &device).unwrap();
             for (a, b) in state.iter().zip(&back) {
                 assert_eq!(a.hidden.to_data(), b.hidden.to_data());
-                assert_eq!(a.cell.as_ref().map(|c| c.to_data()), b.cell.as_ref().map(|c| c.to_data()));
+                assert_eq!(
+                    a.cell.as_ref().map(|c| c.to_data()),
+                    b.cell.as_ref().map(|c| c.to_data())
+                );
             }
             // Continuing from the restored state is continuing from the state itself.
             let next = ids(&[9, 12], &device);
@@ -351,7 +358,10 @@ mod tests {
             assert_eq!(a.to_data(), b.to_data());
 
             let mut wide = named.clone();
-            wide.insert("layer.1.hidden".into(), TensorData::new(vec![0f32; 9], [1, 9]));
+            wide.insert(
+                "layer.1.hidden".into(),
+                TensorData::new(vec![0f32; 9], [1, 9]),
+            );
             let e = model.state_from_tensors(wide, &device).unwrap_err();
             assert!(e.contains("layer.1.hidden has shape [1, 9]"), "{e}");
             let mut missing = named.clone();
@@ -359,7 +369,10 @@ mod tests {
             let e = model.state_from_tensors(missing, &device).unwrap_err();
             assert!(e.contains("layer.0.hidden is missing"), "{e}");
             let mut extra = named;
-            extra.insert("layer.2.hidden".into(), TensorData::new(vec![0f32; 8], [1, 8]));
+            extra.insert(
+                "layer.2.hidden".into(),
+                TensorData::new(vec![0f32; 8], [1, 8]),
+            );
             let e = model.state_from_tensors(extra, &device).unwrap_err();
             assert!(e.contains("layer.2.hidden belongs to no layer"), "{e}");
         }

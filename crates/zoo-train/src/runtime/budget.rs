@@ -93,7 +93,8 @@ impl Budget {
         // A stop inside an evaluation interval moves to its end: checkpoints are taken where
         // intervals end, and one there resumes exactly as if the run had never stopped.
         let total_steps = stop_after.map_or(self.total_steps, |s| {
-            s.next_multiple_of(self.steps_per_epoch).min(self.total_steps)
+            s.next_multiple_of(self.steps_per_epoch)
+                .min(self.total_steps)
         });
         let epochs = total_steps.div_ceil(self.steps_per_epoch);
         let start_epoch = resume_epoch.unwrap_or(0);

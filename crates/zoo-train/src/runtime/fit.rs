@@ -170,7 +170,8 @@ impl TrainingLoop {
             });
             accumulator.accumulate(&learner.model(), output.grads);
             if iteration.is_multiple_of(self.micro_batches) || progress.is_completed() {
-                let step = (epoch - 1) * self.steps_per_epoch + iteration.div_ceil(self.micro_batches);
+                let step =
+                    (epoch - 1) * self.steps_per_epoch + iteration.div_ceil(self.micro_batches);
                 let loss = step_loss.take().expect("a step has a micro-batch");
                 self.apply(learner, accumulator.grads(), loss, step, epoch)?;
             }
@@ -254,8 +255,13 @@ where
                 epoch_number: epoch,
                 total_items: train_items,
             }));
-            let trained =
-                self.train_epoch(&mut learner, &train_loader, epoch, &mut processor, &interrupter);
+            let trained = self.train_epoch(
+                &mut learner,
+                &train_loader,
+                epoch,
+                &mut processor,
+                &interrupter,
+            );
             if let Err(message) = trained {
                 fail(message);
                 break;
@@ -295,5 +301,120 @@ where
         // The checkpointer's writer threads finish their files before it is gone.
         drop(checkpointer);
         (learner.model(), processor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::step::GradientStep;
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Distribution;
+
+    #[derive(Module, Debug)]
+    struct Net {
+        a: Linear,
+        b: Linear,
+    }
+
+    struct Out(Tensor<1>);
+
+    impl StepOutput for Out {
+        fn loss_mut(&mut self) -> &mut Tensor<1> {
+            &mut self.0
+        }
+    }
+
+    /// The mean squared output of `net` over the rows of `x`.
+    fn loss(net: &Net, x: Tensor<2>) -> Out {
+        Out(net.b.forward(net.a.forward(x)).square().mean())
+    }
+
+    /// What the loop does with one step's micro-batches: gradients of losses scaled by 1/k,
+    /// summed, then the global norm of the sum clipped.
+    fn step_gradient(net: &Net, micro_batches: &[Tensor<2>], max_norm: f32) -> GradientsParams {
+        let step = GradientStep::new(micro_batches.len());
+        let mut accumulator = GradientsAccumulator::new();
+        for x in micro_batches {
+            accumulator.accumulate(net, step.output(net, loss(net, x.clone())).grads);
+        }
+        let mut grads = accumulator.grads();
+        let norm = squared_norm(net, &grads).unwrap();
+        clip_to_norm(net, &mut grads, norm, max_norm);
+        grads
+    }
+
+    fn values<const D: usize>(
+        grads: &GradientsParams,
+        param: &burn::module::Param<Tensor<D>>,
+    ) -> Vec<f32> {
+        grads
+            .get::<D>(param.id)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn accumulating_k_micro_batches_is_one_batch_k_times_larger_clipping_included() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let net = Net {
+            a: LinearConfig::new(5, 7).init(&device),
+            b: LinearConfig::new(7, 3).init(&device),
+        };
+        let x = Tensor::<2>::random([12, 5], Distribution::Normal(0.0, 3.0), &device);
+        let unclipped = step_gradient(&net, std::slice::from_ref(&x), f32::MAX);
+        let norm = squared_norm(&net, &unclipped)
+            .unwrap()
+            .into_scalar::<f32>()
+            .sqrt();
+        // Clipping must bite for the test to say something about it.
+        let max_norm = norm / 4.0;
+        let whole = step_gradient(&net, std::slice::from_ref(&x), max_norm);
+        for k in [2, 3, 4] {
+            let parts: Vec<Tensor<2>> = x.clone().chunk(k, 0);
+            let accumulated = step_gradient(&net, &parts, max_norm);
+            for layer in [&net.a, &net.b] {
+                let pairs = [
+                    (
+                        values(&whole, &layer.weight),
+                        values(&accumulated, &layer.weight),
+                    ),
+                    (
+                        values(&whole, layer.bias.as_ref().unwrap()),
+                        values(&accumulated, layer.bias.as_ref().unwrap()),
+                    ),
+                ];
+                for (a, b) in pairs {
+                    for (a, b) in a.iter().zip(&b) {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * (1.0 + a.abs()),
+                            "k = {k}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+        // Clipping each micro-batch on its own, as before, is not the same step.
+        let parts: Vec<Tensor<2>> = x.chunk(2, 0);
+        let mut per_micro = GradientsAccumulator::new();
+        for part in &parts {
+            let mut grads = GradientStep::new(2)
+                .output(&net, loss(&net, part.clone()))
+                .grads;
+            let norm = squared_norm(&net, &grads).unwrap();
+            clip_to_norm(&net, &mut grads, norm, max_norm);
+            per_micro.accumulate(&net, grads);
+        }
+        let per_micro = per_micro.grads();
+        let differs = values(&whole, &net.a.weight)
+            .iter()
+            .zip(values(&per_micro, &net.a.weight))
+            .any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + a.abs()));
+        assert!(differs, "the test data should tell the two apart");
     }
 }

@@ -151,7 +151,10 @@ impl MetricLogger for JsonlMetricLogger {
             line.insert(key, serde_json::json!(value));
         }
         if let (Some(skipped), "train") = (&self.skipped, line["split"].as_str().unwrap_or("")) {
-            line.insert("skipped".into(), skipped.of_epoch(summary.epoch_number).into());
+            line.insert(
+                "skipped".into(),
+                skipped.of_epoch(summary.epoch_number).into(),
+            );
         }
         let written = std::fs::OpenOptions::new()
             .create(true)

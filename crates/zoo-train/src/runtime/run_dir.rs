@@ -102,10 +102,18 @@ impl AtomicCheckpointer {
 impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
     fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
         let path = self.path(epoch);
-        let cannot =
-            |e: String| CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()));
+        let cannot = |e: String| {
+            CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()))
+        };
         std::fs::create_dir_all(&self.dir).map_err(|e| cannot(e.to_string()))?;
-        record.save(path.clone()).map_err(|e| cannot(e.to_string()))
+        record.save(path.clone()).map_err(|e| match e {
+            // burn-pack's message already says which file and why ("cannot create ...: No
+            // space left on device"); the layers of wrapping around it say nothing more.
+            CheckpointerError::Record(burn::store::RecordError::Io(message)) => {
+                cannot(message.trim_start_matches("I/O error: ").to_string())
+            }
+            other => cannot(other.to_string()),
+        })
     }
 
     fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
@@ -129,7 +137,11 @@ const CHECKPOINT_KINDS: [&str; 4] = ["model", "optim", "scheduler", "carry"];
 
 /// The file of `kind` in epoch `epoch`'s checkpoint.
 fn checkpoint_file(run_dir: &Path, kind: &str, epoch: usize) -> PathBuf {
-    let extension = if kind == "carry" { "safetensors" } else { "bpk" };
+    let extension = if kind == "carry" {
+        "safetensors"
+    } else {
+        "bpk"
+    };
     run_dir
         .join(CHECKPOINT_DIR)
         .join(format!("{kind}-{epoch}.{extension}"))
@@ -180,8 +192,8 @@ pub fn save_carried(
         return Ok(());
     }
     let path = checkpoint_file(run_dir, "carry", epoch);
-    let bytes = zoo_blocks::hf::safetensors_bytes(tensors)
-        .map_err(|message| ZooError::Checkpoint {
+    let bytes =
+        zoo_blocks::hf::safetensors_bytes(tensors).map_err(|message| ZooError::Checkpoint {
             path: path.clone(),
             message,
         })?;
@@ -555,7 +567,8 @@ pub fn write_hf_dir(
     };
     write_json(HF_CONFIG_FILE, config)?;
     write_json("tokenizer_config.json", tokenizer_config)?;
-    let weights = zoo_blocks::hf::safetensors_bytes(tensors).map_err(|e| ZooError::run_dir(out, e))?;
+    let weights =
+        zoo_blocks::hf::safetensors_bytes(tensors).map_err(|e| ZooError::run_dir(out, e))?;
     write_run_file(&out.join(HF_WEIGHTS_FILE), &weights)?;
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
     Ok(())

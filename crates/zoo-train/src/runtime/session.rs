@@ -8,8 +8,8 @@
 
 use crate::ZooError;
 use crate::models::ModelConfig;
-use crate::recipe::Recipe;
 use crate::recipe::OnNonFinite;
+use crate::recipe::Recipe;
 use crate::runtime::budget::{Budget, Plan, StepCost};
 use crate::runtime::data::{BatchSource, StepLoader};
 use crate::runtime::fit::TrainingLoop;

@@ -63,11 +63,7 @@ pub fn load_encoder_run(
     let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
     let epoch = select_checkpoint(run_dir, epoch)?;
     let model = config.init(bert_task(&recipe), device).map_err(run_error)?;
-    let model = load_checkpoint(
-        run_dir,
-        epoch,
-        Encoder::new(model, GradientStep::new(1)),
-    )?;
+    let model = load_checkpoint(run_dir, epoch, Encoder::new(model, GradientStep::new(1)))?;
     let labels = read_labels(run_dir)?;
     Ok(EncoderRun {
         recipe,
