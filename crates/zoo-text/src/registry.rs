@@ -383,20 +383,8 @@ impl DatasetRegistry {
             .ok_or_else(|| unknown_split(name, split, dataset.splits.keys()))?;
         let side = |language: &str| self.load_file(name, &format!("{}.{language}", part.file), dir);
         let (sources, targets) = (side(source)?, side(target)?);
-        let (sources, targets): (Vec<&str>, Vec<&str>) =
-            (sources.lines().collect(), targets.lines().collect());
-        if sources.len() != targets.len() {
-            return Err(bad(format!(
-                "split '{split}' of '{name}': {} {source} lines but {} {target} lines",
-                sources.len(),
-                targets.len()
-            )));
-        }
-        Ok(sources
-            .into_iter()
-            .zip(targets)
-            .map(|(s, t)| (s.trim().to_string(), t.trim().to_string()))
-            .collect())
+        pair_lines(&sources, &targets, [source, target])
+            .map_err(|e| bad(format!("split '{split}' of '{name}': {e}")))
     }
 
     /// One listed file of a dataset, fetched and verified, as text.
@@ -525,9 +513,32 @@ impl DatasetRegistry {
     }
 }
 
+/// The sentence pairs of a parallel corpus: line `i` of `sources` with line `i` of `targets`,
+/// trimmed; the two sides (named by `languages`) must have as many lines.
+pub fn pair_lines(
+    sources: &str,
+    targets: &str,
+    [source, target]: [&str; 2],
+) -> Result<Vec<(String, String)>, String> {
+    let (sources, targets): (Vec<&str>, Vec<&str>) =
+        (sources.lines().collect(), targets.lines().collect());
+    if sources.len() != targets.len() {
+        return Err(format!(
+            "{} {source} lines but {} {target} lines",
+            sources.len(),
+            targets.len()
+        ));
+    }
+    Ok(sources
+        .into_iter()
+        .zip(targets)
+        .map(|(s, t)| (s.trim().to_string(), t.trim().to_string()))
+        .collect())
+}
+
 /// Examples of a TSV with a header naming a `label` column and one text column (its name is
 /// free: SST-2 says `sentence` in train and `content` in dev and test).
-fn parse_labelled_tsv(text: &str) -> Result<Vec<LabelledExample>, String> {
+pub fn parse_labelled_tsv(text: &str) -> Result<Vec<LabelledExample>, String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().ok_or("empty file")?.split('\t').collect();
     if header.len() != 2 {

@@ -4,8 +4,11 @@
 
 use crate::TextError;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::Once;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
@@ -134,6 +137,35 @@ pub struct EncodedInput {
 #[derive(Clone)]
 pub struct ZooTokenizer {
     inner: Tokenizer,
+}
+
+/// Runs `parse`, a panic inside it turned into an error: the tokenizers crate panics on some
+/// malformed files (a decoder or normaliser whose JSON matches none of its kinds) instead of
+/// failing. The panic's message is not printed: the error says it.
+fn without_panics<T>(parse: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|quiet| quiet.set(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(parse));
+    QUIET.with(|quiet| quiet.set(false));
+    result.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(format!("the tokenizers crate cannot read it: {message}"))
+    })
 }
 
 impl ZooTokenizer {
@@ -390,25 +422,32 @@ impl ZooTokenizer {
                 path: path.to_path_buf(),
             });
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| TextError::Parse {
+        let json = std::fs::read_to_string(path).map_err(|e| TextError::Io {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        Self::from_json(&json).map_err(|message| TextError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// A tokenizer from the text of a `tokenizer.json`.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let mut inner: Tokenizer =
+            without_panics(|| json.parse().map_err(|e: tokenizers::Error| e.to_string()))?;
         // A character tokenizer saved before said "one character" in a form only Rust reads;
         // the same pattern in the form both read keeps the file exportable.
         if let Some(PreTokenizerWrapper::Split(split)) = inner.get_pre_tokenizer()
             && split.pattern == SplitPattern::Regex(ONE_CHARACTER_BEFORE.into())
         {
-            inner.with_pre_tokenizer(Some(each_char()?));
+            inner.with_pre_tokenizer(Some(each_char().map_err(|e| e.to_string())?));
         }
         // The zoo pads each batch to its longest input and cuts each input to the run's length
         // itself; a file's own settings (Hugging Face's often pad every input to 128 tokens)
         // would hand it padding as if it were text.
         inner.with_padding(None);
-        inner.with_truncation(None).map_err(|e| TextError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        inner.with_truncation(None).map_err(|e| e.to_string())?;
         Ok(Self { inner })
     }
 
@@ -568,6 +607,29 @@ fn with_vocabulary(vocab: impl IntoIterator<Item = (String, u32)>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (tests/fuzz.rs): JSON that breaks inside a decoder (a number out of
+    /// range, a stray comma) makes the tokenizers crate panic ("Helper") instead of failing.
+    #[test]
+    fn a_malformed_component_is_an_error_not_a_panic() {
+        let mut json: serde_json::Value = serde_json::from_str(
+            &ZooTokenizer::char_level("abc\n")
+                .unwrap()
+                .inner
+                .to_string(false)
+                .unwrap(),
+        )
+        .unwrap();
+        json["decoder"] = serde_json::json!({"type": "Fuse"});
+        let text = json.to_string();
+        assert!(ZooTokenizer::from_json(&text).is_ok());
+        for broken in [r#"{"type":"Fuse","x":1e400}"#, r#"{"type":"Fuse",}"#] {
+            let error = ZooTokenizer::from_json(&text.replace(r#"{"type":"Fuse"}"#, broken))
+                .err()
+                .unwrap_or_else(|| panic!("{broken}: accepted"));
+            assert!(error.contains("tokenizers crate cannot read it"), "{error}");
+        }
+    }
 
     #[test]
     fn a_character_the_vocabulary_lacks_is_named() {

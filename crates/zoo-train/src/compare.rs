@@ -172,9 +172,15 @@ impl Comparison {
         };
         let text =
             std::fs::read_to_string(path).map_err(|e| error(format!("cannot read it: {e}")))?;
-        let file: ComparisonFile =
-            toml::from_str(&text).map_err(|e| error(e.to_string().trim_end().to_string()))?;
+        Self::parse(&text, path).map_err(error)
+    }
+
+    /// Parses and checks the text of the comparison file at `path` (which names it, and which
+    /// its recipes are relative to; it is not read); the error names the key.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
         let here = path.parent().unwrap_or(Path::new("."));
+        let file: ComparisonFile =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         let b = &file.budget;
         let budget = match (b.steps, b.tokens, b.flops, b.seconds) {
             (Some(n), None, None, None) if n > 0 => CompareBudget::Steps(n),
@@ -182,27 +188,27 @@ impl Comparison {
             (None, None, Some(n), None) if n >= 1.0 => CompareBudget::Flops(n),
             (None, None, None, Some(n)) if n > 0.0 => CompareBudget::Seconds(n),
             _ => {
-                return Err(error(
+                return Err(
                     "[budget] needs exactly one positive budget: steps, tokens, flops or seconds"
                         .into(),
-                ));
+                );
             }
         };
         if b.probe_steps == 0 {
-            return Err(error("budget.probe_steps must be at least 1".into()));
+            return Err("budget.probe_steps must be at least 1".into());
         }
         let base = file.base.as_ref().map(|b| here.join(b));
         let shared: Vec<(String, toml::Value)> = file.set.clone().into_iter().collect();
-        let entry = |entry: &RunEntry, prepare: bool| -> Result<PlannedRun, ZooError> {
-            check_name(&entry.name).map_err(error)?;
+        let entry = |entry: &RunEntry, prepare: bool| -> Result<PlannedRun, String> {
+            check_name(&entry.name)?;
             let recipe = match (&entry.recipe, &base) {
                 (Some(recipe), _) => here.join(recipe),
                 (None, Some(base)) => base.clone(),
                 (None, None) => {
-                    return Err(error(format!(
+                    return Err(format!(
                         "run '{}' names no recipe and the file has no base",
                         entry.name
-                    )));
+                    ));
                 }
             };
             let mut overrides = if prepare { Vec::new() } else { shared.clone() };
@@ -231,14 +237,14 @@ impl Comparison {
         if !file.vary.is_empty() {
             let base = base
                 .clone()
-                .ok_or_else(|| error("[vary] needs a base recipe".into()))?;
-            for combination in combinations(&file.vary).map_err(error)? {
+                .ok_or_else(|| "[vary] needs a base recipe".to_string())?;
+            for combination in combinations(&file.vary)? {
                 let name = combination
                     .iter()
                     .map(|(_, v)| value_name(v))
                     .collect::<Vec<_>>()
                     .join("-");
-                check_name(&name).map_err(|e| error(format!("[vary]: {e}")))?;
+                check_name(&name).map_err(|e| format!("[vary]: {e}"))?;
                 let mut overrides = shared.clone();
                 overrides.extend(combination);
                 runs.push(PlannedRun {
@@ -251,13 +257,11 @@ impl Comparison {
             }
         }
         if !runs.iter().any(|r| !r.prepare) {
-            return Err(error(
-                "no runs to compare: give [[run]] entries or [vary]".into(),
-            ));
+            return Err("no runs to compare: give [[run]] entries or [vary]".into());
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = runs.iter().find(|r| !seen.insert(r.name.as_str())) {
-            return Err(error(format!("two runs are named '{}'", dup.name)));
+            return Err(format!("two runs are named '{}'", dup.name));
         }
         if let Some(seed) = file.seed {
             for run in &mut runs {
@@ -293,7 +297,7 @@ impl Comparison {
 
     /// The recipe text of `run`: its base with the overrides applied, named after the run and
     /// given `budget` (none for a prepared run, which keeps its own).
-    fn recipe_text(
+    pub fn recipe_text(
         &self,
         run: &PlannedRun,
         out_dir: &Path,
