@@ -204,15 +204,37 @@ fn last_epoch(run: &Path) -> usize {
         .unwrap()
 }
 
-/// The metrics log without wall times.
-fn metrics_without_time(run: &Path) -> Vec<serde_json::Value> {
-    metrics(run)
-        .into_iter()
-        .map(|mut line| {
-            line.as_object_mut().unwrap().remove("elapsed_s");
-            line
+/// The metrics log's lines as written, wall times cut out.
+fn metrics_without_time(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let start = line
+                .find("\"elapsed_s\":")
+                .expect("every line has a wall time");
+            let end = start + line[start..].find([',', '}']).unwrap();
+            format!("{}{}", &line[..start], &line[end..])
         })
         .collect()
+}
+
+/// Asserts that `other` ended as `whole` did: the same last checkpoint, its weights equal bit
+/// for bit, and the same metrics log (wall times aside).
+fn assert_same_run(whole: &Path, other: &Path, what: &str) {
+    let epoch = last_epoch(whole);
+    assert_eq!(last_epoch(other), epoch, "{what}");
+    let file = format!("checkpoint/model-{epoch}.bpk");
+    let (a, b) = (tensors(&whole.join(&file)), tensors(&other.join(&file)));
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (name, bytes) in &a {
+        assert!(b[name] == *bytes, "{what}: {name} differs");
+    }
+    assert_eq!(
+        metrics_without_time(whole),
+        metrics_without_time(other),
+        "{what}: the metrics logs differ"
+    );
 }
 
 /// Trains `recipe` uninterrupted and again under kills, and checks both end with the same
@@ -225,23 +247,8 @@ fn killed_run_matches(dir: &Path, recipe: &str, seed: u64) -> usize {
     assert!(out.status.success(), "{}", stderr(&out));
     let landed = train_with_kills(dir, recipe, &killed, started.elapsed(), seed);
 
-    let (whole, killed) = (dir.join(whole), dir.join(killed));
-    let epoch = last_epoch(&whole);
-    assert_eq!(last_epoch(&killed), epoch);
-    let file = format!("checkpoint/model-{epoch}.bpk");
-    let (a, b) = (tensors(&whole.join(&file)), tensors(&killed.join(&file)));
-    assert_eq!(a.len(), b.len());
-    for (name, bytes) in &a {
-        assert!(
-            b[name] == *bytes,
-            "{recipe}: {name} differs after {landed} kills"
-        );
-    }
-    assert_eq!(
-        metrics_without_time(&whole),
-        metrics_without_time(&killed),
-        "{recipe}: the metrics logs differ after {landed} kills"
-    );
+    let what = format!("{recipe} after {landed} kills");
+    assert_same_run(&dir.join(whole), &dir.join(killed), &what);
     landed
 }
 
@@ -375,15 +382,7 @@ fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_bef
     );
     assert!(dir.join("damaged/checkpoint/model-6.bpk.damaged").exists());
     // Redoing the last interval from epoch 5 ends where the run had ended.
-    let file = "checkpoint/model-6.bpk";
-    assert_eq!(
-        tensors(&dir.join("whole").join(file)),
-        tensors(&dir.join("damaged").join(file))
-    );
-    assert_eq!(
-        metrics_without_time(&dir.join("whole")),
-        metrics_without_time(&dir.join("damaged"))
-    );
+    assert_same_run(&dir.join("whole"), &dir.join("damaged"), "damaged");
 
     // With no loadable checkpoint left the error names the newest, and nothing is renamed.
     write(
@@ -428,15 +427,29 @@ fn a_stop_inside_an_interval_resumes_to_the_uninterrupted_run() {
         &dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let file = "checkpoint/model-6.bpk";
+    assert_same_run(&dir.join("whole"), &dir.join("stopped"), "stopped");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_run_killed_between_its_last_checkpoint_and_its_summary_finishes_on_resume() {
+    let dir = scratch("nosummary");
+    write(&dir, "gpt.toml", &short_gpt(""));
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "run"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = dir.join("run/summary.json");
+    let checkpoint = std::fs::read(dir.join("run/checkpoint/model-6.bpk")).unwrap();
+    std::fs::remove_file(&summary).unwrap();
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "run", "--resume"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(summary.exists());
     assert_eq!(
-        tensors(&dir.join("whole").join(file)),
-        tensors(&dir.join("stopped").join(file))
+        std::fs::read(dir.join("run/checkpoint/model-6.bpk")).unwrap(),
+        checkpoint
     );
-    assert_eq!(
-        metrics_without_time(&dir.join("whole")),
-        metrics_without_time(&dir.join("stopped"))
-    );
+    // Once summarised, there is nothing left to resume.
+    let out = zoo(&["train", "gpt.toml", "--run-dir", "run", "--resume"], &dir);
+    assert_clean_error(&out, 1, &["is already complete (12 steps)"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -488,15 +501,7 @@ fn a_full_disk_is_a_clear_error_and_the_run_resumes_once_there_is_room() {
         &dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let file = "checkpoint/model-6.bpk";
-    assert_eq!(
-        tensors(&dir.join("whole").join(file)),
-        tensors(&dir.join("full").join(file))
-    );
-    assert_eq!(
-        metrics_without_time(&dir.join("whole")),
-        metrics_without_time(&dir.join("full"))
-    );
+    assert_same_run(&dir.join("whole"), &dir.join("full"), "full");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -12,7 +12,7 @@
 //! `https://huggingface.co`) unless downloads are off (`ZOO_OFFLINE`).
 
 use crate::TextError;
-use crate::registry::{get, write_atomically};
+use crate::registry::{get, write_into_place};
 use std::path::{Path, PathBuf};
 
 /// The files a model directory needs.
@@ -85,10 +85,10 @@ pub fn model_dir(id: &str, cache: &Path, download: bool) -> Result<PathBuf, Text
         // The hub says which commit it served; the first file's commit names the snapshot.
         let commit = commit.get_or_insert_with(|| served.unwrap_or_else(|| "main".into()));
         let path = repo.join("snapshots").join(&*commit).join(file);
-        write_atomically(&path, &bytes).map_err(missing)?;
+        write_into_place(&path, &bytes).map_err(missing)?;
     }
     let commit = commit.expect("a file was downloaded");
-    write_atomically(&repo.join("refs").join("main"), commit.as_bytes()).map_err(missing)?;
+    write_into_place(&repo.join("refs").join("main"), commit.as_bytes()).map_err(missing)?;
     Ok(repo.join("snapshots").join(commit))
 }
 

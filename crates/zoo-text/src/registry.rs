@@ -661,7 +661,7 @@ pub(crate) fn download(url: &str, gzip: bool, path: &Path) -> Result<(), String>
             .map_err(|e| format!("cannot decompress: {e}"))?;
         bytes = plain;
     }
-    write_atomically(path, &bytes)
+    write_into_place(path, &bytes)
 }
 
 /// The body of `url`, and the value of its response header `header` when asked for.
@@ -683,16 +683,13 @@ pub(crate) fn get(url: &str, header: Option<&str>) -> Result<(Vec<u8>, Option<St
     Ok((bytes, value))
 }
 
-/// Writes `bytes` to `path` (creating its directory) through a temporary file renamed into
-/// place.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes `bytes` to `path` whole or not at all (see [`crate::files`]), creating its directory.
+pub(crate) fn write_into_place(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let parent = path.parent().expect("files live in a directory");
     std::fs::create_dir_all(parent)
         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    std::fs::rename(&partial, path).map_err(|e| format!("cannot move into {}: {e}", path.display()))
+    crate::files::write_atomically(path, bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -82,12 +82,15 @@ pub struct Plan {
 
 impl Budget {
     /// The plan of a run that stops after `stop_after` steps (at the end of the evaluation
-    /// interval that step falls in, or at the budget) and resumes
-    /// from `resume_epoch`; a run that has nothing left to do is an error.
+    /// interval that step falls in, or at the budget) and resumes from `resume_epoch`. A run
+    /// that has nothing left to do is an error, unless it was stopped (killed) between its last
+    /// checkpoint and its summary (`summarised` false): then the plan trains nothing and the
+    /// run is finished.
     pub fn plan(
         &self,
         stop_after: Option<usize>,
         resume_epoch: Option<usize>,
+        summarised: bool,
         run_dir: &Path,
     ) -> Result<Plan, ZooError> {
         // A stop inside an evaluation interval moves to its end: checkpoints are taken where
@@ -98,12 +101,14 @@ impl Budget {
         });
         let epochs = total_steps.div_ceil(self.steps_per_epoch);
         let start_epoch = resume_epoch.unwrap_or(0);
-        if start_epoch >= epochs {
+        let only_summary_left =
+            start_epoch == epochs && total_steps == self.total_steps && !summarised;
+        if start_epoch >= epochs && !only_summary_left {
             return Err(ZooError::run_dir(
                 run_dir,
                 format!(
                     "is already complete ({} steps)",
-                    start_epoch * self.steps_per_epoch
+                    self.steps_at_epoch(start_epoch)
                 ),
             ));
         }

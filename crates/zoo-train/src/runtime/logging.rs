@@ -48,20 +48,26 @@ impl JsonlMetricLogger {
         budget: Budget,
         resume_epoch: Option<usize>,
     ) -> Result<Self, ZooError> {
-        let kept: Vec<serde_json::Value> = match resume_epoch {
-            None => Vec::new(),
-            Some(epoch) => std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .filter(|line| line["epoch"].as_u64().is_some_and(|e| e <= epoch as u64))
-                .collect(),
+        let old = match resume_epoch {
+            None => String::new(),
+            Some(_) => std::fs::read_to_string(&path).unwrap_or_default(),
         };
+        // The kept lines are copied as they were written, not parsed and written again: a
+        // float's last digits may not survive the round trip, and a resumed run's log must be
+        // the uninterrupted run's. (A torn last line, from a kill, is not kept.)
+        let kept: Vec<(&str, serde_json::Value)> = old
+            .lines()
+            .filter_map(|line| Some((line, serde_json::from_str::<serde_json::Value>(line).ok()?)))
+            .filter(|(_, value)| {
+                let epoch = value["epoch"].as_u64();
+                resume_epoch.is_some_and(|resumed| epoch.is_some_and(|e| e <= resumed as u64))
+            })
+            .collect();
         let already = kept
             .iter()
-            .filter_map(|line| line["elapsed_s"].as_f64())
+            .filter_map(|(_, value)| value["elapsed_s"].as_f64())
             .fold(0.0, f64::max);
-        let text: String = kept.iter().map(|line| format!("{line}\n")).collect();
+        let text: String = kept.iter().map(|(line, _)| format!("{line}\n")).collect();
         write_run_file(&path, text.as_bytes())?;
         Ok(Self {
             path,

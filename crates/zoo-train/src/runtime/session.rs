@@ -22,7 +22,7 @@ use crate::runtime::run_dir::{
 };
 use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput};
-use crate::runtime::summary::RunSummary;
+use crate::runtime::summary::{RunSummary, SUMMARY_FILE};
 use burn::prelude::*;
 use burn::train::checkpoint::CheckpointerError;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
@@ -233,7 +233,12 @@ impl Session<'_> {
             total_steps,
             epochs,
             start_epoch,
-        } = budget.plan(self.options.stop_after_steps, resume_epoch, run_dir)?;
+        } = budget.plan(
+            self.options.stop_after_steps,
+            resume_epoch,
+            run_dir.join(SUMMARY_FILE).exists(),
+            run_dir,
+        )?;
         if let Some(asked) = self.options.stop_after_steps
             && asked < total_steps
         {
