@@ -5,6 +5,7 @@ use crate::ZooError;
 use crate::launcher::Launcher;
 use crate::plot::{Axis, Legend, Plot, Series};
 use crate::runtime::optim::AdamW;
+use crate::runtime::run_dir::write_run_file;
 use crate::runtime::step::{clip_global_norm, gradients};
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
@@ -405,11 +406,10 @@ pub fn scaling_point(
 pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String, ZooError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ZooError::io(out_dir, e))?;
     let json = out_dir.join("scaling.json");
-    std::fs::write(
+    write_run_file(
         &json,
-        serde_json::to_string_pretty(points).expect("points serialise") + "\n",
-    )
-    .map_err(|e| ZooError::io(&json, e))?;
+        (serde_json::to_string_pretty(points).expect("points serialise") + "\n").as_bytes(),
+    )?;
     let mut archs: Vec<&str> = points.iter().map(|p| p.arch.as_str()).collect();
     archs.dedup();
     let series = |value: fn(&ScalingPoint) -> Option<f64>| -> Vec<Series> {
@@ -481,13 +481,13 @@ pub fn scaling_report(points: &[ScalingPoint], out_dir: &Path) -> Result<String,
         );
     }
     let md = out_dir.join("scaling.md");
-    std::fs::write(
+    write_run_file(
         &md,
         format!(
             "# Cost against sequence length\n\n{table}\nPlots: scaling-forward-time.svg, scaling-train-time.svg, scaling-train-memory.svg\n"
-        ),
-    )
-    .map_err(|e| ZooError::io(&md, e))?;
+        )
+        .as_bytes(),
+    )?;
     Ok(table)
 }
 

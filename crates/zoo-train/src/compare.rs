@@ -40,7 +40,7 @@ use crate::ZooError;
 use crate::launcher::Launcher;
 use crate::plot::{Axis, Legend, Plot, Series};
 use crate::recipe::{Recipe, Task};
-use crate::runtime::run_dir::{checkpoint_epochs, read_metrics};
+use crate::runtime::run_dir::{checkpoint_epochs, read_metrics, write_run_file};
 use crate::runtime::summary::RunSummary;
 use crate::tasks::seq2seq::decode::SCORES_FILE;
 use serde::{Deserialize, Serialize};
@@ -458,7 +458,7 @@ fn check_recipe(comparison: &Comparison, run: &PlannedRun, text: &str) -> Result
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), ZooError> {
-    std::fs::write(path, text).map_err(|e| ZooError::io(path, e))
+    write_run_file(path, text.as_bytes())
 }
 
 fn run_child(mut command: Command, name: &str) -> Result<(), ZooError> {

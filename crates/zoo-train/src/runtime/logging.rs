@@ -4,7 +4,7 @@
 
 use crate::ZooError;
 use crate::runtime::budget::Budget;
-use crate::runtime::run_dir::write_run_file;
+use crate::runtime::run_dir::{append_run_line, write_run_file};
 use crate::runtime::schedule::SharedPlateau;
 use crate::runtime::step::SkippedSteps;
 use burn::train::logger::{
@@ -17,7 +17,6 @@ use burn::train::renderer::{
     MetricsRendererTraining,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -162,13 +161,11 @@ impl MetricLogger for JsonlMetricLogger {
                 skipped.of_epoch(summary.epoch_number).into(),
             );
         }
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| writeln!(f, "{}", serde_json::Value::Object(line)));
-        if let Err(e) = written {
-            eprintln!("warning: cannot append to {}: {e}", self.path.display());
+        let line = serde_json::Value::Object(line).to_string();
+        if let Err(e) = append_run_line(&self.path, &line) {
+            // The log is not the run: training goes on (its checkpoints say whether the disk
+            // is full), and a resume writes the lines again.
+            eprintln!("warning: {e}");
         }
         self.memory.log_epoch_summary(summary);
     }

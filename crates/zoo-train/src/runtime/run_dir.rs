@@ -47,6 +47,23 @@ pub fn write_run_file(path: &Path, contents: &[u8]) -> Result<(), ZooError> {
     write_atomically(path, contents).map_err(|e| ZooError::io(path, e))
 }
 
+/// Adds `line` to the end of the run's log file `path` (`metrics.jsonl`, `scores.jsonl`), by
+/// writing the whole file anew atomically: a kill in the middle leaves the log as it was, never
+/// a torn last line. (Logs are small: a line per validation.)
+pub fn append_run_line(path: &Path, line: &str) -> Result<(), ZooError> {
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ZooError::io(path, e)),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    write_run_file(path, text.as_bytes())
+}
+
 /// Which epochs end with a checkpoint: every `every`-th, and the last.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointRule {

@@ -5,7 +5,7 @@
 use crate::ZooError;
 use crate::recipe::Recipe;
 use crate::runtime::budget::StepCost;
-use crate::runtime::run_dir::read_metrics;
+use crate::runtime::run_dir::{read_metrics, write_run_file};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use zoo_blocks::ModelSize;
@@ -84,7 +84,7 @@ impl RunSummary {
     pub fn save(&self, run_dir: &Path) -> Result<(), ZooError> {
         let path = run_dir.join(SUMMARY_FILE);
         let text = serde_json::to_string_pretty(self).expect("summaries serialise");
-        std::fs::write(&path, text + "\n").map_err(|e| ZooError::io(&path, e))?;
+        write_run_file(&path, (text + "\n").as_bytes())?;
         println!(
             "finished {} steps: {:.3e} tokens, {:.3e} training FLOPs, {:.0} tokens/s, {:.0} s training ({:.0} s with validation){}",
             self.steps,

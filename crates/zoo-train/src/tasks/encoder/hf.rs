@@ -8,7 +8,7 @@ use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::run_dir::{
     HF_CONFIG_FILE, TOKENIZER_FILE, imported_recipe, open_hf_dir, read_hf_config, write_hf_dir,
-    write_imported_run,
+    write_imported_run, write_run_file,
 };
 use crate::runtime::step::GradientStep;
 use crate::tasks::encoder::model::Encoder;
@@ -63,9 +63,8 @@ pub fn write_encoder_run(run: EncoderRun, hf_dir: &Path, out: &Path) -> Result<(
     let module = Encoder::new(run.model, GradientStep::new(1));
     write_imported_run(out, hf_dir, &run.recipe, &config, &run.tokenizer, module)?;
     if !run.labels.is_empty() {
-        let path = out.join(LABELS_FILE);
         let text = serde_json::to_string(&run.labels).expect("strings serialise");
-        std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
+        write_run_file(&out.join(LABELS_FILE), text.as_bytes())?;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
     IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, locate_model,
-    write_run_recipe,
+    write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
@@ -143,9 +143,8 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
         write_run_recipe(run_dir, recipe, &config, TRAINED)?;
         if !labels.is_empty() {
-            let path = run_dir.join(LABELS_FILE);
             let text = serde_json::to_string(&labels).expect("strings serialise");
-            std::fs::write(&path, text).map_err(|e| ZooError::io(&path, e))?;
+            write_run_file(&run_dir.join(LABELS_FILE), text.as_bytes())?;
         }
     }
 

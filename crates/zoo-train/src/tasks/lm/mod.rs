@@ -17,7 +17,8 @@ use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::Perplexity;
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, write_run_recipe,
+    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, write_run_file,
+    write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
@@ -253,8 +254,7 @@ fn count_ngrams(
         "loss": loss,
         "perplexity": loss.exp(),
     });
-    let path = run_dir.join(METRICS_FILE);
-    std::fs::write(&path, format!("{line}\n")).map_err(|e| ZooError::io(&path, e))?;
+    write_run_file(&run_dir.join(METRICS_FILE), format!("{line}\n").as_bytes())?;
     println!("validation loss {loss:.4} | perplexity {:.3}", loss.exp());
     let sample = (recipe.sample.tokens > 0)
         .then(|| {

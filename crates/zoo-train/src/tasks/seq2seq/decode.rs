@@ -3,6 +3,7 @@
 
 use crate::ZooError;
 use crate::recipe::{DecodingSpec, Task};
+use crate::runtime::run_dir::append_run_line;
 use crate::tasks::seq2seq::data::load_pairs;
 use crate::tasks::seq2seq::run::Seq2SeqRun;
 use burn::module::Module;
@@ -159,7 +160,6 @@ impl Seq2SeqEvalReport {
 
     /// Appends the report to the run's `scores.jsonl`.
     pub fn record(&self, run_dir: &Path) -> Result<(), ZooError> {
-        use std::io::Write;
         let line = serde_json::json!({
             "split": self.split,
             "epoch": self.epoch,
@@ -169,13 +169,7 @@ impl Seq2SeqEvalReport {
             "exact_match": self.exact_match,
             "seconds": self.seconds,
         });
-        let path = run_dir.join(SCORES_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| ZooError::io(&path, e))?;
-        writeln!(file, "{line}").map_err(|e| ZooError::io(&path, e))
+        append_run_line(&run_dir.join(SCORES_FILE), &line.to_string())
     }
 }
 
