@@ -315,10 +315,10 @@ proptest! {
     fn recipes(bytes in toml_files(seeds("recipes", ".toml"))) {
         if let Ok(recipe) = Recipe::parse(&text(&bytes)) {
             let _ = recipe.tokenizer_spec();
-            if let Ok(model) = recipe.model_config() {
-                if model.validate().is_ok() {
-                    let _ = model.size();
-                }
+            if let Ok(model) = recipe.model_config()
+                && model.validate().is_ok()
+            {
+                let _ = model.size();
             }
         }
     }
@@ -348,20 +348,20 @@ proptest! {
     #[test]
     fn hugging_face_configs(bytes in json_files(seeds("tests/fixtures/hf", "config.json"))) {
         if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if let Ok(hf) = zoo::gpt::hf::HfGpt::from_config(&json) {
-                if hf.config.validate().is_ok() {
-                    let _ = hf.config.size();
-                }
+            if let Ok(hf) = zoo::gpt::hf::HfGpt::from_config(&json)
+                && hf.config.validate().is_ok()
+            {
+                let _ = hf.config.size();
             }
-            if let Ok(hf) = zoo::bert::hf::HfBert::from_config(&json) {
-                if hf.config.validate().is_ok() {
-                    let _ = hf.config.size(128);
-                }
+            if let Ok(hf) = zoo::bert::hf::HfBert::from_config(&json)
+                && hf.config.validate().is_ok()
+            {
+                let _ = hf.config.size(128);
             }
-            if let Ok(hf) = zoo::seq2seq::hf::HfSeq2Seq::from_config(&json) {
-                if hf.config.validate().is_ok() {
-                    let _ = hf.config.size();
-                }
+            if let Ok(hf) = zoo::seq2seq::hf::HfSeq2Seq::from_config(&json)
+                && hf.config.validate().is_ok()
+            {
+                let _ = hf.config.size();
             }
         }
     }

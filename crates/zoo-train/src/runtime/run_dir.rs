@@ -169,7 +169,7 @@ fn checkpoint_file(run_dir: &Path, kind: &str, epoch: usize) -> PathBuf {
 /// leaves at least one complete checkpoint once there has been one.
 pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<(), ZooError> {
     let complete = checkpoint_epochs(run_dir);
-    let Some(&oldest_kept) = complete.iter().rev().take(keep.max(1)).last() else {
+    let Some(&oldest_kept) = complete.get(complete.len().saturating_sub(keep.max(1))) else {
         return Ok(());
     };
     for epoch in model_epochs(run_dir).into_iter().chain(complete) {
