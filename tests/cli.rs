@@ -1213,6 +1213,115 @@ fn a_plateau_divides_an_encoders_learning_rate() {
     }
 }
 
+/// A masked-LM encoder whose weights cannot move (rate 1e-30, everything but the head frozen):
+/// its validation metrics repeat, so early stopping on them ends the run after `patience`
+/// validations without improvement.
+fn still_encoder(early_stopping: &str) -> String {
+    TINY_MLM
+        .replace("lr = 2e-3", "lr = 1e-30\nweight_decay = 0.0")
+        .replace(
+            "steps = 20",
+            &format!("steps = 60\nfreeze_embeddings = true\nfreeze_layers = 2\nearly_stopping = {early_stopping}"),
+        )
+}
+
+/// Early stopping ends a run where its metric stopped improving, records it in summary.json,
+/// stops a resumed run at the same place, and names the metrics a run has when asked for one
+/// it lacks.
+#[test]
+fn early_stopping_ends_a_run_when_its_metric_stops_improving() {
+    let dir = scratch("early");
+    write(
+        &dir,
+        "loss.toml",
+        &still_encoder("{ metric = \"loss\", patience = 2 }"),
+    );
+    let out = zoo(&["train", "loss.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("early stopping: loss has not improved"),
+        "{}",
+        stdout(&out)
+    );
+    let run = dir.join("runs/loss");
+    assert_eq!(
+        val_losses(&run).len(),
+        3,
+        "the best at the first validation, then two more"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 30);
+    assert_eq!(summary["early_stop"]["best_epoch"], 1);
+    assert_eq!(summary["early_stop"]["stopped_epoch"], 3);
+    assert!(run.join("checkpoint/model-3.bpk").exists());
+    assert_clean_error(
+        &zoo(&["train", "loss.toml", "--resume"], &dir),
+        1,
+        &["is already complete (30 steps)"],
+    );
+
+    // Interrupted after the second validation, the run resumes and stops at the third, as the
+    // uninterrupted run did: the validations before the interruption count.
+    let out = zoo(
+        &[
+            "train",
+            "loss.toml",
+            "--run-dir",
+            "split",
+            "--stop-after-steps",
+            "20",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = zoo(
+        &["train", "loss.toml", "--run-dir", "split", "--resume"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("split/summary.json")).unwrap())
+            .unwrap();
+    // (Each run trains its own WordPiece vocabulary, whose ties fall in hash order, so the
+    // values may differ in their last digits; where the runs stop may not.)
+    for key in ["best_epoch", "stopped_epoch"] {
+        assert_eq!(resumed["early_stop"][key], summary["early_stop"][key], "{key}");
+    }
+    assert_eq!(resumed["steps"], 30);
+
+    // Accuracy is watched as higher-is-better; a metric the run does not have is named.
+    write(
+        &dir,
+        "accuracy.toml",
+        &still_encoder("{ metric = \"accuracy\", patience = 1 }"),
+    );
+    let out = zoo(&["train", "accuracy.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(val_losses(&dir.join("runs/accuracy")).len(), 2);
+    write(
+        &dir,
+        "typo.toml",
+        &still_encoder("{ metric = \"acc\", patience = 1 }"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "typo.toml"], &dir),
+        1,
+        &["early_stopping.metric = \"acc\"", "accuracy", "loss"],
+    );
+    write(
+        &dir,
+        "zero.toml",
+        &still_encoder("{ metric = \"loss\", patience = 0 }"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "zero.toml"], &dir),
+        1,
+        &["zero.toml", "early_stopping.patience must be at least 1"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn scores(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("scores.jsonl"))
         .unwrap()

@@ -26,7 +26,8 @@ fn runtime_layer(module: &str) -> usize {
     match module {
         "session" => 2,
         "fit" | "logging" | "summary" => 1,
-        "budget" | "data" | "metrics" | "optim" | "run_dir" | "schedule" | "step" | "mod" => 0,
+        "budget" | "data" | "early_stop" | "metrics" | "optim" | "run_dir" | "schedule"
+        | "step" | "mod" => 0,
         other => panic!("runtime module {other} has no layer: add it to tests/layers.rs"),
     }
 }

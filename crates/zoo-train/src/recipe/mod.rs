@@ -33,6 +33,7 @@
 //! steps = 2000                  # or epochs, tokens or flops = N
 //! eval_interval = 250
 //! on_nonfinite = "stop"         # or "skip": a NaN or infinite loss or gradient skips the batch
+//! early_stopping = { metric = "loss", patience = 3 }   # optional; min_delta, mode
 //! ```
 
 mod validate;
@@ -337,6 +338,52 @@ pub struct TrainingSpec {
     /// good checkpoint kept, a non-zero exit), or `skip` the batch (counted in the metrics log).
     #[serde(default)]
     pub on_nonfinite: OnNonFinite,
+    /// Stop when a validation metric has stopped improving; off when absent.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStoppingSpec>,
+}
+
+/// `training.early_stopping = { metric = "loss", patience = 3, min_delta = 0.0 }`: the run ends
+/// (and is summarised as finished) once `patience` validations in a row have not improved on
+/// the best value of `metric` by more than `min_delta`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingSpec {
+    /// A validation metric as `metrics.jsonl` names it: `loss`, `perplexity`, `accuracy`,
+    /// `f1`, ...
+    pub metric: String,
+    /// Validations without improvement that end the run.
+    pub patience: usize,
+    /// How much better than the best a value must be to count as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+    /// `min` (lower is better) or `max`; by default `min` for losses and perplexities and
+    /// `max` for everything else.
+    #[serde(default)]
+    pub mode: Option<MetricMode>,
+}
+
+/// Which way a metric improves.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricMode {
+    /// Lower is better.
+    Min,
+    /// Higher is better.
+    Max,
+}
+
+impl EarlyStoppingSpec {
+    /// Which way the metric improves.
+    pub fn mode(&self) -> MetricMode {
+        self.mode.unwrap_or_else(|| {
+            if self.metric.contains("loss") || self.metric.contains("perplexity") {
+                MetricMode::Min
+            } else {
+                MetricMode::Max
+            }
+        })
+    }
 }
 
 /// `training.on_nonfinite`.
@@ -374,6 +421,7 @@ impl Default for TrainingSpec {
             freeze_layers: 0,
             label_smoothing: 0.0,
             on_nonfinite: OnNonFinite::Stop,
+            early_stopping: None,
         }
     }
 }

@@ -74,6 +74,20 @@ impl Recipe {
                 return Err(format!("training.{key} must be at least 1, got {value}"));
             }
         }
+        if let Some(early) = &t.early_stopping {
+            if early.metric.trim().is_empty() {
+                return Err("training.early_stopping.metric must name a validation metric".into());
+            }
+            if early.patience == 0 {
+                return Err("training.early_stopping.patience must be at least 1".into());
+            }
+            if !(early.min_delta >= 0.0 && early.min_delta.is_finite()) {
+                return Err(format!(
+                    "training.early_stopping.min_delta must be >= 0, got {}",
+                    early.min_delta
+                ));
+            }
+        }
         if let Some(interval) = t.checkpoint_interval
             && (interval == 0 || interval % t.eval_interval != 0)
         {

@@ -85,24 +85,29 @@ impl Budget {
     /// interval that step falls in, or at the budget) and resumes from `resume_epoch`. A run
     /// that has nothing left to do is an error, unless it was stopped (killed) between its last
     /// checkpoint and its summary (`summarised` false): then the plan trains nothing and the
-    /// run is finished.
+    /// run is finished. `ended_early`: early stopping has ended the run at `resume_epoch`.
     pub fn plan(
         &self,
         stop_after: Option<usize>,
         resume_epoch: Option<usize>,
         summarised: bool,
+        ended_early: bool,
         run_dir: &Path,
     ) -> Result<Plan, ZooError> {
+        let start_epoch = resume_epoch.unwrap_or(0);
         // A stop inside an evaluation interval moves to its end: checkpoints are taken where
         // intervals end, and one there resumes exactly as if the run had never stopped.
-        let total_steps = stop_after.map_or(self.total_steps, |s| {
-            s.next_multiple_of(self.steps_per_epoch)
-                .min(self.total_steps)
-        });
+        let total_steps = match stop_after {
+            _ if ended_early => self.steps_at_epoch(start_epoch),
+            Some(s) => s
+                .next_multiple_of(self.steps_per_epoch)
+                .min(self.total_steps),
+            None => self.total_steps,
+        };
         let epochs = total_steps.div_ceil(self.steps_per_epoch);
-        let start_epoch = resume_epoch.unwrap_or(0);
-        let only_summary_left =
-            start_epoch == epochs && total_steps == self.total_steps && !summarised;
+        let only_summary_left = start_epoch == epochs
+            && (total_steps == self.total_steps || ended_early)
+            && !summarised;
         if start_epoch >= epochs && !only_summary_left {
             return Err(ZooError::run_dir(
                 run_dir,

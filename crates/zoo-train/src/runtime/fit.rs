@@ -14,9 +14,11 @@
 //!   "skip"`, leaves weights and optimiser as they were and counts the skip.
 //! - **Checkpoints keep what the model carries** (a recurrent model's state between windows)
 //!   and old ones go only once a newer one is complete.
+//! - **Early stopping** ends the run after the validation it says to, with a checkpoint there.
 
 use crate::recipe::{OnNonFinite, Recipe};
 use crate::runtime::data::stream;
+use crate::runtime::early_stop::SharedEarlyStopping;
 use crate::runtime::run_dir::{CheckpointRule, prune_checkpoints, save_carried};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput, clip_to_norm, squared_norm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -48,6 +50,8 @@ pub struct TrainingLoop {
     run_dir: PathBuf,
     checkpoints: CheckpointRule,
     skipped: SkippedSteps,
+    /// Asked after each validation whether to end the run there.
+    early_stopping: Option<SharedEarlyStopping>,
     /// Why the loop stopped the run, if it did.
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -74,7 +78,29 @@ impl TrainingLoop {
             run_dir,
             checkpoints,
             skipped,
+            early_stopping: None,
             failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Ends the run after the validation `early_stopping` says to stop at (checkpointed).
+    pub fn with_early_stopping(self, early_stopping: SharedEarlyStopping) -> Self {
+        Self {
+            early_stopping: Some(early_stopping),
+            ..self
+        }
+    }
+
+    /// Whether the run ends at this validation; an error when the metric watched is not one
+    /// the run validates with.
+    fn stops_early(&self) -> Result<bool, String> {
+        let Some(early) = &self.early_stopping else {
+            return Ok(false);
+        };
+        let early = early.lock().expect("early stopping lock");
+        match early.missing_metric() {
+            Some(error) => Err(error),
+            None => Ok(early.should_stop()),
         }
     }
 
@@ -283,7 +309,15 @@ where
                 break;
             }
 
-            if self.checkpoints.saves_at(epoch)
+            // The metrics logger has seen this validation (flushed above).
+            let stop_early = match self.stops_early() {
+                Ok(stop) => stop,
+                Err(message) => {
+                    fail(message);
+                    break;
+                }
+            };
+            if (self.checkpoints.saves_at(epoch) || stop_early)
                 && let Some(checkpointer) = &mut checkpointer
             {
                 // The carried state first: a checkpoint whose model file exists has it.
@@ -296,6 +330,9 @@ where
                     fail(e.to_string());
                     break;
                 }
+            }
+            if stop_early {
+                break;
             }
         }
         // The checkpointer's writer threads finish their files before it is gone.

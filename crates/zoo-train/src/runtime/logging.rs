@@ -4,6 +4,7 @@
 
 use crate::ZooError;
 use crate::runtime::budget::Budget;
+use crate::runtime::early_stop::SharedEarlyStopping;
 use crate::runtime::run_dir::{append_run_line, write_run_file};
 use crate::runtime::schedule::SharedPlateau;
 use crate::runtime::step::SkippedSteps;
@@ -36,6 +37,8 @@ pub struct JsonlMetricLogger {
     plateau: Option<SharedPlateau>,
     /// Steps skipped for non-finite values, written on each training line when skipping is on.
     skipped: Option<SkippedSteps>,
+    /// Told every validation's metrics, when the run stops early.
+    early_stopping: Option<SharedEarlyStopping>,
 }
 
 impl JsonlMetricLogger {
@@ -78,7 +81,16 @@ impl JsonlMetricLogger {
             memory: InMemoryMetricLogger::default(),
             plateau: None,
             skipped: None,
+            early_stopping: None,
         })
+    }
+
+    /// Also reports each validation's metrics to `early_stopping`.
+    pub fn with_early_stopping(self, early_stopping: SharedEarlyStopping) -> Self {
+        Self {
+            early_stopping: Some(early_stopping),
+            ..self
+        }
     }
 
     /// Also writes how many steps of each epoch were `skipped`.
@@ -96,6 +108,12 @@ impl JsonlMetricLogger {
             ..self
         }
     }
+}
+
+/// A metric's name as `metrics.jsonl` writes it (and early stopping names it): `Loss` is `loss`,
+/// `Learning Rate` is `learning_rate`.
+fn metric_key(name: &str) -> String {
+    name.to_lowercase().replace(' ', "_")
 }
 
 fn split_name(split: &Split) -> String {
@@ -146,16 +164,25 @@ impl MetricLogger for JsonlMetricLogger {
             "step".into(),
             self.budget.steps_at_epoch(summary.epoch_number).into(),
         );
-        line.insert("split".into(), key.1.into());
+        line.insert("split".into(), key.1.clone().into());
         line.insert(
             "elapsed_s".into(),
             (self.earlier_seconds + self.started.elapsed().as_secs_f64()).into(),
         );
-        for (name, value) in metrics {
-            let key = name.to_lowercase().replace(' ', "_");
-            line.insert(key, serde_json::json!(value));
+        let metrics: BTreeMap<String, f64> = metrics
+            .into_iter()
+            .map(|(name, value)| (metric_key(&name), value))
+            .collect();
+        if let (Some(early), "valid") = (&self.early_stopping, key.1.as_str()) {
+            early
+                .lock()
+                .expect("early stopping lock")
+                .observe(summary.epoch_number, &metrics);
         }
-        if let (Some(skipped), "train") = (&self.skipped, line["split"].as_str().unwrap_or("")) {
+        for (name, value) in &metrics {
+            line.insert(name.clone(), serde_json::json!(value));
+        }
+        if let (Some(skipped), "train") = (&self.skipped, key.1.as_str()) {
             line.insert(
                 "skipped".into(),
                 skipped.of_epoch(summary.epoch_number).into(),

@@ -7,6 +7,7 @@
 //! budget     steps a recipe buys, burn-train epochs, the plan of one invocation
 //! run_dir    the run directory's files and checkpoints: list, select, check, load, resume
 //! data       the resumable loader of numbered batches (BatchSource), seeded random streams
+//! early_stop stopping once a validation metric stops improving
 //! fit        the training loop: seeded per step, accumulation then clipping, non-finite
 //!            steps stopped or skipped, checkpoints with the carried state
 //! step       the gradient step: backward, accumulation scale, global-norm arithmetic
@@ -19,6 +20,7 @@
 
 pub mod budget;
 pub mod data;
+pub mod early_stop;
 pub mod fit;
 pub mod logging;
 pub mod metrics;

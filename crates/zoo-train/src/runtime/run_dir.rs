@@ -436,6 +436,25 @@ pub fn validation_losses(run_dir: &Path) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// `(epoch, metrics)` of every validation in the metrics log, in order: every number on the
+/// line but its epoch, step and wall time, by the names the log gives them.
+pub fn validation_metrics(run_dir: &Path) -> Vec<(usize, BTreeMap<String, f64>)> {
+    read_metrics(run_dir)
+        .into_iter()
+        .filter(|v| v["split"] == "valid")
+        .filter_map(|v| {
+            let epoch = v["epoch"].as_u64()? as usize;
+            let metrics = v
+                .as_object()?
+                .iter()
+                .filter(|(key, _)| !["epoch", "step", "elapsed_s"].contains(&key.as_str()))
+                .filter_map(|(key, value)| Some((key.clone(), value.as_f64()?)))
+                .collect();
+            Some((epoch, metrics))
+        })
+        .collect()
+}
+
 /// The last validation loss in the metrics log.
 pub fn last_val_loss(run_dir: &Path) -> Option<f64> {
     validation_losses(run_dir).last().map(|v| v.1)

@@ -12,13 +12,14 @@ use crate::recipe::OnNonFinite;
 use crate::recipe::Recipe;
 use crate::runtime::budget::{Budget, Plan, StepCost};
 use crate::runtime::data::{BatchSource, StepLoader};
+use crate::runtime::early_stop::EarlyStopping;
 use crate::runtime::fit::TrainingLoop;
 use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
 use crate::runtime::optim::build_optimizer;
 use crate::runtime::run_dir::{
     AtomicCheckpointer, CheckpointRule, METRICS_FILE, SaveWhenAsked, checkpoint_epochs,
     newest_loadable, prune_checkpoints, remove_partial_files, resumed_model, steps_at_epoch,
-    validation_losses,
+    validation_losses, validation_metrics,
 };
 use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput};
@@ -229,6 +230,19 @@ impl Session<'_> {
             }
             None => None,
         };
+        // A resumed run replays its validations, so it stops where an uninterrupted one would.
+        let early_stopping = t.early_stopping.clone().map(|spec| {
+            let mut early = EarlyStopping::new(spec);
+            for (epoch, metrics) in validation_metrics(run_dir) {
+                if resume_epoch.is_some_and(|resumed| epoch <= resumed) {
+                    early.observe(epoch, &metrics);
+                }
+            }
+            Arc::new(Mutex::new(early))
+        });
+        let ended_early = early_stopping
+            .as_ref()
+            .is_some_and(|early| early.lock().expect("early stopping lock").should_stop());
         let Plan {
             total_steps,
             epochs,
@@ -237,6 +251,7 @@ impl Session<'_> {
             self.options.stop_after_steps,
             resume_epoch,
             run_dir.join(SUMMARY_FILE).exists(),
+            ended_early,
             run_dir,
         )?;
         if let Some(asked) = self.options.stop_after_steps
@@ -258,6 +273,9 @@ impl Session<'_> {
             JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
         if t.on_nonfinite == OnNonFinite::Skip {
             metric_logger = metric_logger.with_skips(skipped.clone());
+        }
+        if let Some(early) = &early_stopping {
+            metric_logger = metric_logger.with_early_stopping(early.clone());
         }
         if let Some(divisor) = recipe.schedule.plateau_divisor {
             let mut plateau = Plateau::new(divisor);
@@ -295,6 +313,10 @@ impl Session<'_> {
             checkpoints,
             skipped,
         );
+        let training_loop = match &early_stopping {
+            Some(early) => training_loop.with_early_stopping(early.clone()),
+            None => training_loop,
+        };
         let stopped = training_loop.failure();
         let training =
             SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(val_loader))
@@ -322,14 +344,29 @@ impl Session<'_> {
             }));
         }
         prune_checkpoints(run_dir, t.keep_checkpoints)?;
-        let finished = total_steps == budget.total_steps;
+        let early_stop =
+            early_stopping.and_then(|early| early.lock().expect("early stopping lock").record());
+        let steps = early_stop.as_ref().map_or(total_steps, |stop| {
+            budget.steps_at_epoch(stop.stopped_epoch)
+        });
+        if let Some(stop) = &early_stop {
+            println!(
+                "early stopping: {} has not improved on {} (step {}) in {} validations; the run ends at step {steps}",
+                stop.metric,
+                stop.best,
+                budget.steps_at_epoch(stop.best_epoch),
+                stop.stopped_epoch - stop.best_epoch,
+            );
+        }
+        let finished = total_steps == budget.total_steps || early_stop.is_some();
         if finished {
-            RunSummary::new(recipe, config.size(), batches.cost, total_steps, run_dir)
-                .save(run_dir)?;
+            let mut summary = RunSummary::new(recipe, config.size(), batches.cost, steps, run_dir);
+            summary.early_stop = early_stop;
+            summary.save(run_dir)?;
         }
         Ok(Trained {
             model: result.model,
-            steps: total_steps,
+            steps,
             finished,
         })
     }

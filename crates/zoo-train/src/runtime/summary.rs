@@ -5,6 +5,7 @@
 use crate::ZooError;
 use crate::recipe::Recipe;
 use crate::runtime::budget::StepCost;
+use crate::runtime::early_stop::EarlyStop;
 use crate::runtime::run_dir::{read_metrics, write_run_file};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,6 +45,9 @@ pub struct RunSummary {
     pub tokens_per_second: f64,
     /// Peak resident memory of the invocation that finished the run (Linux only).
     pub peak_rss_bytes: Option<u64>,
+    /// Where early stopping ended the run, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStop>,
 }
 
 impl RunSummary {
@@ -77,6 +81,7 @@ impl RunSummary {
                 0.0
             },
             peak_rss_bytes: peak_rss_bytes(),
+            early_stop: None,
         }
     }
 
