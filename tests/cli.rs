@@ -1213,6 +1213,72 @@ fn a_plateau_divides_an_encoders_learning_rate() {
     }
 }
 
+/// A language model starts from another run (GPT and LSTM) or a Hugging Face GPT-2 with
+/// `init_from`: at a learning rate too small to move a weight, its validations score the
+/// pretrained weights exactly as the pretrained run's last validation did; a `[model]` that
+/// disagrees with the run it starts from is refused naming the field.
+#[test]
+fn a_language_model_fine_tunes_from_a_run_or_a_hugging_face_gpt2() {
+    let dir = scratch("lm-init");
+    for (name, pretrain) in [("gpt", TINY), ("lstm", TINY_RNN)] {
+        write(&dir, &format!("{name}.toml"), pretrain);
+        let out = zoo(&["train", &format!("{name}.toml")], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let pretrained = val_losses(&dir.join("runs").join(name)).pop().unwrap().1;
+        // The same seed and batches: the validation windows are the pretrained run's.
+        let arch = if name == "gpt" { "gpt" } else { "rnn" };
+        let still = pretrain
+            .replace("[tokenizer]\nkind = \"char\"\n", "")
+            .replace(
+                "[model]\n",
+                &format!("init_from = \"runs/{name}\"\n\n[model]\narch = \"{arch}\"\n#"),
+            )
+            .replace("lr = 3e-3", "lr = 1e-30\nweight_decay = 0.0")
+            .replace("lr = 1.0", "lr = 1e-30");
+        write(&dir, &format!("{name}-still.toml"), &still);
+        let out = zoo(&["train", &format!("{name}-still.toml")], &dir);
+        assert!(out.status.success(), "{still}\n{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("loaded the {arch} from runs/{name}")),
+            "{}",
+            stdout(&out)
+        );
+        let first = val_losses(&dir.join(format!("runs/{name}-still")))[0].1;
+        assert!(
+            (first - pretrained).abs() < 1e-6,
+            "{name}: {first} vs {pretrained}"
+        );
+    }
+    let bad = TINY.replace(
+        "[model]\n",
+        "init_from = \"runs/gpt\"\n[model]\nn_head = 8\n",
+    );
+    write(&dir, "bad.toml", &bad);
+    assert_clean_error(
+        &zoo(&["train", "bad.toml"], &dir),
+        1,
+        &[
+            "bad.toml",
+            "does not match init_from = runs/gpt",
+            "n_head = 8",
+        ],
+    );
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt2");
+    let from_hf = format!(
+        "init_from = {:?}\n[model]\narch = \"gpt\"\n[data]\ndataset = \"embedded\"\n[training]\nbatch_size = 4\nsteps = 2\neval_interval = 2\neval_batches = 1\n",
+        fixture.display().to_string()
+    );
+    write(&dir, "gpt2.toml", &from_hf);
+    let out = zoo(&["train", "gpt2.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("loaded the gpt from"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A masked-LM encoder whose weights cannot move (rate 1e-30, everything but the head frozen):
 /// its validation metrics repeat, so early stopping on them ends the run after `patience`
 /// validations without improvement.
@@ -1247,7 +1313,8 @@ fn early_stopping_ends_a_run_when_its_metric_stops_improving() {
     assert_eq!(
         val_losses(&run).len(),
         3,
-        "the best at the first validation, then two more"
+        "the best at the first validation, then two more: {:?}",
+        val_losses(&run)
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
@@ -1286,7 +1353,10 @@ fn early_stopping_ends_a_run_when_its_metric_stops_improving() {
     // (Each run trains its own WordPiece vocabulary, whose ties fall in hash order, so the
     // values may differ in their last digits; where the runs stop may not.)
     for key in ["best_epoch", "stopped_epoch"] {
-        assert_eq!(resumed["early_stop"][key], summary["early_stop"][key], "{key}");
+        assert_eq!(
+            resumed["early_stop"][key], summary["early_stop"][key],
+            "{key}"
+        );
     }
     assert_eq!(resumed["steps"], 30);
 

@@ -142,40 +142,48 @@ fn uniform(state: &mut u64) -> f64 {
 }
 
 /// Trains `recipe` as run `run`, killing the process with SIGKILL up to four times, each at a
-/// moment drawn from `seed` within the first half of `duration` (how long an uninterrupted run
-/// takes) after it started, resuming after each kill, then lets it finish. Returns how many
-/// kills landed before the run had finished.
+/// moment drawn from `seed` within the first `reach` of `duration` (how long an uninterrupted
+/// run takes) after it started, resuming after each kill. When fewer than two kills land (the
+/// machine got faster than when `duration` was measured), the run starts over with half the
+/// reach. Then it is let finish. Returns how many kills landed before the run had finished.
 fn train_with_kills(dir: &Path, recipe: &str, run: &str, duration: Duration, seed: u64) -> usize {
     let mut state = seed;
-    let mut landed = 0;
-    for attempt in 0..4 {
-        let wait = duration.mul_f64(0.05 + 0.45 * uniform(&mut state));
-        let mut args = vec!["train", recipe, "--run-dir", run];
-        if attempt > 0 {
-            args.push("--resume");
+    let mut reach = 0.5;
+    loop {
+        let _ = std::fs::remove_dir_all(dir.join(run));
+        let mut landed = 0;
+        for attempt in 0..4 {
+            let wait = duration.mul_f64(reach * (0.1 + 0.9 * uniform(&mut state)));
+            let mut args = vec!["train", recipe, "--run-dir", run];
+            if attempt > 0 {
+                args.push("--resume");
+            }
+            let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
+                .args(&args)
+                .current_dir(dir)
+                .env("ZOO_OFFLINE", "1")
+                .env_remove("BURN_DEVICE")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(wait);
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            landed += 1;
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
-            .args(&args)
-            .current_dir(dir)
-            .env("ZOO_OFFLINE", "1")
-            .env_remove("BURN_DEVICE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(wait);
-        if child.try_wait().unwrap().is_some() {
-            break;
+        if landed >= 2 || reach < 0.05 {
+            if !dir.join(run).join("summary.json").exists() {
+                let finished = zoo(&["train", recipe, "--run-dir", run, "--resume"], dir);
+                assert!(finished.status.success(), "{}", stderr(&finished));
+            }
+            return landed;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        landed += 1;
+        reach /= 2.0;
     }
-    if !dir.join(run).join("summary.json").exists() {
-        let finished = zoo(&["train", recipe, "--run-dir", run, "--resume"], dir);
-        assert!(finished.status.success(), "{}", stderr(&finished));
-    }
-    landed
 }
 
 /// Every tensor of a checkpoint file by name, as bytes (parameter ids, which differ from run to

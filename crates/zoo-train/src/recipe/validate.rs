@@ -161,7 +161,11 @@ impl Recipe {
         let translation = self.task == Task::Translation;
         // (key, set in the recipe, allowed for this task)
         let keys = [
-            ("init_from", self.init_from.is_some(), encoder || seq2seq),
+            (
+                "init_from",
+                self.init_from.is_some(),
+                !matches!(config, ModelConfig::Ngram(_)),
+            ),
             ("training.seq_len", t.seq_len.is_some(), encoder || seq2seq),
             ("training.freeze_embeddings", t.freeze_embeddings, encoder),
             ("training.freeze_layers", t.freeze_layers > 0, encoder),

@@ -21,6 +21,7 @@ use crate::runtime::data::stream;
 use crate::runtime::early_stop::SharedEarlyStopping;
 use crate::runtime::run_dir::{CheckpointRule, prune_checkpoints, save_carried};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput, clip_to_norm, squared_norm};
+use crate::runtime::validations::Validations;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::train::{
@@ -52,6 +53,8 @@ pub struct TrainingLoop {
     skipped: SkippedSteps,
     /// Asked after each validation whether to end the run there.
     early_stopping: Option<SharedEarlyStopping>,
+    /// Marked by the metrics logger once it has taken in a validation.
+    validations: Validations,
     /// Why the loop stopped the run, if it did.
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -59,7 +62,8 @@ pub struct TrainingLoop {
 impl TrainingLoop {
     /// The loop of `recipe`'s run in `run_dir`, on the autodiff `device`, `steps_per_epoch`
     /// optimiser steps to an epoch, checkpointing by `checkpoints`, counting skipped steps in
-    /// `skipped`.
+    /// `skipped`, waiting after each validation for the metrics logger to mark it in
+    /// `validations`.
     pub fn new(
         recipe: &Recipe,
         device: &Device,
@@ -67,6 +71,7 @@ impl TrainingLoop {
         steps_per_epoch: usize,
         checkpoints: CheckpointRule,
         skipped: SkippedSteps,
+        validations: Validations,
     ) -> Self {
         Self {
             device: device.clone(),
@@ -79,6 +84,7 @@ impl TrainingLoop {
             checkpoints,
             skipped,
             early_stopping: None,
+            validations,
             failure: Arc::new(Mutex::new(None)),
         }
     }
@@ -309,7 +315,9 @@ where
                 break;
             }
 
-            // The metrics logger has seen this validation (flushed above).
+            // What follows (the next step's rate on a plateau, early stopping) depends on the
+            // metrics logger having taken this validation in.
+            self.validations.wait_for(epoch);
             let stop_early = match self.stops_early() {
                 Ok(stop) => stop,
                 Err(message) => {

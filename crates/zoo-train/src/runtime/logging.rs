@@ -8,6 +8,7 @@ use crate::runtime::early_stop::SharedEarlyStopping;
 use crate::runtime::run_dir::{append_run_line, write_run_file};
 use crate::runtime::schedule::SharedPlateau;
 use crate::runtime::step::SkippedSteps;
+use crate::runtime::validations::Validations;
 use burn::train::logger::{
     EvaluationProgressLogger, InMemoryMetricLogger, MetricLogger, TrainingProgressLogger,
 };
@@ -39,6 +40,8 @@ pub struct JsonlMetricLogger {
     skipped: Option<SkippedSteps>,
     /// Told every validation's metrics, when the run stops early.
     early_stopping: Option<SharedEarlyStopping>,
+    /// Marked once each validation has been taken in (the training loop waits for it).
+    validations: Validations,
 }
 
 impl JsonlMetricLogger {
@@ -82,7 +85,16 @@ impl JsonlMetricLogger {
             plateau: None,
             skipped: None,
             early_stopping: None,
+            validations: Validations::default(),
         })
+    }
+
+    /// Marks each validation in `validations` once taken in.
+    pub fn with_validations(self, validations: Validations) -> Self {
+        Self {
+            validations,
+            ..self
+        }
     }
 
     /// Also reports each validation's metrics to `early_stopping`.
@@ -193,6 +205,9 @@ impl MetricLogger for JsonlMetricLogger {
             // The log is not the run: training goes on (its checkpoints say whether the disk
             // is full), and a resume writes the lines again.
             eprintln!("warning: {e}");
+        }
+        if key.1 == "valid" {
+            self.validations.logged(summary.epoch_number);
         }
         self.memory.log_epoch_summary(summary);
     }

@@ -16,6 +16,7 @@
 //! metrics    perplexity, accuracy and F1
 //! logging    metrics.jsonl and the one-line-per-validation display
 //! summary    summary.json: what a finished run cost
+//! validations the loop waits for the metrics logger to have taken in each validation
 //! ```
 
 pub mod budget;
@@ -30,3 +31,4 @@ pub mod schedule;
 pub mod session;
 pub mod step;
 pub mod summary;
+pub mod validations;

@@ -24,6 +24,7 @@ use crate::runtime::run_dir::{
 use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput};
 use crate::runtime::summary::{RunSummary, SUMMARY_FILE};
+use crate::runtime::validations::Validations;
 use burn::prelude::*;
 use burn::train::checkpoint::CheckpointerError;
 use burn::train::metric::{Adaptor, LearningRateMetric, LossInput, LossMetric};
@@ -269,8 +270,10 @@ impl Session<'_> {
             config.width(),
         );
         let skipped = SkippedSteps::default();
+        let validations = Validations::default();
         let mut metric_logger =
-            JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?;
+            JsonlMetricLogger::new(run_dir.join(METRICS_FILE), budget, resume_epoch)?
+                .with_validations(validations.clone());
         if t.on_nonfinite == OnNonFinite::Skip {
             metric_logger = metric_logger.with_skips(skipped.clone());
         }
@@ -312,6 +315,7 @@ impl Session<'_> {
             budget.steps_per_epoch,
             checkpoints,
             skipped,
+            validations,
         );
         let training_loop = match &early_stopping {
             Some(early) => training_loop.with_early_stopping(early.clone()),

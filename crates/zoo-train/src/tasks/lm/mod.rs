@@ -17,18 +17,19 @@ use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::Perplexity;
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, write_run_file,
-    write_run_recipe,
+    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
+    locate_model, write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
+use burn::module::Module;
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
 use data::Windows;
 use hf::load_hf_lm;
 use model::{Lm, LmModel};
 use run::{LoadedRun, NGRAM_FILE, RunModel, continue_text, load_run, sample_text};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use zoo_text::{DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
@@ -40,6 +41,21 @@ pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedR
         return load_hf_lm(dir, IMPORTED_DATASET, device);
     }
     load_run(dir, epoch, device)
+}
+
+/// The config of the GPT or recurrent LM in `dir` (a run, or a Hugging Face GPT-2 or Llama
+/// directory), weights unread.
+fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
+    if is_hugging_face_dir(dir) {
+        return Ok(ModelConfig::Gpt(hf::read_config(dir)?.config));
+    }
+    match load_run_config(dir)? {
+        (_, config @ (ModelConfig::Gpt(_) | ModelConfig::Rnn(_))) => Ok(config),
+        _ => Err(ZooError::run_dir(
+            dir,
+            "is not a GPT or recurrent language-model run: init_from needs one",
+        )),
+    }
 }
 
 /// Trains a language-model recipe (or counts an n-gram one) in `session`'s run directory.
@@ -56,8 +72,19 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let train_text = registry.load_split(&data.dataset, &data.train_split, session.data_dir())?;
     let val_text = registry.load_split(&data.dataset, &data.val_split, session.data_dir())?;
 
+    // The run this one starts from: its shape and tokenizer always, its weights (loaded where
+    // training happens, after the session seeds the device) when starting afresh.
+    let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
+    let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let init = match (&init_from, session.is_fresh()) {
+        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
+        _ => None,
+    };
+
     session.create_run_dir()?;
-    let tokenizer = if session.is_fresh() {
+    let tokenizer = if let Some(init) = &init {
+        init.tokenizer.clone()
+    } else if session.is_fresh() {
         let spec = recipe
             .tokenizer_spec()
             .map_err(|e| session.recipe_error(e))?;
@@ -66,6 +93,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?
     };
     let config = session.model_config(|config| {
+        if let Some(pretrained) = &pretrained {
+            take_pretrained_shape(recipe, config, pretrained)?;
+        }
         if config.vocab_size() == 0 {
             config.set_vocab_size(tokenizer.vocab_size());
         }
@@ -139,6 +169,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let task = LmTraining {
         session,
         config: &config,
+        init: init.zip(init_from),
         seq_len,
         train_tokens: train_tokens.len(),
     };
@@ -169,10 +200,36 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     })
 }
 
+/// `config` (the recipe's) made the `pretrained` one's shape, after checking that every field
+/// the recipe states agrees with it; the run keeps its own dropout.
+fn take_pretrained_shape(
+    recipe: &Recipe,
+    config: &mut ModelConfig,
+    pretrained: &ModelConfig,
+) -> Result<(), String> {
+    let mismatches = recipe.model.mismatches(config, pretrained, &["dropout"]);
+    if !mismatches.is_empty() {
+        return Err(format!(
+            "[model] does not match init_from = {}: {}",
+            recipe.init_from.as_ref().expect("init").display(),
+            mismatches.join(", ")
+        ));
+    }
+    let dropout = config.dropout_mut().copied();
+    *config = pretrained.clone();
+    if let (Some(ours), Some(dropout)) = (config.dropout_mut(), dropout) {
+        *ours = dropout;
+    }
+    Ok(())
+}
+
 /// A GPT's or recurrent LM's part of a training session.
 struct LmTraining<'a> {
     session: &'a Session<'a>,
     config: &'a ModelConfig,
+    /// The run whose weights this one starts from (fresh runs with `init_from`), and where it
+    /// was found.
+    init: Option<(LoadedRun, PathBuf)>,
     /// Tokens per training sequence.
     seq_len: usize,
     /// Tokens in the training split.
@@ -184,8 +241,23 @@ impl TrainingTask for LmTraining<'_> {
     type Source = Windows;
 
     fn model(&mut self, device: &Device) -> Result<Lm, ZooError> {
-        let model = LmModel::init(self.config, device)
+        let mut model = LmModel::init(self.config, device)
             .map_err(|e| self.session.recipe_error(format!("[model]: {e}")))?;
+        if let Some((init, from)) = self.init.take() {
+            let RunModel::Neural(weights) = init.model else {
+                unreachable!("pretrained_config refuses n-gram runs");
+            };
+            println!(
+                "loaded the {} from {} ({} parameters)",
+                init.config.architecture().name,
+                from.display(),
+                weights.num_params()
+            );
+            // The weights into a model of this run's config, so that its dropout is this run's.
+            model = model
+                .try_load_record(weights.into_record())
+                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
+        }
         Ok(Lm::new(model, GradientStep::of(self.session.recipe)))
     }
 
