@@ -617,7 +617,7 @@ fn an_encoder_pretrains_then_fine_tunes_from_its_encoder() {
         out.contains("loaded the encoder from runs/mlm")
             && out.contains("new: the classification head")
             && out.contains("left behind: its masked-LM head")
-            && out.contains("frozen: the embeddings and 2 encoder layer(s)"),
+            && out.contains("frozen: the embeddings and 2 layer(s)"),
         "{out}"
     );
     // The tokenizer came with the encoder.
@@ -1275,6 +1275,99 @@ fn a_language_model_fine_tunes_from_a_run_or_a_hugging_face_gpt2() {
         stdout(&out).contains("loaded the gpt from"),
         "{}",
         stdout(&out)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `freeze_embeddings` and `freeze_layers` keep those parts of a GPT, an LSTM and a transformer
+/// encoder-decoder bit for bit as the run they start from has them, while the rest trains.
+#[test]
+fn frozen_parts_of_every_family_stay_as_they_were() {
+    let dir = scratch("freeze");
+    let seq2seq = tiny_seq2seq("dropout = 0.1\n");
+    let families: [(&str, &str, &str, fn(&str) -> bool); 3] = [
+        ("gpt", TINY, "gpt", |name| {
+            name.starts_with("model.Gpt.tokens.")
+                || name.starts_with("model.Gpt.positions.")
+                || name.starts_with("model.Gpt.blocks.0.")
+        }),
+        ("lstm", TINY_RNN, "rnn", |name| {
+            name == "model.Rnn.embedding" || name.starts_with("model.Rnn.layers.0.")
+        }),
+        ("s2s", &seq2seq, "transformer", |name| {
+            name.contains("_embedding.weight")
+                || name.starts_with("model.Transformer.positions.")
+                || name.starts_with("model.Transformer.encoder.0.")
+        }),
+    ];
+    for (name, recipe, arch, frozen) in families {
+        write(&dir, &format!("{name}.toml"), recipe);
+        let out = zoo(&["train", &format!("{name}.toml")], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let task = if arch == "transformer" {
+            "task = \"translation\"\n"
+        } else {
+            ""
+        };
+        let fine_tune = format!(
+            "{task}init_from = \"runs/{name}\"\n[model]\narch = \"{arch}\"\n[data]\ndataset = \"{}\"\n[training]\nbatch_size = 8\nsteps = 4\neval_interval = 2\neval_batches = 1\nfreeze_embeddings = true\nfreeze_layers = 1\n",
+            if arch == "transformer" {
+                "synthetic-reverse"
+            } else {
+                "embedded"
+            }
+        );
+        write(&dir, &format!("{name}-frozen.toml"), &fine_tune);
+        // Interrupted and resumed: what is frozen stays frozen in the resumed process too.
+        let recipe = format!("{name}-frozen.toml");
+        let out = zoo(&["train", &recipe, "--stop-after-steps", "2"], &dir);
+        assert!(out.status.success(), "{fine_tune}\n{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("frozen: the embeddings and 1 layer(s)"),
+            "{}",
+            stdout(&out)
+        );
+        let out = zoo(&["train", &recipe, "--resume"], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let last = |run: &str| {
+            let dir = dir.join("runs").join(run).join("checkpoint");
+            let epoch = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let file = e.unwrap().file_name().to_string_lossy().into_owned();
+                    file.strip_prefix("model-")?
+                        .strip_suffix(".bpk")?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .max()
+                .unwrap();
+            tensors(&dir.join(format!("model-{epoch}.bpk")))
+        };
+        let (before, after) = (last(name), last(&format!("{name}-frozen")));
+        let (mut kept, mut moved) = (0, 0);
+        for (tensor, bytes) in &before {
+            if frozen(tensor) {
+                assert!(after[tensor] == *bytes, "{name}: the frozen {tensor} moved");
+                kept += 1;
+            } else if after[tensor] != *bytes {
+                moved += 1;
+            }
+        }
+        assert!(
+            kept >= 2 && moved >= 2,
+            "{name}: {kept} frozen, {moved} trained"
+        );
+    }
+    write(
+        &dir,
+        "deep.toml",
+        &TINY.replace("steps = 6", "steps = 6\nfreeze_layers = 3"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "deep.toml"], &dir),
+        1,
+        &["freeze_layers (3) is more than the model's 2 layers"],
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -186,17 +186,6 @@ fn train_with_kills(dir: &Path, recipe: &str, run: &str, duration: Duration, see
     }
 }
 
-/// Every tensor of a checkpoint file by name, as bytes (parameter ids, which differ from run to
-/// run, left out).
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let reader = burn_pack::Reader::from_file(path).unwrap();
-    reader
-        .tensor_names()
-        .into_iter()
-        .map(|name| (name.to_string(), reader.tensor_data(name).unwrap()))
-        .collect()
-}
-
 /// The run's last checkpoint epoch.
 fn last_epoch(run: &Path) -> usize {
     std::fs::read_dir(run.join("checkpoint"))

@@ -59,3 +59,14 @@ pub fn assert_clean_error(o: &Output, code: i32, needles: &[&str]) {
         assert!(err.contains(needle), "missing {needle:?} in: {err}");
     }
 }
+
+/// Every tensor of a checkpoint file by name, as bytes (parameter ids, which differ from run to
+/// run, left out).
+pub fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let reader = burn_pack::Reader::from_file(path).unwrap();
+    reader
+        .tensor_names()
+        .into_iter()
+        .map(|name| (name.to_string(), reader.tensor_data(name).unwrap()))
+        .collect()
+}

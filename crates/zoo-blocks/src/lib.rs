@@ -30,3 +30,12 @@ pub use norm::{Norm, NormKind, NormPlacement};
 pub use positions::{AbsolutePositions, PositionKind, RelativePositionBias, Rotary, alibi_slopes};
 pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState};
 pub use size::ModelSize;
+
+/// `layers` with the first `count` kept out of training (their parameters take no gradient).
+pub fn freeze_first<M: burn::module::Module>(layers: Vec<M>, count: usize) -> Vec<M> {
+    layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, layer)| if i < count { layer.no_grad() } else { layer })
+        .collect()
+}

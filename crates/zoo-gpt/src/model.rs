@@ -12,6 +12,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::ModelSize;
 use zoo_blocks::decoding::ids_tensor;
+use zoo_blocks::freeze_first;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
     AbsolutePositions, Activation, AttentionCache, FeedForward, FeedForwardConfig, Norm, NormKind,
@@ -297,6 +298,18 @@ impl GptCache {
 }
 
 impl Gpt {
+    /// This model with the token (and learned position) embeddings, when `embeddings`, and the
+    /// first `layers` blocks kept out of training (fine-tuning). A head tied to the token
+    /// embedding is that embedding: it is kept too.
+    pub fn freeze(mut self, embeddings: bool, layers: usize) -> Self {
+        if embeddings {
+            self.tokens.weight = self.tokens.weight.set_require_grad(false);
+            self.positions = self.positions.map(Module::no_grad);
+        }
+        self.blocks = freeze_first(self.blocks, layers);
+        self
+    }
+
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
     ///
     /// With a cache, `ids` continue the cached sequence and the cache grows by `len`.

@@ -12,11 +12,11 @@ use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use zoo_blocks::ModelSize;
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::kernels::matmul_weight;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Sampler};
+use zoo_blocks::{ModelSize, freeze_first};
 
 /// Every shape and option of a recurrent LM. Recipes override any field by name.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -162,6 +162,17 @@ pub struct RnnLm {
 }
 
 impl RnnLm {
+    /// This model with the embedding, when `embeddings`, and the first `layers` recurrent
+    /// layers kept out of training (fine-tuning). A decoder tied to the embedding is that
+    /// embedding: it is kept too.
+    pub fn freeze(mut self, embeddings: bool, layers: usize) -> Self {
+        if embeddings {
+            self.embedding = self.embedding.set_require_grad(false);
+        }
+        self.layers = freeze_first(self.layers, layers);
+        self
+    }
+
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`, continuing from `state` (zeros
     /// when `None`), and the state after the last token.
     pub fn forward(&self, ids: Tensor<2, Int>, state: Option<RnnState>) -> (Tensor<3>, RnnState) {

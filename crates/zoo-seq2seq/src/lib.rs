@@ -37,6 +37,15 @@ pub enum Seq2SeqState {
 }
 
 impl Seq2Seq {
+    /// This model with its embeddings and its first `layers` encoder layers kept out of
+    /// training (see each family's `freeze`).
+    pub fn freeze(self, embeddings: bool, layers: usize) -> Self {
+        match self {
+            Seq2Seq::Transformer(model) => Seq2Seq::Transformer(model.freeze(embeddings, layers)),
+            Seq2Seq::Rnn(model) => Seq2Seq::Rnn(model.freeze(embeddings, layers)),
+        }
+    }
+
     /// Teacher-forced logits `[batch, tgt_len, tgt_vocab]` for `target_in` (the target shifted
     /// right, starting with the begin token).
     pub fn forward(

@@ -295,6 +295,21 @@ fn gather_positions(x: Tensor<3>, index: &Tensor<2, Int>) -> Tensor<3> {
 }
 
 impl RnnAttention {
+    /// This model with the embeddings, when `embeddings`, and its encoder (its one layer, the
+    /// two directions) when `layers` is 1, kept out of training (fine-tuning). An output head
+    /// tied to the target embedding is that embedding: it is kept too.
+    pub fn freeze(mut self, embeddings: bool, layers: usize) -> Self {
+        if embeddings {
+            self.source_embedding.weight = self.source_embedding.weight.set_require_grad(false);
+            self.target_embedding.weight = self.target_embedding.weight.set_require_grad(false);
+        }
+        if layers > 0 {
+            self.forward_encoder = self.forward_encoder.no_grad();
+            self.backward_encoder = self.backward_encoder.no_grad();
+        }
+        self
+    }
+
     /// Reads `source` (`[batch, src_len]`) both ways: the decoding state for its first step.
     /// Padded positions (`padding` true, after the last word) change nothing.
     pub fn encode(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> RnnAttentionState {

@@ -527,6 +527,25 @@ pub struct TransformerState {
 }
 
 impl Transformer {
+    /// This model with the embeddings (tokens, positions and their norms), when `embeddings`,
+    /// and the first `layers` encoder layers kept out of training (fine-tuning). An output
+    /// head tied to the target embedding is that embedding: it is kept too.
+    pub fn freeze(mut self, embeddings: bool, layers: usize) -> Self {
+        if embeddings {
+            self.source_embedding = self.source_embedding.map(|e| TokenEmbedding {
+                weight: e.weight.set_require_grad(false),
+                ..e
+            });
+            self.target_embedding.weight = self.target_embedding.weight.set_require_grad(false);
+            self.positions = self.positions.map(Module::no_grad);
+            self.target_positions = self.target_positions.map(Module::no_grad);
+            self.encoder_embedding_norm = self.encoder_embedding_norm.map(Module::no_grad);
+            self.decoder_embedding_norm = self.decoder_embedding_norm.map(Module::no_grad);
+        }
+        self.encoder = zoo_blocks::freeze_first(self.encoder, layers);
+        self
+    }
+
     /// The input of a stack: the embeddings of `ids` (at positions from `start`), scaled, with
     /// their positions added and `norm` applied.
     fn embed(

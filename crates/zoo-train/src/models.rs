@@ -326,6 +326,19 @@ impl ModelConfig {
         }
     }
 
+    /// Layers `training.freeze_layers` counts: a GPT's blocks, a recurrent LM's or encoder's
+    /// layers, an encoder-decoder's encoder layers (an RNN encoder-decoder has one).
+    pub fn freezable_layers(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.n_layer,
+            ModelConfig::Rnn(c) => c.n_layer,
+            ModelConfig::Ngram(_) => 0,
+            ModelConfig::Bert(c) => c.n_layer,
+            ModelConfig::Transformer(c) => c.n_encoder_layers,
+            ModelConfig::RnnAttention(_) => 1,
+        }
+    }
+
     /// Sets the vocabulary size.
     pub fn set_vocab_size(&mut self, vocab_size: usize) {
         match self {

@@ -325,10 +325,11 @@ pub struct TrainingSpec {
     /// most the model's `max_len`); batches are padded to their longest input.
     #[serde(default)]
     pub seq_len: Option<usize>,
-    /// Encoders only: keep the embeddings as they are (fine-tuning).
+    /// Keep the embeddings as they are (fine-tuning; a head tied to them stays too).
     #[serde(default)]
     pub freeze_embeddings: bool,
-    /// Encoders only: keep the first this many encoder layers as they are (fine-tuning).
+    /// Keep the first this many layers as they are (fine-tuning): a GPT's blocks, a recurrent
+    /// LM's layers, an encoder's or encoder-decoder's encoder layers.
     #[serde(default)]
     pub freeze_layers: usize,
     /// Encoder-decoders: label smoothing of the target cross-entropy (the transformer: 0.1).
@@ -395,6 +396,24 @@ pub enum OnNonFinite {
     Stop,
     /// Leave the weights and the optimiser as they were and go on with the next batch.
     Skip,
+}
+
+impl TrainingSpec {
+    /// What the run keeps out of training, in words (`frozen: the embeddings and 2 layer(s)`),
+    /// when it keeps anything.
+    pub fn frozen(&self) -> Option<String> {
+        (self.freeze_embeddings || self.freeze_layers > 0).then(|| {
+            format!(
+                "frozen: {}{} layer(s)",
+                if self.freeze_embeddings {
+                    "the embeddings and "
+                } else {
+                    ""
+                },
+                self.freeze_layers
+            )
+        })
+    }
 }
 
 /// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).

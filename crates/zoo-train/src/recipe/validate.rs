@@ -146,6 +146,8 @@ impl Recipe {
     /// The task fits the architecture, and keys of other families' tasks are not set.
     fn validate_task(&self, config: &ModelConfig) -> Result<(), String> {
         let encoder = matches!(config, ModelConfig::Bert(_));
+        // Trained with gradients (not counted, as an n-gram model).
+        let trained = !matches!(config, ModelConfig::Ngram(_));
         let seq2seq = config.is_seq2seq();
         let arch = config.architecture();
         if !arch.tasks.contains(&self.task) {
@@ -161,14 +163,10 @@ impl Recipe {
         let translation = self.task == Task::Translation;
         // (key, set in the recipe, allowed for this task)
         let keys = [
-            (
-                "init_from",
-                self.init_from.is_some(),
-                !matches!(config, ModelConfig::Ngram(_)),
-            ),
+            ("init_from", self.init_from.is_some(), trained),
             ("training.seq_len", t.seq_len.is_some(), encoder || seq2seq),
-            ("training.freeze_embeddings", t.freeze_embeddings, encoder),
-            ("training.freeze_layers", t.freeze_layers > 0, encoder),
+            ("training.freeze_embeddings", t.freeze_embeddings, trained),
+            ("training.freeze_layers", t.freeze_layers > 0, trained),
             ("data.next_sentence", d.next_sentence, encoder),
             ("data.document_lines", d.document_lines.is_some(), encoder),
             (
@@ -212,6 +210,13 @@ impl Recipe {
                 self.task.name()
             ));
         }
+        if t.freeze_layers > config.freezable_layers() {
+            return Err(format!(
+                "training.freeze_layers ({}) is more than the model's {} layers",
+                t.freeze_layers,
+                config.freezable_layers()
+            ));
+        }
         if seq2seq {
             return self.validate_seq2seq(config);
         }
@@ -224,12 +229,6 @@ impl Recipe {
                 return Err(format!(
                     "training.seq_len ({seq_len}) must be in 3..={} (the model's max_len)",
                     bert.max_len
-                ));
-            }
-            if t.freeze_layers > bert.n_layer {
-                return Err(format!(
-                    "training.freeze_layers ({}) is more than the model's {} layers",
-                    t.freeze_layers, bert.n_layer
                 ));
             }
         }

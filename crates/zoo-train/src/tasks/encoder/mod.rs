@@ -265,16 +265,8 @@ impl TrainingTask for EncoderTraining<'_> {
                 .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
         }
         let model = freeze(model, t.freeze_embeddings, t.freeze_layers);
-        if t.freeze_embeddings || t.freeze_layers > 0 {
-            println!(
-                "frozen: {}{} encoder layer(s)",
-                if t.freeze_embeddings {
-                    "the embeddings and "
-                } else {
-                    ""
-                },
-                t.freeze_layers
-            );
+        if let Some(frozen) = t.frozen() {
+            println!("{frozen}");
         }
         Ok(Encoder::new(model, GradientStep::of(recipe)))
     }
@@ -374,13 +366,7 @@ pub fn freeze(mut model: BertModel, embeddings: bool, layers: usize) -> BertMode
     if embeddings {
         model.encoder.embeddings = model.encoder.embeddings.no_grad();
     }
-    model.encoder.layers = model
-        .encoder
-        .layers
-        .into_iter()
-        .enumerate()
-        .map(|(i, layer)| if i < layers { layer.no_grad() } else { layer })
-        .collect();
+    model.encoder.layers = zoo_blocks::freeze_first(model.encoder.layers, layers);
     model
 }
 

@@ -258,6 +258,11 @@ impl TrainingTask for LmTraining<'_> {
                 .try_load_record(weights.into_record())
                 .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
         }
+        let t = &self.session.recipe.training;
+        if let Some(frozen) = t.frozen() {
+            println!("{frozen}");
+        }
+        let model = model.freeze(t.freeze_embeddings, t.freeze_layers);
         Ok(Lm::new(model, GradientStep::of(self.session.recipe)))
     }
 

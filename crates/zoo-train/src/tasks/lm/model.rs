@@ -61,6 +61,14 @@ impl LmModel {
         }
     }
 
+    /// This model with its embeddings and its first `layers` layers kept out of training.
+    pub fn freeze(self, embeddings: bool, layers: usize) -> Self {
+        match self {
+            LmModel::Gpt(gpt) => LmModel::Gpt(gpt.freeze(embeddings, layers)),
+            LmModel::Rnn(rnn) => LmModel::Rnn(rnn.freeze(embeddings, layers)),
+        }
+    }
+
     /// Continues `prompt` by `max_new_tokens` sampled tokens.
     pub fn generate(
         &self,

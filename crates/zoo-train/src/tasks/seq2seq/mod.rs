@@ -250,6 +250,11 @@ impl TrainingTask for Seq2SeqTraining<'_> {
                 .try_load_record(init.model.into_record())
                 .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
         }
+        let t = &self.session.recipe.training;
+        if let Some(frozen) = t.frozen() {
+            println!("{frozen}");
+        }
+        let model = model.freeze(t.freeze_embeddings, t.freeze_layers);
         Ok(Seq2SeqTrainer::new(model, self.session.recipe))
     }
 
