@@ -20,14 +20,13 @@ fn layer(module: &str) -> usize {
 }
 
 /// The order inside the runtime: the session on top, the loop, the display and the summary
-/// below it,
-/// the rest at the bottom.
+/// below it, the rest at the bottom.
 fn runtime_layer(module: &str) -> usize {
     match module {
         "session" => 2,
         "fit" | "logging" | "summary" => 1,
         "budget" | "data" | "early_stop" | "metrics" | "optim" | "run_dir" | "schedule"
-        | "step" | "mod" => 0,
+        | "step" | "validations" | "mod" => 0,
         other => panic!("runtime module {other} has no layer: add it to tests/layers.rs"),
     }
 }
