@@ -235,7 +235,8 @@ impl DecodingArgs {
 
 #[derive(Subcommand)]
 enum BenchFamily {
-    /// Forward + backward + AdamW steps of a GPT on random tokens (dropout off).
+    /// Forward + backward + AdamW steps of a GPT on random tokens (dropout off unless
+    /// --dropout).
     Gpt(GptBench),
     /// Truncated-BPTT steps of a recurrent LM on random tokens (SGD, clipping, dropout on).
     Rnn(RnnBench),
@@ -360,6 +361,10 @@ struct GptBench {
     /// Width (default: the preset's).
     #[arg(long)]
     n_embd: Option<usize>,
+    /// Dropout, as nanoGPT applies it (embeddings, attention weights, both residual branches;
+    /// its shakespeare-char recipe: 0.2). `torch_gpt.py` takes it as its 9th argument.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// Timed steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
@@ -848,7 +853,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         ModelConfig::Gpt(c) => Some(c),
         _ => None,
     })?;
-    config.dropout = 0.0;
+    config.dropout = args.dropout;
     if let Some(block) = args.block_size {
         config.block_size = block;
     }
@@ -870,7 +875,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         zoo_train::bench::bench_gpt(&config, args.batch_size, args.steps, args.warmup, device)
             .map_err(ZooError::Usage)?;
     println!(
-        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} {}",
+        "zoo-gpt preset={} layers={} heads={} width={} block={} batch={} vocab={} dropout={} {}",
         args.preset,
         config.n_layer,
         config.n_head,
@@ -878,6 +883,7 @@ fn bench_gpt(args: GptBench, device: &burn::tensor::Device) -> Result<(), ZooErr
         config.block_size,
         args.batch_size,
         config.vocab_size,
+        config.dropout,
         report.summary()
     );
     Ok(())
