@@ -284,7 +284,7 @@ impl Embeddings {
         let x = self.tokens.forward(tokens)
             + self.segments.forward(segments)
             + self.positions.forward(positions);
-        self.dropout.forward(self.norm.forward(x))
+        zoo_blocks::kernels::dropout(&self.dropout, self.norm.forward(x))
     }
 }
 
@@ -644,7 +644,8 @@ impl MaskedLmHead {
 impl LabelHead {
     /// Label logits of pooled vectors `[batch, d]` or of tokens `[batch, len, d]`.
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
-        self.out.forward(self.dropout.forward(hidden))
+        self.out
+            .forward(zoo_blocks::kernels::dropout(&self.dropout, hidden))
     }
 }
 

@@ -258,7 +258,10 @@ impl SelfAttention {
                 scale as f32,
             );
             if let Some(y) = packed {
-                return self.resid_dropout.forward(kernels::linear(&self.proj, y));
+                return crate::kernels::dropout(
+                    &self.resid_dropout,
+                    kernels::linear(&self.proj, y),
+                );
             }
         }
         let heads = |start: usize, count: usize| {
@@ -326,7 +329,7 @@ impl SelfAttention {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
             let weights = softmax(scores, 3);
-            self.attn_dropout.forward(weights).matmul(v)
+            crate::kernels::dropout(&self.attn_dropout, weights).matmul(v)
         } else {
             let options = AttentionModuleOptions {
                 scale: Some(scale),
@@ -339,7 +342,7 @@ impl SelfAttention {
         let y = y
             .swap_dims(1, 2)
             .reshape([batch, len, self.n_heads * head_dim]);
-        self.resid_dropout.forward(kernels::linear(&self.proj, y))
+        crate::kernels::dropout(&self.resid_dropout, kernels::linear(&self.proj, y))
     }
 
     /// Repeats each key/value head for the query heads that share it.

@@ -196,7 +196,7 @@ impl CrossAttention {
             if let Some(mask) = mask {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
-            self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
+            crate::kernels::dropout(&self.attn_dropout, softmax(scores, 3)).matmul(v)
         } else {
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),
@@ -206,7 +206,7 @@ impl CrossAttention {
             attention(q, k, v, mask, None, options)
         };
         let y = y.swap_dims(1, 2).reshape([batch, len, inner]);
-        self.resid_dropout.forward(kernels::linear(&self.proj, y))
+        crate::kernels::dropout(&self.resid_dropout, kernels::linear(&self.proj, y))
     }
 }
 

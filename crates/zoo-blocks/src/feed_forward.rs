@@ -110,7 +110,7 @@ impl FeedForward {
                 gelu_approximate(gate) * value
             }
         };
-        self.dropout.forward(kernels::linear(&self.out, h))
+        crate::kernels::dropout(&self.dropout, kernels::linear(&self.out, h))
     }
 }
 

@@ -326,7 +326,7 @@ impl Gpt {
         if let Some(positions) = &self.positions {
             x = x + positions.forward(start, len);
         }
-        x = self.dropout.forward(x);
+        x = zoo_blocks::kernels::dropout(&self.dropout, x);
         match cache {
             Some(cache) => {
                 cache

@@ -177,12 +177,13 @@ impl RnnLm {
     /// when `None`), and the state after the last token.
     pub fn forward(&self, ids: Tensor<2, Int>, state: Option<RnnState>) -> (Tensor<3>, RnnState) {
         let mut states = state.map(Vec::into_iter);
-        let mut x = self.dropout.forward(embedding(self.embedding.val(), ids));
+        let mut x =
+            zoo_blocks::kernels::dropout(&self.dropout, embedding(self.embedding.val(), ids));
         let mut next = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let (out, state) = layer.forward(x, states.as_mut().and_then(Iterator::next));
             next.push(state);
-            x = self.dropout.forward(out);
+            x = zoo_blocks::kernels::dropout(&self.dropout, out);
         }
         let weight = match &self.decoder {
             Some(decoder) => decoder.val(),

@@ -316,7 +316,8 @@ impl RnnAttention {
         let [batch, _] = source.dims();
         let device = source.device();
         let reversal = reversal_within_lengths(&padding);
-        let embedded = self.dropout.forward(self.source_embedding.forward(source));
+        let embedded =
+            zoo_blocks::kernels::dropout(&self.dropout, self.source_embedding.forward(source));
         let (forward, _) = self.forward_encoder.forward(embedded.clone(), None);
         let (backward, _) = self
             .backward_encoder
@@ -398,7 +399,7 @@ impl RnnAttention {
                 output
             }
         };
-        self.dropout.forward(output)
+        zoo_blocks::kernels::dropout(&self.dropout, output)
     }
 
     /// Teacher-forced logits `[batch, tgt_len, tgt_vocab]`: `target_in` is the target shifted

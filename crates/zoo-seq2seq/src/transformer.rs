@@ -570,7 +570,7 @@ impl Transformer {
         if let Some(norm) = norm {
             x = norm.forward(x);
         }
-        self.dropout.forward(x)
+        zoo_blocks::kernels::dropout(&self.dropout, x)
     }
 
     /// The encoder's output `[batch, src_len, d_model]` for `source` (`[batch, src_len]`);

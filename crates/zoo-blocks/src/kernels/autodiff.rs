@@ -25,6 +25,21 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooGelu {
 }
 
 #[derive(Debug)]
+struct ZooDropout;
+
+impl<B: Backend + ZooOps> Backward<B, 1> for ZooDropout {
+    /// The probability and the seed: the backward draws the same mask again.
+    type State = (f32, u64);
+
+    fn backward(self, ops: Ops<(f32, u64), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (prob, seed) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::zoo_dropout(grad, prob, seed)
+        });
+    }
+}
+
+#[derive(Debug)]
 struct ZooCausalAttention;
 
 type AttentionState<B> = (
@@ -427,6 +442,19 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
                 prep.finish(state, B::zoo_gelu(x.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::zoo_gelu(x.into_primitive())),
+        }
+    }
+
+    fn zoo_dropout(x: FloatTensor<Self>, prob: f32, seed: u64) -> FloatTensor<Self> {
+        match ZooDropout
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((prob, seed), B::zoo_dropout(x.into_primitive(), prob, seed))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::zoo_dropout(x.into_primitive(), prob, seed)),
         }
     }
 

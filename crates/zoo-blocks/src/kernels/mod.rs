@@ -11,6 +11,8 @@
 //!   time;
 //! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
 //!   from many single-threaded whole-tensor ops);
+//! - [`dropout`]: one parallel pass each way, the mask regenerated in the backward from a
+//!   counter-based stream (Burn draws it on one thread and stores it);
 //! - [`adamw`]: the optimiser update of one parameter in one pass.
 //!
 //! The files split by role, as Burn's custom-kernel example separates forward and backward:
@@ -44,6 +46,17 @@ pub trait ZooOps: Backend {
     fn zoo_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_backward(x, grad)
     }
+
+    /// Inverted dropout: each element of `x` kept with probability `1 - prob` and scaled by
+    /// `1 / (1 - prob)`, else zeroed, by a mask that is a function of `seed` and the element's
+    /// index alone. Its backward is the same op on the gradient: the mask is drawn again, never
+    /// stored.
+    fn zoo_dropout(
+        x: FloatTensor<Self>,
+        // `_prob`, `_seed`: without `flex` the generated dispatch has no backend to pass them to.
+        _prob: f32,
+        _seed: u64,
+    ) -> FloatTensor<Self>;
 
     /// Causal attention `softmax(q kᵀ scale + causal mask) v` over `[batch, heads, len, dim]`,
     /// with the attention probabilities (`[batch, heads, len, len]`) that the backward needs.
@@ -205,6 +218,42 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         burn::tensor::activation::gelu(x)
     }
+}
+
+/// `layer`'s dropout of `x`, as [`burn::nn::Dropout::forward`] (only while training, on an
+/// autodiff device), through our kernel on flex: one parallel pass each way, the mask drawn
+/// from a counter-based stream seeded from the device's generator (so a run seeded per step
+/// draws the same masks), and regenerated in the backward instead of stored. Burn's draws each
+/// mask element from one generator on one thread and keeps the mask for the backward.
+pub fn dropout<const D: usize>(layer: &burn::nn::Dropout, x: Tensor<D>) -> Tensor<D> {
+    if !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0 {
+        return x;
+    }
+    if !runs_on_flex_f32(&x) {
+        return layer.forward(x);
+    }
+    // 90 bits of the device's generator (three draws of 30: integers may be 32-bit), folded
+    // into the seed of the mask stream.
+    let draws = Tensor::<1, Int>::random(
+        [3],
+        burn::tensor::Distribution::Uniform(0.0, (1u64 << 30) as f64),
+        &x.device(),
+    )
+    .into_data()
+    .convert::<i64>()
+    .try_into_vec::<i64>()
+    .expect("integers read back");
+    let seed = ((draws[0] as u64) << 34) ^ ((draws[1] as u64) << 17) ^ draws[2] as u64;
+    dropout_with_seed(x, layer.prob as f32, seed)
+}
+
+/// Our dropout kernel on flex with the mask stream seeded by `seed`.
+fn dropout_with_seed<const D: usize>(x: Tensor<D>, prob: f32, seed: u64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_dropout(
+        x.into_dispatch(),
+        prob,
+        seed,
+    ))
 }
 
 /// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, keys and values as many

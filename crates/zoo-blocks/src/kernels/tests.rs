@@ -188,3 +188,47 @@ fn the_polynomial_exp_is_accurate_to_a_few_ulp() {
     assert!(exp_f32(-1e4) < 1.2e-38 && exp_f32(-1e4) >= 0.0 && exp_f32(1e4).is_finite());
     assert!(exp_f32(f32::NAN).is_nan());
 }
+
+#[test]
+fn dropout_keeps_one_minus_p_scaled_and_its_gradient_takes_the_same_mask() {
+    let device = test_device().autodiff();
+    device.seed(7);
+    let layer = burn::nn::DropoutConfig::new(0.3).init();
+    // Spread over several of the kernel's chunks, not contiguous.
+    let x = Tensor::<2>::random([300, 200], Distribution::Normal(0.0, 1.0), &device)
+        .transpose()
+        .require_grad();
+    let out = dropout(&layer, x.clone());
+    let (xs, outs) = (to_vec(x.clone().inner()), to_vec(out.clone().inner()));
+    let kept = outs.iter().filter(|&&o| o != 0.0).count() as f64 / outs.len() as f64;
+    assert!((kept - 0.7).abs() < 0.01, "kept {kept}");
+    for (&v, &o) in xs.iter().zip(&outs) {
+        assert!(o == 0.0 || (o - v / 0.7).abs() <= 1e-6 * (1.0 + v.abs()), "{v} -> {o}");
+    }
+    // d(sum(dropout(x) w))/dx = mask w / (1 - p): zero exactly where the output is.
+    let weights = Tensor::<2>::random([200, 300], Distribution::Normal(0.0, 1.0), &device);
+    let grad = to_vec(x.grad(&(out * weights.clone()).sum().backward()).unwrap());
+    let ws = to_vec(weights.inner());
+    for ((&g, &o), &w) in grad.iter().zip(&outs).zip(&ws) {
+        let expected = if o == 0.0 { 0.0 } else { w / 0.7 };
+        assert!((g - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{g} vs {expected}");
+    }
+    // A mask is a function of the seed alone: the same seed draws it again, another does not.
+    let plain = x.inner();
+    let first = to_vec(dropout_with_seed(plain.clone(), 0.3, 11));
+    assert_eq!(to_vec(dropout_with_seed(plain.clone(), 0.3, 11)), first);
+    assert_ne!(to_vec(dropout_with_seed(plain, 0.3, 12)), first);
+}
+
+#[test]
+fn dropout_is_off_outside_training() {
+    let device = test_device();
+    let layer = burn::nn::DropoutConfig::new(0.5).init();
+    let x = Tensor::<2>::random([8, 8], Distribution::Normal(0.0, 1.0), &device);
+    // Not an autodiff device: inference.
+    assert_eq!(to_vec(dropout(&layer, x.clone())), to_vec(x.clone()));
+    // A rate of 0 draws nothing, on the training device too.
+    let off = burn::nn::DropoutConfig::new(0.0).init();
+    let y = Tensor::<2>::from_data(x.to_data(), &device.autodiff());
+    assert_eq!(to_vec(dropout(&off, y).inner()), to_vec(x));
+}

@@ -66,6 +66,17 @@ impl ZooOps for Flex {
         from_f32(out, x.layout().shape().clone())
     }
 
+    fn zoo_dropout(x: FlexTensor, prob: f32, seed: u64) -> FlexTensor {
+        let x = contiguous_f32(&x).expect("the dropout wrapper sends f32 tensors only");
+        let input = x.as_slice::<f32>().expect("contiguous");
+        let mut out = vec![0.0f32; input.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(chunk, (o, i))| rows::dropout(o, i, prob, seed, (chunk * CHUNK) as u64));
+        from_f32(out, x.layout().shape().clone())
+    }
+
     fn zoo_causal_attention(
         q: FlexTensor,
         k: FlexTensor,

@@ -93,3 +93,21 @@ vectorised! {
         }
     }
 }
+
+vectorised! {
+    /// Inverted dropout of a chunk whose first element is element `first` of the tensor: element
+    /// `n` is kept (and scaled by `1 / (1 - prob)`) when the top 24 bits of SplitMix64's
+    /// finaliser over `seed + n φ` reach `prob · 2²⁴`. A function of `(seed, n)` alone, so the
+    /// chunking (and the thread count) never changes the mask.
+    pub fn dropout(out: &mut [f32], x: &[f32], prob: f32, seed: u64, first: u64) {
+        let threshold = (prob as f64 * (1u64 << 24) as f64) as u64;
+        let scale = 1.0 / (1.0 - prob);
+        for (n, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+            let mut z = seed.wrapping_add((first + n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let keep = ((z ^ (z >> 31)) >> 40) >= threshold;
+            *o = if keep { v * scale } else { 0.0 };
+        }
+    }
+}
