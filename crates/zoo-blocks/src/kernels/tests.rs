@@ -203,7 +203,10 @@ fn dropout_keeps_one_minus_p_scaled_and_its_gradient_takes_the_same_mask() {
     let kept = outs.iter().filter(|&&o| o != 0.0).count() as f64 / outs.len() as f64;
     assert!((kept - 0.7).abs() < 0.01, "kept {kept}");
     for (&v, &o) in xs.iter().zip(&outs) {
-        assert!(o == 0.0 || (o - v / 0.7).abs() <= 1e-6 * (1.0 + v.abs()), "{v} -> {o}");
+        assert!(
+            o == 0.0 || (o - v / 0.7).abs() <= 1e-6 * (1.0 + v.abs()),
+            "{v} -> {o}"
+        );
     }
     // d(sum(dropout(x) w))/dx = mask w / (1 - p): zero exactly where the output is.
     let weights = Tensor::<2>::random([200, 300], Distribution::Normal(0.0, 1.0), &device);
@@ -211,7 +214,10 @@ fn dropout_keeps_one_minus_p_scaled_and_its_gradient_takes_the_same_mask() {
     let ws = to_vec(weights.inner());
     for ((&g, &o), &w) in grad.iter().zip(&outs).zip(&ws) {
         let expected = if o == 0.0 { 0.0 } else { w / 0.7 };
-        assert!((g - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{g} vs {expected}");
+        assert!(
+            (g - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
+            "{g} vs {expected}"
+        );
     }
     // A mask is a function of the seed alone: the same seed draws it again, another does not.
     let plain = x.inner();

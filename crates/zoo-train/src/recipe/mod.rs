@@ -526,6 +526,32 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// `config` (this recipe's) made the shape of `pretrained`, the model `init_from` names,
+    /// after checking that every field the recipe's `[model]` states agrees with it; the run
+    /// keeps its own dropout.
+    pub fn take_pretrained_shape(
+        &self,
+        config: &mut ModelConfig,
+        pretrained: &ModelConfig,
+    ) -> Result<(), String> {
+        let mismatches = self.model.mismatches(config, pretrained, &["dropout"]);
+        if !mismatches.is_empty() {
+            return Err(format!(
+                "[model] does not match init_from = {}: {}",
+                self.init_from
+                    .as_ref()
+                    .map_or("?".into(), |p| p.display().to_string()),
+                mismatches.join(", ")
+            ));
+        }
+        let dropout = config.dropout_mut().copied();
+        *config = pretrained.clone();
+        if let (Some(ours), Some(dropout)) = (config.dropout_mut(), dropout) {
+            *ours = dropout;
+        }
+        Ok(())
+    }
+
     /// The tokenizer the recipe names.
     pub fn tokenizer_spec(&self) -> Result<&TokenizerSpec, String> {
         self.tokenizer

@@ -56,7 +56,16 @@ pub struct TrainingLoop {
     /// Marked by the metrics logger once it has taken in a validation.
     validations: Validations,
     /// Why the loop stopped the run, if it did.
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Stopped>>>,
+}
+
+/// Why the training loop stopped a run, and what the user can do about it.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    /// What happened, naming the step, value or file.
+    pub reason: String,
+    /// What to do next.
+    pub advice: &'static str,
 }
 
 impl TrainingLoop {
@@ -111,7 +120,7 @@ impl TrainingLoop {
     }
 
     /// Where the loop says why it stopped the run (read it once training has returned).
-    pub fn failure(&self) -> Arc<Mutex<Option<String>>> {
+    pub fn failure(&self) -> Arc<Mutex<Option<Stopped>>> {
         self.failure.clone()
     }
 
@@ -276,9 +285,9 @@ where
             event_store,
             ..
         } = components;
-        let fail = |message: String| {
-            *self.failure.lock().expect("failure lock") = Some(message.clone());
-            interrupter.stop(Some(&message));
+        let fail = |reason: String, advice: &'static str| {
+            interrupter.stop(Some(&reason));
+            *self.failure.lock().expect("failure lock") = Some(Stopped { reason, advice });
         };
 
         for epoch in starting_epoch..=num_epochs {
@@ -295,7 +304,10 @@ where
                 &interrupter,
             );
             if let Err(message) = trained {
-                fail(message);
+                fail(
+                    message,
+                    "lower optimizer.lr or set optimizer.grad_clip, or set training.on_nonfinite = \"skip\" to skip such batches",
+                );
                 break;
             }
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
@@ -321,7 +333,7 @@ where
             let stop_early = match self.stops_early() {
                 Ok(stop) => stop,
                 Err(message) => {
-                    fail(message);
+                    fail(message, "name one of them in the recipe, then --resume");
                     break;
                 }
             };
@@ -335,7 +347,10 @@ where
                         prune_checkpoints(&self.run_dir, self.checkpoints.keep)
                     });
                 if let Err(e) = saved {
-                    fail(e.to_string());
+                    fail(
+                        e.to_string(),
+                        "free space or make the run directory writable, then --resume",
+                    );
                     break;
                 }
             }

@@ -13,7 +13,7 @@ use crate::recipe::Recipe;
 use crate::runtime::budget::{Budget, Plan, StepCost};
 use crate::runtime::data::{BatchSource, StepLoader};
 use crate::runtime::early_stop::EarlyStopping;
-use crate::runtime::fit::TrainingLoop;
+use crate::runtime::fit::{Stopped, TrainingLoop};
 use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
 use crate::runtime::optim::build_optimizer;
 use crate::runtime::run_dir::{
@@ -338,8 +338,8 @@ impl Session<'_> {
         );
         println!("{}", task.announce(&budget));
         let result = training.launch(learner);
-        if let Some(reason) = stopped.lock().expect("failure lock").take() {
-            return Err(self.stopped_at(&reason, &budget));
+        if let Some(why) = stopped.lock().expect("failure lock").take() {
+            return Err(self.stopped_at(&why, &budget));
         }
         if let Some(error) = &result.error {
             return Err(ZooError::Training(match error.as_ref() {
@@ -375,9 +375,8 @@ impl Session<'_> {
         })
     }
 
-    /// The error of a run the training loop stopped (`reason`: at which step, and why), saying
-    /// what was kept and what to do.
-    fn stopped_at(&self, reason: &str, budget: &Budget) -> ZooError {
+    /// The error of a run the training loop `stopped`, saying what was kept and what to do.
+    fn stopped_at(&self, stopped: &Stopped, budget: &Budget) -> ZooError {
         let run_dir = self.run_dir.as_path();
         let kept = match checkpoint_epochs(run_dir).last() {
             Some(&epoch) => format!(
@@ -386,12 +385,10 @@ impl Session<'_> {
             ),
             None => "it has no checkpoint yet".into(),
         };
-        let advice = if reason.contains("cannot be written") {
-            "free space or make the run directory writable, then --resume"
-        } else {
-            "lower optimizer.lr or set optimizer.grad_clip, or set training.on_nonfinite = \"skip\" to skip such batches"
-        };
-        ZooError::Training(format!("{reason}: the run stops here and {kept}; {advice}"))
+        ZooError::Training(format!(
+            "{}: the run stops here and {kept}; {}",
+            stopped.reason, stopped.advice
+        ))
     }
 }
 

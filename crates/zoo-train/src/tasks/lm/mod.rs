@@ -94,7 +94,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     };
     let config = session.model_config(|config| {
         if let Some(pretrained) = &pretrained {
-            take_pretrained_shape(recipe, config, pretrained)?;
+            recipe.take_pretrained_shape(config, pretrained)?;
         }
         if config.vocab_size() == 0 {
             config.set_vocab_size(tokenizer.vocab_size());
@@ -198,29 +198,6 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         steps: trained.steps,
         sample,
     })
-}
-
-/// `config` (the recipe's) made the `pretrained` one's shape, after checking that every field
-/// the recipe states agrees with it; the run keeps its own dropout.
-fn take_pretrained_shape(
-    recipe: &Recipe,
-    config: &mut ModelConfig,
-    pretrained: &ModelConfig,
-) -> Result<(), String> {
-    let mismatches = recipe.model.mismatches(config, pretrained, &["dropout"]);
-    if !mismatches.is_empty() {
-        return Err(format!(
-            "[model] does not match init_from = {}: {}",
-            recipe.init_from.as_ref().expect("init").display(),
-            mismatches.join(", ")
-        ));
-    }
-    let dropout = config.dropout_mut().copied();
-    *config = pretrained.clone();
-    if let (Some(ours), Some(dropout)) = (config.dropout_mut(), dropout) {
-        *ours = dropout;
-    }
-    Ok(())
 }
 
 /// A GPT's or recurrent LM's part of a training session.

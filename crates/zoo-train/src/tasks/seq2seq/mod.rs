@@ -142,20 +142,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     };
     let config = session.model_config(|config| {
         if let Some(pretrained) = &pretrained {
-            let mismatches = recipe.model.mismatches(config, pretrained, &["dropout"]);
-            if !mismatches.is_empty() {
-                return Err(format!(
-                    "[model] does not match init_from = {}: {}",
-                    recipe.init_from.as_ref().expect("init").display(),
-                    mismatches.join(", ")
-                ));
-            }
-            // The pretrained shape, with this run's dropout.
-            let dropout = config.dropout_mut().copied();
-            *config = pretrained.clone();
-            if let (Some(ours), Some(dropout)) = (config.dropout_mut(), dropout) {
-                *ours = dropout;
-            }
+            recipe.take_pretrained_shape(config, pretrained)?;
         }
         fit_vocabularies(config, &vocab)
     })?;
