@@ -1329,21 +1329,7 @@ fn frozen_parts_of_every_family_stay_as_they_were() {
         );
         let out = zoo(&["train", &recipe, "--resume"], &dir);
         assert!(out.status.success(), "{}", stderr(&out));
-        let last = |run: &str| {
-            let dir = dir.join("runs").join(run).join("checkpoint");
-            let epoch = std::fs::read_dir(&dir)
-                .unwrap()
-                .filter_map(|e| {
-                    let file = e.unwrap().file_name().to_string_lossy().into_owned();
-                    file.strip_prefix("model-")?
-                        .strip_suffix(".bpk")?
-                        .parse::<usize>()
-                        .ok()
-                })
-                .max()
-                .unwrap();
-            tensors(&dir.join(format!("model-{epoch}.bpk")))
-        };
+        let last = |run: &str| last_checkpoint(&dir.join("runs").join(run));
         let (before, after) = (last(name), last(&format!("{name}-frozen")));
         let (mut kept, mut moved) = (0, 0);
         for (tensor, bytes) in &before {
@@ -1368,6 +1354,279 @@ fn frozen_parts_of_every_family_stay_as_they_were() {
         &zoo(&["train", "deep.toml"], &dir),
         1,
         &["freeze_layers (3) is more than the model's 2 layers"],
+    );
+    // Starting from a run, the depth is the run's.
+    write(
+        &dir,
+        "deeper.toml",
+        "init_from = \"runs/gpt\"\n[model]\narch = \"gpt\"\n[data]\ndataset = \"embedded\"\n[training]\nbatch_size = 8\nsteps = 2\nfreeze_layers = 3\n",
+    );
+    assert_clean_error(
+        &zoo(&["train", "deeper.toml"], &dir),
+        1,
+        &[
+            "deeper.toml",
+            "freeze_layers (3) is more than the model's 2 layers",
+        ],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The newest model checkpoint of `run`, tensor by tensor.
+fn last_checkpoint(run: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dir = run.join("checkpoint");
+    let epoch = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let file = e.unwrap().file_name().to_string_lossy().into_owned();
+            file.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    tensors(&dir.join(format!("model-{epoch}.bpk")))
+}
+
+/// LoRA (`[finetune] lora_rank`) on a GPT and on a BERT classifier: the checkpoints hold the
+/// adapters only (and the classifier's new head), `base.json` names the base; an interrupted
+/// run resumes to the same validations as an uninterrupted one; the loaded run is the base
+/// with the adapters merged (only the targeted matrices differ from the base), and exports as
+/// such; a base whose weights have changed is refused by name.
+#[test]
+fn lora_runs_keep_only_their_adapters_resume_merge_and_export() {
+    let dir = scratch("lora");
+    let base = TINY.replace("block_size = 32", "block_size = 32\nbias = true");
+    write(&dir, "gpt.toml", &base);
+    let out = zoo(&["train", "gpt.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lora = base
+        .replace("[tokenizer]\nkind = \"char\"\n", "")
+        .replace(
+            "[model]\n",
+            "init_from = \"runs/gpt\"\n\n[finetune]\nlora_rank = 4\nlora_alpha = 8\n\n[model]\narch = \"gpt\"\n#",
+        );
+    write(&dir, "lora.toml", &lora);
+    write(&dir, "lora-resumed.toml", &lora);
+    let out = zoo(&["train", "lora.toml"], &dir);
+    assert!(out.status.success(), "{lora}\n{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("LoRA on 4 weight matrices: 2304 of "),
+        "{}",
+        stdout(&out)
+    );
+    write(
+        &dir,
+        "nowhere.toml",
+        &lora.replace("lora_alpha = 8", "lora_targets = [\"attn\"]"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "nowhere.toml"], &dir),
+        1,
+        &["nowhere.toml", "\"attn\" names no weight matrix", "qkv"],
+    );
+    interrupt_and_resume(&["train", "lora-resumed.toml"], 2, &dir);
+    let run = dir.join("runs/lora");
+    assert_eq!(val_losses(&run), val_losses(&dir.join("runs/lora-resumed")));
+    assert!(run.join("base.json").is_file());
+    let saved = last_checkpoint(&run);
+    assert_eq!(saved.len(), 8, "{:?}", saved.keys());
+    assert!(
+        saved.keys().all(|name| name.contains(".lora.")),
+        "{saved:?}"
+    );
+
+    // Loaded, the run is its base with the adapters merged into qkv and proj.
+    let (merged, pretrained) = (run_tensors(&run), run_tensors(&dir.join("runs/gpt")));
+    assert_eq!(merged.len(), pretrained.len());
+    for (path, values) in &merged {
+        let targeted = path.ends_with("qkv.weight") || path.ends_with("proj.weight");
+        assert_eq!(targeted, pretrained[path] != *values, "{path}");
+    }
+    let out = zoo(&["export", "runs/lora", "--out", "runs/lora-hf"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = zoo(&["import", "runs/lora-hf", "--out", "runs/lora-back"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(run_tensors(&dir.join("runs/lora-back")) == merged);
+
+    // A BERT classifier: LoRA on the pretrained encoder, its new head trained whole.
+    write(&dir, "mlm.toml", TINY_MLM);
+    let out = zoo(&["train", "mlm.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    write(
+        &dir,
+        "classify.toml",
+        "seed = 3\ntask = \"classification\"\ninit_from = \"runs/mlm\"\n[finetune]\nlora_rank = 2\n[model]\narch = \"bert\"\ndropout = 0.0\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 4\neval_interval = 2\nseq_len = 32\n",
+    );
+    let out = zoo(&["train", "classify.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved = last_checkpoint(&dir.join("runs/classify"));
+    let (adapters, head): (Vec<&String>, Vec<&String>) =
+        saved.keys().partition(|name| name.contains(".lora."));
+    assert_eq!(adapters.len(), 8, "{saved:?}");
+    assert!(
+        !head.is_empty() && head.iter().all(|name| name.contains(".head.")),
+        "{head:?}"
+    );
+    let out = zoo(&["eval", "runs/classify"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The base's weights replaced by another run's of the same shape.
+    write(&dir, "other.toml", &base.replace("seed = 7", "seed = 8"));
+    let out = zoo(&["train", "other.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epoch = |base: &str| {
+        let text = std::fs::read_to_string(dir.join(base).join("base.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["epoch"].clone()
+    };
+    let pinned = format!("model-{}.bpk", epoch("runs/lora"));
+    std::fs::copy(
+        dir.join("runs/other/checkpoint").join(&pinned),
+        dir.join("runs/gpt/checkpoint").join(&pinned),
+    )
+    .unwrap();
+    assert_clean_error(
+        &zoo(&["eval", "runs/lora"], &dir),
+        1,
+        &["runs/lora", "weights have changed", "base.json"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A tiny BERT classifier of `layers` layers on embedded-sums.
+fn tiny_classifier(layers: usize) -> String {
+    format!(
+        "seed = 3\ntask = \"classification\"\n[model]\narch = \"bert\"\npreset = \"bert-tiny\"\nn_layer = {layers}\nd_model = 32\nmax_len = 64\ndropout = 0.0\n[tokenizer]\nkind = \"wordpiece\"\nvocab_size = 300\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 10\neval_interval = 5\neval_batches = 4\nseq_len = 32\n"
+    )
+}
+
+/// Distillation (`task = "distillation"`, `teacher = RUN`): a student of
+/// `init = "every-other-layer"` is the teacher's embeddings, layers 0 and 2 of 3, pooler and
+/// head (at a rate too small to move a weight it stays so), and its run is an ordinary
+/// classification run; a fresh student with alpha 0, cosine 0 and temperature 1 trains exactly
+/// as the same recipe without a teacher; what cannot teach is refused by name.
+#[test]
+fn a_student_learns_from_its_teacher() {
+    let dir = scratch("distil");
+    write(&dir, "teacher.toml", &tiny_classifier(3));
+    let out = zoo(&["train", "teacher.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let student = |distillation: &str, model: &str, optimizer: &str| {
+        tiny_classifier(1)
+            .replace(
+                "task = \"classification\"",
+                "task = \"distillation\"\nteacher = \"runs/teacher\"",
+            )
+            .replace("[tokenizer]\nkind = \"wordpiece\"\nvocab_size = 300\n", "")
+            .replace(
+                "[model]\n",
+                &format!("[distillation]\n{distillation}[optimizer]\n{optimizer}[model]\n"),
+            )
+            .replace(
+                "preset = \"bert-tiny\"\nn_layer = 1\nd_model = 32\nmax_len = 64\n",
+                model,
+            )
+    };
+    write(
+        &dir,
+        "still.toml",
+        &student(
+            "init = \"every-other-layer\"\ncosine = 1.0\n",
+            "",
+            "lr = 1e-30\nweight_decay = 0.0\n",
+        ),
+    );
+    let out = zoo(&["train", "still.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the student starts from runs/teacher's embeddings, layers 0, 2, 4"),
+        "{}",
+        stdout(&out)
+    );
+    let (teacher, still) = (
+        last_checkpoint(&dir.join("runs/teacher")),
+        last_checkpoint(&dir.join("runs/still")),
+    );
+    assert_eq!(
+        teacher.len() - still.len(),
+        12,
+        "one layer of 12 tensors fewer"
+    );
+    for (name, bytes) in &still {
+        let theirs = name.replace("layers.1.", "layers.2.");
+        assert!(
+            teacher[&theirs] == *bytes,
+            "{name} is not the teacher's {theirs}"
+        );
+    }
+    let recipe = std::fs::read_to_string(dir.join("runs/still/recipe.toml")).unwrap();
+    assert!(
+        recipe.contains("task = \"classification\"\nteacher = \"runs/teacher\""),
+        "{recipe}"
+    );
+    let out = zoo(&["eval", "runs/still"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Nothing from the teacher: plain training.
+    let plain_student = student(
+        "temperature = 1.0\nalpha = 0.0\nbeta = 1.0\n",
+        "preset = \"bert-tiny\"\nn_layer = 1\nd_model = 32\nmax_len = 64\n",
+        "",
+    );
+    write(&dir, "untaught.toml", &plain_student);
+    write(
+        &dir,
+        "plain.toml",
+        &tiny_classifier(1).replace("[model]\n", "[optimizer]\n[model]\n"),
+    );
+    for recipe in ["untaught.toml", "plain.toml"] {
+        let out = zoo(&["train", recipe], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (untaught, plain) = (
+        val_losses(&dir.join("runs/untaught")),
+        val_losses(&dir.join("runs/plain")),
+    );
+    // Equal up to the last bits: flex's parallel reductions on this path are not bit for bit
+    // reproducible from one process to the next (the same recipe twice differs by ~1e-7).
+    assert_eq!(untaught.len(), 2);
+    for ((step, a), (other, b)) in untaught.iter().zip(&plain) {
+        assert_eq!(step, other);
+        assert!((a - b).abs() < 1e-6 * b.abs(), "step {step}: {a} vs {b}");
+    }
+
+    write(&dir, "gpt.toml", TINY);
+    let out = zoo(&["train", "gpt.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    write(
+        &dir,
+        "bad.toml",
+        &plain_student.replace("runs/teacher", "runs/gpt"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "bad.toml"], &dir),
+        1,
+        &["runs/gpt", "not a BERT run"],
+    );
+    write(
+        &dir,
+        "cold.toml",
+        &plain_student
+            .replace(
+                "alpha = 0.0\n",
+                "alpha = 0.0\ninit = \"every-other-layer\"\ncosine = 0.0\n",
+            )
+            .replace("n_layer = 1\n", "n_layer = 3\n"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "cold.toml"], &dir),
+        1,
+        &[
+            "cold.toml",
+            "does not match every other layer of the teacher runs/teacher",
+            "n_layer = 3 (the run has 2)",
+        ],
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

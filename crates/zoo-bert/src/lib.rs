@@ -7,6 +7,6 @@ pub mod presets;
 
 pub use model::{
     Bert, BertConfig, BertHead, BertModel, BertTask, Embeddings, EncoderLayer, Prediction,
-    Predictions, Targets, TaskLoss,
+    Predictions, Targets, TaskLogits, TaskLoss,
 };
 pub use presets::{PRESETS, preset};

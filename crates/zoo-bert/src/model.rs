@@ -500,6 +500,22 @@ pub enum Targets {
     },
 }
 
+/// What a head with one matrix of logits makes of a batch, before any loss: the encoder's
+/// hidden states, the logits of the positions (or sequences) its targets cover with what they
+/// should pick, and for masked-LM on pairs the next-sentence logits and labels. What
+/// distillation compares between a teacher and its student.
+#[derive(Clone, Debug)]
+pub struct TaskLogits {
+    /// The encoder's last hidden states `[batch, len, d_model]`.
+    pub hidden: Tensor<3>,
+    /// Logits `[n, classes]`: of the masked tokens, the sequences, or the tagged tokens.
+    pub logits: Tensor<2>,
+    /// What each row should pick `[n]`.
+    pub expected: Tensor<1, Int>,
+    /// Next-sentence logits `[batch, 2]` and labels, when the head makes them.
+    pub next_sentence: Option<(Tensor<2>, Tensor<1, Int>)>,
+}
+
 impl BertModel {
     /// The loss of a batch for this model's head, and its predictions.
     ///
@@ -511,15 +527,59 @@ impl BertModel {
         padding: Tensor<2, Bool>,
         targets: Targets,
     ) -> TaskLoss {
+        let (BertHead::SpanQa(head), Targets::SpanQa { start, end }) = (&self.head, &targets)
+        else {
+            let out = self.task_logits(tokens, segments, padding, targets);
+            let mut scored = TaskLoss::of(out.logits, out.expected);
+            if let Some((logits, labels)) = out.next_sentence {
+                let next = TaskLoss::of(logits, labels);
+                scored.loss = scored.loss + next.loss;
+                scored.next_sentence = Some(next.main);
+            }
+            return scored;
+        };
         let [batch, len] = tokens.dims();
         let hidden = self
             .encoder
             .forward(tokens, segments, Some(padding.clone()));
+        let [start_logits, end_logits] = head.logits(hidden, padding);
+        let loss = (cross_entropy(start_logits.clone(), start.clone())
+            + cross_entropy(end_logits.clone(), end.clone()))
+            / 2.0;
+        let flat = |starts: Tensor<1, Int>, ends: Tensor<1, Int>| starts * len as i64 + ends;
+        let predicted = flat(
+            start_logits.detach().argmax(1).reshape([batch]),
+            end_logits.detach().argmax(1).reshape([batch]),
+        );
+        TaskLoss {
+            loss,
+            main: Predictions {
+                predicted,
+                expected: flat(start.clone(), end.clone()),
+            },
+            next_sentence: None,
+        }
+    }
+
+    /// The logits of a batch for a head with one matrix of them (masked-LM, classification,
+    /// tagging), and their targets.
+    ///
+    /// Panics for a span head, or when `targets` are for another task than the head's: the
+    /// runtime pairs them.
+    pub fn task_logits(
+        &self,
+        tokens: Tensor<2, Int>,
+        segments: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        targets: Targets,
+    ) -> TaskLogits {
+        let [batch, len] = tokens.dims();
+        let hidden = self.encoder.forward(tokens, segments, Some(padding));
         let d_model = hidden.dims()[2];
         let rows = |hidden: Tensor<3>, positions: Tensor<1, Int>| {
             hidden.reshape([batch * len, d_model]).select(0, positions)
         };
-        match (&self.head, targets) {
+        let (logits, expected, next_sentence) = match (&self.head, targets) {
             (
                 BertHead::MaskedLm(head),
                 Targets::MaskedLm {
@@ -530,43 +590,28 @@ impl BertModel {
             ) => {
                 let selected = rows(hidden.clone(), positions);
                 let logits = head.token_logits(selected, &self.encoder.embeddings.tokens);
-                let mut scored = TaskLoss::of(logits, originals);
-                if let (Some(nsp), Some(labels)) = (&head.next_sentence, next_sentence) {
-                    let logits = nsp.forward(self.encoder.pool(hidden));
-                    let next = TaskLoss::of(logits, labels);
-                    scored.loss = scored.loss + next.loss;
-                    scored.next_sentence = Some(next.main);
-                }
-                scored
+                let next = match (&head.next_sentence, next_sentence) {
+                    (Some(nsp), Some(labels)) => {
+                        Some((nsp.forward(self.encoder.pool(hidden.clone())), labels))
+                    }
+                    _ => None,
+                };
+                (logits, originals, next)
             }
             (BertHead::Classification(head), Targets::Classification(labels)) => {
-                TaskLoss::of(head.logits(self.encoder.pool(hidden)), labels)
+                (head.logits(self.encoder.pool(hidden.clone())), labels, None)
             }
             (
                 BertHead::TokenClassification(head),
                 Targets::TokenClassification { positions, labels },
-            ) => TaskLoss::of(head.logits(rows(hidden, positions)), labels),
-            (BertHead::SpanQa(head), Targets::SpanQa { start, end }) => {
-                let [start_logits, end_logits] = head.logits(hidden, padding);
-                let loss = (cross_entropy(start_logits.clone(), start.clone())
-                    + cross_entropy(end_logits.clone(), end.clone()))
-                    / 2.0;
-                let flat =
-                    |starts: Tensor<1, Int>, ends: Tensor<1, Int>| starts * len as i64 + ends;
-                let predicted = flat(
-                    start_logits.detach().argmax(1).reshape([batch]),
-                    end_logits.detach().argmax(1).reshape([batch]),
-                );
-                TaskLoss {
-                    loss,
-                    main: Predictions {
-                        predicted,
-                        expected: flat(start, end),
-                    },
-                    next_sentence: None,
-                }
-            }
+            ) => (head.logits(rows(hidden.clone(), positions)), labels, None),
             (head, _) => panic!("targets do not fit the {}", head.describe()),
+        };
+        TaskLogits {
+            hidden,
+            logits,
+            expected,
+            next_sentence,
         }
     }
 }

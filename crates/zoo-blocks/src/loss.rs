@@ -35,11 +35,81 @@ pub fn label_smoothed_cross_entropy(
     nll * (1.0 - epsilon) + uniform * epsilon
 }
 
+/// Knowledge distillation's soft loss (Hinton et al. 2015): the KL divergence from the
+/// teacher's distribution at temperature `T` to the student's, `KL(softmax(t/T) || softmax(s/T))`,
+/// averaged over the rows of `[n, classes]` logits and scaled by `T^2` so that its gradients
+/// keep their size as `T` changes (DistilBERT's `KLDivLoss(...) * T^2`). The teacher's logits
+/// are taken as constants.
+pub fn soft_target_kl(
+    student_logits: Tensor<2>,
+    teacher_logits: Tensor<2>,
+    temperature: f64,
+) -> Tensor<1> {
+    let [n, _] = student_logits.dims();
+    let student = log_softmax(student_logits / temperature, 1);
+    let teacher = log_softmax(teacher_logits.detach() / temperature, 1);
+    let kl = (teacher.clone().exp() * (teacher - student)).sum() / n as f64;
+    kl * (temperature * temperature)
+}
+
+/// DistilBERT's cosine loss: `1 - cos(a_i, b_i)` averaged over the rows of two `[n, d]`
+/// matrices (`b`, the teacher's, taken as constant): it pulls the student's hidden states to
+/// point where the teacher's do.
+pub fn cosine_distance(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
+    let b = b.detach();
+    let norm = |x: Tensor<2>| x.square().sum_dim(1).sqrt().clamp_min(1e-8);
+    let cos = (a.clone() * b.clone()).sum_dim(1) / (norm(a) * norm(b));
+    (cos.neg() + 1.0).mean()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{assert_close, test_device};
     use burn::tensor::{Distribution, TensorData};
+
+    /// Against the definition, by hand: KL(p || q) * T^2 with p and q the two rows' softmaxes
+    /// at temperature T.
+    #[test]
+    fn the_soft_loss_is_the_kl_divergence_at_temperature_times_its_square() {
+        let device = test_device();
+        let student = [[1.0f64, 2.0, 0.0], [0.5, -0.5, 3.0]];
+        let teacher = [[2.0f64, 0.5, -1.0], [0.0, 1.0, 2.5]];
+        let tensor = |rows: [[f64; 3]; 2]| {
+            Tensor::<2>::from_data(TensorData::from(rows.map(|r| r.map(|v| v as f32))), &device)
+        };
+        let softmax = |row: [f64; 3], t: f64| {
+            let z: f64 = row.iter().map(|v| (v / t).exp()).sum();
+            row.map(|v| (v / t).exp() / z)
+        };
+        for temperature in [1.0, 2.0, 4.0] {
+            let mut expected = 0.0;
+            for (s, t) in student.iter().zip(&teacher) {
+                let (q, p) = (softmax(*s, temperature), softmax(*t, temperature));
+                expected += (0..3).map(|c| p[c] * (p[c] / q[c]).ln()).sum::<f64>() / 2.0;
+            }
+            expected *= temperature * temperature;
+            let got =
+                soft_target_kl(tensor(student), tensor(teacher), temperature).into_scalar::<f64>();
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "T = {temperature}: {got} vs {expected}"
+            );
+        }
+        // A student that agrees with its teacher has nothing to learn.
+        let same = soft_target_kl(tensor(teacher), tensor(teacher), 2.0).into_scalar::<f64>();
+        assert!(same.abs() < 1e-6, "{same}");
+    }
+
+    #[test]
+    fn the_cosine_loss_is_one_minus_the_mean_cosine() {
+        let device = test_device();
+        let a = Tensor::<2>::from_data(TensorData::from([[1.0f32, 0.0], [1.0, 1.0]]), &device);
+        let b = Tensor::<2>::from_data(TensorData::from([[0.0f32, 2.0], [3.0, 3.0]]), &device);
+        // cos = 0 and 1: the mean of 1 - cos is 0.5.
+        let got = cosine_distance(a, b).into_scalar::<f64>();
+        assert!((got - 0.5).abs() < 1e-6, "{got}");
+    }
 
     #[test]
     fn cross_entropy_matches_the_definition() {

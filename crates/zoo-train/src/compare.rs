@@ -556,9 +556,11 @@ fn metrics_of(task: Task) -> (MetricSpec, MetricSpec) {
     };
     match task {
         Task::CausalLm | Task::SpanCorruption => (loss, loss),
-        Task::MaskedLm | Task::Classification | Task::TokenClassification | Task::SpanQa => {
-            (accuracy, accuracy)
-        }
+        Task::MaskedLm
+        | Task::Classification
+        | Task::TokenClassification
+        | Task::SpanQa
+        | Task::Distillation => (accuracy, accuracy),
         // BLEU is decoded once, at the end of training; the curve is the validation loss.
         Task::Translation => (
             MetricSpec {

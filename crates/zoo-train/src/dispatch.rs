@@ -36,9 +36,11 @@ impl RunKind {
     pub fn of_task(task: Task) -> Self {
         match task {
             Task::CausalLm => RunKind::LanguageModel,
-            Task::MaskedLm | Task::Classification | Task::TokenClassification | Task::SpanQa => {
-                RunKind::Encoder
-            }
+            Task::MaskedLm
+            | Task::Classification
+            | Task::TokenClassification
+            | Task::SpanQa
+            | Task::Distillation => RunKind::Encoder,
             Task::Translation | Task::SpanCorruption => RunKind::EncoderDecoder,
         }
     }

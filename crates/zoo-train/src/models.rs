@@ -33,6 +33,9 @@ pub enum Task {
     Translation,
     /// T5's pretraining: restore the spans that sentinels replaced in a text.
     SpanCorruption,
+    /// Train a student encoder on its `teacher`'s task (classification or masked-LM) to match
+    /// the teacher's outputs (DistilBERT); the run is then a run of that task.
+    Distillation,
 }
 
 impl Task {
@@ -40,7 +43,11 @@ impl Task {
     pub fn is_encoder(self) -> bool {
         matches!(
             self,
-            Task::MaskedLm | Task::Classification | Task::TokenClassification | Task::SpanQa
+            Task::MaskedLm
+                | Task::Classification
+                | Task::TokenClassification
+                | Task::SpanQa
+                | Task::Distillation
         )
     }
 
@@ -59,6 +66,7 @@ impl Task {
             Task::SpanQa => "span-qa",
             Task::Translation => "translation",
             Task::SpanCorruption => "span-corruption",
+            Task::Distillation => "distillation",
         }
     }
 }
@@ -127,6 +135,9 @@ pub struct Architecture {
     pub presets: &'static [&'static str],
     /// The tasks it trains with.
     pub tasks: &'static [Task],
+    /// The weight matrices LoRA adapts when a recipe names none: the attention projections
+    /// (the recurrent families: the input and recurrent matrices).
+    pub lora_targets: &'static [&'static str],
     /// The config of one of its presets, by name.
     preset: fn(&str) -> Option<ModelConfig>,
     /// `[model]` resolved: the preset (or the family's defaults) with the overrides applied.
@@ -138,6 +149,7 @@ const ENCODER_TASKS: &[Task] = &[
     Task::Classification,
     Task::TokenClassification,
     Task::SpanQa,
+    Task::Distillation,
 ];
 const SEQ2SEQ_TASKS: &[Task] = &[Task::Translation, Task::SpanCorruption];
 
@@ -148,6 +160,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "GPT",
         presets: zoo_gpt::PRESETS,
         tasks: &[Task::CausalLm],
+        lora_targets: &["qkv", "proj"],
         preset: |name| zoo_gpt::preset(name).map(ModelConfig::Gpt),
         resolve: |spec| {
             resolve_fields(spec, zoo_gpt::preset, zoo_gpt::PRESETS, "GPT").map(ModelConfig::Gpt)
@@ -158,6 +171,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "recurrent",
         presets: zoo_rnn::PRESETS,
         tasks: &[Task::CausalLm],
+        lora_targets: &["input", "recurrent"],
         preset: |name| zoo_rnn::preset(name).map(ModelConfig::Rnn),
         resolve: |spec| {
             resolve_fields(spec, zoo_rnn::preset, zoo_rnn::PRESETS, "recurrent")
@@ -169,6 +183,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "n-gram",
         presets: &[],
         tasks: &[Task::CausalLm],
+        lora_targets: &[],
         preset: |_| None,
         resolve: |spec| resolve_fields(spec, |_| None, &[], "n-gram").map(ModelConfig::Ngram),
     },
@@ -177,6 +192,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "BERT",
         presets: zoo_bert::PRESETS,
         tasks: ENCODER_TASKS,
+        lora_targets: &["qkv", "proj"],
         preset: |name| zoo_bert::preset(name).map(ModelConfig::Bert),
         resolve: |spec| {
             resolve_fields(spec, zoo_bert::preset, zoo_bert::PRESETS, "BERT").map(ModelConfig::Bert)
@@ -187,6 +203,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "transformer encoder-decoder",
         presets: zoo_seq2seq::TRANSFORMER_PRESETS,
         tasks: SEQ2SEQ_TASKS,
+        lora_targets: &["qkv", "query", "key_value", "proj"],
         preset: |name| zoo_seq2seq::transformer_preset(name).map(ModelConfig::Transformer),
         resolve: |spec| {
             resolve_fields(
@@ -203,6 +220,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         family: "RNN encoder-decoder",
         presets: zoo_seq2seq::RNN_ATTENTION_PRESETS,
         tasks: SEQ2SEQ_TASKS,
+        lora_targets: &["input", "recurrent"],
         preset: |name| zoo_seq2seq::rnn_attention_preset(name).map(ModelConfig::RnnAttention),
         resolve: |spec| {
             resolve_fields(
@@ -561,7 +579,7 @@ mod tests {
         );
         assert_eq!(
             names("bert"),
-            "\"masked-lm\", \"classification\", \"token-classification\" or \"span-qa\""
+            "\"masked-lm\", \"classification\", \"token-classification\", \"span-qa\" or \"distillation\""
         );
     }
 }

@@ -65,9 +65,15 @@ pub struct Recipe {
     /// with its vocabulary.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Distillation: the run (or Hugging Face directory) of the encoder whose outputs the
+    /// student learns to match, on the teacher's task (`task = "distillation"` takes the
+    /// teacher's; the run is then a run of that task).
+    #[serde(default)]
+    pub teacher: Option<PathBuf>,
     /// The model: `arch`, `preset` and overrides of the preset's fields.
     pub model: ModelSpec,
-    /// The tokenizer (a run that starts from `init_from` takes that run's and may leave it out).
+    /// The tokenizer (a run that starts from `init_from`, or learns from a `teacher`, takes
+    /// that run's and may leave it out).
     /// Encoder-decoders without a `[target_tokenizer]` train this one on both sides: a joint
     /// vocabulary.
     #[serde(default)]
@@ -93,6 +99,103 @@ pub struct Recipe {
     /// Encoder-decoders: how outputs are decoded for BLEU and exact match.
     #[serde(default)]
     pub decoding: DecodingSpec,
+    /// Parameter-efficient fine-tuning of the model `init_from` names.
+    #[serde(default)]
+    pub finetune: FinetuneSpec,
+    /// How a student learns from its `teacher`.
+    #[serde(default)]
+    pub distillation: DistillationSpec,
+}
+
+/// `[distillation]`: the student's loss is
+/// `alpha * T^2 * KL(teacher || student at temperature T) + beta * (the task's own loss)
+/// + cosine * (1 - cos(student's, teacher's last hidden states))`, as DistilBERT (Sanh et al.
+/// 2019) trains; validation scores the task's own loss.
+///
+/// ```toml
+/// task = "distillation"
+/// teacher = "runs/sst2-full"
+/// [distillation]
+/// temperature = 2.0
+/// alpha = 0.5
+/// beta = 0.5
+/// cosine = 1.0                   # needs the teacher's width
+/// init = "every-other-layer"     # the student: the teacher with every other layer
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillationSpec {
+    /// Softmax temperature of both distributions in the soft loss.
+    pub temperature: f64,
+    /// Weight of the soft loss (already scaled by `temperature^2`).
+    pub alpha: f64,
+    /// Weight of the task's own loss against the data's labels.
+    pub beta: f64,
+    /// Weight of the cosine loss between the two models' last hidden states (non-padding
+    /// tokens); 0 leaves it out.
+    pub cosine: f64,
+    /// Where the student starts.
+    pub init: StudentInit,
+}
+
+impl Default for DistillationSpec {
+    fn default() -> Self {
+        Self {
+            temperature: 2.0,
+            alpha: 0.5,
+            beta: 0.5,
+            cosine: 0.0,
+            init: StudentInit::Fresh,
+        }
+    }
+}
+
+/// `distillation.init`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Fresh weights of the `[model]` the recipe gives.
+    #[default]
+    Fresh,
+    /// The teacher's shape with half its layers, starting from its embeddings, its layers
+    /// 0, 2, 4, ..., its pooler and its head (DistilBERT).
+    EveryOtherLayer,
+}
+
+/// `[finetune]`: LoRA (Hu et al. 2021) on the model `init_from` names. Its weights stay
+/// frozen, each targeted weight matrix trains a low-rank update, a task head the run adds
+/// trains whole, and the run's checkpoints hold only what trains.
+///
+/// ```toml
+/// [finetune]
+/// lora_rank = 8
+/// lora_alpha = 16                # the update is scaled by alpha / rank
+/// lora_targets = ["qkv", "out"]  # module names in the weights' paths (`zoo info` lists them)
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneSpec {
+    /// LoRA's rank; no LoRA when absent.
+    pub lora_rank: Option<usize>,
+    /// The update `A B` is scaled by `lora_alpha / lora_rank` (default: the rank, a scale of
+    /// 1, as the paper sets it).
+    pub lora_alpha: Option<f64>,
+    /// Which weight matrices get adapters: each entry is a module name in their paths (`qkv`,
+    /// `attn`, `fc`). Default: the architecture's attention projections.
+    pub lora_targets: Vec<String>,
+}
+
+impl FinetuneSpec {
+    /// Whether the run trains LoRA adapters.
+    pub fn lora(&self) -> bool {
+        self.lora_rank.is_some()
+    }
+
+    /// The scale numerator.
+    pub fn lora_alpha(&self) -> f64 {
+        self.lora_alpha
+            .unwrap_or_else(|| self.lora_rank.unwrap_or(1) as f64)
+    }
 }
 
 /// `[decoding]`: how an encoder-decoder's outputs are decoded when a run is scored (at the end
@@ -586,6 +689,17 @@ impl Recipe {
         given.unwrap_or_else(|| config.default_sequence_len())
     }
 
+    /// The weight matrices LoRA adapts: the recipe's `finetune.lora_targets`, else the
+    /// architecture's attention projections.
+    pub fn lora_targets(&self) -> Vec<String> {
+        if !self.finetune.lora_targets.is_empty() {
+            return self.finetune.lora_targets.clone();
+        }
+        crate::models::architecture(&self.model.arch).map_or_else(Vec::new, |arch| {
+            arch.lora_targets.iter().map(|t| t.to_string()).collect()
+        })
+    }
+
     /// The run's name.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("run")
@@ -669,6 +783,86 @@ steps = 10
         }
         let err = Recipe::parse(&format!("{MINIMAL}\n[optimizer]\nlr = -1.0\n")).unwrap_err();
         assert!(err.contains("optimizer.lr"), "{err}");
+    }
+
+    #[test]
+    fn lora_settings_are_checked() {
+        let lora = |finetune: &str, extra: &str| {
+            Recipe::parse(&format!(
+                "init_from = \"runs/base\"\n{MINIMAL}{extra}\n[finetune]\n{finetune}"
+            ))
+        };
+        let recipe = lora("lora_rank = 8", "").unwrap();
+        assert_eq!(recipe.finetune.lora_alpha(), 8.0);
+        assert_eq!(recipe.lora_targets(), ["qkv", "proj"]);
+        let recipe = lora(
+            "lora_rank = 4\nlora_alpha = 16\nlora_targets = [\"fc\"]",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (recipe.finetune.lora_alpha(), recipe.lora_targets()),
+            (16.0, vec!["fc".to_string()])
+        );
+        for (finetune, extra, named) in [
+            ("lora_rank = 0", "", "finetune.lora_rank must be at least 1"),
+            ("lora_rank = 4\nlora_alpha = -1", "", "finetune.lora_alpha"),
+            ("lora_alpha = 4", "", "need finetune.lora_rank"),
+            ("lora_rank = 4\nlora_dropout = 0.1", "", "lora_dropout"),
+            (
+                "lora_rank = 4",
+                "freeze_layers = 1",
+                "do not combine with finetune.lora_rank",
+            ),
+        ] {
+            let err = lora(finetune, extra).unwrap_err();
+            assert!(err.contains(named), "{finetune}: {err}");
+        }
+        let err = Recipe::parse(&format!("{MINIMAL}\n[finetune]\nlora_rank = 4")).unwrap_err();
+        assert!(err.contains("set init_from"), "{err}");
+    }
+
+    #[test]
+    fn distillation_settings_are_checked() {
+        let encoder = "task = \"distillation\"\nteacher = \"runs/teacher\"\n[model]\narch = \"bert\"\n[data]\ndataset = \"sst2\"\n[training]\nbatch_size = 4\nsteps = 10\n";
+        let recipe = Recipe::parse(encoder).unwrap();
+        assert_eq!(recipe.distillation, DistillationSpec::default());
+        let with = |section: &str| Recipe::parse(&format!("{encoder}[distillation]\n{section}"));
+        let recipe = with("init = \"every-other-layer\"\ncosine = 1.0").unwrap();
+        assert_eq!(recipe.distillation.init, StudentInit::EveryOtherLayer);
+        for (section, named) in [
+            (
+                "temperature = 0.0",
+                "distillation.temperature must be positive",
+            ),
+            ("alpha = -1.0", "distillation.alpha must be 0 or more"),
+            ("alpha = 0.0\nbeta = 0.0", "nothing to learn"),
+            ("init = \"half\"", "init"),
+        ] {
+            let err = with(section).unwrap_err();
+            assert!(err.contains(named), "{section}: {err}");
+        }
+        for (text, named) in [
+            (
+                encoder.replace("teacher = \"runs/teacher\"\n", ""),
+                "needs teacher",
+            ),
+            (
+                encoder.replace("task = \"distillation\"", "task = \"span-qa\""),
+                "teacher does not apply to task = \"span-qa\"",
+            ),
+            (
+                format!("init_from = \"runs/x\"\n{encoder}"),
+                "init_from does not combine with teacher",
+            ),
+            (
+                format!("{MINIMAL}[distillation]\nalpha = 1.0\n"),
+                "[distillation] needs a teacher",
+            ),
+        ] {
+            let err = Recipe::parse(&text).unwrap_err();
+            assert!(err.contains(named), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -2,16 +2,115 @@
 //! budget, optimiser and schedule consistent; each error names the key.
 
 use super::{
-    DecodingSpec, Recipe, ScheduleKind, Task, default_mean_span_length, default_noise_density,
+    DecodingSpec, DistillationSpec, Recipe, ScheduleKind, Task, default_mean_span_length,
+    default_noise_density,
 };
 use crate::models::ModelConfig;
 use zoo_text::span_corruption::{SENTINELS, SpanCorruption};
 
 impl Recipe {
+    /// `[finetune]`: LoRA adapts a pretrained model, and freezes all of it itself.
+    fn validate_finetune(&self) -> Result<(), String> {
+        let f = &self.finetune;
+        let Some(rank) = f.lora_rank else {
+            if f.lora_alpha.is_some() || !f.lora_targets.is_empty() {
+                return Err(
+                    "finetune.lora_alpha and finetune.lora_targets need finetune.lora_rank".into(),
+                );
+            }
+            return Ok(());
+        };
+        if rank == 0 {
+            return Err("finetune.lora_rank must be at least 1".into());
+        }
+        if let Some(alpha) = f.lora_alpha
+            && !(alpha.is_finite() && alpha > 0.0)
+        {
+            return Err(format!(
+                "finetune.lora_alpha must be a positive number, got {alpha}"
+            ));
+        }
+        if self.init_from.is_none() {
+            return Err(
+                "finetune.lora_rank adapts a pretrained model: set init_from to the run or Hugging Face directory it adapts".into(),
+            );
+        }
+        let t = &self.training;
+        if t.freeze_embeddings || t.freeze_layers > 0 {
+            return Err(
+                "training.freeze_embeddings and freeze_layers do not combine with finetune.lora_rank, which freezes the whole pretrained model".into(),
+            );
+        }
+        if self.lora_targets().is_empty() {
+            return Err("finetune.lora_targets: name the weight matrices to adapt".into());
+        }
+        Ok(())
+    }
+
+    /// `teacher` and `[distillation]`: a student of an encoder, on its classification or
+    /// masked-LM task, starting fresh or from the teacher's layers.
+    fn validate_distillation(&self) -> Result<(), String> {
+        let d = &self.distillation;
+        let Some(teacher) = &self.teacher else {
+            if self.task == Task::Distillation {
+                return Err(
+                    "task = \"distillation\" needs teacher = the run or Hugging Face directory of the encoder to distil".into(),
+                );
+            }
+            if *d != DistillationSpec::default() {
+                return Err("[distillation] needs a teacher".into());
+            }
+            return Ok(());
+        };
+        if !matches!(
+            self.task,
+            Task::Distillation | Task::Classification | Task::MaskedLm
+        ) {
+            return Err(format!(
+                "teacher does not apply to task = \"{}\": distillation trains a classifier or a masked-LM",
+                self.task.name()
+            ));
+        }
+        if self.init_from.is_some() {
+            return Err(format!(
+                "init_from does not combine with teacher = {}: the student starts fresh or, with distillation.init = \"every-other-layer\", from the teacher",
+                teacher.display()
+            ));
+        }
+        if !(d.temperature.is_finite() && d.temperature > 0.0) {
+            return Err(format!(
+                "distillation.temperature must be positive, got {}",
+                d.temperature
+            ));
+        }
+        let weights = [("alpha", d.alpha), ("beta", d.beta), ("cosine", d.cosine)];
+        if let Some((key, value)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
+            return Err(format!("distillation.{key} must be 0 or more, got {value}"));
+        }
+        if weights.iter().all(|(_, w)| *w == 0.0) {
+            return Err("distillation.alpha, beta and cosine are all 0: nothing to learn".into());
+        }
+        Ok(())
+    }
+
+    /// `training.freeze_layers` is at most the layers `config` has.
+    pub fn check_frozen_layers(&self, config: &ModelConfig) -> Result<(), String> {
+        let t = &self.training;
+        if t.freeze_layers > config.freezable_layers() {
+            return Err(format!(
+                "training.freeze_layers ({}) is more than the model's {} layers",
+                t.freeze_layers,
+                config.freezable_layers()
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         let config = self.model_config()?;
         self.validate_task(&config)?;
-        if self.init_from.is_none() {
+        // A run that starts from another, or learns from a teacher, reads with its tokenizer.
+        if self.init_from.is_none() && self.teacher.is_none() {
             self.tokenizer_spec()?;
         }
         if let ModelConfig::Ngram(_) = config {
@@ -210,12 +309,11 @@ impl Recipe {
                 self.task.name()
             ));
         }
-        if t.freeze_layers > config.freezable_layers() {
-            return Err(format!(
-                "training.freeze_layers ({}) is more than the model's {} layers",
-                t.freeze_layers,
-                config.freezable_layers()
-            ));
+        self.validate_finetune()?;
+        self.validate_distillation()?;
+        // A run that starts from another takes its depth: checked once it is known.
+        if self.init_from.is_none() {
+            self.check_frozen_layers(config)?;
         }
         if seq2seq {
             return self.validate_seq2seq(config);

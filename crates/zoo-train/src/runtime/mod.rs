@@ -10,6 +10,7 @@
 //! early_stop stopping once a validation metric stops improving
 //! fit        the training loop: seeded per step, accumulation then clipping, non-finite
 //!            steps stopped or skipped, checkpoints with the carried state
+//! lora       LoRA adapters on a pretrained model, checkpoints of what trains, the base
 //! step       the gradient step: backward, accumulation scale, global-norm arithmetic
 //! optim      AdamW on the fused update, and the recipe's optimiser
 //! schedule   learning-rate schedules and annealing on a plateau
@@ -24,6 +25,7 @@ pub mod data;
 pub mod early_stop;
 pub mod fit;
 pub mod logging;
+pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Tasks add their own files beside these (an n-gram model's counts, a classifier's labels, an
-//! encoder-decoder's target tokenizer and decoded scores).
+//! encoder-decoder's target tokenizer and decoded scores). A LoRA run's checkpoints hold only
+//! what it trains, and its `base.json` names the model they adapt (see `lora`).
 //!
 //! Every file is written whole or not at all ([`write_run_file`]; burn-pack does the same for
 //! checkpoints): a kill or a full disk leaves the previous version, never a torn one. A checkpoint is complete
@@ -22,13 +23,15 @@
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::{Recipe, Task};
+use crate::runtime::lora;
 use burn::module::Module;
+use burn::store::ModuleRecord;
 use burn::tensor::TensorData;
 use burn::train::checkpoint::{
     Checkpoint, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy,
 };
 use burn::train::metric::store::EventStoreClient;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use zoo_blocks::hf::HfTensors;
 use zoo_text::ZooTokenizer;
@@ -139,6 +142,57 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
 
     fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
         remove_if_present(&self.path(epoch)).map_err(CheckpointerError::IOError)
+    }
+}
+
+/// The model's checkpointer: [`AtomicCheckpointer`]'s files, holding every parameter, or for a
+/// LoRA run only the ones that train (its base is where `base.json` says).
+pub struct ModelCheckpointer {
+    files: AtomicCheckpointer,
+    /// The parameters a LoRA run's checkpoints hold.
+    trainable_only: Option<BTreeSet<String>>,
+}
+
+impl ModelCheckpointer {
+    /// The model checkpointer of `run_dir` for `model`.
+    pub fn new<M: Module>(run_dir: &Path, model: &M) -> Self {
+        Self {
+            files: AtomicCheckpointer::new(run_dir, "model"),
+            trainable_only: lora::is_adapted(model).then(|| lora::trainable_paths(model)),
+        }
+    }
+}
+
+impl Checkpointer<ModuleRecord> for ModelCheckpointer {
+    fn save(&self, epoch: usize, record: ModuleRecord) -> Result<(), CheckpointerError> {
+        let Some(keep) = &self.trainable_only else {
+            return self.files.save(epoch, record);
+        };
+        let path = self.files.path(epoch);
+        let cannot = |e: String| {
+            CheckpointerError::Unknown(format!("{} cannot be written: {e}", path.display()))
+        };
+        let bytes = record.into_bytes().map_err(|e| cannot(e.to_string()))?;
+        let tensors = burn_pack::Reader::from_bytes(bytes)
+            .and_then(|reader| reader.into_tensors())
+            .map_err(|e| cannot(e.to_string()))?
+            .into_iter()
+            .filter(|t| keep.contains(&t.name))
+            .collect();
+        std::fs::create_dir_all(&self.files.dir).map_err(|e| cannot(e.to_string()))?;
+        // burn-pack writes the file atomically.
+        burn_pack::Writer::new(tensors)
+            .write_to_file(&path)
+            .map_err(|e| cannot(e.to_string()))
+    }
+
+    fn restore(&self, epoch: usize) -> Result<ModuleRecord, CheckpointerError> {
+        let record: ModuleRecord = self.files.restore(epoch)?;
+        Ok(record.allow_partial(self.trainable_only.is_some()))
+    }
+
+    fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
+        Checkpointer::<ModuleRecord>::delete(&self.files, epoch)
     }
 }
 
@@ -302,10 +356,8 @@ pub fn check_checkpoint<M: Module>(
         path: checkpoint_file(run_dir, kind, epoch),
         message: format!("cannot be loaded: {message}"),
     };
-    model
-        .clone()
-        .try_load_file(checkpoint_file(run_dir, "model", epoch))
-        .map_err(|e| damaged("model", e.to_string()))?;
+    load_model_file(model.clone(), &checkpoint_file(run_dir, "model", epoch))
+        .map_err(|e| damaged("model", e))?;
     burn::optim::OptimizerRecord::load(checkpoint_file(run_dir, "optim", epoch))
         .map_err(|e| damaged("optim", e.to_string()))?;
     burn::lr_scheduler::LrSchedulerRecord::load(checkpoint_file(run_dir, "scheduler", epoch))
@@ -638,10 +690,17 @@ pub fn is_hugging_face_dir(dir: &Path) -> bool {
 /// `module` with the weights of epoch `epoch`'s model checkpoint.
 pub fn load_checkpoint<M: Module>(run_dir: &Path, epoch: usize, module: M) -> Result<M, ZooError> {
     let path = model_checkpoint(run_dir, epoch);
-    module
-        .try_load_file(&path)
-        .map_err(|e| ZooError::Checkpoint {
-            path: path.clone(),
-            message: format!("cannot be loaded: {e}"),
-        })
+    load_model_file(module, &path).map_err(|e| ZooError::Checkpoint {
+        path: path.clone(),
+        message: format!("cannot be loaded: {e}"),
+    })
+}
+
+/// `module` with the weights of the model checkpoint at `path`: all of them, or for a LoRA
+/// model (adapters attached to its base) the ones that train.
+fn load_model_file<M: Module>(module: M, path: &Path) -> Result<M, String> {
+    if lora::is_adapted(&module) {
+        return lora::load_trainable(module, path);
+    }
+    module.try_load_file(path).map_err(|e| e.to_string())
 }

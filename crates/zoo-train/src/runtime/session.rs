@@ -17,9 +17,9 @@ use crate::runtime::fit::{Stopped, TrainingLoop};
 use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
 use crate::runtime::optim::build_optimizer;
 use crate::runtime::run_dir::{
-    AtomicCheckpointer, CheckpointRule, METRICS_FILE, SaveWhenAsked, checkpoint_epochs,
-    newest_loadable, prune_checkpoints, remove_partial_files, resumed_model, steps_at_epoch,
-    validation_losses, validation_metrics,
+    AtomicCheckpointer, CheckpointRule, METRICS_FILE, ModelCheckpointer, SaveWhenAsked,
+    checkpoint_epochs, newest_loadable, prune_checkpoints, remove_partial_files, resumed_model,
+    steps_at_epoch, validation_losses, validation_metrics,
 };
 use crate::runtime::schedule::{LrSchedule, Plateau, SharedPlateau};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput};
@@ -182,6 +182,9 @@ impl Session<'_> {
         config
             .validate()
             .map_err(|e| self.recipe_error(format!("[model]: {e}")))?;
+        self.recipe
+            .check_frozen_layers(&config)
+            .map_err(|e| self.recipe_error(e))?;
         Ok(config)
     }
 
@@ -293,6 +296,7 @@ impl Session<'_> {
             schedule = schedule.with_plateau(plateau.clone());
             metric_logger = metric_logger.with_plateau(plateau);
         }
+        let model_checkpointer = ModelCheckpointer::new(run_dir, &model);
         let learner = Learner::new(model, build_optimizer(recipe), schedule);
 
         let train_loader = StepLoader::training(
@@ -330,6 +334,7 @@ impl Session<'_> {
                 .with_training_strategy(TrainingStrategy::Custom(Arc::new(training_loop)));
         let training = with_run_settings(
             task.metrics(training),
+            model_checkpointer,
             run_dir,
             epochs,
             resume_epoch,
@@ -398,6 +403,7 @@ impl Session<'_> {
 /// validation).
 fn with_run_settings<M: LearnerModel>(
     training: SupervisedTraining<M>,
+    model_checkpointer: ModelCheckpointer,
     run_dir: &Path,
     epochs: usize,
     resume_epoch: Option<usize>,
@@ -407,7 +413,7 @@ fn with_run_settings<M: LearnerModel>(
     let mut training = training
         .with_metric_logger(metric_logger)
         .with_custom_checkpointers(
-            AtomicCheckpointer::new(run_dir, "model"),
+            model_checkpointer,
             AtomicCheckpointer::new(run_dir, "optim"),
             AtomicCheckpointer::new(run_dir, "scheduler"),
         )

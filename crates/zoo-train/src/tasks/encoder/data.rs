@@ -262,6 +262,7 @@ impl SplitData {
             Task::CausalLm | Task::Translation | Task::SpanCorruption => {
                 unreachable!("encoder tasks only")
             }
+            Task::Distillation => unreachable!("distillation trains its teacher's task"),
         })
     }
 

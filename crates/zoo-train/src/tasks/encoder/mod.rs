@@ -8,6 +8,7 @@
 //! and next-sentence accuracy when pretraining on pairs.
 
 pub mod data;
+pub mod distill;
 pub mod hf;
 pub mod model;
 pub mod predict;
@@ -15,10 +16,11 @@ pub mod run;
 
 use crate::ZooError;
 use crate::models::{ModelConfig, ModelSpec};
-use crate::recipe::Task;
+use crate::recipe::{Recipe, Task};
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::data::stream;
 use crate::runtime::logging::LineRenderer;
+use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
     IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, locate_model,
@@ -37,8 +39,30 @@ use std::path::{Path, PathBuf};
 use zoo_bert::{BertConfig, BertModel};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
 
-/// Trains an encoder recipe in `session`'s run directory.
+/// Trains an encoder recipe in `session`'s run directory: its task, or with a `teacher`, the
+/// teacher's task by distillation.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
+    let Some(teacher) = &session.recipe.teacher else {
+        return train_task(session, None);
+    };
+    let dir = locate_model(teacher)?;
+    let autodiff = session.options.device.clone().autodiff();
+    let teacher = distill::load_teacher(&dir, |dir| load(dir, None, &autodiff))?;
+    let recipe = distill::student_recipe(session.recipe, &teacher);
+    let student = Session {
+        recipe: &recipe,
+        run_dir: session.run_dir.clone(),
+        ..*session
+    };
+    train_task(&student, Some((teacher, dir)))
+}
+
+/// Trains `session`'s encoder recipe, as the student of `teacher` (found at its path) when
+/// there is one.
+fn train_task(
+    session: &Session,
+    teacher: Option<(EncoderRun, PathBuf)>,
+) -> Result<TaskOutcome, ZooError> {
     let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
     let registry = DatasetRegistry::builtin();
     for extra in &recipe.data.extra_train {
@@ -59,22 +83,53 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     };
     let train_data = read_split(&data.train_split, &data.extra_train)?;
     let val_data = read_split(&data.val_split, &[])?;
-    // The run this one starts from: its shape always, its weights (loaded where training
-    // happens, before the session seeds the device, so loading draws nothing from the run's
-    // random stream) when starting afresh.
+    // The run this one starts from (`init_from`, or for a student of
+    // `distillation.init = "every-other-layer"`, half its teacher): its shape always, its
+    // weights (loaded where training happens, before the session seeds the device, so loading
+    // draws nothing from the run's random stream) when starting afresh.
     // A model id names a snapshot in the local Hugging Face cache.
-    let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
-    let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let student_start = teacher.as_ref().and_then(|(teacher, dir)| {
+        distill::student_start(teacher, &recipe.distillation).map(|start| (start, dir.clone()))
+    });
+    let init_from = match &student_start {
+        Some((_, dir)) => Some(dir.clone()),
+        None => recipe.init_from.as_deref().map(locate_model).transpose()?,
+    };
+    let pretrained = match &student_start {
+        Some((start, _)) => Some(start.config.clone()),
+        None => init_from.as_deref().map(pretrained_config).transpose()?,
+    };
+    let autodiff = session.options.device.clone().autodiff();
     let init = match (&init_from, session.is_fresh()) {
-        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
+        (Some(_), true) if student_start.is_some() => student_start.map(|(start, _)| start),
+        (Some(dir), true) => Some(load(dir, None, &autodiff)?),
+        // A resumed LoRA run's checkpoints hold its adapters and head only: the base comes
+        // back too.
+        (Some(_), false) if recipe.finetune.lora() => Some(load_base(run_dir, &autodiff)?.0),
         _ => None,
+    };
+    let starts_from = match (&teacher, &init_from) {
+        (Some((_, dir)), Some(_)) => format!(
+            "every other layer of the teacher {} (distillation.init)",
+            dir.display()
+        ),
+        _ => format!(
+            "init_from = {}",
+            recipe
+                .init_from
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        ),
     };
 
     session.create_run_dir()?;
     let (tokenizer, labels) = if session.is_fresh() {
-        let tokenizer = match &init {
-            Some(init) => init.tokenizer.clone(),
-            None => ZooTokenizer::build(
+        let tokenizer = match (&init, &teacher) {
+            (Some(init), _) => init.tokenizer.clone(),
+            // A student reads what its teacher reads.
+            (None, Some((teacher, _))) => teacher.tokenizer.clone(),
+            (None, None) => ZooTokenizer::build(
                 recipe
                     .tokenizer_spec()
                     .map_err(|e| session.recipe_error(e))?,
@@ -84,7 +139,13 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         tokenizer
             .special_ids()
             .map_err(|e| session.recipe_error(format!("[tokenizer]: {e}")))?;
-        (tokenizer, train_data.label_names())
+        let labels = match &teacher {
+            Some((teacher, dir)) => {
+                distill::teacher_labels(teacher, dir, train_data.label_names())?
+            }
+            None => train_data.label_names(),
+        };
+        (tokenizer, labels)
     } else {
         (
             ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?,
@@ -99,8 +160,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             let mismatches = shape_mismatches(&recipe.model, config, pretrained);
             if !mismatches.is_empty() {
                 return Err(format!(
-                    "[model] does not match init_from = {}: {}",
-                    recipe.init_from.as_ref().expect("init").display(),
+                    "[model] does not match {starts_from}: {}",
                     mismatches.join(", ")
                 ));
             }
@@ -201,6 +261,8 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         session,
         config: bert,
         init: init.zip(init_from),
+        teacher: teacher
+            .map(|(run, dir)| (distill::Teacher::new(run.model, &recipe.distillation), dir)),
         seq_len,
         parameters: size.total,
         examples: batches.train.len(),
@@ -219,6 +281,8 @@ struct EncoderTraining<'a> {
     /// The run whose encoder this one starts from (fresh runs with `init_from`), and where it
     /// was found.
     init: Option<(EncoderRun, PathBuf)>,
+    /// Distillation: the teacher, and where it was found.
+    teacher: Option<(distill::Teacher, PathBuf)>,
     /// Longest input in tokens.
     seq_len: usize,
     /// Parameters of the encoder and pooler.
@@ -228,6 +292,25 @@ struct EncoderTraining<'a> {
 }
 
 impl EncoderTraining<'_> {
+    /// `model` as training takes it: with its gradient step, and its teacher when distilling.
+    fn encoder(&self, model: BertModel) -> Encoder {
+        let recipe = self.session.recipe;
+        let teacher = self.teacher.as_ref().map(|(teacher, dir)| {
+            let d = &recipe.distillation;
+            println!(
+                "distilling {} from {} (frozen): temperature {}, alpha {}, beta {}, cosine {}",
+                recipe.task.name(),
+                dir.display(),
+                d.temperature,
+                d.alpha,
+                d.beta,
+                d.cosine
+            );
+            teacher.clone()
+        });
+        Encoder::new(model, GradientStep::of(recipe)).with_teacher(teacher)
+    }
+
     /// Whether the task's labels are scored by F1 as well as accuracy.
     fn scores_f1(&self) -> bool {
         matches!(
@@ -249,26 +332,44 @@ impl TrainingTask for EncoderTraining<'_> {
             .init(bert_task(recipe), device)
             .map_err(|e| self.session.recipe_error(format!("[model]: {e}")))?;
         if let Some((init, from)) = self.init.take() {
-            let loaded = init.model.encoder.num_params();
-            println!(
-                "loaded the encoder from {} (embeddings, {} layers, pooler: {loaded} parameters); new: the {} ({} parameters); left behind: its {}",
-                from.display(),
-                init.config.n_layer,
-                model.head.describe(),
-                model.head.num_params(),
-                init.model.head.describe(),
-            );
-            // The weights into this run's encoder, so that its dropout is this run's.
-            model.encoder = model
-                .encoder
-                .try_load_record(init.model.encoder.into_record())
-                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
+            if recipe.finetune.lora() && self.session.is_fresh() {
+                Base::new(&from, Some(init.epoch), base_weights(&init))?
+                    .write(&self.session.run_dir)?;
+            }
+            if self.teacher.is_some() {
+                // Half the teacher, head included: DistilBERT's student.
+                println!(
+                    "the student starts from {}'s embeddings, layers 0, 2, 4, ..., pooler and {} ({} layers, {} parameters)",
+                    from.display(),
+                    init.model.head.describe(),
+                    init.config.n_layer,
+                    init.model.num_params()
+                );
+                model = model
+                    .try_load_record(init.model.into_record())
+                    .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
+            } else {
+                let loaded = init.model.encoder.num_params();
+                println!(
+                    "loaded the encoder from {} (embeddings, {} layers, pooler: {loaded} parameters); new: the {} ({} parameters); left behind: its {}",
+                    from.display(),
+                    init.config.n_layer,
+                    model.head.describe(),
+                    model.head.num_params(),
+                    init.model.head.describe(),
+                );
+                model = start_from(model, init, &from)?;
+            }
+        }
+        if recipe.finetune.lora() {
+            model = adapt(model, recipe).map_err(|e| self.session.recipe_error(e))?;
+            println!("{}", lora::adapted(&model));
         }
         let model = freeze(model, t.freeze_embeddings, t.freeze_layers);
         if let Some(frozen) = t.frozen() {
             println!("{frozen}");
         }
-        Ok(Encoder::new(model, GradientStep::of(recipe)))
+        Ok(self.encoder(model))
     }
 
     fn metrics(&self, training: SupervisedTraining<Encoder>) -> SupervisedTraining<Encoder> {
@@ -359,6 +460,44 @@ fn shape_mismatches(spec: &ModelSpec, ours: &BertConfig, theirs: &BertConfig) ->
         })
     };
     spec.mismatches(&shape(ours), &shape(theirs), &["dropout", "num_labels"])
+}
+
+/// `model` (of this run's config, so with its dropout and head) with the encoder of `init`,
+/// the run it starts from (found at `from`).
+fn start_from(mut model: BertModel, init: EncoderRun, from: &Path) -> Result<BertModel, ZooError> {
+    model.encoder = model
+        .encoder
+        .try_load_record(init.model.encoder.into_record())
+        .map_err(|e| ZooError::run_dir(from, e.to_string()))?;
+    Ok(model)
+}
+
+/// LoRA adapters on the pretrained encoder; the task's head, new, trains whole.
+fn adapt(mut model: BertModel, recipe: &Recipe) -> Result<BertModel, String> {
+    model.encoder = lora::attach(model.encoder, &recipe.finetune, &recipe.lora_targets())?;
+    Ok(model)
+}
+
+/// The weights of a LoRA run's base (the encoder it takes), which its fingerprint covers.
+fn base_weights(base: &EncoderRun) -> burn::store::ModuleRecord {
+    base.model.encoder.clone().into_record()
+}
+
+/// The base of the LoRA run in `run_dir`, loaded onto `device` and checked.
+fn load_base(run_dir: &Path, device: &Device) -> Result<(EncoderRun, PathBuf), ZooError> {
+    lora::load_base(run_dir, |dir, epoch| load(dir, epoch, device), base_weights)
+}
+
+/// `model` of the LoRA run in `run_dir`: its base's encoder with the run's adapters attached
+/// (loaded from a checkpoint after, with the head).
+pub(crate) fn adapted_model(
+    run_dir: &Path,
+    recipe: &Recipe,
+    model: BertModel,
+    device: &Device,
+) -> Result<BertModel, ZooError> {
+    let (base, from) = load_base(run_dir, device)?;
+    adapt(start_from(model, base, &from)?, recipe).map_err(|e| ZooError::run_dir(run_dir, e))
 }
 
 /// Stops the embeddings and the first `layers` encoder layers from training.

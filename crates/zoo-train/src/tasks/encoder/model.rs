@@ -4,6 +4,7 @@
 
 use crate::runtime::metrics::LabelledBatch;
 use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
+use crate::tasks::encoder::distill::Teacher;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::train::metric::{Adaptor, LossInput};
@@ -19,6 +20,10 @@ pub struct Encoder {
     /// The loss scale of gradient accumulation.
     #[module(skip)]
     step: GradientStep,
+    /// Distillation: the frozen teacher whose outputs training matches (not part of the
+    /// record: checkpoints hold the student).
+    #[module(skip)]
+    teacher: Option<Teacher>,
 }
 
 /// Each batch stands alone: nothing is carried.
@@ -27,7 +32,16 @@ impl CarriedState for Encoder {}
 impl Encoder {
     /// Wraps a model for training with `step`'s loss scale.
     pub fn new(model: BertModel, step: GradientStep) -> Self {
-        Self { model, step }
+        Self {
+            model,
+            step,
+            teacher: None,
+        }
+    }
+
+    /// The same, trained to match `teacher` (validation still scores the task's own loss).
+    pub fn with_teacher(self, teacher: Option<Teacher>) -> Self {
+        Self { teacher, ..self }
     }
 }
 
@@ -105,10 +119,15 @@ impl Adaptor<NextSentenceLabels> for EncoderOutput {
 }
 
 impl Encoder {
-    fn forward(&self, batch: EncoderBatch) -> EncoderOutput {
-        let out = self
-            .model
-            .loss(batch.tokens, batch.segments, batch.padding, batch.targets);
+    /// The task's own loss on `batch`, or with a teacher and `distilling`, the distillation
+    /// loss.
+    fn forward(&self, batch: EncoderBatch, distilling: bool) -> EncoderOutput {
+        let out = match (&self.teacher, distilling) {
+            (Some(teacher), true) => teacher.loss(&self.model, batch),
+            _ => self
+                .model
+                .loss(batch.tokens, batch.segments, batch.padding, batch.targets),
+        };
         EncoderOutput {
             loss: out.loss,
             main: out.main,
@@ -122,7 +141,7 @@ impl TrainStep for Encoder {
     type Output = EncoderOutput;
 
     fn step(&self, batch: EncoderBatch) -> TrainOutput<EncoderOutput> {
-        self.step.output(self, self.forward(batch))
+        self.step.output(self, self.forward(batch, true))
     }
 }
 
@@ -131,6 +150,6 @@ impl InferenceStep for Encoder {
     type Output = EncoderOutput;
 
     fn step(&self, batch: EncoderBatch) -> EncoderOutput {
-        self.forward(batch)
+        self.forward(batch, false)
     }
 }

@@ -29,6 +29,7 @@ pub fn bert_task(recipe: &Recipe) -> BertTask {
         Task::CausalLm | Task::Translation | Task::SpanCorruption => {
             unreachable!("validated recipes pair these tasks with other families")
         }
+        Task::Distillation => unreachable!("distillation trains its teacher's task"),
     }
 }
 
@@ -62,14 +63,20 @@ pub fn load_encoder_run(
     };
     let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
     let epoch = select_checkpoint(run_dir, epoch)?;
-    let model = config.init(bert_task(&recipe), device).map_err(run_error)?;
+    let mut model = config.init(bert_task(&recipe), device).map_err(run_error)?;
+    if recipe.finetune.lora() {
+        model = super::adapted_model(run_dir, &recipe, model, device)?;
+    }
     let model = load_checkpoint(run_dir, epoch, Encoder::new(model, GradientStep::new(1)))?;
+    // A LoRA run's adapters merged into its base's weights (the model a user runs or
+    // exports); other models are as they were.
+    let model = model.model.materialize();
     let labels = read_labels(run_dir)?;
     Ok(EncoderRun {
         recipe,
         config,
         tokenizer,
-        model: model.model,
+        model,
         labels,
         epoch,
     })

@@ -15,6 +15,7 @@ use crate::models::{ModelConfig, NgramConfig};
 use crate::recipe::Recipe;
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
+use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::Perplexity;
 use crate::runtime::run_dir::{
     IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
@@ -58,6 +59,44 @@ fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
     }
 }
 
+/// `model` (of this run's config, so with its dropout) with the weights of `init`, the run it
+/// starts from (found at `from`).
+fn start_from(model: LmModel, init: LoadedRun, from: &Path) -> Result<LmModel, ZooError> {
+    let RunModel::Neural(weights) = init.model else {
+        unreachable!("pretrained_config refuses n-gram runs");
+    };
+    model
+        .try_load_record(weights.into_record())
+        .map_err(|e| ZooError::run_dir(from, e.to_string()))
+}
+
+/// The weights of a LoRA run's base, which its fingerprint covers.
+fn base_weights(base: &LoadedRun) -> burn::store::ModuleRecord {
+    match &base.model {
+        RunModel::Neural(model) => model.clone().into_record(),
+        RunModel::Ngram(_) => unreachable!("pretrained_config refuses n-gram runs"),
+    }
+}
+
+/// The base of the LoRA run in `run_dir`, loaded onto `device` and checked.
+pub(crate) fn load_base(run_dir: &Path, device: &Device) -> Result<(LoadedRun, PathBuf), ZooError> {
+    lora::load_base(run_dir, |dir, epoch| load(dir, epoch, device), base_weights)
+}
+
+/// `model` of the LoRA run in `run_dir`: its base's weights with the run's adapters attached
+/// (loaded from a checkpoint after).
+pub(crate) fn adapted_model(
+    run_dir: &Path,
+    recipe: &Recipe,
+    model: LmModel,
+    device: &Device,
+) -> Result<LmModel, ZooError> {
+    let (base, from) = load_base(run_dir, device)?;
+    let model = start_from(model, base, &from)?;
+    lora::attach(model, &recipe.finetune, &recipe.lora_targets())
+        .map_err(|e| ZooError::run_dir(run_dir, e))
+}
+
 /// Trains a language-model recipe (or counts an n-gram one) in `session`'s run directory.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
@@ -76,8 +115,11 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     // training happens, after the session seeds the device) when starting afresh.
     let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
     let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let autodiff = session.options.device.clone().autodiff();
     let init = match (&init_from, session.is_fresh()) {
-        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
+        (Some(dir), true) => Some(load(dir, None, &autodiff)?),
+        // A resumed LoRA run's checkpoints hold its adapters only: the base comes back too.
+        (Some(_), false) if recipe.finetune.lora() => Some(load_base(run_dir, &autodiff)?.0),
         _ => None,
     };
 
@@ -218,29 +260,32 @@ impl TrainingTask for LmTraining<'_> {
     type Source = Windows;
 
     fn model(&mut self, device: &Device) -> Result<Lm, ZooError> {
+        let (session, recipe) = (self.session, self.session.recipe);
         let mut model = LmModel::init(self.config, device)
-            .map_err(|e| self.session.recipe_error(format!("[model]: {e}")))?;
+            .map_err(|e| session.recipe_error(format!("[model]: {e}")))?;
         if let Some((init, from)) = self.init.take() {
-            let RunModel::Neural(weights) = init.model else {
-                unreachable!("pretrained_config refuses n-gram runs");
-            };
+            if recipe.finetune.lora() && session.is_fresh() {
+                Base::new(&from, Some(init.epoch), base_weights(&init))?.write(&session.run_dir)?;
+            }
+            let arch = init.config.architecture().name;
+            model = start_from(model, init, &from)?;
             println!(
-                "loaded the {} from {} ({} parameters)",
-                init.config.architecture().name,
+                "loaded the {arch} from {} ({} parameters)",
                 from.display(),
-                weights.num_params()
+                model.num_params()
             );
-            // The weights into a model of this run's config, so that its dropout is this run's.
-            model = model
-                .try_load_record(weights.into_record())
-                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
         }
-        let t = &self.session.recipe.training;
+        if recipe.finetune.lora() {
+            model = lora::attach(model, &recipe.finetune, &recipe.lora_targets())
+                .map_err(|e| session.recipe_error(e))?;
+            println!("{}", lora::adapted(&model));
+        }
+        let t = &recipe.training;
         if let Some(frozen) = t.frozen() {
             println!("{frozen}");
         }
         let model = model.freeze(t.freeze_embeddings, t.freeze_layers);
-        Ok(Lm::new(model, GradientStep::of(self.session.recipe)))
+        Ok(Lm::new(model, GradientStep::of(recipe)))
     }
 
     fn metrics(&self, training: SupervisedTraining<Lm>) -> SupervisedTraining<Lm> {

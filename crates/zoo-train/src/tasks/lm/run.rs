@@ -115,14 +115,20 @@ pub fn load_run(
         });
     }
     let epoch = select_checkpoint(run_dir, epoch)?;
-    let model = LmModel::init(&config, device).map_err(run_error)?;
+    let mut model = LmModel::init(&config, device).map_err(run_error)?;
+    if recipe.finetune.lora() {
+        model = super::adapted_model(run_dir, &recipe, model, device)?;
+    }
     let model = load_checkpoint(run_dir, epoch, Lm::new(model, GradientStep::new(1)))?;
+    // A LoRA run's adapters merged into its base's weights (the model a user runs or
+    // exports); other models are as they were.
+    let model = model.model.materialize();
     let steps = steps_at_epoch(run_dir, epoch).unwrap_or(epoch * recipe.training.eval_interval);
     Ok(LoadedRun {
         recipe,
         config,
         tokenizer,
-        model: RunModel::Neural(model.model),
+        model: RunModel::Neural(model),
         epoch,
         steps,
     })

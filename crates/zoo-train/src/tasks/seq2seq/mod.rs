@@ -14,9 +14,10 @@ pub mod vocab;
 
 use crate::ZooError;
 use crate::models::ModelConfig;
-use crate::recipe::Task;
+use crate::recipe::{Recipe, Task};
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
+use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
     TRAINED, is_hugging_face_dir, load_run_config, load_run_recipe, locate_model, write_run_recipe,
@@ -30,6 +31,7 @@ use model::{Seq2SeqTrainer, TargetTokens};
 use run::{Seq2SeqRun, init_model, load_seq2seq_run};
 use std::path::{Path, PathBuf};
 use vocab::{Vocabularies, sentinels_for};
+use zoo_seq2seq::Seq2Seq;
 use zoo_text::span_corruption::{SENTINELS, SpanCorruption};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
 
@@ -59,6 +61,38 @@ fn pretrained_config(dir: &Path) -> Result<ModelConfig, ZooError> {
     }
 }
 
+/// `model` (of this run's config, so with its dropout) with the weights of `init`, the run it
+/// starts from (found at `from`).
+fn start_from(model: Seq2Seq, init: Seq2SeqRun, from: &Path) -> Result<Seq2Seq, ZooError> {
+    model
+        .try_load_record(init.model.into_record())
+        .map_err(|e| ZooError::run_dir(from, e.to_string()))
+}
+
+/// The weights of a LoRA run's base, which its fingerprint covers.
+fn base_weights(base: &Seq2SeqRun) -> burn::store::ModuleRecord {
+    base.model.clone().into_record()
+}
+
+/// The base of the LoRA run in `run_dir`, loaded onto `device` and checked.
+fn load_base(run_dir: &Path, device: &Device) -> Result<(Seq2SeqRun, PathBuf), ZooError> {
+    lora::load_base(run_dir, |dir, epoch| load(dir, epoch, device), base_weights)
+}
+
+/// `model` of the LoRA run in `run_dir`: its base's weights with the run's adapters attached
+/// (loaded from a checkpoint after).
+pub(crate) fn adapted_model(
+    run_dir: &Path,
+    recipe: &Recipe,
+    model: Seq2Seq,
+    device: &Device,
+) -> Result<Seq2Seq, ZooError> {
+    let (base, from) = load_base(run_dir, device)?;
+    let model = start_from(model, base, &from)?;
+    lora::attach(model, &recipe.finetune, &recipe.lora_targets())
+        .map_err(|e| ZooError::run_dir(run_dir, e))
+}
+
 /// Trains an encoder-decoder recipe in `session`'s run directory; a finished translation run
 /// then decodes its validation split and records BLEU and exact match.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
@@ -83,8 +117,11 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     // training happens, before the session seeds the device) when starting afresh.
     let init_from = recipe.init_from.as_deref().map(locate_model).transpose()?;
     let pretrained = init_from.as_deref().map(pretrained_config).transpose()?;
+    let autodiff = session.options.device.clone().autodiff();
     let init = match (&init_from, session.is_fresh()) {
-        (Some(dir), true) => Some(load(dir, None, &session.options.device.clone().autodiff())?),
+        (Some(dir), true) => Some(load(dir, None, &autodiff)?),
+        // A resumed LoRA run's checkpoints hold its adapters only: the base comes back too.
+        (Some(_), false) if recipe.finetune.lora() => Some(load_base(run_dir, &autodiff)?.0),
         _ => None,
     };
 
@@ -225,19 +262,25 @@ impl TrainingTask for Seq2SeqTraining<'_> {
     fn model(&mut self, device: &Device) -> Result<Seq2SeqTrainer, ZooError> {
         let mut model =
             init_model(self.config, device).map_err(|e| self.session.recipe_error(e))?;
+        let (session, recipe) = (self.session, self.session.recipe);
         if let Some((init, from)) = self.init.take() {
+            if recipe.finetune.lora() && session.is_fresh() {
+                Base::new(&from, Some(init.epoch), base_weights(&init))?.write(&session.run_dir)?;
+            }
             println!(
                 "loaded the {} from {} ({} parameters)",
                 init.config.architecture().name,
                 from.display(),
                 init.model.num_params()
             );
-            // The weights into a model of this run's config, so that its dropout is this run's.
-            model = model
-                .try_load_record(init.model.into_record())
-                .map_err(|e| ZooError::run_dir(&from, e.to_string()))?;
+            model = start_from(model, init, &from)?;
         }
-        let t = &self.session.recipe.training;
+        if recipe.finetune.lora() {
+            model = lora::attach(model, &recipe.finetune, &recipe.lora_targets())
+                .map_err(|e| session.recipe_error(e))?;
+            println!("{}", lora::adapted(&model));
+        }
+        let t = &recipe.training;
         if let Some(frozen) = t.frozen() {
             println!("{frozen}");
         }

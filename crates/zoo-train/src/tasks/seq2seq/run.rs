@@ -45,13 +45,19 @@ pub fn load_seq2seq_run(
     let (recipe, config) = load_run_config(run_dir)?;
     let vocab = Vocabularies::load(run_dir, &recipe)?;
     let epoch = select_checkpoint(run_dir, epoch)?;
-    let model = init_model(&config, device).map_err(run_error)?;
+    let mut model = init_model(&config, device).map_err(run_error)?;
+    if recipe.finetune.lora() {
+        model = super::adapted_model(run_dir, &recipe, model, device)?;
+    }
     let trainer = load_checkpoint(run_dir, epoch, Seq2SeqTrainer::new(model, &recipe))?;
+    // A LoRA run's adapters merged into its base's weights (the model a user runs or
+    // exports); other models are as they were.
+    let model = trainer.model.materialize();
     Ok(Seq2SeqRun {
         recipe,
         config,
         vocab,
-        model: trainer.model,
+        model,
         epoch,
         run_dir: run_dir.to_path_buf(),
     })
