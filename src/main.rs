@@ -242,6 +242,12 @@ enum BenchFamily {
     Rnn(RnnBench),
     /// Masked-LM training steps of a BERT on random tokens (dropout on), then inference.
     Bert(BertBench),
+    /// Incremental decoding of a GPT with its KV cache (random weights and prompts), against
+    /// the bound that reading the weights once per step sets on this machine.
+    Generate(GenerateBench),
+    /// Teacher-forced training steps of a transformer encoder-decoder on random pairs
+    /// (label smoothing 0.1, dropout on), then greedy and beam decoding with the cache.
+    Seq2seq(Seq2SeqBench),
     /// Forward and training time per sequence, and training memory, against sequence length,
     /// for LSTM, GRU and GPT models of about 3M parameters; a table and log-log plots. Each
     /// point runs in a process of its own so its peak memory is its own.
@@ -306,6 +312,62 @@ struct BertBench {
     #[arg(long, default_value_t = 30_522)]
     vocab_size: usize,
     /// Timed steps (and inference batches).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+}
+
+#[derive(Args)]
+struct GenerateBench {
+    /// The preset to time (a GPT).
+    #[arg(long, default_value = "gpt2-small")]
+    preset: String,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Prompt tokens, read in one pass.
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+    /// New tokens per prompt.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Sample each token from the k likeliest (0: greedy).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Vocabulary size (default: the preset's, or 65 when it has none).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Timed runs (after one untimed).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+#[derive(Args)]
+struct Seq2SeqBench {
+    /// The preset to time (a transformer encoder-decoder).
+    #[arg(long, default_value = "transformer-small")]
+    preset: String,
+    /// Sentence pairs per step (and sources decoded at once).
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Source tokens per sentence (Multi30k's are about 20).
+    #[arg(long, default_value_t = 20)]
+    src_len: usize,
+    /// Target tokens per sentence, trained and decoded.
+    #[arg(long, default_value_t = 20)]
+    tgt_len: usize,
+    /// One vocabulary for both sides (a joint BPE of Multi30k: about 8,000).
+    #[arg(long, default_value_t = 8_000)]
+    vocab_size: usize,
+    /// Dropout (default: the preset's; `torch_seq2seq.py`'s 11th argument, 0.1 by default).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Beam width of the beam-search timing.
+    #[arg(long, default_value_t = 4)]
+    beam: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
     /// Untimed steps first.
@@ -677,6 +739,12 @@ fn run(
             family: BenchFamily::Bert(args),
         } => bench_bert(args, &device)?,
         Command::Bench {
+            family: BenchFamily::Seq2seq(args),
+        } => bench_seq2seq(args, &device)?,
+        Command::Bench {
+            family: BenchFamily::Generate(args),
+        } => bench_generate(args, &device)?,
+        Command::Bench {
             family: BenchFamily::Scaling(args),
         } => {
             let table = if args.report_only {
@@ -844,6 +912,105 @@ fn bench_bert(args: BertBench, device: &burn::tensor::Device) -> Result<(), ZooE
         config.vocab_size,
         config.dropout,
         report.summary()
+    );
+    Ok(())
+}
+
+fn bench_generate(args: GenerateBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
+    let mut config = family_preset(&args.preset, "GPT", |c| match c {
+        ModelConfig::Gpt(c) => Some(c),
+        _ => None,
+    })?;
+    config.vocab_size = args.vocab_size.unwrap_or(if config.vocab_size == 0 {
+        65
+    } else {
+        config.vocab_size
+    });
+    config.dropout = 0.0;
+    if args.batch_size == 0 || args.prompt_len == 0 || args.new_tokens < 2 || args.repeats == 0 {
+        return Err(ZooError::Usage(
+            "--batch-size, --prompt-len and --repeats must be at least 1, --new-tokens at least 2"
+                .into(),
+        ));
+    }
+    let bench = zoo_train::bench::bench_generate(
+        &config,
+        args.batch_size,
+        args.prompt_len,
+        args.new_tokens,
+        args.top_k,
+        args.repeats,
+        device,
+    )
+    .map_err(ZooError::Usage)?;
+    println!(
+        "zoo-generate preset={} params={} batch={} prompt_len={} new_tokens={} top_k={} prefill_ms={:.1} token_ms={:.2} tokens_per_s={:.1} weights_mb={:.0} bandwidth_gb_s={:.1} bound_tokens_per_s={:.1}",
+        args.preset,
+        bench.params,
+        args.batch_size,
+        args.prompt_len,
+        args.new_tokens,
+        args.top_k,
+        bench.prefill_ms,
+        bench.token_ms,
+        bench.tokens_per_s,
+        bench.weight_bytes as f64 / 1e6,
+        bench.bandwidth / 1e9,
+        bench.bound_tokens_per_s(args.batch_size)
+    );
+    Ok(())
+}
+
+fn bench_seq2seq(args: Seq2SeqBench, device: &burn::tensor::Device) -> Result<(), ZooError> {
+    let mut config = family_preset(&args.preset, "transformer encoder-decoder", |c| match c {
+        ModelConfig::Transformer(c) => Some(c),
+        _ => None,
+    })?;
+    config.src_vocab_size = args.vocab_size;
+    config.tgt_vocab_size = args.vocab_size;
+    if let Some(dropout) = args.dropout {
+        config.dropout = dropout;
+    }
+    let longest = args.src_len.max(args.tgt_len + 1);
+    if args.steps == 0 || args.batch_size == 0 || args.beam == 0 || args.src_len == 0 {
+        return Err(ZooError::Usage(
+            "--steps, --batch-size, --beam and --src-len must be at least 1".into(),
+        ));
+    }
+    if longest > config.max_len || args.tgt_len == 0 {
+        return Err(ZooError::Usage(format!(
+            "--src-len and --tgt-len + 1 must be in 1..={} (the preset's max_len)",
+            config.max_len
+        )));
+    }
+    config.validate().map_err(ZooError::Usage)?;
+    let bench = zoo_train::bench::bench_seq2seq(
+        &config,
+        args.batch_size,
+        args.src_len,
+        args.tgt_len,
+        args.steps,
+        args.warmup,
+        args.beam,
+        device,
+    )
+    .map_err(ZooError::Usage)?;
+    println!(
+        "zoo-seq2seq preset={} layers={}+{} heads={} width={} src_len={} tgt_len={} batch={} vocab={} dropout={} {} greedy_sent_per_s={:.0} beam{}_sent_per_s={:.0}",
+        args.preset,
+        config.n_encoder_layers,
+        config.n_decoder_layers,
+        config.n_head,
+        config.d_model,
+        args.src_len,
+        args.tgt_len,
+        args.batch_size,
+        args.vocab_size,
+        config.dropout,
+        bench.train.summary(),
+        bench.greedy_per_s,
+        args.beam,
+        bench.beam_per_s
     );
     Ok(())
 }

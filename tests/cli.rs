@@ -2064,3 +2064,124 @@ fn compare_names_a_bad_override_and_trains_nothing() {
         stderr(&out)
     );
 }
+
+/// Each benchmark prints its one line of figures on a tiny shape, and refuses a preset of
+/// another family by name.
+#[test]
+fn benchmarks_print_their_figures() {
+    let dir = scratch("bench");
+    for (args, figures) in [
+        (
+            &[
+                "bench",
+                "gpt",
+                "--preset",
+                "gpt-nano",
+                "--batch-size",
+                "2",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ][..],
+            &["zoo-gpt", "tokens_per_s="][..],
+        ),
+        (
+            &[
+                "bench",
+                "rnn",
+                "--batch-size",
+                "2",
+                "--bptt",
+                "5",
+                "--vocab-size",
+                "50",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ],
+            &["tokens_per_s="],
+        ),
+        (
+            &[
+                "bench",
+                "bert",
+                "--preset",
+                "bert-tiny",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "8",
+                "--vocab-size",
+                "50",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ],
+            &["tokens_per_s=", "inference_seq_per_s="],
+        ),
+        (
+            &[
+                "bench",
+                "generate",
+                "--preset",
+                "gpt-nano",
+                "--batch-size",
+                "2",
+                "--prompt-len",
+                "3",
+                "--new-tokens",
+                "4",
+                "--repeats",
+                "1",
+            ],
+            &[
+                "zoo-generate preset=gpt-nano",
+                "tokens_per_s=",
+                "bound_tokens_per_s=",
+            ],
+        ),
+        (
+            &[
+                "bench",
+                "seq2seq",
+                "--preset",
+                "transformer-tiny",
+                "--batch-size",
+                "3",
+                "--src-len",
+                "6",
+                "--tgt-len",
+                "5",
+                "--vocab-size",
+                "40",
+                "--beam",
+                "2",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ],
+            &[
+                "zoo-seq2seq preset=transformer-tiny",
+                "tokens_per_s=",
+                "greedy_sent_per_s=",
+                "beam2_sent_per_s=",
+            ],
+        ),
+    ] {
+        let out = zoo(args, &dir);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        for figure in figures {
+            assert!(stdout(&out).contains(figure), "{args:?}: {}", stdout(&out));
+        }
+    }
+    assert_clean_error(
+        &zoo(&["bench", "seq2seq", "--preset", "gpt-nano"], &dir),
+        1,
+        &["unknown preset 'gpt-nano'", "transformer-small"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -11,14 +11,19 @@ use burn::module::Module;
 use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use zoo_bert::{BertConfig, BertTask, Targets};
 use zoo_blocks::CellKind;
 use zoo_blocks::PositionKind;
-use zoo_gpt::GptConfig;
+use zoo_blocks::loss::label_smoothed_cross_entropy;
+use zoo_blocks::{Sampler, SamplingConfig};
+use zoo_gpt::{GptCache, GptConfig};
 use zoo_rnn::{RnnConfig, RnnState};
+use zoo_seq2seq::decoding::{DecodeTokens, Strategy, decode};
+use zoo_seq2seq::{Seq2Seq, TransformerConfig};
 
 /// Timings of a training benchmark.
 #[derive(Clone, Debug)]
@@ -205,6 +210,246 @@ pub fn bench_bert(
         }
     }
     Ok((report, batch as f64 / median(&mut seconds)))
+}
+
+/// What `zoo bench seq2seq` measures.
+#[derive(Clone, Debug)]
+pub struct Seq2SeqBench {
+    /// Training (teacher forcing, label-smoothed cross-entropy); its tokens are target tokens.
+    pub train: BenchReport,
+    /// Source sentences per second decoded greedily, `tgt_len` tokens each, with the cache.
+    pub greedy_per_s: f64,
+    /// The same with beam search of `beam` hypotheses per source.
+    pub beam_per_s: f64,
+}
+
+/// Times a transformer encoder-decoder the way `shared/reference/torch_seq2seq.py` times
+/// `nn.Transformer`: `steps` training steps (after `warmup` untimed ones) on random pairs of
+/// `src_len` source and `tgt_len` target tokens (no padding), teacher-forced with
+/// label-smoothed (0.1) cross-entropy and Adam; then greedy decoding of `batch` random sources
+/// to `tgt_len` tokens each (the reference re-decodes its whole prefix at each step: it has no
+/// cache), and beam search of width `beam` to the same length. No end token is ever produced,
+/// so every target is decoded to its full length.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_seq2seq(
+    config: &TransformerConfig,
+    batch: usize,
+    src_len: usize,
+    tgt_len: usize,
+    steps: usize,
+    warmup: usize,
+    beam: usize,
+    device: &Device,
+) -> Result<Seq2SeqBench, String> {
+    let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    let mut model = Seq2Seq::Transformer(config.init(&train_device)?);
+    let params = model.num_params();
+    // Adam as the transformer paper sets it (the reference also anneals by the Noam schedule).
+    let mut optimizer: ModuleOptimizer = AdamW {
+        beta_1: 0.9,
+        beta_2: 0.98,
+        epsilon: 1e-9,
+        weight_decay: 0.0,
+    }
+    .into();
+    let vocab = config.tgt_vocab_size;
+    let train = time_steps(params, batch * tgt_len, steps, warmup, || {
+        let source = random_ids([batch, src_len], vocab, &train_device);
+        let target = random_ids([batch, tgt_len + 1], vocab, &train_device);
+        let padding = source.clone().equal_elem(-1);
+        let (next, times) = timed_step(
+            model.clone(),
+            &mut optimizer,
+            1e-4,
+            0.0,
+            &train_device,
+            |m| {
+                let logits = m.forward(source, padding, target.clone().narrow(1, 0, tgt_len));
+                let expected = target.narrow(1, 1, tgt_len).reshape([batch * tgt_len]);
+                label_smoothed_cross_entropy(
+                    logits.reshape([batch * tgt_len, vocab]),
+                    expected,
+                    0.1,
+                )
+            },
+        )?;
+        model = next;
+        Ok(times)
+    })?;
+
+    let model = model.valid();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let sources: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            (0..src_len)
+                .map(|_| rng.random_range(3..vocab as u32))
+                .collect()
+        })
+        .collect();
+    // An end token no step can produce: every target runs to `tgt_len`.
+    let tokens = DecodeTokens {
+        pad: 0,
+        bos: 1,
+        eos: u32::MAX,
+    };
+    let per_second = |strategy: &Strategy| {
+        let mut seconds = Vec::new();
+        for i in 0..warmup.min(1) + steps.min(3) {
+            let started = Instant::now();
+            let decoded = decode(&model, &sources, tokens, strategy, tgt_len, device);
+            debug_assert!(decoded.iter().all(|d| d.len() == tgt_len));
+            if i >= warmup.min(1) {
+                seconds.push(started.elapsed().as_secs_f64());
+            }
+        }
+        batch as f64 / median(&mut seconds)
+    };
+    Ok(Seq2SeqBench {
+        train,
+        greedy_per_s: per_second(&Strategy::Greedy),
+        beam_per_s: per_second(&Strategy::Beam {
+            width: beam,
+            length_penalty: 1.0,
+        }),
+    })
+}
+
+/// What `zoo bench generate` measures.
+#[derive(Clone, Debug)]
+pub struct GenerateBench {
+    /// Parameters of the model.
+    pub params: usize,
+    /// Bytes of weights one decoding step reads (every parameter, as f32).
+    pub weight_bytes: usize,
+    /// Median milliseconds to read the prompt (one forward pass filling the cache).
+    pub prefill_ms: f64,
+    /// Median milliseconds per new token of the batch (one forward pass of one token per row).
+    pub token_ms: f64,
+    /// New tokens per second over the batch, at the median.
+    pub tokens_per_s: f64,
+    /// The machine's measured memory read bandwidth, bytes per second.
+    pub bandwidth: f64,
+}
+
+impl GenerateBench {
+    /// Tokens per second if every step did nothing but read the weights once at `bandwidth`:
+    /// the bound of decoding that is limited by memory (one step serves the whole batch).
+    pub fn bound_tokens_per_s(&self, batch: usize) -> f64 {
+        self.bandwidth / self.weight_bytes as f64 * batch as f64
+    }
+}
+
+/// Times incremental decoding of a GPT with its KV cache as `zoo generate` runs it: `batch`
+/// random prompts of `prompt_len` tokens read in one pass, then `new_tokens` tokens each, one
+/// forward pass of one token per row at a time, each row's next token sampled from its top
+/// `top_k` (0: greedy) on the host. `repeats` timed runs after one untimed one; also measures
+/// the memory bandwidth that bounds decoding.
+pub fn bench_generate(
+    config: &GptConfig,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    top_k: usize,
+    repeats: usize,
+    device: &Device,
+) -> Result<GenerateBench, String> {
+    if prompt_len + new_tokens > config.block_size {
+        return Err(format!(
+            "the prompt and the new tokens ({}) do not fit the preset's block of {}",
+            prompt_len + new_tokens,
+            config.block_size
+        ));
+    }
+    device.seed(0);
+    let model = config.init(device)?;
+    let params = model.num_params();
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: if top_k == 0 { 0.0 } else { 1.0 },
+        top_k,
+        ..SamplingConfig::default()
+    });
+    let vocab = config.vocab_size;
+    let (mut prefill, mut per_token) = (Vec::new(), Vec::new());
+    for repeat in 0..=repeats {
+        let prompt = random_ids([batch, prompt_len], vocab, device);
+        let started = Instant::now();
+        let mut cache = GptCache::default();
+        let mut logits = model.forward(prompt, Some(&mut cache));
+        let mut next = sample_rows(&mut sampler, logits, device);
+        let prompted = started.elapsed();
+        for _ in 1..new_tokens {
+            logits = model.forward(next, Some(&mut cache));
+            next = sample_rows(&mut sampler, logits, device);
+        }
+        let decoding = started.elapsed() - prompted;
+        if repeat > 0 {
+            prefill.push(prompted.as_secs_f64() * 1e3);
+            per_token.push(decoding.as_secs_f64() * 1e3 / (new_tokens - 1).max(1) as f64);
+        }
+    }
+    let token_ms = median(&mut per_token);
+    Ok(GenerateBench {
+        params,
+        weight_bytes: params * std::mem::size_of::<f32>(),
+        prefill_ms: median(&mut prefill),
+        token_ms,
+        tokens_per_s: batch as f64 / (token_ms / 1e3),
+        bandwidth: memory_bandwidth(),
+    })
+}
+
+/// Each row's next token from the last position's logits (`[batch, len, vocab]`), as ids
+/// `[batch, 1]`.
+fn sample_rows(sampler: &mut Sampler, logits: Tensor<3>, device: &Device) -> Tensor<2, Int> {
+    let [batch, len, vocab] = logits.dims();
+    let last = logits
+        .narrow(1, len - 1, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("logits read back as f32");
+    let next: Vec<i64> = last
+        .chunks(vocab)
+        .map(|row| sampler.sample(row) as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(next, [batch, 1]), device)
+}
+
+/// Bytes per second the machine reads from memory: the best of three passes summing a 512 MiB
+/// buffer (far past any cache) on every core.
+pub fn memory_bandwidth() -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let buffer = vec![1.0f32; 128 << 20];
+    let chunk = buffer.len().div_ceil(cores);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let total: f32 = std::thread::scope(|scope| {
+            let parts: Vec<_> = buffer
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        // Eight accumulators, so the adds do not wait on each other.
+                        let mut sums = [0.0f32; 8];
+                        for block in part.chunks_exact(8) {
+                            for (sum, v) in sums.iter_mut().zip(block) {
+                                *sum += v;
+                            }
+                        }
+                        sums.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().expect("a summing thread"))
+                .sum()
+        });
+        std::hint::black_box(total);
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    (buffer.len() * std::mem::size_of::<f32>()) as f64 / best
 }
 
 /// One timed training step: `loss` (the forward pass), the backward pass with the global
