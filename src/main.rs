@@ -555,7 +555,7 @@ fn run(
                     }
                     println!("{}: {}", run_dir.display(), report.summary());
                 }
-                Evaluation::Encoder(report) => println!(
+                Evaluation::Labels(report) => println!(
                     "{}: split {} | loss {:.4} | accuracy {:.2}%{} | {} predictions",
                     run_dir.display(),
                     report.split,

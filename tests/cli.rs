@@ -1494,6 +1494,72 @@ fn lora_runs_keep_only_their_adapters_resume_merge_and_export() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A GPT classifies as the GPT-1 paper fine-tunes it: from a language-model run, with three
+/// framing tokens added to its vocabulary and a new head, with and without the auxiliary
+/// language-model loss (which adds lambda times the LM loss to the training loss and nothing
+/// to validation); `zoo eval` scores it, and what it cannot be is refused by name.
+#[test]
+fn a_gpt_classifies_with_an_auxiliary_language_model_loss() {
+    let dir = scratch("gpt-classify");
+    write(&dir, "gpt.toml", TINY);
+    let out = zoo(&["train", "gpt.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let classifier = |lambda: &str| {
+        format!(
+            "seed = 3\ntask = \"classification\"\ninit_from = \"runs/gpt\"\n[model]\narch = \"gpt\"\ndropout = 0.0\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 4\neval_interval = 2\nlm_loss_weight = {lambda}\n"
+        )
+    };
+    write(&dir, "plain.toml", &classifier("0.0"));
+    write(&dir, "aux.toml", &classifier("0.5"));
+    for recipe in ["plain.toml", "aux.toml"] {
+        let out = zoo(&["train", recipe], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("new: 3 token(s)"), "{}", stdout(&out));
+    }
+    let first = |run: &str, split: &str| {
+        metrics(&dir.join("runs").join(run))
+            .into_iter()
+            .find(|m| m["split"] == split)
+            .unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    // The same start and batches: the auxiliary term is what the training losses differ by
+    // (half a character-level LM loss of about 3), and validation leaves it out.
+    let extra = first("aux", "train") - first("plain", "train");
+    assert!(extra > 1.0, "{extra}");
+    assert!((first("aux", "valid") - first("plain", "valid")).abs() < 0.5);
+    let recipe = std::fs::read_to_string(dir.join("runs/aux/recipe.toml")).unwrap();
+    let base = std::fs::read_to_string(dir.join("runs/gpt/recipe.toml")).unwrap();
+    let vocab = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("vocab_size = "))
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(vocab(&recipe), vocab(&base) + 3);
+    let out = zoo(&["eval", "runs/aux"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("accuracy"), "{}", stdout(&out));
+    assert_clean_error(
+        &zoo(&["generate", "runs/aux"], &dir),
+        1,
+        &["runs/aux", "is a GPT classifier"],
+    );
+    write(
+        &dir,
+        "lm.toml",
+        &TINY.replace("steps = 6", "steps = 6\nlm_loss_weight = 0.5"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "lm.toml"], &dir),
+        1,
+        &["lm.toml", "training.lm_loss_weight does not apply"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A tiny BERT classifier of `layers` layers on embedded-sums.
 fn tiny_classifier(layers: usize) -> String {
     format!(

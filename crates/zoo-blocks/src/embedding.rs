@@ -67,6 +67,45 @@ impl TokenEmbedding {
     }
 
     /// Whether the head shares the embedding matrix.
+    /// This embedding (of a vocabulary at least `pretrained`'s) with `pretrained`'s rows for
+    /// the ids they share and its own (fresh) rows for the ids added after them: how a
+    /// fine-tuning run that adds tokens (GPT-1's start, delimiter and extract) keeps the
+    /// pretrained vocabulary. The head, when untied, likewise.
+    pub fn with_rows_of(self, pretrained: TokenEmbedding) -> Result<Self, String> {
+        let (ours, theirs) = (self.weight.dims(), pretrained.weight.dims());
+        if ours[1] != theirs[1] || ours[0] < theirs[0] || self.is_tied() != pretrained.is_tied() {
+            return Err(format!(
+                "a token embedding of {ours:?} (tied: {}) cannot take the rows of one of {theirs:?} (tied: {})",
+                self.is_tied(),
+                pretrained.is_tied()
+            ));
+        }
+        let (vocab, known) = (ours[0], theirs[0]);
+        let grown = |fresh: Tensor<2>, taken: Tensor<2>, dim: usize| {
+            Tensor::cat(vec![taken, fresh.narrow(dim, known, vocab - known)], dim)
+        };
+        let weight = grown(self.weight.val(), pretrained.weight.val(), 0);
+        let head = match (self.head, pretrained.head) {
+            (Some(mut head), Some(taken)) => {
+                head.weight = Param::initialized(
+                    head.weight.id,
+                    grown(head.weight.val(), taken.weight.val(), 1),
+                );
+                if let (Some(bias), Some(taken)) = (head.bias.as_mut(), taken.bias) {
+                    let rows = |t: Tensor<1>| t.unsqueeze::<2>();
+                    let joined = grown(rows(bias.val()), rows(taken.val()), 1);
+                    *bias = Param::initialized(bias.id, joined.reshape([vocab]));
+                }
+                Some(head)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            weight: Param::initialized(self.weight.id, weight),
+            head,
+        })
+    }
+
     pub fn is_tied(&self) -> bool {
         self.head.is_none()
     }
@@ -121,6 +160,34 @@ mod tests {
         let g = emb.weight.grad(&grads).unwrap();
         let unused_rows = g.narrow(0, 2, 3).abs().sum().into_scalar::<f32>();
         assert!(unused_rows > 0.0);
+    }
+
+    #[test]
+    fn a_grown_vocabulary_keeps_the_pretrained_rows_and_adds_fresh_ones() {
+        let device = test_device();
+        let config = |vocab_size| TokenEmbeddingConfig {
+            vocab_size,
+            d_model: 3,
+            tie_weights: false,
+            head_bias: true,
+        };
+        let pretrained = config(5).init(&device);
+        let fresh = config(7).init(&device);
+        let grown = fresh.clone().with_rows_of(pretrained.clone()).unwrap();
+        assert_close(
+            grown.weight.val().narrow(0, 0, 5),
+            pretrained.weight.val(),
+            0.0,
+        );
+        assert_close(
+            grown.weight.val().narrow(0, 5, 2),
+            fresh.weight.val().narrow(0, 5, 2),
+            0.0,
+        );
+        let (head, taken) = (grown.head.unwrap(), pretrained.head.clone().unwrap());
+        assert_close(head.weight.val().narrow(1, 0, 5), taken.weight.val(), 0.0);
+        assert_eq!(head.bias.unwrap().dims(), [7]);
+        assert!(config(4).init(&device).with_rows_of(pretrained).is_err());
     }
 
     #[test]

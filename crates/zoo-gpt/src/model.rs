@@ -314,6 +314,17 @@ impl Gpt {
     ///
     /// With a cache, `ids` continue the cached sequence and the cache grows by `len`.
     pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut GptCache>) -> Tensor<3> {
+        self.logits(self.hidden(ids, cache))
+    }
+
+    /// The next-token logits `[batch, len, vocab]` of the last block's (normed) states.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.tokens.logits(hidden)
+    }
+
+    /// The last block's states `[batch, len, n_embd]` (after the final norm), what the
+    /// logits and a classification head read; with a cache as [`Gpt::forward`].
+    pub fn hidden(&self, ids: Tensor<2, Int>, cache: Option<&mut GptCache>) -> Tensor<3> {
         let [_, len] = ids.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         assert!(
@@ -345,7 +356,17 @@ impl Gpt {
         if let Some(norm) = &self.final_norm {
             x = norm.forward(x);
         }
-        self.tokens.logits(x)
+        x
+    }
+
+    /// This model (of this run's config, so with its dropout) with the weights of
+    /// `pretrained`, whose vocabulary may be smaller: the ids added after it keep their fresh
+    /// rows.
+    pub fn with_weights_of(mut self, mut pretrained: Gpt) -> Result<Self, String> {
+        pretrained.tokens = self.tokens.clone().with_rows_of(pretrained.tokens)?;
+        self.tokens = pretrained.tokens.clone();
+        self.try_load_record(pretrained.into_record())
+            .map_err(|e| e.to_string())
     }
 
     /// Mean next-token cross-entropy of `targets` (`[batch, len]`) given `ids`, and the logits.
@@ -388,6 +409,11 @@ impl Gpt {
             pending = vec![next];
         }
         tokens
+    }
+
+    /// The width of its states.
+    pub fn width(&self) -> usize {
+        self.tokens.weight.dims()[1]
     }
 
     /// The longest context.

@@ -3,13 +3,14 @@
 
 use crate::ZooError;
 use crate::recipe::{Recipe, Task};
+use crate::runtime::metrics::LabelReport;
 use crate::runtime::run_dir::{
     HF_CONFIG_FILE, is_hugging_face_dir, last_val_loss, load_run_recipe, read_hf_config,
     resume_epoch,
 };
 use crate::runtime::session::Session;
 pub use crate::runtime::session::{TrainOptions, TrainReport};
-use crate::tasks::encoder::predict::{EncoderEvalReport, evaluate_encoder};
+use crate::tasks::encoder::predict::evaluate_encoder;
 use crate::tasks::encoder::run::EncoderRun;
 use crate::tasks::lm::run::EvalReport;
 use crate::tasks::seq2seq::decode::{DecodingOptions, Seq2SeqEvalReport, evaluate_seq2seq};
@@ -32,8 +33,17 @@ pub enum RunKind {
 }
 
 impl RunKind {
-    /// The kind of run that trains with `task`.
-    pub fn of_task(task: Task) -> Self {
+    /// The kind of run `recipe` trains: by its task, and for a classifier, its architecture (a
+    /// GPT classifier is a language model's run).
+    pub fn of(recipe: &Recipe) -> Self {
+        match recipe.task {
+            Task::Classification if recipe.model.arch == "gpt" => RunKind::LanguageModel,
+            task => Self::of_task(task),
+        }
+    }
+
+    /// The kind of run that trains with `task` (a BERT's, for classification).
+    fn of_task(task: Task) -> Self {
         match task {
             Task::CausalLm => RunKind::LanguageModel,
             Task::MaskedLm
@@ -54,7 +64,7 @@ impl RunKind {
         if is_hugging_face_dir(run_dir) {
             return Self::of_hugging_face(run_dir);
         }
-        Ok(Self::of_task(load_run_recipe(run_dir)?.task))
+        Ok(Self::of(&load_run_recipe(run_dir)?))
     }
 
     /// The kind of model in a Hugging Face directory, from its `config.json`'s `model_type`.
@@ -95,7 +105,7 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         run_dir,
         options,
     };
-    let outcome = match RunKind::of_task(recipe.task) {
+    let outcome = match RunKind::of(&recipe) {
         RunKind::LanguageModel => lm::train(&session)?,
         RunKind::Encoder => encoder::train(&session)?,
         RunKind::EncoderDecoder => seq2seq::train(&session)?,
@@ -113,8 +123,8 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
 pub enum Evaluation {
     /// Loss and perplexity over every token of the split.
     LanguageModel(EvalReport),
-    /// Loss, accuracy (and F1) over the split.
-    Encoder(EncoderEvalReport),
+    /// Loss, accuracy (and F1) over the split: encoders, GPT classifiers.
+    Labels(LabelReport),
     /// BLEU and exact match of the split's decoded outputs (recorded in `scores.jsonl`).
     EncoderDecoder(Seq2SeqEvalReport),
 }
@@ -130,13 +140,21 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation, ZooError> {
     Ok(match RunKind::of_run(run_dir)? {
+        // A GPT classifier (a Hugging Face directory is a language model).
+        RunKind::LanguageModel
+            if !is_hugging_face_dir(run_dir)
+                && load_run_recipe(run_dir)?.task == Task::Classification =>
+        {
+            let run = lm::classify::load(run_dir, checkpoint, device)?;
+            Evaluation::Labels(lm::classify::evaluate(&run, split, data_dir)?)
+        }
         RunKind::LanguageModel => {
             let run = lm::load(run_dir, checkpoint, device)?;
             Evaluation::LanguageModel(lm::run::evaluate(&run, split, data_dir)?)
         }
         RunKind::Encoder => {
             let run = encoder::load(run_dir, checkpoint, device)?;
-            Evaluation::Encoder(evaluate_encoder(&run, split, data_dir)?)
+            Evaluation::Labels(evaluate_encoder(&run, split, data_dir)?)
         }
         RunKind::EncoderDecoder => {
             let run = seq2seq::load(run_dir, checkpoint, device)?;

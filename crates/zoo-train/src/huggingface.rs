@@ -130,8 +130,7 @@ pub fn export(
             "already holds a model: export into a new directory",
         ));
     }
-    let task = load_run_recipe(run_dir)?.task;
-    let class = match RunKind::of_task(task) {
+    let class = match RunKind::of(&load_run_recipe(run_dir)?) {
         RunKind::Encoder => encoder::hf::export_encoder_run(run_dir, epoch, out, device)?,
         RunKind::LanguageModel => lm::hf::export_lm_run(run_dir, epoch, out, device)?,
         RunKind::EncoderDecoder => seq2seq::hf::export_seq2seq_run(run_dir, epoch, out, device)?,

@@ -159,7 +159,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         name: "gpt",
         family: "GPT",
         presets: zoo_gpt::PRESETS,
-        tasks: &[Task::CausalLm],
+        tasks: &[Task::CausalLm, Task::Classification],
         lora_targets: &["qkv", "proj"],
         preset: |name| zoo_gpt::preset(name).map(ModelConfig::Gpt),
         resolve: |spec| {
@@ -572,7 +572,7 @@ mod tests {
     #[test]
     fn task_names_read_as_a_list() {
         let names = |arch: &str| architecture(arch).unwrap().task_names();
-        assert_eq!(names("gpt"), "\"causal-lm\"");
+        assert_eq!(names("gpt"), "\"causal-lm\" or \"classification\"");
         assert_eq!(
             names("transformer"),
             "\"translation\" or \"span-corruption\""

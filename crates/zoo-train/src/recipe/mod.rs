@@ -438,6 +438,10 @@ pub struct TrainingSpec {
     /// Encoder-decoders: label smoothing of the target cross-entropy (the transformer: 0.1).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// GPT classifiers: weight of the auxiliary language-model loss on the same inputs (the
+    /// GPT-1 paper's lambda: 0.5); 0 trains on the labels alone.
+    #[serde(default)]
+    pub lm_loss_weight: f64,
     /// What a step whose loss or gradient is not finite does: `stop` the run there (the last
     /// good checkpoint kept, a non-zero exit), or `skip` the batch (counted in the metrics log).
     #[serde(default)]
@@ -542,6 +546,7 @@ impl Default for TrainingSpec {
             freeze_embeddings: false,
             freeze_layers: 0,
             label_smoothing: 0.0,
+            lm_loss_weight: 0.0,
             on_nonfinite: OnNonFinite::Stop,
             early_stopping: None,
         }

@@ -278,6 +278,12 @@ impl Recipe {
                 t.label_smoothing != 0.0,
                 seq2seq,
             ),
+            (
+                "training.lm_loss_weight",
+                t.lm_loss_weight != 0.0,
+                matches!(config, ModelConfig::Gpt(_)) && self.task == Task::Classification,
+            ),
+            ("teacher", self.teacher.is_some(), encoder),
             ("data.source", d.source.is_some(), translation),
             ("data.target", d.target.is_some(), translation),
             (
@@ -307,6 +313,12 @@ impl Recipe {
             return Err(format!(
                 "{key} does not apply to task = \"{}\"",
                 self.task.name()
+            ));
+        }
+        if !(t.lm_loss_weight.is_finite() && t.lm_loss_weight >= 0.0) {
+            return Err(format!(
+                "training.lm_loss_weight must be 0 or more, got {}",
+                t.lm_loss_weight
             ));
         }
         self.validate_finetune()?;

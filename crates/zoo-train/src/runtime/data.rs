@@ -8,6 +8,7 @@ use burn::data::dataset::DatasetError;
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -48,6 +49,49 @@ impl<T> PerPass<T> {
         let value = Arc::new(make());
         *kept = Some((pass, value.clone()));
         value
+    }
+}
+
+/// Examples served `batch_size` at a time, pass after pass: in their own order, or (training)
+/// shuffled anew each pass from the seed and the pass, the order drawn once per pass.
+pub struct ShuffledPasses {
+    examples: usize,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    order: PerPass<Vec<usize>>,
+}
+
+impl ShuffledPasses {
+    /// `examples` examples in batches of `batch_size`, shuffled by `seed` when `shuffle`.
+    pub fn new(examples: usize, batch_size: usize, seed: u64, shuffle: bool) -> Self {
+        Self {
+            examples,
+            batch_size,
+            seed,
+            shuffle,
+            order: PerPass::default(),
+        }
+    }
+
+    /// Batches in one pass (the last may be short).
+    pub fn batches_per_pass(&self) -> usize {
+        self.examples.div_ceil(self.batch_size)
+    }
+
+    /// The examples of batch `g`, counted from 0 across passes.
+    pub fn batch(&self, g: usize) -> Vec<usize> {
+        let per_pass = self.batches_per_pass();
+        let (pass, within) = (g / per_pass, g % per_pass);
+        let order = self.order.get(pass, || {
+            let mut order: Vec<usize> = (0..self.examples).collect();
+            if self.shuffle {
+                order.shuffle(&mut stream(self.seed, 1, pass as u64));
+            }
+            order
+        });
+        order[within * self.batch_size..((within + 1) * self.batch_size).min(self.examples)]
+            .to_vec()
     }
 }
 

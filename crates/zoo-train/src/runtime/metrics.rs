@@ -205,6 +205,21 @@ impl Confusion {
     }
 }
 
+/// What `zoo eval` reports for a run that predicts labels (an encoder, a GPT classifier).
+#[derive(Clone, Debug)]
+pub struct LabelReport {
+    /// The split.
+    pub split: String,
+    /// Mean loss over batches, weighted by predictions.
+    pub loss: f64,
+    /// Accuracy in percent (masked tokens, or labels).
+    pub accuracy: f64,
+    /// F1 in percent (classification).
+    pub f1: Option<f64>,
+    /// Predictions scored.
+    pub predictions: usize,
+}
+
 /// Accuracy or F1 of labels (see [`LabelStatistic`]), over the epoch, counted from every
 /// prediction rather than averaged over batches.
 pub struct LabelMetric<I> {

@@ -43,6 +43,8 @@ pub const RECIPE_FILE: &str = "recipe.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The metrics log.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Label names of a classification run, in id order.
+pub const LABELS_FILE: &str = "labels.json";
 const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Writes a run file whole or not at all (see the module docs).
@@ -703,4 +705,15 @@ fn load_model_file<M: Module>(module: M, path: &Path) -> Result<M, String> {
         return lora::load_trainable(module, path);
     }
     module.try_load_file(path).map_err(|e| e.to_string())
+}
+
+/// The label names of a classification run (none for other runs).
+pub fn read_labels(run_dir: &Path) -> Result<Vec<String>, ZooError> {
+    let path = run_dir.join(LABELS_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ZooError::run_dir(run_dir, format!("{LABELS_FILE} is damaged: {e}")))
 }

@@ -106,6 +106,31 @@ pub struct Batches<S> {
     pub cost: StepCost,
 }
 
+impl<S> Batches<S> {
+    /// Batches of examples (an encoder's, an encoder-decoder's, a classifier's): a pass is
+    /// `batches_per_pass` micro-batches, and a step of the recipe's batch costs
+    /// `tokens_per_example` tokens per example at `flops_per_token` training FLOPs each.
+    pub fn of_examples(
+        train: S,
+        valid: S,
+        batches_per_pass: usize,
+        tokens_per_example: f64,
+        flops_per_token: usize,
+        recipe: &Recipe,
+    ) -> Self {
+        let t = &recipe.training;
+        Self {
+            steps_per_pass: batches_per_pass.div_ceil(t.grad_accumulation),
+            cost: StepCost {
+                tokens: tokens_per_example * (t.batch_size * t.grad_accumulation) as f64,
+                flops_per_token: flops_per_token as f64,
+            },
+            train,
+            valid,
+        }
+    }
+}
+
 /// What a task brings to [`Session::train`] beside its batches: its model, its metrics and its
 /// words. The trait is all the session knows of a task.
 pub trait TrainingTask {

@@ -4,11 +4,10 @@
 
 use crate::ZooError;
 use crate::recipe::{Recipe, Task};
-use crate::runtime::data::{BatchSource, PerPass, stream};
+use crate::runtime::data::{BatchSource, ShuffledPasses, stream};
 use crate::tasks::encoder::model::EncoderBatch;
 use burn::prelude::*;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use zoo_bert::Targets;
@@ -48,8 +47,8 @@ struct ExamplesInner {
     inputs: Vec<EncodedInput>,
     targets: ExampleTargets,
     batching: Batching,
-    /// The order of the pass being served, drawn once per pass rather than per batch.
-    order: PerPass<Vec<usize>>,
+    /// Which inputs each batch takes.
+    passes: ShuffledPasses,
 }
 
 /// How [`EncoderExamples`] batch and mask.
@@ -77,12 +76,18 @@ impl EncoderExamples {
         if inputs.is_empty() {
             return Err("no examples".into());
         }
+        let passes = ShuffledPasses::new(
+            inputs.len(),
+            batching.batch_size,
+            batching.seed,
+            batching.shuffle,
+        );
         Ok(Self {
             inner: Arc::new(ExamplesInner {
                 inputs,
                 targets,
                 batching,
-                order: PerPass::default(),
+                passes,
             }),
         })
     }
@@ -99,7 +104,7 @@ impl EncoderExamples {
 
     /// Batches in one pass (the last may be short).
     pub fn batches_per_pass(&self) -> usize {
-        self.len().div_ceil(self.inner.batching.batch_size)
+        self.inner.passes.batches_per_pass()
     }
 
     /// Mean tokens per input (what a token budget counts; padding is not counted).
@@ -108,26 +113,10 @@ impl EncoderExamples {
         total as f64 / self.len() as f64
     }
 
-    /// The order of the examples in pass `pass`: shuffled from the seed and the pass when
-    /// training, as they are otherwise.
-    fn order_of(&self, pass: usize) -> Arc<Vec<usize>> {
-        self.inner.order.get(pass, || {
-            let mut order: Vec<usize> = (0..self.len()).collect();
-            if self.inner.batching.shuffle {
-                order.shuffle(&mut stream(self.inner.batching.seed, 1, pass as u64));
-            }
-            order
-        })
-    }
-
     /// Batch `g` of the run (counted from 0 across passes).
     pub fn batch_at(&self, g: usize, device: &Device) -> EncoderBatch {
         let inner = &*self.inner;
-        let per_pass = self.batches_per_pass();
-        let (pass, within) = (g / per_pass, g % per_pass);
-        let order = self.order_of(pass);
-        let picked = &order[within * inner.batching.batch_size
-            ..((within + 1) * inner.batching.batch_size).min(self.len())];
+        let picked = &inner.passes.batch(g);
         let batch = picked.len();
         let len = picked
             .iter()

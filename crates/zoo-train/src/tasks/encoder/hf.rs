@@ -7,12 +7,12 @@ use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::run_dir::{
-    HF_CONFIG_FILE, TOKENIZER_FILE, imported_recipe, open_hf_dir, read_hf_config, write_hf_dir,
-    write_imported_run, write_run_file,
+    HF_CONFIG_FILE, LABELS_FILE, TOKENIZER_FILE, imported_recipe, open_hf_dir, read_hf_config,
+    write_hf_dir, write_imported_run, write_run_file,
 };
 use crate::runtime::step::GradientStep;
 use crate::tasks::encoder::model::Encoder;
-use crate::tasks::encoder::run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run};
+use crate::tasks::encoder::run::{EncoderRun, bert_task, load_encoder_run};
 use burn::prelude::*;
 use std::path::Path;
 use zoo_bert::BertTask;

@@ -17,14 +17,14 @@ pub mod run;
 use crate::ZooError;
 use crate::models::{ModelConfig, ModelSpec};
 use crate::recipe::{Recipe, Task};
-use crate::runtime::budget::{Budget, StepCost};
+use crate::runtime::budget::Budget;
 use crate::runtime::data::stream;
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config, locate_model,
-    write_run_file, write_run_recipe,
+    IMPORTED_DATASET, LABELS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
+    locate_model, read_labels, write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
@@ -34,7 +34,7 @@ use burn::train::SupervisedTraining;
 use data::{Batching, EncoderExamples, SplitData};
 use hf::{load_hf_encoder, read_config};
 use model::{Encoder, MainLabels, NextSentenceLabels};
-use run::{EncoderRun, LABELS_FILE, bert_task, load_encoder_run, read_labels};
+use run::{EncoderRun, bert_task, load_encoder_run};
 use std::path::{Path, PathBuf};
 use zoo_bert::{BertConfig, BertModel};
 use zoo_text::{DatasetRegistry, ZooTokenizer};
@@ -246,17 +246,19 @@ fn train_task(
     let train_examples = examples(true)?;
     let val_examples = examples(false)?;
 
-    let micro_batches = t.grad_accumulation;
     let size = bert.size(seq_len);
-    let batches = Batches {
-        steps_per_pass: train_examples.batches_per_pass().div_ceil(micro_batches),
-        cost: StepCost {
-            tokens: train_examples.mean_tokens() * (t.batch_size * micro_batches) as f64,
-            flops_per_token: size.train_flops_per_token as f64,
-        },
-        train: train_examples,
-        valid: val_examples,
-    };
+    let (per_pass, mean_tokens) = (
+        train_examples.batches_per_pass(),
+        train_examples.mean_tokens(),
+    );
+    let batches = Batches::of_examples(
+        train_examples,
+        val_examples,
+        per_pass,
+        mean_tokens,
+        size.train_flops_per_token,
+        recipe,
+    );
     let task = EncoderTraining {
         session,
         config: bert,

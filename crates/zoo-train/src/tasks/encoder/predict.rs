@@ -6,6 +6,7 @@ use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::data::stream;
+use crate::runtime::metrics::LabelReport;
 use crate::runtime::metrics::{Confusion, LabelStatistic};
 use crate::tasks::encoder::data::{Batching, EncoderExamples, SplitData};
 use crate::tasks::encoder::run::EncoderRun;
@@ -14,28 +15,13 @@ use burn::prelude::*;
 use zoo_bert::Prediction;
 use zoo_text::{DataDir, DatasetRegistry, EncodedInput};
 
-/// What `zoo eval` reports for an encoder run.
-#[derive(Clone, Debug)]
-pub struct EncoderEvalReport {
-    /// The split.
-    pub split: String,
-    /// Mean loss over batches, weighted by predictions.
-    pub loss: f64,
-    /// Accuracy in percent (masked tokens, or labels).
-    pub accuracy: f64,
-    /// F1 in percent (classification).
-    pub f1: Option<f64>,
-    /// Predictions scored.
-    pub predictions: usize,
-}
-
 /// Scores an encoder run on a whole split: classification accuracy and F1, or masked-LM
 /// accuracy with masks drawn from the run's seed.
 pub fn evaluate_encoder(
     run: &EncoderRun,
     split: &str,
     data_dir: &DataDir,
-) -> Result<EncoderEvalReport, ZooError> {
+) -> Result<LabelReport, ZooError> {
     let registry = DatasetRegistry::builtin();
     let recipe = &run.recipe;
     let special = run.tokenizer.special_ids()?;
@@ -86,7 +72,7 @@ pub fn evaluate_encoder(
         count += n;
         confusion.add(&ints(out.main.expected), &ints(out.main.predicted));
     }
-    Ok(EncoderEvalReport {
+    Ok(LabelReport {
         split: split.to_string(),
         loss: loss_sum / count.max(1) as f64,
         accuracy: confusion.statistic(LabelStatistic::Accuracy),

@@ -5,7 +5,7 @@ use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::{Recipe, Task};
 use crate::runtime::run_dir::{
-    TOKENIZER_FILE, load_checkpoint, load_run_config, select_checkpoint,
+    TOKENIZER_FILE, load_checkpoint, load_run_config, read_labels, select_checkpoint,
 };
 use crate::runtime::step::GradientStep;
 use crate::tasks::encoder::model::Encoder;
@@ -13,9 +13,6 @@ use burn::prelude::*;
 use std::path::Path;
 use zoo_bert::{BertConfig, BertModel, BertTask};
 use zoo_text::ZooTokenizer;
-
-/// Label names of a classification run, in id order.
-pub(crate) const LABELS_FILE: &str = "labels.json";
 
 /// The model's task for a recipe's.
 pub fn bert_task(recipe: &Recipe) -> BertTask {
@@ -80,14 +77,4 @@ pub fn load_encoder_run(
         labels,
         epoch,
     })
-}
-
-pub(crate) fn read_labels(run_dir: &Path) -> Result<Vec<String>, ZooError> {
-    let path = run_dir.join(LABELS_FILE);
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| ZooError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ZooError::run_dir(run_dir, format!("{LABELS_FILE} is damaged: {e}")))
 }

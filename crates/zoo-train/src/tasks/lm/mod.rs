@@ -5,6 +5,7 @@
 //! n-gram run keeps its counts in `ngram.bin` and writes one validation line to the metrics log,
 //! as a neural run's validations.
 
+pub mod classify;
 pub mod data;
 pub mod hf;
 pub mod model;
@@ -97,9 +98,13 @@ pub(crate) fn adapted_model(
         .map_err(|e| ZooError::run_dir(run_dir, e))
 }
 
-/// Trains a language-model recipe (or counts an n-gram one) in `session`'s run directory.
+/// Trains a language-model recipe (or counts an n-gram one, or fine-tunes a GPT classifier)
+/// in `session`'s run directory.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
+    if recipe.task == crate::recipe::Task::Classification {
+        return classify::train(session);
+    }
     if run_dir.join(NGRAM_FILE).exists() {
         return Err(ZooError::run_dir(
             run_dir,

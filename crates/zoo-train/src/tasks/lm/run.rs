@@ -96,6 +96,11 @@ pub fn load_run(
 ) -> Result<LoadedRun, ZooError> {
     let run_error = |message: String| ZooError::run_dir(run_dir, message);
     let (recipe, config) = load_run_config(run_dir)?;
+    if recipe.task == crate::recipe::Task::Classification {
+        return Err(run_error(
+            "is a GPT classifier: `zoo eval` scores it; generating and fine-tuning start from a language model".into(),
+        ));
+    }
     let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
     if let ModelConfig::Ngram(_) = config {
         let path = run_dir.join(NGRAM_FILE);

@@ -15,7 +15,7 @@ pub mod vocab;
 use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::{Recipe, Task};
-use crate::runtime::budget::{Budget, StepCost};
+use crate::runtime::budget::Budget;
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{LabelMetric, LabelStatistic};
@@ -209,16 +209,18 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let train_examples = serve(train_examples, true)?;
     let val_examples = serve(val_examples, false)?;
 
-    let micro_batches = t.grad_accumulation;
-    let batches = Batches {
-        steps_per_pass: train_examples.batches_per_pass().div_ceil(micro_batches),
-        cost: StepCost {
-            tokens: train_examples.mean_target_tokens() * (t.batch_size * micro_batches) as f64,
-            flops_per_token: config.size().train_flops_per_token as f64,
-        },
-        train: train_examples,
-        valid: val_examples,
-    };
+    let (per_pass, mean_tokens) = (
+        train_examples.batches_per_pass(),
+        train_examples.mean_target_tokens(),
+    );
+    let batches = Batches::of_examples(
+        train_examples,
+        val_examples,
+        per_pass,
+        mean_tokens,
+        config.size().train_flops_per_token,
+        recipe,
+    );
     let task = Seq2SeqTraining {
         session,
         config: &config,
