@@ -825,6 +825,17 @@ steps = 10
         }
         let err = Recipe::parse(&format!("{MINIMAL}\n[finetune]\nlora_rank = 4")).unwrap_err();
         assert!(err.contains("set init_from"), "{err}");
+        let classifier = MINIMAL
+            .replace("[model]", "task = \"classification\"\n[model]")
+            .replace("dataset = \"embedded\"", "dataset = \"embedded-sums\"");
+        let err = lora("lora_rank = 4", "").and(Recipe::parse(&format!(
+            "init_from = \"runs/base\"\n{classifier}\n[finetune]\nlora_rank = 4"
+        )));
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.contains("not available for GPT classifiers")),
+            "{err:?}"
+        );
     }
 
     #[test]

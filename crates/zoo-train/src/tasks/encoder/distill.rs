@@ -13,7 +13,7 @@ use crate::tasks::encoder::run::EncoderRun;
 use burn::module::Module;
 use burn::prelude::*;
 use std::path::Path;
-use zoo_bert::{BertConfig, BertModel, Predictions, TaskLoss};
+use zoo_bert::{BertConfig, BertModel, Predictions, TaskLogits, TaskLoss};
 use zoo_blocks::loss::{cosine_distance, cross_entropy, soft_target_kl};
 
 /// The frozen teacher and how the student learns from it.
@@ -50,28 +50,15 @@ impl Teacher {
             padding.clone(),
             targets.clone(),
         );
-        let theirs = self
-            .model
-            .task_logits(tokens, segments, padding.clone(), targets);
         let [n, _] = ours.logits.dims();
         let mut loss = cross_entropy(ours.logits.clone(), ours.expected.clone()) * spec.beta;
-        if spec.alpha > 0.0 {
-            loss = loss
-                + soft_target_kl(ours.logits.clone(), theirs.logits, spec.temperature) * spec.alpha;
-        }
-        if spec.cosine > 0.0 {
-            let [batch, len, d_model] = ours.hidden.dims();
-            let tokens = padding
-                .bool_not()
-                .reshape([batch * len])
-                .nonzero()
-                .remove(0);
-            let rows = |hidden: Tensor<3>| {
-                hidden
-                    .reshape([batch * len, d_model])
-                    .select(0, tokens.clone())
-            };
-            loss = loss + cosine_distance(rows(ours.hidden), rows(theirs.hidden)) * spec.cosine;
+        // The teacher runs only when a term reads it.
+        let theirs = (spec.alpha > 0.0 || spec.cosine > 0.0).then(|| {
+            self.model
+                .task_logits(tokens, segments, padding.clone(), targets)
+        });
+        if let Some(theirs) = theirs {
+            loss = loss + self.teacher_terms(&ours, theirs, padding);
         }
         let mut scored = TaskLoss {
             loss,
@@ -91,6 +78,34 @@ impl Teacher {
             });
         }
         scored
+    }
+
+    /// The terms of the loss that read the teacher (`theirs`): the soft loss and the cosine
+    /// loss over the real (non-`padding`) tokens.
+    fn teacher_terms(
+        &self,
+        ours: &TaskLogits,
+        theirs: TaskLogits,
+        padding: Tensor<2, Bool>,
+    ) -> Tensor<1> {
+        let spec = &self.spec;
+        let soft =
+            soft_target_kl(ours.logits.clone(), theirs.logits, spec.temperature) * spec.alpha;
+        if spec.cosine == 0.0 {
+            return soft;
+        }
+        let [batch, len, d_model] = ours.hidden.dims();
+        let tokens = padding
+            .bool_not()
+            .reshape([batch * len])
+            .nonzero()
+            .remove(0);
+        let rows = |hidden: Tensor<3>| {
+            hidden
+                .reshape([batch * len, d_model])
+                .select(0, tokens.clone())
+        };
+        soft + cosine_distance(rows(ours.hidden.clone()), rows(theirs.hidden)) * spec.cosine
     }
 }
 
