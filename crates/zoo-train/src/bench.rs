@@ -67,13 +67,7 @@ pub fn bench_gpt(
     let mut model = config.init(&device)?;
     let params = model.num_params();
     // PyTorch's AdamW defaults, as the reference script uses them.
-    let mut optimizer: ModuleOptimizer = AdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: 0.01,
-    }
-    .into();
+    let mut optimizer = adamw(0.999, 1e-8, 0.01);
     let shape = [batch, config.block_size];
     let vocab = config.vocab_size;
     time_steps(params, batch * config.block_size, steps, warmup, || {
@@ -148,13 +142,7 @@ pub fn bench_bert(
         &train_device,
     )?;
     let params = model.encoder.num_params();
-    let mut optimizer: ModuleOptimizer = AdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-6,
-        weight_decay: 0.01,
-    }
-    .into();
+    let mut optimizer = adamw(0.999, 1e-6, 0.01);
     let shape = [batch, seq_len];
     let vocab = config.vocab_size;
     // Every sequence predicts its positions 1, 8, 15, ...: 15% of them, none padded.
@@ -246,13 +234,7 @@ pub fn bench_seq2seq(
     let mut model = Seq2Seq::Transformer(config.init(&train_device)?);
     let params = model.num_params();
     // Adam as the transformer paper sets it (the reference also anneals by the Noam schedule).
-    let mut optimizer: ModuleOptimizer = AdamW {
-        beta_1: 0.9,
-        beta_2: 0.98,
-        epsilon: 1e-9,
-        weight_decay: 0.0,
-    }
-    .into();
+    let mut optimizer = adamw(0.98, 1e-9, 0.0);
     let vocab = config.tgt_vocab_size;
     let train = time_steps(params, batch * tgt_len, steps, warmup, || {
         let source = random_ids([batch, src_len], vocab, &train_device);
@@ -477,6 +459,18 @@ fn timed_step<M: Module>(
     let model = optimizer.step(lr, model, grads);
     let _ = loss.into_scalar::<f32>();
     Ok((model, [forward, backward, started.elapsed()]))
+}
+
+/// The zoo's AdamW with beta1 0.9 and these settings, as a reference script configures its
+/// optimiser.
+fn adamw(beta_2: f32, epsilon: f32, weight_decay: f32) -> ModuleOptimizer {
+    AdamW {
+        beta_1: 0.9,
+        beta_2,
+        epsilon,
+        weight_decay,
+    }
+    .into()
 }
 
 /// Uniformly random token ids.
