@@ -38,8 +38,15 @@ pub struct ParamInfo {
 
 /// Every floating-point parameter of `module`, in module order.
 pub fn parameters<M: Module>(module: &M) -> Vec<ParamInfo> {
-    #[derive(Default)]
+    collect(module, true)
+}
+
+/// `module`'s floating-point parameters, their values read only when `read` (whether they
+/// train is known only then: `trainable` is false otherwise). Paths and shapes alone leave a
+/// lazily initialised parameter uninitialised, as a model about to be loaded has them.
+fn collect<M: Module>(module: &M, read: bool) -> Vec<ParamInfo> {
     struct Collect {
+        read: bool,
         path: Vec<String>,
         found: Vec<ParamInfo>,
     }
@@ -51,15 +58,18 @@ pub fn parameters<M: Module>(module: &M) -> Vec<ParamInfo> {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let value = param.val();
             self.found.push(ParamInfo {
                 path: self.path.join("."),
-                dims: value.dims().to_vec(),
-                trainable: value.is_require_grad(),
+                dims: param.lazy_shape().dims::<D>().to_vec(),
+                trainable: self.read && param.val().is_require_grad(),
             });
         }
     }
-    let mut collect = Collect::default();
+    let mut collect = Collect {
+        read,
+        path: Vec::new(),
+        found: Vec::new(),
+    };
     module.visit(&mut collect);
     collect.found
 }
@@ -75,7 +85,7 @@ pub fn trainable_paths<M: Module>(module: &M) -> BTreeSet<String> {
 
 /// Whether `module` carries LoRA adapters.
 pub fn is_adapted<M: Module>(module: &M) -> bool {
-    parameters(module).iter().any(|p| is_factor(&p.path))
+    collect(module, false).iter().any(|p| is_factor(&p.path))
 }
 
 fn is_factor(path: &str) -> bool {
@@ -119,7 +129,7 @@ impl std::fmt::Display for Adapted {
 /// parameter of it frozen. A target naming no matrix is an error listing the names there are.
 pub fn attach<M: Module>(module: M, spec: &FinetuneSpec, targets: &[String]) -> Result<M, String> {
     let rank = spec.lora_rank.expect("attach is for LoRA runs");
-    let params = parameters(&module);
+    let params = collect(&module, false);
     let mut paths = Vec::new();
     for target in targets {
         let matched = targeted(&params, target);
@@ -185,7 +195,7 @@ pub fn load_trainable<M: Module>(module: M, path: &Path) -> Result<M, String> {
         .into_iter()
         .map(str::to_string)
         .collect();
-    let factors = parameters(&module)
+    let factors = collect(&module, false)
         .into_iter()
         .map(|p| p.path)
         .filter(|p| is_factor(p));
