@@ -624,12 +624,9 @@ fn run(
                     return Err(ZooError::Usage("give --input TEXT or --file PATH".into()));
                 }
             };
-            let run = zoo_train::dispatch::encoder_run(&run_dir, &device)?;
+            let run = zoo_train::dispatch::Predictor::load(&run_dir, &device)?;
             for input in &inputs {
-                println!(
-                    "{}",
-                    zoo_train::tasks::encoder::predict::predict(&run, input)?
-                );
+                println!("{}", run.predict(input)?);
             }
         }
         Command::Translate {

@@ -1542,6 +1542,17 @@ fn a_gpt_classifies_with_an_auxiliary_language_model_loss() {
     let out = zoo(&["eval", "runs/aux"], &dir);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("accuracy"), "{}", stdout(&out));
+    let out = zoo(
+        &[
+            "predict",
+            "runs/aux",
+            "--input",
+            "Ada had two apples and found three more, so now Ada has five apples.",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_label_probabilities(&stdout(&out), &["right", "wrong"]);
     assert_clean_error(
         &zoo(&["generate", "runs/aux"], &dir),
         1,
@@ -1558,6 +1569,188 @@ fn a_gpt_classifies_with_an_auxiliary_language_model_loss() {
         &["lm.toml", "training.lm_loss_weight does not apply"],
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// ELMo features: a biLM trains with `zoo train` (both directions' loss, perplexity by
+/// `zoo eval`); classifiers and a tagger on its frozen layers train, report what they load and
+/// evaluate; what cannot give features is refused by name.
+#[test]
+fn elmo_features_classify_and_tag() {
+    let dir = scratch("elmo");
+    let bilm = TINY_RNN
+        .replace("d_hidden = 48", "d_hidden = 24\nbidirectional = true")
+        .replace("kind = \"char\"", "kind = \"byte-bpe\"\nvocab_size = 400")
+        .replace(
+            "steps = 60\neval_interval = 20",
+            "steps = 8\neval_interval = 4",
+        );
+    write(&dir, "bilm.toml", &bilm);
+    write(
+        &dir,
+        "lm.toml",
+        &TINY_RNN.replace(
+            "steps = 60\neval_interval = 20",
+            "steps = 2\neval_interval = 2",
+        ),
+    );
+    for recipe in ["bilm.toml", "lm.toml"] {
+        let out = zoo(&["train", recipe], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // The sample comes from the forward stack; the loss falls.
+    let losses: Vec<f64> = metrics(&dir.join("runs/bilm"))
+        .iter()
+        .filter(|m| m["split"] == "valid")
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect();
+    assert!(losses[1] < losses[0], "{losses:?}");
+    let out = zoo(&["eval", "runs/bilm"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("perplexity"), "{}", stdout(&out));
+
+    let task = |task: &str, dataset: &str, extra: &str| {
+        format!(
+            "seed = 3\ntask = \"{task}\"\ninit_from = \"runs/bilm\"\n[model]\narch = \"elmo\"\nd_task = 16\ndropout = 0.1\n{extra}[data]\ndataset = \"{dataset}\"\n[training]\nbatch_size = 16\nsteps = 6\neval_interval = 3\n"
+        )
+    };
+    write(
+        &dir,
+        "elmo.toml",
+        &task("classification", "embedded-sums", ""),
+    );
+    write(
+        &dir,
+        "plain.toml",
+        &task(
+            "classification",
+            "embedded-sums",
+            "features = \"embeddings\"\n",
+        ),
+    );
+    write(
+        &dir,
+        "tagger.toml",
+        &task("token-classification", "embedded-tagging", ""),
+    );
+    for (recipe, layers) in [("elmo.toml", 3), ("plain.toml", 1), ("tagger.toml", 3)] {
+        let out = zoo(&["train", recipe], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("loaded the biLM from runs/bilm"), "{text}");
+        assert!(
+            text.contains(&format!("reads {layers} of its layers")),
+            "{text}"
+        );
+        let run = format!("runs/{}", recipe.trim_end_matches(".toml"));
+        let out = zoo(&["eval", &run], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("accuracy"), "{}", stdout(&out));
+        // The last validation is what `zoo eval` finds on the same split.
+        let last = metrics(&dir.join(&run))
+            .into_iter()
+            .rfind(|m| m["split"] == "valid")
+            .unwrap();
+        let accuracy = last["accuracy"].as_f64().unwrap();
+        assert!(
+            stdout(&out).contains(&format!("{accuracy:.2}")),
+            "{accuracy} vs {}",
+            stdout(&out)
+        );
+    }
+    // `zoo predict`: a label with every label's probability (summing to one), a tag per word.
+    for run in ["runs/elmo", "runs/plain"] {
+        let out = zoo(
+            &[
+                "predict",
+                run,
+                "--input",
+                "Ada had two apples and found three more, so now Ada has five apples.",
+            ],
+            &dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_label_probabilities(&stdout(&out), &["right", "wrong"]);
+    }
+    let out = zoo(
+        &[
+            "predict",
+            "runs/tagger",
+            "--input",
+            "Ada saw a cat in Paris",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tagged = stdout(&out);
+    let words: Vec<&str> = tagged.split_whitespace().collect();
+    assert_eq!(words.len(), 6, "{tagged}");
+    assert!(
+        words[0].starts_with("Ada/") && words[5].starts_with("Paris/"),
+        "{tagged}"
+    );
+    assert!(
+        words
+            .iter()
+            .all(|w| ["NAME", "ANIMAL", "NUMBER", "PLACE", "O"]
+                .contains(&w.split_once('/').unwrap().1)),
+        "{tagged}"
+    );
+    assert_clean_error(
+        &zoo(&["generate", "runs/elmo"], &dir),
+        1,
+        &["runs/elmo", "task model on ELMo features"],
+    );
+    write(
+        &dir,
+        "unidirectional.toml",
+        &task("classification", "embedded-sums", "").replace("runs/bilm", "runs/lm"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "unidirectional.toml"], &dir),
+        1,
+        &["runs/lm", "is not a biLM run"],
+    );
+    write(
+        &dir,
+        "reshaped.toml",
+        &task("classification", "embedded-sums", "d_hidden = 32\n"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "reshaped.toml"], &dir),
+        1,
+        &["reshaped.toml", "model.d_hidden = 32: the biLM has 24"],
+    );
+    write(
+        &dir,
+        "alone.toml",
+        &task("classification", "embedded-sums", "").replace("init_from = \"runs/bilm\"\n", ""),
+    );
+    assert_clean_error(
+        &zoo(&["train", "alone.toml"], &dir),
+        1,
+        &["alone.toml", "reads a trained biLM: set init_from"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `zoo predict`'s line for a classified text: the likeliest label and its probability, then
+/// each of `labels` with its probability, the probabilities summing to one.
+fn assert_label_probabilities(line: &str, labels: &[&str]) {
+    let fields: Vec<&str> = line.trim().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{line}");
+    assert!(labels.contains(&fields[0]), "{line}");
+    let all = fields[2].trim_matches(|c| c == '(' || c == ')');
+    let probs: Vec<(&str, f64)> = all
+        .split(", ")
+        .map(|pair| {
+            let (label, p) = pair.split_once(' ').unwrap();
+            (label, p.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(probs.len(), labels.len(), "{line}");
+    assert_eq!(probs[0].0, fields[0], "{line}");
+    let total: f64 = probs.iter().map(|(_, p)| p).sum();
+    assert!((total - 1.0).abs() < 0.003, "{line}");
 }
 
 /// A tiny BERT classifier of `layers` layers on embedded-sums.

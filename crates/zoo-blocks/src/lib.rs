@@ -16,6 +16,7 @@ pub mod loss;
 pub mod norm;
 pub mod positions;
 pub mod recurrent;
+pub mod scalar_mix;
 pub mod size;
 
 #[cfg(test)]
@@ -28,7 +29,8 @@ pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use norm::{Norm, NormKind, NormPlacement};
 pub use positions::{AbsolutePositions, PositionKind, RelativePositionBias, Rotary, alibi_slopes};
-pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState};
+pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal};
+pub use scalar_mix::ScalarMix;
 pub use size::ModelSize;
 
 /// `layers` with the first `count` kept out of training (their parameters take no gradient).

@@ -13,7 +13,7 @@ use crate::kernels;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{sigmoid, tanh};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Which recurrent cell a layer uses.
@@ -165,6 +165,15 @@ impl Recurrent {
         self.step_through(from_input, recurrent, state, len)
     }
 
+    /// Runs the layer over each sequence of `x` from its last unpadded position back to its
+    /// first (`reversal` says where each ends), from zeros: the outputs in the input's order,
+    /// `[batch, len, d_hidden]`, each position's having read it and everything after it.
+    /// Padded positions' outputs are not meaningful.
+    pub fn forward_reversed(&self, x: Tensor<3>, reversal: &Reversal) -> Tensor<3> {
+        let (out, _) = self.forward(reversal.apply(x), None);
+        reversal.apply(out)
+    }
+
     /// The sequence one step at a time in Burn's ops, where the fused kernels do not serve the
     /// device.
     fn step_through(
@@ -214,12 +223,53 @@ impl Recurrent {
     }
 }
 
+/// Per row, the order that reverses the row's unpadded positions and leaves the padding after
+/// them in place: a backward recurrent layer reads each sequence from its last word, and the
+/// same order applied again puts its outputs back. Computed on the device, so nothing waits to
+/// read the lengths back.
+#[derive(Clone, Debug)]
+pub struct Reversal(Tensor<2, Int>);
+
+impl Reversal {
+    /// The reversal of sequences whose padding (`true`, after the last word) is `padding`,
+    /// `[batch, len]`.
+    pub fn within(padding: &Tensor<2, Bool>) -> Self {
+        let [batch, len] = padding.dims();
+        let lengths = padding
+            .clone()
+            .bool_not()
+            .int()
+            .sum_dim(1)
+            .expand([batch, len]);
+        let positions = Tensor::<1, Int>::arange(0..len as i64, &padding.device())
+            .unsqueeze::<2>()
+            .expand([batch, len]);
+        let reversed = lengths.clone() - positions.clone() - 1;
+        Self(
+            positions
+                .clone()
+                .mask_where(positions.lower(lengths), reversed),
+        )
+    }
+
+    /// `x` (`[batch, len, width]`) with each row's positions reordered.
+    pub fn apply(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, len, width] = x.dims();
+        let index = self
+            .0
+            .clone()
+            .unsqueeze_dim::<3>(2)
+            .expand([batch, len, width]);
+        x.gather(1, index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{assert_close, check_gradients, test_device};
     use burn::nn::{GruConfig, LstmConfig};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     /// A `Linear` holding exactly `weight` and `bias`.
     fn linear(weight: Tensor<2>, bias: Tensor<1>) -> Linear {
@@ -410,6 +460,47 @@ mod tests {
                 [2, 5, 3],
                 |x| (layer.forward(x, Some(start.clone())).0 * weights.clone()).sum(),
                 &device,
+            );
+        }
+    }
+
+    #[test]
+    fn a_reversed_run_reads_each_sequence_from_its_last_word() {
+        let device = test_device();
+        let layer = RecurrentConfig {
+            kind: CellKind::Lstm,
+            d_input: 5,
+            d_hidden: 4,
+        }
+        .init(&device);
+        // Row 0 holds 7 words, row 1 four and three padded positions, row 2 one.
+        let lengths = [7usize, 4, 1];
+        let padding = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                lengths
+                    .iter()
+                    .flat_map(|&n| (0..7).map(move |t| t >= n))
+                    .collect::<Vec<_>>(),
+                [3, 7],
+            ),
+            &device,
+        );
+        let reversal = Reversal::within(&padding);
+        let x = input(&device);
+        // The order is its own inverse.
+        assert_eq!(
+            reversal.apply(reversal.apply(x.clone())).to_data(),
+            x.to_data()
+        );
+        let out = layer.forward_reversed(x.clone(), &reversal);
+        for (row, &n) in lengths.iter().enumerate() {
+            // Each row's words alone, flipped, through the plain forward pass.
+            let words = x.clone().narrow(0, row, 1).narrow(1, 0, n).flip([1]);
+            let (alone, _) = layer.forward(words, None);
+            assert_close(
+                out.clone().narrow(0, row, 1).narrow(1, 0, n),
+                alone.flip([1]),
+                1e-6,
             );
         }
     }

@@ -6,16 +6,23 @@
 //! tied to the embedding (Press & Wolf 2017; Inan et al. 2017). The state after one window of
 //! text is the starting state of the next: training carries it across batches (truncated
 //! backpropagation through time), evaluation across the whole split.
+//!
+//! With `bidirectional`, it is ELMo's biLM (Peters et al. 2018): a second stack reads the text
+//! right to left and predicts each token from the ones after it, sharing the embedding and the
+//! softmax with the forward stack; the loss is the mean of the two directions'. Each window then
+//! stands alone (no state carries: the backward stack would need the next window's), as the
+//! sentences whose features a downstream task reads do. [`RnnLm::layer_features`] gives those
+//! features; generation uses the forward stack.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::kernels::matmul_weight;
 use zoo_blocks::loss::cross_entropy;
-use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Sampler};
+use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal, Sampler};
 use zoo_blocks::{ModelSize, freeze_first};
 
 /// Every shape and option of a recurrent LM. Recipes override any field by name.
@@ -36,6 +43,8 @@ pub struct RnnConfig {
     pub dropout: f64,
     /// Share the embedding matrix with the decoder.
     pub tie_weights: bool,
+    /// Add a backward stack: ELMo's biLM (see the module docs).
+    pub bidirectional: bool,
 }
 
 impl Default for RnnConfig {
@@ -48,6 +57,7 @@ impl Default for RnnConfig {
             d_embed: 0,
             dropout: 0.2,
             tie_weights: false,
+            bidirectional: false,
         }
     }
 }
@@ -97,6 +107,11 @@ impl RnnConfig {
         }
     }
 
+    /// Recurrent stacks: one, or two when bidirectional.
+    fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
     /// Builds the model with freshly initialised weights: embedding and decoder from
     /// `U(-0.1, 0.1)` with a zero decoder bias (as PyTorch's example), recurrent layers as
     /// PyTorch initialises them.
@@ -111,6 +126,10 @@ impl RnnConfig {
             layers: (0..self.n_layer)
                 .map(|i| self.layer(i).init(device))
                 .collect(),
+            backward_layers: (0..self.n_layer)
+                .filter(|_| self.bidirectional)
+                .map(|i| self.layer(i).init(device))
+                .collect(),
             decoder: (!self.tie_weights)
                 .then(|| uniform.init([self.d_hidden, self.vocab_size], device)),
             decoder_bias: Initializer::Zeros.init([self.vocab_size], device),
@@ -122,20 +141,22 @@ impl RnnConfig {
     pub fn size(&self) -> ModelSize {
         let (v, h) = (self.vocab_size, self.d_hidden);
         let gates = self.cell.gates();
-        let recurrent: usize = (0..self.n_layer)
-            .map(|i| {
-                let d_in = self.layer(i).d_input;
-                // input and recurrent matrices, the input bias, and a GRU's recurrent bias
-                let biases = if self.cell == CellKind::Gru { 2 } else { 1 };
-                gates * h * (d_in + h) + biases * gates * h
-            })
-            .sum();
+        let recurrent: usize = self.directions()
+            * (0..self.n_layer)
+                .map(|i| {
+                    let d_in = self.layer(i).d_input;
+                    // input and recurrent matrices, the input bias, and a GRU's recurrent bias
+                    let biases = if self.cell == CellKind::Gru { 2 } else { 1 };
+                    gates * h * (d_in + h) + biases * gates * h
+                })
+                .sum::<usize>();
         let embedding = v * self.embed_width();
         let decoder = if self.tie_weights { 0 } else { h * v };
-        let matmul_params: usize = (0..self.n_layer)
-            .map(|i| gates * h * (self.layer(i).d_input + h))
-            .sum::<usize>()
-            + h * v;
+        let matmul_params: usize = self.directions()
+            * ((0..self.n_layer)
+                .map(|i| gates * h * (self.layer(i).d_input + h))
+                .sum::<usize>()
+                + h * v);
         ModelSize {
             total: embedding + recurrent + decoder + v,
             non_embedding: recurrent + v,
@@ -154,6 +175,8 @@ pub struct RnnLm {
     pub embedding: Param<Tensor<2>>,
     /// The recurrent stack, bottom first.
     pub layers: Vec<Recurrent>,
+    /// The backward stack of a biLM, bottom first (empty otherwise).
+    pub backward_layers: Vec<Recurrent>,
     /// `[d_hidden, vocab_size]`; `None` when tied to the embedding.
     pub decoder: Option<Param<Tensor<2>>>,
     /// `[vocab_size]`.
@@ -170,7 +193,18 @@ impl RnnLm {
             self.embedding = self.embedding.set_require_grad(false);
         }
         self.layers = freeze_first(self.layers, layers);
+        self.backward_layers = freeze_first(self.backward_layers, layers);
         self
+    }
+
+    /// Whether this is a biLM.
+    pub fn is_bidirectional(&self) -> bool {
+        !self.backward_layers.is_empty()
+    }
+
+    /// Recurrent layers per direction.
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
     }
 
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`, continuing from `state` (zeros
@@ -185,28 +219,83 @@ impl RnnLm {
             next.push(state);
             x = zoo_blocks::kernels::dropout(&self.dropout, out);
         }
+        (self.decode(x), next)
+    }
+
+    /// The shared softmax's logits for hidden states `[batch, len, d_hidden]`.
+    fn decode(&self, x: Tensor<3>) -> Tensor<3> {
         let weight = match &self.decoder {
             Some(decoder) => decoder.val(),
             None => self.embedding.val().transpose(),
         };
-        let logits = matmul_weight(x, weight) + self.decoder_bias.val().unsqueeze();
-        (logits, next)
+        matmul_weight(x, weight) + self.decoder_bias.val().unsqueeze()
+    }
+
+    /// A biLM's backward logits `[batch, len, vocab]` for ids `[batch, len]` (no padding):
+    /// position `t`'s predict the token before it from the tokens at `t` and after.
+    pub fn backward_logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        assert!(self.is_bidirectional(), "only a biLM reads backwards");
+        let mut x = zoo_blocks::kernels::dropout(
+            &self.dropout,
+            embedding(self.embedding.val(), ids.flip([1])),
+        );
+        for layer in &self.backward_layers {
+            x = zoo_blocks::kernels::dropout(&self.dropout, layer.forward(x, None).0);
+        }
+        self.decode(x).flip([1])
+    }
+
+    /// A biLM's layers as ELMo's features for ids `[batch, len]` whose `padding` (true after
+    /// each sequence's last token) is given, without dropout: layer 0 is the token embedding
+    /// twice over (`[batch, len, 2 d_embed]`, as the paper duplicates its context-free layer to
+    /// the width of the others), layer `k` the forward and backward stacks' `k`th outputs side by
+    /// side (`[batch, len, 2 d_hidden]`). Only the first `layers` are computed.
+    pub fn layer_features(
+        &self,
+        ids: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        layers: usize,
+    ) -> Vec<Tensor<3>> {
+        assert!(self.is_bidirectional(), "features are a biLM's");
+        let embedded = embedding(self.embedding.val(), ids);
+        let mut features = vec![Tensor::cat(vec![embedded.clone(), embedded.clone()], 2)];
+        let reversal = Reversal::within(&padding);
+        let (mut forward, mut backward) = (embedded.clone(), embedded);
+        for (f, b) in self.layers.iter().zip(&self.backward_layers) {
+            if features.len() >= layers {
+                break;
+            }
+            forward = f.forward(forward, None).0;
+            backward = b.forward_reversed(backward, &reversal);
+            features.push(Tensor::cat(vec![forward.clone(), backward.clone()], 2));
+        }
+        features
     }
 
     /// Mean next-token cross-entropy of `targets` (`[batch, len]`) given `ids` and the state
-    /// before them, and the state after.
+    /// before them, and the state after. A biLM's loss is the mean of that and the backward
+    /// stack's: it reads `targets` right to left, from zeros, and predicts `ids`.
     pub fn loss(
         &self,
         ids: Tensor<2, Int>,
         targets: Tensor<2, Int>,
         state: Option<RnnState>,
     ) -> (Tensor<1>, RnnState) {
-        let (logits, state) = self.forward(ids, state);
-        let [batch, len, vocab] = logits.dims();
-        let loss = cross_entropy(
-            logits.reshape([batch * len, vocab]),
-            targets.reshape([batch * len]),
-        );
+        let flat = |logits: Tensor<3>, targets: Tensor<2, Int>| {
+            let [batch, len, vocab] = logits.dims();
+            cross_entropy(
+                logits.reshape([batch * len, vocab]),
+                targets.reshape([batch * len]),
+            )
+        };
+        let (logits, state) = self.forward(ids.clone(), state);
+        let mut loss = flat(logits, targets.clone());
+        if self.is_bidirectional() {
+            // The window read backwards: the last target first, each predicting the id
+            // before it.
+            let backward = self.backward_logits(targets);
+            loss = (loss + flat(backward, ids)) / 2.0;
+        }
         (loss, state)
     }
 
@@ -324,6 +413,14 @@ mod tests {
             d_embed: 0,
             dropout: 0.0,
             tie_weights,
+            bidirectional: false,
+        }
+    }
+
+    fn bilm(cell: CellKind, tie_weights: bool) -> RnnConfig {
+        RnnConfig {
+            bidirectional: true,
+            ..tiny(cell, tie_weights)
         }
     }
 
@@ -335,8 +432,11 @@ mod tests {
     fn the_size_formula_counts_every_parameter() {
         let device = device();
         for cell in [CellKind::Lstm, CellKind::Gru] {
-            for tie in [false, true] {
-                let config = tiny(cell, tie);
+            for (tie, both_ways) in [(false, false), (true, false), (false, true), (true, true)] {
+                let config = RnnConfig {
+                    bidirectional: both_ways,
+                    ..tiny(cell, tie)
+                };
                 let model = config.init(&device).unwrap();
                 assert_eq!(
                     config.size().total,
@@ -443,5 +543,109 @@ mod tests {
             .argmax(0)
             .into_scalar::<i64>();
         assert_eq!(tokens[2] as i64, last);
+    }
+
+    /// A biLM's backward logits at position `t` predict token `t - 1` from tokens `t..`: they
+    /// never depend on the token they predict or any before it.
+    #[test]
+    fn the_backward_stack_never_sees_earlier_tokens() {
+        let device = device();
+        let model = bilm(CellKind::Lstm, false).init(&device).unwrap();
+        let a = model.backward_logits(ids(&[1, 2, 3, 4, 5, 6], &device));
+        let b = model.backward_logits(ids(&[9, 0, 7, 4, 5, 6], &device));
+        let same = (a.clone().narrow(1, 3, 3) - b.clone().narrow(1, 3, 3))
+            .abs()
+            .max();
+        assert_eq!(same.into_scalar::<f32>(), 0.0);
+        let changed = (a.narrow(1, 2, 1) - b.narrow(1, 2, 1)).abs().max();
+        assert!(changed.into_scalar::<f32>() > 0.0);
+    }
+
+    /// The biLM's loss is the mean of the forward loss and the backward stack's loss over the
+    /// window read right to left, computed here from the logits by hand.
+    #[test]
+    fn a_bilm_loss_averages_both_directions() {
+        let device = device();
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            let model = bilm(cell, true).init(&device).unwrap();
+            let window = [3i64, 1, 4, 1, 5, 9, 2, 6];
+            let (inputs, targets) = (ids(&window[..7], &device), ids(&window[1..], &device));
+            let (loss, _) = model.loss(inputs.clone(), targets.clone(), None);
+            let log_softmax = |logits: Tensor<3>| -> Vec<Vec<f64>> {
+                let rows: Vec<f32> = logits.into_data().try_to_vec().unwrap();
+                rows.chunks(13)
+                    .map(|row| {
+                        let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+                        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+                        row.iter().map(|&x| x as f64 - max - sum.ln()).collect()
+                    })
+                    .collect()
+            };
+            let forward = log_softmax(model.forward(inputs.clone(), None).0);
+            let backward = log_softmax(model.backward_logits(targets.clone()));
+            let mut total = 0.0;
+            for t in 0..7 {
+                total -= forward[t][window[t + 1] as usize];
+                total -= backward[t][window[t] as usize];
+            }
+            let expected = total / 14.0;
+            let got = loss.into_scalar::<f64>();
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "{cell:?}: {got} vs {expected}"
+            );
+        }
+    }
+
+    /// Features of a padded batch are those of each sentence alone; layer 0 is the embedding
+    /// twice, layer k the two stacks' k-th outputs (the forward one as `forward` computes it).
+    #[test]
+    fn layer_features_ignore_padding_and_stack_both_directions() {
+        let device = device();
+        let model = bilm(CellKind::Lstm, false).init(&device).unwrap();
+        let (long, short) = ([4i64, 8, 1, 11, 2], [7i64, 3, 12]);
+        let padded: Vec<i64> = long.iter().chain(&short).chain(&[0, 0]).copied().collect();
+        let batch = Tensor::<2, Int>::from_data(TensorData::new(padded, [2, 5]), &device);
+        let padding = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                [[false; 5], [false, false, false, true, true]].concat(),
+                [2, 5],
+            ),
+            &device,
+        );
+        let together = model.layer_features(batch, padding, 3);
+        assert_eq!(together.len(), 3);
+        assert_eq!(together[0].dims(), [2, 5, 16]);
+        assert_eq!(together[2].dims(), [2, 5, 16]);
+        let alone = model.layer_features(
+            ids(&short, &device),
+            Tensor::full([1, 3], false, &device),
+            3,
+        );
+        for (k, (both, one)) in together.iter().zip(&alone).enumerate() {
+            let diff = (both.clone().narrow(0, 1, 1).narrow(1, 0, 3) - one.clone())
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(diff < 1e-6, "layer {k}: {diff}");
+        }
+        // The forward half of the top layer is the forward stack's output.
+        let mut x = embedding(model.embedding.val(), ids(&short, &device));
+        for layer in &model.layers {
+            x = layer.forward(x, None).0;
+        }
+        let top = alone[2].clone().narrow(2, 0, 8);
+        assert!((top - x).abs().max().into_scalar::<f32>() < 1e-6);
+        // Asking for fewer layers computes fewer.
+        assert_eq!(
+            model
+                .layer_features(
+                    ids(&short, &device),
+                    Tensor::full([1, 3], false, &device),
+                    1
+                )
+                .len(),
+            1
+        );
     }
 }

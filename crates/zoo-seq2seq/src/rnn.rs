@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use zoo_blocks::ModelSize;
 use zoo_blocks::kernels::linear;
 use zoo_blocks::{
-    CellKind, Recurrent, RecurrentConfig, RecurrentState, TokenEmbedding, TokenEmbeddingConfig,
+    CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal, TokenEmbedding,
+    TokenEmbeddingConfig,
 };
 
 use crate::decoding::EncoderDecoder;
@@ -263,37 +264,6 @@ pub struct RnnAttentionState {
     feed: Option<Tensor<2>>,
 }
 
-/// Per row, the index of each position once the unpadded positions (`padding` false) are
-/// reversed and the padding after them left in place: applying it twice is the identity.
-/// Computed on the device, so encoding never waits to read the lengths back.
-fn reversal_within_lengths(padding: &Tensor<2, Bool>) -> Tensor<2, Int> {
-    let [batch, len] = padding.dims();
-    let lengths = padding
-        .clone()
-        .bool_not()
-        .int()
-        .sum_dim(1)
-        .expand([batch, len]);
-    let positions = Tensor::<1, Int>::arange(0..len as i64, &padding.device())
-        .unsqueeze::<2>()
-        .expand([batch, len]);
-    let reversed = lengths.clone() - positions.clone() - 1;
-    positions
-        .clone()
-        .mask_where(positions.lower(lengths), reversed)
-}
-
-fn gather_positions(x: Tensor<3>, index: &Tensor<2, Int>) -> Tensor<3> {
-    let [batch, len, width] = x.dims();
-    x.gather(
-        1,
-        index
-            .clone()
-            .unsqueeze_dim::<3>(2)
-            .expand([batch, len, width]),
-    )
-}
-
 impl RnnAttention {
     /// This model with the embeddings, when `embeddings`, and its encoder (its one layer, the
     /// two directions) when `layers` is 1, kept out of training (fine-tuning). An output head
@@ -315,14 +285,12 @@ impl RnnAttention {
     pub fn encode(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> RnnAttentionState {
         let [batch, _] = source.dims();
         let device = source.device();
-        let reversal = reversal_within_lengths(&padding);
         let embedded =
             zoo_blocks::kernels::dropout(&self.dropout, self.source_embedding.forward(source));
         let (forward, _) = self.forward_encoder.forward(embedded.clone(), None);
-        let (backward, _) = self
+        let backward = self
             .backward_encoder
-            .forward(gather_positions(embedded, &reversal), None);
-        let backward = gather_positions(backward, &reversal);
+            .forward_reversed(embedded, &Reversal::within(&padding));
         // The backward direction's state at the first word has read the whole source.
         let first_backward = backward
             .clone()

@@ -611,6 +611,7 @@ pub fn scaling_point(
                 d_embed: 256,
                 dropout: 0.0,
                 tie_weights: false,
+                bidirectional: false,
             };
             let model = config.init(device)?;
             let (inputs, targets) = (ids(), ids());

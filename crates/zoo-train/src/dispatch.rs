@@ -10,7 +10,7 @@ use crate::runtime::run_dir::{
 };
 use crate::runtime::session::Session;
 pub use crate::runtime::session::{TrainOptions, TrainReport};
-use crate::tasks::encoder::predict::evaluate_encoder;
+use crate::tasks::encoder::predict::{PredictInput, evaluate_encoder, predict};
 use crate::tasks::encoder::run::EncoderRun;
 use crate::tasks::lm::run::EvalReport;
 use crate::tasks::seq2seq::decode::{DecodingOptions, Seq2SeqEvalReport, evaluate_seq2seq};
@@ -38,6 +38,8 @@ impl RunKind {
     pub fn of(recipe: &Recipe) -> Self {
         match recipe.task {
             Task::Classification if recipe.model.arch == "gpt" => RunKind::LanguageModel,
+            // A task model on a biLM's features reads a language model's run.
+            _ if recipe.model.arch == "elmo" => RunKind::LanguageModel,
             task => Self::of_task(task),
         }
     }
@@ -140,13 +142,14 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation, ZooError> {
     Ok(match RunKind::of_run(run_dir)? {
-        // A GPT classifier (a Hugging Face directory is a language model).
+        // A GPT classifier or an ELMo task model (a Hugging Face directory is a language
+        // model).
         RunKind::LanguageModel
             if !is_hugging_face_dir(run_dir)
-                && load_run_recipe(run_dir)?.task == Task::Classification =>
+                && load_run_recipe(run_dir)?.task != Task::CausalLm =>
         {
-            let run = lm::classify::load(run_dir, checkpoint, device)?;
-            Evaluation::Labels(lm::classify::evaluate(&run, split, data_dir)?)
+            let run = lm::LabelRun::load(run_dir, checkpoint, device)?;
+            Evaluation::Labels(run.evaluate(split, data_dir)?)
         }
         RunKind::LanguageModel => {
             let run = lm::load(run_dir, checkpoint, device)?;
@@ -164,6 +167,41 @@ pub fn evaluate(
             Evaluation::EncoderDecoder(report)
         }
     })
+}
+
+/// A run `zoo predict` applies: an encoder, or a language-model run that predicts labels.
+pub enum Predictor {
+    /// A BERT run (or Hugging Face BERT directory): labels, tags, spans or masked tokens.
+    Encoder(EncoderRun),
+    /// A GPT classifier, or a classifier or tagger on ELMo features.
+    Labels(lm::LabelRun),
+}
+
+impl Predictor {
+    /// The run in `run_dir`, for `zoo predict`.
+    pub fn load(run_dir: &Path, device: &Device) -> Result<Self, ZooError> {
+        if let Ok(RunKind::LanguageModel) = RunKind::of_run(run_dir)
+            && !is_hugging_face_dir(run_dir)
+            && load_run_recipe(run_dir)?.task != Task::CausalLm
+        {
+            return Ok(Predictor::Labels(lm::LabelRun::load(
+                run_dir, None, device,
+            )?));
+        }
+        encoder_run(run_dir, device).map(Predictor::Encoder)
+    }
+
+    /// What the run makes of `input`, as `zoo predict` prints it.
+    pub fn predict(&self, input: &PredictInput) -> Result<String, ZooError> {
+        match self {
+            Predictor::Encoder(run) => predict(run, input),
+            // A GPT classifier reads a pair as its two parts joined by a tab.
+            Predictor::Labels(run) => match &input.context {
+                Some(second) => run.predict(&format!("{}\t{second}", input.text)),
+                None => run.predict(&input.text),
+            },
+        }
+    }
 }
 
 /// The encoder run in `run_dir` (or a Hugging Face BERT directory), for `zoo predict` and

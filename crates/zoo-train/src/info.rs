@@ -136,10 +136,26 @@ pub fn describe(
                 config.vocab_size
             ));
             lines.push(format!(
-                "options              tied {}, dropout {}",
-                config.tie_weights, config.dropout
+                "options              tied {}, dropout {}, bidirectional {}",
+                config.tie_weights, config.dropout, config.bidirectional
             ));
             "6 x matrix parameters"
+        }
+        ModelConfig::Elmo(config) => {
+            lines.push(format!(
+                "shape                biLM {:?}, {} layers x {} units each way, embedding {}, vocab {}; task LSTM {} units each way",
+                config.cell,
+                config.n_layer,
+                config.d_hidden,
+                config.bilm().embed_width(),
+                config.vocab_size,
+                config.d_task
+            ));
+            lines.push(format!(
+                "options              features {:?}, dropout {}; size counts no head",
+                config.features, config.dropout
+            ));
+            "2 x frozen biLM matrix parameters + 6 x task matrix parameters"
         }
         ModelConfig::Bert(config) => {
             lines.push(format!(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use zoo_bert::BertConfig;
 use zoo_blocks::ModelSize;
 use zoo_gpt::GptConfig;
-use zoo_rnn::RnnConfig;
+use zoo_rnn::{ElmoConfig, RnnConfig};
 use zoo_seq2seq::{RnnAttentionConfig, TransformerConfig};
 
 /// What a run trains the model to do.
@@ -179,6 +179,17 @@ pub const ARCHITECTURES: &[Architecture] = &[
         },
     },
     Architecture {
+        name: "elmo",
+        family: "ELMo task model",
+        presets: &[],
+        tasks: &[Task::Classification, Task::TokenClassification],
+        lora_targets: &[],
+        preset: |_| None,
+        resolve: |spec| {
+            resolve_fields(spec, |_| None, &[], "ELMo task model").map(ModelConfig::Elmo)
+        },
+    },
+    Architecture {
         name: "ngram",
         family: "n-gram",
         presets: &[],
@@ -279,6 +290,8 @@ pub enum ModelConfig {
     Transformer(TransformerConfig),
     /// An RNN encoder-decoder with attention.
     RnnAttention(RnnAttentionConfig),
+    /// A classifier or tagger on a frozen biLM's features.
+    Elmo(ElmoConfig),
 }
 
 /// `[model]` of an n-gram baseline.
@@ -310,6 +323,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.vocab_size,
             ModelConfig::Transformer(c) => c.tgt_vocab_size,
             ModelConfig::RnnAttention(c) => c.tgt_vocab_size,
+            ModelConfig::Elmo(c) => c.vocab_size,
         }
     }
 
@@ -325,7 +339,7 @@ impl ModelConfig {
     pub fn max_len(&self) -> usize {
         match self {
             ModelConfig::Gpt(c) => c.block_size,
-            ModelConfig::Rnn(_) | ModelConfig::Ngram(_) => usize::MAX,
+            ModelConfig::Rnn(_) | ModelConfig::Ngram(_) | ModelConfig::Elmo(_) => usize::MAX,
             ModelConfig::Bert(c) => c.max_len,
             ModelConfig::Transformer(c) => c.max_len,
             ModelConfig::RnnAttention(c) => c.max_len,
@@ -341,6 +355,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => Some(&mut c.dropout),
             ModelConfig::Transformer(c) => Some(&mut c.dropout),
             ModelConfig::RnnAttention(c) => Some(&mut c.dropout),
+            ModelConfig::Elmo(c) => Some(&mut c.dropout),
         }
     }
 
@@ -354,6 +369,8 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.n_layer,
             ModelConfig::Transformer(c) => c.n_encoder_layers,
             ModelConfig::RnnAttention(_) => 1,
+            // The biLM is frozen whole; the task model trains whole.
+            ModelConfig::Elmo(_) => 0,
         }
     }
 
@@ -370,6 +387,7 @@ impl ModelConfig {
             ModelConfig::RnnAttention(c) => {
                 (c.src_vocab_size, c.tgt_vocab_size) = (vocab_size, vocab_size)
             }
+            ModelConfig::Elmo(c) => c.vocab_size = vocab_size,
         }
     }
 
@@ -385,6 +403,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.validate(),
             ModelConfig::Transformer(c) => c.validate(),
             ModelConfig::RnnAttention(c) => c.validate(),
+            ModelConfig::Elmo(c) => c.validate(),
         }
     }
 
@@ -402,6 +421,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.size(self.default_sequence_len()),
             ModelConfig::Transformer(c) => c.size(),
             ModelConfig::RnnAttention(c) => c.size(),
+            ModelConfig::Elmo(c) => c.size(),
         }
     }
 
@@ -414,6 +434,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.d_model,
             ModelConfig::Transformer(c) => c.d_model,
             ModelConfig::RnnAttention(c) => c.d_decoder,
+            ModelConfig::Elmo(c) => c.d_task,
         }
     }
 
@@ -426,6 +447,7 @@ impl ModelConfig {
             ModelConfig::Bert(_) => "bert",
             ModelConfig::Transformer(_) => "transformer",
             ModelConfig::RnnAttention(_) => "rnn-attention",
+            ModelConfig::Elmo(_) => "elmo",
         };
         architecture(name).expect("every config has a row in the table")
     }
@@ -439,6 +461,7 @@ impl ModelConfig {
             ModelConfig::Rnn(_) => DEFAULT_BPTT,
             ModelConfig::Ngram(c) => c.order,
             ModelConfig::Bert(c) => DEFAULT_ENCODER_SEQ_LEN.min(c.max_len),
+            ModelConfig::Elmo(_) => DEFAULT_ENCODER_SEQ_LEN,
             ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => {
                 DEFAULT_SEQ2SEQ_SEQ_LEN.min(self.max_len())
             }
@@ -454,6 +477,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => toml::Table::try_from(c),
             ModelConfig::Transformer(c) => toml::Table::try_from(c),
             ModelConfig::RnnAttention(c) => toml::Table::try_from(c),
+            ModelConfig::Elmo(c) => toml::Table::try_from(c),
         };
         ModelSpec {
             arch: self.architecture().name.into(),

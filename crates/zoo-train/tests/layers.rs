@@ -19,14 +19,15 @@ fn layer(module: &str) -> usize {
     }
 }
 
-/// The order inside the runtime: the session on top, the loop, the display and the summary
-/// below it, the rest lower, LoRA (which checkpoints ask about) at the bottom.
+/// The order inside the runtime: the session on top, the loop, the display, the summary and the
+/// metrics (whose label output is a step output) below it, the rest lower, LoRA (which
+/// checkpoints ask about) at the bottom.
 fn runtime_layer(module: &str) -> usize {
     match module {
         "session" => 3,
-        "fit" | "logging" | "summary" => 2,
-        "budget" | "data" | "early_stop" | "metrics" | "optim" | "run_dir" | "schedule"
-        | "step" | "validations" | "mod" => 1,
+        "fit" | "logging" | "metrics" | "summary" => 2,
+        "budget" | "data" | "early_stop" | "optim" | "run_dir" | "schedule" | "step"
+        | "validations" | "mod" => 1,
         "lora" => 0,
         other => panic!("runtime module {other} has no layer: add it to tests/layers.rs"),
     }

@@ -686,9 +686,10 @@ impl Recipe {
     pub fn sequence_len(&self, config: &ModelConfig) -> usize {
         let given = match config {
             ModelConfig::Rnn(_) => self.training.bptt,
-            ModelConfig::Bert(_) | ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => {
-                self.training.seq_len
-            }
+            ModelConfig::Bert(_)
+            | ModelConfig::Elmo(_)
+            | ModelConfig::Transformer(_)
+            | ModelConfig::RnnAttention(_) => self.training.seq_len,
             ModelConfig::Gpt(_) | ModelConfig::Ngram(_) => None,
         };
         given.unwrap_or_else(|| config.default_sequence_len())

@@ -41,6 +41,11 @@ impl Recipe {
                 "training.freeze_embeddings and freeze_layers do not combine with finetune.lora_rank, which freezes the whole pretrained model".into(),
             );
         }
+        if self.model.arch == "elmo" {
+            return Err(
+                "finetune.lora_rank does not apply to an ELMo task model: its biLM is frozen whole and the task model trains whole".into(),
+            );
+        }
         if self.lora_targets().is_empty() {
             return Err("finetune.lora_targets: name the weight matrices to adapt".into());
         }
@@ -250,6 +255,7 @@ impl Recipe {
     /// The task fits the architecture, and keys of other families' tasks are not set.
     fn validate_task(&self, config: &ModelConfig) -> Result<(), String> {
         let encoder = matches!(config, ModelConfig::Bert(_));
+        let elmo = matches!(config, ModelConfig::Elmo(_));
         // Trained with gradients (not counted, as an n-gram model).
         let trained = !matches!(config, ModelConfig::Ngram(_));
         let seq2seq = config.is_seq2seq();
@@ -268,8 +274,17 @@ impl Recipe {
         // (key, set in the recipe, allowed for this task)
         let keys = [
             ("init_from", self.init_from.is_some(), trained),
-            ("training.seq_len", t.seq_len.is_some(), encoder || seq2seq),
-            ("training.freeze_embeddings", t.freeze_embeddings, trained),
+            (
+                "training.seq_len",
+                t.seq_len.is_some(),
+                encoder || seq2seq || elmo,
+            ),
+            // An ELMo task model's biLM is frozen already, and its own layers train.
+            (
+                "training.freeze_embeddings",
+                t.freeze_embeddings,
+                trained && !elmo,
+            ),
             ("training.freeze_layers", t.freeze_layers > 0, trained),
             ("data.next_sentence", d.next_sentence, encoder),
             ("data.document_lines", d.document_lines.is_some(), encoder),
@@ -325,6 +340,11 @@ impl Recipe {
                 "training.lm_loss_weight must be 0 or more, got {}",
                 t.lm_loss_weight
             ));
+        }
+        if elmo && self.init_from.is_none() {
+            return Err(
+                "model.arch = \"elmo\" reads a trained biLM: set init_from to a run of arch = \"rnn\" with bidirectional = true".into(),
+            );
         }
         self.validate_finetune()?;
         self.validate_distillation()?;

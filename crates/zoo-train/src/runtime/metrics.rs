@@ -1,12 +1,16 @@
 //! Metrics burn-train does not have: perplexity computed from the loss (no second pass over the
-//! logits), and accuracy or F1 counted from every prediction of an epoch.
+//! logits), and accuracy or F1 counted from every prediction of an epoch; the step output of
+//! a model that predicts labels ([`LabelOutput`]).
 
+use crate::runtime::step::StepOutput;
 use burn::prelude::*;
 use burn::tensor::TensorReadError;
+use burn::train::ItemLazy;
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
-    SerializedEntry,
+    Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric,
+    NumericAttributes, NumericEntry, SerializedEntry,
 };
+use burn_std::ExecutionError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -205,6 +209,96 @@ impl Confusion {
     }
 }
 
+/// What one step of a model that predicts labels (a sequence's class, each token's tag) reports
+/// to the metrics.
+pub struct LabelOutput {
+    /// The loss (in training, with any auxiliary term).
+    pub loss: Tensor<1>,
+    /// Predicted and true labels, `[n]` each.
+    pub labels: (Tensor<1, Int>, Tensor<1, Int>),
+}
+
+/// A step's labels, for accuracy and F1.
+pub struct StepLabels((Tensor<1, Int>, Tensor<1, Int>));
+
+impl LabelledBatch for StepLabels {
+    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)> {
+        Some(self.0.clone())
+    }
+}
+
+impl ItemLazy for LabelOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(self)
+    }
+}
+
+impl Adaptor<LossInput> for LabelOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+impl Adaptor<StepLabels> for LabelOutput {
+    fn adapt(&self) -> StepLabels {
+        StepLabels(self.labels.clone())
+    }
+}
+
+impl StepOutput for LabelOutput {
+    fn loss_mut(&mut self) -> &mut Tensor<1> {
+        &mut self.loss
+    }
+}
+
+/// The ids of label `names` by `labels` (a run's names, in id order); an unknown name is an
+/// error that lists the known ones.
+pub fn label_ids<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    labels: &[String],
+) -> Result<Vec<usize>, String> {
+    names
+        .into_iter()
+        .map(|name| {
+            labels.iter().position(|l| l == name).ok_or_else(|| {
+                format!(
+                    "label \"{name}\" is not one the run knows ({})",
+                    labels.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// `zoo predict`'s line for one classified text: the likeliest label and its probability, then
+/// every label's, likeliest first (`probs` in label id order).
+pub fn class_line(labels: &[String], probs: &[f32]) -> String {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let all: Vec<String> = order
+        .iter()
+        .map(|&i| format!("{} {:.3}", label(i), probs[i]))
+        .collect();
+    format!(
+        "{}\t{:.3}\t({})",
+        label(order[0]),
+        probs[order[0]],
+        all.join(", ")
+    )
+}
+
+/// `zoo predict`'s line for one tagged text: `word/TAG` per word (`-` for a word without one).
+pub fn tag_line(words: &[String], tags: &[String]) -> String {
+    words
+        .iter()
+        .zip(tags)
+        .map(|(word, tag)| format!("{word}/{}", if tag.is_empty() { "-" } else { tag }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What `zoo eval` reports for a run that predicts labels (an encoder, a GPT classifier).
 #[derive(Clone, Debug)]
 pub struct LabelReport {
@@ -218,6 +312,35 @@ pub struct LabelReport {
     pub f1: Option<f64>,
     /// Predictions scored.
     pub predictions: usize,
+}
+
+impl LabelReport {
+    /// The report of a split from the outputs of all its batches: the loss weighted by each
+    /// batch's predictions, accuracy and F1 over all of them.
+    pub fn of_outputs(split: &str, outputs: impl IntoIterator<Item = LabelOutput>) -> Self {
+        let ints = |t: Tensor<1, Int>| -> Vec<i64> {
+            t.into_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .unwrap_or_default()
+        };
+        let mut confusion = Confusion::default();
+        let (mut loss_sum, mut count) = (0.0, 0usize);
+        for out in outputs {
+            let (predicted, expected) = out.labels;
+            let n = expected.dims()[0];
+            loss_sum += out.loss.into_scalar::<f64>() * n as f64;
+            count += n;
+            confusion.add(&ints(expected), &ints(predicted));
+        }
+        LabelReport {
+            split: split.to_string(),
+            loss: loss_sum / count.max(1) as f64,
+            accuracy: confusion.statistic(LabelStatistic::Accuracy),
+            f1: Some(confusion.statistic(LabelStatistic::F1)),
+            predictions: count,
+        }
+    }
 }
 
 /// Accuracy or F1 of labels (see [`LabelStatistic`]), over the epoch, counted from every

@@ -6,8 +6,7 @@ use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::Task;
 use crate::runtime::data::stream;
-use crate::runtime::metrics::LabelReport;
-use crate::runtime::metrics::{Confusion, LabelStatistic};
+use crate::runtime::metrics::{LabelOutput, LabelReport, class_line, tag_line};
 use crate::tasks::encoder::data::{Batching, EncoderExamples, SplitData};
 use crate::tasks::encoder::run::EncoderRun;
 use burn::module::Module;
@@ -54,35 +53,25 @@ pub fn evaluate_encoder(
     };
     let examples = EncoderExamples::new(inputs, targets, batching).map_err(usage)?;
     let device = run.model.devices()[0].clone();
-    let mut confusion = Confusion::default();
-    let (mut loss_sum, mut count) = (0.0, 0usize);
-    let ints = |t: Tensor<1, Int>| -> Vec<i64> {
-        t.into_data()
-            .convert::<i64>()
-            .try_to_vec()
-            .unwrap_or_default()
-    };
-    for g in 0..examples.batches_per_pass() {
+    let outputs = (0..examples.batches_per_pass()).map(|g| {
         let batch = examples.batch_at(g, &device);
         let out = run
             .model
             .loss(batch.tokens, batch.segments, batch.padding, batch.targets);
-        let n = out.main.expected.dims()[0];
-        loss_sum += out.loss.into_scalar::<f64>() * n as f64;
-        count += n;
-        confusion.add(&ints(out.main.expected), &ints(out.main.predicted));
+        LabelOutput {
+            loss: out.loss,
+            labels: (out.main.predicted, out.main.expected),
+        }
+    });
+    let mut report = LabelReport::of_outputs(split, outputs);
+    // F1 is a statistic of labels, not of masked tokens.
+    if !matches!(
+        recipe.task,
+        Task::Classification | Task::TokenClassification
+    ) {
+        report.f1 = None;
     }
-    Ok(LabelReport {
-        split: split.to_string(),
-        loss: loss_sum / count.max(1) as f64,
-        accuracy: confusion.statistic(LabelStatistic::Accuracy),
-        f1: matches!(
-            recipe.task,
-            Task::Classification | Task::TokenClassification
-        )
-        .then(|| confusion.statistic(LabelStatistic::F1)),
-        predictions: count,
-    })
+    Ok(report)
 }
 
 /// One input to [`predict`]: a text, or for span QA a question and its context.
@@ -148,19 +137,7 @@ pub fn predict(run: &EncoderRun, input: &PredictInput) -> Result<String, ZooErro
     };
     let label = |i: usize| run.labels.get(i).cloned().unwrap_or_else(|| i.to_string());
     Ok(match task {
-        Task::Classification => {
-            let order = ranked(0);
-            let all: Vec<String> = order
-                .iter()
-                .map(|&i| format!("{} {:.3}", label(i), row(0)[i]))
-                .collect();
-            format!(
-                "{}\t{:.3}\t({})",
-                label(order[0]),
-                row(0)[order[0]],
-                all.join(", ")
-            )
-        }
+        Task::Classification => class_line(&run.labels, row(0)),
         Task::TokenClassification => {
             let mut tags = vec![String::new(); words.len()];
             let mut previous = None;
@@ -172,12 +149,7 @@ pub fn predict(run: &EncoderRun, input: &PredictInput) -> Result<String, ZooErro
                 }
                 previous = *word;
             }
-            words
-                .iter()
-                .zip(&tags)
-                .map(|(word, tag)| format!("{word}/{}", if tag.is_empty() { "-" } else { tag }))
-                .collect::<Vec<_>>()
-                .join(" ")
+            tag_line(&words, &tags)
         }
         _ => {
             let special = tokenizer.special_ids()?;

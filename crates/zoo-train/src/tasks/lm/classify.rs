@@ -15,22 +15,24 @@ use crate::recipe::Recipe;
 use crate::runtime::budget::Budget;
 use crate::runtime::data::{BatchSource, ShuffledPasses};
 use crate::runtime::logging::LineRenderer;
-use crate::runtime::metrics::{Confusion, LabelMetric, LabelReport, LabelStatistic, LabelledBatch};
+use crate::runtime::metrics::{
+    LabelMetric, LabelOutput, LabelReport, LabelStatistic, StepLabels, class_line, label_ids,
+};
 use crate::runtime::run_dir::{
     LABELS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, locate_model,
     read_labels, select_checkpoint, write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
-use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
+use crate::runtime::step::{CarriedState, GradientStep};
 use crate::tasks::lm::run::{LoadedRun, RunModel};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::train::metric::{Adaptor, LossInput};
-use burn::train::{InferenceStep, ItemLazy, SupervisedTraining, TrainOutput, TrainStep};
-use burn_std::ExecutionError;
+use burn::tensor::activation::softmax;
+use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zoo_blocks::decoding::ids_tensor;
 use zoo_gpt::{AuxiliaryLm, GptClassifier, GptConfig};
 use zoo_text::{DataDir, DatasetRegistry, LabelledExample, ZooTokenizer};
 
@@ -233,55 +235,13 @@ pub struct Classifier {
 /// Each batch stands alone: nothing is carried.
 impl CarriedState for Classifier {}
 
-/// What one step reports to the metrics.
-pub struct ClassifierOutput {
-    /// The loss (in training, with the auxiliary term).
-    pub loss: Tensor<1>,
-    /// Predicted and true labels.
-    labels: (Tensor<1, Int>, Tensor<1, Int>),
-}
-
-/// A step's labels, for accuracy and F1.
-pub struct ClassLabels((Tensor<1, Int>, Tensor<1, Int>));
-
-impl LabelledBatch for ClassLabels {
-    fn labels(&self) -> Option<(Tensor<1, Int>, Tensor<1, Int>)> {
-        Some(self.0.clone())
-    }
-}
-
-impl ItemLazy for ClassifierOutput {
-    fn sync(self) -> Result<Self, ExecutionError> {
-        self.loss.device().flush()?;
-        Ok(self)
-    }
-}
-
-impl Adaptor<LossInput> for ClassifierOutput {
-    fn adapt(&self) -> LossInput {
-        LossInput::new(self.loss.clone())
-    }
-}
-
-impl Adaptor<ClassLabels> for ClassifierOutput {
-    fn adapt(&self) -> ClassLabels {
-        ClassLabels(self.labels.clone())
-    }
-}
-
-impl StepOutput for ClassifierOutput {
-    fn loss_mut(&mut self) -> &mut Tensor<1> {
-        &mut self.loss
-    }
-}
-
 impl Classifier {
     /// The loss of `batch`, with its auxiliary term when `training`.
-    fn forward(&self, batch: ClassifierBatch, training: bool) -> ClassifierOutput {
+    fn forward(&self, batch: ClassifierBatch, training: bool) -> LabelOutput {
         let expected = batch.labels.clone();
         let lm = if training { batch.lm } else { None };
         let out = self.model.loss(batch.ids, batch.extract, batch.labels, lm);
-        ClassifierOutput {
+        LabelOutput {
             loss: out.loss,
             labels: (out.predicted, expected),
         }
@@ -290,36 +250,20 @@ impl Classifier {
 
 impl TrainStep for Classifier {
     type Input = ClassifierBatch;
-    type Output = ClassifierOutput;
+    type Output = LabelOutput;
 
-    fn step(&self, batch: ClassifierBatch) -> TrainOutput<ClassifierOutput> {
+    fn step(&self, batch: ClassifierBatch) -> TrainOutput<LabelOutput> {
         self.step.output(self, self.forward(batch, true))
     }
 }
 
 impl InferenceStep for Classifier {
     type Input = ClassifierBatch;
-    type Output = ClassifierOutput;
+    type Output = LabelOutput;
 
-    fn step(&self, batch: ClassifierBatch) -> ClassifierOutput {
+    fn step(&self, batch: ClassifierBatch) -> LabelOutput {
         self.forward(batch, false)
     }
-}
-
-/// Label ids of `examples` by `labels` (the run's names, in id order).
-fn label_ids(examples: &[LabelledExample], labels: &[String]) -> Result<Vec<usize>, String> {
-    examples
-        .iter()
-        .map(|e| {
-            labels.iter().position(|l| *l == e.label).ok_or_else(|| {
-                format!(
-                    "label \"{}\" is not one the run knows ({})",
-                    e.label,
-                    labels.join(", ")
-                )
-            })
-        })
-        .collect()
 }
 
 /// The framed inputs of `examples`.
@@ -412,7 +356,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let split = if train { "training" } else { "validation" };
         let error = |e: String| session.recipe_error(format!("{split} split: {e}"));
         let inputs = frame_all(examples, &tokenizer, &markers, gpt.block_size).map_err(error)?;
-        let ids = label_ids(examples, &labels).map_err(error)?;
+        let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &labels).map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
         ClassifierExamples::new(inputs, ids, t.batch_size, seed, train, t.lm_loss_weight)
             .map_err(error)
@@ -496,11 +440,11 @@ impl TrainingTask for ClassifierTraining<'_> {
     }
 
     fn metrics(&self, training: SupervisedTraining<Classifier>) -> SupervisedTraining<Classifier> {
-        let accuracy = || LabelMetric::<ClassLabels>::new("Accuracy", LabelStatistic::Accuracy);
+        let accuracy = || LabelMetric::<StepLabels>::new("Accuracy", LabelStatistic::Accuracy);
         training
             .metric_train_numeric(accuracy())
             .metric_valid_numeric(accuracy())
-            .metric_valid_numeric(LabelMetric::<ClassLabels>::new("F1", LabelStatistic::F1))
+            .metric_valid_numeric(LabelMetric::<StepLabels>::new("F1", LabelStatistic::F1))
     }
 
     fn progress(&self, budget: Budget) -> LineRenderer {
@@ -576,6 +520,25 @@ pub fn load(
     })
 }
 
+/// `zoo predict`'s line for `text` (a pair: its two parts joined by a tab): the likeliest
+/// label and its probability, then every label's.
+pub fn predict(run: &ClassifierRun, text: &str) -> Result<String, ZooError> {
+    let markers = Markers::of(&run.tokenizer).map_err(ZooError::Usage)?;
+    let ids = markers
+        .frame(&run.tokenizer, text, run.model.gpt.block_size())
+        .map_err(ZooError::Usage)?;
+    let device = run.model.devices()[0].clone();
+    let extract =
+        Tensor::<1, Int>::from_data(TensorData::new(vec![ids.len() as i64 - 1], [1]), &device);
+    let (logits, _) = run.model.logits(ids_tensor(&ids, &device), extract);
+    let probs: Vec<f32> = softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    Ok(class_line(&run.labels, &probs))
+}
+
 /// Scores a GPT classifier run on a whole split: loss, accuracy and F1.
 pub fn evaluate(
     run: &ClassifierRun,
@@ -594,7 +557,7 @@ pub fn evaluate(
         run.model.gpt.block_size(),
     )
     .map_err(usage)?;
-    let ids = label_ids(&examples, &run.labels).map_err(usage)?;
+    let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &run.labels).map_err(usage)?;
     let served = ClassifierExamples::new(
         inputs,
         ids,
@@ -605,28 +568,14 @@ pub fn evaluate(
     )
     .map_err(usage)?;
     let device = run.model.devices()[0].clone();
-    let ints = |t: Tensor<1, Int>| -> Vec<i64> {
-        t.into_data()
-            .convert::<i64>()
-            .try_to_vec()
-            .unwrap_or_default()
-    };
-    let mut confusion = Confusion::default();
-    let (mut loss_sum, mut count) = (0.0, 0usize);
-    for g in 0..served.batches_per_pass() {
+    let outputs = (0..served.batches_per_pass()).map(|g| {
         let batch = served.batch_at(g, &device);
         let expected = batch.labels.clone();
         let out = run.model.loss(batch.ids, batch.extract, batch.labels, None);
-        let n = expected.dims()[0];
-        loss_sum += out.loss.into_scalar::<f64>() * n as f64;
-        count += n;
-        confusion.add(&ints(expected), &ints(out.predicted));
-    }
-    Ok(LabelReport {
-        split: split.to_string(),
-        loss: loss_sum / count.max(1) as f64,
-        accuracy: confusion.statistic(LabelStatistic::Accuracy),
-        f1: Some(confusion.statistic(LabelStatistic::F1)),
-        predictions: count,
-    })
+        LabelOutput {
+            loss: out.loss,
+            labels: (out.predicted, expected),
+        }
+    });
+    Ok(LabelReport::of_outputs(split, outputs))
 }

@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod elmo;
 pub mod hf;
 pub mod model;
 pub mod run;
@@ -17,7 +18,7 @@ use crate::recipe::Recipe;
 use crate::runtime::budget::{Budget, StepCost};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::lora::{self, Base};
-use crate::runtime::metrics::Perplexity;
+use crate::runtime::metrics::{LabelReport, Perplexity};
 use crate::runtime::run_dir::{
     IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
     locate_model, write_run_file, write_run_recipe,
@@ -34,7 +35,7 @@ use run::{LoadedRun, NGRAM_FILE, RunModel, continue_text, load_run, sample_text}
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use zoo_text::{DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
+use zoo_text::{DataDir, DatasetRegistry, KneserNey, RandomWindows, Streams, ZooTokenizer};
 
 /// A language-model run directory, or a Hugging Face GPT-2 directory, loaded onto `device`
 /// (its last checkpoint, or `epoch`'s).
@@ -43,6 +44,43 @@ pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedR
         return load_hf_lm(dir, IMPORTED_DATASET, device);
     }
     load_run(dir, epoch, device)
+}
+
+/// A run of this task module that predicts labels, loaded.
+// One per command, never in a collection: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum LabelRun {
+    /// A GPT classifier.
+    Gpt(classify::ClassifierRun),
+    /// A classifier or tagger on ELMo features.
+    Elmo(elmo::ElmoRun),
+}
+
+impl LabelRun {
+    /// The run in `run_dir` (a GPT classifier or a task model on ELMo features), from its last
+    /// checkpoint (or `epoch`'s).
+    pub fn load(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<Self, ZooError> {
+        Ok(match load_run_config(run_dir)?.1 {
+            ModelConfig::Elmo(_) => LabelRun::Elmo(elmo::load(run_dir, epoch, device)?),
+            _ => LabelRun::Gpt(classify::load(run_dir, epoch, device)?),
+        })
+    }
+
+    /// Scores the run on a whole split.
+    pub fn evaluate(&self, split: &str, data_dir: &DataDir) -> Result<LabelReport, ZooError> {
+        match self {
+            LabelRun::Gpt(run) => classify::evaluate(run, split, data_dir),
+            LabelRun::Elmo(run) => elmo::evaluate(run, split, data_dir),
+        }
+    }
+
+    /// `zoo predict`'s line for `text`.
+    pub fn predict(&self, text: &str) -> Result<String, ZooError> {
+        match self {
+            LabelRun::Gpt(run) => classify::predict(run, text),
+            LabelRun::Elmo(run) => elmo::predict(run, text),
+        }
+    }
 }
 
 /// The config of the GPT or recurrent LM in `dir` (a run, or a Hugging Face GPT-2 or Llama
@@ -98,10 +136,13 @@ pub(crate) fn adapted_model(
         .map_err(|e| ZooError::run_dir(run_dir, e))
 }
 
-/// Trains a language-model recipe (or counts an n-gram one, or fine-tunes a GPT classifier)
-/// in `session`'s run directory.
+/// Trains a language-model recipe (or counts an n-gram one, or fine-tunes a GPT classifier, or
+/// trains a task model on a biLM's features) in `session`'s run directory.
 pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
+    if recipe.model.arch == "elmo" {
+        return elmo::train(session);
+    }
     if recipe.task == crate::recipe::Task::Classification {
         return classify::train(session);
     }

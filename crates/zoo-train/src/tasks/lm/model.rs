@@ -38,6 +38,9 @@ impl LmModel {
             ModelConfig::Bert(_) => {
                 return Err("a BERT encoder is not a language model of next tokens".into());
             }
+            ModelConfig::Elmo(_) => {
+                return Err("an ELMo task model is not a language model of next tokens".into());
+            }
             ModelConfig::Transformer(_) | ModelConfig::RnnAttention(_) => {
                 return Err("an encoder-decoder is not a language model of next tokens".into());
             }
@@ -45,7 +48,8 @@ impl LmModel {
     }
 
     /// Mean next-token cross-entropy of `targets` given `inputs` (`[batch, len]` each). A
-    /// recurrent model starts from `state` and returns the state after the window.
+    /// recurrent model starts from `state` and returns the state after the window; a biLM's
+    /// windows stand alone (its backward stack would need the next window's state).
     pub fn loss(
         &self,
         inputs: Tensor<2, Int>,
@@ -54,6 +58,9 @@ impl LmModel {
     ) -> (Tensor<1>, Option<RnnState>) {
         match self {
             LmModel::Gpt(gpt) => (gpt.loss(inputs, targets).0, None),
+            LmModel::Rnn(rnn) if rnn.is_bidirectional() => {
+                (rnn.loss(inputs, targets, None).0, None)
+            }
             LmModel::Rnn(rnn) => {
                 let (loss, state) = rnn.loss(inputs, targets, state);
                 (loss, Some(state))

@@ -96,10 +96,15 @@ pub fn load_run(
 ) -> Result<LoadedRun, ZooError> {
     let run_error = |message: String| ZooError::run_dir(run_dir, message);
     let (recipe, config) = load_run_config(run_dir)?;
-    if recipe.task == crate::recipe::Task::Classification {
-        return Err(run_error(
-            "is a GPT classifier: `zoo eval` scores it; generating and fine-tuning start from a language model".into(),
-        ));
+    if recipe.task != crate::recipe::Task::CausalLm {
+        return Err(run_error(format!(
+            "is a {}: `zoo eval` scores it; generating and fine-tuning start from a language model",
+            if recipe.model.arch == "elmo" {
+                "task model on ELMo features"
+            } else {
+                "GPT classifier"
+            }
+        )));
     }
     let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
     if let ModelConfig::Ngram(_) = config {

@@ -1,0 +1,627 @@
+//! Classification and tagging on ELMo features (Peters et al. 2018): `model.arch = "elmo"`
+//! with `init_from` a biLM run (`arch = "rnn"`, `bidirectional = true`). The biLM stays frozen
+//! and reads each text with its own tokenizer; the task model ([`zoo_rnn::ElmoModel`]) learns a
+//! scalar mix of its layers, a bidirectional LSTM on the mix and a head. `features =
+//! "embeddings"` trains the same task model on the biLM's token embeddings alone.
+//!
+//! Classification reads a labelled dataset's texts; tagging a tagged dataset's words, each
+//! tagged at its last token (the one the forward stack has read the whole word at). A run
+//! directory holds what every run's does (the whole model, biLM included, in each checkpoint)
+//! and `labels.json`, the label or tag names in id order.
+
+use crate::ZooError;
+use crate::models::ModelConfig;
+use crate::recipe::{Recipe, Task};
+use crate::runtime::budget::Budget;
+use crate::runtime::data::{BatchSource, ShuffledPasses};
+use crate::runtime::logging::LineRenderer;
+use crate::runtime::metrics::{
+    LabelMetric, LabelOutput, LabelReport, LabelStatistic, StepLabels, class_line, label_ids,
+    tag_line,
+};
+use crate::runtime::run_dir::{
+    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, locate_model,
+    read_labels, select_checkpoint, write_run_file, write_run_recipe,
+};
+use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
+use crate::runtime::step::{CarriedState, GradientStep};
+use crate::tasks::lm::model::LmModel;
+use crate::tasks::lm::run::RunModel;
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zoo_blocks::decoding::ids_tensor;
+use zoo_blocks::loss::cross_entropy;
+use zoo_rnn::{ElmoConfig, ElmoModel, RnnConfig, RnnLm};
+use zoo_text::{DataDir, DatasetRegistry, LabelledExample, TaggedExample, ZooTokenizer};
+
+/// A split as the task reads it.
+enum SplitExamples {
+    /// Texts and a label each.
+    Labelled(Vec<LabelledExample>),
+    /// Words and a tag per word.
+    Tagged(Vec<TaggedExample>),
+}
+
+impl SplitExamples {
+    fn load(task: Task, dataset: &str, split: &str, dir: &DataDir) -> Result<Self, ZooError> {
+        let registry = DatasetRegistry::builtin();
+        Ok(match task {
+            Task::TokenClassification => Self::Tagged(registry.load_tagged(dataset, split)?),
+            _ => Self::Labelled(registry.load_labelled(dataset, split, dir)?),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Labelled(set) => set.len(),
+            Self::Tagged(set) => set.len(),
+        }
+    }
+
+    /// The label (or tag) names it uses, sorted.
+    fn label_names(&self) -> Vec<String> {
+        let names: BTreeSet<&String> = match self {
+            Self::Labelled(set) => set.iter().map(|e| &e.label).collect(),
+            Self::Tagged(set) => set.iter().flat_map(|e| &e.tags).collect(),
+        };
+        names.into_iter().cloned().collect()
+    }
+
+    /// Token ids of every example (at most `max_len` each) and its targets by `labels`.
+    fn encode(
+        &self,
+        tokenizer: &ZooTokenizer,
+        labels: &[String],
+        max_len: usize,
+    ) -> Result<(Vec<Vec<u32>>, Targets), String> {
+        let nonempty = |i: usize, ids: &[u32]| {
+            if ids.is_empty() {
+                Err(format!("example {} has no tokens", i + 1))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Self::Labelled(set) => {
+                let mut inputs = Vec::with_capacity(set.len());
+                for (i, example) in set.iter().enumerate() {
+                    let mut ids = tokenizer.encode(&example.text).map_err(|e| e.to_string())?;
+                    ids.truncate(max_len);
+                    nonempty(i, &ids)?;
+                    inputs.push(ids);
+                }
+                let classes = label_ids(set.iter().map(|e| e.label.as_str()), labels)?;
+                Ok((inputs, Targets::Classes(classes)))
+            }
+            Self::Tagged(set) => {
+                let mut inputs = Vec::with_capacity(set.len());
+                let mut tags = Vec::with_capacity(set.len());
+                for (i, example) in set.iter().enumerate() {
+                    let word_tags = label_ids(example.tags.iter().map(String::as_str), labels)?;
+                    let (mut ids, mut at) = (Vec::new(), Vec::new());
+                    for (w, (word, tag)) in example.words.iter().zip(word_tags).enumerate() {
+                        // Words after the first as they stand in running text.
+                        let word = if w == 0 {
+                            word.clone()
+                        } else {
+                            format!(" {word}")
+                        };
+                        ids.extend(tokenizer.encode(&word).map_err(|e| e.to_string())?);
+                        at.resize(ids.len(), None);
+                        if let Some(last) = at.last_mut() {
+                            *last = Some(tag);
+                        }
+                    }
+                    ids.truncate(max_len);
+                    at.truncate(max_len);
+                    nonempty(i, &ids)?;
+                    inputs.push(ids);
+                    tags.push(at);
+                }
+                Ok((inputs, Targets::Tags(tags)))
+            }
+        }
+    }
+}
+
+/// What each input asks the model to predict.
+enum Targets {
+    /// A label id per input.
+    Classes(Vec<usize>),
+    /// Per input, a tag id per token (`None`: not scored).
+    Tags(Vec<Vec<Option<usize>>>),
+}
+
+/// Inputs and their targets, served in padded batches.
+#[derive(Clone)]
+pub struct ElmoExamples {
+    inner: Arc<ExamplesInner>,
+}
+
+struct ExamplesInner {
+    inputs: Vec<Vec<u32>>,
+    targets: Targets,
+    /// Which inputs each batch takes.
+    passes: ShuffledPasses,
+}
+
+/// A batch of token ids and targets.
+#[derive(Clone, Debug)]
+pub struct ElmoBatch {
+    /// Token ids `[batch, len]`, padded with 0 after each input.
+    pub ids: Tensor<2, Int>,
+    /// True at the padded positions, `[batch, len]`.
+    pub padding: Tensor<2, Bool>,
+    /// Classification: empty. Tagging: the flat positions `b * len + t` that carry a tag.
+    pub positions: Option<Tensor<1, Int>>,
+    /// The labels (or the tags at `positions`).
+    pub labels: Tensor<1, Int>,
+}
+
+impl ElmoExamples {
+    fn new(
+        (inputs, targets): (Vec<Vec<u32>>, Targets),
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+    ) -> Result<Self, String> {
+        if inputs.is_empty() {
+            return Err("no examples".into());
+        }
+        Ok(Self {
+            inner: Arc::new(ExamplesInner {
+                passes: ShuffledPasses::new(inputs.len(), batch_size, seed, shuffle),
+                inputs,
+                targets,
+            }),
+        })
+    }
+
+    fn batches_per_pass(&self) -> usize {
+        self.inner.passes.batches_per_pass()
+    }
+
+    fn mean_tokens(&self) -> f64 {
+        let total: usize = self.inner.inputs.iter().map(Vec::len).sum();
+        total as f64 / self.inner.inputs.len() as f64
+    }
+
+    /// Batch `g` of the run (counted from 0 across passes).
+    fn batch_at(&self, g: usize, device: &Device) -> ElmoBatch {
+        let inner = &*self.inner;
+        let picked = &inner.passes.batch(g);
+        let len = picked
+            .iter()
+            .map(|&i| inner.inputs[i].len())
+            .max()
+            .expect("batches are never empty");
+        let mut ids = vec![0i64; picked.len() * len];
+        let mut padding = vec![true; picked.len() * len];
+        let (mut positions, mut labels) = (Vec::new(), Vec::new());
+        for (b, &i) in picked.iter().enumerate() {
+            for (t, &id) in inner.inputs[i].iter().enumerate() {
+                ids[b * len + t] = id as i64;
+                padding[b * len + t] = false;
+            }
+            match &inner.targets {
+                Targets::Classes(classes) => labels.push(classes[i] as i64),
+                Targets::Tags(tags) => {
+                    for (t, tag) in tags[i].iter().enumerate() {
+                        if let Some(tag) = tag {
+                            positions.push((b * len + t) as i64);
+                            labels.push(*tag as i64);
+                        }
+                    }
+                }
+            }
+        }
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+        };
+        let shape = [picked.len(), len];
+        ElmoBatch {
+            ids: Tensor::from_data(TensorData::new(ids, shape), device),
+            padding: Tensor::from_data(TensorData::new(padding, shape), device),
+            positions: matches!(inner.targets, Targets::Tags(_)).then(|| ints(positions)),
+            labels: ints(labels),
+        }
+    }
+}
+
+impl BatchSource for ElmoExamples {
+    type Batch = ElmoBatch;
+
+    fn batch(&self, epoch: usize, index: usize, per_epoch: usize, device: &Device) -> ElmoBatch {
+        self.batch_at(epoch * per_epoch + index, device)
+    }
+
+    /// Labelled sets are small: validation scores all of it.
+    fn validation_batches(&self, _requested: usize) -> usize {
+        self.batches_per_pass()
+    }
+}
+
+/// The task model as burn-train sees it.
+#[derive(Module, Debug)]
+pub struct ElmoTask {
+    /// The biLM and the task model on it.
+    pub model: ElmoModel,
+    /// The loss scale of gradient accumulation.
+    #[module(skip)]
+    step: GradientStep,
+}
+
+/// Each batch stands alone: nothing is carried.
+impl CarriedState for ElmoTask {}
+
+impl ElmoTask {
+    /// The loss of `batch` and its predictions.
+    fn forward(&self, batch: ElmoBatch) -> LabelOutput {
+        let logits = match batch.positions {
+            None => self.model.class_logits(batch.ids, batch.padding),
+            Some(positions) => {
+                let logits = self.model.tag_logits(batch.ids, batch.padding);
+                let [b, len, labels] = logits.dims();
+                logits.reshape([b * len, labels]).select(0, positions)
+            }
+        };
+        let predicted = logits.clone().argmax(1).flatten(0, 1);
+        LabelOutput {
+            loss: cross_entropy(logits, batch.labels.clone()),
+            labels: (predicted, batch.labels),
+        }
+    }
+}
+
+impl TrainStep for ElmoTask {
+    type Input = ElmoBatch;
+    type Output = LabelOutput;
+
+    fn step(&self, batch: ElmoBatch) -> TrainOutput<LabelOutput> {
+        self.step.output(self, self.forward(batch))
+    }
+}
+
+impl InferenceStep for ElmoTask {
+    type Input = ElmoBatch;
+    type Output = LabelOutput;
+
+    fn step(&self, batch: ElmoBatch) -> LabelOutput {
+        self.forward(batch)
+    }
+}
+
+/// The biLM config of the run at `dir`, or an error saying why it is not one.
+fn bilm_config(dir: &Path) -> Result<RnnConfig, ZooError> {
+    match load_run_config(dir)? {
+        (recipe, ModelConfig::Rnn(config))
+            if config.bidirectional && recipe.task == Task::CausalLm =>
+        {
+            Ok(config)
+        }
+        _ => Err(ZooError::run_dir(
+            dir,
+            "is not a biLM run: ELMo features come from a run of arch = \"rnn\" with bidirectional = true",
+        )),
+    }
+}
+
+/// `config`'s biLM fields set to `bilm`'s; a field the recipe states otherwise is an error.
+fn take_bilm_shape(
+    recipe: &Recipe,
+    config: &mut ModelConfig,
+    bilm: &RnnConfig,
+) -> Result<(), String> {
+    let ModelConfig::Elmo(elmo) = config else {
+        unreachable!("validated arch = \"elmo\" recipes resolve to ELMo configs");
+    };
+    let theirs = toml::Table::try_from(bilm).expect("configs serialise to TOML");
+    for (key, value) in &recipe.model.overrides {
+        if let Some(bilm_value) = theirs.get(key)
+            && key != "dropout"
+            && bilm_value != value
+        {
+            return Err(format!(
+                "model.{key} = {value}: the biLM has {bilm_value} (its shape comes from init_from)"
+            ));
+        }
+    }
+    elmo.take_bilm_shape(bilm);
+    Ok(())
+}
+
+/// Trains an ELMo classifier or tagger recipe in `session`'s run directory.
+pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
+    let (recipe, run_dir) = (session.recipe, session.run_dir.as_path());
+    let data = &recipe.data;
+    let train_data = SplitExamples::load(
+        recipe.task,
+        &data.dataset,
+        &data.train_split,
+        session.data_dir(),
+    )?;
+    let val_data = SplitExamples::load(
+        recipe.task,
+        &data.dataset,
+        &data.val_split,
+        session.data_dir(),
+    )?;
+
+    let from = recipe
+        .init_from
+        .as_deref()
+        .map(locate_model)
+        .transpose()?
+        .expect("validated ELMo recipes have init_from");
+    let bilm_shape = bilm_config(&from)?;
+    // The biLM's weights, when starting afresh (a resumed run's checkpoints hold them).
+    let bilm = if session.is_fresh() {
+        let loaded = super::load(&from, None, &session.options.device.clone().autodiff())?;
+        let RunModel::Neural(LmModel::Rnn(bilm)) = loaded.model else {
+            unreachable!("bilm_config accepts recurrent runs only");
+        };
+        Some((bilm, loaded.tokenizer))
+    } else {
+        None
+    };
+
+    session.create_run_dir()?;
+    let (tokenizer, labels) = match &bilm {
+        Some((_, tokenizer)) => (tokenizer.clone(), train_data.label_names()),
+        None => (
+            ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?,
+            read_labels(run_dir)?,
+        ),
+    };
+    let config = session.model_config(|config| take_bilm_shape(recipe, config, &bilm_shape))?;
+    let ModelConfig::Elmo(elmo) = &config else {
+        unreachable!("take_bilm_shape checked the config");
+    };
+    if session.is_fresh() {
+        tokenizer.save(&run_dir.join(TOKENIZER_FILE))?;
+        write_run_recipe(run_dir, recipe, &config, TRAINED)?;
+        let text = serde_json::to_string(&labels).expect("strings serialise");
+        write_run_file(&run_dir.join(LABELS_FILE), text.as_bytes())?;
+    }
+
+    let t = &recipe.training;
+    let seq_len = recipe.sequence_len(&config);
+    let serve = |examples: &SplitExamples, train: bool| {
+        let split = if train { "training" } else { "validation" };
+        let error = |e: String| session.recipe_error(format!("{split} split: {e}"));
+        let encoded = examples
+            .encode(&tokenizer, &labels, seq_len)
+            .map_err(error)?;
+        let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
+        ElmoExamples::new(encoded, t.batch_size, seed, train).map_err(error)
+    };
+    let train_examples = serve(&train_data, true)?;
+    let val_examples = serve(&val_data, false)?;
+    let (per_pass, mean_tokens) = (
+        train_examples.batches_per_pass(),
+        train_examples.mean_tokens(),
+    );
+    let batches = Batches::of_examples(
+        train_examples,
+        val_examples,
+        per_pass,
+        mean_tokens,
+        config.size().train_flops_per_token,
+        recipe,
+    );
+    let task = ElmoTraining {
+        session,
+        config: elmo,
+        bilm: bilm.map(|(bilm, _)| (bilm, from)),
+        labels: labels.len(),
+        examples: train_data.len(),
+        seq_len,
+    };
+    let trained = session.train(task, batches, &config)?;
+    Ok(TaskOutcome {
+        steps: trained.steps,
+        sample: None,
+    })
+}
+
+/// An ELMo task model's part of a training session.
+struct ElmoTraining<'a> {
+    session: &'a Session<'a>,
+    config: &'a ElmoConfig,
+    /// The trained biLM (fresh runs), and where it was found.
+    bilm: Option<(RnnLm, PathBuf)>,
+    /// Label (or tag) count.
+    labels: usize,
+    /// Training examples.
+    examples: usize,
+    /// Longest input in tokens.
+    seq_len: usize,
+}
+
+impl TrainingTask for ElmoTraining<'_> {
+    type Model = ElmoTask;
+    type Source = ElmoExamples;
+
+    fn model(&mut self, device: &Device) -> Result<ElmoTask, ZooError> {
+        let session = self.session;
+        let mut model = self
+            .config
+            .init(self.labels, device)
+            .map_err(|e| session.recipe_error(format!("[model]: {e}")))?;
+        if let Some((bilm, from)) = self.bilm.take() {
+            let params = bilm.num_params();
+            model = model.with_bilm(bilm);
+            println!(
+                "loaded the biLM from {} ({params} parameters, frozen); the task model reads {} of its layers through a scalar mix ({} parameters train)",
+                from.display(),
+                self.config.feature_layers(),
+                model.num_params() - params
+            );
+        }
+        Ok(ElmoTask {
+            model,
+            step: GradientStep::of(session.recipe),
+        })
+    }
+
+    fn metrics(&self, training: SupervisedTraining<ElmoTask>) -> SupervisedTraining<ElmoTask> {
+        let accuracy = || LabelMetric::<StepLabels>::new("Accuracy", LabelStatistic::Accuracy);
+        training
+            .metric_train_numeric(accuracy())
+            .metric_valid_numeric(accuracy())
+            .metric_valid_numeric(LabelMetric::<StepLabels>::new("F1", LabelStatistic::F1))
+    }
+
+    fn progress(&self, budget: Budget) -> LineRenderer {
+        LineRenderer::with_columns(
+            budget,
+            self.session.recipe.training.batch_size,
+            "seq",
+            vec![("val acc", "Accuracy", 2), ("val F1", "F1", 2)],
+        )
+    }
+
+    fn announce(&self, budget: &Budget) -> String {
+        let recipe = self.session.recipe;
+        let t = &recipe.training;
+        format!(
+            "training {} (a {} of {} labels on {:?} features) on {} examples of '{}' for {} steps of {} inputs of up to {} tokens; run directory {}",
+            recipe.name(),
+            if recipe.task == Task::TokenClassification {
+                "tagger"
+            } else {
+                "classifier"
+            },
+            self.labels,
+            self.config.features,
+            self.examples,
+            recipe.data.dataset,
+            budget.total_steps,
+            t.batch_size * t.grad_accumulation,
+            self.seq_len,
+            self.session.run_dir.display()
+        )
+    }
+}
+
+/// A trained ELMo task model, loaded.
+pub struct ElmoRun {
+    /// Its resolved recipe.
+    pub recipe: Recipe,
+    /// Its tokenizer (the biLM's).
+    pub tokenizer: ZooTokenizer,
+    /// The model, on the plain device.
+    pub model: ElmoModel,
+    /// Label names in id order.
+    pub labels: Vec<String>,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+}
+
+/// Loads an ELMo task run's last checkpoint (or `epoch`'s) onto `device`.
+pub fn load(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<ElmoRun, ZooError> {
+    let run_error = |message: String| ZooError::run_dir(run_dir, message);
+    let (recipe, ModelConfig::Elmo(config)) = load_run_config(run_dir)? else {
+        return Err(run_error("is not an ELMo task run".into()));
+    };
+    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+    let labels = read_labels(run_dir)?;
+    let epoch = select_checkpoint(run_dir, epoch)?;
+    let model = ElmoTask {
+        model: config.init(labels.len(), device).map_err(run_error)?,
+        step: GradientStep::new(1),
+    };
+    let model = load_checkpoint(run_dir, epoch, model)?;
+    Ok(ElmoRun {
+        recipe,
+        tokenizer,
+        model: model.model,
+        labels,
+        epoch,
+    })
+}
+
+/// `zoo predict`'s line for `text`: for a classifier, the likeliest label and its probability,
+/// then every label's; for a tagger, `word/TAG` per word (of the text split at whitespace).
+pub fn predict(run: &ElmoRun, text: &str) -> Result<String, ZooError> {
+    let device = run.model.devices()[0].clone();
+    let config = run.recipe.model_config().map_err(ZooError::Usage)?;
+    let max_len = run.recipe.sequence_len(&config);
+    let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    let examples = if run.recipe.task == Task::TokenClassification {
+        // Every word tagged with the first tag: only where the tags go is read.
+        let tags = vec![run.labels.first().cloned().unwrap_or_default(); words.len()];
+        SplitExamples::Tagged(vec![TaggedExample {
+            words: words.clone(),
+            tags,
+        }])
+    } else {
+        SplitExamples::Labelled(vec![LabelledExample {
+            label: run.labels.first().cloned().unwrap_or_default(),
+            text: text.to_string(),
+        }])
+    };
+    let (mut inputs, targets) = examples
+        .encode(&run.tokenizer, &run.labels, max_len)
+        .map_err(|e| ZooError::Usage(format!("--input: {e}")))?;
+    let ids = inputs.remove(0);
+    let padding = Tensor::full([1, ids.len()], false, &device);
+    let read = |t: Tensor<2>| -> Vec<f32> {
+        softmax(t, 1)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default()
+    };
+    let tensor = ids_tensor(&ids, &device);
+    Ok(match targets {
+        Targets::Classes(_) => {
+            class_line(&run.labels, &read(run.model.class_logits(tensor, padding)))
+        }
+        Targets::Tags(at) => {
+            let labels = run.labels.len();
+            let probs = read(
+                run.model
+                    .tag_logits(tensor, padding)
+                    .reshape([ids.len(), labels]),
+            );
+            // Each word's tag, read at its last token (words cut off by max_len get none).
+            let mut tags = Vec::with_capacity(words.len());
+            for t in (0..ids.len()).filter(|&t| at[0][t].is_some()) {
+                let row = &probs[t * labels..(t + 1) * labels];
+                let best = (0..labels)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
+                tags.push(run.labels[best].clone());
+            }
+            tags.resize(words.len(), String::new());
+            tag_line(&words, &tags)
+        }
+    })
+}
+
+/// Scores an ELMo task run on a whole split: loss, accuracy and F1 (of labels, or of tags).
+pub fn evaluate(run: &ElmoRun, split: &str, data_dir: &DataDir) -> Result<LabelReport, ZooError> {
+    let recipe = &run.recipe;
+    let usage = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
+    let examples = SplitExamples::load(recipe.task, &recipe.data.dataset, split, data_dir)?;
+    let config = recipe.model_config().map_err(usage)?;
+    let encoded = examples
+        .encode(&run.tokenizer, &run.labels, recipe.sequence_len(&config))
+        .map_err(usage)?;
+    let served = ElmoExamples::new(encoded, recipe.training.batch_size, recipe.seed, false)
+        .map_err(usage)?;
+    let device = run.model.devices()[0].clone();
+    let task = ElmoTask {
+        model: run.model.clone(),
+        step: GradientStep::new(1),
+    };
+    let outputs = (0..served.batches_per_pass()).map(|g| task.forward(served.batch_at(g, &device)));
+    Ok(LabelReport::of_outputs(split, outputs))
+}
