@@ -95,6 +95,88 @@ impl ShuffledPasses {
     }
 }
 
+/// Inputs of token ids, each with what it asks the model for (in `T`), served in batches pass
+/// after pass as [`ShuffledPasses`] orders them: the data of a labelled task. Cheap to clone.
+pub struct TokenExamples<T> {
+    inputs: Arc<Vec<Vec<u32>>>,
+    targets: Arc<T>,
+    passes: Arc<ShuffledPasses>,
+}
+
+// A clone shares the data: `T` itself need not be `Clone`.
+impl<T> Clone for TokenExamples<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inputs: self.inputs.clone(),
+            targets: self.targets.clone(),
+            passes: self.passes.clone(),
+        }
+    }
+}
+
+impl<T> TokenExamples<T> {
+    /// `inputs` and their `targets` in batches of `batch_size`, shuffled by `seed` when
+    /// `shuffle`; an empty set is an error.
+    pub fn new(
+        inputs: Vec<Vec<u32>>,
+        targets: T,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+    ) -> Result<Self, String> {
+        if inputs.is_empty() {
+            return Err("no examples".into());
+        }
+        Ok(Self {
+            passes: Arc::new(ShuffledPasses::new(inputs.len(), batch_size, seed, shuffle)),
+            inputs: Arc::new(inputs),
+            targets: Arc::new(targets),
+        })
+    }
+
+    /// Number of inputs (never 0).
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Never true: an empty set is refused.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Batches in one pass (the last may be short).
+    pub fn batches_per_pass(&self) -> usize {
+        self.passes.batches_per_pass()
+    }
+
+    /// Mean tokens per input.
+    pub fn mean_tokens(&self) -> f64 {
+        let total: usize = self.inputs.iter().map(Vec::len).sum();
+        total as f64 / self.len() as f64
+    }
+
+    /// Input `i`'s token ids.
+    pub fn input(&self, i: usize) -> &[u32] {
+        &self.inputs[i]
+    }
+
+    /// What the inputs ask for.
+    pub fn targets(&self) -> &T {
+        &self.targets
+    }
+
+    /// The inputs of batch `g` (counted from 0 across passes) and the longest one's length.
+    pub fn batch(&self, g: usize) -> (Vec<usize>, usize) {
+        let picked = self.passes.batch(g);
+        let len = picked
+            .iter()
+            .map(|&i| self.inputs[i].len())
+            .max()
+            .expect("batches are never empty");
+        (picked, len)
+    }
+}
+
 /// Serves a [`BatchSource`] to burn-train, `batches_per_epoch` micro-batches per epoch.
 ///
 /// Training loaders count epochs from where the run starts (or resumes), so a resumed run sees

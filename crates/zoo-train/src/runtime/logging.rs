@@ -245,6 +245,17 @@ impl LineRenderer {
         )
     }
 
+    /// A renderer for a classifier or tagger: validation accuracy and F1, throughput in
+    /// sequences (`batch_size` per micro-batch).
+    pub fn for_labels(budget: Budget, batch_size: usize) -> Self {
+        Self::with_columns(
+            budget,
+            batch_size,
+            "seq",
+            vec![("val acc", "Accuracy", 2), ("val F1", "F1", 2)],
+        )
+    }
+
     /// A renderer showing the validation metrics `columns` (label, metric name, decimals) and
     /// throughput in `unit`s (`tokens_per_batch` of them per micro-batch).
     pub fn with_columns(

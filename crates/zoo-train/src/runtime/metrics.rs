@@ -5,11 +5,11 @@
 use crate::runtime::step::StepOutput;
 use burn::prelude::*;
 use burn::tensor::TensorReadError;
-use burn::train::ItemLazy;
 use burn::train::metric::{
     Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric,
     NumericAttributes, NumericEntry, SerializedEntry,
 };
+use burn::train::{InferenceStep, ItemLazy, LearnerModel, SupervisedTraining, TrainStep};
 use burn_std::ExecutionError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -250,6 +250,19 @@ impl StepOutput for LabelOutput {
     fn loss_mut(&mut self) -> &mut Tensor<1> {
         &mut self.loss
     }
+}
+
+/// `training` with what a classifier's or tagger's run logs: accuracy in training and
+/// validation, F1 in validation.
+pub fn with_label_metrics<M>(training: SupervisedTraining<M>) -> SupervisedTraining<M>
+where
+    M: LearnerModel + TrainStep<Output = LabelOutput> + InferenceStep<Output = LabelOutput>,
+{
+    let accuracy = || LabelMetric::<StepLabels>::new("Accuracy", LabelStatistic::Accuracy);
+    training
+        .metric_train_numeric(accuracy())
+        .metric_valid_numeric(accuracy())
+        .metric_valid_numeric(LabelMetric::<StepLabels>::new("F1", LabelStatistic::F1))
 }
 
 /// The ids of label `names` by `labels` (a run's names, in id order); an unknown name is an

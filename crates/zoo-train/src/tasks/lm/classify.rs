@@ -11,19 +11,19 @@
 
 use crate::ZooError;
 use crate::models::ModelConfig;
-use crate::recipe::Recipe;
 use crate::runtime::budget::Budget;
-use crate::runtime::data::{BatchSource, ShuffledPasses};
+use crate::runtime::data::{BatchSource, TokenExamples};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{
-    LabelMetric, LabelOutput, LabelReport, LabelStatistic, StepLabels, class_line, label_ids,
+    LabelOutput, LabelReport, class_line, label_ids, with_label_metrics,
 };
 use crate::runtime::run_dir::{
-    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, locate_model,
-    read_labels, select_checkpoint, write_run_file, write_run_recipe,
+    LABELS_FILE, TOKENIZER_FILE, TRAINED, locate_model, read_labels, write_run_file,
+    write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::{CarriedState, GradientStep};
+use crate::tasks::lm::LabelledRun;
 use crate::tasks::lm::run::{LoadedRun, RunModel};
 use burn::module::Module;
 use burn::prelude::*;
@@ -31,7 +31,6 @@ use burn::tensor::activation::softmax;
 use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use zoo_blocks::decoding::ids_tensor;
 use zoo_gpt::{AuxiliaryLm, GptClassifier, GptConfig};
 use zoo_text::{DataDir, DatasetRegistry, LabelledExample, ZooTokenizer};
@@ -104,14 +103,7 @@ impl Markers {
 /// Framed inputs and their labels, served in batches.
 #[derive(Clone)]
 pub struct ClassifierExamples {
-    inner: Arc<ExamplesInner>,
-}
-
-struct ExamplesInner {
-    inputs: Vec<Vec<u32>>,
-    labels: Vec<usize>,
-    /// Which inputs each batch takes.
-    passes: ShuffledPasses,
+    examples: TokenExamples<Vec<usize>>,
     /// Weight of the auxiliary language-model loss (0: none).
     lm_weight: f64,
 }
@@ -130,53 +122,13 @@ pub struct ClassifierBatch {
 }
 
 impl ClassifierExamples {
-    fn new(
-        inputs: Vec<Vec<u32>>,
-        labels: Vec<usize>,
-        batch_size: usize,
-        seed: u64,
-        shuffle: bool,
-        lm_weight: f64,
-    ) -> Result<Self, String> {
-        if inputs.is_empty() {
-            return Err("no examples".into());
-        }
-        Ok(Self {
-            inner: Arc::new(ExamplesInner {
-                passes: ShuffledPasses::new(inputs.len(), batch_size, seed, shuffle),
-                inputs,
-                labels,
-                lm_weight,
-            }),
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.inner.inputs.len()
-    }
-
-    fn batches_per_pass(&self) -> usize {
-        self.inner.passes.batches_per_pass()
-    }
-
-    fn mean_tokens(&self) -> f64 {
-        let total: usize = self.inner.inputs.iter().map(Vec::len).sum();
-        total as f64 / self.len() as f64
-    }
-
     /// Batch `g` of the run (counted from 0 across passes).
     fn batch_at(&self, g: usize, device: &Device) -> ClassifierBatch {
-        let inner = &*self.inner;
-        let picked = &inner.passes.batch(g);
-        let len = picked
-            .iter()
-            .map(|&i| inner.inputs[i].len())
-            .max()
-            .expect("batches are never empty");
+        let (picked, len) = self.examples.batch(g);
         let mut ids = vec![0i64; picked.len() * len];
         let (mut extract, mut positions, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         for (b, &i) in picked.iter().enumerate() {
-            let input = &inner.inputs[i];
+            let input = self.examples.input(i);
             let row = &mut ids[b * len..(b + 1) * len];
             // Padding repeats the extract token; being after it, it changes nothing the head
             // reads.
@@ -195,15 +147,18 @@ impl ClassifierExamples {
             let n = v.len();
             Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        let labels = picked.iter().map(|&i| inner.labels[i] as i64).collect();
+        let labels = picked
+            .iter()
+            .map(|&i| self.examples.targets()[i] as i64)
+            .collect();
         ClassifierBatch {
             ids: Tensor::from_data(TensorData::new(ids, [picked.len(), len]), device),
             extract: ints(extract),
             labels: ints(labels),
-            lm: (inner.lm_weight > 0.0 && !positions.is_empty()).then(|| AuxiliaryLm {
+            lm: (self.lm_weight > 0.0 && !positions.is_empty()).then(|| AuxiliaryLm {
                 positions: ints(positions),
                 targets: ints(targets),
-                weight: inner.lm_weight,
+                weight: self.lm_weight,
             }),
         }
     }
@@ -218,7 +173,7 @@ impl BatchSource for ClassifierExamples {
 
     /// Labelled sets are small: validation scores all of it.
     fn validation_batches(&self, _requested: usize) -> usize {
-        self.batches_per_pass()
+        self.examples.batches_per_pass()
     }
 }
 
@@ -358,14 +313,16 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let inputs = frame_all(examples, &tokenizer, &markers, gpt.block_size).map_err(error)?;
         let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &labels).map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        ClassifierExamples::new(inputs, ids, t.batch_size, seed, train, t.lm_loss_weight)
-            .map_err(error)
+        Ok::<_, ZooError>(ClassifierExamples {
+            examples: TokenExamples::new(inputs, ids, t.batch_size, seed, train).map_err(error)?,
+            lm_weight: t.lm_loss_weight,
+        })
     };
     let train_examples = serve(&train_data, true)?;
     let val_examples = serve(&val_data, false)?;
     let (per_pass, mean_tokens) = (
-        train_examples.batches_per_pass(),
-        train_examples.mean_tokens(),
+        train_examples.examples.batches_per_pass(),
+        train_examples.examples.mean_tokens(),
     );
     let batches = Batches::of_examples(
         train_examples,
@@ -440,20 +397,11 @@ impl TrainingTask for ClassifierTraining<'_> {
     }
 
     fn metrics(&self, training: SupervisedTraining<Classifier>) -> SupervisedTraining<Classifier> {
-        let accuracy = || LabelMetric::<StepLabels>::new("Accuracy", LabelStatistic::Accuracy);
-        training
-            .metric_train_numeric(accuracy())
-            .metric_valid_numeric(accuracy())
-            .metric_valid_numeric(LabelMetric::<StepLabels>::new("F1", LabelStatistic::F1))
+        with_label_metrics(training)
     }
 
     fn progress(&self, budget: Budget) -> LineRenderer {
-        LineRenderer::with_columns(
-            budget,
-            self.session.recipe.training.batch_size,
-            "seq",
-            vec![("val acc", "Accuracy", 2), ("val F1", "F1", 2)],
-        )
+        LineRenderer::for_labels(budget, self.session.recipe.training.batch_size)
     }
 
     fn announce(&self, budget: &Budget) -> String {
@@ -479,18 +427,7 @@ impl TrainingTask for ClassifierTraining<'_> {
 }
 
 /// A trained GPT classifier, loaded.
-pub struct ClassifierRun {
-    /// Its resolved recipe.
-    pub recipe: Recipe,
-    /// Its tokenizer.
-    pub tokenizer: ZooTokenizer,
-    /// The classifier, on the plain device.
-    pub model: GptClassifier,
-    /// Label names in id order.
-    pub labels: Vec<String>,
-    /// The checkpoint's epoch.
-    pub epoch: usize,
-}
+pub type ClassifierRun = LabelledRun<GptClassifier>;
 
 /// Loads a GPT classifier run's last checkpoint (or `epoch`'s) onto `device`.
 pub fn load(
@@ -498,26 +435,16 @@ pub fn load(
     epoch: Option<usize>,
     device: &Device,
 ) -> Result<ClassifierRun, ZooError> {
-    let run_error = |message: String| ZooError::run_dir(run_dir, message);
-    let (recipe, ModelConfig::Gpt(config)) = load_run_config(run_dir)? else {
-        return Err(run_error("is not a GPT classifier run".into()));
-    };
-    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
-    let labels = read_labels(run_dir)?;
-    let epoch = select_checkpoint(run_dir, epoch)?;
-    let gpt = config.init(device).map_err(run_error)?;
-    let model = Classifier {
-        model: GptClassifier::new(gpt, labels.len(), device),
-        step: GradientStep::new(1),
-    };
-    let model = load_checkpoint(run_dir, epoch, model)?;
-    Ok(ClassifierRun {
-        recipe,
-        tokenizer,
-        model: model.model,
-        labels,
-        epoch,
+    LabelledRun::load(run_dir, epoch, |config, labels| {
+        let ModelConfig::Gpt(config) = config else {
+            return Err("is not a GPT classifier run".into());
+        };
+        Ok(Classifier {
+            model: GptClassifier::new(config.init(device)?, labels, device),
+            step: GradientStep::new(1),
+        })
     })
+    .map(|run| run.map(|model| model.model))
 }
 
 /// `zoo predict`'s line for `text` (a pair: its two parts joined by a tab): the likeliest
@@ -558,17 +485,13 @@ pub fn evaluate(
     )
     .map_err(usage)?;
     let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &run.labels).map_err(usage)?;
-    let served = ClassifierExamples::new(
-        inputs,
-        ids,
-        recipe.training.batch_size,
-        recipe.seed,
-        false,
-        0.0,
-    )
-    .map_err(usage)?;
+    let served = ClassifierExamples {
+        examples: TokenExamples::new(inputs, ids, recipe.training.batch_size, recipe.seed, false)
+            .map_err(usage)?,
+        lm_weight: 0.0,
+    };
     let device = run.model.devices()[0].clone();
-    let outputs = (0..served.batches_per_pass()).map(|g| {
+    let outputs = (0..served.examples.batches_per_pass()).map(|g| {
         let batch = served.batch_at(g, &device);
         let expected = batch.labels.clone();
         let out = run.model.loss(batch.ids, batch.extract, batch.labels, None);

@@ -13,18 +13,18 @@ use crate::ZooError;
 use crate::models::ModelConfig;
 use crate::recipe::{Recipe, Task};
 use crate::runtime::budget::Budget;
-use crate::runtime::data::{BatchSource, ShuffledPasses};
+use crate::runtime::data::{BatchSource, TokenExamples};
 use crate::runtime::logging::LineRenderer;
 use crate::runtime::metrics::{
-    LabelMetric, LabelOutput, LabelReport, LabelStatistic, StepLabels, class_line, label_ids,
-    tag_line,
+    LabelOutput, LabelReport, class_line, label_ids, tag_line, with_label_metrics,
 };
 use crate::runtime::run_dir::{
-    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_checkpoint, load_run_config, locate_model,
-    read_labels, select_checkpoint, write_run_file, write_run_recipe,
+    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_run_config, locate_model, read_labels,
+    write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::{CarriedState, GradientStep};
+use crate::tasks::lm::LabelledRun;
 use crate::tasks::lm::model::LmModel;
 use crate::tasks::lm::run::RunModel;
 use burn::module::Module;
@@ -33,7 +33,6 @@ use burn::tensor::activation::softmax;
 use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::loss::cross_entropy;
 use zoo_rnn::{ElmoConfig, ElmoModel, RnnConfig, RnnLm};
@@ -139,16 +138,7 @@ enum Targets {
 
 /// Inputs and their targets, served in padded batches.
 #[derive(Clone)]
-pub struct ElmoExamples {
-    inner: Arc<ExamplesInner>,
-}
-
-struct ExamplesInner {
-    inputs: Vec<Vec<u32>>,
-    targets: Targets,
-    /// Which inputs each batch takes.
-    passes: ShuffledPasses,
-}
+pub struct ElmoExamples(TokenExamples<Targets>);
 
 /// A batch of token ids and targets.
 #[derive(Clone, Debug)]
@@ -164,51 +154,18 @@ pub struct ElmoBatch {
 }
 
 impl ElmoExamples {
-    fn new(
-        (inputs, targets): (Vec<Vec<u32>>, Targets),
-        batch_size: usize,
-        seed: u64,
-        shuffle: bool,
-    ) -> Result<Self, String> {
-        if inputs.is_empty() {
-            return Err("no examples".into());
-        }
-        Ok(Self {
-            inner: Arc::new(ExamplesInner {
-                passes: ShuffledPasses::new(inputs.len(), batch_size, seed, shuffle),
-                inputs,
-                targets,
-            }),
-        })
-    }
-
-    fn batches_per_pass(&self) -> usize {
-        self.inner.passes.batches_per_pass()
-    }
-
-    fn mean_tokens(&self) -> f64 {
-        let total: usize = self.inner.inputs.iter().map(Vec::len).sum();
-        total as f64 / self.inner.inputs.len() as f64
-    }
-
     /// Batch `g` of the run (counted from 0 across passes).
     fn batch_at(&self, g: usize, device: &Device) -> ElmoBatch {
-        let inner = &*self.inner;
-        let picked = &inner.passes.batch(g);
-        let len = picked
-            .iter()
-            .map(|&i| inner.inputs[i].len())
-            .max()
-            .expect("batches are never empty");
+        let (picked, len) = self.0.batch(g);
         let mut ids = vec![0i64; picked.len() * len];
         let mut padding = vec![true; picked.len() * len];
         let (mut positions, mut labels) = (Vec::new(), Vec::new());
         for (b, &i) in picked.iter().enumerate() {
-            for (t, &id) in inner.inputs[i].iter().enumerate() {
+            for (t, &id) in self.0.input(i).iter().enumerate() {
                 ids[b * len + t] = id as i64;
                 padding[b * len + t] = false;
             }
-            match &inner.targets {
+            match self.0.targets() {
                 Targets::Classes(classes) => labels.push(classes[i] as i64),
                 Targets::Tags(tags) => {
                     for (t, tag) in tags[i].iter().enumerate() {
@@ -228,7 +185,7 @@ impl ElmoExamples {
         ElmoBatch {
             ids: Tensor::from_data(TensorData::new(ids, shape), device),
             padding: Tensor::from_data(TensorData::new(padding, shape), device),
-            positions: matches!(inner.targets, Targets::Tags(_)).then(|| ints(positions)),
+            positions: matches!(self.0.targets(), Targets::Tags(_)).then(|| ints(positions)),
             labels: ints(labels),
         }
     }
@@ -243,7 +200,7 @@ impl BatchSource for ElmoExamples {
 
     /// Labelled sets are small: validation scores all of it.
     fn validation_batches(&self, _requested: usize) -> usize {
-        self.batches_per_pass()
+        self.0.batches_per_pass()
     }
 }
 
@@ -395,17 +352,19 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let serve = |examples: &SplitExamples, train: bool| {
         let split = if train { "training" } else { "validation" };
         let error = |e: String| session.recipe_error(format!("{split} split: {e}"));
-        let encoded = examples
+        let (inputs, targets) = examples
             .encode(&tokenizer, &labels, seq_len)
             .map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        ElmoExamples::new(encoded, t.batch_size, seed, train).map_err(error)
+        TokenExamples::new(inputs, targets, t.batch_size, seed, train)
+            .map(ElmoExamples)
+            .map_err(error)
     };
     let train_examples = serve(&train_data, true)?;
     let val_examples = serve(&val_data, false)?;
     let (per_pass, mean_tokens) = (
-        train_examples.batches_per_pass(),
-        train_examples.mean_tokens(),
+        train_examples.0.batches_per_pass(),
+        train_examples.0.mean_tokens(),
     );
     let batches = Batches::of_examples(
         train_examples,
@@ -471,20 +430,11 @@ impl TrainingTask for ElmoTraining<'_> {
     }
 
     fn metrics(&self, training: SupervisedTraining<ElmoTask>) -> SupervisedTraining<ElmoTask> {
-        let accuracy = || LabelMetric::<StepLabels>::new("Accuracy", LabelStatistic::Accuracy);
-        training
-            .metric_train_numeric(accuracy())
-            .metric_valid_numeric(accuracy())
-            .metric_valid_numeric(LabelMetric::<StepLabels>::new("F1", LabelStatistic::F1))
+        with_label_metrics(training)
     }
 
     fn progress(&self, budget: Budget) -> LineRenderer {
-        LineRenderer::with_columns(
-            budget,
-            self.session.recipe.training.batch_size,
-            "seq",
-            vec![("val acc", "Accuracy", 2), ("val F1", "F1", 2)],
-        )
+        LineRenderer::for_labels(budget, self.session.recipe.training.batch_size)
     }
 
     fn announce(&self, budget: &Budget) -> String {
@@ -511,40 +461,20 @@ impl TrainingTask for ElmoTraining<'_> {
 }
 
 /// A trained ELMo task model, loaded.
-pub struct ElmoRun {
-    /// Its resolved recipe.
-    pub recipe: Recipe,
-    /// Its tokenizer (the biLM's).
-    pub tokenizer: ZooTokenizer,
-    /// The model, on the plain device.
-    pub model: ElmoModel,
-    /// Label names in id order.
-    pub labels: Vec<String>,
-    /// The checkpoint's epoch.
-    pub epoch: usize,
-}
+pub type ElmoRun = LabelledRun<ElmoModel>;
 
 /// Loads an ELMo task run's last checkpoint (or `epoch`'s) onto `device`.
 pub fn load(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<ElmoRun, ZooError> {
-    let run_error = |message: String| ZooError::run_dir(run_dir, message);
-    let (recipe, ModelConfig::Elmo(config)) = load_run_config(run_dir)? else {
-        return Err(run_error("is not an ELMo task run".into()));
-    };
-    let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
-    let labels = read_labels(run_dir)?;
-    let epoch = select_checkpoint(run_dir, epoch)?;
-    let model = ElmoTask {
-        model: config.init(labels.len(), device).map_err(run_error)?,
-        step: GradientStep::new(1),
-    };
-    let model = load_checkpoint(run_dir, epoch, model)?;
-    Ok(ElmoRun {
-        recipe,
-        tokenizer,
-        model: model.model,
-        labels,
-        epoch,
+    LabelledRun::load(run_dir, epoch, |config, labels| {
+        let ModelConfig::Elmo(config) = config else {
+            return Err("is not an ELMo task run".into());
+        };
+        Ok(ElmoTask {
+            model: config.init(labels, device)?,
+            step: GradientStep::new(1),
+        })
     })
+    .map(|run| run.map(|task| task.model))
 }
 
 /// `zoo predict`'s line for `text`: for a classifier, the likeliest label and its probability,
@@ -612,16 +542,24 @@ pub fn evaluate(run: &ElmoRun, split: &str, data_dir: &DataDir) -> Result<LabelR
     let usage = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
     let examples = SplitExamples::load(recipe.task, &recipe.data.dataset, split, data_dir)?;
     let config = recipe.model_config().map_err(usage)?;
-    let encoded = examples
+    let (inputs, targets) = examples
         .encode(&run.tokenizer, &run.labels, recipe.sequence_len(&config))
         .map_err(usage)?;
-    let served = ElmoExamples::new(encoded, recipe.training.batch_size, recipe.seed, false)
-        .map_err(usage)?;
+    let served = TokenExamples::new(
+        inputs,
+        targets,
+        recipe.training.batch_size,
+        recipe.seed,
+        false,
+    )
+    .map_err(usage)?;
     let device = run.model.devices()[0].clone();
     let task = ElmoTask {
         model: run.model.clone(),
         step: GradientStep::new(1),
     };
-    let outputs = (0..served.batches_per_pass()).map(|g| task.forward(served.batch_at(g, &device)));
+    let served = ElmoExamples(served);
+    let outputs =
+        (0..served.0.batches_per_pass()).map(|g| task.forward(served.batch_at(g, &device)));
     Ok(LabelReport::of_outputs(split, outputs))
 }

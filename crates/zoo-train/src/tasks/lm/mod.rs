@@ -20,8 +20,9 @@ use crate::runtime::logging::LineRenderer;
 use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{LabelReport, Perplexity};
 use crate::runtime::run_dir::{
-    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_run_config,
-    locate_model, write_run_file, write_run_recipe,
+    IMPORTED_DATASET, METRICS_FILE, TOKENIZER_FILE, TRAINED, is_hugging_face_dir, load_checkpoint,
+    load_run_config, locate_model, read_labels, select_checkpoint, write_run_file,
+    write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::GradientStep;
@@ -44,6 +45,58 @@ pub fn load(dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LoadedR
         return load_hf_lm(dir, IMPORTED_DATASET, device);
     }
     load_run(dir, epoch, device)
+}
+
+/// A trained run that predicts labels (a GPT classifier, an ELMo task model), loaded.
+pub struct LabelledRun<M> {
+    /// Its resolved recipe.
+    pub recipe: Recipe,
+    /// Its tokenizer.
+    pub tokenizer: ZooTokenizer,
+    /// The model, on the plain device.
+    pub model: M,
+    /// Label names in id order.
+    pub labels: Vec<String>,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+}
+
+impl<M> LabelledRun<M> {
+    /// The run in `run_dir` from its last checkpoint (or `epoch`'s): the model `build` makes of
+    /// the run's config and label count (an error if the config is not its kind), with the
+    /// checkpoint's weights.
+    fn load(
+        run_dir: &Path,
+        epoch: Option<usize>,
+        build: impl FnOnce(ModelConfig, usize) -> Result<M, String>,
+    ) -> Result<Self, ZooError>
+    where
+        M: Module,
+    {
+        let (recipe, config) = load_run_config(run_dir)?;
+        let labels = read_labels(run_dir)?;
+        let model = build(config, labels.len()).map_err(|e| ZooError::run_dir(run_dir, e))?;
+        let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+        let epoch = select_checkpoint(run_dir, epoch)?;
+        Ok(Self {
+            model: load_checkpoint(run_dir, epoch, model)?,
+            recipe,
+            tokenizer,
+            labels,
+            epoch,
+        })
+    }
+
+    /// The same run with its model mapped (the model out of its training wrapper).
+    fn map<N>(self, f: impl FnOnce(M) -> N) -> LabelledRun<N> {
+        LabelledRun {
+            model: f(self.model),
+            recipe: self.recipe,
+            tokenizer: self.tokenizer,
+            labels: self.labels,
+            epoch: self.epoch,
+        }
+    }
 }
 
 /// A run of this task module that predicts labels, loaded.
