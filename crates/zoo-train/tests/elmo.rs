@@ -3,7 +3,6 @@
 //! accuracy, for a classifier on every biLM layer and on the embeddings alone, and every biLM
 //! weight comes out bit for bit what it was.
 
-use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::rngs::StdRng;
