@@ -1887,6 +1887,20 @@ fn a_student_learns_from_its_teacher() {
             "n_layer = 3 (the run has 2)",
         ],
     );
+    // Masked-LM data keys follow the teacher's task, known once it is read.
+    write(
+        &dir,
+        "extra.toml",
+        &plain_student.replace("[training]", "extra_train = [\"embedded\"]\n[training]"),
+    );
+    assert_clean_error(
+        &zoo(&["train", "extra.toml"], &dir),
+        1,
+        &[
+            "extra.toml",
+            "data.extra_train are for task = \"masked-lm\", not \"classification\" (the teacher's task)",
+        ],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -103,6 +103,20 @@ impl Recipe {
         Ok(())
     }
 
+    /// `data.next_sentence`, `document_lines` and `extra_train` are set only for masked-LM.
+    pub fn check_masked_lm_data(&self) -> Result<(), String> {
+        let d = &self.data;
+        if self.task != Task::MaskedLm
+            && (d.next_sentence || d.document_lines.is_some() || !d.extra_train.is_empty())
+        {
+            return Err(format!(
+                "data.next_sentence, data.document_lines and data.extra_train are for task = \"masked-lm\", not \"{}\"",
+                self.task.name()
+            ));
+        }
+        Ok(())
+    }
+
     /// `training.freeze_layers` is at most the layers `config` has.
     pub fn check_frozen_layers(&self, config: &ModelConfig) -> Result<(), String> {
         let t = &self.training;
@@ -373,13 +387,9 @@ impl Recipe {
                 d.mask_prob
             ));
         }
-        if self.task != Task::MaskedLm
-            && (d.next_sentence || d.document_lines.is_some() || !d.extra_train.is_empty())
-        {
-            return Err(format!(
-                "data.next_sentence, data.document_lines and data.extra_train are for task = \"masked-lm\", not \"{}\"",
-                self.task.name()
-            ));
+        // A student's task is its teacher's: checked again once the teacher is read.
+        if self.task != Task::Distillation {
+            self.check_masked_lm_data()?;
         }
         if d.document_lines == Some(0) {
             return Err("data.document_lines must be at least 1".into());

@@ -49,6 +49,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let autodiff = session.options.device.clone().autodiff();
     let teacher = distill::load_teacher(&dir, |dir| load(dir, None, &autodiff))?;
     let recipe = distill::student_recipe(session.recipe, &teacher);
+    recipe
+        .check_masked_lm_data()
+        .map_err(|e| session.recipe_error(format!("{e} (the teacher's task)")))?;
     let student = Session {
         recipe: &recipe,
         run_dir: session.run_dir.clone(),
