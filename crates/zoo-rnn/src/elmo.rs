@@ -1,10 +1,12 @@
 //! A task model on ELMo features (Peters et al. 2018, section 3.3): a frozen biLM (an
-//! [`RnnLm`] with `bidirectional`) reads the text; a learned [`ScalarMix`] of its layers, with
-//! dropout, is the input of the task's own bidirectional LSTM; a linear head reads that LSTM's
-//! states, max-pooled over the text for classification or at each token for tagging.
+//! [`RnnLm`] with `bidirectional`) reads the text; each token's context-free vector `x_k` (the
+//! biLM's word embedding) and a learned [`ScalarMix`] of all the biLM's layers at that token,
+//! side by side (`[x_k; ELMo_k]`, as the paper enhances a task model's input), with dropout,
+//! are the input of the task's own bidirectional LSTM; a linear head reads that LSTM's states,
+//! max-pooled over the text for classification or at each token for tagging.
 //!
-//! `features = "embeddings"` gives the same model the biLM's context-free layer alone (its
-//! token embedding): the paper's baseline of the same task model on plain word vectors.
+//! `features = "embeddings"` gives the same model `x_k` alone: the paper's baseline of the same
+//! task model on plain word vectors.
 
 use crate::model::{RnnConfig, RnnLm};
 use burn::module::Module;
@@ -18,7 +20,7 @@ use zoo_blocks::{CellKind, ModelSize, Recurrent, RecurrentConfig, Reversal, Scal
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Features {
-    /// Every layer, mixed: ELMo.
+    /// The token embedding and every layer, mixed: ELMo.
     #[default]
     Elmo,
     /// The token embedding alone: context-free word vectors.
@@ -91,11 +93,12 @@ impl ElmoConfig {
         self.tie_weights = bilm.tie_weights;
     }
 
-    /// Layers the task reads: the embedding, and with ELMo features each biLM layer.
-    pub fn feature_layers(&self) -> usize {
+    /// Layers the scalar mix reads: with ELMo features the embedding and each biLM layer;
+    /// none with plain embeddings.
+    pub fn mixed_layers(&self) -> usize {
         match self.features {
             Features::Elmo => 1 + self.n_layer,
-            Features::Embeddings => 1,
+            Features::Embeddings => 0,
         }
     }
 
@@ -119,9 +122,14 @@ impl ElmoConfig {
         Ok(())
     }
 
-    /// Width of the features the task LSTM reads.
+    /// Width of the features the task LSTM reads: the embedding, and ELMo's mix (twice as
+    /// wide: each layer is two directions side by side).
     fn feature_width(&self) -> usize {
-        2 * self.bilm().embed_width()
+        let embed = self.bilm().embed_width();
+        match self.features {
+            Features::Elmo => 3 * embed,
+            Features::Embeddings => embed,
+        }
     }
 
     fn task_layer(&self) -> RecurrentConfig {
@@ -138,12 +146,12 @@ impl ElmoConfig {
         self.validate()?;
         Ok(ElmoModel {
             bilm: self.bilm().init(device)?.no_grad(),
-            mix: ScalarMix::new(self.feature_layers(), device),
+            mix: (self.features == Features::Elmo)
+                .then(|| ScalarMix::new(self.mixed_layers(), device)),
             forward: self.task_layer().init(device),
             backward: self.task_layer().init(device),
             head: LinearConfig::new(2 * self.d_task, labels).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
-            features: self.features,
         })
     }
 
@@ -154,7 +162,11 @@ impl ElmoConfig {
         let bilm = self.bilm().size();
         let h = self.d_task;
         let task_matmuls = 2 * 4 * h * (self.feature_width() + h);
-        let task = task_matmuls + 2 * 4 * h + self.feature_layers() + 1;
+        let mix = match self.features {
+            Features::Elmo => self.mixed_layers() + 1,
+            Features::Embeddings => 0,
+        };
+        let task = task_matmuls + 2 * 4 * h + mix;
         let bilm_forward = match self.features {
             Features::Elmo => {
                 (bilm.train_flops_per_token / 6).saturating_sub(2 * self.d_hidden * self.vocab_size)
@@ -174,8 +186,8 @@ impl ElmoConfig {
 pub struct ElmoModel {
     /// The biLM, frozen.
     pub bilm: RnnLm,
-    /// The task's view of the biLM's layers.
-    pub mix: ScalarMix,
+    /// The task's view of the biLM's layers (ELMo features only).
+    pub mix: Option<ScalarMix>,
     /// The task LSTM, left to right.
     pub forward: Recurrent,
     /// The task LSTM, right to left.
@@ -183,8 +195,6 @@ pub struct ElmoModel {
     /// The task LSTM's states to labels.
     pub head: Linear,
     dropout: Dropout,
-    #[module(skip)]
-    features: Features,
 }
 
 impl ElmoModel {
@@ -202,12 +212,22 @@ impl ElmoModel {
     /// The task LSTM's states `[batch, len, 2 d_task]` for ids `[batch, len]` with `padding`
     /// (true after each text's last token).
     fn states(&self, ids: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
-        let layers = self
-            .bilm
-            .layer_features(ids, padding.clone(), self.mix.layers());
+        let layers = self.mix.as_ref().map_or(1, ScalarMix::layers);
         // The biLM is frozen: nothing flows back into it.
-        let layers = layers.into_iter().map(Tensor::detach).collect();
-        let x = dropout(&self.dropout, self.mix.forward(layers));
+        let layers: Vec<Tensor<3>> = self
+            .bilm
+            .layer_features(ids, padding.clone(), layers)
+            .into_iter()
+            .map(Tensor::detach)
+            .collect();
+        // Layer 0 is the embedding twice over.
+        let width = layers[0].dims()[2] / 2;
+        let embedded = layers[0].clone().narrow(2, 0, width);
+        let x = match &self.mix {
+            Some(mix) => Tensor::cat(vec![embedded, mix.forward(layers)], 2),
+            None => embedded,
+        };
+        let x = dropout(&self.dropout, x);
         let (forward, _) = self.forward.forward(x.clone(), None);
         let backward = self
             .backward
@@ -234,16 +254,12 @@ impl ElmoModel {
     pub fn tag_logits(&self, ids: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         linear(&self.head, self.states(ids, padding))
     }
-
-    /// Which features the model reads.
-    pub fn features(&self) -> Features {
-        self.features
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::Module;
     use burn::tensor::TensorData;
     use zoo_blocks::loss::cross_entropy;
 
@@ -291,12 +307,8 @@ mod tests {
         }
         assert_eq!(frozen.len(), 10);
         assert!(frozen.iter().all(|w| w.grad(&grads).is_none()));
-        let mix = model
-            .mix
-            .weights
-            .val()
-            .grad(&grads)
-            .expect("the mix trains");
+        let mix = model.mix.as_ref().expect("ELMo features are mixed");
+        let mix = mix.weights.val().grad(&grads).expect("the mix trains");
         assert!(mix.abs().sum().into_scalar::<f32>() > 0.0);
         assert!(model.forward.recurrent.val().grad(&grads).is_some());
     }
@@ -326,27 +338,18 @@ mod tests {
         }
     }
 
-    /// With plain embeddings the mix reads one layer; ELMo's reads every biLM layer, and its
-    /// features need the embedding as wide as the layers.
+    /// ELMo's mix reads the embedding and every biLM layer, and needs the embedding as wide
+    /// as the layers; plain embeddings have no mix. The size counts every parameter but the
+    /// head's.
     #[test]
     fn the_features_decide_the_mix() {
         let device = Device::flex();
-        assert_eq!(
-            config(Features::Elmo)
-                .init(2, &device)
-                .unwrap()
-                .mix
-                .layers(),
-            3
-        );
-        assert_eq!(
-            config(Features::Embeddings)
-                .init(2, &device)
-                .unwrap()
-                .mix
-                .layers(),
-            1
-        );
+        for (features, layers) in [(Features::Elmo, Some(3)), (Features::Embeddings, None)] {
+            let config = config(features);
+            let model = config.init(2, &device).unwrap();
+            assert_eq!(model.mix.as_ref().map(ScalarMix::layers), layers);
+            assert_eq!(config.size().total + (2 * 5 + 1) * 2, model.num_params());
+        }
         let narrow = ElmoConfig {
             d_embed: 4,
             ..config(Features::Elmo)

@@ -416,10 +416,13 @@ impl TrainingTask for ElmoTraining<'_> {
         if let Some((bilm, from)) = self.bilm.take() {
             let params = bilm.num_params();
             model = model.with_bilm(bilm);
+            let reads = match self.config.mixed_layers() {
+                0 => "its word embeddings".to_string(),
+                layers => format!("its word embeddings and a scalar mix of its {layers} layers"),
+            };
             println!(
-                "loaded the biLM from {} ({params} parameters, frozen); the task model reads {} of its layers through a scalar mix ({} parameters train)",
+                "loaded the biLM from {} ({params} parameters, frozen); the task model reads {reads} ({} parameters train)",
                 from.display(),
-                self.config.feature_layers(),
                 model.num_params() - params
             );
         }
