@@ -3,7 +3,10 @@
 //! the scale `gamma` are what the task learns. The weights start equal (`w = 0`) and the scale
 //! at 1, so the mix starts as the layers' mean.
 //!
-//! The paper's optional layer normalisation of each layer before mixing is left out.
+//! With `normalize`, each layer is first normalised at every position to zero mean and unit
+//! variance over its width (the paper's optional layer normalisation, without a learned affine):
+//! layers of different scales (a word embedding beside saturated LSTM states) then weigh what
+//! their weights say.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -17,15 +20,19 @@ pub struct ScalarMix {
     pub weights: Param<Tensor<1>>,
     /// `gamma`, `[1]`.
     pub scale: Param<Tensor<1>>,
+    /// Normalise each layer before mixing.
+    #[module(skip)]
+    normalize: bool,
 }
 
 impl ScalarMix {
-    /// A mix of `layers` layers: equal weights, scale 1.
-    pub fn new(layers: usize, device: &Device) -> Self {
+    /// A mix of `layers` layers, each normalised first when `normalize`: equal weights, scale 1.
+    pub fn new(layers: usize, normalize: bool, device: &Device) -> Self {
         assert!(layers > 0, "a scalar mix needs at least one layer");
         Self {
             weights: Initializer::Zeros.init([layers], device),
             scale: Initializer::Ones.init([1], device),
+            normalize,
         }
     }
 
@@ -47,8 +54,21 @@ impl ScalarMix {
             "the mix was made for {} layers",
             self.layers()
         );
+        let layers = if self.normalize {
+            layers.into_iter().map(normalized).collect()
+        } else {
+            layers
+        };
         mix(self.weights.val(), self.scale.val(), layers)
     }
+}
+
+/// `x` at every position shifted and scaled to zero mean and unit variance over its width.
+fn normalized(x: Tensor<3>) -> Tensor<3> {
+    let mean = x.clone().mean_dim(2);
+    let centred = x - mean;
+    let variance = centred.clone().square().mean_dim(2);
+    centred / (variance + 1e-5).sqrt()
 }
 
 /// `scale * sum_k softmax(weights)_k layers[k]`.
@@ -75,6 +95,7 @@ mod tests {
                 device,
             )),
             scale: Param::from_tensor(Tensor::from_data(TensorData::new(vec![scale], [1]), device)),
+            normalize: false,
         }
     }
 
@@ -91,7 +112,7 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-6, "{raw:?}: sum {sum}");
             assert!(weights.iter().all(|&w| w >= 0.0), "{weights:?}");
         }
-        let fresh = to_vec(ScalarMix::new(3, &device).normalized_weights());
+        let fresh = to_vec(ScalarMix::new(3, false, &device).normalized_weights());
         assert_eq!(fresh, vec![1.0 / 3.0; 3]);
     }
 
@@ -112,6 +133,23 @@ mod tests {
             .reduce(|a, b| a + b)
             .unwrap();
         assert_close(mix.forward(layers), expected, 1e-5);
+    }
+
+    /// Normalised layers weigh what their weights say whatever their scale and offset.
+    #[test]
+    fn normalised_layers_lose_their_scale() {
+        let device = test_device();
+        let mix = ScalarMix::new(2, true, &device);
+        let layers: Vec<Tensor<3>> = (0..2)
+            .map(|_| Tensor::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &device))
+            .collect();
+        let shifted = vec![layers[0].clone() * 50.0 + 3.0, layers[1].clone() * 0.5];
+        assert_close(mix.forward(layers.clone()), mix.forward(shifted), 1e-3);
+        let out = to_vec(mix.forward(layers));
+        // The mean of two unit-variance layers: each position's values have mean zero.
+        for row in out.chunks(8) {
+            assert!(row.iter().sum::<f32>().abs() < 1e-4, "{row:?}");
+        }
     }
 
     #[test]

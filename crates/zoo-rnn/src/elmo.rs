@@ -50,6 +50,8 @@ pub struct ElmoConfig {
     pub d_task: usize,
     /// Dropout on the features and on the task LSTM's states.
     pub dropout: f64,
+    /// Normalise each biLM layer at every token before mixing (see [`ScalarMix`]).
+    pub normalize_layers: bool,
 }
 
 impl Default for ElmoConfig {
@@ -64,6 +66,7 @@ impl Default for ElmoConfig {
             features: Features::Elmo,
             d_task: 128,
             dropout: 0.5,
+            normalize_layers: true,
         }
     }
 }
@@ -147,7 +150,7 @@ impl ElmoConfig {
         Ok(ElmoModel {
             bilm: self.bilm().init(device)?.no_grad(),
             mix: (self.features == Features::Elmo)
-                .then(|| ScalarMix::new(self.mixed_layers(), device)),
+                .then(|| ScalarMix::new(self.mixed_layers(), self.normalize_layers, device)),
             forward: self.task_layer().init(device),
             backward: self.task_layer().init(device),
             head: LinearConfig::new(2 * self.d_task, labels).init(device),
