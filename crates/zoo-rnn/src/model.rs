@@ -202,11 +202,6 @@ impl RnnLm {
         !self.backward_layers.is_empty()
     }
 
-    /// Recurrent layers per direction.
-    pub fn n_layer(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`, continuing from `state` (zeros
     /// when `None`), and the state after the last token.
     pub fn forward(&self, ids: Tensor<2, Int>, state: Option<RnnState>) -> (Tensor<3>, RnnState) {
