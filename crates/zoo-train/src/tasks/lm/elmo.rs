@@ -1,8 +1,9 @@
 //! Classification and tagging on ELMo features (Peters et al. 2018): `model.arch = "elmo"`
 //! with `init_from` a biLM run (`arch = "rnn"`, `bidirectional = true`). The biLM stays frozen
 //! and reads each text with its own tokenizer; the task model ([`zoo_rnn::ElmoModel`]) learns a
-//! scalar mix of its layers, a bidirectional LSTM on the mix and a head. `features =
-//! "embeddings"` trains the same task model on the biLM's token embeddings alone.
+//! scalar mix of its layers, and a bidirectional LSTM and a head on each token's embedding and
+//! mix side by side. `features = "embeddings"` trains the same task model on the biLM's token
+//! embeddings alone.
 //!
 //! Classification reads a labelled dataset's texts; tagging a tagged dataset's words, each
 //! tagged at its last token (the one the forward stack has read the whole word at). A run
@@ -102,22 +103,13 @@ impl SplitExamples {
                 let mut tags = Vec::with_capacity(set.len());
                 for (i, example) in set.iter().enumerate() {
                     let word_tags = label_ids(example.tags.iter().map(String::as_str), labels)?;
-                    let (mut ids, mut at) = (Vec::new(), Vec::new());
-                    for (w, (word, tag)) in example.words.iter().zip(word_tags).enumerate() {
-                        // Words after the first as they stand in running text.
-                        let word = if w == 0 {
-                            word.clone()
-                        } else {
-                            format!(" {word}")
-                        };
-                        ids.extend(tokenizer.encode(&word).map_err(|e| e.to_string())?);
-                        at.resize(ids.len(), None);
-                        if let Some(last) = at.last_mut() {
-                            *last = Some(tag);
+                    let (ids, ends) = encode_words(tokenizer, &example.words, max_len)?;
+                    let mut at = vec![None; ids.len()];
+                    for (end, tag) in ends.into_iter().zip(word_tags) {
+                        if let Some(end) = end {
+                            at[end] = Some(tag);
                         }
                     }
-                    ids.truncate(max_len);
-                    at.truncate(max_len);
                     nonempty(i, &ids)?;
                     inputs.push(ids);
                     tags.push(at);
@@ -126,6 +118,29 @@ impl SplitExamples {
             }
         }
     }
+}
+
+/// The token ids of `words` as running text, at most `max_len`, and the position of each word's
+/// last token (`None` for a word the tokenizer drops whole or the cut leaves out).
+fn encode_words(
+    tokenizer: &ZooTokenizer,
+    words: &[String],
+    max_len: usize,
+) -> Result<(Vec<u32>, Vec<Option<usize>>), String> {
+    let (mut ids, mut ends) = (Vec::new(), Vec::with_capacity(words.len()));
+    for (w, word) in words.iter().enumerate() {
+        // Words after the first as they stand in running text.
+        let word = if w == 0 {
+            word.clone()
+        } else {
+            format!(" {word}")
+        };
+        let before = ids.len();
+        ids.extend(tokenizer.encode(&word).map_err(|e| e.to_string())?);
+        ends.push((ids.len() > before && ids.len() <= max_len).then(|| ids.len() - 1));
+    }
+    ids.truncate(max_len);
+    Ok((ids, ends))
 }
 
 /// What each input asks the model to predict.
@@ -486,24 +501,18 @@ pub fn predict(run: &ElmoRun, text: &str) -> Result<String, ZooError> {
     let device = run.model.devices()[0].clone();
     let config = run.recipe.model_config().map_err(ZooError::Usage)?;
     let max_len = run.recipe.sequence_len(&config);
+    let usage = |e: String| ZooError::Usage(format!("--input: {e}"));
     let words: Vec<String> = text.split_whitespace().map(String::from).collect();
-    let examples = if run.recipe.task == Task::TokenClassification {
-        // Every word tagged with the first tag: only where the tags go is read.
-        let tags = vec![run.labels.first().cloned().unwrap_or_default(); words.len()];
-        SplitExamples::Tagged(vec![TaggedExample {
-            words: words.clone(),
-            tags,
-        }])
+    let (ids, ends) = if run.recipe.task == Task::TokenClassification {
+        encode_words(&run.tokenizer, &words, max_len).map_err(usage)?
     } else {
-        SplitExamples::Labelled(vec![LabelledExample {
-            label: run.labels.first().cloned().unwrap_or_default(),
-            text: text.to_string(),
-        }])
+        let mut ids = run.tokenizer.encode(text)?;
+        ids.truncate(max_len);
+        (ids, Vec::new())
     };
-    let (mut inputs, targets) = examples
-        .encode(&run.tokenizer, &run.labels, max_len)
-        .map_err(|e| ZooError::Usage(format!("--input: {e}")))?;
-    let ids = inputs.remove(0);
+    if ids.is_empty() {
+        return Err(usage("no tokens".into()));
+    }
     let padding = Tensor::full([1, ids.len()], false, &device);
     let read = |t: Tensor<2>| -> Vec<f32> {
         softmax(t, 1)
@@ -513,30 +522,28 @@ pub fn predict(run: &ElmoRun, text: &str) -> Result<String, ZooError> {
             .unwrap_or_default()
     };
     let tensor = ids_tensor(&ids, &device);
-    Ok(match targets {
-        Targets::Classes(_) => {
-            class_line(&run.labels, &read(run.model.class_logits(tensor, padding)))
-        }
-        Targets::Tags(at) => {
-            let labels = run.labels.len();
-            let probs = read(
-                run.model
-                    .tag_logits(tensor, padding)
-                    .reshape([ids.len(), labels]),
-            );
-            // Each word's tag, read at its last token (words cut off by max_len get none).
-            let mut tags = Vec::with_capacity(words.len());
-            for t in (0..ids.len()).filter(|&t| at[0][t].is_some()) {
+    if run.recipe.task != Task::TokenClassification {
+        let probs = read(run.model.class_logits(tensor, padding));
+        return Ok(class_line(&run.labels, &probs));
+    }
+    let labels = run.labels.len();
+    let probs = read(
+        run.model
+            .tag_logits(tensor, padding)
+            .reshape([ids.len(), labels]),
+    );
+    // Each word's tag, read at its last token (none for a word without one).
+    let tags: Vec<String> = ends
+        .iter()
+        .map(|end| {
+            end.map_or_else(String::new, |t| {
                 let row = &probs[t * labels..(t + 1) * labels];
-                let best = (0..labels)
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                    .unwrap_or(0);
-                tags.push(run.labels[best].clone());
-            }
-            tags.resize(words.len(), String::new());
-            tag_line(&words, &tags)
-        }
-    })
+                let best = (0..labels).max_by(|&a, &b| row[a].total_cmp(&row[b]));
+                run.labels[best.unwrap_or(0)].clone()
+            })
+        })
+        .collect();
+    Ok(tag_line(&words, &tags))
 }
 
 /// Scores an ELMo task run on a whole split: loss, accuracy and F1 (of labels, or of tags).
