@@ -113,6 +113,26 @@ enum Command {
         #[arg(long)]
         checkpoint: Option<usize>,
     },
+    /// Score a text with a language model: each token's log-probability and the perplexity.
+    Score {
+        /// The run directory (a GPT, recurrent or n-gram language model).
+        run_dir: PathBuf,
+        /// The text.
+        #[arg(long, conflicts_with = "file")]
+        input: Option<String>,
+        /// A file holding the text.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print JSON: every token's position, text and log-probability, and the perplexity.
+        #[arg(long, conflicts_with = "color")]
+        json: bool,
+        /// Print the text with each token coloured by its log-probability.
+        #[arg(long)]
+        color: bool,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+    },
     /// Apply a fine-tuned encoder to text: a label, tags, an answer span, or [MASK] fillers.
     Predict {
         /// The run directory (a BERT run).
@@ -596,6 +616,33 @@ fn run(
             };
             let text = zoo_train::tasks::lm::run::generate(&run, &prompt, max_tokens, sampling)?;
             println!("{text}");
+        }
+        Command::Score {
+            run_dir,
+            input,
+            file,
+            json,
+            color,
+            checkpoint,
+        } => {
+            let text = match (input, file) {
+                (Some(text), None) => text,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?,
+                _ => return Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
+            };
+            let run = zoo_train::tasks::lm::load(&run_dir, checkpoint, &device)?;
+            let report = zoo_train::tasks::lm::score::score(&run, &text)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialise")
+                );
+            } else if color {
+                print!("{}", report.coloured());
+            } else {
+                print!("{}", report.table());
+            }
         }
         Command::Predict {
             run_dir,

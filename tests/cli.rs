@@ -1698,6 +1698,14 @@ fn elmo_features_classify_and_tag() {
         "{tagged}"
     );
     assert_clean_error(
+        &zoo(
+            &["score", "runs/bilm", "--input", "Ada had two apples"],
+            &dir,
+        ),
+        1,
+        &["a biLM predicts every token both ways"],
+    );
+    assert_clean_error(
         &zoo(&["generate", "runs/elmo"], &dir),
         1,
         &["runs/elmo", "task model on ELMo features"],
@@ -1753,6 +1761,100 @@ fn assert_label_probabilities(line: &str, labels: &[&str]) {
     assert_eq!(probs[0].0, fields[0], "{line}");
     let total: f64 = probs.iter().map(|(_, p)| p).sum();
     assert!((total - 1.0).abs() < 0.003, "{line}");
+}
+
+/// `zoo score`: a language model's per-token log-probabilities of a text, and its perplexity,
+/// which is `zoo eval`'s over the same text, for a GPT, a recurrent LM and an n-gram model; as
+/// a table, as JSON and coloured.
+#[test]
+fn token_scores_give_the_perplexity_eval_gives() {
+    let dir = scratch("score");
+    let val = zoo_text::DatasetRegistry::builtin()
+        .load_split("embedded", "val", &zoo_text::DataDir::resolve(None))
+        .unwrap();
+    write(&dir, "val.txt", &val);
+    write(&dir, "gpt.toml", TINY);
+    write(
+        &dir,
+        "rnn.toml",
+        &TINY_RNN.replace(
+            "steps = 60\neval_interval = 20",
+            "steps = 4\neval_interval = 2",
+        ),
+    );
+    write(
+        &dir,
+        "ngram.toml",
+        "[model]\narch = \"ngram\"\norder = 3\n[tokenizer]\nkind = \"char\"\n[data]\ndataset = \"embedded\"\n[sample]\ntokens = 0\n",
+    );
+    let perplexity = |text: &str| -> String {
+        let at = text.find("perplexity ").expect("a perplexity") + "perplexity ".len();
+        text[at..].split_whitespace().next().unwrap().to_string()
+    };
+    for run in ["gpt", "rnn", "ngram"] {
+        let out = zoo(&["train", &format!("{run}.toml")], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let run_dir = format!("runs/{run}");
+        let eval = zoo(&["eval", &run_dir, "--split", "val"], &dir);
+        assert!(eval.status.success(), "{}", stderr(&eval));
+        let table = zoo(&["score", &run_dir, "--file", "val.txt"], &dir);
+        assert!(table.status.success(), "{}", stderr(&table));
+        let (eval, table) = (stdout(&eval), stdout(&table));
+        assert_eq!(
+            perplexity(&eval),
+            perplexity(&table),
+            "{run}: {eval} vs {table}"
+        );
+        let json = zoo(&["score", &run_dir, "--file", "val.txt", "--json"], &dir);
+        assert!(json.status.success(), "{}", stderr(&json));
+        let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let tokens = report["tokens"].as_array().unwrap();
+        let log_probs: Vec<f64> = tokens
+            .iter()
+            .map(|t| t["log_prob"].as_f64().unwrap())
+            .collect();
+        assert!(log_probs.iter().all(|&p| p <= 0.0), "{run}");
+        // Its perplexity is the exponent of the mean negative log-probability.
+        let mean = -log_probs.iter().sum::<f64>() / log_probs.len() as f64;
+        let reported = report["perplexity"].as_f64().unwrap();
+        assert!((mean.exp() - reported).abs() < 1e-9 * reported, "{run}");
+        // A character model's tokens are the text's characters, in order.
+        let first = tokens[0]["position"].as_u64().unwrap() as usize;
+        let chars: Vec<char> = val.chars().collect();
+        assert_eq!(
+            tokens[0]["token"].as_str().unwrap(),
+            chars[first].to_string(),
+            "{run}"
+        );
+        let coloured = zoo(
+            &[
+                "score",
+                &run_dir,
+                "--input",
+                "Ada had two apples and found three more.",
+                "--color",
+            ],
+            &dir,
+        );
+        assert!(coloured.status.success(), "{}", stderr(&coloured));
+        assert!(stdout(&coloured).contains("\x1b[3"), "{run}");
+    }
+    // A text shorter than a window is scored whole; one token is nothing to score.
+    let short = zoo(&["score", "runs/rnn", "--input", "Ada had"], &dir);
+    assert!(
+        stdout(&short).contains("over 6 of the text's 7 tokens"),
+        "{}",
+        stdout(&short)
+    );
+    assert_clean_error(
+        &zoo(&["score", "runs/gpt", "--input", "A"], &dir),
+        1,
+        &[
+            "the text",
+            "1 token(s): scoring needs a token and one after it",
+        ],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A tiny BERT classifier of `layers` layers on embedded-sums.

@@ -131,6 +131,11 @@ impl Streams {
         self.batch_size * (self.stream_len - 1)
     }
 
+    /// Where the target at `column` of row `row` of window `index` sits in the token stream.
+    pub fn target_index(&self, index: usize, row: usize, column: usize) -> usize {
+        row * self.stream_len + index * self.bptt + column + 1
+    }
+
     /// Window number `index` (`0..windows()`): row `b` holds stream `b`'s tokens from
     /// `index * bptt` on, and its targets are the same tokens shifted by one.
     pub fn window(&self, index: usize) -> WindowBatch {

@@ -204,18 +204,23 @@ impl KneserNey {
         p
     }
 
-    /// Mean negative log-likelihood (nats per token) of `tokens` read as one stream, every
-    /// token predicted from the tokens before it; `exp` of it is the perplexity.
-    pub fn cross_entropy(&self, tokens: &[u32]) -> f64 {
+    /// The negative log-likelihood (nats) of each of `tokens` read as one stream, every token
+    /// predicted from the tokens before it.
+    pub fn token_nll(&self, tokens: &[u32]) -> Vec<f64> {
         let context = self.order() - 1;
-        let total: f64 = (0..tokens.len())
+        (0..tokens.len())
             .map(|t| {
                 -self
                     .probability(&tokens[t.saturating_sub(context)..t], tokens[t])
                     .ln()
             })
-            .sum();
-        total / tokens.len().max(1) as f64
+            .collect()
+    }
+
+    /// Mean negative log-likelihood (nats per token) of `tokens` read as one stream, every
+    /// token predicted from the tokens before it; `exp` of it is the perplexity.
+    pub fn cross_entropy(&self, tokens: &[u32]) -> f64 {
+        self.token_nll(tokens).iter().sum::<f64>() / tokens.len().max(1) as f64
     }
 }
 

@@ -11,6 +11,7 @@ pub mod elmo;
 pub mod hf;
 pub mod model;
 pub mod run;
+pub mod score;
 
 use crate::ZooError;
 use crate::models::{ModelConfig, NgramConfig};

@@ -8,6 +8,7 @@ use crate::runtime::step::{CarriedState, GradientStep, StepOutput};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use burn::tensor::activation::log_softmax;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
@@ -64,6 +65,36 @@ impl LmModel {
             LmModel::Rnn(rnn) => {
                 let (loss, state) = rnn.loss(inputs, targets, state);
                 (loss, Some(state))
+            }
+        }
+    }
+
+    /// Each target's negative log-likelihood `[batch, len]` given `inputs`, from `state` as
+    /// [`loss`](Self::loss) reads them, and the state after; its mean is the loss. A biLM's
+    /// is the mean of the forward stack's for target `t` and the backward stack's for input `t`.
+    pub fn token_nll(
+        &self,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        state: Option<RnnState>,
+    ) -> (Tensor<2>, Option<RnnState>) {
+        let nll = |logits: Tensor<3>, targets: Tensor<2, Int>| {
+            let [batch, len, _] = logits.dims();
+            log_softmax(logits, 2)
+                .gather(2, targets.unsqueeze_dim::<3>(2))
+                .reshape([batch, len])
+                .neg()
+        };
+        match self {
+            LmModel::Gpt(gpt) => (nll(gpt.forward(inputs, None), targets), None),
+            LmModel::Rnn(rnn) if rnn.is_bidirectional() => {
+                let forward = nll(rnn.forward(inputs.clone(), None).0, targets.clone());
+                let backward = nll(rnn.backward_logits(targets), inputs);
+                ((forward + backward) / 2.0, None)
+            }
+            LmModel::Rnn(rnn) => {
+                let (logits, state) = rnn.forward(inputs, state);
+                (nll(logits, targets), Some(state))
             }
         }
     }

@@ -159,85 +159,110 @@ pub struct EvalReport {
     pub steps: usize,
 }
 
-/// Scores every token of a split. A GPT reads it in consecutive windows of `block_size`
-/// tokens, each predicting its next tokens, batched by the recipe's batch size; a recurrent
-/// model reads it as `eval_batch_size` contiguous streams in BPTT windows, as validation does,
-/// its state carried from each window to the next from zeros at the start.
+/// Scores every token of a split: the mean of [`token_losses`].
 pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<EvalReport, ZooError> {
     let registry = DatasetRegistry::builtin();
     let text = registry.load_split(&run.recipe.data.dataset, split, data_dir)?;
     let tokens = run.tokenizer.encode(&text)?;
-    let seq_len = run.recipe.sequence_len(&run.config);
-    let batch_size = run.recipe.training.batch_size;
-    let too_short = |e: String| ZooError::Usage(format!("split '{split}': {e}"));
-    let model = match &run.model {
-        RunModel::Neural(model) => model,
-        RunModel::Ngram(ngram) => {
-            let loss = ngram.cross_entropy(&tokens);
-            return Ok(EvalReport {
-                split: split.to_string(),
-                loss,
-                perplexity: loss.exp(),
-                tokens: tokens.len(),
-                steps: run.steps,
-            });
-        }
-    };
-    let batches: Vec<WindowBatch> = match model {
-        LmModel::Gpt(_) => {
-            if tokens.len() <= seq_len {
-                return Err(too_short(format!(
-                    "{} tokens, fewer than one window of {seq_len}",
-                    tokens.len()
-                )));
-            }
-            let starts: Vec<usize> = (0..(tokens.len() - 1) / seq_len)
-                .map(|w| w * seq_len)
-                .collect();
-            starts
-                .chunks(batch_size)
-                .map(|starts| {
-                    let mut batch = WindowBatch {
-                        inputs: Vec::with_capacity(starts.len() * seq_len),
-                        targets: Vec::with_capacity(starts.len() * seq_len),
-                        batch_size: starts.len(),
-                        block_size: seq_len,
-                    };
-                    for &s in starts {
-                        batch.inputs.extend_from_slice(&tokens[s..s + seq_len]);
-                        batch
-                            .targets
-                            .extend_from_slice(&tokens[s + 1..s + 1 + seq_len]);
-                    }
-                    batch
-                })
-                .collect()
-        }
-        LmModel::Rnn(_) => {
-            let streams = Streams::new(Arc::new(tokens), run.recipe.eval_batch_size(), seq_len)
-                .map_err(too_short)?;
-            (0..streams.windows()).map(|w| streams.window(w)).collect()
-        }
-    };
-    let device = model.devices()[0].clone();
-    let (mut nll, mut count) = (0.0f64, 0usize);
-    let mut state = None;
-    for batch in batches {
-        let n = batch.batch_size * batch.block_size;
-        let batch = to_tensors(batch, false, &device);
-        let (loss, next) = model.loss(batch.inputs, batch.targets, state);
-        state = next;
-        nll += loss.into_scalar::<f64>() * n as f64;
-        count += n;
-    }
-    let loss = nll / count as f64;
+    let losses =
+        token_losses(run, &tokens).map_err(|e| ZooError::Usage(format!("split '{split}': {e}")))?;
+    let loss = losses.iter().map(|(_, nll)| nll).sum::<f64>() / losses.len().max(1) as f64;
     Ok(EvalReport {
         split: split.to_string(),
         loss,
         perplexity: loss.exp(),
-        tokens: count,
+        tokens: losses.len(),
         steps: run.steps,
     })
+}
+
+/// Each scored token of `tokens` (in order) with its negative log-likelihood in nats. A GPT
+/// reads them in consecutive windows of `block_size` tokens, each predicting its next tokens,
+/// batched by the recipe's batch size, and the tokens after the last whole window in one
+/// shorter window (so every token but the first is scored);
+/// a recurrent model reads them as `eval_batch_size` contiguous streams in BPTT windows, as
+/// validation does (fewer when the text does not fill a window per stream, one for a short
+/// text), its state carried from each window to the next from zeros at the start (the first
+/// token of each stream and the few that fill no stream are not scored); an n-gram model scores
+/// every token from the ones before it.
+pub(crate) fn token_losses(run: &LoadedRun, tokens: &[u32]) -> Result<Vec<(usize, f64)>, String> {
+    let seq_len = run.recipe.sequence_len(&run.config);
+    let model = match &run.model {
+        RunModel::Neural(model) => model,
+        RunModel::Ngram(ngram) => {
+            return Ok(ngram.token_nll(tokens).into_iter().enumerate().collect());
+        }
+    };
+    // Each batch, and the position of each of its targets in `tokens` (row-major).
+    let batches: Vec<(WindowBatch, Vec<usize>)> = match model {
+        LmModel::Gpt(_) => {
+            if tokens.len() < 2 {
+                return Err(format!(
+                    "{} token(s): scoring needs a token and one after it",
+                    tokens.len()
+                ));
+            }
+            let predicted = tokens.len() - 1;
+            let starts: Vec<usize> = (0..predicted / seq_len).map(|w| w * seq_len).collect();
+            // Windows of `len` tokens from each of `starts`, as one batch.
+            let windows = |starts: &[usize], len: usize| {
+                let mut batch = WindowBatch {
+                    inputs: Vec::with_capacity(starts.len() * len),
+                    targets: Vec::with_capacity(starts.len() * len),
+                    batch_size: starts.len(),
+                    block_size: len,
+                };
+                let mut at = Vec::with_capacity(starts.len() * len);
+                for &s in starts {
+                    batch.inputs.extend_from_slice(&tokens[s..s + len]);
+                    batch.targets.extend_from_slice(&tokens[s + 1..s + 1 + len]);
+                    at.extend(s + 1..s + 1 + len);
+                }
+                (batch, at)
+            };
+            let mut batches: Vec<_> = starts
+                .chunks(run.recipe.training.batch_size)
+                .map(|starts| windows(starts, seq_len))
+                .collect();
+            let tail = predicted % seq_len;
+            if tail > 0 {
+                batches.push(windows(&[predicted - tail], tail));
+            }
+            batches
+        }
+        LmModel::Rnn(_) => {
+            let rows = (run.recipe.eval_batch_size())
+                .min(tokens.len() / (seq_len + 1))
+                .max(1);
+            let streams = Streams::new(Arc::new(tokens.to_vec()), rows, seq_len)?;
+            (0..streams.windows())
+                .map(|w| {
+                    let batch = streams.window(w);
+                    let at = (0..batch.batch_size)
+                        .flat_map(|row| (0..batch.block_size).map(move |column| (row, column)))
+                        .map(|(row, column)| streams.target_index(w, row, column))
+                        .collect();
+                    (batch, at)
+                })
+                .collect()
+        }
+    };
+    let device = model.devices()[0].clone();
+    let mut losses = Vec::with_capacity(tokens.len());
+    let mut state = None;
+    for (batch, at) in batches {
+        let batch = to_tensors(batch, false, &device);
+        let (nll, next) = model.token_nll(batch.inputs, batch.targets, state);
+        state = next;
+        let nll: Vec<f32> = nll
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default();
+        losses.extend(at.into_iter().zip(nll.into_iter().map(f64::from)));
+    }
+    losses.sort_by_key(|&(position, _)| position);
+    Ok(losses)
 }
 
 /// Samples from a loaded run.
