@@ -117,7 +117,7 @@ impl FeedForward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_gradients, erf_reference, test_device};
+    use crate::testing::{assert_close, check_gradients, erf_reference, normal, test_device};
     use burn::tensor::{Distribution, TensorData};
 
     const ALL: [Activation; 4] = [
@@ -186,7 +186,7 @@ mod tests {
                 ..FeedForwardConfig::new(6, 10)
             }
             .init(&device);
-            let weights = Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device);
+            let weights = normal([2, 3, 6], 1, &device);
             check_gradients(
                 [2, 3, 6],
                 |x| (block.forward(x) * weights.clone()).sum(),

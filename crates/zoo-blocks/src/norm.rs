@@ -100,7 +100,7 @@ impl Norm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_gradients, test_device};
+    use crate::testing::{assert_close, check_gradients, normal, test_device};
     use burn::tensor::Distribution;
 
     #[test]
@@ -130,7 +130,7 @@ mod tests {
             let device = test_device().autodiff();
             let norm = Norm::new(kind, 6, true, &device);
             // A fixed random projection makes the scalar depend on every output unevenly.
-            let weights = Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device);
+            let weights = normal([2, 3, 6], 1, &device);
             check_gradients(
                 [2, 3, 6],
                 |x| (norm.forward(x) * weights.clone()).sum(),
