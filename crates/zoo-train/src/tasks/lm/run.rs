@@ -176,15 +176,15 @@ pub fn evaluate(run: &LoadedRun, split: &str, data_dir: &DataDir) -> Result<Eval
     })
 }
 
-/// Each scored token of `tokens` (in order) with its negative log-likelihood in nats. A GPT
-/// reads them in consecutive windows of `block_size` tokens, each predicting its next tokens,
-/// batched by the recipe's batch size, and the tokens after the last whole window in one
-/// shorter window (so every token but the first is scored);
-/// a recurrent model reads them as `eval_batch_size` contiguous streams in BPTT windows, as
-/// validation does (fewer when the text does not fill a window per stream, one for a short
-/// text), its state carried from each window to the next from zeros at the start (the first
-/// token of each stream and the few that fill no stream are not scored); an n-gram model scores
-/// every token from the ones before it.
+/// Each scored token of `tokens` (in order) with its negative log-likelihood in nats:
+/// - a GPT reads them in consecutive windows of `block_size` tokens, each predicting its next
+///   tokens, batched by the recipe's batch size, and the tokens after the last whole window in
+///   one shorter window (so every token but the first is scored);
+/// - a recurrent model reads them as `eval_batch_size` contiguous streams in BPTT windows, as
+///   validation does (fewer when the text does not fill a window per stream, one for a short
+///   text), its state carried from each window to the next from zeros at the start (the first
+///   token of each stream and the few that fill no stream are not scored);
+/// - an n-gram model scores every token from the ones before it.
 pub(crate) fn token_losses(run: &LoadedRun, tokens: &[u32]) -> Result<Vec<(usize, f64)>, String> {
     let seq_len = run.recipe.sequence_len(&run.config);
     let model = match &run.model {
