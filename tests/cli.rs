@@ -1472,6 +1472,56 @@ fn lora_runs_keep_only_their_adapters_resume_merge_and_export() {
     let out = zoo(&["eval", "runs/classify"], &dir);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // A GPT classifier: LoRA on the language model; the token embedding (three new tokens'
+    // rows in it) and the new head train whole. Loaded, it scores what training validated.
+    write(
+        &dir,
+        "gpt-classify.toml",
+        "seed = 3\ntask = \"classification\"\ninit_from = \"runs/gpt\"\n[finetune]\nlora_rank = 2\n[model]\narch = \"gpt\"\ndropout = 0.0\n[data]\ndataset = \"embedded-sums\"\n[training]\nbatch_size = 16\nsteps = 4\neval_interval = 2\n",
+    );
+    let out = zoo(&["train", "gpt-classify.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the token embedding trains whole"),
+        "{}",
+        stdout(&out)
+    );
+    let saved = last_checkpoint(&dir.join("runs/gpt-classify"));
+    let (adapters, whole): (Vec<&String>, Vec<&String>) =
+        saved.keys().partition(|name| name.contains(".lora."));
+    assert_eq!(adapters.len(), 8, "{saved:?}");
+    assert!(
+        whole
+            .iter()
+            .all(|name| name.starts_with("model.head.") || name.contains(".tokens.")),
+        "{whole:?}"
+    );
+    assert!(whole.iter().any(|name| name.contains(".tokens.")), "{whole:?}");
+    let validated = metrics(&dir.join("runs/gpt-classify"))
+        .into_iter()
+        .rfind(|m| m["split"] == "valid")
+        .unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    let out = zoo(&["eval", "runs/gpt-classify"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("accuracy {validated:.2}%")),
+        "{validated} vs {}",
+        stdout(&out)
+    );
+    let out = zoo(
+        &[
+            "predict",
+            "runs/gpt-classify",
+            "--input",
+            "Ada had two apples and found three more, so now Ada has five apples.",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_label_probabilities(&stdout(&out), &["right", "wrong"]);
+
     // The base's weights replaced by another run's of the same shape.
     write(&dir, "other.toml", &base.replace("seed = 7", "seed = 8"));
     let out = zoo(&["train", "other.toml"], &dir);

@@ -310,6 +310,13 @@ impl Gpt {
         self
     }
 
+    /// This model with its token embedding (and a head tied to it) in training, whatever froze
+    /// it: a fine-tune that adds tokens must learn their rows.
+    pub fn with_trainable_embeddings(mut self) -> Self {
+        self.tokens.weight = self.tokens.weight.set_require_grad(true);
+        self
+    }
+
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
     ///
     /// With a cache, `ids` continue the cached sequence and the cache grows by `len`.

@@ -49,11 +49,6 @@ impl Recipe {
         if self.lora_targets().is_empty() {
             return Err("finetune.lora_targets: name the weight matrices to adapt".into());
         }
-        if self.task == Task::Classification && self.model.arch == "gpt" {
-            return Err(
-                "finetune.lora_rank is not available for GPT classifiers yet: fine-tune them whole, or freeze layers".into(),
-            );
-        }
         Ok(())
     }
 

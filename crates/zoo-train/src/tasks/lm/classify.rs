@@ -11,15 +11,17 @@
 
 use crate::ZooError;
 use crate::models::ModelConfig;
+use crate::recipe::Recipe;
 use crate::runtime::budget::Budget;
 use crate::runtime::data::{BatchSource, TokenExamples};
 use crate::runtime::logging::LineRenderer;
+use crate::runtime::lora::{self, Base};
 use crate::runtime::metrics::{
     LabelOutput, LabelReport, class_line, label_ids, with_label_metrics,
 };
 use crate::runtime::run_dir::{
-    LABELS_FILE, TOKENIZER_FILE, TRAINED, locate_model, read_labels, write_run_file,
-    write_run_recipe,
+    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_run_config, locate_model, read_labels,
+    write_run_file, write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::{CarriedState, GradientStep};
@@ -32,7 +34,7 @@ use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use zoo_blocks::decoding::ids_tensor;
-use zoo_gpt::{AuxiliaryLm, GptClassifier, GptConfig};
+use zoo_gpt::{AuxiliaryLm, Gpt, GptClassifier, GptConfig};
 use zoo_text::{DataDir, DatasetRegistry, LabelledExample, ZooTokenizer};
 
 /// The tokens that frame a classifier's input.
@@ -255,12 +257,11 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             "is a recurrent language model: a classifier fine-tunes a GPT",
         ));
     }
+    let autodiff = session.options.device.clone().autodiff();
     let init = match (&init_from, session.is_fresh()) {
-        (Some(dir), true) => Some(super::load(
-            dir,
-            None,
-            &session.options.device.clone().autodiff(),
-        )?),
+        (Some(dir), true) => Some(super::load(dir, None, &autodiff)?),
+        // A resumed LoRA run's checkpoints hold what trains only: the base comes back too.
+        (Some(_), false) if recipe.finetune.lora() => Some(super::load_base(run_dir, &autodiff)?.0),
         _ => None,
     };
 
@@ -369,6 +370,10 @@ impl TrainingTask for ClassifierTraining<'_> {
             .init(device)
             .map_err(|e| self.session.recipe_error(format!("[model]: {e}")))?;
         if let Some((init, from)) = self.init.take() {
+            if recipe.finetune.lora() && self.session.is_fresh() {
+                Base::new(&from, Some(init.epoch), super::base_weights(&init))?
+                    .write(&self.session.run_dir)?;
+            }
             let RunModel::Neural(crate::tasks::lm::model::LmModel::Gpt(pretrained)) = init.model
             else {
                 unreachable!("train refuses other language models");
@@ -383,6 +388,13 @@ impl TrainingTask for ClassifierTraining<'_> {
                 gpt.num_params(),
                 self.config.vocab_size - known,
                 self.labels
+            );
+        }
+        if recipe.finetune.lora() {
+            gpt = adapt(gpt, recipe).map_err(|e| self.session.recipe_error(e))?;
+            println!(
+                "{}; the token embedding trains whole (its new rows have nothing to adapt)",
+                lora::adapted(&gpt)
             );
         }
         let t = &recipe.training;
@@ -426,6 +438,14 @@ impl TrainingTask for ClassifierTraining<'_> {
     }
 }
 
+/// `gpt` with the LoRA adapters `recipe` asks for, and its token embedding trained whole: the
+/// framing tokens the run adds have no pretrained rows for an adapter to adapt (PEFT trains an
+/// embedding whole, as `modules_to_save`, when tokens are added). The head, made after, trains
+/// whole too.
+fn adapt(gpt: Gpt, recipe: &Recipe) -> Result<Gpt, String> {
+    lora::attach(gpt, &recipe.finetune, &recipe.lora_targets()).map(Gpt::with_trainable_embeddings)
+}
+
 /// A trained GPT classifier, loaded.
 pub type ClassifierRun = LabelledRun<GptClassifier>;
 
@@ -435,16 +455,27 @@ pub fn load(
     epoch: Option<usize>,
     device: &Device,
 ) -> Result<ClassifierRun, ZooError> {
+    let recipe = load_run_config(run_dir)?.0;
     LabelledRun::load(run_dir, epoch, |config, labels| {
         let ModelConfig::Gpt(config) = config else {
             return Err("is not a GPT classifier run".into());
         };
+        let mut gpt = config.init(device)?;
+        if recipe.finetune.lora() {
+            // The base's weights, the adapters (and the embedding and head) from a checkpoint.
+            let (base, _) = super::load_base(run_dir, device).map_err(|e| e.to_string())?;
+            let RunModel::Neural(crate::tasks::lm::model::LmModel::Gpt(base)) = base.model else {
+                return Err("adapts a model that is not a GPT".into());
+            };
+            gpt = adapt(gpt.with_weights_of(base)?, &recipe)?;
+        }
         Ok(Classifier {
-            model: GptClassifier::new(config.init(device)?, labels, device),
+            model: GptClassifier::new(gpt, labels, device),
             step: GradientStep::new(1),
         })
     })
-    .map(|run| run.map(|model| model.model))
+    // A LoRA run's adapters merged into its base's weights; other models are as they were.
+    .map(|run| run.map(|model| model.model.materialize()))
 }
 
 /// `zoo predict`'s line for `text` (a pair: its two parts joined by a tab): the likeliest
