@@ -1496,7 +1496,10 @@ fn lora_runs_keep_only_their_adapters_resume_merge_and_export() {
             .all(|name| name.starts_with("model.head.") || name.contains(".tokens.")),
         "{whole:?}"
     );
-    assert!(whole.iter().any(|name| name.contains(".tokens.")), "{whole:?}");
+    assert!(
+        whole.iter().any(|name| name.contains(".tokens.")),
+        "{whole:?}"
+    );
     let validated = metrics(&dir.join("runs/gpt-classify"))
         .into_iter()
         .rfind(|m| m["split"] == "valid")
