@@ -466,6 +466,20 @@ fn info_reports_parameters_flops_and_memory() {
     assert_clean_error(&zoo(&["info", "gpt-mini"], &dir), 1, &["--vocab-size"]);
     let out = zoo(&["info", "gpt-mini", "--vocab-size", "65"], &dir);
     assert!(stdout(&out).contains("6 layers"), "{}", stdout(&out));
+    // An ELMo task model's frozen biLM takes no gradient and no optimiser state: a 2 x 256
+    // biLM of 10,000 words (8.1M parameters in all, 32.6 MB) under 0.9M that train.
+    write(
+        &dir,
+        "elmo.toml",
+        "task = \"classification\"\ninit_from = \"runs/bilm\"\n[model]\narch = \"elmo\"\nvocab_size = 10000\n[data]\ndataset = \"sst2\"\n[training]\nbatch_size = 32\nsteps = 10\n",
+    );
+    let out = zoo(&["info", "elmo.toml"], &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("weights 32.6 MB + gradients 3.7 MB + AdamW state 7.3 MB"),
+        "{}",
+        stdout(&out)
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

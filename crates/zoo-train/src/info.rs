@@ -239,12 +239,17 @@ pub fn describe(
         batch_size,
         seq_len
     ));
+    // Gradients and optimiser state exist for what trains: an ELMo task model's biLM is frozen.
+    let trained = 4 * match &config {
+        ModelConfig::Elmo(c) => size.total - c.bilm().size().total,
+        _ => size.total,
+    };
     lines.push(format!(
         "training memory      weights {:.1} MB + gradients {:.1} MB + AdamW state {:.1} MB = {:.1} MB (f32, before activations)",
         mb(weights),
-        mb(weights),
-        mb(2 * weights),
-        mb(4 * weights)
+        mb(trained),
+        mb(2 * trained),
+        mb(weights + 3 * trained)
     ));
     Ok(lines.join("\n"))
 }
