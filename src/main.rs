@@ -625,12 +625,7 @@ fn run(
             color,
             checkpoint,
         } => {
-            let text = match (input, file) {
-                (Some(text), None) => text,
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?,
-                _ => return Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
-            };
+            let text = input_text(input, file.as_deref())?;
             let run = zoo_train::tasks::lm::load(&run_dir, checkpoint, &device)?;
             let report = zoo_train::tasks::lm::score::score(&run, &text)?;
             if json {
@@ -650,11 +645,10 @@ fn run(
             context,
             file,
         } => {
-            let inputs: Vec<PredictInput> = match (input, file) {
-                (Some(text), None) => vec![PredictInput { text, context }],
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
-                    .lines()
+            let from_file = file.is_some();
+            let text = input_text(input, file.as_deref())?;
+            let inputs: Vec<PredictInput> = if from_file {
+                text.lines()
                     .filter(|line| !line.trim().is_empty())
                     .map(|line| match line.split_once('\t') {
                         Some((question, context)) if !context.is_empty() => PredictInput {
@@ -666,10 +660,9 @@ fn run(
                             context: context.clone(),
                         },
                     })
-                    .collect(),
-                _ => {
-                    return Err(ZooError::Usage("give --input TEXT or --file PATH".into()));
-                }
+                    .collect()
+            } else {
+                vec![PredictInput { text, context }]
             };
             let run = zoo_train::dispatch::Predictor::load(&run_dir, &device)?;
             for input in &inputs {
@@ -854,13 +847,21 @@ fn input_lines(
     input: Option<String>,
     file: Option<&std::path::Path>,
 ) -> Result<Vec<String>, ZooError> {
+    let from_file = file.is_some();
+    let text = input_text(input, file)?;
+    Ok(if from_file {
+        text.lines().map(str::to_string).collect()
+    } else {
+        vec![text]
+    })
+}
+
+/// The text of `--input TEXT`, or the contents of `--file PATH`.
+fn input_text(input: Option<String>, file: Option<&std::path::Path>) -> Result<String, ZooError> {
     match (input, file) {
-        (Some(text), None) => Ok(vec![text]),
-        (None, Some(path)) => Ok(std::fs::read_to_string(path)
-            .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display())))?
-            .lines()
-            .map(str::to_string)
-            .collect()),
+        (Some(text), None) => Ok(text),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ZooError::Usage(format!("cannot read {}: {e}", path.display()))),
         _ => Err(ZooError::Usage("give --input TEXT or --file PATH".into())),
     }
 }

@@ -215,20 +215,21 @@ impl ElmoModel {
     /// The task LSTM's states `[batch, len, 2 d_task]` for ids `[batch, len]` with `padding`
     /// (true after each text's last token).
     fn states(&self, ids: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
-        let layers = self.mix.as_ref().map_or(1, ScalarMix::layers);
         // The biLM is frozen: nothing flows back into it.
-        let layers: Vec<Tensor<3>> = self
-            .bilm
-            .layer_features(ids, padding.clone(), layers)
-            .into_iter()
-            .map(Tensor::detach)
-            .collect();
-        // Layer 0 is the embedding twice over.
-        let width = layers[0].dims()[2] / 2;
-        let embedded = layers[0].clone().narrow(2, 0, width);
         let x = match &self.mix {
-            Some(mix) => Tensor::cat(vec![embedded, mix.forward(layers)], 2),
-            None => embedded,
+            Some(mix) => {
+                let layers: Vec<Tensor<3>> = self
+                    .bilm
+                    .layer_features(ids, padding.clone(), mix.layers())
+                    .into_iter()
+                    .map(Tensor::detach)
+                    .collect();
+                // Layer 0 is the embedding twice over.
+                let width = layers[0].dims()[2] / 2;
+                let embedded = layers[0].clone().narrow(2, 0, width);
+                Tensor::cat(vec![embedded, mix.forward(layers)], 2)
+            }
+            None => self.bilm.embed(ids).detach(),
         };
         let x = dropout(&self.dropout, x);
         let (forward, _) = self.forward.forward(x.clone(), None);

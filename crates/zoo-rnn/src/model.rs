@@ -240,6 +240,11 @@ impl RnnLm {
         self.decode(x).flip([1])
     }
 
+    /// The context-free vectors of ids `[batch, len]`: the embedding's rows, without dropout.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.embedding.val(), ids)
+    }
+
     /// A biLM's layers as ELMo's features for ids `[batch, len]` whose `padding` (true after
     /// each sequence's last token) is given, without dropout: layer 0 is the token embedding
     /// twice over (`[batch, len, 2 d_embed]`, as the paper duplicates its context-free layer to
@@ -252,7 +257,7 @@ impl RnnLm {
         layers: usize,
     ) -> Vec<Tensor<3>> {
         assert!(self.is_bidirectional(), "features are a biLM's");
-        let embedded = embedding(self.embedding.val(), ids);
+        let embedded = self.embed(ids);
         let mut features = vec![Tensor::cat(vec![embedded.clone(), embedded.clone()], 2)];
         let reversal = Reversal::within(&padding);
         let (mut forward, mut backward) = (embedded.clone(), embedded);

@@ -20,8 +20,8 @@ use crate::runtime::metrics::{
     LabelOutput, LabelReport, class_line, label_ids, with_label_metrics,
 };
 use crate::runtime::run_dir::{
-    LABELS_FILE, TOKENIZER_FILE, TRAINED, load_run_config, locate_model, read_labels,
-    write_run_file, write_run_recipe,
+    LABELS_FILE, TOKENIZER_FILE, TRAINED, locate_model, read_labels, write_run_file,
+    write_run_recipe,
 };
 use crate::runtime::session::{Batches, Session, TaskOutcome, TrainingTask};
 use crate::runtime::step::{CarriedState, GradientStep};
@@ -455,8 +455,7 @@ pub fn load(
     epoch: Option<usize>,
     device: &Device,
 ) -> Result<ClassifierRun, ZooError> {
-    let recipe = load_run_config(run_dir)?.0;
-    LabelledRun::load(run_dir, epoch, |config, labels| {
+    LabelledRun::load(run_dir, epoch, |recipe, config, labels| {
         let ModelConfig::Gpt(config) = config else {
             return Err("is not a GPT classifier run".into());
         };
@@ -467,7 +466,7 @@ pub fn load(
             let RunModel::Neural(crate::tasks::lm::model::LmModel::Gpt(base)) = base.model else {
                 return Err("adapts a model that is not a GPT".into());
             };
-            gpt = adapt(gpt.with_weights_of(base)?, &recipe)?;
+            gpt = adapt(gpt.with_weights_of(base)?, recipe)?;
         }
         Ok(Classifier {
             model: GptClassifier::new(gpt, labels, device),

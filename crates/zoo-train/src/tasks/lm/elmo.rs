@@ -483,7 +483,7 @@ pub type ElmoRun = LabelledRun<ElmoModel>;
 
 /// Loads an ELMo task run's last checkpoint (or `epoch`'s) onto `device`.
 pub fn load(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<ElmoRun, ZooError> {
-    LabelledRun::load(run_dir, epoch, |config, labels| {
+    LabelledRun::load(run_dir, epoch, |_, config, labels| {
         let ModelConfig::Elmo(config) = config else {
             return Err("is not an ELMo task run".into());
         };

@@ -64,19 +64,20 @@ pub struct LabelledRun<M> {
 
 impl<M> LabelledRun<M> {
     /// The run in `run_dir` from its last checkpoint (or `epoch`'s): the model `build` makes of
-    /// the run's config and label count (an error if the config is not its kind), with the
-    /// checkpoint's weights.
+    /// the run's recipe, config and label count (an error if the config is not its kind), with
+    /// the checkpoint's weights.
     fn load(
         run_dir: &Path,
         epoch: Option<usize>,
-        build: impl FnOnce(ModelConfig, usize) -> Result<M, String>,
+        build: impl FnOnce(&Recipe, ModelConfig, usize) -> Result<M, String>,
     ) -> Result<Self, ZooError>
     where
         M: Module,
     {
         let (recipe, config) = load_run_config(run_dir)?;
         let labels = read_labels(run_dir)?;
-        let model = build(config, labels.len()).map_err(|e| ZooError::run_dir(run_dir, e))?;
+        let model =
+            build(&recipe, config, labels.len()).map_err(|e| ZooError::run_dir(run_dir, e))?;
         let tokenizer = ZooTokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
         let epoch = select_checkpoint(run_dir, epoch)?;
         Ok(Self {
