@@ -9,10 +9,12 @@ use zoo::device::{DeviceChoice, pick_device};
 use zoo_blocks::SamplingConfig;
 use zoo_text::{DataDir, DatasetRegistry};
 use zoo_train::ZooError;
+use zoo_train::attention::attention_maps;
 use zoo_train::dispatch::{Evaluation, TrainOptions};
 use zoo_train::launcher::Launcher;
 use zoo_train::models::{ARCHITECTURES, ModelConfig};
 use zoo_train::tasks::encoder::predict::{Pooling, PredictInput, embed};
+use zoo_train::tasks::lm::decode::{self, Decoding};
 use zoo_train::tasks::seq2seq::decode::DecodingOptions;
 
 #[derive(Parser)]
@@ -87,7 +89,8 @@ enum Command {
         #[command(flatten)]
         decoding: DecodingArgs,
     },
-    /// Sample text from a run with the KV cache.
+    /// Continue a prompt with a language model run: sampling (the KV cache or recurrent
+    /// state), speculative decoding with a draft run, or beam search.
     Generate {
         /// The run directory.
         run_dir: PathBuf,
@@ -112,6 +115,26 @@ enum Command {
         /// Checkpoint epoch (default: the last).
         #[arg(long)]
         checkpoint: Option<usize>,
+        /// Speculative decoding: a smaller language model run with the same tokenizer
+        /// proposes tokens that this run checks; the output follows this run's distribution.
+        #[arg(long, conflicts_with_all = ["beam", "length_penalty"])]
+        draft: Option<PathBuf>,
+        /// Tokens the draft proposes per round.
+        #[arg(long, default_value_t = 4, requires = "draft")]
+        draft_tokens: usize,
+        /// The draft's checkpoint epoch (default: the last).
+        #[arg(long, requires = "draft")]
+        draft_checkpoint: Option<usize>,
+        /// Beam search with this many hypotheses for the likeliest continuation (instead of
+        /// sampling; ends at the tokenizer's end-of-text token, if it has one).
+        #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "seed"])]
+        beam: Option<usize>,
+        /// Beam search ranks finished hypotheses by log-probability / length^this.
+        #[arg(long, default_value_t = 1.0, requires = "beam")]
+        length_penalty: f64,
+        /// Print the decoding's figures on stderr: tokens per second, and a draft's acceptance.
+        #[arg(long)]
+        stats: bool,
     },
     /// Score a text with a language model: each token's log-probability and the perplexity.
     Score {
@@ -129,6 +152,31 @@ enum Command {
         /// Print the text with each token coloured by its log-probability.
         #[arg(long)]
         color: bool,
+        /// Checkpoint epoch (default: the last).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+    },
+    /// Draw what each attention head looks at for one input: heatmaps (SVG and PNG) of a GPT's
+    /// self-attention, a BERT encoder's, or an encoder-decoder's cross-attention from its
+    /// translation to the source.
+    Attention {
+        /// The run directory (a GPT, BERT or encoder-decoder run, or a Hugging Face directory).
+        run_dir: PathBuf,
+        /// The text.
+        #[arg(long)]
+        input: String,
+        /// Only this layer (from 0; default: every layer, one figure each).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// Only this head (from 0; default: every head, one panel each).
+        #[arg(long)]
+        head: Option<usize>,
+        /// Where the figures go.
+        #[arg(long, default_value = "attention")]
+        out: PathBuf,
+        /// Print the weights as JSON instead of drawing them.
+        #[arg(long)]
+        json: bool,
         /// Checkpoint epoch (default: the last).
         #[arg(long)]
         checkpoint: Option<usize>,
@@ -606,6 +654,12 @@ fn run(
             top_p,
             seed,
             checkpoint,
+            draft,
+            draft_tokens,
+            draft_checkpoint,
+            beam,
+            length_penalty,
+            stats,
         } => {
             let run = zoo_train::tasks::lm::load(&run_dir, checkpoint, &device)?;
             let sampling = SamplingConfig {
@@ -614,8 +668,57 @@ fn run(
                 top_p,
                 seed,
             };
-            let text = zoo_train::tasks::lm::run::generate(&run, &prompt, max_tokens, sampling)?;
-            println!("{text}");
+            let draft = match &draft {
+                Some(dir) => Some(zoo_train::tasks::lm::load(dir, draft_checkpoint, &device)?),
+                None => None,
+            };
+            let decoding = match (&draft, beam) {
+                (Some(draft), _) => Decoding::Speculative {
+                    draft,
+                    tokens: draft_tokens,
+                    sampling,
+                },
+                (None, Some(width)) => {
+                    if width == 0 || !length_penalty.is_finite() {
+                        return Err(ZooError::Usage(format!(
+                            "--beam must be at least 1 and --length-penalty finite, got {width} \
+                             and {length_penalty}"
+                        )));
+                    }
+                    Decoding::Beam {
+                        width,
+                        length_penalty,
+                    }
+                }
+                (None, None) => Decoding::Sample(sampling),
+            };
+            let generated = decode::generate(&run, &prompt, max_tokens, &decoding)?;
+            println!("{}", generated.text);
+            if stats {
+                eprintln!("{}", generated.stats_line());
+            }
+        }
+        Command::Attention {
+            run_dir,
+            input,
+            layer,
+            head,
+            out,
+            json,
+            checkpoint,
+        } => {
+            let maps = attention_maps(&run_dir, &input, checkpoint, &device)?;
+            if json {
+                let maps = maps.only(layer, head)?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&maps).expect("numbers serialise")
+                );
+            } else {
+                for path in maps.draw(&out, layer, head)? {
+                    println!("{}", path.display());
+                }
+            }
         }
         Command::Score {
             run_dir,

@@ -264,6 +264,168 @@ fn a_recurrent_lm_trains_evaluates_and_generates() {
     );
     let again = zoo(&args, &dir);
     assert_eq!(stdout(&again), text, "the same seed samples the same text");
+
+    let no_attention = zoo(&["attention", "runs/rnn", "--input", "Ada"], &dir);
+    assert_clean_error(&no_attention, 1, &["runs/rnn", "no attention"]);
+}
+
+#[test]
+fn speculative_decoding_and_beam_search_from_the_command_line() {
+    let dir = scratch("decoding");
+    write(&dir, "tiny.toml", TINY);
+    write(&dir, "rnn.toml", TINY_RNN);
+    let counted = "[model]\narch = \"ngram\"\norder = 3\n[tokenizer]\nkind = \"char\"\n[data]\ndataset = \"embedded\"\n[sample]\ntokens = 0\n";
+    write(&dir, "kn.toml", counted);
+    write(
+        &dir,
+        "words.toml",
+        &counted.replace("\"char\"", "\"word\"\nvocab_size = 200"),
+    );
+    for recipe in ["tiny.toml", "rnn.toml", "kn.toml", "words.toml"] {
+        let trained = zoo(&["train", recipe], &dir);
+        assert!(trained.status.success(), "{recipe}: {}", stderr(&trained));
+    }
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "runs/tiny",
+            "--prompt",
+            "Ada",
+            "--max-tokens",
+            "40",
+        ];
+        args.extend_from_slice(extra);
+        zoo(&args, &dir)
+    };
+
+    // At temperature 0 a draft changes the speed, never the text: 40 tokens run past the block.
+    let greedy = generate(&["--temperature", "0"]);
+    assert!(greedy.status.success(), "{}", stderr(&greedy));
+    for draft in ["runs/kn", "runs/rnn", "runs/tiny"] {
+        let drafted = generate(&[
+            "--temperature",
+            "0",
+            "--draft",
+            draft,
+            "--draft-tokens",
+            "3",
+            "--stats",
+        ]);
+        assert!(drafted.status.success(), "{}", stderr(&drafted));
+        assert_eq!(stdout(&drafted), stdout(&greedy), "draft {draft}");
+        let stats = stderr(&drafted);
+        assert!(
+            stats.contains("proposals accepted") && stats.contains("tokens/s"),
+            "{stats}"
+        );
+    }
+    let itself = stderr(&generate(&[
+        "--temperature",
+        "0",
+        "--draft",
+        "runs/tiny",
+        "--stats",
+    ]));
+    assert!(
+        itself.contains("accepted (100.0%)") && itself.contains("5.00 tokens per target read"),
+        "{itself}"
+    );
+    // Sampling with a draft is seeded like sampling without.
+    let sampled = ["--draft", "runs/kn", "--seed", "5", "--top-k", "8"];
+    let a = generate(&sampled);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(stdout(&a).starts_with("Ada"));
+    assert_eq!(stdout(&a), stdout(&generate(&sampled)));
+
+    // Beam search: width 1 is greedy; wider is deterministic and starts with the prompt.
+    let beam = |width: &str, tokens: &str| {
+        zoo(
+            &[
+                "generate",
+                "runs/tiny",
+                "--prompt",
+                "Ada",
+                "--max-tokens",
+                tokens,
+                "--beam",
+                width,
+            ],
+            &dir,
+        )
+    };
+    let greedy_short = zoo(
+        &[
+            "generate",
+            "runs/tiny",
+            "--prompt",
+            "Ada",
+            "--max-tokens",
+            "20",
+            "--temperature",
+            "0",
+        ],
+        &dir,
+    );
+    let one = beam("1", "20");
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert_eq!(stdout(&one), stdout(&greedy_short));
+    let four = beam("4", "20");
+    assert!(four.status.success(), "{}", stderr(&four));
+    assert!(stdout(&four).starts_with("Ada") && stdout(&four) == stdout(&beam("4", "20")));
+    let rnn_beam = zoo(
+        &[
+            "generate",
+            "runs/rnn",
+            "--prompt",
+            "Ada",
+            "--max-tokens",
+            "12",
+            "--beam",
+            "3",
+        ],
+        &dir,
+    );
+    assert!(rnn_beam.status.success(), "{}", stderr(&rnn_beam));
+
+    // Mistakes are named.
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["generate", "runs/tiny", "--max-tokens", "40", "--beam", "2"],
+            "block of 32",
+        ),
+        (&["generate", "runs/kn", "--beam", "2"], "n-gram"),
+        (
+            &["generate", "runs/tiny", "--draft", "runs/words"],
+            "tokenizer differs",
+        ),
+        (
+            &[
+                "generate",
+                "runs/tiny",
+                "--draft",
+                "runs/kn",
+                "--draft-tokens",
+                "0",
+            ],
+            "--draft-tokens",
+        ),
+        (
+            &["generate", "runs/tiny", "--draft", "runs/missing"],
+            "runs/missing",
+        ),
+        (&["generate", "runs/tiny", "--draft-tokens", "3"], "--draft"),
+    ];
+    for (args, expected) in cases {
+        let out = zoo(args, &dir);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -1030,6 +1192,174 @@ fn hugging_face_encoder_decoders_import_translate_export_and_fine_tune() {
 /// hub's own tools lay it out), by `zoo import` and by `init_from`; an id the cache lacks, with
 /// downloads off, is a clean error naming the cache. (The download itself is tested against a
 /// loopback server in zoo-text.)
+/// `zoo attention --json`'s weights as `[layer][head][query][key]`, and its token labels.
+fn attention_json(out: &Output) -> (Vec<Vec<Vec<Vec<f64>>>>, Vec<String>, Vec<String>) {
+    assert!(out.status.success(), "{}", stderr(out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
+    let labels = |key: &str| -> Vec<String> {
+        json[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let layers = json["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| serde_json::from_value(layer["heads"].clone()).unwrap())
+        .collect();
+    (layers, labels("queries"), labels("keys"))
+}
+
+/// Every row of every map is a probability distribution over the keys.
+fn assert_rows_are_distributions(layers: &[Vec<Vec<Vec<f64>>>]) {
+    for (l, heads) in layers.iter().enumerate() {
+        for (h, rows) in heads.iter().enumerate() {
+            for (q, row) in rows.iter().enumerate() {
+                let sum: f64 = row.iter().sum();
+                assert!(
+                    (sum - 1.0).abs() < 1e-5 && row.iter().all(|&w| w >= 0.0),
+                    "layer {l} head {h} row {q} sums to {sum}"
+                );
+            }
+        }
+    }
+}
+
+/// The maps of a GPT-2 and a BERT checkpoint are the weights transformers returns with
+/// `output_attentions=True` (tests/fixtures/hf/make_attention_reference.py); the GPT's are
+/// lower-triangular, BERT's see both ways; the figures are written as asked; mistakes are named.
+#[test]
+fn attention_maps_are_the_weights_transformers_computes_and_are_drawn() {
+    let dir = scratch("attention");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    for (name, causal) in [("gpt2", true), ("bert-encoder", false)] {
+        let fixture = fixtures.join(name);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("attention.json")).unwrap())
+                .unwrap();
+        let text = reference["text"].as_str().unwrap();
+        let expected: Vec<Vec<Vec<Vec<f64>>>> =
+            serde_json::from_value(reference["attentions"].clone()).unwrap();
+        let fixture = fixture.to_str().unwrap();
+        let out = zoo(&["attention", fixture, "--input", text, "--json"], &dir);
+        let (layers, queries, keys) = attention_json(&out);
+        assert_eq!(queries, keys);
+        assert_eq!(
+            queries.len(),
+            reference["ids"].as_array().unwrap().len(),
+            "{queries:?}"
+        );
+        if !causal {
+            assert_eq!(
+                (queries[0].as_str(), queries.last().unwrap().as_str()),
+                ("[CLS]", "[SEP]")
+            );
+        }
+        assert_eq!(layers.len(), expected.len());
+        let mut largest = 0.0f64;
+        for (ours, theirs) in layers
+            .iter()
+            .flatten()
+            .flatten()
+            .zip(expected.iter().flatten().flatten())
+        {
+            for (a, b) in ours.iter().zip(theirs) {
+                largest = largest.max((a - b).abs());
+            }
+        }
+        assert!(largest < 1e-5, "{name}: largest difference {largest}");
+        assert_rows_are_distributions(&layers);
+        let above_diagonal: f64 = layers
+            .iter()
+            .flatten()
+            .flat_map(|rows| {
+                rows.iter()
+                    .enumerate()
+                    .flat_map(|(q, row)| row[q + 1..].to_vec())
+            })
+            .sum();
+        assert_eq!(
+            above_diagonal == 0.0,
+            causal,
+            "{name}: {above_diagonal} above the diagonal"
+        );
+
+        // One layer, one head.
+        let one = zoo(
+            &[
+                "attention",
+                fixture,
+                "--input",
+                text,
+                "--json",
+                "--layer",
+                "1",
+                "--head",
+                "2",
+            ],
+            &dir,
+        );
+        let (only, _, _) = attention_json(&one);
+        assert_eq!(only, vec![vec![layers[1][2].clone()]]);
+    }
+
+    // Figures: every layer with a panel per head, or one layer's one head.
+    let gpt2 = fixtures.join("gpt2");
+    let gpt2 = gpt2.to_str().unwrap();
+    let drawn = zoo(
+        &[
+            "attention",
+            gpt2,
+            "--input",
+            "the cat sat",
+            "--out",
+            "figures",
+        ],
+        &dir,
+    );
+    assert!(drawn.status.success(), "{}", stderr(&drawn));
+    for stem in ["layer0", "layer1"] {
+        let png = std::fs::read(dir.join("figures").join(format!("{stem}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let svg = std::fs::read_to_string(dir.join("figures").join(format!("{stem}.svg"))).unwrap();
+        assert!(
+            svg.contains("head 3") && svg.contains("␣c"),
+            "{stem}.svg lacks its labels"
+        );
+    }
+    let head = zoo(
+        &[
+            "attention",
+            gpt2,
+            "--input",
+            "the cat",
+            "--out",
+            "one",
+            "--layer",
+            "1",
+            "--head",
+            "0",
+        ],
+        &dir,
+    );
+    assert!(head.status.success(), "{}", stderr(&head));
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("one"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["layer1-head0.png", "layer1-head0.svg"]);
+
+    let too_deep = zoo(&["attention", gpt2, "--input", "the", "--layer", "2"], &dir);
+    assert_clean_error(&too_deep, 1, &["--layer 2", "2 attention layers"]);
+    let too_wide = zoo(&["attention", gpt2, "--input", "the", "--head", "4"], &dir);
+    assert_clean_error(&too_wide, 1, &["--head 4", "4 heads"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_model_id_is_found_in_the_hugging_face_cache() {
     let dir = scratch("hf-cache");
@@ -2240,6 +2570,17 @@ fn an_encoder_decoder_learns_to_reverse_and_translates() {
         "b a\nf e d c\nj k l\n"
     );
 
+    // Cross-attention: from each output token (and the end) to each source token.
+    let maps = zoo(
+        &["attention", "run", "--input", "a b c d e", "--json"],
+        &dir,
+    );
+    let (layers, queries, keys) = attention_json(&maps);
+    assert_eq!(queries, ["e", "d", "c", "b", "a", "</s>"]);
+    assert_eq!(keys, ["a", "b", "c", "d", "e", "</s>"]);
+    assert_eq!(layers.len(), 2, "one map per decoder layer");
+    assert_rows_are_distributions(&layers);
+
     let not_seq2seq = zoo(&["translate", "nowhere", "--input", "a"], &dir);
     assert_clean_error(&not_seq2seq, 1, &["not an encoder-decoder run"]);
     let no_split = zoo(&["eval", "run", "--split", "dev"], &dir);
@@ -2299,6 +2640,27 @@ fn an_rnn_encoder_decoder_learns_to_reverse() {
     assert!(trained.status.success(), "{}", stderr(&trained));
     let exact = scores(&dir.join("run"))[0]["exact_match"].as_f64().unwrap();
     assert!(exact >= 95.0, "exact match {exact}");
+
+    // Its one attention map, a row per decoding step, aligns each output word with the source
+    // word it copies: the anti-diagonal.
+    let maps = zoo(
+        &["attention", "run", "--input", "a b c d e f", "--json"],
+        &dir,
+    );
+    let (layers, queries, _) = attention_json(&maps);
+    assert_eq!(queries, ["f", "e", "d", "c", "b", "a", "</s>"]);
+    assert_eq!((layers.len(), layers[0].len()), (1, 1));
+    assert_rows_are_distributions(&layers);
+    for (q, row) in layers[0][0].iter().take(6).enumerate() {
+        let focus = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(
+            focus,
+            5 - q,
+            "output {q} attends most to source {focus}: {row:?}"
+        );
+    }
 }
 
 const TWO_TINY_RUNS: &str = r#"

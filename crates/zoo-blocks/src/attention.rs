@@ -7,6 +7,7 @@
 
 use crate::kernels::{self, causal_attention};
 use crate::positions::{PositionKind, Rotary, alibi_bias, alibi_slopes};
+use crate::probe::{self, MapKind};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -194,6 +195,16 @@ impl AttentionCache {
         }
     }
 
+    /// Keeps the first `len` tokens: speculative decoding forgets the proposals it refused.
+    pub fn truncate(&mut self, len: usize) {
+        if len == 0 {
+            *self = Self::new();
+        } else if len < self.len() {
+            self.keys = self.keys.take().map(|k| k.narrow(2, 0, len));
+            self.values = self.values.take().map(|v| v.narrow(2, 0, len));
+        }
+    }
+
     fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let keys = match self.keys.take() {
             Some(past) => Tensor::cat(vec![past, keys], 2),
@@ -310,8 +321,9 @@ impl SelfAttention {
             .flatten();
         let y = if let Some(y) = fused {
             y
-        } else if device.is_autodiff() {
-            // Training: explicit scores so dropout can act on the attention weights.
+        } else if device.is_autodiff() || probe::is_recording() {
+            // Training: explicit scores so dropout can act on the attention weights (and a
+            // recording gets them).
             let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
             if let Some(bias) = bias {
                 scores = scores + bias;
@@ -329,6 +341,7 @@ impl SelfAttention {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
             let weights = softmax(scores, 3);
+            probe::record(MapKind::SelfAttention, weights.clone());
             crate::kernels::dropout(&self.attn_dropout, weights).matmul(v)
         } else {
             let options = AttentionModuleOptions {
@@ -464,6 +477,28 @@ mod tests {
             pieces.push(layer.forward(x.clone().narrow(1, 7, 2), None, Some(&mut cache)));
             assert_eq!(cache.len(), 9);
             assert_close(Tensor::cat(pieces, 1), full, 1e-5);
+        }
+    }
+
+    #[test]
+    fn a_cache_cut_back_reads_on_as_if_it_had_never_read_further() {
+        let device = test_device();
+        for position in SCHEMES {
+            let layer = config(position, 2).init(&device);
+            let x = input(1, 9, &device);
+            let full = layer.forward(x.clone(), None, None);
+            let mut cache = AttentionCache::new();
+            layer.forward(x.clone().narrow(1, 0, 7), None, Some(&mut cache));
+            // Forget tokens 5 and 6 (refused proposals), read other ones in their place, forget
+            // those too, then read the real ones.
+            cache.truncate(5);
+            layer.forward(x.clone().narrow(1, 1, 3), None, Some(&mut cache));
+            cache.truncate(5);
+            assert_eq!(cache.len(), 5);
+            let tail = layer.forward(x.clone().narrow(1, 5, 4), None, Some(&mut cache));
+            assert_close(tail, full.narrow(1, 5, 4), 1e-5);
+            cache.truncate(0);
+            assert!(cache.is_empty());
         }
     }
 

@@ -11,6 +11,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::kernels;
+use crate::probe::{self, MapKind};
 
 /// Shapes and options of a [`CrossAttention`].
 #[derive(Clone, Debug)]
@@ -190,13 +191,16 @@ impl CrossAttention {
             p.reshape([batch, 1, 1, memory_len])
                 .expand([batch, self.n_heads, len, memory_len])
         });
-        let y = if q.device().is_autodiff() {
-            // Training: explicit weights so dropout can act on them.
+        let y = if q.device().is_autodiff() || probe::is_recording() {
+            // Training: explicit weights so dropout can act on them (and a recording gets
+            // them).
             let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
             if let Some(mask) = mask {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
             }
-            crate::kernels::dropout(&self.attn_dropout, softmax(scores, 3)).matmul(v)
+            let weights = softmax(scores, 3);
+            probe::record(MapKind::Cross, weights.clone());
+            crate::kernels::dropout(&self.attn_dropout, weights).matmul(v)
         } else {
             let options = AttentionModuleOptions {
                 scale: Some(self.scale),

@@ -104,6 +104,44 @@ impl Sampler {
             .0
     }
 
+    /// What [`sample`](Self::sample) draws from, as one probability per token of the
+    /// vocabulary (zero outside top-k / top-p; all mass on the argmax at temperature 0).
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f64> {
+        let mut dense = vec![0.0; logits.len()];
+        if self.config.temperature == 0.0 {
+            dense[argmax(logits)] = 1.0;
+        } else {
+            for (token, p) in self.distribution(logits) {
+                dense[token] = p;
+            }
+        }
+        dense
+    }
+
+    /// A token drawn from `probabilities` (non-negative, summing to one or near it) with this
+    /// sampler's random stream.
+    pub fn draw(&mut self, probabilities: &[f64]) -> usize {
+        let total: f64 = probabilities.iter().sum();
+        let mut r = self.uniform() * total;
+        let mut last = 0;
+        for (token, &p) in probabilities.iter().enumerate() {
+            if p > 0.0 {
+                if r < p {
+                    return token;
+                }
+                r -= p;
+                last = token;
+            }
+        }
+        // Rounding left a sliver of mass: the last token with any takes it.
+        last
+    }
+
+    /// A number drawn uniformly from `[0, 1)` with this sampler's random stream.
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random::<f64>()
+    }
+
     /// The renormalised distribution sampling draws from: `(token, probability)` pairs, most
     /// likely first, after temperature, top-k and top-p.
     pub fn distribution(&self, logits: &[f32]) -> Vec<(usize, f64)> {

@@ -6,18 +6,22 @@
 //! differences, and MQA/GQA reducing to multi-head attention when `n_kv_heads == n_heads`.
 
 pub mod attention;
+pub mod beam;
 pub mod cross_attention;
 pub mod decoding;
 pub mod embedding;
 pub mod feed_forward;
 pub mod hf;
+pub mod incremental;
 pub mod kernels;
 pub mod loss;
 pub mod norm;
 pub mod positions;
+pub mod probe;
 pub mod recurrent;
 pub mod scalar_mix;
 pub mod size;
+pub mod speculative;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,6 +31,7 @@ pub use cross_attention::{CrossAttention, CrossAttentionConfig, MemoryKeys};
 pub use decoding::{Sampler, SamplingConfig};
 pub use embedding::{TokenEmbedding, TokenEmbeddingConfig};
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
+pub use incremental::{IncrementalLm, generate};
 pub use norm::{Norm, NormKind, NormPlacement};
 pub use positions::{AbsolutePositions, PositionKind, RelativePositionBias, Rotary, alibi_slopes};
 pub use recurrent::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal};

@@ -55,6 +55,15 @@ impl RecurrentState {
             cell: self.cell.map(Tensor::detach),
         }
     }
+
+    /// The state of the batch rows `rows` (in that order, repeats allowed): decoding keeps the
+    /// rows of the hypotheses that survive a step.
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        RecurrentState {
+            hidden: self.hidden.clone().select(0, rows.clone()),
+            cell: self.cell.clone().map(|c| c.select(0, rows)),
+        }
+    }
 }
 
 /// A recurrent layer's shape.

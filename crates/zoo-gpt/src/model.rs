@@ -11,8 +11,10 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use zoo_blocks::ModelSize;
+use zoo_blocks::beam::{BeamSearch, StepDecoder, beam_search};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::freeze_first;
+use zoo_blocks::incremental::{IncrementalLm, last_rows};
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{
     AbsolutePositions, Activation, AttentionCache, FeedForward, FeedForwardConfig, Norm, NormKind,
@@ -295,6 +297,18 @@ impl GptCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps the first `len` tokens of every layer.
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|layer| layer.truncate(len));
+    }
+
+    /// The cache of batch rows `rows` (in that order, repeats allowed).
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            layers: self.layers.iter().map(|l| l.select(rows.clone())).collect(),
+        }
+    }
 }
 
 impl Gpt {
@@ -388,34 +402,41 @@ impl Gpt {
     }
 
     /// Continues `prompt` by `max_new_tokens` tokens picked by `sampler`, decoding one token at a
-    /// time with the KV cache. When the context fills up, the cache restarts from the last half
-    /// block of tokens (so positions stay within `block_size`).
+    /// time with the KV cache. Past `block_size` tokens the model reads the windows of
+    /// [`zoo_blocks::incremental::window_start`].
     pub fn generate(
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: &mut Sampler,
     ) -> Vec<u32> {
-        assert!(
-            !prompt.is_empty(),
-            "generation needs at least one prompt token"
-        );
-        let device = self.tokens.weight.device();
-        let mut tokens = prompt.to_vec();
-        let mut cache = GptCache::default();
-        let mut pending: Vec<u32> = tokens[tokens.len().saturating_sub(self.block_size)..].to_vec();
-        for _ in 0..max_new_tokens {
-            if cache.len() + pending.len() > self.block_size {
-                cache = GptCache::default();
-                let keep = (self.block_size / 2).max(1);
-                pending = tokens[tokens.len() - keep..].to_vec();
-            }
-            let logits = self.forward(ids_tensor(&pending, &device), Some(&mut cache));
-            let next = sampler.sample_last(logits);
-            tokens.push(next);
-            pending = vec![next];
+        zoo_blocks::generate(self, prompt, max_new_tokens, sampler)
+    }
+
+    /// Continues `prompt` by the best continuation beam search finds (up to `search.max_len`
+    /// tokens, the end token excluded), prompt and continuation within `block_size`: a prompt
+    /// too long for both keeps its end.
+    pub fn beam_search(&self, prompt: &[u32], search: &BeamSearch) -> Result<Vec<u32>, String> {
+        if search.max_len >= self.block_size {
+            return Err(format!(
+                "beam search reads the prompt and the {} new tokens at once: they must fit in \
+                 the block of {} tokens",
+                search.max_len, self.block_size
+            ));
         }
-        tokens
+        let (last, read) = prompt
+            .split_last()
+            .ok_or("beam search needs at least one prompt token")?;
+        let read = &read[read
+            .len()
+            .saturating_sub(self.block_size - search.max_len - 1)..];
+        let device = self.tokens.weight.device();
+        let mut cache = GptCache::default();
+        if !read.is_empty() {
+            self.hidden(ids_tensor(read, &device), Some(&mut cache));
+        }
+        let mut found = beam_search(self, cache, &[*last], search, &device);
+        Ok(found.remove(0))
     }
 
     /// The width of its states.
@@ -431,6 +452,48 @@ impl Gpt {
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tokens.vocab_size()
+    }
+}
+
+impl IncrementalLm for Gpt {
+    type Cache = GptCache;
+
+    fn empty_cache(&self) -> GptCache {
+        GptCache::default()
+    }
+
+    fn cached_len(&self, cache: &GptCache) -> usize {
+        cache.len()
+    }
+
+    fn extend(&self, tokens: &[u32], rows: usize, cache: &mut GptCache) -> Vec<Vec<f32>> {
+        let device = self.tokens.weight.device();
+        let hidden = self.hidden(ids_tensor(tokens, &device), Some(cache));
+        // Only the rows asked for go through the vocabulary projection (a prompt's do not).
+        let len = tokens.len();
+        last_rows(self.logits(hidden.narrow(1, len - rows, rows)), rows)
+    }
+
+    fn truncate(&self, cache: &mut GptCache, len: usize) {
+        cache.truncate(len);
+    }
+
+    fn context_len(&self) -> Option<usize> {
+        Some(self.block_size)
+    }
+}
+
+impl StepDecoder for Gpt {
+    type State = GptCache;
+
+    fn step(&self, previous: Tensor<2, Int>, cache: &mut GptCache) -> Tensor<2> {
+        let logits = self.forward(previous, Some(cache));
+        let [rows, _, vocab] = logits.dims();
+        logits.reshape([rows, vocab])
+    }
+
+    fn select(&self, cache: &GptCache, rows: Tensor<1, Int>) -> GptCache {
+        cache.select(rows)
     }
 }
 

@@ -6,5 +6,5 @@ pub mod model;
 pub mod presets;
 
 pub use elmo::{ElmoConfig, ElmoModel, Features};
-pub use model::{RnnConfig, RnnLm, RnnState};
+pub use model::{RnnCache, RnnConfig, RnnLm, RnnState};
 pub use presets::{PRESETS, preset};

@@ -19,7 +19,10 @@ use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use zoo_blocks::beam::{BeamSearch, StepDecoder, beam_search};
 use zoo_blocks::decoding::ids_tensor;
+use zoo_blocks::incremental::{IncrementalLm, ROLLBACK, last_rows};
 use zoo_blocks::kernels::matmul_weight;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal, Sampler};
@@ -368,27 +371,115 @@ impl RnnLm {
         max_new_tokens: usize,
         sampler: &mut Sampler,
     ) -> Vec<u32> {
-        assert!(
-            !prompt.is_empty(),
-            "generation needs at least one prompt token"
-        );
+        zoo_blocks::generate(self, prompt, max_new_tokens, sampler)
+    }
+
+    /// Continues `prompt` by the best continuation beam search finds (up to `search.max_len`
+    /// tokens, the end token excluded).
+    pub fn beam_search(&self, prompt: &[u32], search: &BeamSearch) -> Result<Vec<u32>, String> {
+        let (last, read) = prompt
+            .split_last()
+            .ok_or("beam search needs at least one prompt token")?;
         let device = self.embedding.device();
-        let mut tokens = prompt.to_vec();
-        let mut state = None;
-        let mut pending = prompt.to_vec();
-        for _ in 0..max_new_tokens {
-            let (logits, next) = self.forward(ids_tensor(&pending, &device), state);
-            state = Some(next);
-            let next = sampler.sample_last(logits);
-            tokens.push(next);
-            pending = vec![next];
-        }
-        tokens
+        let state = (!read.is_empty()).then(|| self.forward(ids_tensor(read, &device), None).1);
+        let mut found = beam_search(self, state, &[*last], search, &device);
+        Ok(found.remove(0))
     }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.embedding.dims()[0]
+    }
+}
+
+/// What a recurrent model has read, for incremental decoding: the state after the last token,
+/// and the states after each of its recent tokens, so that it can go back to any of them (a
+/// recurrent state cannot be cut back like a KV cache).
+#[derive(Clone, Debug, Default)]
+pub struct RnnCache {
+    /// Tokens read.
+    read: usize,
+    /// `(tokens read, the state after them)`, newest last: at most [`ROLLBACK`] of them.
+    recent: VecDeque<(usize, RnnState)>,
+}
+
+impl IncrementalLm for RnnLm {
+    type Cache = RnnCache;
+
+    fn empty_cache(&self) -> RnnCache {
+        RnnCache::default()
+    }
+
+    fn cached_len(&self, cache: &RnnCache) -> usize {
+        cache.read
+    }
+
+    /// The tokens before the last `rows` go through in one forward; the last `rows` one at a
+    /// time, keeping the state after each.
+    fn extend(&self, tokens: &[u32], rows: usize, cache: &mut RnnCache) -> Vec<Vec<f32>> {
+        let device = self.embedding.device();
+        let keep = |cache: &mut RnnCache, count: usize, state: &RnnState| {
+            cache.read += count;
+            cache.recent.push_back((cache.read, state.clone()));
+            if cache.recent.len() > ROLLBACK {
+                cache.recent.pop_front();
+            }
+        };
+        let mut state = cache.recent.back().map(|(_, state)| state.clone());
+        let (lead, last) = tokens.split_at(tokens.len() - rows);
+        if !lead.is_empty() {
+            let (_, after) = self.forward(ids_tensor(lead, &device), state);
+            keep(cache, lead.len(), &after);
+            state = Some(after);
+        }
+        let mut out = Vec::with_capacity(rows);
+        for &token in last {
+            let (logits, after) = self.forward(ids_tensor(&[token], &device), state);
+            out.extend(last_rows(logits, 1));
+            keep(cache, 1, &after);
+            state = Some(after);
+        }
+        out
+    }
+
+    fn truncate(&self, cache: &mut RnnCache, len: usize) {
+        if len == 0 {
+            *cache = RnnCache::default();
+            return;
+        }
+        while cache.recent.back().is_some_and(|(read, _)| *read > len) {
+            cache.recent.pop_back();
+        }
+        assert!(
+            cache.recent.back().is_some_and(|(read, _)| *read == len),
+            "a recurrent cache keeps the states of its recent tokens only: {len} tokens is too far back"
+        );
+        cache.read = len;
+    }
+
+    fn context_len(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl StepDecoder for RnnLm {
+    /// Each layer's state, `None` before the first token.
+    type State = Option<RnnState>;
+
+    fn step(&self, previous: Tensor<2, Int>, state: &mut Option<RnnState>) -> Tensor<2> {
+        let (logits, after) = self.forward(previous, state.take());
+        *state = Some(after);
+        let [rows, _, vocab] = logits.dims();
+        logits.reshape([rows, vocab])
+    }
+
+    fn select(&self, state: &Option<RnnState>, rows: Tensor<1, Int>) -> Option<RnnState> {
+        state.as_ref().map(|layers| {
+            layers
+                .iter()
+                .map(|layer| layer.select(rows.clone()))
+                .collect()
+        })
     }
 }
 

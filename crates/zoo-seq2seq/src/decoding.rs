@@ -3,25 +3,18 @@
 //! then decodes one token per step from its cached state, so a step costs one position, not
 //! the whole prefix.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use zoo_blocks::beam::{
+    BeamSearch, StepDecoder, beam_search, column_tensor, host_rows, rows_tensor,
+};
 use zoo_blocks::decoding::argmax;
 use zoo_blocks::{Sampler, SamplingConfig};
 
-/// What a model offers its decoders.
-pub trait EncoderDecoder {
-    /// Everything a decoding step needs: the encoded source and the decoder's cache.
-    type State: Clone;
-
-    /// Encodes `source` (`[batch, src_len]`, `padding` true at padded positions).
+/// What an encoder-decoder offers its decoders beside the step and the row selection.
+pub trait EncoderDecoder: StepDecoder {
+    /// Encodes `source` (`[batch, src_len]`, `padding` true at padded positions): the state
+    /// of the first step.
     fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::State;
-
-    /// Logits `[rows, vocab]` of the next token after `previous` (`[rows, 1]`), the state
-    /// advancing by one token.
-    fn step(&self, previous: Tensor<2, Int>, state: &mut Self::State) -> Tensor<2>;
-
-    /// The state of rows `rows` (in that order): beams that survive, sources still decoding.
-    fn select(&self, state: &Self::State, rows: Tensor<1, Int>) -> Self::State;
 
     /// Longest target the model can decode (its positions), the begin token included.
     fn max_target_len(&self) -> usize;
@@ -113,44 +106,22 @@ pub fn decode<M: EncoderDecoder>(
         Strategy::Beam {
             width,
             length_penalty,
-        } => beam_search(
-            model,
-            state,
-            sources.len(),
-            tokens,
-            max_len,
-            (*width).max(1),
-            *length_penalty,
-            device,
-        ),
+        } => {
+            let search = BeamSearch {
+                width: *width,
+                length_penalty: *length_penalty,
+                max_len,
+                end: Some(tokens.eos),
+            };
+            beam_search(
+                model,
+                state,
+                &vec![tokens.bos; sources.len()],
+                &search,
+                device,
+            )
+        }
     }
-}
-
-fn rows_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(
-        TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
-        device,
-    )
-}
-
-fn previous_tensor(previous: &[u32], device: &Device) -> Tensor<2, Int> {
-    Tensor::from_data(
-        TensorData::new(
-            previous.iter().map(|&t| t as i64).collect(),
-            [previous.len(), 1],
-        ),
-        device,
-    )
-}
-
-fn to_rows(logits: Tensor<2>) -> (Vec<f32>, usize) {
-    let [_, vocab] = logits.dims();
-    let values = logits
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("logits read back as f32");
-    (values, vocab)
 }
 
 /// Greedy and sampled decoding: one token per source per step from `pick`; a source leaves the
@@ -169,8 +140,8 @@ fn token_by_token<M: EncoderDecoder>(
     let mut active: Vec<usize> = (0..count).collect();
     let mut previous = vec![tokens.bos; count];
     for _ in 0..max_len {
-        let logits = model.step(previous_tensor(&previous, device), &mut state);
-        let (values, vocab) = to_rows(logits);
+        let logits = model.step(column_tensor(&previous, device), &mut state);
+        let (values, vocab) = host_rows(logits);
         let mut kept = Vec::with_capacity(active.len());
         previous.clear();
         for (row, &source) in active.iter().enumerate() {
@@ -192,144 +163,12 @@ fn token_by_token<M: EncoderDecoder>(
     outputs
 }
 
-/// A hypothesis still growing: its tokens and their summed log-probability.
-#[derive(Clone, Debug)]
-struct Hypothesis {
-    tokens: Vec<u32>,
-    log_prob: f32,
-}
-
-/// Batched beam search: `width` rows per source; each step scores every continuation of every
-/// row of a source, keeps the best `2 width`, finishes those that end (among the top `width`)
-/// and continues the best `width` that do not. A source stops once `width` hypotheses have
-/// finished (fairseq's criterion) or at `max_len`, where its live hypotheses count as finished.
-#[allow(clippy::too_many_arguments)]
-fn beam_search<M: EncoderDecoder>(
-    model: &M,
-    state: M::State,
-    count: usize,
-    tokens: DecodeTokens,
-    max_len: usize,
-    width: usize,
-    length_penalty: f64,
-    device: &Device,
-) -> Vec<Vec<u32>> {
-    let normalised =
-        |log_prob: f32, len: usize| log_prob as f64 / (len as f64).powf(length_penalty);
-    let repeated: Vec<usize> = (0..count).flat_map(|s| [s].repeat(width)).collect();
-    let mut state = model.select(&state, rows_tensor(&repeated, device));
-    // Only the first row of each source may start: the others are copies of it.
-    let start = |k: usize| Hypothesis {
-        tokens: Vec::new(),
-        log_prob: if k == 0 { 0.0 } else { f32::NEG_INFINITY },
-    };
-    let mut beams: Vec<Vec<Hypothesis>> = (0..count)
-        .map(|_| (0..width).map(start).collect())
-        .collect();
-    let mut active: Vec<usize> = (0..count).collect();
-    let mut finished: Vec<Vec<(f64, Vec<u32>)>> = vec![Vec::new(); count];
-    let mut previous = vec![tokens.bos; count * width];
-    for step in 0..max_len {
-        let logits = model.step(previous_tensor(&previous, device), &mut state);
-        let (log_probs, vocab) = to_rows(log_softmax(logits, 1));
-        let last_step = step + 1 == max_len;
-        let (mut rows, mut next_beams, mut next_active) = (Vec::new(), Vec::new(), Vec::new());
-        previous.clear();
-        for (group, &source) in active.iter().enumerate() {
-            let beam = &beams[group];
-            let group_log_probs = &log_probs[group * width * vocab..(group + 1) * width * vocab];
-            let scores: Vec<f32> = group_log_probs
-                .iter()
-                .enumerate()
-                .map(|(i, lp)| beam[i / vocab].log_prob + lp)
-                .collect();
-            let mut continuing = Vec::with_capacity(width);
-            for (rank, flat) in best_indices(&scores, 2 * width).into_iter().enumerate() {
-                let (k, token) = (flat / vocab, (flat % vocab) as u32);
-                let score = scores[flat];
-                if score == f32::NEG_INFINITY {
-                    break;
-                }
-                if token == tokens.eos {
-                    if rank < width {
-                        let len = beam[k].tokens.len() + 1;
-                        finished[source].push((normalised(score, len), beam[k].tokens.clone()));
-                    }
-                } else if continuing.len() < width {
-                    continuing.push((k, token, score));
-                }
-            }
-            if last_step {
-                for &(k, token, score) in &continuing {
-                    let mut hyp = beam[k].tokens.clone();
-                    hyp.push(token);
-                    finished[source].push((normalised(score, hyp.len()), hyp));
-                }
-                continue;
-            }
-            if finished[source].len() >= width || continuing.is_empty() {
-                continue;
-            }
-            let mut next = Vec::with_capacity(width);
-            for &(k, token, score) in &continuing {
-                let mut grown = beam[k].tokens.clone();
-                grown.push(token);
-                rows.push(group * width + k);
-                previous.push(token);
-                next.push(Hypothesis {
-                    tokens: grown,
-                    log_prob: score,
-                });
-            }
-            // Fewer than `width` continuations only when the vocabulary is tiny: pad the
-            // group with dead copies so every source keeps `width` rows.
-            while next.len() < width {
-                rows.push(group * width);
-                previous.push(tokens.eos);
-                next.push(Hypothesis {
-                    tokens: Vec::new(),
-                    log_prob: f32::NEG_INFINITY,
-                });
-            }
-            next_beams.push(next);
-            next_active.push(source);
-        }
-        if next_active.is_empty() {
-            break;
-        }
-        state = model.select(&state, rows_tensor(&rows, device));
-        beams = next_beams;
-        active = next_active;
-    }
-    finished
-        .into_iter()
-        .map(|mut done| {
-            // Highest normalised score; the earlier-finished hypothesis on a tie.
-            done.sort_by(|a, b| b.0.total_cmp(&a.0));
-            done.into_iter().next().map(|(_, t)| t).unwrap_or_default()
-        })
-        .collect()
-}
-
-/// Indices of the `n` largest values, largest first (the lower index first on ties, so a beam
-/// of one picks what greedy's `argmax` picks).
-fn best_indices(values: &[f32], n: usize) -> Vec<usize> {
-    let order = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
-    let mut indices: Vec<usize> = (0..values.len()).collect();
-    let n = n.min(indices.len());
-    if n < indices.len() {
-        indices.select_nth_unstable_by(n, order);
-        indices.truncate(n);
-    }
-    indices.sort_by(order);
-    indices
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::presets::{rnn_attention_preset, transformer_preset};
     use crate::{RnnAttentionConfig, Seq2Seq, TransformerConfig};
+    use burn::tensor::activation::log_softmax;
 
     const TOKENS: DecodeTokens = DecodeTokens {
         pad: 0,
@@ -376,8 +215,8 @@ mod tests {
         let mut previous = TOKENS.bos;
         let mut total = 0.0;
         for &token in target.iter().chain([&TOKENS.eos]) {
-            let logits = model.step(previous_tensor(&[previous], device), &mut state);
-            let (lp, _) = to_rows(log_softmax(logits, 1));
+            let logits = model.step(column_tensor(&[previous], device), &mut state);
+            let (lp, _) = host_rows(log_softmax(logits, 1));
             total += lp[token as usize] as f64;
             previous = token;
         }
@@ -398,11 +237,11 @@ mod tests {
         let mut state = model.start(ids, padding);
         let mut previous = TOKENS.bos;
         for &token in &a[..at] {
-            model.step(previous_tensor(&[previous], device), &mut state);
+            model.step(column_tensor(&[previous], device), &mut state);
             previous = token;
         }
-        let logits = model.step(previous_tensor(&[previous], device), &mut state);
-        let (lp, _) = to_rows(log_softmax(logits, 1));
+        let logits = model.step(column_tensor(&[previous], device), &mut state);
+        let (lp, _) = host_rows(log_softmax(logits, 1));
         let choice = |t: &[u32]| lp[t.get(at).copied().unwrap_or(TOKENS.eos) as usize] as f64;
         (choice(a) - choice(b)).abs()
     }
@@ -478,11 +317,5 @@ mod tests {
             let greedy = decode(&model, &sources(), TOKENS, &Strategy::Greedy, 10, &device);
             assert_eq!(sample(3, 0.0), greedy);
         }
-    }
-
-    #[test]
-    fn best_indices_orders_by_value_then_index() {
-        assert_eq!(best_indices(&[0.5, 2.0, 2.0, -1.0, 3.0], 3), vec![4, 1, 2]);
-        assert_eq!(best_indices(&[1.0, 0.0], 5), vec![0, 1]);
     }
 }

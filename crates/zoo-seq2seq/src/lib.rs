@@ -10,6 +10,7 @@ pub mod transformer;
 
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
+use zoo_blocks::beam::StepDecoder;
 
 pub use decoding::{DecodeTokens, EncoderDecoder, Strategy, decode, source_batch};
 pub use presets::{
@@ -61,15 +62,8 @@ impl Seq2Seq {
     }
 }
 
-impl EncoderDecoder for Seq2Seq {
+impl StepDecoder for Seq2Seq {
     type State = Seq2SeqState;
-
-    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Seq2SeqState {
-        match self {
-            Seq2Seq::Transformer(m) => Seq2SeqState::Transformer(m.start(source, padding)),
-            Seq2Seq::Rnn(m) => Seq2SeqState::Rnn(m.start(source, padding)),
-        }
-    }
 
     fn step(&self, previous: Tensor<2, Int>, state: &mut Seq2SeqState) -> Tensor<2> {
         match (self, state) {
@@ -86,6 +80,15 @@ impl EncoderDecoder for Seq2Seq {
             }
             (Seq2Seq::Rnn(m), Seq2SeqState::Rnn(s)) => Seq2SeqState::Rnn(m.select(s, rows)),
             _ => unreachable!("a state comes from its own model's start"),
+        }
+    }
+}
+
+impl EncoderDecoder for Seq2Seq {
+    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Seq2SeqState {
+        match self {
+            Seq2Seq::Transformer(m) => Seq2SeqState::Transformer(m.start(source, padding)),
+            Seq2Seq::Rnn(m) => Seq2SeqState::Rnn(m.start(source, padding)),
         }
     }
 

@@ -25,6 +25,8 @@ use zoo_blocks::{
 };
 
 use crate::decoding::EncoderDecoder;
+use zoo_blocks::beam::StepDecoder;
+use zoo_blocks::probe::{self, MapKind};
 
 /// How the decoder scores annotations.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -315,6 +317,8 @@ impl RnnAttention {
     fn context(&self, scores: Tensor<2>, state: &RnnAttentionState) -> Tensor<2> {
         let scores = scores.mask_fill(state.padding.clone(), f32::NEG_INFINITY);
         let weights = softmax(scores, 1).unsqueeze_dim::<3>(1);
+        // One query per step: `zoo attention` stacks the steps' rows into one map.
+        probe::record(MapKind::Cross, weights.clone().unsqueeze_dim(1));
         let context = weights.matmul(state.annotations.clone());
         let [batch, _, width] = context.dims();
         context.reshape([batch, width])
@@ -391,12 +395,8 @@ impl RnnAttention {
     }
 }
 
-impl EncoderDecoder for RnnAttention {
+impl StepDecoder for RnnAttention {
     type State = RnnAttentionState;
-
-    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> RnnAttentionState {
-        self.encode(source, padding)
-    }
 
     fn step(&self, previous: Tensor<2, Int>, state: &mut RnnAttentionState) -> Tensor<2> {
         let output = self.step_output(previous, state).unsqueeze_dim(1);
@@ -406,17 +406,19 @@ impl EncoderDecoder for RnnAttention {
     }
 
     fn select(&self, state: &RnnAttentionState, rows: Tensor<1, Int>) -> RnnAttentionState {
-        let pick2 = |t: &Tensor<2>| t.clone().select(0, rows.clone());
         RnnAttentionState {
             annotations: state.annotations.clone().select(0, rows.clone()),
             keys: state.keys.clone().select(0, rows.clone()),
             padding: state.padding.clone().select(0, rows.clone()),
-            recurrent: RecurrentState {
-                hidden: pick2(&state.recurrent.hidden),
-                cell: state.recurrent.cell.as_ref().map(pick2),
-            },
-            feed: state.feed.as_ref().map(pick2),
+            recurrent: state.recurrent.select(rows.clone()),
+            feed: state.feed.as_ref().map(|f| f.clone().select(0, rows)),
         }
+    }
+}
+
+impl EncoderDecoder for RnnAttention {
+    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> RnnAttentionState {
+        self.encode(source, padding)
     }
 
     fn max_target_len(&self) -> usize {

@@ -19,6 +19,7 @@ use zoo_blocks::{
 };
 
 use crate::decoding::EncoderDecoder;
+use zoo_blocks::beam::StepDecoder;
 
 /// How the transformer knows where tokens are.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -677,16 +678,8 @@ impl Transformer {
     }
 }
 
-impl EncoderDecoder for Transformer {
+impl StepDecoder for Transformer {
     type State = TransformerState;
-
-    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> TransformerState {
-        let encoded = self.encode(source, padding.clone());
-        TransformerState {
-            memory: self.memory(encoded, padding),
-            cache: TransformerCache::default(),
-        }
-    }
 
     fn step(&self, previous: Tensor<2, Int>, state: &mut TransformerState) -> Tensor<2> {
         let logits = self.decode(previous, &state.memory, Some(&mut state.cache));
@@ -712,6 +705,16 @@ impl EncoderDecoder for Transformer {
                     .map(|c| c.select(rows.clone()))
                     .collect(),
             },
+        }
+    }
+}
+
+impl EncoderDecoder for Transformer {
+    fn start(&self, source: Tensor<2, Int>, padding: Tensor<2, Bool>) -> TransformerState {
+        let encoded = self.encode(source, padding.clone());
+        TransformerState {
+            memory: self.memory(encoded, padding),
+            cache: TransformerCache::default(),
         }
     }
 

@@ -170,6 +170,11 @@ impl KneserNey {
             .collect()
     }
 
+    /// Size of the vocabulary it predicts over.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     /// The longest n-gram the model counts.
     pub fn order(&self) -> usize {
         self.orders.len()

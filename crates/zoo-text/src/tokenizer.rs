@@ -473,6 +473,11 @@ impl ZooTokenizer {
             .map_or(0, |&id| id as usize + 1)
     }
 
+    /// Whether `other` maps the same tokens to the same ids (special tokens included).
+    pub fn same_vocabulary(&self, other: &ZooTokenizer) -> bool {
+        self.inner.get_vocab(true) == other.inner.get_vocab(true)
+    }
+
     /// Adds `tokens` as special tokens (never split, never produced by normal text, left out
     /// when decoding) unless the vocabulary has them, and returns their ids in order. New ones
     /// take the ids after the vocabulary's last.

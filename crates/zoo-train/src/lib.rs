@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! 6  huggingface  Hugging Face model directories in (`zoo import`) and out (`zoo export`)
+//!    attention  attention maps of any run with attention, as heatmaps and numbers
 //!    compare    recipes on one shared budget, reports and plots
 //!    bench      throughput and scaling benchmarks
 //!    info       what a preset, recipe or run's model costs
@@ -19,11 +20,12 @@
 //!               loaders, metrics, logging, the summary, and the training session
 //! 1  recipe/    the recipe: its schema (mod.rs) and its validation (validate.rs)
 //! 0  models     the model table: architectures, presets and tasks, `ModelConfig`, `ModelSize`
-//!    plot       SVG line plots
+//!    plot       SVG line plots, attention heatmaps (SVG and PNG)
 //! ```
 //!
 //! Adding a task means one module under `tasks/` and one match arm in `dispatch`.
 
+pub mod attention;
 pub mod bench;
 pub mod compare;
 pub mod dispatch;

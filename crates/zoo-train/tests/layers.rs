@@ -13,7 +13,7 @@ fn layer(module: &str) -> usize {
         "tasks" => 3,
         "launcher" => 4,
         "dispatch" => 5,
-        "bench" | "compare" | "huggingface" | "info" => 6,
+        "attention" | "bench" | "compare" | "huggingface" | "info" => 6,
         "lib" => 7,
         other => panic!("module {other} has no layer: add it to tests/layers.rs"),
     }

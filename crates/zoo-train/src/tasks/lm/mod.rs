@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod decode;
 pub mod elmo;
 pub mod hf;
 pub mod model;
@@ -31,9 +32,10 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::train::SupervisedTraining;
 use data::Windows;
+use decode::continue_text;
 use hf::load_hf_lm;
 use model::{Lm, LmModel};
-use run::{LoadedRun, NGRAM_FILE, RunModel, continue_text, load_run, sample_text};
+use run::{LoadedRun, NGRAM_FILE, RunModel, load_run, sample_text};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;

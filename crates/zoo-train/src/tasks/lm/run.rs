@@ -14,7 +14,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
-use zoo_blocks::{Sampler, SamplingConfig};
+use zoo_blocks::SamplingConfig;
 use zoo_text::batcher::WindowBatch;
 use zoo_text::{DataDir, DatasetRegistry, KneserNey, Streams, ZooTokenizer};
 
@@ -35,31 +35,7 @@ pub(crate) fn sample_text(
     if ids.is_empty() {
         ids = tokenizer.encode(fallback)?.into_iter().take(1).collect();
     }
-    continue_text(model, tokenizer, &ids, tokens, sampling)
-}
-
-/// The text of `ids` followed by `tokens` sampled tokens.
-pub(crate) fn continue_text(
-    model: &RunModel,
-    tokenizer: &ZooTokenizer,
-    ids: &[u32],
-    tokens: usize,
-    sampling: SamplingConfig,
-) -> Result<String, ZooError> {
-    let mut sampler = Sampler::new(sampling);
-    let out = match model {
-        RunModel::Neural(model) => model.generate(ids, tokens, &mut sampler),
-        RunModel::Ngram(model) => {
-            let mut out = ids.to_vec();
-            for _ in 0..tokens {
-                let context = &out[out.len().saturating_sub(model.order() - 1)..];
-                let next = sampler.sample(&model.log_probs(context)) as u32;
-                out.push(next);
-            }
-            out
-        }
-    };
-    Ok(tokenizer.decode(&out)?)
+    crate::tasks::lm::decode::continue_text(model, tokenizer, &ids, tokens, sampling)
 }
 
 /// A run's model: a network, or n-gram counts.
@@ -263,21 +239,4 @@ pub(crate) fn token_losses(run: &LoadedRun, tokens: &[u32]) -> Result<Vec<(usize
     }
     losses.sort_by_key(|&(position, _)| position);
     Ok(losses)
-}
-
-/// Samples from a loaded run.
-pub fn generate(
-    run: &LoadedRun,
-    prompt: &str,
-    max_tokens: usize,
-    sampling: SamplingConfig,
-) -> Result<String, ZooError> {
-    sampling.validate().map_err(ZooError::Usage)?;
-    let ids = run.tokenizer.encode(prompt)?;
-    if ids.is_empty() {
-        return Err(ZooError::Usage(
-            "the prompt is empty after tokenisation; give --prompt some text".into(),
-        ));
-    }
-    continue_text(&run.model, &run.tokenizer, &ids, max_tokens, sampling)
 }

@@ -1,9 +1,22 @@
-//! Line plots for reports, as SVG files: one labelled line per series, axes named with units.
+//! Figures: line plots for reports, as SVG files (one labelled line per series, axes named with
+//! units), and attention heatmaps as SVG and PNG ([`heatmap`]).
+
+pub mod heatmap;
 
 use crate::ZooError;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::path::Path;
+
+/// Makes DejaVu Sans the figures' "sans-serif": plotters measures (and, in a PNG, draws) text with
+/// the font registered under that name, and no system font is needed.
+pub(crate) fn register_fonts() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| unreachable!("the DejaVu crate's font parses"));
+    });
+}
 
 /// One line of a plot: its label and its points.
 pub struct Series {
@@ -72,6 +85,7 @@ impl Plot<'_> {
     }
 
     fn draw_svg(&self, series: &[Series], path: &Path) -> Result<(), String> {
+        register_fonts();
         // A base-2 axis is drawn as a linear one over log2 of the values, labelled 2^v.
         let log2 = |v: f64, axis: Axis| if axis == Axis::Log2 { v.log2() } else { v };
         let transformed: Vec<Series> = series
