@@ -30,6 +30,64 @@ pub fn compiled_backends() -> Vec<&'static str> {
     .collect()
 }
 
+/// The backend used when none is named: flex when it is compiled in, else the first that is.
+pub const DEFAULT_BACKEND: &str = if cfg!(feature = "flex") {
+    "flex"
+} else if cfg!(feature = "wgpu") {
+    "wgpu"
+} else if cfg!(feature = "cuda") {
+    "cuda"
+} else if cfg!(feature = "vulkan") {
+    "vulkan"
+} else if cfg!(feature = "metal") {
+    "metal"
+} else {
+    "ndarray"
+};
+
+/// What each compiled-in backend can run on, one line per backend (and per wgpu adapter).
+pub fn describe_devices() -> Vec<String> {
+    compiled_backends()
+        .into_iter()
+        .flat_map(|backend| match backend {
+            "flex" | "ndarray" => vec![format!("{backend}: the CPU")],
+            #[cfg(feature = "wgpu")]
+            "wgpu" => {
+                let adapters = wgpu_adapters();
+                if adapters.is_empty() {
+                    vec![
+                        "wgpu: no adapter found (on a machine without a GPU, Mesa's lavapipe runs \
+                         Vulkan on the CPU: apt-get install mesa-vulkan-drivers)"
+                            .to_string(),
+                    ]
+                } else {
+                    adapters.into_iter().map(|a| format!("wgpu: {a}")).collect()
+                }
+            }
+            other => vec![format!("{other}: compiled in (its devices are not listed)")],
+        })
+        .collect()
+}
+
+/// The adapters wgpu finds, as `name (type, backend, driver)`.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapters() -> Vec<String> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters =
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .iter()
+        .map(|adapter| {
+            let info = adapter.get_info();
+            format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                info.name, info.device_type, info.backend, info.driver, info.driver_info
+            )
+        })
+        .collect()
+}
+
 /// The device for `choice`, or a message naming the backends that are compiled in.
 pub fn pick_device(choice: &DeviceChoice) -> Result<Device, String> {
     let device = match choice.0.as_str() {

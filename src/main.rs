@@ -25,7 +25,7 @@ use zoo_train::tasks::seq2seq::decode::DecodingOptions;
 )]
 struct Cli {
     /// Backend to run on (among those compiled in); also read from BURN_DEVICE.
-    #[arg(long, global = true, env = "BURN_DEVICE", default_value = "flex")]
+    #[arg(long, global = true, env = "BURN_DEVICE", default_value = zoo::device::DEFAULT_BACKEND)]
     device: DeviceChoice,
     /// Directory holding the datasets (default: $ZOO_DATA_DIR, else ~/.cache/zoo/datasets).
     #[arg(long, global = true)]
@@ -270,6 +270,8 @@ enum Command {
         #[command(subcommand)]
         family: BenchFamily,
     },
+    /// The backends compiled in and what each can run on (the adapters wgpu finds).
+    Devices,
     /// List presets and datasets.
     List,
 }
@@ -921,6 +923,11 @@ fn run(
                 "{}",
                 serde_json::to_string(&point).expect("points serialise")
             );
+        }
+        Command::Devices => {
+            for line in zoo::device::describe_devices() {
+                println!("{line}");
+            }
         }
         Command::List => {
             for arch in ARCHITECTURES {
