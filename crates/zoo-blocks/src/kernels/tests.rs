@@ -91,6 +91,35 @@ fn matmul_matches_burns_for_plain_and_transposed_operands() {
 }
 
 #[test]
+fn one_row_against_large_weights_matches_burns_product() {
+    // Decoding's shape: one row against weights past 4 MB, whose output columns the threads
+    // split in blocks (2,100 columns: the last block is partial), the weight held as is or
+    // transposed (a tied head); and a few rows, which gemm runs whole.
+    let device = test_device();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let w0 = Tensor::<2>::random([512, 2100], normal, &device);
+    for rows in [1, 3] {
+        let x = Tensor::<3>::random([1, rows, 512], normal, &device);
+        for transposed in [false, true] {
+            let weight = if transposed {
+                w0.clone().transpose().into_data()
+            } else {
+                w0.clone().into_data()
+            };
+            let weight = Tensor::<2>::from_data(weight, &device);
+            let weight = if transposed {
+                weight.transpose()
+            } else {
+                weight
+            };
+            let ours = matmul_weight(x.clone(), weight.clone());
+            let theirs = x.clone().matmul(weight.unsqueeze());
+            assert_close(ours, theirs, 1e-4);
+        }
+    }
+}
+
+#[test]
 fn matmul_gradients_match_finite_differences() {
     let device = test_device().autodiff();
     let weight = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);

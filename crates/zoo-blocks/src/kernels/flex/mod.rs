@@ -376,39 +376,63 @@ impl ZooOps for Flex {
         if k == 0 {
             out.resize(m * n, 0.0);
         } else {
-            // Above about 192³ multiply-adds gemm's own threads pay off (flex's threshold).
-            let parallelism = if m * n * k >= 192 * 192 * 192 {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
+            let parallelism = strided::threads_for(m, n, k);
+            // gemm runs a product of one row (decoding's) as a matrix-vector product on one
+            // thread whatever it is told; reading the weights is what bounds it, so each
+            // thread takes its own block of output columns instead.
+            let threads = rayon::current_num_threads();
+            let parallel = !matches!(parallelism, gemm::Parallelism::None);
+            let split = m == 1 && parallel && threads > 1;
+            let blocks = if split { threads } else { 1 };
+            let width = n.div_ceil(blocks).next_multiple_of(16);
+            let (out_at, rhs_at) = (out.as_mut_ptr() as usize, rhs.ptr() as usize);
+            let block = |b: usize| {
+                let first = (b * width).min(n);
+                let columns = width.min(n - first);
+                if columns == 0 {
+                    return;
+                }
+                // SAFETY: the operands' pointers and strides describe [m, k] and [k, n]
+                // matrices inside their storage (`Matrix::of`); this block's columns
+                // `first..first + columns` of the right-hand side and of the `[m, n]` row-major
+                // output start at these offsets, and no other block writes them. gemm writes all
+                // of them without reading them (`read_dst` false), so the output is initialised
+                // once every block has run.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        columns,
+                        k,
+                        (out_at as *mut f32).add(first),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.ptr(),
+                        lhs.col_stride,
+                        lhs.row_stride,
+                        (rhs_at as *const f32).offset(first as isize * rhs.col_stride),
+                        rhs.col_stride,
+                        rhs.row_stride,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        if split {
+                            gemm::Parallelism::None
+                        } else {
+                            parallelism
+                        },
+                    );
+                }
             };
-            // SAFETY: the operands' pointers and strides describe [m, k] and [k, n] matrices
-            // inside their storage (`Matrix::of`); gemm writes all of the `[m, n]` row-major
-            // output without reading it (`read_dst` false), so it is initialised after.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    lhs.ptr(),
-                    lhs.col_stride,
-                    lhs.row_stride,
-                    rhs.ptr(),
-                    rhs.col_stride,
-                    rhs.row_stride,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-                out.set_len(m * n);
+            if split {
+                (0..blocks).into_par_iter().for_each(block);
+            } else {
+                block(0);
             }
+            // SAFETY: the blocks above wrote every element.
+            unsafe { out.set_len(m * n) };
         }
         from_f32(out, [m, n].into())
     }
