@@ -680,18 +680,10 @@ fn run(
                     tokens: draft_tokens,
                     sampling,
                 },
-                (None, Some(width)) => {
-                    if width == 0 || !length_penalty.is_finite() {
-                        return Err(ZooError::Usage(format!(
-                            "--beam must be at least 1 and --length-penalty finite, got {width} \
-                             and {length_penalty}"
-                        )));
-                    }
-                    Decoding::Beam {
-                        width,
-                        length_penalty,
-                    }
-                }
+                (None, Some(width)) => Decoding::Beam {
+                    width,
+                    length_penalty,
+                },
                 (None, None) => Decoding::Sample(sampling),
             };
             let generated = decode::generate(&run, &prompt, max_tokens, &decoding)?;

@@ -53,14 +53,6 @@ prompt = "Ada"
 tokens = 20
 "#;
 
-fn val_losses(run: &Path) -> Vec<(u64, f64)> {
-    metrics(run)
-        .into_iter()
-        .filter(|m| m["split"] == "valid")
-        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn train_resume_eval_and_generate() {
     let dir = scratch("run");

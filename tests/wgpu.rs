@@ -23,14 +23,6 @@ fn on_wgpu(args: &[&str], dir: &Path) -> Output {
     out
 }
 
-fn val_losses(run: &Path) -> Vec<(u64, f64)> {
-    metrics(run)
-        .into_iter()
-        .filter(|m| m["split"] == "valid")
-        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn the_same_weights_give_the_same_outputs_as_on_flex() {
     let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);

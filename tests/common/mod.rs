@@ -48,6 +48,15 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
 }
 
 /// `o` failed with exit status `code` and a message (no panic) naming every one of `needles`.
+/// Each validation's step and loss, from a run's metrics log.
+pub fn val_losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .into_iter()
+        .filter(|m| m["split"] == "valid")
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
 pub fn assert_clean_error(o: &Output, code: i32, needles: &[&str]) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(code), "{err}");

@@ -196,6 +196,12 @@ pub fn generate(
             width,
             length_penalty,
         } => {
+            if *width == 0 || !length_penalty.is_finite() {
+                return Err(ZooError::Usage(format!(
+                    "--beam must be at least 1 and --length-penalty finite, got {width} and \
+                     {length_penalty}"
+                )));
+            }
             let search = BeamSearch {
                 width: *width,
                 length_penalty: *length_penalty,
