@@ -522,7 +522,18 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Lets a closed output pipe end the process quietly, as it ends `cat` (`zoo generate ... |
+/// head`): Rust ignores SIGPIPE, so `println!` would panic on the broken pipe instead.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_closed_pipe();
     keep_freed_memory();
     let cli = Cli::parse();
     let device = match pick_device(&cli.device) {

@@ -1352,6 +1352,35 @@ fn attention_maps_are_the_weights_transformers_computes_and_are_drawn() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Output piped into a reader that stops early (`zoo ... | head`) ends the process quietly.
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    use std::io::Read;
+    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gpt2");
+    // About 200 KB of JSON: more than a pipe holds.
+    let input = "the cat sat on the mat. ".repeat(4);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
+        .args([
+            "attention",
+            gpt2.to_str().unwrap(),
+            "--input",
+            &input,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut start = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut start).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_model_id_is_found_in_the_hugging_face_cache() {
     let dir = scratch("hf-cache");
