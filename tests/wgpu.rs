@@ -23,6 +23,16 @@ fn on_wgpu(args: &[&str], dir: &Path) -> Output {
     out
 }
 
+/// Trains `recipe` as `name.toml` on wgpu, stopped after 4 steps and resumed; its validation
+/// losses.
+fn interrupted_and_resumed(name: &str, recipe: &str, dir: &Path) -> Vec<(u64, f64)> {
+    let file = format!("{name}.toml");
+    write(dir, &file, recipe);
+    on_wgpu(&["train", &file, "--stop-after-steps", "4"], dir);
+    on_wgpu(&["train", &file, "--resume"], dir);
+    val_losses(&dir.join("runs").join(name))
+}
+
 #[test]
 fn the_same_weights_give_the_same_outputs_as_on_flex() {
     let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
@@ -164,10 +174,7 @@ seq_len = 32
 #[test]
 fn an_encoder_pretrains_resumes_evaluates_and_fills_masks_on_wgpu() {
     let dir = scratch("wgpu-bert");
-    write(&dir, "bert.toml", BERT);
-    on_wgpu(&["train", "bert.toml", "--stop-after-steps", "4"], &dir);
-    on_wgpu(&["train", "bert.toml", "--resume"], &dir);
-    let losses = val_losses(&dir.join("runs/bert"));
+    let losses = interrupted_and_resumed("bert", BERT, &dir);
     assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), [4, 8, 12]);
     assert!(losses[2].1 < losses[0].1, "loss should fall: {losses:?}");
     let eval = stdout(&on_wgpu(&["eval", "runs/bert"], &dir));
@@ -207,10 +214,7 @@ seq_len = 16
 #[test]
 fn an_encoder_decoder_trains_resumes_and_translates_on_wgpu() {
     let dir = scratch("wgpu-seq2seq");
-    write(&dir, "reverse.toml", SEQ2SEQ);
-    on_wgpu(&["train", "reverse.toml", "--stop-after-steps", "4"], &dir);
-    on_wgpu(&["train", "reverse.toml", "--resume"], &dir);
-    let losses = val_losses(&dir.join("runs/reverse"));
+    let losses = interrupted_and_resumed("reverse", SEQ2SEQ, &dir);
     assert_eq!(losses.len(), 3);
     assert!(losses[2].1 < losses[0].1, "loss should fall: {losses:?}");
     // Twelve steps teach little: that it decodes on the GPU is what counts here.

@@ -11,13 +11,14 @@ use crate::dispatch::RunKind;
 use crate::plot::heatmap::{Heatmap, Panel};
 use crate::tasks::lm::model::LmModel;
 use crate::tasks::lm::run::RunModel;
+use crate::tasks::seq2seq::decode;
 use crate::tasks::{encoder, lm, seq2seq};
 use burn::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::probe::{MapKind, RecordedMap, recording};
-use zoo_seq2seq::{DecodeTokens, Seq2Seq, Strategy, decode, source_batch};
+use zoo_seq2seq::{Seq2Seq, Strategy, source_batch};
 use zoo_text::ZooTokenizer;
 
 /// Every attention layer's maps for one input.
@@ -85,28 +86,12 @@ pub fn attention_maps(
         }
         RunKind::EncoderDecoder => {
             let run = seq2seq::load(run_dir, checkpoint, device)?;
-            let mut source = run.vocab.encode_sources(&[input])?.remove(0);
-            let max_len = run.config.max_len();
-            if source.len() > max_len {
-                // What is longer than the model reads keeps its end, `</s>`.
-                source.drain(max_len.saturating_sub(1)..source.len() - 1);
-            }
-            let decoding = &run.recipe.decoding;
-            let limit = (decoding.max_len_a * source.len() as f64) as usize + decoding.max_len_b;
-            let tokens = DecodeTokens {
-                pad: run.vocab.source_tokens.pad,
-                ..run.vocab.target_tokens
-            };
-            let sources = [source.clone()];
-            let output = decode(
-                &run.model,
-                &sources,
-                tokens,
-                &Strategy::Greedy,
-                limit,
-                device,
-            )
-            .remove(0);
+            let sources = decode::encode_sources(&run, &[input])?;
+            let output =
+                decode::decode_sources(&run, &sources, &run.recipe.decoding, &Strategy::Greedy)
+                    .remove(0);
+            let tokens = decode::decode_tokens(&run);
+            let source = &sources[0];
             let target_in = [vec![tokens.bos], output.clone()].concat();
             let (ids, padding) = source_batch(&sources, tokens.pad, device);
             let (_, maps) = recording(|| {
@@ -130,7 +115,7 @@ pub fn attention_maps(
             assembled(
                 "cross-attention",
                 labels(&run.vocab.target, &produced)?,
-                labels(&run.vocab.source, &source)?,
+                labels(&run.vocab.source, source)?,
                 cross,
             )
         }

@@ -14,7 +14,7 @@ use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use burn_std::ExecutionError;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use zoo_blocks::{RecurrentState, Sampler};
+use zoo_blocks::RecurrentState;
 use zoo_gpt::Gpt;
 use zoo_rnn::{RnnLm, RnnState};
 
@@ -104,19 +104,6 @@ impl LmModel {
         match self {
             LmModel::Gpt(gpt) => LmModel::Gpt(gpt.freeze(embeddings, layers)),
             LmModel::Rnn(rnn) => LmModel::Rnn(rnn.freeze(embeddings, layers)),
-        }
-    }
-
-    /// Continues `prompt` by `max_new_tokens` sampled tokens.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        max_new_tokens: usize,
-        sampler: &mut Sampler,
-    ) -> Vec<u32> {
-        match self {
-            LmModel::Gpt(gpt) => gpt.generate(prompt, max_new_tokens, sampler),
-            LmModel::Rnn(rnn) => rnn.generate(prompt, max_new_tokens, sampler),
         }
     }
 }

@@ -74,43 +74,77 @@ pub fn translate(
     decoding: &DecodingSpec,
     sampling: Option<SamplingConfig>,
 ) -> Result<Vec<String>, ZooError> {
-    let max_len = run.config.max_len();
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let mut sources = run.vocab.encode_sources(&texts)?;
-    // What is longer than the model reads keeps its end, `</s>`.
+    let sources = encode_sources(run, &texts)?;
+    let chosen = match sampling {
+        Some(config) => Strategy::Sample(config),
+        None => strategy(decoding),
+    };
+    decode_sources(run, &sources, decoding, &chosen)
+        .iter()
+        .map(|ids| {
+            // Span corruption's outputs are sentinels and spans: keep the sentinels.
+            let text = if run.recipe.task == Task::SpanCorruption {
+                run.vocab.target.decode(ids)?
+            } else {
+                run.vocab.target.decode_text(ids)?
+            };
+            Ok(text.trim().to_string())
+        })
+        .collect()
+}
+
+/// `sentences` as the run's encoder reads them; what is longer than the model reads keeps its
+/// end, `</s>`.
+pub fn encode_sources(run: &Seq2SeqRun, sentences: &[&str]) -> Result<Vec<Vec<u32>>, ZooError> {
+    let max_len = run.config.max_len();
+    let mut sources = run.vocab.encode_sources(sentences)?;
     for ids in &mut sources {
         if ids.len() > max_len {
             ids.drain(max_len.saturating_sub(1)..ids.len() - 1);
         }
     }
-    let chosen = match sampling {
-        Some(config) => Strategy::Sample(config),
-        None => strategy(decoding),
-    };
+    Ok(sources)
+}
+
+/// The special tokens decoding reads: the source's padding, the target's begin and end.
+pub fn decode_tokens(run: &Seq2SeqRun) -> DecodeTokens {
+    DecodeTokens {
+        pad: run.vocab.source_tokens.pad,
+        ..run.vocab.target_tokens
+    }
+}
+
+/// The target ids (begin and end tokens left out) of `sources` (as [`encode_sources`] gives
+/// them) decoded with `strategy`, in batches of similar length, each at most `decoding`'s
+/// `max_len_a * source length + max_len_b` tokens; in the order of `sources`.
+pub fn decode_sources(
+    run: &Seq2SeqRun,
+    sources: &[Vec<u32>],
+    decoding: &DecodingSpec,
+    strategy: &Strategy,
+) -> Vec<Vec<u32>> {
     let device = run.model.devices()[0].clone();
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.sort_by_key(|&i| sources[i].len());
-    let mut outputs = vec![String::new(); sources.len()];
+    let mut outputs = vec![Vec::new(); sources.len()];
     for chunk in order.chunks(DECODE_BATCH) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
         let longest = batch.iter().map(Vec::len).max().unwrap_or(1);
         let limit = (decoding.max_len_a * longest as f64) as usize + decoding.max_len_b;
-        let tokens = DecodeTokens {
-            pad: run.vocab.source_tokens.pad,
-            ..run.vocab.target_tokens
-        };
-        let decoded = decode(&run.model, &batch, tokens, &chosen, limit, &device);
+        let decoded = decode(
+            &run.model,
+            &batch,
+            decode_tokens(run),
+            strategy,
+            limit,
+            &device,
+        );
         for (&i, ids) in chunk.iter().zip(decoded) {
-            // Span corruption's outputs are sentinels and spans: keep the sentinels.
-            let text = if run.recipe.task == Task::SpanCorruption {
-                run.vocab.target.decode(&ids)?
-            } else {
-                run.vocab.target.decode_text(&ids)?
-            };
-            outputs[i] = text.trim().to_string();
+            outputs[i] = ids;
         }
     }
-    Ok(outputs)
+    outputs
 }
 
 /// What `zoo eval` reports for an encoder-decoder run.
