@@ -1,4 +1,5 @@
-//! Backend selection: `--device flex|ndarray|wgpu|vulkan|metal|cuda`, among those compiled in.
+//! Backend selection: `--device flex|ndarray|wgpu|vulkan|metal|cuda`, among those compiled in,
+//! with a device index where a backend has several (`--devices cuda:0,cuda:1`).
 
 use burn::tensor::Device;
 use std::str::FromStr;
@@ -88,9 +89,36 @@ fn wgpu_adapters() -> Vec<String> {
         .collect()
 }
 
-/// The device for `choice`, or a message naming the backends that are compiled in.
+/// The device for `choice`: a backend among those compiled in, with a device index after a
+/// colon where the backend has several (`cuda:1`, `wgpu:0`, the second and first discrete
+/// GPUs); or a message naming the backends that are compiled in.
 pub fn pick_device(choice: &DeviceChoice) -> Result<Device, String> {
-    let device = match choice.0.as_str() {
+    device_named(&choice.0)
+}
+
+/// The device `name` (`flex`, `cuda:1`, ...) stands for; see [`pick_device`].
+pub fn device_named(name: &str) -> Result<Device, String> {
+    let name = name.trim().to_ascii_lowercase();
+    let (backend, index) = match name.split_once(':') {
+        Some((backend, index)) => {
+            let index = index
+                .parse::<usize>()
+                .map_err(|_| format!("device '{name}': '{index}' is not a device index"))?;
+            (backend, Some(index))
+        }
+        None => (name.as_str(), None),
+    };
+    #[allow(unused_variables)]
+    let gpu = || match index {
+        Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+        None => burn::tensor::DeviceKind::DefaultDevice,
+    };
+    if matches!(backend, "flex" | "ndarray") && index.is_some_and(|i| i > 0) {
+        return Err(format!(
+            "device '{name}': {backend} has one device, the CPU; to split batches between handles of it, name it more than once (--devices {backend},{backend})"
+        ));
+    }
+    let device = match backend {
         #[cfg(feature = "flex")]
         "flex" => Device::flex(),
         // Burn 0.22 deprecates ndarray in favour of flex; the zoo keeps it while Burn ships it.
@@ -98,13 +126,13 @@ pub fn pick_device(choice: &DeviceChoice) -> Result<Device, String> {
         #[allow(deprecated)]
         "ndarray" => Device::ndarray(),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        "wgpu" => Device::wgpu(gpu()),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+        "vulkan" => Device::vulkan(gpu()),
         #[cfg(feature = "metal")]
-        "metal" => Device::metal(burn::tensor::DeviceKind::DefaultDevice),
+        "metal" => Device::metal(gpu()),
         #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0usize),
+        "cuda" => Device::cuda(index.unwrap_or(0)),
         other => {
             let known = ["flex", "ndarray", "wgpu", "vulkan", "metal", "cuda"];
             let compiled = compiled_backends().join(", ");
@@ -134,5 +162,13 @@ mod tests {
             err.contains("unknown device 'tpu'") && err.contains("flex"),
             "{err}"
         );
+        assert!(device_named("flex:0").is_ok());
+        let err = device_named("flex:1").unwrap_err();
+        assert!(
+            err.contains("one device") && err.contains("flex,flex"),
+            "{err}"
+        );
+        let err = device_named("cuda:x").unwrap_err();
+        assert!(err.contains("'x' is not a device index"), "{err}");
     }
 }

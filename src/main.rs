@@ -49,6 +49,10 @@ enum Command {
         /// Stop after this many steps (resumable), whatever the recipe's budget.
         #[arg(long)]
         stop_after_steps: Option<usize>,
+        /// Split each batch across these devices (data parallelism), the first holding the
+        /// model: `cuda:0,cuda:1`; recorded in the run's recipe as training.devices.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
     },
     /// Score a run over a whole split: loss and perplexity (language models), accuracy
     /// (encoders), or BLEU and exact match of decoded outputs (encoder-decoders).
@@ -590,12 +594,15 @@ fn run(
             run_dir,
             resume,
             stop_after_steps,
+            devices,
         } => {
             let options = TrainOptions {
                 run_dir,
                 resume,
                 data_dir,
                 device,
+                devices,
+                resolve_device: zoo::device::device_named,
                 stop_after_steps,
             };
             let report = zoo_train::dispatch::train(&recipe, &options)?;

@@ -186,54 +186,6 @@ fn train_with_kills(dir: &Path, recipe: &str, run: &str, duration: Duration, see
     }
 }
 
-/// The run's last checkpoint epoch.
-fn last_epoch(run: &Path) -> usize {
-    std::fs::read_dir(run.join("checkpoint"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_prefix("model-")?
-                .strip_suffix(".bpk")?
-                .parse()
-                .ok()
-        })
-        .max()
-        .unwrap()
-}
-
-/// The metrics log's lines as written, wall times cut out.
-fn metrics_without_time(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let start = line
-                .find("\"elapsed_s\":")
-                .expect("every line has a wall time");
-            let end = start + line[start..].find([',', '}']).unwrap();
-            format!("{}{}", &line[..start], &line[end..])
-        })
-        .collect()
-}
-
-/// Asserts that `other` ended as `whole` did: the same last checkpoint, its weights equal bit
-/// for bit, and the same metrics log (wall times aside).
-fn assert_same_run(whole: &Path, other: &Path, what: &str) {
-    let epoch = last_epoch(whole);
-    assert_eq!(last_epoch(other), epoch, "{what}");
-    let file = format!("checkpoint/model-{epoch}.bpk");
-    let (a, b) = (tensors(&whole.join(&file)), tensors(&other.join(&file)));
-    assert_eq!(a.len(), b.len(), "{what}");
-    for (name, bytes) in &a {
-        assert!(b[name] == *bytes, "{what}: {name} differs");
-    }
-    assert_eq!(
-        metrics_without_time(whole),
-        metrics_without_time(other),
-        "{what}: the metrics logs differ"
-    );
-}
-
 /// Trains `recipe` uninterrupted and again under kills, and checks both end with the same
 /// weights, bit for bit, and the same metrics log. Returns the kills that landed.
 fn killed_run_matches(dir: &Path, recipe: &str, seed: u64) -> usize {

@@ -172,6 +172,43 @@ seq_len = 32
 "#;
 
 #[test]
+fn a_batch_split_between_two_handles_of_the_gpu_trains_as_doubled_accumulation() {
+    let dir = scratch("wgpu-data-parallel");
+    write(&dir, "gpt.toml", GPT);
+    let single = GPT
+        .replace("batch_size = 8", "batch_size = 4")
+        .replace("[training]\n", "[training]\ngrad_accumulation = 2\n");
+    write(&dir, "single.toml", &single);
+    let shown = stdout(&on_wgpu(
+        &[
+            "train",
+            "gpt.toml",
+            "--devices",
+            "wgpu,wgpu",
+            "--stop-after-steps",
+            "8",
+        ],
+        &dir,
+    ));
+    assert!(shown.contains("one on each of wgpu, wgpu"), "{shown}");
+    on_wgpu(&["train", "single.toml", "--stop-after-steps", "8"], &dir);
+    // The same steps: the training losses agree (validation reads batches of another size).
+    let train_losses = |run: &str| -> Vec<f64> {
+        metrics(&dir.join("runs").join(run))
+            .into_iter()
+            .filter(|m| m["split"] == "train")
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (split, one) = (train_losses("gpt"), train_losses("single"));
+    assert_eq!(split.len(), 2, "{split:?}");
+    for (a, b) in split.iter().zip(&one) {
+        assert!((a - b).abs() < 1e-4, "{split:?} vs {one:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn an_encoder_pretrains_resumes_evaluates_and_fills_masks_on_wgpu() {
     let dir = scratch("wgpu-bert");
     let losses = interrupted_and_resumed("bert", BERT, &dir);

@@ -4,6 +4,7 @@
 use crate::ZooError;
 use crate::recipe::{Recipe, Task};
 use crate::runtime::metrics::LabelReport;
+use crate::runtime::parallel::resolve_devices;
 use crate::runtime::run_dir::{
     HF_CONFIG_FILE, is_hugging_face_dir, last_val_loss, load_run_recipe, read_hf_config,
     resume_epoch,
@@ -89,7 +90,8 @@ impl RunKind {
 /// Trains the recipe at `recipe_path` (or resumes it, with `options.resume`).
 pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, ZooError> {
     let started = Instant::now();
-    let recipe = Recipe::load(recipe_path)?;
+    let mut recipe = Recipe::load(recipe_path)?;
+    let (options, devices) = &split_across_devices(&mut recipe, recipe_path, options)?;
     let run_dir = options
         .run_dir
         .clone()
@@ -106,7 +108,22 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         resume_epoch: resume_epoch(&run_dir, options.resume)?,
         run_dir,
         options,
+        devices: devices.clone(),
     };
+    if session.resume_epoch.is_some()
+        && let Ok(run_recipe) = load_run_recipe(&session.run_dir)
+        && run_recipe.training.devices != recipe.training.devices
+    {
+        let shown = |d: &[String]| match d {
+            [] => "one device".to_string(),
+            d => d.join(","),
+        };
+        println!(
+            "note: the run trained on {} and resumes on {}: its steps stay the same size, but its batches are cut differently from here on",
+            shown(&run_recipe.training.devices),
+            shown(&recipe.training.devices)
+        );
+    }
     let outcome = match RunKind::of(&recipe) {
         RunKind::LanguageModel => lm::train(&session)?,
         RunKind::Encoder => encoder::train(&session)?,
@@ -119,6 +136,35 @@ pub fn train(recipe_path: &Path, options: &TrainOptions) -> Result<TrainReport, 
         seconds: started.elapsed().as_secs_f64(),
         sample: outcome.sample,
     })
+}
+
+/// The devices `recipe` trains on: `--devices` (recorded in the recipe in place of its own
+/// `training.devices`), else the recipe's, else `--device` alone; and the options with the
+/// first of them as the device. An error names a device that does not resolve, or a batch that
+/// does not split evenly.
+fn split_across_devices(
+    recipe: &mut Recipe,
+    recipe_path: &Path,
+    options: &TrainOptions,
+) -> Result<(TrainOptions, Vec<Device>), ZooError> {
+    let named = |names: &[String], e: String| match &options.devices {
+        Some(_) => ZooError::Usage(format!("--devices {}: {e}", names.join(","))),
+        None => ZooError::recipe(recipe_path, format!("training.devices: {e}")),
+    };
+    if let Some(names) = &options.devices {
+        recipe.training.devices = names.clone();
+    }
+    let names = &recipe.training.devices;
+    if names.is_empty() {
+        return Ok((options.clone(), vec![options.device.clone()]));
+    }
+    recipe.check_batch_split().map_err(|e| named(names, e))?;
+    let devices = resolve_devices(names, options.resolve_device).map_err(|e| named(names, e))?;
+    let options = TrainOptions {
+        device: devices[0].clone(),
+        ..options.clone()
+    };
+    Ok((options, devices))
 }
 
 /// What `zoo eval` found, by kind of run.

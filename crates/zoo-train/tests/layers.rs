@@ -20,12 +20,13 @@ fn layer(module: &str) -> usize {
 }
 
 /// The order inside the runtime: the session on top, the loop, the display, the summary and the
-/// metrics (whose label output is a step output) below it, the rest lower, LoRA (which
-/// checkpoints ask about) at the bottom.
+/// metrics (whose label output is a step output) below it, then the data-parallel round the
+/// loop runs its steps in, the rest lower, LoRA (which checkpoints ask about) at the bottom.
 fn runtime_layer(module: &str) -> usize {
     match module {
-        "session" => 3,
-        "fit" | "logging" | "metrics" | "summary" => 2,
+        "session" => 4,
+        "fit" | "logging" | "metrics" | "summary" => 3,
+        "parallel" => 2,
         "budget" | "data" | "early_stop" | "optim" | "run_dir" | "schedule" | "step"
         | "validations" | "mod" => 1,
         "lora" => 0,

@@ -449,6 +449,48 @@ pub struct TrainingSpec {
     /// Stop when a validation metric has stopped improving; off when absent.
     #[serde(default)]
     pub early_stopping: Option<EarlyStoppingSpec>,
+    /// Data parallelism: the devices each batch is split across (`zoo train --devices`, which
+    /// the run's recipe records), the first holding the model, the optimiser and validation;
+    /// one device (`--device`) when empty. `batch_size` must divide evenly between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+impl TrainingSpec {
+    /// What the run keeps out of training, in words (`frozen: the embeddings and 2 layer(s)`),
+    /// when it keeps anything.
+    pub fn frozen(&self) -> Option<String> {
+        (self.freeze_embeddings || self.freeze_layers > 0).then(|| {
+            format!(
+                "frozen: {}{} layer(s)",
+                if self.freeze_embeddings {
+                    "the embeddings and "
+                } else {
+                    ""
+                },
+                self.freeze_layers
+            )
+        })
+    }
+
+    /// Devices each batch is split across (1 when none is named).
+    pub fn device_count(&self) -> usize {
+        self.devices.len().max(1)
+    }
+
+    /// Sequences in one micro-batch, the part of a batch one device reads: `batch_size` split
+    /// across the devices.
+    pub fn micro_batch_size(&self) -> usize {
+        self.batch_size / self.device_count()
+    }
+
+    /// Micro-batches in one optimiser step: each of the `grad_accumulation` batches is one
+    /// micro-batch per device. Their gradients sum to the step's (each loss is scaled by
+    /// `1 / micro_batches`), so a step on N devices is a step on one device that accumulates
+    /// N times as many batches of a N-th the size.
+    pub fn micro_batches(&self) -> usize {
+        self.grad_accumulation * self.device_count()
+    }
 }
 
 /// `training.early_stopping = { metric = "loss", patience = 3, min_delta = 0.0 }`: the run ends
@@ -505,24 +547,6 @@ pub enum OnNonFinite {
     Skip,
 }
 
-impl TrainingSpec {
-    /// What the run keeps out of training, in words (`frozen: the embeddings and 2 layer(s)`),
-    /// when it keeps anything.
-    pub fn frozen(&self) -> Option<String> {
-        (self.freeze_embeddings || self.freeze_layers > 0).then(|| {
-            format!(
-                "frozen: {}{} layer(s)",
-                if self.freeze_embeddings {
-                    "the embeddings and "
-                } else {
-                    ""
-                },
-                self.freeze_layers
-            )
-        })
-    }
-}
-
 /// Streams a recurrent model is validated on when the recipe gives none (PyTorch's example).
 pub const DEFAULT_EVAL_BATCH_SIZE: usize = 10;
 
@@ -549,6 +573,7 @@ impl Default for TrainingSpec {
             lm_loss_weight: 0.0,
             on_nonfinite: OnNonFinite::Stop,
             early_stopping: None,
+            devices: Vec::new(),
         }
     }
 }

@@ -125,6 +125,20 @@ impl Recipe {
         Ok(())
     }
 
+    /// Whether `training.batch_size` splits evenly across `training.devices`.
+    pub fn check_batch_split(&self) -> Result<(), String> {
+        let t = &self.training;
+        if t.batch_size.is_multiple_of(t.device_count()) {
+            return Ok(());
+        }
+        Err(format!(
+            "a batch_size of {} does not split evenly across {} devices ({})",
+            t.batch_size,
+            t.device_count(),
+            t.devices.join(", ")
+        ))
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         let config = self.model_config()?;
         self.validate_task(&config)?;
@@ -158,6 +172,8 @@ impl Recipe {
                 return Err(format!("{key} must be at least 1"));
             }
         }
+        self.check_batch_split()
+            .map_err(|e| format!("training.devices: {e}"))?;
         let budgets = [
             ("steps", t.steps.map(|s| s as f64)),
             ("epochs", t.epochs.map(|e| e as f64)),

@@ -182,7 +182,9 @@ impl<T> TokenExamples<T> {
 /// Training loaders count epochs from where the run starts (or resumes), so a resumed run sees
 /// the same data it would have seen uninterrupted (random windows drawn from `(seed, epoch)`,
 /// streams continued where the previous epoch stopped, ...). Validation loaders serve the same
-/// batches every time, so validation losses compare.
+/// batches every time, so validation losses compare. A training loader for data parallelism
+/// makes micro-batch `i` of an epoch on device `i mod N` of its N devices, so that each round of
+/// N micro-batches has one on each.
 #[derive(Clone)]
 pub struct StepLoader<S: BatchSource> {
     source: S,
@@ -191,24 +193,27 @@ pub struct StepLoader<S: BatchSource> {
     total_batches: Option<usize>,
     /// The next epoch to draw (training) or `None` (validation: always epoch 0).
     next_epoch: Option<Arc<AtomicUsize>>,
-    device: Device,
+    /// Where batches are made, in turn (one device but for data-parallel training).
+    devices: Vec<Device>,
 }
 
 impl<S: BatchSource> StepLoader<S> {
-    /// A training loader whose first `iter()` is epoch `start_epoch` (0-based).
+    /// A training loader whose first `iter()` is epoch `start_epoch` (0-based), making its
+    /// batches on `devices` in turn.
     pub fn training(
         source: S,
         batches_per_epoch: usize,
         total_batches: usize,
         start_epoch: usize,
-        device: &Device,
+        devices: &[Device],
     ) -> Self {
+        assert!(!devices.is_empty(), "a loader makes batches on a device");
         Self {
             source,
             batches_per_epoch,
             total_batches: Some(total_batches),
             next_epoch: Some(Arc::new(AtomicUsize::new(start_epoch))),
-            device: device.clone(),
+            devices: devices.to_vec(),
         }
     }
 
@@ -220,7 +225,7 @@ impl<S: BatchSource> StepLoader<S> {
             source,
             total_batches: None,
             next_epoch: None,
-            device: device.clone(),
+            devices: vec![device.clone()],
         }
     }
 
@@ -249,12 +254,10 @@ impl<S: BatchSource> Iterator for StepIter<'_, S> {
             return None;
         }
         let loader = self.loader;
-        let batch = loader.source.batch(
-            self.epoch,
-            self.index,
-            loader.batches_per_epoch,
-            &loader.device,
-        );
+        let device = &loader.devices[self.index % loader.devices.len()];
+        let batch = loader
+            .source
+            .batch(self.epoch, self.index, loader.batches_per_epoch, device);
         self.index += 1;
         Some(Ok(batch))
     }
@@ -289,7 +292,7 @@ impl<S: BatchSource> DataLoader<S::Batch> for StepLoader<S> {
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<S::Batch>> {
         Arc::new(Self {
-            device: device.clone(),
+            devices: vec![device.clone()],
             ..self.clone()
         })
     }
@@ -338,17 +341,17 @@ mod tests {
     #[test]
     fn a_resumed_loader_continues_the_same_stream() {
         let device = Device::flex();
-        let fresh = StepLoader::training(Numbered, 3, 100, 0, &device);
+        let fresh = StepLoader::training(Numbered, 3, 100, 0, std::slice::from_ref(&device));
         let _epoch0 = epoch(&fresh);
         let epoch1 = epoch(&fresh);
         assert_eq!(epoch1, [(3, 1, 0), (4, 1, 1), (5, 1, 2)]);
-        let resumed = StepLoader::training(Numbered, 3, 100, 1, &device);
+        let resumed = StepLoader::training(Numbered, 3, 100, 1, std::slice::from_ref(&device));
         assert_eq!(epoch(&resumed), epoch1);
     }
 
     #[test]
     fn the_last_epoch_is_cut_to_the_budget() {
-        let loader = StepLoader::training(Numbered, 4, 10, 0, &Device::flex());
+        let loader = StepLoader::training(Numbered, 4, 10, 0, &[Device::flex()]);
         let sizes: Vec<usize> = (0..3).map(|_| loader.iter().count()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
     }

@@ -12,6 +12,9 @@
 //!   are read back (one read per optimiser step); when either is NaN or infinite the run stops
 //!   there with an error naming the step and the value, or, with `training.on_nonfinite =
 //!   "skip"`, leaves weights and optimiser as they were and counts the skip.
+//! - **Data parallelism is accumulation spread over devices.** With several devices, each round
+//!   of a step's micro-batches runs one per device (`parallel`), and the gradients gathered on
+//!   the first are summed in micro-batch order, so the step is the one-device step.
 //! - **Checkpoints keep what the model carries** (a recurrent model's state between windows)
 //!   and old ones go only once a newer one is complete.
 //! - **Early stopping** ends the run after the validation it says to, with a checkpoint there.
@@ -19,6 +22,7 @@
 use crate::recipe::{OnNonFinite, Recipe};
 use crate::runtime::data::stream;
 use crate::runtime::early_stop::SharedEarlyStopping;
+use crate::runtime::parallel::train_round;
 use crate::runtime::run_dir::{CheckpointRule, prune_checkpoints, save_carried};
 use crate::runtime::step::{CarriedState, SkippedSteps, StepOutput, clip_to_norm, squared_norm};
 use crate::runtime::validations::Validations;
@@ -38,8 +42,11 @@ const DEVICE_STREAM: u64 = 0x64726f70; // "drop"
 
 /// burn-train's training strategy for every zoo run; see the module docs.
 pub struct TrainingLoop {
-    /// The autodiff device training runs on.
+    /// The autodiff device training runs on: the model, the optimiser and validation.
     device: Device,
+    /// The autodiff devices a step's micro-batches are spread over, `device` first (only it
+    /// when training runs on one).
+    devices: Vec<Device>,
     seed: u64,
     /// Micro-batches per optimiser step.
     micro_batches: usize,
@@ -69,13 +76,13 @@ pub struct Stopped {
 }
 
 impl TrainingLoop {
-    /// The loop of `recipe`'s run in `run_dir`, on the autodiff `device`, `steps_per_epoch`
-    /// optimiser steps to an epoch, checkpointing by `checkpoints`, counting skipped steps in
-    /// `skipped`, waiting after each validation for the metrics logger to mark it in
-    /// `validations`.
+    /// The loop of `recipe`'s run in `run_dir`, on the autodiff `devices` (the first holding the
+    /// model), `steps_per_epoch` optimiser steps to an epoch, checkpointing by `checkpoints`,
+    /// counting skipped steps in `skipped`, waiting after each validation for the metrics logger
+    /// to mark it in `validations`.
     pub fn new(
         recipe: &Recipe,
-        device: &Device,
+        devices: &[Device],
         run_dir: PathBuf,
         steps_per_epoch: usize,
         checkpoints: CheckpointRule,
@@ -83,9 +90,10 @@ impl TrainingLoop {
         validations: Validations,
     ) -> Self {
         Self {
-            device: device.clone(),
+            device: devices[0].clone(),
+            devices: devices.to_vec(),
             seed: recipe.seed,
-            micro_batches: recipe.training.grad_accumulation,
+            micro_batches: recipe.training.micro_batches(),
             steps_per_epoch,
             grad_clip: recipe.optimizer.grad_clip as f32,
             on_nonfinite: recipe.training.on_nonfinite,
@@ -169,7 +177,8 @@ impl TrainingLoop {
         Ok(())
     }
 
-    /// One training pass: epoch `epoch`'s micro-batches, a step every `micro_batches`.
+    /// One training pass: epoch `epoch`'s micro-batches, a step every `micro_batches`, run in
+    /// rounds of one micro-batch per device.
     fn train_epoch<M>(
         &self,
         learner: &mut Learner<M>,
@@ -186,6 +195,7 @@ impl TrainingLoop {
         let mut iterator = loader.iter();
         let mut accumulator = GradientsAccumulator::new();
         let mut step_loss: Option<Tensor<1>> = None;
+        let mut round = Vec::with_capacity(self.devices.len());
         let mut iteration: usize = 0;
         while let Some(item) = iterator.next() {
             let item = match item {
@@ -202,27 +212,46 @@ impl TrainingLoop {
                 // micro-batch reports the rate of its own step (a resumed run included).
                 learner.lr_step();
             }
-            self.seed_micro_batch(first_micro_batch + iteration - 1);
-            let mut output = learner.train_step(item);
-            let loss = output.item.loss_mut().clone();
-            step_loss = Some(match step_loss.take() {
-                Some(sum) => sum + loss,
-                None => loss,
-            });
-            accumulator.accumulate(&learner.model(), output.grads);
-            if iteration.is_multiple_of(self.micro_batches) || progress.is_completed() {
+            round.push(item);
+            let step_ends = iteration.is_multiple_of(self.micro_batches) || progress.is_completed();
+            if round.len() < self.devices.len() && !step_ends {
+                continue;
+            }
+            // Micro-batch `first` of the run is the round's first.
+            let first = first_micro_batch + iteration - round.len();
+            let outputs = train_round(
+                &learner.model(),
+                &self.devices,
+                std::mem::take(&mut round),
+                |i| self.seed_micro_batch(first + i),
+            );
+            let mut items = Vec::with_capacity(outputs.len());
+            for mut output in outputs {
+                let loss = output.item.loss_mut().clone();
+                step_loss = Some(match step_loss.take() {
+                    Some(sum) => sum + loss,
+                    None => loss,
+                });
+                accumulator.accumulate(&learner.model(), output.grads);
+                items.push(output.item);
+            }
+            if step_ends {
                 let step =
                     (epoch - 1) * self.steps_per_epoch + iteration.div_ceil(self.micro_batches);
                 let loss = step_loss.take().expect("a step has a micro-batch");
                 self.apply(learner, accumulator.grads(), loss, step, epoch)?;
             }
-            let item = TrainingItem::new(
-                output.item,
-                progress,
-                Some(iteration),
-                Some(learner.lr_current()),
-            );
-            interrupter.fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+            let round_start = iteration - items.len();
+            for (i, item) in items.into_iter().enumerate() {
+                let item = TrainingItem::new(
+                    item,
+                    progress.clone(),
+                    Some(round_start + i + 1),
+                    Some(learner.lr_current()),
+                );
+                interrupter
+                    .fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+            }
             if interrupter.should_stop() {
                 break;
             }
@@ -274,7 +303,7 @@ where
         valid_loader: ValidLoader<M>,
         starting_epoch: usize,
     ) -> (M, SupervisedTrainingEventProcessor<M>) {
-        let train_loader = train_loader.to_device(&self.device);
+        // The training loader makes each micro-batch on its device already.
         let valid_loader = valid_loader.to_device(&self.device.clone().inner());
         learner.fork(&self.device);
         let TrainingComponents {

@@ -10,6 +10,7 @@
 //! early_stop stopping once a validation metric stops improving
 //! fit        the training loop: seeded per step, accumulation then clipping, non-finite
 //!            steps stopped or skipped, checkpoints with the carried state
+//! parallel   data parallelism: a step's micro-batches on several devices, gathered
 //! lora       LoRA adapters on a pretrained model, checkpoints of what trains, the base
 //! step       the gradient step: backward, accumulation scale, global-norm arithmetic
 //! optim      AdamW on the fused update, and the recipe's optimiser
@@ -28,6 +29,7 @@ pub mod logging;
 pub mod lora;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod run_dir;
 pub mod schedule;
 pub mod session;

@@ -16,6 +16,7 @@ use crate::runtime::early_stop::EarlyStopping;
 use crate::runtime::fit::{Stopped, TrainingLoop};
 use crate::runtime::logging::{JsonlMetricLogger, LineRenderer};
 use crate::runtime::optim::build_optimizer;
+use crate::runtime::parallel::DeviceResolver;
 use crate::runtime::run_dir::{
     AtomicCheckpointer, CheckpointRule, METRICS_FILE, ModelCheckpointer, SaveWhenAsked,
     checkpoint_epochs, newest_loadable, prune_checkpoints, remove_partial_files, resumed_model,
@@ -49,6 +50,11 @@ pub struct TrainOptions {
     pub data_dir: DataDir,
     /// The device to train on (its autodiff version is used for training).
     pub device: Device,
+    /// `--devices`: the devices to split each batch across, in place of the recipe's
+    /// `training.devices`; the first takes `device`'s place.
+    pub devices: Option<Vec<String>>,
+    /// The device a name in `devices` (or the recipe's) stands for.
+    pub resolve_device: DeviceResolver,
     /// Stop after this many optimiser steps even if the recipe's budget is larger (the run
     /// can be resumed). Used to test interruption.
     pub stop_after_steps: Option<usize>,
@@ -87,8 +93,11 @@ pub struct Session<'a> {
     pub recipe_path: &'a Path,
     /// The run directory.
     pub run_dir: PathBuf,
-    /// The command line's options.
+    /// The command line's options (`device` being the main one of `devices`).
     pub options: &'a TrainOptions,
+    /// The devices each batch is split across, the main one first (only it when training runs
+    /// on one).
+    pub devices: Vec<Device>,
     /// The newest complete checkpoint's epoch when this invocation resumes (training falls
     /// back to an older one if it does not load); `None` for a fresh run.
     pub resume_epoch: Option<usize>,
@@ -120,7 +129,7 @@ impl<S> Batches<S> {
     ) -> Self {
         let t = &recipe.training;
         Self {
-            steps_per_pass: batches_per_pass.div_ceil(t.grad_accumulation),
+            steps_per_pass: batches_per_pass.div_ceil(t.micro_batches()),
             cost: StepCost {
                 tokens: tokens_per_example * (t.batch_size * t.grad_accumulation) as f64,
                 flops_per_token: flops_per_token as f64,
@@ -230,15 +239,22 @@ impl Session<'_> {
     {
         let (recipe, run_dir) = (self.recipe, self.run_dir.as_path());
         let t = &recipe.training;
-        let micro_batches = t.grad_accumulation;
+        let micro_batches = t.micro_batches();
         let budget = Budget::of(recipe, batches.steps_per_pass, batches.cost)
             .map_err(|e| self.recipe_error(e))?;
 
         let device = self.options.device.clone();
         let autodiff = device.clone().autodiff();
+        let devices: Vec<Device> = self.devices.iter().map(|d| d.clone().autodiff()).collect();
         device.seed(recipe.seed);
         // Parameters must be created on the autodiff device to be tracked.
         let model = task.model(&autodiff)?;
+        if devices.len() > 1 && model.carries_between_batches() {
+            return Err(self.recipe_error(format!(
+                "training.devices: each window of this model starts from the state the one before left, so a step's windows cannot run side by side on {} devices; train it on one",
+                devices.len()
+            )));
+        }
         remove_partial_files(run_dir);
         let resume_epoch = match self.resume_epoch {
             Some(_) => {
@@ -329,7 +345,7 @@ impl Session<'_> {
             budget.steps_per_epoch * micro_batches,
             total_steps * micro_batches,
             start_epoch,
-            &device,
+            &devices,
         );
         let val_loader = StepLoader::validation(batches.valid, t.eval_batches, &device);
         let checkpoints = CheckpointRule {
@@ -339,7 +355,7 @@ impl Session<'_> {
         };
         let training_loop = TrainingLoop::new(
             recipe,
-            &autodiff,
+            &devices,
             run_dir.to_path_buf(),
             budget.steps_per_epoch,
             checkpoints,
@@ -367,6 +383,15 @@ impl Session<'_> {
             task.progress(budget),
         );
         println!("{}", task.announce(&budget));
+        if devices.len() > 1 {
+            println!(
+                "data parallel: each batch of {} is split into {} micro-batches of {}, one on each of {}; gradients are summed on the first",
+                t.batch_size,
+                devices.len(),
+                t.micro_batch_size(),
+                t.devices.join(", ")
+            );
+        }
         let result = training.launch(learner);
         if let Some(why) = stopped.lock().expect("failure lock").take() {
             return Err(self.stopped_at(&why, &budget));

@@ -32,6 +32,12 @@ pub trait CarriedState {
         Vec::new()
     }
 
+    /// Whether each training batch starts from the state the one before left, so that batches
+    /// must run one after the other (never split across devices).
+    fn carries_between_batches(&self) -> bool {
+        false
+    }
+
     /// Carries on from `tensors` (what [`carried`](Self::carried) gave), on `device`; a
     /// tensor that does not fit the model is an error naming it.
     fn carry_on(
@@ -80,7 +86,7 @@ pub struct GradientStep {
 impl GradientStep {
     /// The recipe's accumulation.
     pub fn of(recipe: &Recipe) -> Self {
-        Self::new(recipe.training.grad_accumulation)
+        Self::new(recipe.training.micro_batches())
     }
 
     /// One micro-batch in `grad_accumulation`.

@@ -12,6 +12,7 @@ use crate::tasks::encoder::model::EncoderBatch;
 use crate::tasks::encoder::run::EncoderRun;
 use burn::module::Module;
 use burn::prelude::*;
+use std::borrow::Cow;
 use std::path::Path;
 use zoo_bert::{BertConfig, BertModel, Predictions, TaskLogits, TaskLoss};
 use zoo_blocks::loss::{cosine_distance, cross_entropy, soft_target_kl};
@@ -52,10 +53,16 @@ impl Teacher {
         );
         let [n, _] = ours.logits.dims();
         let mut loss = cross_entropy(ours.logits.clone(), ours.expected.clone()) * spec.beta;
-        // The teacher runs only when a term reads it.
+        // The teacher runs only when a term reads it. It is no part of the student's record, so
+        // a replica of the student on another device (data parallelism) still holds the
+        // teacher where the model was made: it goes where the batch is.
         let theirs = (spec.alpha > 0.0 || spec.cosine > 0.0).then(|| {
-            self.model
-                .task_logits(tokens, segments, padding.clone(), targets)
+            let device = tokens.device();
+            let teacher = match self.model.devices().first() {
+                Some(there) if *there != device => Cow::Owned(self.model.clone().fork(&device)),
+                _ => Cow::Borrowed(&self.model),
+            };
+            teacher.task_logits(tokens, segments, padding.clone(), targets)
         });
         if let Some(theirs) = theirs {
             loss = loss + self.teacher_terms(&ours, theirs, padding);

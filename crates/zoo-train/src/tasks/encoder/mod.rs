@@ -55,6 +55,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     let student = Session {
         recipe: &recipe,
         run_dir: session.run_dir.clone(),
+        devices: session.devices.clone(),
         ..*session
     };
     train_task(&student, Some((teacher, dir)))
@@ -237,7 +238,12 @@ fn train_task(
         }
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
         let batching = Batching {
-            batch_size: t.batch_size,
+            // A training batch is split across the devices; validation reads whole ones.
+            batch_size: if train {
+                t.micro_batch_size()
+            } else {
+                t.batch_size
+            },
             seed,
             shuffle: train,
             special,
@@ -404,7 +410,7 @@ impl TrainingTask for EncoderTraining<'_> {
         if self.session.recipe.data.next_sentence {
             columns.push(("val NSP acc", "NSP Accuracy", 2));
         }
-        let batch_size = self.session.recipe.training.batch_size;
+        let batch_size = self.session.recipe.training.micro_batch_size();
         LineRenderer::with_columns(budget, batch_size, "seq", columns)
     }
 

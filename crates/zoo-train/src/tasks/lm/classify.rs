@@ -314,8 +314,14 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let inputs = frame_all(examples, &tokenizer, &markers, gpt.block_size).map_err(error)?;
         let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &labels).map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
+        // A training batch is split across the devices; validation reads whole ones.
+        let batch_size = if train {
+            t.micro_batch_size()
+        } else {
+            t.batch_size
+        };
         Ok::<_, ZooError>(ClassifierExamples {
-            examples: TokenExamples::new(inputs, ids, t.batch_size, seed, train).map_err(error)?,
+            examples: TokenExamples::new(inputs, ids, batch_size, seed, train).map_err(error)?,
             lm_weight: t.lm_loss_weight,
         })
     };
@@ -413,7 +419,7 @@ impl TrainingTask for ClassifierTraining<'_> {
     }
 
     fn progress(&self, budget: Budget) -> LineRenderer {
-        LineRenderer::for_labels(budget, self.session.recipe.training.batch_size)
+        LineRenderer::for_labels(budget, self.session.recipe.training.micro_batch_size())
     }
 
     fn announce(&self, budget: &Budget) -> String {

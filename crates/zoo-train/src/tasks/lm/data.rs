@@ -65,7 +65,7 @@ mod tests {
     fn streams_continue_across_epochs_and_reset_at_each_pass() {
         // 2 streams of 50 tokens in windows of 10: 5 windows per pass.
         let streams = Streams::new(Arc::new((0..100).collect()), 2, 10).unwrap();
-        let loader = StepLoader::training(Windows::Streams(streams), 3, 12, 0, &Device::flex());
+        let loader = StepLoader::training(Windows::Streams(streams), 3, 12, 0, &[Device::flex()]);
         let mut resets = Vec::new();
         let mut firsts = Vec::new();
         for _ in 0..4 {

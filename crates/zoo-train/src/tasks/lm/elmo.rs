@@ -371,7 +371,13 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             .encode(&tokenizer, &labels, seq_len)
             .map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        TokenExamples::new(inputs, targets, t.batch_size, seed, train)
+        // A training batch is split across the devices; validation reads whole ones.
+        let batch_size = if train {
+            t.micro_batch_size()
+        } else {
+            t.batch_size
+        };
+        TokenExamples::new(inputs, targets, batch_size, seed, train)
             .map(ElmoExamples)
             .map_err(error)
     };
@@ -452,7 +458,7 @@ impl TrainingTask for ElmoTraining<'_> {
     }
 
     fn progress(&self, budget: Budget) -> LineRenderer {
-        LineRenderer::for_labels(budget, self.session.recipe.training.batch_size)
+        LineRenderer::for_labels(budget, self.session.recipe.training.micro_batch_size())
     }
 
     fn announce(&self, budget: &Budget) -> String {

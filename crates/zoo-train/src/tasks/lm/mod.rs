@@ -278,19 +278,20 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     }
     let t = &recipe.training;
     let seq_len = recipe.sequence_len(&config);
-    let micro_batches = t.grad_accumulation;
+    // A training batch is split across the devices; validation reads whole ones.
+    let (micro_batch_size, micro_batches) = (t.micro_batch_size(), t.micro_batches());
     let split_error = |split: &str, e: String| session.recipe_error(format!("{split} split: {e}"));
     let (train, valid, steps_per_pass) = match &config {
         ModelConfig::Gpt(_) => {
             let train =
-                RandomWindows::new(train_tokens.clone(), seq_len, t.batch_size, recipe.seed)
+                RandomWindows::new(train_tokens.clone(), seq_len, micro_batch_size, recipe.seed)
                     .map_err(|e| split_error("training", e))?;
             // A validation seed of its own, fixed for the run, so every validation sees the
             // same batches.
             let val =
                 RandomWindows::new(val_tokens, seq_len, t.batch_size, recipe.seed ^ 0x76_616C)
                     .map_err(|e| split_error("validation", e))?;
-            let per_step = t.batch_size * seq_len * micro_batches;
+            let per_step = micro_batch_size * seq_len * micro_batches;
             (
                 Windows::Random(train),
                 Windows::Random(val),
@@ -298,7 +299,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             )
         }
         ModelConfig::Rnn(_) => {
-            let train = Streams::new(train_tokens.clone(), t.batch_size, seq_len)
+            let train = Streams::new(train_tokens.clone(), micro_batch_size, seq_len)
                 .map_err(|e| split_error("training", e))?;
             let val = Streams::new(val_tokens, recipe.eval_batch_size(), seq_len)
                 .map_err(|e| split_error("validation", e))?;
@@ -308,7 +309,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         _ => unreachable!("validated causal-lm recipes are GPT, RNN or n-gram"),
     };
     let cost = StepCost {
-        tokens: (t.batch_size * seq_len * micro_batches) as f64,
+        tokens: (micro_batch_size * seq_len * micro_batches) as f64,
         flops_per_token: config.size().train_flops_per_token as f64,
     };
     let task = LmTraining {
@@ -400,7 +401,7 @@ impl TrainingTask for LmTraining<'_> {
     fn progress(&self, budget: Budget) -> LineRenderer {
         LineRenderer::new(
             budget,
-            self.session.recipe.training.batch_size * self.seq_len,
+            self.session.recipe.training.micro_batch_size() * self.seq_len,
         )
     }
 

@@ -156,6 +156,10 @@ impl Lm {
 }
 
 impl CarriedState for Lm {
+    fn carries_between_batches(&self) -> bool {
+        matches!(&self.model, LmModel::Rnn(rnn) if !rnn.is_bidirectional())
+    }
+
     fn carried(&self) -> Vec<(String, TensorData)> {
         let slot = self.carry.train.lock().expect("state lock");
         slot.as_ref().map(RnnLm::state_tensors).unwrap_or_default()

@@ -198,7 +198,12 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     });
     let serve = |examples: Examples, train: bool| {
         let batching = Seq2SeqBatching {
-            batch_size: t.batch_size,
+            // A training batch is split across the devices; validation reads whole ones.
+            batch_size: if train {
+                t.micro_batch_size()
+            } else {
+                t.batch_size
+            },
             seed: recipe.seed ^ if train { 0 } else { 0x76_616C },
             shuffle: train,
         };
@@ -303,7 +308,7 @@ impl TrainingTask for Seq2SeqTraining<'_> {
     fn progress(&self, budget: Budget) -> LineRenderer {
         LineRenderer::with_columns(
             budget,
-            self.session.recipe.training.batch_size,
+            self.session.recipe.training.micro_batch_size(),
             "seq",
             vec![("val token acc", "Accuracy", 2)],
         )
