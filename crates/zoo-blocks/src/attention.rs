@@ -252,21 +252,22 @@ impl SelfAttention {
         let qkv = kernels::linear(&self.qkv, x);
         let scale = self.scale;
         // Training with plain causal attention: our fused kernel reads the heads where the
-        // projection left them, when it serves the device.
+        // projection left them (and drops out the attention weights itself), when it serves
+        // the device.
         let plain_causal = qkv.device().is_autodiff()
             && self.causal
             && past == 0
             && self.rotary.is_none()
             && !self.alibi
             && position_bias.is_none()
-            && padding.is_none()
-            && self.attn_dropout.prob == 0.0;
+            && padding.is_none();
         if plain_causal {
             let packed = kernels::causal_attention_packed(
                 qkv.clone(),
                 self.n_heads,
                 self.n_kv_heads,
                 scale as f32,
+                &self.attn_dropout,
             );
             if let Some(y) = packed {
                 return crate::kernels::dropout(
@@ -315,10 +316,12 @@ impl SelfAttention {
             && self.causal
             && past == 0
             && bias.is_none()
-            && padding.is_none()
-            && self.attn_dropout.prob == 0.0)
-            .then(|| causal_attention(q.clone(), k.clone(), v.clone(), scale as f32))
-            .flatten();
+            && padding.is_none())
+        .then(|| {
+            let (q, k, v) = (q.clone(), k.clone(), v.clone());
+            causal_attention(q, k, v, scale as f32, &self.attn_dropout)
+        })
+        .flatten();
         let y = if let Some(y) = fused {
             y
         } else if device.is_autodiff() || probe::is_recording() {
@@ -656,8 +659,9 @@ mod tests {
             };
             let (q, k, v) = (input(), input(), input());
             let scale = 0.37;
-            let fused =
-                causal_attention(q.clone(), k.clone(), v.clone(), scale).expect("flex is served");
+            let no_dropout = DropoutConfig::new(0.0).init();
+            let fused = causal_attention(q.clone(), k.clone(), v.clone(), scale, &no_dropout)
+                .expect("flex is served");
             let mask = causal_mask(len, len, &device)
                 .reshape([1, 1, len, len])
                 .expand([batch, heads, len, len]);
@@ -703,8 +707,15 @@ mod tests {
             let run = |packed: bool| {
                 let qkv = qkv0.clone().detach().require_grad();
                 let out = if packed {
-                    kernels::causal_attention_packed(qkv.clone(), heads, kv_heads, scale)
-                        .expect("flex is served")
+                    let no_dropout = DropoutConfig::new(0.0).init();
+                    kernels::causal_attention_packed(
+                        qkv.clone(),
+                        heads,
+                        kv_heads,
+                        scale,
+                        &no_dropout,
+                    )
+                    .expect("flex is served")
                 } else {
                     let split = |start: usize, count: usize| {
                         let x = qkv

@@ -1,7 +1,7 @@
 //! The autodiff side of [`ZooOps`](super::ZooOps): for each op a backward step that calls the
 //! op's `_backward` kernel on the inner backend, so our kernels train as Burn's ops do.
 
-use super::{AdamWStep, ZooOps};
+use super::{AdamWStep, AttentionWeights, ZooOps};
 use burn::backend::Backend;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -48,16 +48,16 @@ type AttentionState<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
-    f32,
+    AttentionWeights,
 );
 
 impl<B: Backend + ZooOps> Backward<B, 3> for ZooCausalAttention {
     type State = AttentionState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (q, k, v, out, probs, scale) = ops.state;
+        let (q, k, v, out, probs, weights) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let (dq, dk, dv) = B::zoo_causal_attention_backward(q, k, v, out, probs, grad, scale);
+        let (dq, dk, dv) = B::zoo_causal_attention_backward(q, k, v, out, probs, grad, weights);
         for (parent, gradient) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, gradient);
@@ -69,24 +69,24 @@ impl<B: Backend + ZooOps> Backward<B, 3> for ZooCausalAttention {
 #[derive(Debug)]
 struct ZooPackedAttention;
 
-/// Packed projection, output, probabilities, query heads, key/value heads, scale.
+/// Packed projection, output, probabilities, query heads, key/value heads, weighting.
 type PackedAttentionState<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
     usize,
     usize,
-    f32,
+    AttentionWeights,
 );
 
 impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
     type State = PackedAttentionState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (qkv, out, probs, n_heads, n_kv_heads, scale) = ops.state;
+        let (qkv, out, probs, n_heads, n_kv_heads, weights) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
             B::zoo_causal_attention_packed_backward(
-                qkv, out, probs, grad, n_heads, n_kv_heads, scale,
+                qkv, out, probs, grad, n_heads, n_kv_heads, weights,
             )
         });
     }
@@ -209,11 +209,11 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         qkv: FloatTensor<Self>,
         n_heads: usize,
         n_kv_heads: usize,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let packed = qkv.primitive().clone();
         let (out, probs) =
-            B::zoo_causal_attention_packed(packed.clone(), n_heads, n_kv_heads, scale);
+            B::zoo_causal_attention_packed(packed.clone(), n_heads, n_kv_heads, weights);
         // The probabilities leave as a constant: nothing differentiates through them.
         let probs_leaf = FloatTensor::<Self>::new(probs.clone());
         let out = match ZooPackedAttention
@@ -222,7 +222,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = (packed, out.clone(), probs, n_heads, n_kv_heads, scale);
+                let state = (packed, out.clone(), probs, n_heads, n_kv_heads, weights);
                 prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
@@ -237,7 +237,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         _grad: FloatTensor<Self>,
         _n_heads: usize,
         _n_kv_heads: usize,
-        _scale: f32,
+        _weights: AttentionWeights,
     ) -> FloatTensor<Self> {
         panic!(
             "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
@@ -462,14 +462,14 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (qp, kp, vp) = (
             q.primitive().clone(),
             k.primitive().clone(),
             v.primitive().clone(),
         );
-        let (out, probs) = B::zoo_causal_attention(qp.clone(), kp.clone(), vp.clone(), scale);
+        let (out, probs) = B::zoo_causal_attention(qp.clone(), kp.clone(), vp.clone(), weights);
         // The probabilities leave as a constant: nothing differentiates through them.
         let probs_leaf = FloatTensor::<Self>::new(probs.clone());
         let out = match ZooCausalAttention
@@ -477,7 +477,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((qp, kp, vp, out.clone(), probs, scale), out),
+            OpsKind::Tracked(prep) => prep.finish((qp, kp, vp, out.clone(), probs, weights), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         (out, probs_leaf)
@@ -490,7 +490,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         _out: FloatTensor<Self>,
         _probs: FloatTensor<Self>,
         _grad: FloatTensor<Self>,
-        _scale: f32,
+        _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         panic!(
             "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"

@@ -6,7 +6,8 @@
 //! - [`matmul_weight`] / [`linear`]: products handed to gemm with transposed views in place (Burn
 //!   zero-fills and then copies every output, and materialises transposes in the backward);
 //! - [`causal_attention_packed`] and [`causal_attention`]: attention read straight from the
-//!   packed QKV projection, in blocks of query rows that skip the masked half;
+//!   packed QKV projection, in blocks of query rows that skip the masked half, with dropout of
+//!   the attention probabilities whose mask the backward draws again;
 //! - [`lstm_sequence`], [`gru_sequence`]: a whole recurrent layer forward and backward through
 //!   time;
 //! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
@@ -58,14 +59,15 @@ pub trait ZooOps: Backend {
         _seed: u64,
     ) -> FloatTensor<Self>;
 
-    /// Causal attention `softmax(q kᵀ scale + causal mask) v` over `[batch, heads, len, dim]`,
-    /// with the attention probabilities (`[batch, heads, len, len]`) that the backward needs.
+    /// Causal attention `dropout(softmax(q kᵀ scale + causal mask)) v` over `[batch, heads,
+    /// len, dim]` (see [`AttentionWeights`]), with the attention probabilities before dropout
+    /// (`[batch, heads, len, len]`) that the backward needs.
     fn zoo_causal_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        // `_scale`: without `flex` the generated dispatch has no backend to pass it to.
-        _scale: f32,
+        // `_weights`: without `flex` the generated dispatch has no backend to pass it to.
+        _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients `(dq, dk, dv)` of [`zoo_causal_attention`](Self::zoo_causal_attention) given
@@ -77,17 +79,17 @@ pub trait ZooOps: Backend {
         out: FloatTensor<Self>,
         probs: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        _scale: f32,
+        _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Causal attention straight from a packed QKV projection `[batch, len, (n_heads +
     /// 2 n_kv_heads) head_dim]` (queries, then keys, then values along each row) to
-    /// `[batch, len, n_heads head_dim]`, with the attention probabilities.
+    /// `[batch, len, n_heads head_dim]`, with the attention probabilities before dropout.
     fn zoo_causal_attention_packed(
         qkv: FloatTensor<Self>,
         _n_heads: usize,
         _n_kv_heads: usize,
-        _scale: f32,
+        _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradient of [`zoo_causal_attention_packed`](Self::zoo_causal_attention_packed) with
@@ -100,7 +102,7 @@ pub trait ZooOps: Backend {
         grad: FloatTensor<Self>,
         _n_heads: usize,
         _n_kv_heads: usize,
-        _scale: f32,
+        _weights: AttentionWeights,
     ) -> FloatTensor<Self>;
 
     /// One AdamW update of a parameter from its gradient and moments (see [`AdamWStep`]): the new
@@ -232,19 +234,23 @@ pub fn dropout<const D: usize>(layer: &burn::nn::Dropout, x: Tensor<D>) -> Tenso
     if !runs_on_flex_f32(&x) {
         return layer.forward(x);
     }
-    // 90 bits of the device's generator (three draws of 30: integers may be 32-bit), folded
-    // into the seed of the mask stream.
+    let seed = mask_seed(&x.device());
+    dropout_with_seed(x, layer.prob as f32, seed)
+}
+
+/// The seed of a dropout mask's stream: 90 bits of the device's generator (three draws of 30:
+/// integers may be 32-bit), folded into 64.
+fn mask_seed(device: &burn::tensor::Device) -> u64 {
     let draws = Tensor::<1, Int>::random(
         [3],
         burn::tensor::Distribution::Uniform(0.0, (1u64 << 30) as f64),
-        &x.device(),
+        device,
     )
     .into_data()
     .convert::<i64>()
     .try_into_vec::<i64>()
     .expect("integers read back");
-    let seed = ((draws[0] as u64) << 34) ^ ((draws[1] as u64) << 17) ^ draws[2] as u64;
-    dropout_with_seed(x, layer.prob as f32, seed)
+    ((draws[0] as u64) << 34) ^ ((draws[1] as u64) << 17) ^ draws[2] as u64
 }
 
 /// Our dropout kernel on flex with the mask stream seeded by `seed`.
@@ -256,42 +262,97 @@ fn dropout_with_seed<const D: usize>(x: Tensor<D>, prob: f32, seed: u64) -> Tens
     ))
 }
 
+/// How the fused attention kernels weigh the values: the scores scaled by `scale`, and the
+/// probabilities then dropped out with probability `dropout` (0 for none), by the mask that
+/// [`ZooOps::zoo_dropout`] draws from `seed` over the `[batch, heads, len, len]` probabilities.
+/// The backward draws the mask again; only the probabilities before dropout are kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionWeights {
+    pub scale: f32,
+    pub dropout: f32,
+    pub seed: u64,
+}
+
+impl AttentionWeights {
+    /// Scores scaled by `scale`, dropped out as `layer` drops (nothing outside training or off
+    /// the autodiff device), with a mask seeded from `device`'s generator as [`dropout`] seeds.
+    fn new(scale: f32, layer: &burn::nn::Dropout, device: &burn::tensor::Device) -> Self {
+        let drops = layer.training.is_enabled() && device.is_autodiff() && layer.prob > 0.0;
+        AttentionWeights {
+            scale,
+            dropout: if drops { layer.prob as f32 } else { 0.0 },
+            seed: if drops { mask_seed(device) } else { 0 },
+        }
+    }
+}
+
 /// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, keys and values as many
-/// heads as queries), scores scaled by `scale`, through our fused kernel with its own backward.
-/// `None` when the kernel does not serve the device; callers then compose Burn's ops.
-pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Option<Tensor<4>> {
+/// heads as queries), scores scaled by `scale` and the attention probabilities dropped out as
+/// `dropout` drops, through our fused kernel with its own backward. `None` when the kernel does
+/// not serve the device; callers then compose Burn's ops.
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    dropout: &burn::nn::Dropout,
+) -> Option<Tensor<4>> {
     if !runs_on_flex(&q) {
         return None;
     }
+    let weights = AttentionWeights::new(scale, dropout, &q.device());
+    Some(fused_causal_attention(q, k, v, weights))
+}
+
+fn fused_causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    weights: AttentionWeights,
+) -> Tensor<4> {
     let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
-        scale,
+        weights,
     );
-    Some(Tensor::from_dispatch(out))
+    Tensor::from_dispatch(out)
 }
 
 /// Causal self-attention straight from a packed QKV projection (`[batch, len, (n_heads +
 /// 2 n_kv_heads) head_dim]`: queries, keys, values along each row) to `[batch, len, n_heads
-/// head_dim]`, scores scaled by `scale`, through our fused kernel: no splitting, transposing or
-/// repeating of heads either way. `None` when the kernel does not serve the device.
+/// head_dim]`, scores scaled by `scale` and the probabilities dropped out as `dropout` drops,
+/// through our fused kernel: no splitting, transposing or repeating of heads either way. `None`
+/// when the kernel does not serve the device.
 pub fn causal_attention_packed(
     qkv: Tensor<3>,
     n_heads: usize,
     n_kv_heads: usize,
     scale: f32,
+    dropout: &burn::nn::Dropout,
 ) -> Option<Tensor<3>> {
     if !runs_on_flex_f32(&qkv) {
         return None;
     }
+    let weights = AttentionWeights::new(scale, dropout, &qkv.device());
+    Some(fused_causal_attention_packed(
+        qkv, n_heads, n_kv_heads, weights,
+    ))
+}
+
+fn fused_causal_attention_packed(
+    qkv: Tensor<3>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    weights: AttentionWeights,
+) -> Tensor<3> {
     let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention_packed(
         qkv.into_dispatch(),
         n_heads,
         n_kv_heads,
-        scale,
+        weights,
     );
-    Some(Tensor::from_dispatch(out))
+    Tensor::from_dispatch(out)
 }
 
 /// The scalars of one AdamW update at step `time` (from 1), as PyTorch applies it:

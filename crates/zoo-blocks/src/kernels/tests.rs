@@ -91,15 +91,16 @@ fn matmul_matches_burns_for_plain_and_transposed_operands() {
 }
 
 #[test]
-fn one_row_against_large_weights_matches_burns_product() {
+fn a_few_rows_against_large_weights_match_burns_product() {
     // Decoding's shape: one row against weights past 4 MB, whose output columns the threads
     // split in blocks (2,100 columns: the last block is partial), the weight held as is or
-    // transposed (a tied head); and a few rows, which gemm runs whole.
+    // transposed (a tied head); 2 to 8 rows (batched decoding, a draft's proposals), split the
+    // same way; and 9 rows, which gemm shares out itself.
     let device = test_device();
     let normal = Distribution::Normal(0.0, 1.0);
-    let w0 = Tensor::<2>::random([512, 2100], normal, &device);
-    for rows in [1, 3] {
-        let x = Tensor::<3>::random([1, rows, 512], normal, &device);
+    for (inputs, rows) in [(512, 1), (512, 2), (515, 3), (512, 5), (515, 8), (512, 9)] {
+        let w0 = Tensor::<2>::random([inputs, 2100], normal, &device);
+        let x = Tensor::<3>::random([1, rows, inputs], normal, &device);
         for transposed in [false, true] {
             let weight = if transposed {
                 w0.clone().transpose().into_data()
@@ -266,4 +267,80 @@ fn dropout_is_off_outside_training() {
     let off = burn::nn::DropoutConfig::new(0.0).init();
     let y = Tensor::<2>::from_data(x.to_data(), &device.autodiff());
     assert_eq!(to_vec(dropout(&off, y).inner()), to_vec(x));
+}
+
+/// The fused kernels (heads split, and packed with key/value heads shared) with dropout of the
+/// attention probabilities against Burn's composed ops with our dropout kernel on the
+/// probabilities, seeded alike: the same mask, so the same values and input gradients.
+#[test]
+fn fused_attention_drops_its_probabilities_as_the_dropout_kernel_does() {
+    use crate::attention::causal_mask;
+    use burn::tensor::activation::softmax;
+    let device = test_device().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let weights = AttentionWeights {
+        scale: 0.37,
+        dropout: 0.3,
+        seed: 11,
+    };
+    // [batch, len, query heads, key/value heads, head dim]; 70 rows are a full block of 64
+    // and a partial one.
+    for [batch, len, heads, kv_heads, dim] in [[2, 7, 3, 3, 12], [1, 70, 4, 2, 8]] {
+        let width = (heads + 2 * kv_heads) * dim;
+        let qkv0 = Tensor::<3>::random([batch, len, width], normal, &device);
+        let probe = Tensor::<3>::random([batch, len, heads * dim], normal, &device);
+        let split = |qkv: &Tensor<3>, start: usize, count: usize| {
+            let x = qkv
+                .clone()
+                .narrow(2, start * dim, count * dim)
+                .reshape([batch, len, count, dim])
+                .swap_dims(1, 2);
+            x.unsqueeze_dim::<5>(2)
+                .repeat_dim(2, heads / count)
+                .reshape([batch, heads, len, dim])
+        };
+        let merge = |y: Tensor<4>| y.swap_dims(1, 2).reshape([batch, len, heads * dim]);
+        // The output and the packed projection's gradient, each way on a graph of its own.
+        let run = |way: usize, weights: AttentionWeights| {
+            let qkv = qkv0.clone().detach().require_grad();
+            let (q, k, v) = (
+                split(&qkv, 0, heads),
+                split(&qkv, heads, kv_heads),
+                split(&qkv, heads + kv_heads, kv_heads),
+            );
+            let out = match way {
+                0 => fused_causal_attention_packed(qkv.clone(), heads, kv_heads, weights),
+                1 => merge(fused_causal_attention(q, k, v, weights)),
+                _ => {
+                    let mask = causal_mask(len, len, &device)
+                        .reshape([1, 1, len, len])
+                        .expand([batch, heads, len, len]);
+                    let scores = (q.matmul(k.swap_dims(2, 3)) * weights.scale)
+                        .mask_fill(mask, f32::NEG_INFINITY);
+                    let dropped =
+                        dropout_with_seed(softmax(scores, 3), weights.dropout, weights.seed);
+                    merge(dropped.matmul(v))
+                }
+            };
+            let grads = (out.clone() * probe.clone()).sum().backward();
+            (out.inner(), qkv.grad(&grads).unwrap())
+        };
+        let composed = run(2, weights);
+        for way in [0, 1] {
+            let fused = run(way, weights);
+            assert_close(fused.0, composed.0.clone(), 1e-5);
+            assert_close(fused.1, composed.1.clone(), 1e-4);
+        }
+        // The dropout acted: without it the output is another.
+        let undropped = run(
+            0,
+            AttentionWeights {
+                dropout: 0.0,
+                ..weights
+            },
+        )
+        .0;
+        let moved = (undropped - composed.0).abs().max().into_scalar::<f32>();
+        assert!(moved > 1e-3, "dropout changed nothing ({moved})");
+    }
 }

@@ -219,12 +219,10 @@ impl TrainingLoop {
             }
             // Micro-batch `first` of the run is the round's first.
             let first = first_micro_batch + iteration - round.len();
-            let outputs = train_round(
-                &learner.model(),
-                &self.devices,
-                std::mem::take(&mut round),
-                |i| self.seed_micro_batch(first + i),
-            );
+            let model = learner.model();
+            let outputs = train_round(&model, &self.devices, std::mem::take(&mut round), |i| {
+                self.seed_micro_batch(first + i)
+            });
             let mut items = Vec::with_capacity(outputs.len());
             for mut output in outputs {
                 let loss = output.item.loss_mut().clone();
@@ -232,7 +230,7 @@ impl TrainingLoop {
                     Some(sum) => sum + loss,
                     None => loss,
                 });
-                accumulator.accumulate(&learner.model(), output.grads);
+                accumulator.accumulate(&model, output.grads);
                 items.push(output.item);
             }
             if step_ends {

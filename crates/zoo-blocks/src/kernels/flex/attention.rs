@@ -5,9 +5,14 @@
 //! splitting or transposing, and the gradient lands packed the same way. The forward keeps each
 //! head's attention probabilities for the backward; every product is one `gemm` call on one thread,
 //! with heads (forward) or key/value heads (backward) in parallel.
+//!
+//! Dropout of the probabilities draws element `(b, h, t, j)`'s mask from the element's index in
+//! the `[batch, heads, len, len]` probabilities, as the dropout kernel would over that tensor;
+//! the forward keeps the probabilities before dropout and the backward draws the mask again.
 
 use super::rows;
 use super::strided::{Matrix, gemm};
+use crate::kernels::AttentionWeights;
 use rayon::prelude::*;
 
 /// Where every head's `[len, dim]` matrix sits in a buffer: element `(t, j)` of head `h` of
@@ -108,12 +113,19 @@ impl Output {
     }
 }
 
-/// `out = softmax(q kᵀ scale + causal mask) v` for every head; `probs`
-/// (`[batch, heads, len, len]`) receives the softmax.
-pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f32], scale: f32) {
+/// `out = dropout(softmax(q kᵀ scale + causal mask)) v` for every head; `probs`
+/// (`[batch, heads, len, len]`) receives the softmax, before dropout.
+pub fn forward(
+    shape: Shape,
+    [q, k, v]: [Input; 3],
+    out: Output,
+    probs: &mut [f32],
+    weights: AttentionWeights,
+) {
     let Shape {
         heads, len, dim, ..
     } = shape;
+    let dropout = Dropout::of(weights, len);
     q.1.check(&shape, heads, q.0.len());
     k.1.check(&shape, shape.kv_heads, k.0.len());
     v.1.check(&shape, shape.kv_heads, v.0.len());
@@ -122,10 +134,11 @@ pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f3
     probs
         .par_chunks_mut(len * len)
         .enumerate()
-        .for_each(|(i, p)| {
-            let (b, h) = (i / heads, i % heads);
+        .for_each(|(head, p)| {
+            let (b, h) = (head / heads, head % heads);
             let g = shape.kv_head(h);
             let (q, k_t, v) = (q.matrix(b, h), k.matrix(b, g).transposed(), v.matrix(b, g));
+            let mut dropped = dropout.scratch();
             for (r0, r1) in row_blocks(len) {
                 let rows = r1 - r0;
                 let block = &mut p[r0 * len..];
@@ -146,9 +159,9 @@ pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f3
                 for (i, row) in block.chunks_exact_mut(len).take(rows).enumerate() {
                     let (seen, future) = row.split_at_mut(r0 + i + 1);
                     future.fill(0.0);
-                    rows::softmax_scaled(seen, scale);
+                    rows::softmax_scaled(seen, weights.scale);
                 }
-                let p = Matrix::rows(block.as_ptr(), len);
+                let p = dropout.apply(&mut dropped, block, head, r0..r1);
                 let dst = out.at(b, h).wrapping_add(r0 * out.2.row);
                 // SAFETY: as above.
                 unsafe { gemm(rows, dim, r1, dst, out.2.row, false, p, v) };
@@ -157,9 +170,11 @@ pub fn forward(shape: Shape, [q, k, v]: [Input; 3], out: Output, probs: &mut [f3
 }
 
 /// The gradients of [`forward`] given its inputs, output, probabilities and the output's
-/// gradient: `dv = pᵀ do`, `ds = p ∘ (do vᵀ − rowsum(do ∘ o))`, `dq = ds k scale`,
-/// `dk = dsᵀ q scale`, summed over the query heads that share a key/value head. Every element
-/// of `dq`, `dk` and `dv`'s heads is written.
+/// gradient: with `p̃` the dropped probabilities and `mask(x)` dropout's mask and scale applied to
+/// `x`, `dv = p̃ᵀ do`, `ds = p ∘ (mask(do vᵀ) − rowsum(do ∘ o))` (`rowsum(do ∘ o)` is
+/// `rowsum(mask(do vᵀ) ∘ p)`, since `o = p̃ v`), `dq = ds k scale`, `dk = dsᵀ q scale`, summed
+/// over the query heads that share a key/value head. Every element of `dq`, `dk` and `dv`'s
+/// heads is written.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     shape: Shape,
@@ -168,11 +183,12 @@ pub fn backward(
     grad: Input,
     probs: &[f32],
     [dq, dk, dv]: [Output; 3],
-    scale: f32,
+    weights: AttentionWeights,
 ) {
     let Shape {
         heads, len, dim, ..
     } = shape;
+    let dropout = Dropout::of(weights, len);
     for (input, n) in [(q, heads), (k, shape.kv_heads), (v, shape.kv_heads)] {
         input.1.check(&shape, n, input.0.len());
     }
@@ -188,26 +204,60 @@ pub fn backward(
         .for_each(|task| {
             let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
             let mut ds = vec![0.0f32; len * len];
+            let mut dropped = dropout.scratch();
             let (k, v_t) = (k.matrix(b, g), v.matrix(b, g).transposed());
             for h in g * group..(g + 1) * group {
-                let p = &probs[(b * heads + h) * len * len..][..len * len];
+                let head = b * heads + h;
+                let p = &probs[head * len * len..][..len * len];
                 // Last block first: it reaches every key, so the group's first head's first
                 // block writes all of dk and dv, and everything after adds to them.
                 for (n, (r0, r1)) in row_blocks(len).rev().enumerate() {
                     let write = h == g * group && n == 0;
                     let rows = r1 - r0;
-                    let p_block = Matrix::rows(p[r0 * len..].as_ptr(), len);
+                    // The weights the forward applied: the probabilities, dropped out.
+                    let weighed = dropout.apply(&mut dropped, &p[r0 * len..], head, r0..r1);
                     let d_out = grad.matrix(b, h).down(r0);
-                    let ds_block = &mut ds[r0 * len..];
                     // SAFETY: operands inside their checked buffers; this task alone writes
-                    // the heads (b, g) of dk and dv, the query heads of group g of dq, and
-                    // `ds`. Rows r0..r1 only involve keys 0..r1.
+                    // the heads (b, g) of dk and dv, the query heads of group g of dq, `ds`
+                    // and `dropped`. Rows r0..r1 only involve keys 0..r1.
                     unsafe {
-                        let p_t = p_block.transposed();
-                        gemm(r1, dim, rows, dv.at(b, g), dv.2.row, !write, p_t, d_out);
-                        let ds_ptr = ds_block.as_mut_ptr();
-                        gemm(rows, r1, dim, ds_ptr, len, false, d_out, v_t);
+                        let weighed_t = weighed.transposed();
+                        gemm(
+                            r1,
+                            dim,
+                            rows,
+                            dv.at(b, g),
+                            dv.2.row,
+                            !write,
+                            weighed_t,
+                            d_out,
+                        );
                     }
+                    // `do vᵀ` is the gradient of the dropped probabilities; through the mask it
+                    // becomes the probabilities' own.
+                    let d_weighed = if dropout.drops() {
+                        &mut dropped[r0 * len..]
+                    } else {
+                        &mut ds[r0 * len..]
+                    };
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm(
+                            rows,
+                            r1,
+                            dim,
+                            d_weighed.as_mut_ptr(),
+                            len,
+                            false,
+                            d_out,
+                            v_t,
+                        )
+                    };
+                    if dropout.drops() {
+                        let d_weighed = &dropped[r0 * len..];
+                        dropout.mask(&mut ds[r0 * len..], d_weighed, head, r0..r1);
+                    }
+                    let ds_block = &mut ds[r0 * len..];
                     let p_rows = p[r0 * len..].chunks_exact(len);
                     for (i, (ds, p)) in ds_block
                         .chunks_exact_mut(len)
@@ -217,7 +267,7 @@ pub fn backward(
                     {
                         let t = r0 + i;
                         let (d_out, out) = (grad.row(b, h, t, dim), out.row(b, h, t, dim));
-                        rows::score_gradient(&mut ds[..r1], &p[..r1], d_out, out, scale);
+                        rows::score_gradient(&mut ds[..r1], &p[..r1], d_out, out, weights.scale);
                     }
                     let ds_m = Matrix::rows(ds_block.as_ptr(), len);
                     let dq_at = dq.at(b, h).wrapping_add(r0 * dq.2.row);
@@ -230,6 +280,62 @@ pub fn backward(
                 }
             }
         });
+}
+
+/// Dropout of the attention probabilities (when its probability is positive), each element's
+/// mask drawn from its index in the `[batch, heads, len, len]` probabilities.
+#[derive(Clone, Copy)]
+struct Dropout {
+    prob: f32,
+    seed: u64,
+    len: usize,
+}
+
+impl Dropout {
+    fn of(weights: AttentionWeights, len: usize) -> Self {
+        Dropout {
+            prob: weights.dropout,
+            seed: weights.seed,
+            len,
+        }
+    }
+
+    fn drops(&self) -> bool {
+        self.prob > 0.0
+    }
+
+    /// A task's buffer for one head's dropped probabilities (none when nothing drops).
+    fn scratch(&self) -> Vec<f32> {
+        vec![0.0; if self.drops() { self.len * self.len } else { 0 }]
+    }
+
+    /// `out`'s rows `t` of `rows` (which start at row `rows.start`, `len` apart) = the masked
+    /// and scaled `x` rows of head `head` (`b * heads + h`), over keys `0..rows.end`.
+    fn mask(&self, out: &mut [f32], x: &[f32], head: usize, rows: std::ops::Range<usize>) {
+        let len = self.len;
+        for (i, t) in rows.clone().enumerate() {
+            let first = ((head * len + t) * len) as u64;
+            let (out, x) = (&mut out[i * len..][..rows.end], &x[i * len..][..rows.end]);
+            rows::dropout(out, x, self.prob, self.seed, first);
+        }
+    }
+
+    /// The rows `rows` of head `head`'s probabilities (`p`, starting at row `rows.start`) as
+    /// the forward weighs the values with them: `p` itself, or `p` dropped out into `scratch`.
+    fn apply(
+        &self,
+        scratch: &mut [f32],
+        p: &[f32],
+        head: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Matrix {
+        if !self.drops() {
+            return Matrix::rows(p.as_ptr(), self.len);
+        }
+        let block = &mut scratch[rows.start * self.len..];
+        self.mask(block, p, head, rows);
+        Matrix::rows(block.as_ptr(), self.len)
+    }
 }
 
 /// Query rows in blocks of [`BLOCK`]: `(first, end)` pairs. A block of rows attends to

@@ -10,7 +10,7 @@ mod rows;
 mod sequence;
 mod strided;
 
-use super::{AdamWStep, ZooOps};
+use super::{AdamWStep, AttentionWeights, ZooOps};
 use burn::backend::DType;
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn_flex::{Flex, FlexTensor, Layout};
@@ -81,7 +81,7 @@ impl ZooOps for Flex {
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> (FlexTensor, FlexTensor) {
         let shape = split_shape(&q, &k);
         let [q, k, v] = [&q, &k, &v].map(f32_contiguous);
@@ -93,7 +93,7 @@ impl ZooOps for Flex {
             [input(&q, query), input(&k, kv), input(&v, kv)],
             attention::Output::new(&mut out, query),
             &mut probs,
-            scale,
+            weights,
         );
         let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
         (
@@ -109,7 +109,7 @@ impl ZooOps for Flex {
         out: FlexTensor,
         probs: FlexTensor,
         grad: FlexTensor,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = split_shape(&q, &k);
         let [q, k, v, out, probs, grad] = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
@@ -128,7 +128,7 @@ impl ZooOps for Flex {
                 attention::Output::new(&mut dk, kv),
                 attention::Output::new(&mut dv, kv),
             ],
-            scale,
+            weights,
         );
         (
             from_f32(dq, q.layout().shape().clone()),
@@ -141,7 +141,7 @@ impl ZooOps for Flex {
         qkv: FlexTensor,
         n_heads: usize,
         n_kv_heads: usize,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> (FlexTensor, FlexTensor) {
         let shape = packed_shape(&qkv, n_heads, n_kv_heads);
         let qkv = f32_contiguous(&qkv);
@@ -154,7 +154,7 @@ impl ZooOps for Flex {
             heads.map(|heads| input(&qkv, heads)),
             attention::Output::new(&mut out, attention::Heads::packed(0, t, h * d, d)),
             &mut probs,
-            scale,
+            weights,
         );
         (
             from_f32(out, [b, t, h * d].into()),
@@ -169,7 +169,7 @@ impl ZooOps for Flex {
         grad: FlexTensor,
         n_heads: usize,
         n_kv_heads: usize,
-        scale: f32,
+        weights: AttentionWeights,
     ) -> FlexTensor {
         let shape = packed_shape(&qkv, n_heads, n_kv_heads);
         let [qkv, out, probs, grad] = [&qkv, &out, &probs, &grad].map(f32_contiguous);
@@ -186,7 +186,7 @@ impl ZooOps for Flex {
             input(&grad, out_heads),
             probs.as_slice::<f32>().unwrap(),
             d_heads,
-            scale,
+            weights,
         );
         from_f32(dqkv, qkv.layout().shape().clone())
     }
