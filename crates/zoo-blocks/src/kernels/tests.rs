@@ -269,26 +269,29 @@ fn dropout_is_off_outside_training() {
     assert_eq!(to_vec(dropout(&off, y).inner()), to_vec(x));
 }
 
-/// The fused kernels (heads split, and packed with key/value heads shared) with dropout of the
-/// attention probabilities against Burn's composed ops with our dropout kernel on the
-/// probabilities, seeded alike: the same mask, so the same values and input gradients.
+/// The fused kernels (heads split, and packed with key/value heads shared) against Burn's
+/// composed ops, without dropout and with our dropout kernel on the probabilities seeded alike
+/// (the same mask): the same values and input gradients.
 #[test]
-fn fused_attention_drops_its_probabilities_as_the_dropout_kernel_does() {
+fn fused_attention_matches_composed_ops_with_and_without_dropout() {
     use crate::attention::causal_mask;
     use burn::tensor::activation::softmax;
     let device = test_device().autodiff();
     let normal = Distribution::Normal(0.0, 1.0);
-    let weights = AttentionWeights {
-        scale: 0.37,
-        dropout: 0.3,
-        seed: 11,
-    };
-    // [batch, len, query heads, key/value heads, head dim]; 70 rows are a full block of 64
-    // and a partial one.
-    for [batch, len, heads, kv_heads, dim] in [[2, 7, 3, 3, 12], [1, 70, 4, 2, 8]] {
+    // [batch, len, query heads, key/value heads, head dim]. The kernel works in blocks of 64
+    // query rows: 150 makes two full blocks and a partial one.
+    let shapes = [
+        [2, 9, 4, 2, 6],
+        [1, 5, 3, 3, 4],
+        [2, 1, 2, 1, 2],
+        [2, 7, 3, 3, 12],
+        [1, 150, 4, 2, 8],
+    ];
+    for [batch, len, heads, kv_heads, dim] in shapes {
         let width = (heads + 2 * kv_heads) * dim;
         let qkv0 = Tensor::<3>::random([batch, len, width], normal, &device);
         let probe = Tensor::<3>::random([batch, len, heads * dim], normal, &device);
+        // Each key/value head serves `heads / kv_heads` query heads in turn.
         let split = |qkv: &Tensor<3>, start: usize, count: usize| {
             let x = qkv
                 .clone()
@@ -317,30 +320,36 @@ fn fused_attention_drops_its_probabilities_as_the_dropout_kernel_does() {
                         .expand([batch, heads, len, len]);
                     let scores = (q.matmul(k.swap_dims(2, 3)) * weights.scale)
                         .mask_fill(mask, f32::NEG_INFINITY);
-                    let dropped =
-                        dropout_with_seed(softmax(scores, 3), weights.dropout, weights.seed);
-                    merge(dropped.matmul(v))
+                    let mut probs = softmax(scores, 3);
+                    if weights.dropout > 0.0 {
+                        probs = dropout_with_seed(probs, weights.dropout, weights.seed);
+                    }
+                    merge(probs.matmul(v))
                 }
             };
             let grads = (out.clone() * probe.clone()).sum().backward();
             (out.inner(), qkv.grad(&grads).unwrap())
         };
-        let composed = run(2, weights);
-        for way in [0, 1] {
-            let fused = run(way, weights);
-            assert_close(fused.0, composed.0.clone(), 1e-5);
-            assert_close(fused.1, composed.1.clone(), 1e-4);
+        let mut outputs = Vec::new();
+        for dropout in [0.0, 0.3] {
+            let weights = AttentionWeights {
+                scale: 0.37,
+                dropout,
+                seed: 11,
+            };
+            let composed = run(2, weights);
+            for way in [0, 1] {
+                let fused = run(way, weights);
+                assert_close(fused.0, composed.0.clone(), 1e-5);
+                assert_close(fused.1, composed.1.clone(), 1e-4);
+            }
+            outputs.push(composed.0);
         }
-        // The dropout acted: without it the output is another.
-        let undropped = run(
-            0,
-            AttentionWeights {
-                dropout: 0.0,
-                ..weights
-            },
-        )
-        .0;
-        let moved = (undropped - composed.0).abs().max().into_scalar::<f32>();
-        assert!(moved > 1e-3, "dropout changed nothing ({moved})");
+        // The dropout acted (a single position has too few weights to be sure of a drop).
+        if len > 1 {
+            let moved = (outputs[0].clone() - outputs[1].clone()).abs().max();
+            let moved = moved.into_scalar::<f32>();
+            assert!(moved > 1e-3, "{len} positions: dropout changed nothing");
+        }
     }
 }
