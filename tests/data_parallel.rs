@@ -72,16 +72,7 @@ fn train(dir: &Path, args: &[&str]) -> String {
 /// halved and twice the accumulation: the same run, bit for bit.
 fn split_matches_accumulation(dir: &Path, name: &str, recipe: &str, batch: usize, accum: usize) {
     write(dir, &format!("{name}.toml"), recipe);
-    let single = recipe
-        .replace(
-            &format!("batch_size = {batch}"),
-            &format!("batch_size = {}", batch / 2),
-        )
-        .replace(&format!("grad_accumulation = {accum}\n"), "")
-        .replace(
-            "[training]\n",
-            &format!("[training]\ngrad_accumulation = {}\n", accum * 2),
-        );
+    let single = halved_batch_doubled_accumulation(recipe, batch, accum);
     write(dir, &format!("{name}-single.toml"), &single);
 
     let (split_run, single_run) = (format!("{name}-split"), format!("{name}-single"));

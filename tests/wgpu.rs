@@ -175,9 +175,7 @@ seq_len = 32
 fn a_batch_split_between_two_handles_of_the_gpu_trains_as_doubled_accumulation() {
     let dir = scratch("wgpu-data-parallel");
     write(&dir, "gpt.toml", GPT);
-    let single = GPT
-        .replace("batch_size = 8", "batch_size = 4")
-        .replace("[training]\n", "[training]\ngrad_accumulation = 2\n");
+    let single = halved_batch_doubled_accumulation(GPT, 8, 1);
     write(&dir, "single.toml", &single);
     let shown = stdout(&on_wgpu(
         &[

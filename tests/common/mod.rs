@@ -127,3 +127,19 @@ pub fn assert_same_run(whole: &Path, other: &Path, what: &str) {
         "{what}: the metrics logs differ"
     );
 }
+
+/// `recipe` for one device, with its batch of `batch` halved and its gradient accumulation
+/// (`accum`, 1 when the recipe names none) doubled: the steps that a run of `recipe` split
+/// across two devices takes.
+pub fn halved_batch_doubled_accumulation(recipe: &str, batch: usize, accum: usize) -> String {
+    recipe
+        .replace(
+            &format!("batch_size = {batch}\n"),
+            &format!("batch_size = {}\n", batch / 2),
+        )
+        .replace(&format!("grad_accumulation = {accum}\n"), "")
+        .replace(
+            "[training]\n",
+            &format!("[training]\ngrad_accumulation = {}\n", accum * 2),
+        )
+}
