@@ -12,8 +12,8 @@ use crate::tasks::encoder::model::EncoderBatch;
 use crate::tasks::encoder::run::EncoderRun;
 use burn::module::Module;
 use burn::prelude::*;
-use std::borrow::Cow;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use zoo_bert::{BertConfig, BertModel, Predictions, TaskLogits, TaskLoss};
 use zoo_blocks::loss::{cosine_distance, cross_entropy, soft_target_kl};
 
@@ -22,6 +22,10 @@ use zoo_blocks::loss::{cosine_distance, cross_entropy, soft_target_kl};
 pub struct Teacher {
     /// The teacher, frozen.
     model: BertModel,
+    /// Copies of the teacher on the other devices batches come from (data parallelism), made
+    /// once each. The teacher is no part of the student's record, so a replica of the student
+    /// on another device still holds it where the model was made.
+    copies: Arc<Mutex<Vec<BertModel>>>,
     /// The loss's weights and temperature.
     spec: DistillationSpec,
 }
@@ -31,8 +35,25 @@ impl Teacher {
     pub fn new(model: BertModel, spec: &DistillationSpec) -> Self {
         Self {
             model: model.freeze(),
+            copies: Arc::default(),
             spec: spec.clone(),
         }
+    }
+
+    /// The teacher on `device`: the model itself, or its copy there.
+    fn on(&self, device: &Device) -> BertModel {
+        let home = self.model.devices();
+        if home.first().is_none_or(|d| d == device) {
+            return self.model.clone();
+        }
+        let mut copies = self.copies.lock().expect("the teacher's copies");
+        let found = copies.iter().find(|m| m.devices().first() == Some(device));
+        if let Some(copy) = found {
+            return copy.clone();
+        }
+        let copy = self.model.clone().fork(device);
+        copies.push(copy.clone());
+        copy
     }
 
     /// The student's distillation loss on `batch` (see `DistillationSpec`), and its
@@ -53,16 +74,10 @@ impl Teacher {
         );
         let [n, _] = ours.logits.dims();
         let mut loss = cross_entropy(ours.logits.clone(), ours.expected.clone()) * spec.beta;
-        // The teacher runs only when a term reads it. It is no part of the student's record, so
-        // a replica of the student on another device (data parallelism) still holds the
-        // teacher where the model was made: it goes where the batch is.
+        // The teacher runs only when a term reads it, on the batch's device.
         let theirs = (spec.alpha > 0.0 || spec.cosine > 0.0).then(|| {
-            let device = tokens.device();
-            let teacher = match self.model.devices().first() {
-                Some(there) if *there != device => Cow::Owned(self.model.clone().fork(&device)),
-                _ => Cow::Borrowed(&self.model),
-            };
-            teacher.task_logits(tokens, segments, padding.clone(), targets)
+            self.on(&tokens.device())
+                .task_logits(tokens, segments, padding.clone(), targets)
         });
         if let Some(theirs) = theirs {
             loss = loss + self.teacher_terms(&ours, theirs, padding);
