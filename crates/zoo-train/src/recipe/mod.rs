@@ -484,6 +484,16 @@ impl TrainingSpec {
         self.batch_size / self.device_count()
     }
 
+    /// Sequences in a batch a task's loader makes: a micro-batch for training (a batch is split
+    /// across the devices), a whole batch for validation.
+    pub fn loader_batch_size(&self, train: bool) -> usize {
+        if train {
+            self.micro_batch_size()
+        } else {
+            self.batch_size
+        }
+    }
+
     /// Micro-batches in one optimiser step: each of the `grad_accumulation` batches is one
     /// micro-batch per device. Their gradients sum to the step's (each loss is scaled by
     /// `1 / micro_batches`), so a step on N devices is a step on one device that accumulates

@@ -238,12 +238,7 @@ fn train_task(
         }
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
         let batching = Batching {
-            // A training batch is split across the devices; validation reads whole ones.
-            batch_size: if train {
-                t.micro_batch_size()
-            } else {
-                t.batch_size
-            },
+            batch_size: t.loader_batch_size(train),
             seed,
             shuffle: train,
             special,

@@ -314,14 +314,9 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
         let inputs = frame_all(examples, &tokenizer, &markers, gpt.block_size).map_err(error)?;
         let ids = label_ids(examples.iter().map(|e| e.label.as_str()), &labels).map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        // A training batch is split across the devices; validation reads whole ones.
-        let batch_size = if train {
-            t.micro_batch_size()
-        } else {
-            t.batch_size
-        };
         Ok::<_, ZooError>(ClassifierExamples {
-            examples: TokenExamples::new(inputs, ids, batch_size, seed, train).map_err(error)?,
+            examples: TokenExamples::new(inputs, ids, t.loader_batch_size(train), seed, train)
+                .map_err(error)?,
             lm_weight: t.lm_loss_weight,
         })
     };

@@ -371,13 +371,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
             .encode(&tokenizer, &labels, seq_len)
             .map_err(error)?;
         let seed = recipe.seed ^ if train { 0 } else { 0x76_616C };
-        // A training batch is split across the devices; validation reads whole ones.
-        let batch_size = if train {
-            t.micro_batch_size()
-        } else {
-            t.batch_size
-        };
-        TokenExamples::new(inputs, targets, batch_size, seed, train)
+        TokenExamples::new(inputs, targets, t.loader_batch_size(train), seed, train)
             .map(ElmoExamples)
             .map_err(error)
     };

@@ -198,12 +198,7 @@ pub fn train(session: &Session) -> Result<TaskOutcome, ZooError> {
     });
     let serve = |examples: Examples, train: bool| {
         let batching = Seq2SeqBatching {
-            // A training batch is split across the devices; validation reads whole ones.
-            batch_size: if train {
-                t.micro_batch_size()
-            } else {
-                t.batch_size
-            },
+            batch_size: t.loader_batch_size(train),
             seed: recipe.seed ^ if train { 0 } else { 0x76_616C },
             shuffle: train,
         };
