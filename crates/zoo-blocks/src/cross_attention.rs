@@ -186,6 +186,21 @@ impl CrossAttention {
             .reshape([batch, len, self.n_heads, head_dim])
             .swap_dims(1, 2);
         let (k, v) = (memory.keys.clone(), memory.values.clone());
+        let merge = |y: Tensor<4>| y.swap_dims(1, 2).reshape([batch, len, inner]);
+        // Our fused kernel, unless a recording wants the attention weights.
+        let mask = kernels::AttentionMask {
+            causal: false,
+            padding: memory.padding.clone(),
+        };
+        let fused = (!probe::is_recording())
+            .then(|| {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                kernels::attention(q, k, v, &mask, self.scale as f32, &self.attn_dropout)
+            })
+            .flatten();
+        if let Some(y) = fused {
+            return self.project(merge(y));
+        }
         let memory_len = memory.len();
         let mask = memory.padding.clone().map(|p| {
             p.reshape([batch, 1, 1, memory_len])
@@ -209,7 +224,12 @@ impl CrossAttention {
             };
             attention(q, k, v, mask, None, options)
         };
-        let y = y.swap_dims(1, 2).reshape([batch, len, inner]);
+        self.project(merge(y))
+    }
+
+    /// The output projection of the heads side by side (`[batch, len, n_heads head_dim]`),
+    /// dropped out.
+    fn project(&self, y: Tensor<3>) -> Tensor<3> {
         crate::kernels::dropout(&self.resid_dropout, kernels::linear(&self.proj, y))
     }
 }

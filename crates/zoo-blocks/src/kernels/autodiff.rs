@@ -40,7 +40,7 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooDropout {
 }
 
 #[derive(Debug)]
-struct ZooCausalAttention;
+struct ZooAttention;
 
 type AttentionState<B> = (
     FloatTensor<B>,
@@ -51,13 +51,13 @@ type AttentionState<B> = (
     AttentionWeights,
 );
 
-impl<B: Backend + ZooOps> Backward<B, 3> for ZooCausalAttention {
+impl<B: Backend + ZooOps> Backward<B, 3> for ZooAttention {
     type State = AttentionState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (q, k, v, out, probs, weights) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let (dq, dk, dv) = B::zoo_causal_attention_backward(q, k, v, out, probs, grad, weights);
+        let (dq, dk, dv) = B::zoo_attention_backward(q, k, v, out, probs, grad, weights);
         for (parent, gradient) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, gradient);
@@ -85,9 +85,7 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (qkv, out, probs, n_heads, n_kv_heads, weights) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::zoo_causal_attention_packed_backward(
-                qkv, out, probs, grad, n_heads, n_kv_heads, weights,
-            )
+            B::zoo_attention_packed_backward(qkv, out, probs, grad, n_heads, n_kv_heads, weights)
         });
     }
 }
@@ -205,15 +203,19 @@ impl<B: Backend + ZooOps> Backward<B, 3> for ZooLayerNorm {
 }
 
 impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
-    fn zoo_causal_attention_packed(
+    fn zoo_attention_packed(
         qkv: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
         n_heads: usize,
         n_kv_heads: usize,
         weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let packed = qkv.primitive().clone();
+        // The padding is a constant, and the backward does not need it (hidden keys have
+        // probability 0).
+        let padding = padding.primitive().clone();
         let (out, probs) =
-            B::zoo_causal_attention_packed(packed.clone(), n_heads, n_kv_heads, weights);
+            B::zoo_attention_packed(packed.clone(), padding, n_heads, n_kv_heads, weights);
         // The probabilities leave as a constant: nothing differentiates through them.
         let probs_leaf = FloatTensor::<Self>::new(probs.clone());
         let out = match ZooPackedAttention
@@ -230,7 +232,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         (out, probs_leaf)
     }
 
-    fn zoo_causal_attention_packed_backward(
+    fn zoo_attention_packed_backward(
         _qkv: FloatTensor<Self>,
         _out: FloatTensor<Self>,
         _probs: FloatTensor<Self>,
@@ -240,7 +242,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         _weights: AttentionWeights,
     ) -> FloatTensor<Self> {
         panic!(
-            "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+            "zoo's attention has no second-order gradient; its backward runs on the inner backend"
         )
     }
 
@@ -458,10 +460,11 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         }
     }
 
-    fn zoo_causal_attention(
+    fn zoo_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
         weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (qp, kp, vp) = (
@@ -469,10 +472,12 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
             k.primitive().clone(),
             v.primitive().clone(),
         );
-        let (out, probs) = B::zoo_causal_attention(qp.clone(), kp.clone(), vp.clone(), weights);
+        // A constant the backward does not need, as for the packed op.
+        let padding = padding.primitive().clone();
+        let (out, probs) = B::zoo_attention(qp.clone(), kp.clone(), vp.clone(), padding, weights);
         // The probabilities leave as a constant: nothing differentiates through them.
         let probs_leaf = FloatTensor::<Self>::new(probs.clone());
-        let out = match ZooCausalAttention
+        let out = match ZooAttention
             .prepare::<C>([q.node(), k.node(), v.node()])
             .compute_bound()
             .stateful()
@@ -483,7 +488,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         (out, probs_leaf)
     }
 
-    fn zoo_causal_attention_backward(
+    fn zoo_attention_backward(
         _q: FloatTensor<Self>,
         _k: FloatTensor<Self>,
         _v: FloatTensor<Self>,
@@ -493,7 +498,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         panic!(
-            "zoo's causal attention has no second-order gradient; its backward runs on the inner backend"
+            "zoo's attention has no second-order gradient; its backward runs on the inner backend"
         )
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! - [`matmul_weight`] / [`linear`]: products handed to gemm with transposed views in place (Burn
 //!   zero-fills and then copies every output, and materialises transposes in the backward);
-//! - [`causal_attention_packed`] and [`causal_attention`]: attention read straight from the
-//!   packed QKV projection, in blocks of query rows that skip the masked half, with dropout of
-//!   the attention probabilities whose mask the backward draws again;
+//! - [`attention_packed`] and [`attention`]: attention read straight from the packed QKV
+//!   projection (or split heads), causal or bidirectional, with padded keys hidden, in blocks of
+//!   query rows that skip a causal mask's hidden half, with dropout of the attention
+//!   probabilities whose mask the backward draws again;
 //! - [`lstm_sequence`], [`gru_sequence`]: a whole recurrent layer forward and backward through
 //!   time;
 //! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
@@ -33,7 +34,7 @@
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::nn::Linear;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 /// The operations the zoo implements itself.
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
@@ -59,20 +60,25 @@ pub trait ZooOps: Backend {
         _seed: u64,
     ) -> FloatTensor<Self>;
 
-    /// Causal attention `dropout(softmax(q kᵀ scale + causal mask)) v` over `[batch, heads,
-    /// len, dim]` (see [`AttentionWeights`]), with the attention probabilities before dropout
-    /// (`[batch, heads, len, len]`) that the backward needs.
-    fn zoo_causal_attention(
+    /// Attention `dropout(softmax(q kᵀ scale + mask)) v` over `[batch, heads, len, dim]` (keys
+    /// and values `[batch, kv_heads, k_len, dim]`), the mask hiding later keys when
+    /// `weights.causal` and the keys whose entry in `padding` (`[batch, k_len]`, or no element
+    /// at all when no key is padded) is non-zero (see [`AttentionWeights`]); with the attention
+    /// probabilities before dropout (`[batch, heads, len, k_len]`) that the backward needs.
+    fn zoo_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        // Not an `Option`: this version of the extension macro dispatches those untranslated.
+        padding: FloatTensor<Self>,
         // `_weights`: without `flex` the generated dispatch has no backend to pass it to.
         _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// Gradients `(dq, dk, dv)` of [`zoo_causal_attention`](Self::zoo_causal_attention) given
-    /// its inputs, output, probabilities and the output's gradient.
-    fn zoo_causal_attention_backward(
+    /// Gradients `(dq, dk, dv)` of [`zoo_attention`](Self::zoo_attention) given its inputs,
+    /// output, probabilities and the output's gradient (padded keys have probability 0: the
+    /// padding is not needed again).
+    fn zoo_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
@@ -82,20 +88,22 @@ pub trait ZooOps: Backend {
         _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// Causal attention straight from a packed QKV projection `[batch, len, (n_heads +
+    /// Self-attention straight from a packed QKV projection `[batch, len, (n_heads +
     /// 2 n_kv_heads) head_dim]` (queries, then keys, then values along each row) to
-    /// `[batch, len, n_heads head_dim]`, with the attention probabilities before dropout.
-    fn zoo_causal_attention_packed(
+    /// `[batch, len, n_heads head_dim]`, masked as [`zoo_attention`](Self::zoo_attention) masks,
+    /// with the attention probabilities before dropout.
+    fn zoo_attention_packed(
         qkv: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
         _n_heads: usize,
         _n_kv_heads: usize,
         _weights: AttentionWeights,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The gradient of [`zoo_causal_attention_packed`](Self::zoo_causal_attention_packed) with
-    /// respect to the packed projection.
+    /// The gradient of [`zoo_attention_packed`](Self::zoo_attention_packed) with respect to the
+    /// packed projection.
     #[allow(clippy::too_many_arguments)]
-    fn zoo_causal_attention_packed_backward(
+    fn zoo_attention_packed_backward(
         qkv: FloatTensor<Self>,
         out: FloatTensor<Self>,
         probs: FloatTensor<Self>,
@@ -262,92 +270,131 @@ fn dropout_with_seed<const D: usize>(x: Tensor<D>, prob: f32, seed: u64) -> Tens
     ))
 }
 
-/// How the fused attention kernels weigh the values: the scores scaled by `scale`, and the
-/// probabilities then dropped out with probability `dropout` (0 for none), by the mask that
-/// [`ZooOps::zoo_dropout`] draws from `seed` over the `[batch, heads, len, len]` probabilities.
-/// The backward draws the mask again; only the probabilities before dropout are kept.
+/// How the fused attention kernels weigh the values: the scores scaled by `scale`, later keys
+/// hidden when `causal`, and the probabilities then dropped out with probability `dropout` (0
+/// for none), by the mask that [`ZooOps::zoo_dropout`] draws from `seed` over the `[batch,
+/// heads, len, k_len]` probabilities. The backward draws the mask again; only the probabilities
+/// before dropout are kept.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionWeights {
     pub scale: f32,
+    pub causal: bool,
     pub dropout: f32,
     pub seed: u64,
 }
 
 impl AttentionWeights {
-    /// Scores scaled by `scale`, dropped out as `layer` drops (nothing outside training or off
-    /// the autodiff device), with a mask seeded from `device`'s generator as [`dropout`] seeds.
-    fn new(scale: f32, layer: &burn::nn::Dropout, device: &burn::tensor::Device) -> Self {
+    /// Scores scaled by `scale`, masked causally or not, dropped out as `layer` drops (nothing
+    /// outside training or off the autodiff device), with a mask seeded from `device`'s
+    /// generator as [`dropout`] seeds.
+    fn new(
+        scale: f32,
+        causal: bool,
+        layer: &burn::nn::Dropout,
+        device: &burn::tensor::Device,
+    ) -> Self {
         let drops = layer.training.is_enabled() && device.is_autodiff() && layer.prob > 0.0;
         AttentionWeights {
             scale,
+            causal,
             dropout: if drops { layer.prob as f32 } else { 0.0 },
             seed: if drops { mask_seed(device) } else { 0 },
         }
     }
 }
 
-/// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, keys and values as many
-/// heads as queries), scores scaled by `scale` and the attention probabilities dropped out as
-/// `dropout` drops, through our fused kernel with its own backward. `None` when the kernel does
-/// not serve the device; callers then compose Burn's ops.
-pub fn causal_attention(
+/// How attention masks its scores: which keys each query sees.
+#[derive(Clone, Debug)]
+pub struct AttentionMask {
+    /// Query `t` of `len` sees only keys `0..=t + k_len - len` (a decoder's self-attention).
+    pub causal: bool,
+    /// `[batch, k_len]`, true where a key is padding, hidden from every query.
+    pub padding: Option<Tensor<2, Bool>>,
+}
+
+impl AttentionMask {
+    /// The padding as our kernels take it: 1.0 where a key is hidden, else 0.0; no element
+    /// when there is no padding.
+    fn padding(&self, device: &burn::tensor::Device) -> FloatTensor<burn::backend::Dispatch> {
+        match &self.padding {
+            Some(padding) => padding.clone().float().into_dispatch(),
+            None => Tensor::<1>::zeros([0], device).into_dispatch(),
+        }
+    }
+}
+
+/// Attention of `q` (`[batch, heads, len, head_dim]`) over `k` and `v` (`[batch, kv_heads,
+/// k_len, head_dim]`, `kv_heads` dividing `heads`), masked as `mask` says, scores scaled by
+/// `scale` and the attention probabilities dropped out as `dropout` drops, through our fused
+/// kernel with its own backward: masks, repeated key/value heads and probabilities are never
+/// built as tensors. `None` when the kernel does not serve the device (or a length is 0);
+/// callers then compose Burn's ops.
+pub fn attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
+    mask: &AttentionMask,
     scale: f32,
     dropout: &burn::nn::Dropout,
 ) -> Option<Tensor<4>> {
-    if !runs_on_flex(&q) {
+    if !runs_on_flex_f32(&q) || q.dims()[2] == 0 || k.dims()[2] == 0 {
         return None;
     }
-    let weights = AttentionWeights::new(scale, dropout, &q.device());
-    Some(fused_causal_attention(q, k, v, weights))
+    let weights = AttentionWeights::new(scale, mask.causal, dropout, &q.device());
+    Some(fused_attention(q, k, v, mask, weights))
 }
 
-fn fused_causal_attention(
+fn fused_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
+    mask: &AttentionMask,
     weights: AttentionWeights,
 ) -> Tensor<4> {
-    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention(
+    let padding = mask.padding(&q.device());
+    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
+        padding,
         weights,
     );
     Tensor::from_dispatch(out)
 }
 
-/// Causal self-attention straight from a packed QKV projection (`[batch, len, (n_heads +
+/// Self-attention straight from a packed QKV projection (`[batch, len, (n_heads +
 /// 2 n_kv_heads) head_dim]`: queries, keys, values along each row) to `[batch, len, n_heads
-/// head_dim]`, scores scaled by `scale` and the probabilities dropped out as `dropout` drops,
-/// through our fused kernel: no splitting, transposing or repeating of heads either way. `None`
-/// when the kernel does not serve the device.
-pub fn causal_attention_packed(
+/// head_dim]`, masked as `mask` says, scores scaled by `scale` and the probabilities dropped
+/// out as `dropout` drops, through our fused kernel: no splitting, transposing or repeating of
+/// heads either way. `None` when the kernel does not serve the device.
+pub fn attention_packed(
     qkv: Tensor<3>,
     n_heads: usize,
     n_kv_heads: usize,
+    mask: &AttentionMask,
     scale: f32,
     dropout: &burn::nn::Dropout,
 ) -> Option<Tensor<3>> {
-    if !runs_on_flex_f32(&qkv) {
+    if !runs_on_flex_f32(&qkv) || qkv.dims()[1] == 0 {
         return None;
     }
-    let weights = AttentionWeights::new(scale, dropout, &qkv.device());
-    Some(fused_causal_attention_packed(
-        qkv, n_heads, n_kv_heads, weights,
+    let weights = AttentionWeights::new(scale, mask.causal, dropout, &qkv.device());
+    Some(fused_attention_packed(
+        qkv, n_heads, n_kv_heads, mask, weights,
     ))
 }
 
-fn fused_causal_attention_packed(
+fn fused_attention_packed(
     qkv: Tensor<3>,
     n_heads: usize,
     n_kv_heads: usize,
+    mask: &AttentionMask,
     weights: AttentionWeights,
 ) -> Tensor<3> {
-    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_causal_attention_packed(
+    let padding = mask.padding(&qkv.device());
+    let (out, _probs) = <burn::backend::Dispatch as ZooOps>::zoo_attention_packed(
         qkv.into_dispatch(),
+        padding,
         n_heads,
         n_kv_heads,
         weights,

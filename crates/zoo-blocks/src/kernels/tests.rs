@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::testing::{assert_close, check_gradients, erf_reference, test_device, to_vec};
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::{Device, Distribution, TensorData};
 
 #[test]
 fn the_rational_erf_is_accurate_to_a_few_ulp() {
@@ -269,13 +269,69 @@ fn dropout_is_off_outside_training() {
     assert_eq!(to_vec(dropout(&off, y).inner()), to_vec(x));
 }
 
-/// The fused kernels (heads split, and packed with key/value heads shared) against Burn's
-/// composed ops, without dropout and with our dropout kernel on the probabilities seeded alike
-/// (the same mask): the same values and input gradients.
-#[test]
-fn fused_attention_matches_composed_ops_with_and_without_dropout() {
+/// Burn's composed attention, the reference for the fused kernels: `q` `[batch, heads, len,
+/// dim]` over `k`, `v` `[batch, heads, k_len, dim]`, masked as `mask` says, the probabilities
+/// dropped out by our dropout kernel seeded as `weights` says (the same mask as the fused
+/// kernels draw).
+fn composed_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: &AttentionMask,
+    weights: AttentionWeights,
+) -> Tensor<4> {
     use crate::attention::causal_mask;
     use burn::tensor::activation::softmax;
+    let [batch, heads, len, _] = q.dims();
+    let k_len = k.dims()[2];
+    let device = q.device();
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * weights.scale;
+    let full = [batch, heads, len, k_len];
+    if mask.causal {
+        let hidden = causal_mask(len, k_len, &device).reshape([1, 1, len, k_len]);
+        scores = scores.mask_fill(hidden.expand(full), f32::NEG_INFINITY);
+    }
+    if let Some(padding) = &mask.padding {
+        let hidden = padding.clone().reshape([batch, 1, 1, k_len]).expand(full);
+        scores = scores.mask_fill(hidden, f32::NEG_INFINITY);
+    }
+    let mut probs = softmax(scores, 3);
+    if weights.dropout > 0.0 {
+        probs = dropout_with_seed(probs, weights.dropout, weights.seed);
+    }
+    probs.matmul(v)
+}
+
+/// `[batch, k_len]` padding that hides a different scatter of keys in each batch row (never
+/// key 0, which a causal mask leaves as the first query's only key).
+fn scattered_padding(batch: usize, k_len: usize, device: &Device) -> Tensor<2, Bool> {
+    let hidden: Vec<bool> = (0..batch * k_len)
+        .map(|i| {
+            let (b, j) = (i / k_len, i % k_len);
+            j > 0 && (j + b) % 3 == 2
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(hidden, [batch, k_len]), device)
+}
+
+/// The masks the fused kernels serve: causal or not, with padding or without.
+fn masks(batch: usize, k_len: usize, device: &Device) -> Vec<AttentionMask> {
+    let padding = scattered_padding(batch, k_len, device);
+    [true, false]
+        .into_iter()
+        .flat_map(|causal| {
+            [None, Some(padding.clone())]
+                .into_iter()
+                .map(move |padding| AttentionMask { causal, padding })
+        })
+        .collect()
+}
+
+/// Self-attention through the fused kernels (heads split, and packed with key/value heads
+/// shared) against Burn's composed ops, under every mask, without dropout and with our dropout
+/// kernel on the probabilities seeded alike (the same mask): the same values and gradients.
+#[test]
+fn fused_attention_matches_composed_ops_under_every_mask_with_and_without_dropout() {
     let device = test_device().autodiff();
     let normal = Distribution::Normal(0.0, 1.0);
     // [batch, len, query heads, key/value heads, head dim]. The kernel works in blocks of 64
@@ -292,64 +348,162 @@ fn fused_attention_matches_composed_ops_with_and_without_dropout() {
         let qkv0 = Tensor::<3>::random([batch, len, width], normal, &device);
         let probe = Tensor::<3>::random([batch, len, heads * dim], normal, &device);
         // Each key/value head serves `heads / kv_heads` query heads in turn.
-        let split = |qkv: &Tensor<3>, start: usize, count: usize| {
+        let split = |qkv: &Tensor<3>, start: usize, count: usize, repeat: bool| {
             let x = qkv
                 .clone()
                 .narrow(2, start * dim, count * dim)
                 .reshape([batch, len, count, dim])
                 .swap_dims(1, 2);
+            if !repeat {
+                return x;
+            }
             x.unsqueeze_dim::<5>(2)
                 .repeat_dim(2, heads / count)
                 .reshape([batch, heads, len, dim])
         };
         let merge = |y: Tensor<4>| y.swap_dims(1, 2).reshape([batch, len, heads * dim]);
-        // The output and the packed projection's gradient, each way on a graph of its own.
-        let run = |way: usize, weights: AttentionWeights| {
-            let qkv = qkv0.clone().detach().require_grad();
-            let (q, k, v) = (
-                split(&qkv, 0, heads),
-                split(&qkv, heads, kv_heads),
-                split(&qkv, heads + kv_heads, kv_heads),
-            );
-            let out = match way {
-                0 => fused_causal_attention_packed(qkv.clone(), heads, kv_heads, weights),
-                1 => merge(fused_causal_attention(q, k, v, weights)),
-                _ => {
-                    let mask = causal_mask(len, len, &device)
-                        .reshape([1, 1, len, len])
-                        .expand([batch, heads, len, len]);
-                    let scores = (q.matmul(k.swap_dims(2, 3)) * weights.scale)
-                        .mask_fill(mask, f32::NEG_INFINITY);
-                    let mut probs = softmax(scores, 3);
-                    if weights.dropout > 0.0 {
-                        probs = dropout_with_seed(probs, weights.dropout, weights.seed);
-                    }
-                    merge(probs.matmul(v))
+        for mask in masks(batch, len, &device) {
+            // The output and the packed projection's gradient, each way on a graph of its own.
+            let run = |way: usize, weights: AttentionWeights| {
+                let qkv = qkv0.clone().detach().require_grad();
+                // The split kernel shares key/value heads itself; the composed ops need them
+                // repeated.
+                let repeat = way == 2;
+                let (q, k, v) = (
+                    split(&qkv, 0, heads, repeat),
+                    split(&qkv, heads, kv_heads, repeat),
+                    split(&qkv, heads + kv_heads, kv_heads, repeat),
+                );
+                let out = match way {
+                    0 => fused_attention_packed(qkv.clone(), heads, kv_heads, &mask, weights),
+                    1 => merge(fused_attention(q, k, v, &mask, weights)),
+                    _ => merge(composed_attention(q, k, v, &mask, weights)),
+                };
+                let grads = (out.clone() * probe.clone()).sum().backward();
+                (out.inner(), qkv.grad(&grads).unwrap())
+            };
+            let mut outputs = Vec::new();
+            for dropout in [0.0, 0.3] {
+                let weights = AttentionWeights {
+                    scale: 0.37,
+                    causal: mask.causal,
+                    dropout,
+                    seed: 11,
+                };
+                let composed = run(2, weights);
+                for way in [0, 1] {
+                    let fused = run(way, weights);
+                    assert_close(fused.0, composed.0.clone(), 1e-5);
+                    assert_close(fused.1, composed.1.clone(), 1e-4);
                 }
-            };
-            let grads = (out.clone() * probe.clone()).sum().backward();
-            (out.inner(), qkv.grad(&grads).unwrap())
-        };
-        let mut outputs = Vec::new();
-        for dropout in [0.0, 0.3] {
-            let weights = AttentionWeights {
-                scale: 0.37,
-                dropout,
-                seed: 11,
-            };
-            let composed = run(2, weights);
-            for way in [0, 1] {
-                let fused = run(way, weights);
-                assert_close(fused.0, composed.0.clone(), 1e-5);
-                assert_close(fused.1, composed.1.clone(), 1e-4);
+                outputs.push(composed.0);
             }
-            outputs.push(composed.0);
-        }
-        // The dropout acted (a single position has too few weights to be sure of a drop).
-        if len > 1 {
-            let moved = (outputs[0].clone() - outputs[1].clone()).abs().max();
-            let moved = moved.into_scalar::<f32>();
-            assert!(moved > 1e-3, "{len} positions: dropout changed nothing");
+            // The dropout acted (a single position has too few weights to be sure of a drop).
+            if len > 1 {
+                let moved = (outputs[0].clone() - outputs[1].clone()).abs().max();
+                let moved = moved.into_scalar::<f32>();
+                assert!(moved > 1e-3, "{len} positions: dropout changed nothing");
+            }
         }
     }
+}
+
+/// Cross-attention's shape (queries of one length over keys of another) and a decoder's cached
+/// step (few queries at the end of a longer causal sequence), through the split kernel against
+/// the composed ops, under every mask: the same values and gradients of `q`, `k` and `v`.
+#[test]
+fn fused_attention_over_keys_of_another_length_matches_composed_ops() {
+    let device = test_device().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    // [batch, query length, key length, query heads, key/value heads, head dim]
+    for [batch, len, k_len, heads, kv_heads, dim] in [
+        [2, 5, 9, 4, 2, 6],
+        [2, 1, 7, 2, 2, 4],
+        [1, 70, 3, 2, 1, 8],
+        [1, 3, 130, 2, 2, 4],
+    ] {
+        let q0 = Tensor::<4>::random([batch, heads, len, dim], normal, &device);
+        let kv0 = Tensor::<4>::random([batch, 2 * kv_heads, k_len, dim], normal, &device);
+        let probe = Tensor::<4>::random([batch, heads, len, dim], normal, &device);
+        // A causal mask places the queries at the end of the keys' sequence: no longer than it.
+        let masks = masks(batch, k_len, &device);
+        for mask in masks
+            .into_iter()
+            .filter(|mask| !mask.causal || len <= k_len)
+        {
+            let run = |fused: bool, weights: AttentionWeights| {
+                let q = q0.clone().detach().require_grad();
+                let kv = kv0.clone().detach().require_grad();
+                let (k, v) = (
+                    kv.clone().narrow(1, 0, kv_heads),
+                    kv.clone().narrow(1, kv_heads, kv_heads),
+                );
+                let out = if fused {
+                    fused_attention(q.clone(), k, v, &mask, weights)
+                } else {
+                    let repeat = |x: Tensor<4>| {
+                        x.unsqueeze_dim::<5>(2)
+                            .repeat_dim(2, heads / kv_heads)
+                            .reshape([batch, heads, k_len, dim])
+                    };
+                    composed_attention(q.clone(), repeat(k), repeat(v), &mask, weights)
+                };
+                let grads = (out.clone() * probe.clone()).sum().backward();
+                (
+                    out.inner(),
+                    q.grad(&grads).unwrap(),
+                    kv.grad(&grads).unwrap(),
+                )
+            };
+            for dropout in [0.0, 0.3] {
+                let weights = AttentionWeights {
+                    scale: 0.5,
+                    causal: mask.causal,
+                    dropout,
+                    seed: 5,
+                };
+                let (ours, theirs) = (run(true, weights), run(false, weights));
+                assert_close(ours.0, theirs.0, 1e-5);
+                assert_close(ours.1, theirs.1, 1e-4);
+                assert_close(ours.2, theirs.2, 1e-4);
+            }
+        }
+    }
+}
+
+/// A query that sees no key (every key padded) attends to nothing: its output is 0, not the
+/// NaN of a softmax over nothing, and the other batch rows are untouched.
+#[test]
+fn a_query_with_every_key_padded_attends_to_nothing() {
+    let device = test_device();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let (q, k, v) = (
+        Tensor::<4>::random([2, 2, 3, 4], normal, &device),
+        Tensor::<4>::random([2, 2, 5, 4], normal, &device),
+        Tensor::<4>::random([2, 2, 5, 4], normal, &device),
+    );
+    let padding = Tensor::<2, Bool>::from_data(
+        TensorData::new([[true; 5], [false; 5]].concat(), [2, 5]),
+        &device,
+    );
+    let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+    let mask = AttentionMask {
+        causal: false,
+        padding: Some(padding),
+    };
+    let out = attention(q.clone(), k.clone(), v.clone(), &mask, 0.5, &no_dropout).unwrap();
+    let hidden = to_vec(out.clone().narrow(0, 0, 1));
+    assert!(hidden.iter().all(|&x| x == 0.0), "{hidden:?}");
+    let open = AttentionMask {
+        causal: false,
+        padding: None,
+    };
+    let weights = AttentionWeights {
+        scale: 0.5,
+        causal: false,
+        dropout: 0.0,
+        seed: 0,
+    };
+    let reference = composed_attention(q, k, v, &open, weights).narrow(0, 1, 1);
+    assert_close(out.narrow(0, 1, 1), reference, 1e-5);
 }

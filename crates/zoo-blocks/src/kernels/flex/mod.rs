@@ -77,32 +77,41 @@ impl ZooOps for Flex {
         from_f32(out, x.layout().shape().clone())
     }
 
-    fn zoo_causal_attention(
+    fn zoo_attention(
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
+        padding: FlexTensor,
         weights: AttentionWeights,
     ) -> (FlexTensor, FlexTensor) {
         let shape = split_shape(&q, &k);
         let [q, k, v] = [&q, &k, &v].map(f32_contiguous);
+        let padding = f32_contiguous(&padding);
         let mut out = vec![0.0f32; q.layout().num_elements()];
-        let mut probs = vec![0.0f32; shape.batch * shape.heads * shape.len * shape.len];
+        let [b, h, t, d, s] = [
+            shape.batch,
+            shape.heads,
+            shape.q_len,
+            shape.dim,
+            shape.k_len,
+        ];
+        let mut probs = vec![0.0f32; b * h * t * s];
         let (query, kv) = split_heads(&shape);
         attention::forward(
             shape,
             [input(&q, query), input(&k, kv), input(&v, kv)],
             attention::Output::new(&mut out, query),
             &mut probs,
+            key_padding(&padding),
             weights,
         );
-        let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
         (
             from_f32(out, [b, h, t, d].into()),
-            from_f32(probs, [b, h, t, t].into()),
+            from_f32(probs, [b, h, t, s].into()),
         )
     }
 
-    fn zoo_causal_attention_backward(
+    fn zoo_attention_backward(
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
@@ -137,15 +146,17 @@ impl ZooOps for Flex {
         )
     }
 
-    fn zoo_causal_attention_packed(
+    fn zoo_attention_packed(
         qkv: FlexTensor,
+        padding: FlexTensor,
         n_heads: usize,
         n_kv_heads: usize,
         weights: AttentionWeights,
     ) -> (FlexTensor, FlexTensor) {
         let shape = packed_shape(&qkv, n_heads, n_kv_heads);
         let qkv = f32_contiguous(&qkv);
-        let [b, h, t, d] = [shape.batch, shape.heads, shape.len, shape.dim];
+        let padding = f32_contiguous(&padding);
+        let [b, h, t, d] = [shape.batch, shape.heads, shape.q_len, shape.dim];
         let mut out = vec![0.0f32; b * t * h * d];
         let mut probs = vec![0.0f32; b * h * t * t];
         let heads = packed_heads(&shape);
@@ -154,6 +165,7 @@ impl ZooOps for Flex {
             heads.map(|heads| input(&qkv, heads)),
             attention::Output::new(&mut out, attention::Heads::packed(0, t, h * d, d)),
             &mut probs,
+            key_padding(&padding),
             weights,
         );
         (
@@ -162,7 +174,7 @@ impl ZooOps for Flex {
         )
     }
 
-    fn zoo_causal_attention_packed_backward(
+    fn zoo_attention_packed_backward(
         qkv: FlexTensor,
         out: FlexTensor,
         probs: FlexTensor,
@@ -173,7 +185,7 @@ impl ZooOps for Flex {
     ) -> FlexTensor {
         let shape = packed_shape(&qkv, n_heads, n_kv_heads);
         let [qkv, out, probs, grad] = [&qkv, &out, &probs, &grad].map(f32_contiguous);
-        let [t, d] = [shape.len, shape.dim];
+        let [t, d] = [shape.q_len, shape.dim];
         let out_heads = attention::Heads::packed(0, t, shape.heads * d, d);
         let heads = packed_heads(&shape);
         // Every element is written: each head of q, k and v gets its gradient.
@@ -594,22 +606,24 @@ fn f32_contiguous(t: &FlexTensor) -> FlexTensor {
 /// The shape of attention over `[batch, heads, len, dim]` queries and
 /// `[batch, kv_heads, len, dim]` keys.
 fn split_shape(q: &FlexTensor, k: &FlexTensor) -> attention::Shape {
-    let [batch, heads, len, dim] = q.layout().shape().dims::<4>();
+    let [batch, heads, q_len, dim] = q.layout().shape().dims::<4>();
+    let [_, kv_heads, k_len, _] = k.layout().shape().dims::<4>();
     attention::Shape {
         batch,
         heads,
-        kv_heads: k.layout().shape().dims::<4>()[1],
-        len,
+        kv_heads,
+        q_len,
+        k_len,
         dim,
     }
 }
 
 /// Where the query heads and the key/value heads sit in contiguous split tensors.
 fn split_heads(shape: &attention::Shape) -> (attention::Heads, attention::Heads) {
-    let (t, d) = (shape.len, shape.dim);
+    let d = shape.dim;
     (
-        attention::Heads::split(shape.heads, t, d),
-        attention::Heads::split(shape.kv_heads, t, d),
+        attention::Heads::split(shape.heads, shape.q_len, d),
+        attention::Heads::split(shape.kv_heads, shape.k_len, d),
     )
 }
 
@@ -624,7 +638,8 @@ fn packed_shape(qkv: &FlexTensor, heads: usize, kv_heads: usize) -> attention::S
         batch,
         heads,
         kv_heads,
-        len,
+        q_len: len,
+        k_len: len,
         dim: width / (heads + 2 * kv_heads),
     }
 }
@@ -632,11 +647,17 @@ fn packed_shape(qkv: &FlexTensor, heads: usize, kv_heads: usize) -> attention::S
 /// Where the query, key and value heads sit in a packed projection: side by side in that
 /// order along each row.
 fn packed_heads(shape: &attention::Shape) -> [attention::Heads; 3] {
-    let (t, d) = (shape.len, shape.dim);
+    let (t, d) = (shape.q_len, shape.dim);
     let width = (shape.heads + 2 * shape.kv_heads) * d;
     let kv_start = shape.heads * d;
     [0, kv_start, kv_start + shape.kv_heads * d]
         .map(|offset| attention::Heads::packed(offset, t, width, d))
+}
+
+/// The keys' padding as the attention kernel takes it: none when the tensor has no element.
+fn key_padding(padding: &FlexTensor) -> Option<&[f32]> {
+    let values = padding.as_slice::<f32>().expect("contiguous f32");
+    (!values.is_empty()).then_some(values)
 }
 
 /// A contiguous f32 tensor's elements and where its heads sit.

@@ -48,15 +48,26 @@ vectorised! {
 }
 
 vectorised! {
-    /// Softmax in place of `scores · scale`.
+    /// Softmax in place of `scores · scale` (`scale` positive). The sum runs in sixteen lanes:
+    /// one running sum is a chain of dependent additions that keeps the exponentials from
+    /// vectorising (it took 9% of BERT-mini's inference).
     pub fn softmax_scaled(row: &mut [f32], scale: f32) {
         let max = max_of(row) * scale;
-        let mut sum = 0.0;
-        for p in row.iter_mut() {
-            *p = exp_f32(*p * scale - max);
-            sum += *p;
+        let mut lanes = [0.0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            let chunk: &mut [f32; 16] = chunk.try_into().expect("16 wide");
+            for i in 0..16 {
+                chunk[i] = exp_f32(chunk[i] * scale - max);
+                lanes[i] += chunk[i];
+            }
         }
-        let inv = 1.0 / sum;
+        let mut rest = 0.0;
+        for p in chunks.into_remainder() {
+            *p = exp_f32(*p * scale - max);
+            rest += *p;
+        }
+        let inv = 1.0 / (lanes.iter().sum::<f32>() + rest);
         row.iter_mut().for_each(|p| *p *= inv);
     }
 }
