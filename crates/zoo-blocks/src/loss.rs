@@ -7,12 +7,7 @@ use burn::tensor::{Int, Tensor};
 /// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`): our fused kernel
 /// on `flex`, Burn's log-softmax elsewhere.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    if let Some(loss) = kernels::cross_entropy(logits.clone(), targets.clone()) {
-        return loss;
-    }
-    let [n, _] = logits.dims();
-    let log_probs = log_softmax(logits, 1);
-    -log_probs.gather(1, targets.reshape([n, 1])).mean()
+    label_smoothed_cross_entropy(logits, targets, 0.0)
 }
 
 /// Cross-entropy against targets smoothed by `epsilon` (Szegedy et al. 2016; the transformer
@@ -25,12 +20,15 @@ pub fn label_smoothed_cross_entropy(
     targets: Tensor<1, Int>,
     epsilon: f64,
 ) -> Tensor<1> {
-    if epsilon == 0.0 {
-        return cross_entropy(logits, targets);
+    if let Some(loss) = kernels::cross_entropy(logits.clone(), targets.clone(), epsilon as f32) {
+        return loss;
     }
     let [n, _] = logits.dims();
     let log_probs = log_softmax(logits, 1);
     let nll = -log_probs.clone().gather(1, targets.reshape([n, 1])).mean();
+    if epsilon == 0.0 {
+        return nll;
+    }
     let uniform = -log_probs.mean();
     nll * (1.0 - epsilon) + uniform * epsilon
 }
@@ -155,6 +153,8 @@ mod tests {
         );
     }
 
+    /// The fused kernel against Burn's log-softmax, plain and label-smoothed: the loss and the
+    /// logits' gradient.
     #[test]
     fn the_fused_kernel_matches_burns_log_softmax_with_gradients() {
         let device = test_device().autodiff();
@@ -163,19 +163,24 @@ mod tests {
             TensorData::new((0..37).map(|i| (i * 53 % 300) as i64).collect(), [37]),
             &device,
         );
-        let run = |fused: bool| {
-            let logits = logits0.clone().detach().require_grad();
-            let loss = if fused {
-                cross_entropy(logits.clone(), targets.clone())
-            } else {
-                let log_probs = log_softmax(logits.clone(), 1);
-                -log_probs.gather(1, targets.clone().reshape([37, 1])).mean()
+        for epsilon in [0.0, 0.1] {
+            let run = |fused: bool| {
+                let logits = logits0.clone().detach().require_grad();
+                let loss = if fused {
+                    label_smoothed_cross_entropy(logits.clone(), targets.clone(), epsilon)
+                } else {
+                    let log_probs = log_softmax(logits.clone(), 1);
+                    let nll = -log_probs
+                        .clone()
+                        .gather(1, targets.clone().reshape([37, 1]));
+                    nll.mean() * (1.0 - epsilon) - log_probs.mean() * epsilon
+                };
+                let grads = (loss.clone() * 1.7).backward();
+                (loss.inner(), logits.grad(&grads).unwrap())
             };
-            let grads = (loss.clone() * 1.7).backward();
-            (loss.inner(), logits.grad(&grads).unwrap())
-        };
-        let (fused, composed) = (run(true), run(false));
-        assert_close(fused.0, composed.0, 1e-5);
-        assert_close(fused.1, composed.1, 1e-6);
+            let (fused, composed) = (run(true), run(false));
+            assert_close(fused.0, composed.0, 1e-5);
+            assert_close(fused.1, composed.1, 1e-6);
+        }
     }
 }

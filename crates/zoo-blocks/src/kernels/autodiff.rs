@@ -93,16 +93,16 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
 #[derive(Debug)]
 struct ZooCrossEntropy;
 
-/// Logits, targets and the rows' log-sum-exp.
-type CrossEntropyState<B> = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+/// Logits, targets, the rows' log-sum-exp and the smoothing.
+type CrossEntropyState<B> = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, f32);
 
 impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
     type State = CrossEntropyState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (logits, targets, lse) = ops.state;
+        let (logits, targets, lse, smoothing) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::zoo_cross_entropy_backward(logits, targets, lse, grad)
+            B::zoo_cross_entropy_backward(logits, targets, lse, grad, smoothing)
         });
     }
 }
@@ -271,16 +271,17 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
     fn zoo_cross_entropy(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        smoothing: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let values = logits.primitive().clone();
-        let (loss, lse) = B::zoo_cross_entropy(values.clone(), targets.clone());
+        let (loss, lse) = B::zoo_cross_entropy(values.clone(), targets.clone(), smoothing);
         let lse_leaf = FloatTensor::<Self>::new(lse.clone());
         let loss = match ZooCrossEntropy
             .prepare::<C>([logits.node()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((values, targets, lse), loss),
+            OpsKind::Tracked(prep) => prep.finish((values, targets, lse, smoothing), loss),
             OpsKind::UnTracked(prep) => prep.finish(loss),
         };
         (loss, lse_leaf)
@@ -291,6 +292,7 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         _targets: IntTensor<Self>,
         _log_sum_exp: FloatTensor<Self>,
         _grad: FloatTensor<Self>,
+        _smoothing: f32,
     ) -> FloatTensor<Self> {
         panic!(
             "zoo's cross-entropy has no second-order gradient; its backward runs on the inner backend"

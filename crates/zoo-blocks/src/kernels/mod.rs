@@ -152,20 +152,24 @@ pub trait ZooOps: Backend {
         FloatTensor<Self>,
     );
 
-    /// Mean cross-entropy of `logits` (`[n, classes]`) against class ids `targets` (`[n]`),
-    /// shape `[1]`, and each row's log-sum-exp (`[n]`) for the backward.
+    /// Mean cross-entropy of `logits` (`[n, classes]`) against class ids `targets` (`[n]`)
+    /// smoothed by `smoothing` (see [`cross_entropy`]), shape `[1]`, and each row's
+    /// log-sum-exp (`[n]`) for the backward.
     fn zoo_cross_entropy(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        _smoothing: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradient of [`zoo_cross_entropy`](Self::zoo_cross_entropy) with respect to the
-    /// logits: `(softmax(logits) − onehot(targets)) · grad / n`.
+    /// logits: `(softmax(logits) − (1 − ε) onehot(targets) − ε / classes) · grad / n`, `ε` the
+    /// smoothing.
     fn zoo_cross_entropy_backward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        _smoothing: f32,
     ) -> FloatTensor<Self>;
 
     /// A whole GRU layer over a sequence (see [`gru_sequence`]): from the gates' input part
@@ -471,16 +475,24 @@ pub fn adamw<const D: usize>(
     (param, moment_1, moment_2)
 }
 
-/// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`). On `flex` one
-/// parallel pass over the logits each way (Burn's composed log-softmax makes several, one thread
-/// each, and at a 10,000-word vocabulary they cost more than the model); elsewhere `None`.
-pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Option<Tensor<1>> {
+/// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`) smoothed by
+/// `smoothing` (`ε`): each row's loss is `(1 − ε) (lse − x_target) + ε (lse − mean(x))`, the
+/// cross-entropy against `1 − ε` on the target and `ε` spread over every class, as PyTorch's
+/// `label_smoothing`. On `flex` one parallel pass over the logits each way (Burn's composed
+/// log-softmax makes several, one thread each, and at a 10,000-word vocabulary they cost more
+/// than the model); elsewhere `None`.
+pub fn cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    smoothing: f32,
+) -> Option<Tensor<1>> {
     if !runs_on_flex_f32(&logits) {
         return None;
     }
     let (loss, _lse) = <burn::backend::Dispatch as ZooOps>::zoo_cross_entropy(
         logits.into_dispatch(),
         targets.into_dispatch(),
+        smoothing,
     );
     Some(Tensor::from_dispatch(loss))
 }

@@ -235,7 +235,11 @@ impl ZooOps for Flex {
         )
     }
 
-    fn zoo_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+    fn zoo_cross_entropy(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        smoothing: f32,
+    ) -> (FlexTensor, FlexTensor) {
         let logits = f32_contiguous(&logits);
         let values = logits.as_slice::<f32>().unwrap();
         let [n, classes] = logits.layout().shape().dims::<2>();
@@ -247,7 +251,12 @@ impl ZooOps for Flex {
             .zip(targets.par_iter())
             .map(|((lse, row), &target)| {
                 *lse = rows::log_sum_exp(row);
-                (*lse - row[target]) as f64
+                let mut loss = (*lse - row[target]) as f64;
+                if smoothing > 0.0 {
+                    let uniform = *lse as f64 - rows::sum(row) as f64 / classes as f64;
+                    loss = (1.0 - smoothing as f64) * loss + smoothing as f64 * uniform;
+                }
+                loss
             })
             .sum();
         let loss = vec![(total / n.max(1) as f64) as f32];
@@ -259,19 +268,25 @@ impl ZooOps for Flex {
         targets: FlexTensor,
         log_sum_exp: FlexTensor,
         grad: FlexTensor,
+        smoothing: f32,
     ) -> FlexTensor {
         let tensors = [&logits, &log_sum_exp, &grad].map(f32_contiguous);
         let [values, lse, grad] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
         let [n, classes] = logits.layout().shape().dims::<2>();
         let targets = class_ids(targets, n, classes);
         let scale = grad[0] / n.max(1) as f32;
+        // The target distribution: 1 − ε on the target, ε spread over every class.
+        let (on_target, everywhere) = (
+            (1.0 - smoothing) * scale,
+            smoothing * scale / classes as f32,
+        );
         let mut out = vec![0.0f32; values.len()];
         out.par_chunks_mut(classes)
             .zip(values.par_chunks(classes))
             .zip(lse.par_iter().zip(targets.par_iter()))
             .for_each(|((out, row), (&lse, &target))| {
-                rows::scaled_softmax(out, row, lse, scale);
-                out[target] -= scale;
+                rows::scaled_softmax(out, row, lse, scale, everywhere);
+                out[target] -= on_target;
             });
         from_f32(out, [n, classes].into())
     }

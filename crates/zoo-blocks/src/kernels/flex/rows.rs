@@ -39,10 +39,26 @@ vectorised! {
 }
 
 vectorised! {
-    /// `out = e^(row − lse) · scale`: a softmax row scaled, from its log-sum-exp.
-    pub fn scaled_softmax(out: &mut [f32], row: &[f32], lse: f32, scale: f32) {
+    /// The sum of a row, in sixteen lanes so that it vectorises.
+    pub fn sum(row: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 16];
+        let chunks = row.chunks_exact(16);
+        let rest: f32 = chunks.remainder().iter().sum();
+        for chunk in chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += x;
+            }
+        }
+        lanes.iter().sum::<f32>() + rest
+    }
+}
+
+vectorised! {
+    /// `out = e^(row − lse) · scale − shift`: a softmax row scaled, from its log-sum-exp, less
+    /// a constant.
+    pub fn scaled_softmax(out: &mut [f32], row: &[f32], lse: f32, scale: f32, shift: f32) {
         for (o, &x) in out.iter_mut().zip(row) {
-            *o = exp_f32(x - lse) * scale;
+            *o = exp_f32(x - lse) * scale - shift;
         }
     }
 }
