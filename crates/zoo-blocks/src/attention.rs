@@ -324,8 +324,8 @@ impl SelfAttention {
         });
 
         let y = if device.is_autodiff() || probe::is_recording() {
-            // Training: explicit scores so dropout can act on the attention weights (and a
-            // recording gets them).
+            // Training off flex, or a recording: explicit scores so dropout can act on the
+            // attention weights (and a recording gets them).
             let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
             if let Some(bias) = bias {
                 scores = scores + bias;

@@ -207,8 +207,8 @@ impl CrossAttention {
                 .expand([batch, self.n_heads, len, memory_len])
         });
         let y = if q.device().is_autodiff() || probe::is_recording() {
-            // Training: explicit weights so dropout can act on them (and a recording gets
-            // them).
+            // Training off flex, or a recording: explicit weights so dropout can act on them
+            // (and a recording gets them).
             let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
             if let Some(mask) = mask {
                 scores = scores.mask_fill(mask, f32::NEG_INFINITY);
