@@ -94,6 +94,16 @@ impl Shape {
         }
         assert_eq!(probs, self.batch * self.heads * self.q_len * self.k_len);
     }
+
+    /// The keys `0..end` that query rows `..rows_end` may reach: all of them, or under a
+    /// `causal` mask those up to the last row's position.
+    fn keys_before(&self, causal: bool, rows_end: usize) -> usize {
+        if causal {
+            (rows_end + self.k_len - self.q_len).min(self.k_len)
+        } else {
+            self.k_len
+        }
+    }
 }
 
 /// Which keys each query sees: with `causal`, query `t` (at position `t + k_len - q_len` of the
@@ -106,20 +116,11 @@ struct Visible<'a> {
 }
 
 impl Visible<'_> {
-    /// Keys `0..end` are all that query rows `..rows_end` may see.
-    fn keys_before(&self, shape: &Shape, rows_end: usize) -> usize {
-        if self.causal {
-            (rows_end + shape.k_len - shape.q_len).min(shape.k_len)
-        } else {
-            shape.k_len
-        }
-    }
-
     /// Softmax in place of query `t`'s scores (batch row `b`; `row` holds `k_len`), scaled:
     /// keys the query does not see get probability exactly 0, and a query that sees no key
     /// attends to nothing (its row is all 0; composed ops would give NaN).
     fn softmax(&self, shape: &Shape, b: usize, t: usize, row: &mut [f32], scale: f32) {
-        let (seen, unseen) = row.split_at_mut(self.keys_before(shape, t + 1));
+        let (seen, unseen) = row.split_at_mut(shape.keys_before(self.causal, t + 1));
         unseen.fill(0.0);
         let Some(padding) = self.padding else {
             rows::softmax_scaled(seen, scale);
@@ -220,7 +221,7 @@ pub fn forward(
             let mut dropped = dropout.scratch();
             for (r0, r1) in row_blocks(q_len) {
                 let rows = r1 - r0;
-                let keys = visible.keys_before(&shape, r1);
+                let keys = shape.keys_before(weights.causal, r1);
                 let block = &mut p[r0 * k_len..];
                 // SAFETY: operands inside their checked buffers; this task alone writes head
                 // (b, h) of `out` and its own `p`. Rows r0..r1 only see keys 0..keys.
@@ -272,10 +273,6 @@ pub fn backward(
         ..
     } = shape;
     let dropout = Dropout::of(weights, q_len, k_len);
-    let visible = Visible {
-        causal: weights.causal,
-        padding: None,
-    };
     shape.check(
         &[
             (q.1, q.0.len()),
@@ -307,7 +304,7 @@ pub fn backward(
                 for (n, (r0, r1)) in row_blocks(q_len).rev().enumerate() {
                     let write = h == g * group && n == 0;
                     let rows = r1 - r0;
-                    let keys = visible.keys_before(&shape, r1);
+                    let keys = shape.keys_before(weights.causal, r1);
                     // The weights the forward applied: the probabilities, dropped out.
                     let weighed = dropout.apply(&mut dropped, &p[r0 * k_len..], head, r0..r1, keys);
                     let d_out = grad.matrix(b, h).down(r0);
