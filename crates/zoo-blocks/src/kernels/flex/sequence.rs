@@ -62,21 +62,20 @@ pub fn recurrent_weight_gradient(
     };
 }
 
-/// Columns per panel of a [`Packed`] matrix.
-const PANEL: usize = 64;
-/// Rows of the thin operand a kernel call carries at once.
-const ROWS: usize = 4;
+/// Columns per panel of a [`Packed`] matrix: two AVX registers (one AVX-512 register).
+const PANEL: usize = 16;
+/// The most rows of the thin operand one kernel call carries. Their sums over a panel's
+/// columns fill 12 of AVX2's 16 vector registers, leaving room for the panel's row and a
+/// broadcast; more rows (or wider panels) spill the sums to memory, which halved the rate.
+const ROWS: usize = 6;
 
 /// A `[k, n]` weight matrix laid out once for many thin products `h · W` (`h` a few rows): panels
 /// of [`PANEL`] columns, each `[k, PANEL]` contiguous (the last zero-padded). A recurrent layer
-/// multiplies the same weights at every step; gemm re-packed them on every call, which made the
-/// 20 x 650 x 2600 steps of lstm-medium about 10% slower than this.
+/// multiplies the same weights at every step; gemm re-packed them on every call.
 pub struct Packed {
     panels: Vec<f32>,
     k: usize,
     n: usize,
-    /// Stands in for the missing rows of a last, partial group of rows.
-    zeros: Vec<f32>,
 }
 
 impl Packed {
@@ -101,12 +100,7 @@ impl Packed {
                 }
             }
         }
-        Self {
-            panels,
-            k,
-            n,
-            zeros: vec![0.0; k],
-        }
+        Self { panels, k, n }
     }
 
     /// `out (+)= h · W` for `h` rows `h_row` floats apart and `out` rows `out_row` apart (`batch`
@@ -126,43 +120,75 @@ impl Packed {
         assert!(batch == 0 || (out.len() >= (batch - 1) * out_row + self.n));
         let count = self.n.div_ceil(PANEL);
         let out = SharedOut(out.as_mut_ptr());
+        // Rows go in groups of at most ROWS, as even as can be: 20 rows as 5 + 5 + 5 + 5, not
+        // 6 + 6 + 6 + 2.
+        let groups = batch.div_ceil(ROWS);
         let run = |panels: std::ops::Range<usize>| {
             for p in panels {
-                let width = PANEL.min(self.n - p * PANEL);
                 let panel = &self.panels[p * self.k * PANEL..][..self.k * PANEL];
-                for b0 in (0..batch).step_by(ROWS) {
-                    let rows = ROWS.min(batch - b0);
-                    let mut acc = [[0.0f32; PANEL]; ROWS];
-                    let row = |r: usize| {
-                        if r < rows {
-                            &h[(b0 + r) * h_row..][..self.k]
-                        } else {
-                            &self.zeros[..]
-                        }
+                let columns = p * PANEL..self.n.min((p + 1) * PANEL);
+                for g in 0..groups {
+                    let rows = g * batch / groups..(g + 1) * batch / groups;
+                    let group = Group {
+                        panel,
+                        k: self.k,
+                        h,
+                        h_row,
+                        out,
+                        out_row,
+                        accumulate,
                     };
-                    panel_product(panel, [row(0), row(1), row(2), row(3)], self.k, &mut acc);
-                    for (r, acc) in acc.iter().enumerate().take(rows) {
-                        // SAFETY: row b0 + r, columns p PANEL.. of `out` (in bounds, asserted
-                        // above); the two threads own disjoint panels, so disjoint columns.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                out.get().add((b0 + r) * out_row + p * PANEL),
-                                width,
-                            )
-                        };
-                        if accumulate {
-                            dst.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
-                        } else {
-                            dst.copy_from_slice(&acc[..width]);
-                        }
+                    match rows.len() {
+                        1 => group.product::<1>(rows.start, columns.clone()),
+                        2 => group.product::<2>(rows.start, columns.clone()),
+                        3 => group.product::<3>(rows.start, columns.clone()),
+                        4 => group.product::<4>(rows.start, columns.clone()),
+                        5 => group.product::<5>(rows.start, columns.clone()),
+                        _ => group.product::<ROWS>(rows.start, columns.clone()),
                     }
                 }
             }
         };
-        if batch * self.k * self.n >= 1 << 22 && count >= 2 {
+        if batch * self.k * self.n >= 1 << 20 && count >= 2 {
             rayon::join(|| run(0..count / 2), || run(count / 2..count));
         } else {
             run(0..count);
+        }
+    }
+}
+
+/// One panel of a [`Packed`] product and where its rows come from and go.
+struct Group<'a> {
+    panel: &'a [f32],
+    k: usize,
+    h: &'a [f32],
+    h_row: usize,
+    out: SharedOut,
+    out_row: usize,
+    accumulate: bool,
+}
+
+impl Group<'_> {
+    /// Rows `first..first + R` of the product, in the panel's `columns` of `out`.
+    fn product<const R: usize>(&self, first: usize, columns: std::ops::Range<usize>) {
+        let h: [&[f32]; R] = std::array::from_fn(|r| &self.h[(first + r) * self.h_row..][..self.k]);
+        let sums = panel_product::<R>(self.panel, h, self.k);
+        for (r, sums) in sums.iter().enumerate() {
+            // SAFETY: row first + r, `columns` of `out` (in bounds, asserted by
+            // `Packed::product`); threads own disjoint panels, so disjoint columns.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.out
+                        .get()
+                        .add((first + r) * self.out_row + columns.start),
+                    columns.len(),
+                )
+            };
+            if self.accumulate {
+                dst.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+            } else {
+                dst.copy_from_slice(&sums[..columns.len()]);
+            }
         }
     }
 }
@@ -182,31 +208,28 @@ impl SharedOut {
 }
 
 vectorised! {
-    /// `acc[r] = Σ_k h[r][k] · panel[k]` for four rows of `h` (`k` long each; missing rows are
-    /// zeros): the four accumulator rows stay in registers, each panel row is read once.
-    pub fn panel_product(panel: &[f32], h: [&[f32]; ROWS], k: usize, acc: &mut [[f32; PANEL]; ROWS]) {
-        // Fused multiply-adds where the instruction set has them (a constant per compiled copy).
-        let fma = multiversion::target::selected_target!().supports_feature_str("fma");
-        let [h0, h1, h2, h3] = h.map(|row| &row[..k]);
-        let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; PANEL], [0.0f32; PANEL], [0.0f32; PANEL], [0.0f32; PANEL]);
-        for kk in 0..k {
-            let w: &[f32; PANEL] = panel[kk * PANEL..][..PANEL].try_into().unwrap();
-            let (s0, s1, s2, s3) = (h0[kk], h1[kk], h2[kk], h3[kk]);
-            for j in 0..PANEL {
-                if fma {
-                    a0[j] = s0.mul_add(w[j], a0[j]);
-                    a1[j] = s1.mul_add(w[j], a1[j]);
-                    a2[j] = s2.mul_add(w[j], a2[j]);
-                    a3[j] = s3.mul_add(w[j], a3[j]);
-                } else {
-                    a0[j] += s0 * w[j];
-                    a1[j] += s1 * w[j];
-                    a2[j] += s2 * w[j];
-                    a3[j] += s3 * w[j];
+    /// `sums[r] = Σ_k h[r][k] · panel[k]` for `R` rows of `h` (`k` long each): the sums stay in
+    /// registers and each panel row is read once.
+    pub fn panel_product<const R: usize>(panel: &[f32], h: [&[f32]; R], k: usize) -> [[f32; PANEL]; R] {
+        // Fused multiply-adds where the instruction set has them: a constant per compiled copy,
+        // evaluated at compile time (as a `let`, it was a call per panel).
+        const FMA: bool = multiversion::target::selected_target!().supports_feature_str("fma");
+        let h = h.map(|row| &row[..k]);
+        let mut sums = [[0.0f32; PANEL]; R];
+        for (kk, w) in panel[..k * PANEL].chunks_exact(PANEL).enumerate() {
+            let w: &[f32; PANEL] = w.try_into().unwrap();
+            for r in 0..R {
+                let s = h[r][kk];
+                for j in 0..PANEL {
+                    sums[r][j] = if FMA {
+                        s.mul_add(w[j], sums[r][j])
+                    } else {
+                        sums[r][j] + s * w[j]
+                    };
                 }
             }
         }
-        *acc = [a0, a1, a2, a3];
+        sums
     }
 }
 
@@ -229,8 +252,10 @@ mod tests {
 
     #[test]
     fn packed_products_match_a_plain_matrix_product() {
-        // Partial last panel and row group; the large case is split across two threads.
-        for (batch, k, n) in [(9, 70, 150), (3, 5, 7), (9, 700, 700)] {
+        // Every group size from one row to ROWS (batches 1 to 13), a partial last panel, and
+        // two products large enough to be split across two threads.
+        let small = (1..=13).map(|batch| (batch, 70, 150));
+        for (batch, k, n) in small.chain([(3, 5, 7), (9, 700, 700), (20, 200, 800)]) {
             for transposed in [false, true] {
                 // `w` holds W (`[k, n]`) or its transpose (`[n, k]`).
                 let w = values(k * n, 1);
