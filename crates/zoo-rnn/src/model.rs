@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use zoo_blocks::beam::{BeamSearch, StepDecoder, beam_search};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::incremental::{IncrementalLm, ROLLBACK, last_rows};
-use zoo_blocks::kernels::matmul_weight;
+use zoo_blocks::kernels::affine;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal, Sampler};
 use zoo_blocks::{ModelSize, freeze_first};
@@ -226,7 +226,7 @@ impl RnnLm {
             Some(decoder) => decoder.val(),
             None => self.embedding.val().transpose(),
         };
-        matmul_weight(x, weight) + self.decoder_bias.val().unsqueeze()
+        affine(x, weight, Some(self.decoder_bias.val()))
     }
 
     /// A biLM's backward logits `[batch, len, vocab]` for ids `[batch, len]` (no padding):

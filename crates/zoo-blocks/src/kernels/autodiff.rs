@@ -177,6 +177,39 @@ impl<B: Backend + ZooOps> Backward<B, 2> for ZooMatmul {
 }
 
 #[derive(Debug)]
+struct ZooLinear;
+
+impl<B: Backend + ZooOps> Backward<B, 3> for ZooLinear {
+    /// As for [`ZooMatmul`]: the input when the weight needs its gradient, and the other way
+    /// round. The bias's gradient needs neither.
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let (x, weight) = ops.state;
+        let x = x.map(|x| checkpointer.retrieve_node_output(x));
+        let weight = weight.map(|weight| checkpointer.retrieve_node_output(weight));
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node, weight_node, bias_node] = ops.parents;
+        if let Some(node) = bias_node {
+            grads.register::<B>(node.id, B::zoo_column_sums(grad.clone()));
+        }
+        if let Some(node) = weight_node {
+            let x_t = B::float_transpose(x.expect("kept for the weight's gradient"));
+            grads.register::<B>(node.id, B::zoo_matmul(x_t, grad.clone()));
+        }
+        if let Some(node) = x_node {
+            let w_t = B::float_transpose(weight.expect("kept for the input's gradient"));
+            grads.register::<B>(node.id, B::zoo_matmul(grad, w_t));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct ZooLayerNorm;
 
 /// Input, gain, row means and row reciprocal standard deviations.
@@ -400,6 +433,39 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
                 prep.finish(B::zoo_matmul(lhs.into_primitive(), rhs.into_primitive()))
             }
         }
+    }
+
+    fn zoo_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+        match ZooLinear
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = weight_tracked.then(|| prep.checkpoint(&x));
+                let weight_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let out = B::zoo_linear(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                );
+                prep.finish((x_state, weight_state), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::zoo_linear(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    fn zoo_column_sums(_x: FloatTensor<Self>) -> FloatTensor<Self> {
+        panic!("zoo's column sums serve a bias's gradient; they run on the inner backend")
     }
 
     fn zoo_layer_norm(

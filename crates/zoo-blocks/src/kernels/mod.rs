@@ -3,8 +3,9 @@
 //! Each public function here runs our kernel on `flex` (f32) and Burn's ops everywhere else, and
 //! has a test of parity with Burn's ops (values and gradients) beside a finite-difference check:
 //!
-//! - [`matmul_weight`] / [`linear`]: products handed to gemm with transposed views in place (Burn
-//!   zero-fills and then copies every output, and materialises transposes in the backward);
+//! - [`matmul_weight`] / [`linear`] / [`affine`]: products handed to gemm with transposed views in
+//!   place (Burn zero-fills and then copies every output, and materialises transposes in the
+//!   backward), a bias added inside the product;
 //! - [`attention_packed`] and [`attention`]: attention read straight from the packed QKV
 //!   projection (or split heads), causal or bidirectional, with padded keys hidden, in blocks of
 //!   query rows that skip a causal mask's hidden half, with dropout of the attention
@@ -201,6 +202,17 @@ pub trait ZooOps: Backend {
 
     /// `lhs · rhs` for 2-D operands, either of which may be a transposed view.
     fn zoo_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x · weight + bias` for 2-D `x` and `weight` (either may be a transposed view) and a bias
+    /// as long as the output's rows, added in the product rather than by a pass after it.
+    fn zoo_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The sums of a 2-D tensor's columns (`[rows, cols]` to `[cols]`): a bias's gradient.
+    fn zoo_column_sums(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// LayerNorm of the rows of `x` (`[rows, d]`) with gain `gamma` and bias `beta` (`[d]`):
     /// the output, and each row's mean and reciprocal standard deviation (`[rows]`) that the
@@ -563,28 +575,59 @@ pub fn matmul_weight<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<
     if !runs_on_flex_f32(&x) {
         return x.matmul(weight.unsqueeze());
     }
-    let dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let x = x.reshape([rows, dims[D - 1]]);
-    let out = Tensor::<2>::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_matmul(
-        x.into_dispatch(),
-        weight.clone().into_dispatch(),
-    ));
-    let mut out_dims = dims;
-    out_dims[D - 1] = weight.dims()[1];
-    out.reshape(out_dims)
+    over_rows(x, weight, |x, weight| {
+        <burn::backend::Dispatch as ZooOps>::zoo_matmul(x, weight)
+    })
 }
 
-/// A [`Linear`] layer's forward through [`matmul_weight`].
+/// A [`Linear`] layer's forward through [`affine`] (Burn's own elsewhere).
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     if !runs_on_flex_f32(&x) {
         return layer.forward(x);
     }
-    let out = matmul_weight(x, layer.weight.val());
-    match &layer.bias {
-        Some(bias) => out + bias.val().unsqueeze(),
-        None => out,
+    affine(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|bias| bias.val()),
+    )
+}
+
+/// `x · weight + bias` over the last dimension of `x`: on `flex`, [`matmul_weight`] with the
+/// bias added inside the product (the output starts as the bias's rows, so no pass over the
+/// output after it) and the bias's gradient summed in parallel.
+pub fn affine<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let Some(bias) = bias else {
+        return matmul_weight(x, weight);
+    };
+    if !runs_on_flex_f32(&x) {
+        return x.matmul(weight.unsqueeze()) + bias.unsqueeze();
     }
+    let bias = bias.into_dispatch();
+    over_rows(x, weight, |x, weight| {
+        <burn::backend::Dispatch as ZooOps>::zoo_linear(x, weight, bias)
+    })
+}
+
+type DispatchFloat = FloatTensor<burn::backend::Dispatch>;
+
+/// `product(x, weight)` with the leading dimensions of `x` folded into the rows of one 2-D
+/// product and unfolded from its output.
+fn over_rows<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    product: impl FnOnce(DispatchFloat, DispatchFloat) -> DispatchFloat,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, dims[D - 1]]);
+    let mut out_dims = dims;
+    out_dims[D - 1] = weight.dims()[1];
+    let out = Tensor::<2>::from_dispatch(product(x.into_dispatch(), weight.into_dispatch()));
+    out.reshape(out_dims)
 }
 
 /// LayerNorm over the last dimension, `(x - mean) / sqrt(var + epsilon) * gamma + beta`. On

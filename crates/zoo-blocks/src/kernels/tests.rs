@@ -42,6 +42,19 @@ fn gelu_handles_non_contiguous_inputs() {
 }
 
 #[test]
+fn gelu_overwrites_its_input_only_when_nothing_else_holds_it() {
+    let device = test_device();
+    let x = Tensor::<2>::random([64, 300], Distribution::Normal(0.0, 3.0), &device);
+    let expected = burn::tensor::activation::gelu(x.clone());
+    let before = to_vec(x.clone());
+    // Shared with the caller: a new output, `x` unchanged.
+    assert_close(gelu(x.clone()), expected.clone(), 2e-6);
+    assert_eq!(to_vec(x.clone()), before);
+    // The only handle: computed in place, to the same values.
+    assert_close(gelu(x), expected, 2e-6);
+}
+
+#[test]
 fn gelu_gradients_match_finite_differences() {
     let device = test_device().autodiff();
     let weights = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
@@ -88,6 +101,80 @@ fn matmul_matches_burns_for_plain_and_transposed_operands() {
         assert_close(ours.1, theirs.1, 1e-5);
         assert_close(ours.2, theirs.2, 1e-5);
     }
+}
+
+#[test]
+fn linear_with_its_bias_in_the_product_matches_burns_linear_with_gradients() {
+    use burn::nn::LinearConfig;
+    let device = test_device().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    // A few rows; more rows than one parallel task fills and sums (16); decoding's single row
+    // against a weight large enough that the threads split its columns; and no bias at all.
+    for (rows, d_in, d_out, bias) in [
+        (6, 40, 30, true),
+        (150, 24, 70, true),
+        (1, 512, 2100, true),
+        (6, 40, 30, false),
+    ] {
+        // A bias far from zero, so that a bias left out or added twice shows.
+        let layer = burn::nn::Linear {
+            bias: bias.then(|| {
+                let values = Tensor::<1>::random([d_out], Distribution::Normal(3.0, 1.0), &device);
+                burn::module::Param::from_tensor(values)
+            }),
+            ..LinearConfig::new(d_in, d_out).init(&device)
+        };
+        let x0 = Tensor::<3>::random([1, rows, d_in], normal, &device);
+        let probe = Tensor::<3>::random([1, rows, d_out], normal, &device);
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let out = if ours {
+                linear(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (out.clone() * probe.clone()).sum().backward();
+            let bias = layer.bias.as_ref().map(|b| b.val().grad(&grads).unwrap());
+            (
+                out.inner(),
+                x.grad(&grads).unwrap(),
+                layer.weight.val().grad(&grads).unwrap(),
+                bias,
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_close(ours.0, theirs.0, 1e-4);
+        assert_close(ours.1, theirs.1, 1e-4);
+        assert_close(ours.2, theirs.2, 1e-4);
+        assert_eq!(ours.3.is_some(), bias);
+        if let (Some(ours), Some(theirs)) = (ours.3, theirs.3) {
+            assert_close(ours, theirs, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    use burn::nn::LinearConfig;
+    let device = test_device().autodiff();
+    let layer = LinearConfig::new(4, 3).init(&device);
+    let probe = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+    check_gradients(
+        [5, 4],
+        |x| (linear(&layer, x) * probe.clone()).sum(),
+        &device,
+    );
+    // The bias's gradient, through a layer whose bias is the variable.
+    let with = |bias: Tensor<1>| burn::nn::Linear {
+        weight: layer.weight.clone(),
+        bias: Some(burn::module::Param::from_tensor(bias)),
+    };
+    let x = Tensor::<2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
+    check_gradients(
+        [3],
+        |b| (linear(&with(b), x.clone()) * probe.clone()).sum(),
+        &device,
+    );
 }
 
 #[test]

@@ -41,7 +41,17 @@ fn from_f32(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
 }
 
 impl ZooOps for Flex {
-    fn zoo_gelu(x: FlexTensor) -> FlexTensor {
+    fn zoo_gelu(mut x: FlexTensor) -> FlexTensor {
+        // In place when nothing else holds the input (inference; a recorded forward keeps it for
+        // the backward): no output to allocate and fill.
+        if let (DType::F32, Some((start, end))) = (x.dtype(), x.layout().contiguous_offsets()) {
+            if let Some(storage) = x.try_storage_mut::<f32>() {
+                storage[start..end]
+                    .par_chunks_mut(CHUNK)
+                    .for_each(rows::gelu_in_place);
+                return x;
+            }
+        }
         let Some(x) = contiguous_f32(&x) else {
             return Flex::gelu(x);
         };
@@ -392,78 +402,35 @@ impl ZooOps for Flex {
     }
 
     fn zoo_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
-        let (lhs, rhs) = (Matrix::of(lhs), Matrix::of(rhs));
-        let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-        assert_eq!(
-            k, rhs.rows,
-            "zoo_matmul: [{m}, {k}] times [{}, {n}]",
-            rhs.rows
-        );
-        let mut out = Vec::<f32>::with_capacity(m * n);
-        if k == 0 {
-            out.resize(m * n, 0.0);
-        } else {
-            let parallelism = strided::threads_for(m, n, k);
-            // gemm runs a product of one row (decoding's) as a matrix-vector product on one
-            // thread whatever it is told, and shares a few rows' product out poorly; reading
-            // the weights is what bounds both, so each thread takes its own block of output
-            // columns instead (at batch 8, GPT-2 small decodes 5% faster than with gemm's
-            // threads).
-            let threads = rayon::current_num_threads();
-            let parallel = !matches!(parallelism, gemm::Parallelism::None);
-            let split = m <= 8 && parallel && threads > 1;
-            let blocks = if split { threads } else { 1 };
-            let width = n.div_ceil(blocks).next_multiple_of(16);
-            let (out_at, rhs_at) = (out.as_mut_ptr() as usize, rhs.ptr() as usize);
-            let block = |b: usize| {
-                let first = (b * width).min(n);
-                let columns = width.min(n - first);
-                if columns == 0 {
-                    return;
+        product(lhs, rhs, None)
+    }
+
+    fn zoo_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let bias = f32_contiguous(&bias);
+        product(x, weight, Some(bias.as_slice::<f32>().expect("contiguous")))
+    }
+
+    fn zoo_column_sums(x: FlexTensor) -> FlexTensor {
+        let x = f32_contiguous(&x);
+        let [_, cols] = x.layout().shape().dims::<2>();
+        let values = x.as_slice::<f32>().expect("contiguous");
+        // Each chunk of rows sums its own share; the shares add up after, in chunk order, so
+        // the sums do not depend on how the threads split the work (as for LayerNorm's dgamma).
+        let shares: Vec<Vec<f32>> = values
+            .par_chunks((cols * ROWS).max(1))
+            .map(|chunk| {
+                let mut share = vec![0.0f32; cols];
+                for row in chunk.chunks_exact(cols) {
+                    share.iter_mut().zip(row).for_each(|(s, x)| *s += x);
                 }
-                // SAFETY: the operands' pointers and strides describe [m, k] and [k, n]
-                // matrices inside their storage (`Matrix::of`); this block's columns
-                // `first..first + columns` of the right-hand side and of the `[m, n]` row-major
-                // output start at these offsets, and no other block writes them. gemm writes all
-                // of them without reading them (`read_dst` false), so the output is initialised
-                // once every block has run.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        columns,
-                        k,
-                        (out_at as *mut f32).add(first),
-                        1,
-                        n as isize,
-                        false,
-                        lhs.ptr(),
-                        lhs.col_stride,
-                        lhs.row_stride,
-                        (rhs_at as *const f32).offset(first as isize * rhs.col_stride),
-                        rhs.col_stride,
-                        rhs.row_stride,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        if split {
-                            gemm::Parallelism::None
-                        } else {
-                            parallelism
-                        },
-                    );
-                }
-            };
-            if split {
-                (0..blocks).into_par_iter().for_each(block);
-            } else {
-                block(0);
-            }
-            // SAFETY: the blocks above wrote every element.
-            unsafe { out.set_len(m * n) };
+                share
+            })
+            .collect();
+        let mut sums = vec![0.0f32; cols];
+        for share in shares {
+            sums.iter_mut().zip(share).for_each(|(s, x)| *s += x);
         }
-        from_f32(out, [m, n].into())
+        from_f32(sums, [cols].into())
     }
 
     fn zoo_layer_norm(
@@ -571,6 +538,103 @@ fn class_ids(targets: FlexTensor, n: usize, classes: usize) -> Vec<usize> {
 
 /// Rows per parallel task in the LayerNorm kernels.
 const ROWS: usize = 16;
+
+/// `lhs · rhs` for 2-D operands (either may be a transposed view), plus `bias` on every row when
+/// given: the output starts as the bias's rows and gemm adds the product onto it, which spares
+/// the whole-output pass that adding the bias after would take.
+fn product(lhs: FlexTensor, rhs: FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
+    let (lhs, rhs) = (Matrix::of(lhs), Matrix::of(rhs));
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(
+        k, rhs.rows,
+        "zoo_matmul: [{m}, {k}] times [{}, {n}]",
+        rhs.rows
+    );
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "zoo_linear: a bias of {} for {n} outputs",
+            bias.len()
+        );
+        out.spare_capacity_mut()
+            .par_chunks_mut((n * ROWS).max(1))
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    row.iter_mut().zip(bias).for_each(|(o, &b)| {
+                        o.write(b);
+                    });
+                }
+            });
+        // SAFETY: every element was just written.
+        unsafe { out.set_len(m * n) };
+    }
+    if k == 0 {
+        out.resize(m * n, 0.0);
+    } else {
+        let parallelism = strided::threads_for(m, n, k);
+        // gemm runs a product of one row (decoding's) as a matrix-vector product on one
+        // thread whatever it is told, and shares a few rows' product out poorly; reading
+        // the weights is what bounds both, so each thread takes its own block of output
+        // columns instead (at batch 8, GPT-2 small decodes 5% faster than with gemm's
+        // threads).
+        let threads = rayon::current_num_threads();
+        let parallel = !matches!(parallelism, gemm::Parallelism::None);
+        let split = m <= 8 && parallel && threads > 1;
+        let blocks = if split { threads } else { 1 };
+        let width = n.div_ceil(blocks).next_multiple_of(16);
+        let (out_at, rhs_at) = (out.as_mut_ptr() as usize, rhs.ptr() as usize);
+        let block = |b: usize| {
+            let first = (b * width).min(n);
+            let columns = width.min(n - first);
+            if columns == 0 {
+                return;
+            }
+            // SAFETY: the operands' pointers and strides describe [m, k] and [k, n]
+            // matrices inside their storage (`Matrix::of`); this block's columns
+            // `first..first + columns` of the right-hand side and of the `[m, n]` row-major
+            // output start at these offsets, and no other block writes them. Without a bias,
+            // gemm writes all of them without reading them (`read_dst` false), so the output
+            // is initialised once every block has run; with one, it adds onto the bias rows.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    columns,
+                    k,
+                    (out_at as *mut f32).add(first),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    lhs.ptr(),
+                    lhs.col_stride,
+                    lhs.row_stride,
+                    (rhs_at as *const f32).offset(first as isize * rhs.col_stride),
+                    rhs.col_stride,
+                    rhs.row_stride,
+                    if bias.is_some() { 1.0 } else { 0.0 },
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    if split {
+                        gemm::Parallelism::None
+                    } else {
+                        parallelism
+                    },
+                );
+            }
+        };
+        if split {
+            (0..blocks).into_par_iter().for_each(block);
+        } else {
+            block(0);
+        }
+        // SAFETY: the blocks above wrote every element (or the bias rows did).
+        unsafe { out.set_len(m * n) };
+    }
+    from_f32(out, [m, n].into())
+}
 
 /// A 2-D f32 operand as gemm reads it: row-major or a transposed view, in place.
 struct Matrix {

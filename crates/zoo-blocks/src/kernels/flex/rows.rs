@@ -38,18 +38,24 @@ vectorised! {
     }
 }
 
+/// `Σ f(i)` over `0..n` in sixteen lanes: a single running sum is a chain of dependent additions
+/// the compiler may not reorder, so it stays scalar.
+#[inline(always)]
+pub(super) fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let whole = n - n % 16;
+    for start in (0..whole).step_by(16) {
+        for (lane, sum) in lanes.iter_mut().enumerate() {
+            *sum += f(start + lane);
+        }
+    }
+    lanes.iter().sum::<f32>() + (whole..n).map(f).sum::<f32>()
+}
+
 vectorised! {
     /// The sum of a row, in sixteen lanes so that it vectorises.
     pub fn sum(row: &[f32]) -> f32 {
-        let mut lanes = [0.0f32; 16];
-        let chunks = row.chunks_exact(16);
-        let rest: f32 = chunks.remainder().iter().sum();
-        for chunk in chunks {
-            for (lane, &x) in lanes.iter_mut().zip(chunk) {
-                *lane += x;
-            }
-        }
-        lanes.iter().sum::<f32>() + rest
+        lane_sum(row.len(), |i| row[i])
     }
 }
 
@@ -102,11 +108,26 @@ vectorised! {
 /// 1 / √(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// Exact GELU, `x Φ(x)`.
+#[inline(always)]
+fn gelu_of(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 vectorised! {
-    /// Exact GELU, `x Φ(x)`, of a chunk.
+    /// Exact GELU of a chunk.
     pub fn gelu(out: &mut [f32], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = gelu_of(v);
+        }
+    }
+}
+
+vectorised! {
+    /// Exact GELU of a chunk, in place.
+    pub fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_of(*v);
         }
     }
 }
