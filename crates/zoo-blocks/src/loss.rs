@@ -163,13 +163,21 @@ mod tests {
             TensorData::new((0..37).map(|i| (i * 53 % 300) as i64).collect(), [37]),
             &device,
         );
-        for epsilon in [0.0, 0.1] {
+        let before = crate::testing::to_vec(logits0.clone());
+        // The logits held by the caller (the backward must leave them be), or the output of an
+        // op that nothing else holds (the backward overwrites them with their gradient).
+        for (epsilon, held) in [(0.0, true), (0.1, true), (0.0, false), (0.1, false)] {
             let run = |fused: bool| {
                 let logits = logits0.clone().detach().require_grad();
-                let loss = if fused {
-                    label_smoothed_cross_entropy(logits.clone(), targets.clone(), epsilon)
+                let input = if held {
+                    logits.clone()
                 } else {
-                    let log_probs = log_softmax(logits.clone(), 1);
+                    logits.clone() * 2.0
+                };
+                let loss = if fused {
+                    label_smoothed_cross_entropy(input, targets.clone(), epsilon)
+                } else {
+                    let log_probs = log_softmax(input, 1);
                     let nll = -log_probs
                         .clone()
                         .gather(1, targets.clone().reshape([37, 1]));
@@ -182,5 +190,6 @@ mod tests {
             assert_close(fused.0, composed.0, 1e-5);
             assert_close(fused.1, composed.1, 1e-6);
         }
+        assert_eq!(crate::testing::to_vec(logits0), before);
     }
 }

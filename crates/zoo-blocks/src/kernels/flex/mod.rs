@@ -64,27 +64,28 @@ impl ZooOps for Flex {
     }
 
     fn zoo_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (Some(x), Some(grad)) = (contiguous_f32(&x), contiguous_f32(&grad)) else {
+        let (Some(x), DType::F32) = (contiguous_f32(&x), grad.dtype()) else {
             return Flex::gelu_backward(x, grad);
         };
         let input = x.as_slice::<f32>().expect("contiguous");
-        let upstream = grad.as_slice::<f32>().expect("contiguous");
-        let mut out = vec![0.0f32; input.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(input.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))
-            .for_each(|(o, (i, g))| rows::gelu_backward(o, i, g));
-        from_f32(out, x.layout().shape().clone())
+        // Into the incoming gradient when nothing else holds it (the usual case).
+        let mut out = unique_f32(grad);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK))
+            .for_each(|(g, i)| rows::gelu_backward(g, i));
+        out
     }
 
     fn zoo_dropout(x: FlexTensor, prob: f32, seed: u64) -> FlexTensor {
-        let x = contiguous_f32(&x).expect("the dropout wrapper sends f32 tensors only");
-        let input = x.as_slice::<f32>().expect("contiguous");
-        let mut out = vec![0.0f32; input.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(input.par_chunks(CHUNK))
+        // In place when nothing else holds the input: the forward's usually, as the backward
+        // draws the mask again rather than keeping anything, and the backward's gradient.
+        let mut out = unique_f32(x);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(chunk, (o, i))| rows::dropout(o, i, prob, seed, (chunk * CHUNK) as u64));
-        from_f32(out, x.layout().shape().clone())
+            .for_each(|(chunk, x)| rows::dropout_in_place(x, prob, seed, (chunk * CHUNK) as u64));
+        out
     }
 
     fn zoo_attention(
@@ -280,8 +281,8 @@ impl ZooOps for Flex {
         grad: FlexTensor,
         smoothing: f32,
     ) -> FlexTensor {
-        let tensors = [&logits, &log_sum_exp, &grad].map(f32_contiguous);
-        let [values, lse, grad] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let [lse, grad] = [&log_sum_exp, &grad].map(f32_contiguous);
+        let [lse, grad] = [&lse, &grad].map(|t| t.as_slice::<f32>().unwrap());
         let [n, classes] = logits.layout().shape().dims::<2>();
         let targets = class_ids(targets, n, classes);
         let scale = grad[0] / n.max(1) as f32;
@@ -290,15 +291,18 @@ impl ZooOps for Flex {
             (1.0 - smoothing) * scale,
             smoothing * scale / classes as f32,
         );
-        let mut out = vec![0.0f32; values.len()];
-        out.par_chunks_mut(classes)
-            .zip(values.par_chunks(classes))
+        // The gradient overwrites the logits when nothing else holds them (the usual case: the
+        // recorded forward kept them for this step alone), sparing an output as large as the
+        // logits (a language model's [tokens, vocabulary]).
+        let mut out = unique_f32(logits);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(classes.max(1))
             .zip(lse.par_iter().zip(targets.par_iter()))
-            .for_each(|((out, row), (&lse, &target))| {
-                rows::scaled_softmax(out, row, lse, scale, everywhere);
-                out[target] -= on_target;
+            .for_each(|(row, (&lse, &target))| {
+                rows::scaled_softmax(row, lse, scale, everywhere);
+                row[target] -= on_target;
             });
-        from_f32(out, [n, classes].into())
+        out
     }
 
     fn zoo_gru(
@@ -674,6 +678,22 @@ impl Matrix {
     fn ptr(&self) -> *const f32 {
         self.tensor.storage::<f32>()[self.tensor.layout().start_offset()..].as_ptr()
     }
+}
+
+/// `t` as a contiguous f32 tensor of its own, starting at its storage's first element, to
+/// overwrite: `t` itself when nothing else holds it and it is laid out so, else a copy.
+fn unique_f32(t: FlexTensor) -> FlexTensor {
+    let fits = |t: &FlexTensor| {
+        t.dtype() == DType::F32
+            && t.is_unique()
+            && t.layout().contiguous_offsets() == Some((0, t.layout().num_elements()))
+            && t.storage::<f32>().len() == t.layout().num_elements()
+    };
+    if fits(&t) {
+        return t;
+    }
+    let values = f32_contiguous(&t).as_slice::<f32>().unwrap().to_vec();
+    from_f32(values, t.layout().shape().clone())
 }
 
 /// `t` as a contiguous f32 tensor, cast if it is another float dtype.

@@ -60,11 +60,11 @@ vectorised! {
 }
 
 vectorised! {
-    /// `out = e^(row − lse) · scale − shift`: a softmax row scaled, from its log-sum-exp, less
-    /// a constant.
-    pub fn scaled_softmax(out: &mut [f32], row: &[f32], lse: f32, scale: f32, shift: f32) {
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o = exp_f32(x - lse) * scale - shift;
+    /// `row = e^(row − lse) · scale − shift` in place: a softmax row scaled, from its
+    /// log-sum-exp, less a constant.
+    pub fn scaled_softmax(row: &mut [f32], lse: f32, scale: f32, shift: f32) {
+        for x in row.iter_mut() {
+            *x = exp_f32(*x - lse) * scale - shift;
         }
     }
 }
@@ -133,29 +133,52 @@ vectorised! {
 }
 
 vectorised! {
-    /// `grad · GELU'(x)` of a chunk.
-    pub fn gelu_backward(out: &mut [f32], x: &[f32], grad: &[f32]) {
-        for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
+    /// `grad · GELU'(x)` of a chunk, into `grad`.
+    pub fn gelu_backward(grad: &mut [f32], x: &[f32]) {
+        for (g, &v) in grad.iter_mut().zip(x) {
             let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-            *o = g * (cdf + v * INV_SQRT_2PI * exp_f32(-0.5 * v * v));
+            *g *= cdf + v * INV_SQRT_2PI * exp_f32(-0.5 * v * v);
+        }
+    }
+}
+
+/// Whether inverted dropout keeps element `n` of a tensor: when the top 24 bits of SplitMix64's
+/// finaliser over `seed + n φ` reach `threshold` (`prob · 2²⁴`). A function of `(seed, n)` alone,
+/// so the chunking (and the thread count) never changes the mask.
+#[inline(always)]
+fn kept(seed: u64, n: u64, threshold: u64) -> bool {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 40) >= threshold
+}
+
+/// The threshold [`kept`] compares with, and the scale of kept elements.
+#[inline(always)]
+fn dropout_constants(prob: f32) -> (u64, f32) {
+    (
+        (prob as f64 * (1u64 << 24) as f64) as u64,
+        1.0 / (1.0 - prob),
+    )
+}
+
+vectorised! {
+    /// Inverted dropout of a chunk whose first element is element `first` of the tensor: each
+    /// element kept (see [`kept`]) is scaled by `1 / (1 - prob)`, the others zeroed.
+    pub fn dropout(out: &mut [f32], x: &[f32], prob: f32, seed: u64, first: u64) {
+        let (threshold, scale) = dropout_constants(prob);
+        for (n, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+            *o = if kept(seed, first + n as u64, threshold) { v * scale } else { 0.0 };
         }
     }
 }
 
 vectorised! {
-    /// Inverted dropout of a chunk whose first element is element `first` of the tensor: element
-    /// `n` is kept (and scaled by `1 / (1 - prob)`) when the top 24 bits of SplitMix64's
-    /// finaliser over `seed + n φ` reach `prob · 2²⁴`. A function of `(seed, n)` alone, so the
-    /// chunking (and the thread count) never changes the mask.
-    pub fn dropout(out: &mut [f32], x: &[f32], prob: f32, seed: u64, first: u64) {
-        let threshold = (prob as f64 * (1u64 << 24) as f64) as u64;
-        let scale = 1.0 / (1.0 - prob);
-        for (n, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-            let mut z = seed.wrapping_add((first + n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let keep = ((z ^ (z >> 31)) >> 40) >= threshold;
-            *o = if keep { v * scale } else { 0.0 };
+    /// [`dropout`] in place.
+    pub fn dropout_in_place(x: &mut [f32], prob: f32, seed: u64, first: u64) {
+        let (threshold, scale) = dropout_constants(prob);
+        for (n, v) in x.iter_mut().enumerate() {
+            *v = if kept(seed, first + n as u64, threshold) { *v * scale } else { 0.0 };
         }
     }
 }
