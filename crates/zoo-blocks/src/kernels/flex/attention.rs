@@ -219,7 +219,7 @@ pub fn forward(
             let g = shape.kv_head(h);
             let (q, k_t, v) = (q.matrix(b, h), k.matrix(b, g).transposed(), v.matrix(b, g));
             let mut dropped = dropout.scratch();
-            for (r0, r1) in row_blocks(q_len) {
+            for (r0, r1) in row_blocks(q_len, weights.causal) {
                 let rows = r1 - r0;
                 let keys = shape.keys_before(weights.causal, r1);
                 let block = &mut p[r0 * k_len..];
@@ -301,7 +301,7 @@ pub fn backward(
                 let p = &probs[head * q_len * k_len..][..q_len * k_len];
                 // Last block first: it reaches every key, so the group's first head's first
                 // block writes all of dk and dv, and everything after adds to them.
-                for (n, (r0, r1)) in row_blocks(q_len).rev().enumerate() {
+                for (n, (r0, r1)) in row_blocks(q_len, weights.causal).rev().enumerate() {
                     let write = h == g * group && n == 0;
                     let rows = r1 - r0;
                     let keys = shape.keys_before(weights.causal, r1);
@@ -453,10 +453,13 @@ impl Dropout {
     }
 }
 
-/// Query rows in blocks of [`BLOCK`]: `(first, end)` pairs. Under a causal mask a block of
-/// rows attends to the keys before its end only, which skips nearly half of the products.
-fn row_blocks(len: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
-    (0..len.div_ceil(BLOCK)).map(move |i| (i * BLOCK, ((i + 1) * BLOCK).min(len)))
+/// Query rows in blocks: `(first, end)` pairs. Under a causal mask, blocks of [`BLOCK`] rows, each
+/// attending to the keys before its end only, which skips nearly half of the products; without
+/// one, every row sees every key and a single block makes the products as large as they can be
+/// (two blocks of 64 kept BERT-mini's 128-token inference about 3% slower).
+fn row_blocks(len: usize, causal: bool) -> impl DoubleEndedIterator<Item = (usize, usize)> {
+    let block = if causal { BLOCK } else { len.max(1) };
+    (0..len.div_ceil(block)).map(move |i| (i * block, ((i + 1) * block).min(len)))
 }
 
 /// Query rows per block: at 256 positions, 64 cut the causal attention's forward and backward
