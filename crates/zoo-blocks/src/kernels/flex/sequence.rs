@@ -127,17 +127,17 @@ impl Packed {
             for p in panels {
                 let panel = &self.panels[p * self.k * PANEL..][..self.k * PANEL];
                 let columns = p * PANEL..self.n.min((p + 1) * PANEL);
+                let group = Group {
+                    panel,
+                    k: self.k,
+                    h,
+                    h_row,
+                    out,
+                    out_row,
+                    accumulate,
+                };
                 for g in 0..groups {
                     let rows = g * batch / groups..(g + 1) * batch / groups;
-                    let group = Group {
-                        panel,
-                        k: self.k,
-                        h,
-                        h_row,
-                        out,
-                        out_row,
-                        accumulate,
-                    };
                     match rows.len() {
                         1 => group.product::<1>(rows.start, columns.clone()),
                         2 => group.product::<2>(rows.start, columns.clone()),
