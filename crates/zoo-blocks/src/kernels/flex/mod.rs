@@ -44,13 +44,13 @@ impl ZooOps for Flex {
     fn zoo_gelu(mut x: FlexTensor) -> FlexTensor {
         // In place when nothing else holds the input (inference; a recorded forward keeps it for
         // the backward): no output to allocate and fill.
-        if let (DType::F32, Some((start, end))) = (x.dtype(), x.layout().contiguous_offsets()) {
-            if let Some(storage) = x.try_storage_mut::<f32>() {
-                storage[start..end]
-                    .par_chunks_mut(CHUNK)
-                    .for_each(rows::gelu_in_place);
-                return x;
-            }
+        if let (DType::F32, Some((start, end))) = (x.dtype(), x.layout().contiguous_offsets())
+            && let Some(storage) = x.try_storage_mut::<f32>()
+        {
+            storage[start..end]
+                .par_chunks_mut(CHUNK)
+                .for_each(rows::gelu_in_place);
+            return x;
         }
         let Some(x) = contiguous_f32(&x) else {
             return Flex::gelu(x);
