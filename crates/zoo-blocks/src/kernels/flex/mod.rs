@@ -44,10 +44,8 @@ impl ZooOps for Flex {
     fn zoo_gelu(mut x: FlexTensor) -> FlexTensor {
         // In place when nothing else holds the input (inference; a recorded forward keeps it for
         // the backward): no output to allocate and fill.
-        if let (DType::F32, Some((start, end))) = (x.dtype(), x.layout().contiguous_offsets())
-            && let Some(storage) = x.try_storage_mut::<f32>()
-        {
-            storage[start..end]
+        if overwritable(&x) {
+            x.storage_mut::<f32>()
                 .par_chunks_mut(CHUNK)
                 .for_each(rows::gelu_in_place);
             return x;
@@ -680,16 +678,19 @@ impl Matrix {
     }
 }
 
-/// `t` as a contiguous f32 tensor of its own, starting at its storage's first element, to
-/// overwrite: `t` itself when nothing else holds it and it is laid out so, else a copy.
+/// Whether a kernel may write its output over `t`: f32, held by nothing else, and its elements
+/// the whole of its storage in order.
+fn overwritable(t: &FlexTensor) -> bool {
+    t.dtype() == DType::F32
+        && t.is_unique()
+        && t.layout().contiguous_offsets() == Some((0, t.layout().num_elements()))
+        && t.storage::<f32>().len() == t.layout().num_elements()
+}
+
+/// `t` as a contiguous f32 tensor of its own to overwrite: `t` itself when it is
+/// [`overwritable`], else a copy.
 fn unique_f32(t: FlexTensor) -> FlexTensor {
-    let fits = |t: &FlexTensor| {
-        t.dtype() == DType::F32
-            && t.is_unique()
-            && t.layout().contiguous_offsets() == Some((0, t.layout().num_elements()))
-            && t.storage::<f32>().len() == t.layout().num_elements()
-    };
-    if fits(&t) {
+    if overwritable(&t) {
         return t;
     }
     let values = f32_contiguous(&t).as_slice::<f32>().unwrap().to_vec();
