@@ -371,21 +371,27 @@ mod tests {
 
     #[test]
     fn the_fused_kernels_match_stepping_through_burns_ops() {
-        for kind in [CellKind::Lstm, CellKind::Gru] {
+        // [batch, len, input, hidden]. The second shape is enough work for the flex kernels to
+        // run the batch in two parts, one per core (2 sequences and 3).
+        let shapes = [[3, 9, 5, 6], [5, 20, 7, 64]];
+        for ([batch, len, d_input, d_hidden], kind) in shapes
+            .into_iter()
+            .flat_map(|shape| [(shape, CellKind::Lstm), (shape, CellKind::Gru)])
+        {
             let device = test_device().autodiff();
             let layer = RecurrentConfig {
                 kind,
-                d_input: 5,
-                d_hidden: 6,
+                d_input,
+                d_hidden,
             }
             .init(&device);
             let normal = Distribution::Normal(0.0, 1.0);
-            let x0 = Tensor::<3>::random([3, 9, 5], normal, &device);
-            let h0 = Tensor::<2>::random([3, 6], normal, &device);
-            let c0 = Tensor::<2>::random([3, 6], normal, &device);
+            let x0 = Tensor::<3>::random([batch, len, d_input], normal, &device);
+            let h0 = Tensor::<2>::random([batch, d_hidden], normal, &device);
+            let c0 = Tensor::<2>::random([batch, d_hidden], normal, &device);
             // A loss on every output and on the final states, so every gradient path is used.
-            let probe = Tensor::<3>::random([3, 9, 6], normal, &device);
-            let probe_state = Tensor::<2>::random([3, 6], normal, &device);
+            let probe = Tensor::<3>::random([batch, len, d_hidden], normal, &device);
+            let probe_state = Tensor::<2>::random([batch, d_hidden], normal, &device);
             let run = |fused: bool| {
                 let x = x0.clone().detach().require_grad();
                 let start = RecurrentState {
@@ -396,7 +402,7 @@ mod tests {
                     layer.forward(x.clone(), Some(start.clone()))
                 } else {
                     let from_input = kernels::linear(&layer.input, x.clone());
-                    layer.step_through(from_input, layer.recurrent.val(), start.clone(), 9)
+                    layer.step_through(from_input, layer.recurrent.val(), start.clone(), len)
                 };
                 let mut loss = (out.clone() * probe.clone()).sum()
                     + (end.hidden.clone() * probe_state.clone()).sum();

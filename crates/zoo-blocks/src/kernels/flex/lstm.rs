@@ -3,13 +3,15 @@
 //! state by all four gates' recurrent weights (packed once per pass, see `sequence::Packed`;
 //! added onto the precomputed input part), then one pass over `[batch, hidden]` applies the gates.
 //! The backward runs the steps in reverse, one product per step for the gradient flowing to the
-//! previous hidden state; the recurrent weights' gradient is one gemm over all steps at the end. Gate order is PyTorch's `(i, f, g, o)`.
+//! previous hidden state; the recurrent weights' gradient is one gemm over all steps at the end.
+//! With enough work, each core runs half the batch through every step (`sequence::batch_cut`).
+//! Gate order is PyTorch's `(i, f, g, o)`.
 //!
 //! Layouts (row-major): `x_proj` and `gates` `[batch, len, 4 hidden]`, `weight`
 //! `[hidden, 4 hidden]`, states `[batch, hidden]`, `cells` `[batch, len, hidden]`, and `y`
 //! `[batch, len + 1, hidden]`: the hidden state after every step, then the final cell state.
 
-use super::sequence::{Dims, Packed, recurrent_weight_gradient, sigmoid, tanh};
+use super::sequence::{Dims, Packed, batch_cut, recurrent_weight_gradient, sigmoid, tanh};
 
 vectorised! {
     /// One step of one sequence: turns the gates' pre-activations `g` (`[4 hidden]`) into their
@@ -105,8 +107,40 @@ pub fn forward(
     assert!(x_proj.len() == batch * len * width && gates.len() == x_proj.len());
     assert!(weight.len() == hidden * width && h0.len() == batch * hidden && c0.len() == h0.len());
     assert!(y.len() == batch * (len + 1) * hidden && cells.len() == batch * len * hidden);
-    gates.copy_from_slice(x_proj);
     let w = Packed::new(weight, hidden, width, false);
+    let Some(first) = batch_cut(d, width) else {
+        return forward_rows(d, x_proj, &w, h0, c0, y, gates, cells, true);
+    };
+    // Every slice is batch-major: the first `first` sequences' rows, then the rest's.
+    let (da, db) = d.cut(first);
+    let (xa, xb) = x_proj.split_at(first * len * width);
+    let (h0a, h0b) = h0.split_at(first * hidden);
+    let (c0a, c0b) = c0.split_at(first * hidden);
+    let (ya, yb) = y.split_at_mut(first * (len + 1) * hidden);
+    let (ga, gb) = gates.split_at_mut(first * len * width);
+    let (ca, cb) = cells.split_at_mut(first * len * hidden);
+    rayon::join(
+        || forward_rows(da, xa, &w, h0a, c0a, ya, ga, ca, false),
+        || forward_rows(db, xb, &w, h0b, c0b, yb, gb, cb, false),
+    );
+}
+
+/// [`forward`] for some of the batch's sequences, on one thread unless `share_columns`.
+#[allow(clippy::too_many_arguments)]
+fn forward_rows(
+    d: Dims,
+    x_proj: &[f32],
+    w: &Packed,
+    h0: &[f32],
+    c0: &[f32],
+    y: &mut [f32],
+    gates: &mut [f32],
+    cells: &mut [f32],
+    share_columns: bool,
+) {
+    let Dims { batch, len, hidden } = d;
+    let width = 4 * hidden;
+    gates.copy_from_slice(x_proj);
     for t in 0..len {
         // The previous hidden state: h0, or step t - 1 of y (rows (len + 1) hidden apart).
         let (h_prev, h_row) = if t == 0 {
@@ -121,6 +155,7 @@ pub fn forward(
             &mut gates[t * width..],
             len * width,
             true,
+            share_columns,
         );
         for b in 0..batch {
             let g = &mut gates[(b * len + t) * width..][..width];
@@ -160,9 +195,47 @@ pub fn backward(
     let Dims { batch, len, hidden } = d;
     let width = 4 * hidden;
     assert!(dy.len() == y.len() && dx_proj.len() == gates.len());
+    assert!(gates.len() == batch * len * width && cells.len() == batch * len * hidden);
     assert!(dweight.len() == weight.len() && dh0.len() == h0.len() && dc0.len() == c0.len());
-    // Gradients reaching step t's state from step t + 1; the cell's starts as the final cell's.
     let w_t = Packed::new(weight, hidden, width, true);
+    if let Some(first) = batch_cut(d, width) {
+        // Batch-major slices, cut as `forward` cuts them.
+        let (da, db) = d.cut(first);
+        let (c0a, c0b) = c0.split_at(first * hidden);
+        let (ga, gb) = gates.split_at(first * len * width);
+        let (ca, cb) = cells.split_at(first * len * hidden);
+        let (dya, dyb) = dy.split_at(first * (len + 1) * hidden);
+        let (dxa, dxb) = dx_proj.split_at_mut(first * len * width);
+        let (dh0a, dh0b) = dh0.split_at_mut(first * hidden);
+        let (dc0a, dc0b) = dc0.split_at_mut(first * hidden);
+        rayon::join(
+            || backward_rows(da, &w_t, c0a, ga, ca, dya, dxa, dh0a, dc0a, false),
+            || backward_rows(db, &w_t, c0b, gb, cb, dyb, dxb, dh0b, dc0b, false),
+        );
+    } else {
+        backward_rows(d, &w_t, c0, gates, cells, dy, dx_proj, dh0, dc0, true);
+    }
+    recurrent_weight_gradient(d, h0, y, (len + 1) * hidden, dx_proj, dweight);
+}
+
+/// The steps of [`backward`] for some of the batch's sequences (all but the weights' gradient),
+/// on one thread unless `share_columns`; `w_t` holds the recurrent weights transposed.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    d: Dims,
+    w_t: &Packed,
+    c0: &[f32],
+    gates: &[f32],
+    cells: &[f32],
+    dy: &[f32],
+    dx_proj: &mut [f32],
+    dh0: &mut [f32],
+    dc0: &mut [f32],
+    share_columns: bool,
+) {
+    let Dims { batch, len, hidden } = d;
+    let width = 4 * hidden;
+    // Gradients reaching step t's state from step t + 1; the cell's starts as the final cell's.
     let mut dh_next = vec![0.0f32; batch * hidden];
     let mut dc_next = vec![0.0f32; batch * hidden];
     for b in 0..batch {
@@ -195,9 +268,9 @@ pub fn backward(
             &mut dh_next,
             hidden,
             false,
+            share_columns,
         );
     }
     dh0.copy_from_slice(&dh_next);
     dc0.copy_from_slice(&dc_next);
-    recurrent_weight_gradient(d, h0, y, (len + 1) * hidden, dx_proj, dweight);
 }

@@ -12,6 +12,37 @@ pub struct Dims {
     pub hidden: usize,
 }
 
+impl Dims {
+    /// The first `rows` sequences of the batch, and the rest.
+    pub fn cut(self, rows: usize) -> (Dims, Dims) {
+        let rest = self.batch - rows;
+        (
+            Dims {
+                batch: rows,
+                ..self
+            },
+            Dims {
+                batch: rest,
+                ..self
+            },
+        )
+    }
+}
+
+/// The fewest multiply-adds a whole sequence's recurrent products must take before its batch is
+/// shared between the two cores (a join costs some microseconds; this is tens of them).
+const SHARED_SEQUENCE: usize = 1 << 20;
+
+/// Where to cut the batch so that each core runs its part through every step on its own. A
+/// sequence's steps depend on each other but the batch's sequences do not, so two parts need
+/// no hand-off between steps; splitting each step's product across the cores instead took two
+/// hand-offs per step and left the gates' pass to one core. `None` for a single sequence (whose
+/// wide products still split by columns, see [`Packed::product`]) or too little work to share.
+/// `width` is the gates' width, the recurrent weights' columns.
+pub fn batch_cut(d: Dims, width: usize) -> Option<usize> {
+    (d.batch >= 2 && d.batch * d.len * d.hidden * width >= SHARED_SEQUENCE).then_some(d.batch / 2)
+}
+
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-x))
@@ -104,8 +135,9 @@ impl Packed {
     }
 
     /// `out (+)= h · W` for `h` rows `h_row` floats apart and `out` rows `out_row` apart (`batch`
-    /// rows each), adding to `out` when `accumulate`. Panels are split across two threads when
-    /// the product is large enough to pay for it.
+    /// rows each), adding to `out` when `accumulate`. When `share_columns`, panels are split
+    /// across two threads if the product is large enough to pay for it; a caller whose batch is
+    /// already split across the cores passes `false`.
     #[allow(clippy::too_many_arguments)]
     pub fn product(
         &self,
@@ -115,6 +147,7 @@ impl Packed {
         out: &mut [f32],
         out_row: usize,
         accumulate: bool,
+        share_columns: bool,
     ) {
         assert!(batch == 0 || (h.len() >= (batch - 1) * h_row + self.k));
         assert!(batch == 0 || (out.len() >= (batch - 1) * out_row + self.n));
@@ -149,7 +182,7 @@ impl Packed {
                 }
             }
         };
-        if batch * self.k * self.n >= 1 << 20 && count >= 2 {
+        if share_columns && batch * self.k * self.n >= 1 << 20 && count >= 2 {
             rayon::join(|| run(0..count / 2), || run(count / 2..count));
         } else {
             run(0..count);
@@ -277,7 +310,7 @@ mod tests {
                 for accumulate in [false, true] {
                     let mut out = values(batch * out_row, 3);
                     let before = out.clone();
-                    packed.product(&h, h_row, batch, &mut out, out_row, accumulate);
+                    packed.product(&h, h_row, batch, &mut out, out_row, accumulate, true);
                     for b in 0..batch {
                         for j in 0..n {
                             let dot: f32 = (0..k).map(|kk| h[b * h_row + kk] * at(kk, j)).sum();
