@@ -20,9 +20,10 @@ pub fn label_smoothed_cross_entropy(
     targets: Tensor<1, Int>,
     epsilon: f64,
 ) -> Tensor<1> {
-    if let Some(loss) = kernels::cross_entropy(logits.clone(), targets.clone(), epsilon as f32) {
-        return loss;
-    }
+    let (logits, targets) = match kernels::cross_entropy(logits, targets, epsilon as f32) {
+        Ok(loss) => return loss,
+        Err(inputs) => inputs,
+    };
     let [n, _] = logits.dims();
     let log_probs = log_softmax(logits, 1);
     let nll = -log_probs.clone().gather(1, targets.reshape([n, 1])).mean();
@@ -164,9 +165,16 @@ mod tests {
             &device,
         );
         let before = crate::testing::to_vec(logits0.clone());
-        // The logits held by the caller (the backward must leave them be), or the output of an
-        // op that nothing else holds (the backward overwrites them with their gradient).
-        for (epsilon, held) in [(0.0, true), (0.1, true), (0.0, false), (0.1, false)] {
+        // The logits held by the caller (the kernel must leave them be), or the output of an op
+        // that nothing else holds (the recorded forward overwrites them with their gradient).
+        // The loss reaches the backward as it is (an upstream gradient of 1) or scaled.
+        let cases = [
+            (0.0, true, 1.7),
+            (0.1, true, 1.0),
+            (0.0, false, 1.0),
+            (0.1, false, 1.7),
+        ];
+        for (epsilon, held, upstream) in cases {
             let run = |fused: bool| {
                 let logits = logits0.clone().detach().require_grad();
                 let input = if held {
@@ -183,7 +191,7 @@ mod tests {
                         .gather(1, targets.clone().reshape([37, 1]));
                     nll.mean() * (1.0 - epsilon) - log_probs.mean() * epsilon
                 };
-                let grads = (loss.clone() * 1.7).backward();
+                let grads = (loss.clone() * upstream).backward();
                 (loss.inner(), logits.grad(&grads).unwrap())
             };
             let (fused, composed) = (run(true), run(false));

@@ -93,16 +93,14 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
 #[derive(Debug)]
 struct ZooCrossEntropy;
 
-/// Logits, targets, the rows' log-sum-exp and the smoothing.
-type CrossEntropyState<B> = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, f32);
-
 impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
-    type State = CrossEntropyState<B>;
+    /// The logits' gradient for a unit upstream gradient, computed by the forward.
+    type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (logits, targets, lse, smoothing) = ops.state;
+        let gradient = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::zoo_cross_entropy_backward(logits, targets, lse, grad, smoothing)
+            B::zoo_scale(gradient, grad)
         });
     }
 }
@@ -305,28 +303,32 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
         smoothing: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let values = logits.primitive().clone();
-        let (loss, lse) = B::zoo_cross_entropy(values.clone(), targets.clone(), smoothing);
-        let lse_leaf = FloatTensor::<Self>::new(lse.clone());
-        let loss = match ZooCrossEntropy
+    ) -> FloatTensor<Self> {
+        match ZooCrossEntropy
             .prepare::<C>([logits.node()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((values, targets, lse, smoothing), loss),
-            OpsKind::UnTracked(prep) => prep.finish(loss),
-        };
-        (loss, lse_leaf)
+            // The logits are moved into the kernel, not cloned: held by nothing else, their
+            // buffer becomes the gradient.
+            OpsKind::Tracked(prep) => {
+                let (loss, gradient) =
+                    B::zoo_cross_entropy_with_gradient(logits.into_primitive(), targets, smoothing);
+                prep.finish(gradient, loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::zoo_cross_entropy(
+                logits.into_primitive(),
+                targets,
+                smoothing,
+            )),
+        }
     }
 
-    fn zoo_cross_entropy_backward(
+    fn zoo_cross_entropy_with_gradient(
         _logits: FloatTensor<Self>,
         _targets: IntTensor<Self>,
-        _log_sum_exp: FloatTensor<Self>,
-        _grad: FloatTensor<Self>,
         _smoothing: f32,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         panic!(
             "zoo's cross-entropy has no second-order gradient; its backward runs on the inner backend"
         )

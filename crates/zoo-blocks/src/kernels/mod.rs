@@ -154,24 +154,32 @@ pub trait ZooOps: Backend {
     );
 
     /// Mean cross-entropy of `logits` (`[n, classes]`) against class ids `targets` (`[n]`)
-    /// smoothed by `smoothing` (see [`cross_entropy`]), shape `[1]`, and each row's
-    /// log-sum-exp (`[n]`) for the backward.
+    /// smoothed by `smoothing` (see [`cross_entropy`]), shape `[1]`.
     fn zoo_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        _smoothing: f32,
+    ) -> FloatTensor<Self>;
+
+    /// [`zoo_cross_entropy`](Self::zoo_cross_entropy) and its gradient with respect to the
+    /// logits, `(softmax(logits) − (1 − ε) onehot(targets) − ε / classes) / n` (`ε` the
+    /// smoothing), in one pass: a recorded forward computes the gradient there and then, while
+    /// each row is in cache, and its backward only scales it (see
+    /// [`zoo_scale`](Self::zoo_scale)). The gradient may take over the logits' buffer.
+    fn zoo_cross_entropy_with_gradient(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
         _smoothing: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The gradient of [`zoo_cross_entropy`](Self::zoo_cross_entropy) with respect to the
-    /// logits: `(softmax(logits) − (1 − ε) onehot(targets) − ε / classes) · grad / n`, `ε` the
-    /// smoothing.
-    fn zoo_cross_entropy_backward(
-        logits: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-        log_sum_exp: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        _smoothing: f32,
-    ) -> FloatTensor<Self>;
+    /// `x · factor`, `factor` a one-element tensor: a gradient computed ahead for a unit
+    /// upstream gradient, scaled by the real one (a no-op on `flex` when that is 1, the usual
+    /// case for a loss).
+    fn zoo_scale(x: FloatTensor<Self>, factor: FloatTensor<Self>) -> FloatTensor<Self> {
+        let rank = burn::backend::TensorMetadata::rank(&x);
+        let factor = Self::float_reshape(factor, vec![1; rank].into());
+        Self::float_mul(x, factor)
+    }
 
     /// A whole GRU layer over a sequence (see [`gru_sequence`]): from the gates' input part
     /// `x_proj` (`[batch, len, 3 hidden]`), the recurrent weights (`[hidden, 3 hidden]`) and bias
@@ -492,21 +500,24 @@ pub fn adamw<const D: usize>(
 /// cross-entropy against `1 − ε` on the target and `ε` spread over every class, as PyTorch's
 /// `label_smoothing`. On `flex` one parallel pass over the logits each way (Burn's composed
 /// log-softmax makes several, one thread each, and at a 10,000-word vocabulary they cost more
-/// than the model); elsewhere `None`.
+/// than the model). Elsewhere the inputs come back as the error, for the caller's own loss.
+///
+/// Pass logits nothing else holds: a recorded forward then writes the gradient over them
+/// instead of allocating a buffer as large (a language model's `[tokens, vocabulary]`).
 pub fn cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     smoothing: f32,
-) -> Option<Tensor<1>> {
+) -> Result<Tensor<1>, (Tensor<2>, Tensor<1, Int>)> {
     if !runs_on_flex_f32(&logits) {
-        return None;
+        return Err((logits, targets));
     }
-    let (loss, _lse) = <burn::backend::Dispatch as ZooOps>::zoo_cross_entropy(
+    let loss = <burn::backend::Dispatch as ZooOps>::zoo_cross_entropy(
         logits.into_dispatch(),
         targets.into_dispatch(),
         smoothing,
     );
-    Some(Tensor::from_dispatch(loss))
+    Ok(Tensor::from_dispatch(loss))
 }
 
 /// A whole GRU layer over a sequence, on our fused kernel: `x_proj` (`[batch, len,

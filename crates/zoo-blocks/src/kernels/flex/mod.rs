@@ -244,62 +244,66 @@ impl ZooOps for Flex {
         )
     }
 
-    fn zoo_cross_entropy(
-        logits: FlexTensor,
-        targets: FlexTensor,
-        smoothing: f32,
-    ) -> (FlexTensor, FlexTensor) {
+    fn zoo_cross_entropy(logits: FlexTensor, targets: FlexTensor, smoothing: f32) -> FlexTensor {
         let logits = f32_contiguous(&logits);
         let values = logits.as_slice::<f32>().unwrap();
         let [n, classes] = logits.layout().shape().dims::<2>();
         let targets = class_ids(targets, n, classes);
-        let mut lse = vec![0.0f32; n];
-        let total: f64 = lse
-            .par_iter_mut()
-            .zip(values.par_chunks(classes))
+        let total: f64 = values
+            .par_chunks(classes.max(1))
             .zip(targets.par_iter())
-            .map(|((lse, row), &target)| {
-                *lse = rows::log_sum_exp(row);
-                let mut loss = (*lse - row[target]) as f64;
-                if smoothing > 0.0 {
-                    let uniform = *lse as f64 - rows::sum(row) as f64 / classes as f64;
-                    loss = (1.0 - smoothing as f64) * loss + smoothing as f64 * uniform;
-                }
-                loss
+            .map(|(row, &target)| {
+                let row_sum = if smoothing > 0.0 { rows::sum(row) } else { 0.0 };
+                let lse = rows::log_sum_exp(row);
+                row_loss(lse, row[target], row_sum, classes, smoothing)
             })
             .sum();
-        let loss = vec![(total / n.max(1) as f64) as f32];
-        (from_f32(loss, [1].into()), from_f32(lse, [n].into()))
+        mean_loss(total, n)
     }
 
-    fn zoo_cross_entropy_backward(
+    fn zoo_cross_entropy_with_gradient(
         logits: FlexTensor,
         targets: FlexTensor,
-        log_sum_exp: FlexTensor,
-        grad: FlexTensor,
         smoothing: f32,
-    ) -> FlexTensor {
-        let [lse, grad] = [&log_sum_exp, &grad].map(f32_contiguous);
-        let [lse, grad] = [&lse, &grad].map(|t| t.as_slice::<f32>().unwrap());
+    ) -> (FlexTensor, FlexTensor) {
         let [n, classes] = logits.layout().shape().dims::<2>();
         let targets = class_ids(targets, n, classes);
-        let scale = grad[0] / n.max(1) as f32;
+        let scale = 1.0 / n.max(1) as f32;
         // The target distribution: 1 − ε on the target, ε spread over every class.
         let (on_target, everywhere) = (
             (1.0 - smoothing) * scale,
             smoothing * scale / classes as f32,
         );
-        // The gradient overwrites the logits when nothing else holds them (the usual case: the
-        // recorded forward kept them for this step alone), sparing an output as large as the
-        // logits (a language model's [tokens, vocabulary]).
-        let mut out = unique_f32(logits);
-        out.storage_mut::<f32>()
+        // The gradient overwrites the logits when nothing else holds them (the recorded forward
+        // moves them in), sparing an output as large as the logits (a language model's
+        // [tokens, vocabulary]).
+        let mut gradient = unique_f32(logits);
+        let total: f64 = gradient
+            .storage_mut::<f32>()
             .par_chunks_mut(classes.max(1))
-            .zip(lse.par_iter().zip(targets.par_iter()))
-            .for_each(|(row, (&lse, &target))| {
-                rows::scaled_softmax(row, lse, scale, everywhere);
+            .zip(targets.par_iter())
+            .map(|(row, &target)| {
+                // What the loss needs of the logits, read before they are overwritten.
+                let target_logit = row[target];
+                let row_sum = if smoothing > 0.0 { rows::sum(row) } else { 0.0 };
+                let lse = rows::softmax_gradient(row, scale, everywhere);
                 row[target] -= on_target;
-            });
+                row_loss(lse, target_logit, row_sum, classes, smoothing)
+            })
+            .sum();
+        (mean_loss(total, n), gradient)
+    }
+
+    fn zoo_scale(x: FlexTensor, factor: FlexTensor) -> FlexTensor {
+        let factor = f32_contiguous(&factor);
+        let factor = factor.as_slice::<f32>().unwrap()[0];
+        if factor == 1.0 {
+            return x;
+        }
+        let mut out = unique_f32(x);
+        out.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .for_each(|chunk| chunk.iter_mut().for_each(|v| *v *= factor));
         out
     }
 
@@ -512,6 +516,22 @@ fn sequence_dims(t: &FlexTensor, gates: usize) -> sequence::Dims {
         len,
         hidden: width / gates,
     }
+}
+
+/// One row's cross-entropy smoothed by `smoothing` (`ε`), from its log-sum-exp, its target's
+/// logit and the sum of its logits: `(1 − ε) (lse − x_target) + ε (lse − mean(x))`.
+fn row_loss(lse: f32, target_logit: f32, row_sum: f32, classes: usize, smoothing: f32) -> f64 {
+    let nll = (lse - target_logit) as f64;
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let uniform = lse as f64 - row_sum as f64 / classes as f64;
+    (1.0 - smoothing as f64) * nll + smoothing as f64 * uniform
+}
+
+/// The mean of `n` rows' losses summing to `total`, as a `[1]` tensor.
+fn mean_loss(total: f64, n: usize) -> FlexTensor {
+    from_f32(vec![(total / n.max(1) as f64) as f32], [1].into())
 }
 
 /// Class ids as indices, checked against the number of classes.

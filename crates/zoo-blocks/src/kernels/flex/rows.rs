@@ -59,37 +59,46 @@ vectorised! {
     }
 }
 
-vectorised! {
-    /// `row = e^(row − lse) · scale − shift` in place: a softmax row scaled, from its
-    /// log-sum-exp, less a constant.
-    pub fn scaled_softmax(row: &mut [f32], lse: f32, scale: f32, shift: f32) {
-        for x in row.iter_mut() {
-            *x = exp_f32(*x - lse) * scale - shift;
+/// `row = e^(row · scale − shift)` in place, returning the new row's sum (in sixteen lanes: one
+/// running sum is a chain of dependent additions that keeps the exponentials from vectorising).
+#[inline(always)]
+fn exp_in_place(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        let chunk: &mut [f32; 16] = chunk.try_into().expect("16 wide");
+        for i in 0..16 {
+            chunk[i] = exp_f32(chunk[i] * scale - shift);
+            lanes[i] += chunk[i];
         }
+    }
+    let mut rest = 0.0;
+    for p in chunks.into_remainder() {
+        *p = exp_f32(*p * scale - shift);
+        rest += *p;
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+vectorised! {
+    /// A row of logits turned in place into `softmax(row) · scale − shift`, returning the row's
+    /// log-sum-exp: cross-entropy's gradient and loss from one exponential per element (a
+    /// log-sum-exp pass and then a softmax pass took two).
+    pub fn softmax_gradient(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+        let max = max_of(row);
+        let total = exp_in_place(row, 1.0, max);
+        let factor = scale / total;
+        row.iter_mut().for_each(|p| *p = *p * factor - shift);
+        max + total.ln()
     }
 }
 
 vectorised! {
-    /// Softmax in place of `scores · scale` (`scale` positive). The sum runs in sixteen lanes:
-    /// one running sum is a chain of dependent additions that keeps the exponentials from
-    /// vectorising (it took 9% of BERT-mini's inference).
+    /// Softmax in place of `scores · scale` (`scale` positive). The sum runs in sixteen lanes
+    /// (see `exp_in_place`; a single running sum took 9% of BERT-mini's inference).
     pub fn softmax_scaled(row: &mut [f32], scale: f32) {
         let max = max_of(row) * scale;
-        let mut lanes = [0.0f32; 16];
-        let mut chunks = row.chunks_exact_mut(16);
-        for chunk in &mut chunks {
-            let chunk: &mut [f32; 16] = chunk.try_into().expect("16 wide");
-            for i in 0..16 {
-                chunk[i] = exp_f32(chunk[i] * scale - max);
-                lanes[i] += chunk[i];
-            }
-        }
-        let mut rest = 0.0;
-        for p in chunks.into_remainder() {
-            *p = exp_f32(*p * scale - max);
-            rest += *p;
-        }
-        let inv = 1.0 / (lanes.iter().sum::<f32>() + rest);
+        let inv = 1.0 / exp_in_place(row, scale, max);
         row.iter_mut().for_each(|p| *p *= inv);
     }
 }
