@@ -193,10 +193,14 @@ impl<B: Backend + ZooOps> Backward<B, 3> for ZooLinear {
         let weight = weight.map(|weight| checkpointer.retrieve_node_output(weight));
         let grad = grads.consume::<B>(&ops.node);
         let [x_node, weight_node, bias_node] = ops.parents;
-        if let Some(node) = bias_node {
+        if let (Some(weight_node), Some(bias_node)) = (&weight_node, &bias_node) {
+            let x = x.expect("kept for the weight's gradient");
+            let (dweight, dbias) = B::zoo_linear_parameter_gradients(x, grad.clone());
+            grads.register::<B>(weight_node.id, dweight);
+            grads.register::<B>(bias_node.id, dbias);
+        } else if let Some(node) = bias_node {
             grads.register::<B>(node.id, B::zoo_column_sums(grad.clone()));
-        }
-        if let Some(node) = weight_node {
+        } else if let Some(node) = weight_node {
             let x_t = B::float_transpose(x.expect("kept for the weight's gradient"));
             grads.register::<B>(node.id, B::zoo_matmul(x_t, grad.clone()));
         }

@@ -222,6 +222,20 @@ pub trait ZooOps: Backend {
     /// The sums of a 2-D tensor's columns (`[rows, cols]` to `[cols]`): a bias's gradient.
     fn zoo_column_sums(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// A linear layer's weight and bias gradients from its input `x` (`[rows, d_in]`) and its
+    /// output's gradient `grad` (`[rows, d_out]`): `xᵀ · grad` (`[d_in, d_out]`) and the column
+    /// sums of `grad` (`[d_out]`).
+    fn zoo_linear_parameter_gradients(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x_t = Self::float_transpose(x);
+        (
+            Self::zoo_matmul(x_t, grad.clone()),
+            Self::zoo_column_sums(grad),
+        )
+    }
+
     /// LayerNorm of the rows of `x` (`[rows, d]`) with gain `gamma` and bias `beta` (`[d]`):
     /// the output, and each row's mean and reciprocal standard deviation (`[rows]`) that the
     /// backward needs.

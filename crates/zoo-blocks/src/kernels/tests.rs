@@ -110,6 +110,8 @@ fn linear_with_its_bias_in_the_product_matches_burns_linear_with_gradients() {
     let normal = Distribution::Normal(0.0, 1.0);
     // A few rows; more rows than one parallel task fills and sums (16); decoding's single row
     // against a weight large enough that the threads split its columns; and no bias at all.
+    // The second and third have outputs wide enough that the bias's gradient comes out of the
+    // weight's product (a column of ones beside the input), the first sums its columns.
     for (rows, d_in, d_out, bias) in [
         (6, 40, 30, true),
         (150, 24, 70, true),
