@@ -121,14 +121,23 @@ impl Packed {
         let count = n.div_ceil(PANEL);
         let mut panels = vec![0.0f32; count * k * PANEL];
         let fill = |(p, panel): (usize, &mut [f32])| {
-            for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (j, d) in dst.iter_mut().enumerate().take(n.saturating_sub(p * PANEL)) {
-                    let col = p * PANEL + j;
-                    *d = if transposed {
-                        w[col * cols + kk]
-                    } else {
-                        w[kk * cols + col]
-                    };
+            let width = n.saturating_sub(p * PANEL).min(PANEL);
+            if transposed {
+                // Column `col` of the panel is row `col` of `w`: copied a PANEL x PANEL tile at a
+                // time, so that both the rows read and the panel rows written stay in L1 (one
+                // element at a time down the rows took 2% of a 650-unit LSTM's step).
+                for first in (0..k).step_by(PANEL) {
+                    let depth = PANEL.min(k - first);
+                    for j in 0..width {
+                        let src = &w[(p * PANEL + j) * cols + first..][..depth];
+                        for (i, &v) in src.iter().enumerate() {
+                            panel[(first + i) * PANEL + j] = v;
+                        }
+                    }
+                }
+            } else {
+                for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    dst[..width].copy_from_slice(&w[kk * cols + p * PANEL..][..width]);
                 }
             }
         };
