@@ -4,7 +4,6 @@
 use crate::kernels;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor};
 
 /// Shapes and options of a [`TokenEmbedding`].
@@ -55,7 +54,7 @@ pub struct TokenEmbedding {
 impl TokenEmbedding {
     /// Looks up `ids` (`[batch, len]`) to `[batch, len, d_model]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.weight.val(), ids)
+        kernels::embedding(self.weight.val(), ids)
     }
 
     /// Projects hidden states `[batch, len, d_model]` to logits `[batch, len, vocab_size]`.

@@ -16,7 +16,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -24,6 +23,7 @@ use zoo_blocks::beam::{BeamSearch, StepDecoder, beam_search};
 use zoo_blocks::decoding::ids_tensor;
 use zoo_blocks::incremental::{IncrementalLm, ROLLBACK, last_rows};
 use zoo_blocks::kernels::affine;
+use zoo_blocks::kernels::embedding;
 use zoo_blocks::loss::cross_entropy;
 use zoo_blocks::{CellKind, Recurrent, RecurrentConfig, RecurrentState, Reversal, Sampler};
 use zoo_blocks::{ModelSize, freeze_first};

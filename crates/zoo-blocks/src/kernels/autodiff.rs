@@ -91,6 +91,21 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooPackedAttention {
 }
 
 #[derive(Debug)]
+struct ZooEmbedding;
+
+impl<B: Backend + ZooOps> Backward<B, 1> for ZooEmbedding {
+    /// The ids looked up and the vocabulary's size.
+    type State = (IntTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (ids, vocab) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::zoo_embedding_backward(grad, ids, vocab)
+        });
+    }
+}
+
+#[derive(Debug)]
 struct ZooCrossEntropy;
 
 impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
@@ -300,6 +315,31 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
             FloatTensor::<Self>::new(p),
             FloatTensor::<Self>::new(m),
             FloatTensor::<Self>::new(v),
+        )
+    }
+
+    fn zoo_embedding(weight: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self> {
+        let vocab = burn::backend::TensorMetadata::shape(weight.primitive())[0];
+        match ZooEmbedding
+            .prepare::<C>([weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::zoo_embedding(weight.into_primitive(), ids.clone());
+                prep.finish((ids, vocab), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::zoo_embedding(weight.into_primitive(), ids)),
+        }
+    }
+
+    fn zoo_embedding_backward(
+        _grad: FloatTensor<Self>,
+        _ids: IntTensor<Self>,
+        _vocab: usize,
+    ) -> FloatTensor<Self> {
+        panic!(
+            "zoo's embedding has no second-order gradient; its backward runs on the inner backend"
         )
     }
 

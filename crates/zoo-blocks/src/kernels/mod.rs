@@ -153,6 +153,19 @@ pub trait ZooOps: Backend {
         FloatTensor<Self>,
     );
 
+    /// The rows of `weight` (`[vocab, d]`) that `ids` (`[batch, len]`) name, `[batch, len, d]`.
+    fn zoo_embedding(weight: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::embedding(weight, ids)
+    }
+
+    /// The gradient of [`zoo_embedding`](Self::zoo_embedding)'s `vocab` rows: each row of
+    /// `grad` (`[batch, len, d]`) added into the row its id names, every other row zero.
+    fn zoo_embedding_backward(
+        grad: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        _vocab: usize,
+    ) -> FloatTensor<Self>;
+
     /// Mean cross-entropy of `logits` (`[n, classes]`) against class ids `targets` (`[n]`)
     /// smoothed by `smoothing` (see [`cross_entropy`]), shape `[1]`.
     fn zoo_cross_entropy(
@@ -507,6 +520,20 @@ pub fn adamw<const D: usize>(
     let delta = (moment_1.clone() / bias_1) / ((moment_2.clone() / bias_2).sqrt() + step.epsilon);
     let param = param * (1.0 - step.lr * step.weight_decay) - delta * step.lr;
     (param, moment_1, moment_2)
+}
+
+/// The rows of `weight` (`[vocab, d]`) that `ids` (`[batch, len]`) name, as
+/// `burn::tensor::module::embedding`. On flex the weight's gradient is built straight in an f32
+/// buffer: Burn's zero-fills a byte buffer and then copies it to align it, a pass as large as
+/// the embedding (26 MB a step for a 650-wide model of a 10,000-word vocabulary).
+pub fn embedding(weight: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
+    if !runs_on_flex_f32(&weight) {
+        return burn::tensor::module::embedding(weight, ids);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_embedding(
+        weight.into_dispatch(),
+        ids.into_dispatch(),
+    ))
 }
 
 /// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`) smoothed by

@@ -596,3 +596,33 @@ fn a_query_with_every_key_padded_attends_to_nothing() {
     let reference = composed_attention(q, k, v, &open, weights).narrow(0, 1, 1);
     assert_close(out.narrow(0, 1, 1), reference, 1e-5);
 }
+
+#[test]
+fn embedding_matches_burns_embedding_with_gradients_for_repeated_ids() {
+    let device = test_device().autodiff();
+    let weight0 = Tensor::<2>::random([11, 7], Distribution::Normal(0.0, 1.0), &device);
+    // Id 3 twice in one row, id 1 in both rows: their rows' gradients must add up. Rows 2, 4-9
+    // are never looked up: their gradient is zero.
+    let ids = Tensor::<2, Int>::from_data(TensorData::from([[1i64, 3, 3], [0, 10, 1]]), &device);
+    let probe = Tensor::<3>::random([2, 3, 7], Distribution::Normal(0.0, 1.0), &device);
+    let run = |ours: bool| {
+        let weight = weight0.clone().detach().require_grad();
+        let out = if ours {
+            embedding(weight.clone(), ids.clone())
+        } else {
+            burn::tensor::module::embedding(weight.clone(), ids.clone())
+        };
+        let grads = (out.clone() * probe.clone()).sum().backward();
+        (out.inner(), weight.grad(&grads).unwrap())
+    };
+    let (ours, theirs) = (run(true), run(false));
+    assert_close(ours.0, theirs.0, 0.0);
+    assert_close(ours.1, theirs.1, 1e-6);
+    // Without autodiff: the plain lookup.
+    let plain = weight0.clone().inner();
+    assert_close(
+        embedding(plain.clone(), ids.clone().inner()),
+        burn::tensor::module::embedding(plain, ids.inner()),
+        0.0,
+    );
+}

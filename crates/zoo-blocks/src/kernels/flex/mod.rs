@@ -244,11 +244,30 @@ impl ZooOps for Flex {
         )
     }
 
+    fn zoo_embedding_backward(grad: FlexTensor, ids: FlexTensor, vocab: usize) -> FlexTensor {
+        let grad = f32_contiguous(&grad);
+        let d = *grad
+            .layout()
+            .shape()
+            .last()
+            .expect("an embedding's gradient has rows");
+        let rows = grad.as_slice::<f32>().unwrap().chunks_exact(d.max(1));
+        let ids = class_ids("embedding", ids, rows.len(), vocab);
+        // Rows a few hundred wide, a few thousand of them: one thread adds them faster than
+        // two could share the (repeating) ids.
+        let mut weight = vec![0.0f32; vocab * d];
+        for (row, id) in rows.zip(ids) {
+            let dst = &mut weight[id * d..][..d];
+            dst.iter_mut().zip(row).for_each(|(w, g)| *w += g);
+        }
+        from_f32(weight, [vocab, d].into())
+    }
+
     fn zoo_cross_entropy(logits: FlexTensor, targets: FlexTensor, smoothing: f32) -> FlexTensor {
         let logits = f32_contiguous(&logits);
         let values = logits.as_slice::<f32>().unwrap();
         let [n, classes] = logits.layout().shape().dims::<2>();
-        let targets = class_ids(targets, n, classes);
+        let targets = class_ids("cross-entropy", targets, n, classes);
         let total: f64 = values
             .par_chunks(classes.max(1))
             .zip(targets.par_iter())
@@ -267,7 +286,7 @@ impl ZooOps for Flex {
         smoothing: f32,
     ) -> (FlexTensor, FlexTensor) {
         let [n, classes] = logits.layout().shape().dims::<2>();
-        let targets = class_ids(targets, n, classes);
+        let targets = class_ids("cross-entropy", targets, n, classes);
         let scale = 1.0 / n.max(1) as f32;
         // The target distribution: 1 − ε on the target, ε spread over every class.
         let (on_target, everywhere) = (
@@ -563,24 +582,19 @@ fn mean_loss(total: f64, n: usize) -> FlexTensor {
     from_f32(vec![(total / n.max(1) as f64) as f32], [1].into())
 }
 
-/// Class ids as indices, checked against the number of classes.
-fn class_ids(targets: FlexTensor, n: usize, classes: usize) -> Vec<usize> {
+/// `op`'s `n` class (or token) ids as indices, each checked against the number of classes.
+fn class_ids(op: &str, targets: FlexTensor, n: usize, classes: usize) -> Vec<usize> {
     let ids = targets
         .into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
         .expect("class ids read back as integers");
-    assert_eq!(
-        ids.len(),
-        n,
-        "cross-entropy: {n} rows but {} targets",
-        ids.len()
-    );
+    assert_eq!(ids.len(), n, "{op}: {n} rows but {} ids", ids.len());
     ids.into_iter()
         .map(|id| {
             assert!(
                 (0..classes as i64).contains(&id),
-                "cross-entropy: class id {id} outside 0..{classes}"
+                "{op}: id {id} outside 0..{classes}"
             );
             id as usize
         })
