@@ -318,6 +318,11 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         )
     }
 
+    fn zoo_sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // A gradient's share of a norm for clipping: never differentiated.
+        FloatTensor::<Self>::new(B::zoo_sum_of_squares(x.into_primitive()))
+    }
+
     fn zoo_embedding(weight: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self> {
         let vocab = burn::backend::TensorMetadata::shape(weight.primitive())[0];
         match ZooEmbedding

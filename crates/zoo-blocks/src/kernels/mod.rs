@@ -235,6 +235,10 @@ pub trait ZooOps: Backend {
     /// The sums of a 2-D tensor's columns (`[rows, cols]` to `[cols]`): a bias's gradient.
     fn zoo_column_sums(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// The sum of the squares of all of `x`'s elements, `[1]`, the same to the last bit
+    /// however the threads share the work.
+    fn zoo_sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// A linear layer's weight and bias gradients from its input `x` (`[rows, d_in]`) and its
     /// output's gradient `grad` (`[rows, d_out]`): `xᵀ · grad` (`[d_in, d_out]`) and the column
     /// sums of `grad` (`[d_out]`).
@@ -487,6 +491,26 @@ impl AdamWStep {
             1.0 - self.beta_1.powi(self.time),
             1.0 - self.beta_2.powi(self.time),
         ]
+    }
+}
+
+/// `Σ x²` over every element of `x`, `[1]`, on `x`'s device: a gradient's share of a global
+/// norm. On flex one parallel pass that reads `x` once, its chunks' sums added in a fixed order
+/// (Burn's `square().sum()` writes the squares out first, and its whole-tensor sum is split
+/// between threads as they come free, which changes its last bits from run to run, and so a
+/// resumed run's clipping). Elsewhere each row is summed first, which keeps the sum in one
+/// order there too.
+pub fn sum_of_squares<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    if runs_on_flex_f32(&x) {
+        return Tensor::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_sum_of_squares(
+            x.into_dispatch(),
+        ));
+    }
+    let squares = x.square();
+    if D >= 2 {
+        squares.sum_dim(D - 1).sum()
+    } else {
+        squares.sum()
     }
 }
 

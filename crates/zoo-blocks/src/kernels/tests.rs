@@ -626,3 +626,29 @@ fn embedding_matches_burns_embedding_with_gradients_for_repeated_ids() {
         0.0,
     );
 }
+
+#[cfg(feature = "flex")]
+#[test]
+fn the_sum_of_squares_matches_burns_and_does_not_change_with_the_threads() {
+    let device = test_device();
+    // Several parallel chunks and a partial last one.
+    let x = Tensor::<2>::random([37, 1500], Distribution::Normal(0.0, 2.0), &device);
+    let expected: f64 = to_vec(x.clone())
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum();
+    let got = sum_of_squares(x.clone()).into_scalar::<f64>();
+    assert!(
+        (got - expected).abs() < 1e-5 * expected,
+        "{got} vs {expected}"
+    );
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let alone = one_thread.install(|| sum_of_squares(x.clone()).into_scalar::<f32>());
+    assert_eq!(
+        alone.to_bits(),
+        sum_of_squares(x).into_scalar::<f32>().to_bits()
+    );
+}

@@ -129,15 +129,8 @@ pub fn squared_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Te
     impl ModuleVisitor for SumSquares<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.get::<D>(param.id) {
-                // Rows first: a whole-tensor sum of millions of elements is split between
-                // threads as they come free (flex), which changes its last bits from run to run
-                // and so a resumed run's clipping; a sum per row is not split.
-                let squares = grad.square();
-                let s = if D >= 2 {
-                    squares.sum_dim(D - 1).sum()
-                } else {
-                    squares.sum()
-                };
+                // In a fixed order, so that a resumed run clips as the first did.
+                let s = zoo_blocks::kernels::sum_of_squares(grad);
                 self.total = Some(match self.total.take() {
                     Some(total) => total + s,
                     None => s,

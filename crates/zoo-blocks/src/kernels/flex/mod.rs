@@ -458,6 +458,18 @@ impl ZooOps for Flex {
         from_f32(sums, [cols].into())
     }
 
+    fn zoo_sum_of_squares(x: FlexTensor) -> FlexTensor {
+        let x = f32_contiguous(&x);
+        // Fixed chunks, each summed in f32 lanes, their sums added in f64 in chunk order.
+        let shares: Vec<f64> = x
+            .as_slice::<f32>()
+            .unwrap()
+            .par_chunks(CHUNK)
+            .map(|chunk| rows::sum_of_squares(chunk) as f64)
+            .collect();
+        from_f32(vec![shares.iter().sum::<f64>() as f32], [1].into())
+    }
+
     fn zoo_linear_parameter_gradients(x: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
         let [rows, d_in] = x.layout().shape().dims::<2>();
         let [_, d_out] = grad.layout().shape().dims::<2>();

@@ -59,6 +59,13 @@ vectorised! {
     }
 }
 
+vectorised! {
+    /// The sum of the squares of a row, in sixteen lanes.
+    pub fn sum_of_squares(row: &[f32]) -> f32 {
+        lane_sum(row.len(), |i| row[i] * row[i])
+    }
+}
+
 /// `row = e^(row · scale − shift)` in place, returning the new row's sum (in sixteen lanes: one
 /// running sum is a chain of dependent additions that keeps the exponentials from vectorising).
 #[inline(always)]
