@@ -458,10 +458,14 @@ impl TaskLoss {
     /// classes they pick.
     fn of(logits: Tensor<2>, expected: Tensor<1, Int>) -> Self {
         let [n, _] = logits.dims();
+        // The predictions first, so that the loss gets the logits to itself: on flex their
+        // gradient then takes over their buffer (a masked-LM's [masked tokens, vocabulary])
+        // instead of a copy.
+        let predicted = logits.clone().detach().argmax(1).reshape([n]);
         Self {
-            loss: cross_entropy(logits.clone(), expected.clone()),
+            loss: cross_entropy(logits, expected.clone()),
             main: Predictions {
-                predicted: logits.detach().argmax(1).reshape([n]),
+                predicted,
                 expected,
             },
             next_sentence: None,
@@ -543,14 +547,15 @@ impl BertModel {
             .encoder
             .forward(tokens, segments, Some(padding.clone()));
         let [start_logits, end_logits] = head.logits(hidden, padding);
-        let loss = (cross_entropy(start_logits.clone(), start.clone())
-            + cross_entropy(end_logits.clone(), end.clone()))
-            / 2.0;
         let flat = |starts: Tensor<1, Int>, ends: Tensor<1, Int>| starts * len as i64 + ends;
+        // Predictions before the loss, which then has the logits to itself (see `TaskLoss::of`).
         let predicted = flat(
-            start_logits.detach().argmax(1).reshape([batch]),
-            end_logits.detach().argmax(1).reshape([batch]),
+            start_logits.clone().detach().argmax(1).reshape([batch]),
+            end_logits.clone().detach().argmax(1).reshape([batch]),
         );
+        let loss = (cross_entropy(start_logits, start.clone())
+            + cross_entropy(end_logits, end.clone()))
+            / 2.0;
         TaskLoss {
             loss,
             main: Predictions {

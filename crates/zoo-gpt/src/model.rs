@@ -390,15 +390,15 @@ impl Gpt {
             .map_err(|e| e.to_string())
     }
 
-    /// Mean next-token cross-entropy of `targets` (`[batch, len]`) given `ids`, and the logits.
-    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> (Tensor<1>, Tensor<3>) {
+    /// Mean next-token cross-entropy of `targets` (`[batch, len]`) given `ids`. The logits go
+    /// to the loss alone, which on flex writes their gradient over them.
+    pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let logits = self.forward(ids, None);
         let [batch, len, vocab] = logits.dims();
-        let loss = cross_entropy(
-            logits.clone().reshape([batch * len, vocab]),
+        cross_entropy(
+            logits.reshape([batch * len, vocab]),
             targets.reshape([batch * len]),
-        );
-        (loss, logits)
+        )
     }
 
     /// Continues `prompt` by `max_new_tokens` tokens picked by `sampler`, decoding one token at a
@@ -604,7 +604,7 @@ mod tests {
     fn initial_loss_is_near_uniform() {
         let device = device();
         let model = tiny(PositionKind::Learned).init(&device).unwrap();
-        let (loss, _) = model.loss(ids(4, 12, &device), ids(4, 12, &device));
+        let loss = model.loss(ids(4, 12, &device), ids(4, 12, &device));
         let loss = loss.into_scalar::<f32>();
         assert!((loss - (11f32).ln()).abs() < 0.1, "initial loss {loss}");
     }

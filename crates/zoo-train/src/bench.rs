@@ -76,7 +76,7 @@ pub fn bench_gpt(
             random_ids(shape, vocab, &device),
         );
         let (next, times) = timed_step(model.clone(), &mut optimizer, 1e-3, 0.0, &device, |m| {
-            m.loss(inputs, targets).0
+            m.loss(inputs, targets)
         })?;
         model = next;
         Ok(times)
@@ -592,7 +592,7 @@ pub fn scaling_point(
             };
             let model = config.init(device)?;
             let (inputs, targets) = (ids(), ids());
-            let forward_ms = time_forward(&|| model.loss(inputs.clone(), targets.clone()).0)?;
+            let forward_ms = time_forward(&|| model.loss(inputs.clone(), targets.clone()))?;
             let forward_mib = above_start();
             drop(model);
             let train = bench_gpt(&config, batch, steps, 1, device)?;

@@ -176,14 +176,20 @@ pub trait ZooOps: Backend {
 
     /// [`zoo_cross_entropy`](Self::zoo_cross_entropy) and its gradient with respect to the
     /// logits, `(softmax(logits) − (1 − ε) onehot(targets) − ε / classes) / n` (`ε` the
-    /// smoothing), in one pass: a recorded forward computes the gradient there and then, while
-    /// each row is in cache, and its backward only scales it (see
-    /// [`zoo_scale`](Self::zoo_scale)). The gradient may take over the logits' buffer.
+    /// smoothing), in one pass. A recorded forward given logits nothing else holds computes the
+    /// gradient there and then, over their buffer while each row is in cache, and its backward
+    /// only scales it (see [`zoo_scale`](Self::zoo_scale)); given logits the caller holds too,
+    /// it leaves this to the backward.
     fn zoo_cross_entropy_with_gradient(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
         _smoothing: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Whether a kernel given `x` may write over its buffer: nothing else holds it.
+    fn zoo_may_overwrite(_x: &FloatTensor<Self>) -> bool {
+        false
+    }
 
     /// `x · factor`, `factor` a one-element tensor: a gradient computed ahead for a unit
     /// upstream gradient, scaled by the real one (a no-op on `flex` when that is 1, the usual
@@ -567,8 +573,9 @@ pub fn embedding(weight: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
 /// log-softmax makes several, one thread each, and at a 10,000-word vocabulary they cost more
 /// than the model). Elsewhere the inputs come back as the error, for the caller's own loss.
 ///
-/// Pass logits nothing else holds: a recorded forward then writes the gradient over them
-/// instead of allocating a buffer as large (a language model's `[tokens, vocabulary]`).
+/// Pass logits nothing else holds: a recorded forward then writes the gradient over them in the
+/// same pass as the loss. Logits the caller keeps are left alone, and their gradient waits for
+/// the backward (a buffer as large as a language model's `[tokens, vocabulary]` otherwise).
 pub fn cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,

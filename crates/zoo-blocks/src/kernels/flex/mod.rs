@@ -313,6 +313,10 @@ impl ZooOps for Flex {
         (mean_loss(total, n), gradient)
     }
 
+    fn zoo_may_overwrite(x: &FlexTensor) -> bool {
+        overwritable(x)
+    }
+
     fn zoo_scale(x: FlexTensor, factor: FlexTensor) -> FlexTensor {
         let factor = f32_contiguous(&factor);
         let factor = factor.as_slice::<f32>().unwrap()[0];

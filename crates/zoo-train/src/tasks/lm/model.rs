@@ -58,7 +58,7 @@ impl LmModel {
         state: Option<RnnState>,
     ) -> (Tensor<1>, Option<RnnState>) {
         match self {
-            LmModel::Gpt(gpt) => (gpt.loss(inputs, targets).0, None),
+            LmModel::Gpt(gpt) => (gpt.loss(inputs, targets), None),
             LmModel::Rnn(rnn) if rnn.is_bidirectional() => {
                 (rnn.loss(inputs, targets, None).0, None)
             }
