@@ -22,7 +22,7 @@ pub fn label_smoothed_cross_entropy(
 ) -> Tensor<1> {
     let (logits, targets) = match kernels::cross_entropy(logits, targets, epsilon as f32) {
         Ok(loss) => return loss,
-        Err(inputs) => inputs,
+        Err(inputs) => *inputs,
     };
     let [n, _] = logits.dims();
     let log_probs = log_softmax(logits, 1);

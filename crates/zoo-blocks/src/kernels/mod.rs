@@ -580,9 +580,9 @@ pub fn cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     smoothing: f32,
-) -> Result<Tensor<1>, (Tensor<2>, Tensor<1, Int>)> {
+) -> Result<Tensor<1>, Box<(Tensor<2>, Tensor<1, Int>)>> {
     if !runs_on_flex_f32(&logits) {
-        return Err((logits, targets));
+        return Err(Box::new((logits, targets)));
     }
     let loss = <burn::backend::Dispatch as ZooOps>::zoo_cross_entropy(
         logits.into_dispatch(),
