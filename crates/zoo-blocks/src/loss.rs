@@ -165,8 +165,9 @@ mod tests {
             &device,
         );
         let before = crate::testing::to_vec(logits0.clone());
-        // The logits held by the caller (the kernel must leave them be), or the output of an op
-        // that nothing else holds (the recorded forward overwrites them with their gradient).
+        // The logits held by the caller (the kernel must leave them be, and their gradient waits
+        // for the backward), or the output of an op that nothing else holds (the recorded
+        // forward overwrites them with their gradient).
         // The loss reaches the backward as it is (an upstream gradient of 1) or scaled.
         let cases = [
             (0.0, true, 1.7),

@@ -108,12 +108,28 @@ impl<B: Backend + ZooOps> Backward<B, 1> for ZooEmbedding {
 #[derive(Debug)]
 struct ZooCrossEntropy;
 
+/// What the cross-entropy's backward starts from.
+#[derive(Clone, Debug)]
+enum CrossEntropyState<B: Backend> {
+    /// The logits' gradient for a unit upstream gradient, computed by the forward over the
+    /// logits' own buffer.
+    Gradient(FloatTensor<B>),
+    /// The logits, targets and smoothing, when the caller also held the logits: the gradient
+    /// would have needed a buffer of its own in the forward, so it waits for the backward, by
+    /// when the caller has usually let them go.
+    Logits(FloatTensor<B>, IntTensor<B>, f32),
+}
+
 impl<B: Backend + ZooOps> Backward<B, 1> for ZooCrossEntropy {
-    /// The logits' gradient for a unit upstream gradient, computed by the forward.
-    type State = FloatTensor<B>;
+    type State = CrossEntropyState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let gradient = ops.state;
+        let gradient = match ops.state {
+            CrossEntropyState::Gradient(gradient) => gradient,
+            CrossEntropyState::Logits(logits, targets, smoothing) => {
+                B::zoo_cross_entropy_with_gradient(logits, targets, smoothing).1
+            }
+        };
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
             B::zoo_scale(gradient, grad)
         });
@@ -361,9 +377,15 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
             // The logits are moved into the kernel, not cloned: held by nothing else, their
             // buffer becomes the gradient.
             OpsKind::Tracked(prep) => {
-                let (loss, gradient) =
-                    B::zoo_cross_entropy_with_gradient(logits.into_primitive(), targets, smoothing);
-                prep.finish(gradient, loss)
+                let logits = logits.into_primitive();
+                if B::zoo_may_overwrite(&logits) {
+                    let (loss, gradient) =
+                        B::zoo_cross_entropy_with_gradient(logits, targets, smoothing);
+                    prep.finish(CrossEntropyState::Gradient(gradient), loss)
+                } else {
+                    let loss = B::zoo_cross_entropy(logits.clone(), targets.clone(), smoothing);
+                    prep.finish(CrossEntropyState::Logits(logits, targets, smoothing), loss)
+                }
             }
             OpsKind::UnTracked(prep) => prep.finish(B::zoo_cross_entropy(
                 logits.into_primitive(),
