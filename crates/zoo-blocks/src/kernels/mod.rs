@@ -5,17 +5,20 @@
 //!
 //! - [`matmul_weight`] / [`linear`] / [`affine`]: products handed to gemm with transposed views in
 //!   place (Burn zero-fills and then copies every output, and materialises transposes in the
-//!   backward), a bias added inside the product;
+//!   backward), a bias added inside the product and its gradient out of the weight's;
 //! - [`attention_packed`] and [`attention`]: attention read straight from the packed QKV
 //!   projection (or split heads), causal or bidirectional, with padded keys hidden, in blocks of
 //!   query rows that skip a causal mask's hidden half, with dropout of the attention
 //!   probabilities whose mask the backward draws again;
 //! - [`lstm_sequence`], [`gru_sequence`]: a whole recurrent layer forward and backward through
 //!   time;
-//! - [`cross_entropy`], [`layer_norm`], [`gelu`]: one parallel pass each way (Burn composes them
-//!   from many single-threaded whole-tensor ops);
+//! - [`cross_entropy`]: the loss and, in a recorded forward, the logits' gradient in one parallel
+//!   pass (Burn composes it from many single-threaded whole-tensor ops);
+//! - [`layer_norm`], [`gelu`]: one parallel pass each way (the same);
 //! - [`dropout`]: one parallel pass each way, the mask regenerated in the backward from a
 //!   counter-based stream (Burn draws it on one thread and stores it);
+//! - [`embedding`]: the weight's gradient built straight in an f32 buffer;
+//! - [`sum_of_squares`]: a gradient's share of the clipping norm in one read, in a fixed order;
 //! - [`adamw`]: the optimiser update of one parameter in one pass.
 //!
 //! The files split by role, as Burn's custom-kernel example separates forward and backward:
@@ -569,9 +572,10 @@ pub fn embedding(weight: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
 /// Mean cross-entropy of `logits` (`[n, classes]`) against `targets` (`[n]`) smoothed by
 /// `smoothing` (`ε`): each row's loss is `(1 − ε) (lse − x_target) + ε (lse − mean(x))`, the
 /// cross-entropy against `1 − ε` on the target and `ε` spread over every class, as PyTorch's
-/// `label_smoothing`. On `flex` one parallel pass over the logits each way (Burn's composed
-/// log-softmax makes several, one thread each, and at a 10,000-word vocabulary they cost more
-/// than the model). Elsewhere the inputs come back as the error, for the caller's own loss.
+/// `label_smoothing`. On `flex` one parallel pass over the logits for the loss and its gradient
+/// (Burn's composed log-softmax makes several, one thread each, and at a 10,000-word vocabulary
+/// they cost more than the model). Elsewhere the inputs come back as the error, for the
+/// caller's own loss.
 ///
 /// Pass logits nothing else holds: a recorded forward then writes the gradient over them in the
 /// same pass as the loss. Logits the caller keeps are left alone, and their gradient waits for

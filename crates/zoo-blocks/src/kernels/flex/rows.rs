@@ -26,15 +26,7 @@ vectorised! {
     /// `log Σ e^x` over a row, shifted by its maximum so that nothing overflows.
     pub fn log_sum_exp(row: &[f32]) -> f32 {
         let max = max_of(row);
-        let mut lanes = [0.0f32; 16];
-        let chunks = row.chunks_exact(16);
-        let rest: f32 = chunks.remainder().iter().map(|&x| exp_f32(x - max)).sum();
-        for chunk in chunks {
-            for (lane, &x) in lanes.iter_mut().zip(chunk) {
-                *lane += exp_f32(x - max);
-            }
-        }
-        max + (lanes.iter().sum::<f32>() + rest).ln()
+        max + lane_sum(row.len(), |i| exp_f32(row[i] - max)).ln()
     }
 }
 
