@@ -318,6 +318,28 @@ impl EncoderLayer {
             }
         }
     }
+
+    /// [`forward`](Self::forward) at the first position alone (`[batch, 1, d_model]`): that
+    /// token attends over every token, and only it goes through the feed-forward and norms.
+    fn forward_first(&self, x: Tensor<3>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        let [batch, _, d_model] = x.dims();
+        let first = |x: Tensor<3>| x.narrow(1, 0, 1).reshape([batch, 1, d_model]);
+        match self.placement {
+            NormPlacement::Post => {
+                let attended = self.attention.forward_first(x.clone(), padding);
+                let x = self.attention_norm.forward(first(x) + attended);
+                self.ff_norm
+                    .forward(x.clone() + self.feed_forward.forward(x))
+            }
+            NormPlacement::Pre => {
+                let attended = self
+                    .attention
+                    .forward_first(self.attention_norm.forward(x.clone()), padding);
+                let x = first(x) + attended;
+                x.clone() + self.feed_forward.forward(self.ff_norm.forward(x))
+            }
+        }
+    }
 }
 
 /// The encoder: embeddings, layers and the pooler. What a fine-tuning run loads from a
@@ -344,27 +366,56 @@ impl Bert {
         segments: Tensor<2, Int>,
         padding: Option<Tensor<2, Bool>>,
     ) -> Tensor<3> {
+        let mut x = self.embed(tokens, segments);
+        for layer in &self.layers {
+            x = layer.forward(x, padding.clone());
+        }
+        self.finish(x)
+    }
+
+    /// The pooled sequence vector `[batch, d_model]` of token ids and segment ids:
+    /// `pool(forward(..))`, with the last layer computing the `[CLS]` position alone (a
+    /// quarter less work for a 4-layer encoder), as a classifier needs nothing else.
+    pub fn pooled(
+        &self,
+        tokens: Tensor<2, Int>,
+        segments: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> Tensor<2> {
+        let mut x = self.embed(tokens, segments);
+        let Some((last, below)) = self.layers.split_last() else {
+            return self.pool(self.finish(x));
+        };
+        for layer in below {
+            x = layer.forward(x, padding.clone());
+        }
+        self.pool(self.finish(last.forward_first(x, padding)))
+    }
+
+    /// The pooled sequence vector `[batch, d_model]` of hidden states: `tanh(W h_[CLS] + b)`.
+    pub fn pool(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [batch, _, d_model] = hidden.dims();
+        let cls = hidden.narrow(1, 0, 1).reshape([batch, d_model]);
+        tanh(self.pooler.forward(cls))
+    }
+
+    /// The embeddings of a batch, after checking that the position table covers it.
+    fn embed(&self, tokens: Tensor<2, Int>, segments: Tensor<2, Int>) -> Tensor<3> {
         let [_, len] = tokens.dims();
         assert!(
             len <= self.max_len,
             "sequence of {len} tokens exceeds max_len {}",
             self.max_len
         );
-        let mut x = self.embeddings.forward(tokens, segments);
-        for layer in &self.layers {
-            x = layer.forward(x, padding.clone());
-        }
+        self.embeddings.forward(tokens, segments)
+    }
+
+    /// The last layer's output, through the final norm of a pre-norm encoder.
+    fn finish(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.final_norm {
             Some(norm) => norm.forward(x),
             None => x,
         }
-    }
-
-    /// The pooled sequence vector `[batch, d_model]`: `tanh(W h_[CLS] + b)`.
-    pub fn pool(&self, hidden: Tensor<3>) -> Tensor<2> {
-        let [batch, _, d_model] = hidden.dims();
-        let cls = hidden.narrow(1, 0, 1).reshape([batch, d_model]);
-        tanh(self.pooler.forward(cls))
     }
 
     /// Longest sequence the position table covers.
@@ -531,6 +582,12 @@ impl BertModel {
         padding: Tensor<2, Bool>,
         targets: Targets,
     ) -> TaskLoss {
+        if let (BertHead::Classification(head), Targets::Classification(labels)) =
+            (&self.head, &targets)
+        {
+            let pooled = self.encoder.pooled(tokens, segments, Some(padding));
+            return TaskLoss::of(head.logits(pooled), labels.clone());
+        }
         let (BertHead::SpanQa(head), Targets::SpanQa { start, end }) = (&self.head, &targets)
         else {
             let out = self.task_logits(tokens, segments, padding, targets);
@@ -631,22 +688,27 @@ impl BertModel {
         segments: Tensor<2, Int>,
         padding: Tensor<2, Bool>,
     ) -> Prediction {
-        let hidden = self
-            .encoder
-            .forward(tokens, segments, Some(padding.clone()));
+        let hidden = || {
+            self.encoder
+                .forward(tokens.clone(), segments.clone(), Some(padding.clone()))
+        };
         match &self.head {
             BertHead::Classification(head) => {
-                let logits = head.logits(self.encoder.pool(hidden));
+                let pooled =
+                    self.encoder
+                        .pooled(tokens.clone(), segments.clone(), Some(padding.clone()));
+                let logits = head.logits(pooled);
                 Prediction::Labels(softmax(logits.unsqueeze_dim::<3>(1), 2))
             }
             BertHead::TokenClassification(head) => {
-                Prediction::Labels(softmax(head.logits(hidden), 2))
+                Prediction::Labels(softmax(head.logits(hidden()), 2))
             }
             BertHead::SpanQa(head) => {
-                let [start, end] = head.logits(hidden, padding);
+                let [start, end] = head.logits(hidden(), padding.clone());
                 Prediction::Span { start, end }
             }
             BertHead::MaskedLm(head) => {
+                let hidden = hidden();
                 let [batch, len, d_model] = hidden.dims();
                 let logits = head.token_logits(
                     hidden.reshape([batch * len, d_model]),
@@ -796,6 +858,58 @@ mod tests {
                 // Padded positions are never chosen.
                 let worst = start.narrow(1, 4, 5).max().into_scalar::<f32>();
                 assert!(worst <= MASKED_LOGIT / 2.0);
+            }
+        }
+    }
+
+    /// `pooled`, whose last layer computes `[CLS]` alone, is `pool(forward(..))`: values and
+    /// every parameter's gradient, for post- and pre-norm encoders with padding.
+    #[test]
+    fn pooling_from_the_first_position_alone_matches_the_full_forward() {
+        let device = device().autodiff();
+        for placement in [NormPlacement::Post, NormPlacement::Pre] {
+            let encoder = BertConfig {
+                norm_placement: placement,
+                ..tiny(20)
+            }
+            .init_encoder(&device)
+            .unwrap();
+            let tokens = ids(&[&[1, 5, 6, 2, 0, 0], &[1, 7, 8, 9, 3, 2]], &device);
+            let segments = ids(&[&[0, 0, 0, 0, 0, 0], &[0, 0, 0, 1, 1, 1]], &device);
+            let padding = mask(
+                &[&[false, false, false, false, true, true], &[false; 6]],
+                &device,
+            );
+            let weights = Tensor::<2>::random([2, 16], Distribution::Normal(0.0, 1.0), &device);
+            // Every parameter's gradient, flattened, in the module's order (0s where none).
+            struct Collect(burn::optim::GradientsParams, Vec<Tensor<1>>);
+            impl burn::module::ModuleVisitor for Collect {
+                fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                    let n = param.shape().num_elements();
+                    let grad = self
+                        .0
+                        .get::<D>(param.id)
+                        .map_or_else(|| Tensor::zeros([n], &param.device()), |g| g.reshape([n]));
+                    self.1.push(grad);
+                }
+            }
+            let run = |pooled: Tensor<2>| {
+                let grads = (pooled.clone() * weights.clone()).sum().backward();
+                let grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
+                let mut collect = Collect(grads, Vec::new());
+                encoder.visit(&mut collect);
+                (pooled, collect.1)
+            };
+            let (full, full_grads) = run(encoder.pool(encoder.forward(
+                tokens.clone(),
+                segments.clone(),
+                Some(padding.clone()),
+            )));
+            let (first, first_grads) = run(encoder.pooled(tokens, segments, Some(padding)));
+            assert!(max_abs_diff(first, full) < 1e-5, "{placement:?}");
+            assert_eq!(first_grads.len(), full_grads.len());
+            for (ours, theirs) in first_grads.into_iter().zip(full_grads) {
+                assert!(max_abs_diff(ours, theirs) < 1e-5, "{placement:?}");
             }
         }
     }

@@ -3,10 +3,11 @@
 //! imported and run on a padded batch with a sentence pair, reproduce the reference hidden
 //! states, pooled vectors and logits.
 
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use std::path::{Path, PathBuf};
-use zoo_bert::BertHead;
 use zoo_bert::hf::HfBert;
+use zoo_bert::{BertHead, Prediction};
 use zoo_blocks::hf::HfTensors;
 
 fn fixture(name: &str) -> PathBuf {
@@ -99,6 +100,14 @@ fn a_bare_encoder_reproduces_hidden_states_and_pooled_vectors() {
     let pooled = imported.model.encoder.pool(hidden);
     let diff = max_difference(pooled, imported.expected("pooler_output"), None);
     assert!(diff < TOLERANCE, "pooled vectors differ by {diff}");
+    // The same from the last layer's [CLS] position alone.
+    let (tokens, segments) = (imported.ints("input_ids"), imported.ints("token_type_ids"));
+    let pooled = (imported.model.encoder).pooled(tokens, segments, Some(imported.padding()));
+    let diff = max_difference(pooled, imported.expected("pooler_output"), None);
+    assert!(
+        diff < TOLERANCE,
+        "pooled vectors differ by {diff} from [CLS] alone"
+    );
 }
 
 #[test]
@@ -131,6 +140,16 @@ fn a_classifier_reproduces_its_logits_and_label_names() {
     };
     let diff = max_difference(head.logits(pooled), imported.expected("logits"), None);
     assert!(diff < TOLERANCE, "class logits differ by {diff}");
+    // What inference serves: probabilities, from the last layer's [CLS] position alone.
+    let (tokens, segments) = (imported.ints("input_ids"), imported.ints("token_type_ids"));
+    let Prediction::Labels(predicted) =
+        imported.model.predict(tokens, segments, imported.padding())
+    else {
+        panic!("a classifier predicts labels")
+    };
+    let expected = softmax(imported.expected::<2>("logits"), 1).unsqueeze_dim::<3>(1);
+    let diff = max_difference(predicted, expected, None);
+    assert!(diff < TOLERANCE, "class probabilities differ by {diff}");
 }
 
 #[test]

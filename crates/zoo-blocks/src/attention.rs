@@ -357,6 +357,59 @@ impl SelfAttention {
         self.project(merge(y))
     }
 
+    /// The output at the first position alone (`[batch, 1, d_model]`) of bidirectional
+    /// attention over `x`: `forward(x, padding, None)` narrowed to position 0, at the cost of
+    /// one query instead of `len` (keys and values still come from every token). A classifier
+    /// that reads only `[CLS]` needs nothing more from its last layer.
+    ///
+    /// Where our fused kernel does not serve (causal or ALiBi attention, a recording, other
+    /// backends than flex), this is the full forward, narrowed.
+    pub fn forward_first(&self, x: Tensor<3>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        let [batch, len, d_model] = x.dims();
+        let everything = |x: Tensor<3>, padding| self.forward(x, padding, None).narrow(1, 0, 1);
+        if self.causal || self.alibi || probe::is_recording() || !kernels::runs_on_flex_f32(&x) {
+            return everything(x, padding);
+        }
+        let head_dim = self.head_dim;
+        let (queries, keys) = (self.n_heads * head_dim, self.n_kv_heads * head_dim);
+        // The packed projection's columns are queries, keys, values: the first token takes the
+        // query columns, every token the key and value columns.
+        let weight = self.qkv.weight.val();
+        let bias = self.qkv.bias.as_ref().map(|b| b.val());
+        let columns = |start: usize, width: usize| {
+            (
+                weight.clone().narrow(1, start, width),
+                bias.clone().map(|b| b.narrow(0, start, width)),
+            )
+        };
+        let (q_weight, q_bias) = columns(0, queries);
+        let (kv_weight, kv_bias) = columns(queries, 2 * keys);
+        let first = x.clone().narrow(1, 0, 1).reshape([batch, 1, d_model]);
+        let mut q = kernels::affine(first, q_weight, q_bias)
+            .reshape([batch, 1, self.n_heads, head_dim])
+            .swap_dims(1, 2);
+        let kv = kernels::affine(x.clone(), kv_weight, kv_bias);
+        let heads = |start: usize| {
+            kv.clone()
+                .narrow(2, start, keys)
+                .reshape([batch, len, self.n_kv_heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let (mut k, v) = (heads(0), heads(keys));
+        if let Some(rotary) = &self.rotary {
+            q = rotary.apply(q, 0);
+            k = rotary.apply(k, 0);
+        }
+        let mask = kernels::AttentionMask {
+            causal: false,
+            padding: padding.clone(),
+        };
+        match kernels::attention(q, k, v, &mask, self.scale as f32, &self.attn_dropout) {
+            Some(y) => self.project(y.swap_dims(1, 2).reshape([batch, 1, queries])),
+            None => everything(x, padding),
+        }
+    }
+
     /// The output projection of the heads side by side (`[batch, len, n_heads head_dim]`),
     /// dropped out.
     fn project(&self, y: Tensor<3>) -> Tensor<3> {
@@ -618,6 +671,59 @@ mod tests {
                     moved > 1e-4,
                     "{position:?}: the first output ignored the last token"
                 );
+            }
+        }
+    }
+
+    /// `forward_first` is the full forward at position 0, values and gradients (of the input
+    /// and of the packed projection, whose query columns only the first token reaches), for
+    /// every position scheme, shared key heads, padding and a causal layer (which falls back).
+    #[test]
+    fn the_first_position_alone_equals_the_full_forward_there() {
+        for device in [test_device(), test_device().autodiff()] {
+            for position in SCHEMES {
+                for (n_kv_heads, causal) in [(4, false), (1, false), (2, true)] {
+                    let layer = SelfAttentionConfig {
+                        causal,
+                        ..config(position, n_kv_heads)
+                    }
+                    .init(&device);
+                    // Sequence 0 is 5 tokens and 2 padding; sequence 1 is 7 tokens.
+                    let padding = Tensor::<2, Bool>::from_data(
+                        TensorData::new(
+                            [&[false; 5][..], &[true; 2], &[false; 7]].concat(),
+                            [2, 7],
+                        ),
+                        &device,
+                    );
+                    let weights =
+                        Tensor::<3>::random([2, 1, 16], Distribution::Normal(0.0, 1.0), &device);
+                    let x = input(2, 7, &device);
+                    let x = match device.is_autodiff() {
+                        true => x.require_grad(),
+                        false => x,
+                    };
+                    let full = layer
+                        .forward(x.clone(), Some(padding.clone()), None)
+                        .narrow(1, 0, 1);
+                    let first = layer.forward_first(x.clone(), Some(padding));
+                    assert_eq!(first.dims(), [2, 1, 16]);
+                    assert_close(first.clone(), full.clone(), 1e-5);
+                    if !device.is_autodiff() {
+                        continue;
+                    }
+                    let gradients = |y: Tensor<3>| {
+                        let grads = (y * weights.clone()).sum().backward();
+                        (
+                            x.grad(&grads).unwrap(),
+                            layer.qkv.weight.grad(&grads).unwrap(),
+                        )
+                    };
+                    let (dx_full, dw_full) = gradients(full);
+                    let (dx_first, dw_first) = gradients(first);
+                    assert_close(dx_first, dx_full, 1e-5);
+                    assert_close(dw_first, dw_full, 1e-5);
+                }
             }
         }
     }

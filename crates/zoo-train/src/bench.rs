@@ -123,7 +123,7 @@ pub fn bench_rnn(
 
 /// Times BERT on random full-length sequences: `steps` masked-LM training steps (15% of the
 /// positions predicted, dropout as configured, AdamW at 1e-4) after `warmup` untimed ones, then
-/// inference (encoder, pooler and a two-class head, no autodiff) over as many batches. Returns
+/// inference (encoder, pooler and a two-class head, no autodiff: `BertModel::predict`) over as many batches. Returns
 /// the training report and inference sequences per second.
 pub fn bench_bert(
     config: &BertConfig,
@@ -185,14 +185,13 @@ pub fn bench_bert(
     for i in 0..warmup + steps {
         let tokens = random_ids(shape, vocab, device);
         let started = Instant::now();
-        let hidden = classifier
-            .encoder
-            .forward(tokens.clone(), tokens.zeros_like(), None);
-        let pooled = classifier.encoder.pool(hidden);
-        let zoo_bert::BertHead::Classification(head) = &classifier.head else {
-            unreachable!("a classification model has a classification head");
+        let padding = tokens.clone().equal_elem(-1);
+        let zoo_bert::Prediction::Labels(probabilities) =
+            classifier.predict(tokens.clone(), tokens.zeros_like(), padding)
+        else {
+            unreachable!("a classifier predicts labels");
         };
-        let _ = head.logits(pooled).into_data();
+        let _ = probabilities.into_data();
         if i >= warmup {
             seconds.push(started.elapsed().as_secs_f64());
         }

@@ -744,7 +744,7 @@ pub fn layer_norm<const D: usize>(
 }
 
 /// Whether `x` is an f32 tensor on `flex`, the case the matmul and LayerNorm kernels serve.
-fn runs_on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+pub(crate) fn runs_on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == burn::tensor::DType::F32 && runs_on_flex(x)
 }
 
