@@ -4,11 +4,11 @@
 use crate::ZooError;
 use crate::launcher::Launcher;
 use crate::plot::{Axis, Legend, Plot, Series};
-use crate::runtime::optim::AdamW;
+use crate::runtime::optim::{AdamW, Sgd};
 use crate::runtime::run_dir::write_run_file;
 use crate::runtime::step::{clip_global_norm, gradients};
 use burn::module::Module;
-use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use rand::{Rng, SeedableRng};
@@ -64,8 +64,9 @@ pub fn bench_gpt(
 ) -> Result<BenchReport, String> {
     let device = device.clone().autodiff();
     device.seed(0);
-    let mut model = config.init(&device)?;
+    let model = config.init(&device)?;
     let params = model.num_params();
+    let mut model = Some(model);
     // PyTorch's AdamW defaults, as the reference script uses them.
     let mut optimizer = adamw(0.999, 1e-8, 0.01);
     let shape = [batch, config.block_size];
@@ -75,10 +76,9 @@ pub fn bench_gpt(
             random_ids(shape, vocab, &device),
             random_ids(shape, vocab, &device),
         );
-        let (next, times) = timed_step(model.clone(), &mut optimizer, 1e-3, 0.0, &device, |m| {
+        let times = timed_step(&mut model, &mut optimizer, 1e-3, 0.0, &device, |m| {
             m.loss(inputs, targets)
         })?;
-        model = next;
         Ok(times)
     })
 }
@@ -97,9 +97,10 @@ pub fn bench_rnn(
 ) -> Result<BenchReport, String> {
     let device = device.clone().autodiff();
     device.seed(0);
-    let mut model = config.init(&device)?;
+    let model = config.init(&device)?;
     let params = model.num_params();
-    let mut optimizer: ModuleOptimizer = SgdConfig::new().init();
+    let mut model = Some(model);
+    let mut optimizer: ModuleOptimizer = Sgd::new(0.0, 0.0).into();
     let mut state: Option<RnnState> = None;
     let shape = [batch, bptt];
     let vocab = config.vocab_size;
@@ -111,12 +112,11 @@ pub fn bench_rnn(
         let carried = state
             .take()
             .map(|s: RnnState| s.into_iter().map(|s| s.detach()).collect());
-        let (next, times) = timed_step(model.clone(), &mut optimizer, 20.0, 0.25, &device, |m| {
+        let times = timed_step(&mut model, &mut optimizer, 20.0, 0.25, &device, |m| {
             let (loss, next) = m.loss(inputs, targets, carried);
             state = Some(next);
             loss
         })?;
-        model = next;
         Ok(times)
     })
 }
@@ -135,13 +135,14 @@ pub fn bench_bert(
 ) -> Result<(BenchReport, f64), String> {
     let train_device = device.clone().autodiff();
     train_device.seed(0);
-    let mut model = config.init(
+    let model = config.init(
         BertTask::MaskedLm {
             next_sentence: false,
         },
         &train_device,
     )?;
     let params = model.encoder.num_params();
+    let mut model = Some(model);
     let mut optimizer = adamw(0.999, 1e-6, 0.01);
     let shape = [batch, seq_len];
     let vocab = config.vocab_size;
@@ -164,15 +165,14 @@ pub fn bench_bert(
         // No padding: every id is a real token.
         let padding = tokens.clone().equal_elem(-1);
         let segments = tokens.zeros_like();
-        let (next, times) = timed_step(
-            model.clone(),
+        let times = timed_step(
+            &mut model,
             &mut optimizer,
             1e-4,
             0.0,
             &train_device,
             |m| m.loss(tokens, segments, padding, targets).loss,
         )?;
-        model = next;
         Ok(times)
     })?;
 
@@ -230,8 +230,9 @@ pub fn bench_seq2seq(
 ) -> Result<Seq2SeqBench, String> {
     let train_device = device.clone().autodiff();
     train_device.seed(0);
-    let mut model = Seq2Seq::Transformer(config.init(&train_device)?);
+    let model = Seq2Seq::Transformer(config.init(&train_device)?);
     let params = model.num_params();
+    let mut model = Some(model);
     // Adam as the transformer paper sets it (the reference also anneals by the Noam schedule).
     let mut optimizer = adamw(0.98, 1e-9, 0.0);
     let vocab = config.tgt_vocab_size;
@@ -239,8 +240,8 @@ pub fn bench_seq2seq(
         let source = random_ids([batch, src_len], vocab, &train_device);
         let target = random_ids([batch, tgt_len + 1], vocab, &train_device);
         let padding = source.clone().equal_elem(-1);
-        let (next, times) = timed_step(
-            model.clone(),
+        let times = timed_step(
+            &mut model,
             &mut optimizer,
             1e-4,
             0.0,
@@ -255,11 +256,10 @@ pub fn bench_seq2seq(
                 )
             },
         )?;
-        model = next;
         Ok(times)
     })?;
 
-    let model = model.valid();
+    let model = model.expect("the trained model").valid();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let sources: Vec<Vec<u32>> = (0..batch)
         .map(|_| {
@@ -438,13 +438,16 @@ pub fn memory_bandwidth() -> f64 {
 /// read back as the reference scripts do. Returns the updated model and the time from the start
 /// to the end of each of the three phases.
 fn timed_step<M: Module>(
-    model: M,
+    slot: &mut Option<M>,
     optimizer: &mut ModuleOptimizer,
     lr: f64,
     clip: f32,
     device: &Device,
     loss: impl FnOnce(&M) -> Tensor<1>,
-) -> Result<(M, [Duration; 3]), String> {
+) -> Result<[Duration; 3], String> {
+    // The optimiser gets the model itself, not a clone, so that its parameters are nothing
+    // else's and our updates write over them (see `runtime::optim`).
+    let model = slot.take().expect("a model to step");
     let started = Instant::now();
     let loss = loss(&model);
     device.sync().map_err(|e| e.to_string())?;
@@ -455,9 +458,9 @@ fn timed_step<M: Module>(
     }
     device.sync().map_err(|e| e.to_string())?;
     let backward = started.elapsed();
-    let model = optimizer.step(lr, model, grads);
+    *slot = Some(optimizer.step(lr, model, grads));
     let _ = loss.into_scalar::<f32>();
-    Ok((model, [forward, backward, started.elapsed()]))
+    Ok([forward, backward, started.elapsed()])
 }
 
 /// The zoo's AdamW with beta1 0.9 and these settings, as a reference script configures its

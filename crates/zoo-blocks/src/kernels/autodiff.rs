@@ -334,6 +334,17 @@ impl<B: Backend + ZooOps, C: CheckpointStrategy> ZooOps for Autodiff<B, C> {
         )
     }
 
+    fn zoo_sgd(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        lr: f32,
+        weight_decay: f32,
+    ) -> FloatTensor<Self> {
+        // As for AdamW: runs on the inner tensors.
+        let (param, grad) = (param.into_primitive(), grad.into_primitive());
+        FloatTensor::<Self>::new(B::zoo_sgd(param, grad, lr, weight_decay))
+    }
+
     fn zoo_sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
         // A gradient's share of a norm for clipping: never differentiated.
         FloatTensor::<Self>::new(B::zoo_sum_of_squares(x.into_primitive()))

@@ -19,7 +19,8 @@
 //!   counter-based stream (Burn draws it on one thread and stores it);
 //! - [`embedding`]: the weight's gradient built straight in an f32 buffer;
 //! - [`sum_of_squares`]: a gradient's share of the clipping norm in one read, in a fixed order;
-//! - [`adamw`]: the optimiser update of one parameter in one pass.
+//! - [`adamw`] and [`sgd`]: the optimiser update of one parameter in one pass, over its own
+//!   buffer; [`scale`]: a gradient's clipping in place.
 //!
 //! The files split by role, as Burn's custom-kernel example separates forward and backward:
 //!
@@ -126,6 +127,14 @@ pub trait ZooOps: Backend {
         moment_2: FloatTensor<Self>,
         _step: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// One SGD update of a parameter without momentum (see [`sgd`]): the new parameter.
+    fn zoo_sgd(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        _lr: f32,
+        _weight_decay: f32,
+    ) -> FloatTensor<Self>;
 
     /// A whole LSTM layer over a sequence (see [`lstm_sequence`]): from the gates' input part
     /// `x_proj` (`[batch, len, 4 hidden]`), the recurrent weights (`[hidden, 4 hidden]`) and the
@@ -553,6 +562,44 @@ pub fn adamw<const D: usize>(
     let delta = (moment_1.clone() / bias_1) / ((moment_2.clone() / bias_2).sqrt() + step.epsilon);
     let param = param * (1.0 - step.lr * step.weight_decay) - delta * step.lr;
     (param, moment_1, moment_2)
+}
+
+/// One SGD update without momentum of `param` given its gradient, as Burn's `Sgd` makes it:
+/// `param - lr (grad + weight_decay param)`. On `flex` one parallel pass, over the parameter's
+/// own buffer when nothing else holds it (Burn's makes two or three whole-tensor passes on one
+/// thread); elsewhere Burn's ops.
+pub fn sgd<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    lr: f32,
+    weight_decay: f32,
+) -> Tensor<D> {
+    if runs_on_flex_f32(&param) {
+        return Tensor::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_sgd(
+            param.into_dispatch(),
+            grad.into_dispatch(),
+            lr,
+            weight_decay,
+        ));
+    }
+    let grad = match weight_decay {
+        0.0 => grad,
+        decay => grad + param.clone() * decay,
+    };
+    param - grad * lr
+}
+
+/// `x · factor`, `factor` a one-element tensor on the device (a clipping factor, read there
+/// without a round trip to the host). On `flex` one parallel pass over `x`'s own buffer when
+/// nothing else holds it, and none at all when `factor` is 1.
+pub fn scale<const D: usize>(x: Tensor<D>, factor: Tensor<1>) -> Tensor<D> {
+    if runs_on_flex_f32(&x) {
+        return Tensor::from_dispatch(<burn::backend::Dispatch as ZooOps>::zoo_scale(
+            x.into_dispatch(),
+            factor.into_dispatch(),
+        ));
+    }
+    x * factor.reshape([1; D])
 }
 
 /// The rows of `weight` (`[vocab, d]`) that `ids` (`[batch, len]`) name, as

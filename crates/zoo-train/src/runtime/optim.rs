@@ -6,14 +6,17 @@
 //! and biases: nanoGPT's `configure_optimizers` rule, which HF transformers follows too.
 //! The state is Burn's `AdaptiveMomentumState`, so checkpoints keep their layout.
 //!
-//! [`build_optimizer`] makes a recipe's `[optimizer]`: this AdamW, or Burn's SGD.
+//! [`build_optimizer`] makes a recipe's `[optimizer]`: this AdamW, or [`Sgd`]: Burn's SGD with
+//! its plain update (no momentum) in one pass too.
 
 use crate::recipe::{OptimizerKind, Recipe};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, SgdConfig};
+use burn::optim::{
+    AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, SgdConfig, SgdState,
+};
 use burn::tensor::{Device, Tensor};
-use zoo_blocks::kernels::{AdamWStep, adamw};
+use zoo_blocks::kernels::{AdamWStep, adamw, sgd};
 
 /// AdamW; see the module docs.
 #[derive(Clone, Debug)]
@@ -59,6 +62,57 @@ impl Optimizer for AdamW {
     }
 }
 
+/// Burn's SGD, with the update of a run without momentum in one parallel pass
+/// (`zoo_blocks::kernels::sgd`) instead of two or three whole-tensor ops on one thread. With
+/// momentum, Burn's `Sgd` steps. The state is Burn's `SgdState` either way, so checkpoints keep
+/// their layout.
+#[derive(Clone)]
+pub struct Sgd {
+    burn: burn::optim::Sgd,
+    weight_decay: f32,
+    momentum: bool,
+}
+
+impl Sgd {
+    /// SGD with this L2 penalty (0 for none) and momentum (0 for none; dampening 0.1, Burn's
+    /// default).
+    pub fn new(weight_decay: f64, momentum: f64) -> Self {
+        let burn = SgdConfig::new()
+            .with_weight_decay(
+                (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+            )
+            .with_momentum((momentum > 0.0).then(|| MomentumConfig::new().with_momentum(momentum)))
+            .build();
+        Self {
+            burn,
+            weight_decay: weight_decay as f32,
+            momentum: momentum > 0.0,
+        }
+    }
+}
+
+impl Optimizer for Sgd {
+    type State<const D: usize> = SgdState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        if self.momentum {
+            return self.burn.step(lr, tensor, grad, state);
+        }
+        let tensor = sgd(tensor, grad, lr as f32, self.weight_decay);
+        (tensor, Some(SgdState::new(None)))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        burn::optim::Sgd::to_device(state, device)
+    }
+}
+
 /// The recipe's optimiser.
 pub fn build_optimizer(recipe: &Recipe) -> ModuleOptimizer {
     let o = &recipe.optimizer;
@@ -70,14 +124,7 @@ pub fn build_optimizer(recipe: &Recipe) -> ModuleOptimizer {
             weight_decay: o.weight_decay as f32,
         }
         .into(),
-        OptimizerKind::Sgd => SgdConfig::new()
-            .with_weight_decay(
-                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
-            )
-            .with_momentum(
-                (o.momentum > 0.0).then(|| MomentumConfig::new().with_momentum(o.momentum)),
-            )
-            .init(),
+        OptimizerKind::Sgd => Sgd::new(o.weight_decay, o.momentum).into(),
     }
 }
 
@@ -157,6 +204,72 @@ mod tests {
         for (a, b) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    /// Our SGD makes Burn's updates to the last bit, with weight decay or without, and with
+    /// momentum (which Burn's steps).
+    #[test]
+    fn sgd_follows_burns_sgd() {
+        let (start, data) = problem();
+        for (weight_decay, momentum) in [(0.0, 0.0), (0.1, 0.0), (0.1, 0.9)] {
+            let theirs = SgdConfig::new()
+                .with_weight_decay(
+                    (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+                )
+                .with_momentum(
+                    (momentum > 0.0).then(|| MomentumConfig::new().with_momentum(momentum)),
+                )
+                .init();
+            let ours = Sgd::new(weight_decay, momentum).into();
+            let a = values(&train(start.clone(), ours, 4, &data));
+            let b = values(&train(start.clone(), theirs, 4, &data));
+            assert_eq!(a, b, "weight decay {weight_decay}, momentum {momentum}");
+            assert_ne!(a, values(&start), "nothing moved");
+        }
+    }
+
+    /// The fused updates write over a parameter's buffer only when nothing else holds it: a
+    /// tensor the caller keeps is left as it was, and both give the same update.
+    #[test]
+    fn updates_leave_a_parameter_the_caller_holds_untouched() {
+        let device = Device::flex();
+        let param = Tensor::<2>::random([70, 300], Distribution::Normal(0.0, 1.0), &device);
+        let grad = Tensor::<2>::random([70, 300], Distribution::Normal(0.0, 1.0), &device);
+        let before = param.to_data();
+        let step = AdamWStep {
+            lr: 0.1,
+            beta_1: 0.9,
+            beta_2: 0.99,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            time: 1,
+        };
+        let held = sgd(param.clone(), grad.clone(), 0.5, 0.1);
+        param.to_data().assert_eq(&before, true);
+        let (held_adamw, _, _) = adamw(
+            param.clone(),
+            grad.clone(),
+            grad.zeros_like(),
+            grad.zeros_like(),
+            step,
+        );
+        param.to_data().assert_eq(&before, true);
+        // Now nothing else holds the parameter (a copy of its values does), so it is
+        // overwritten, to the same values.
+        let own = || Tensor::<2>::from_data(before.clone(), &device);
+        sgd(own(), grad.clone(), 0.5, 0.1)
+            .to_data()
+            .assert_eq(&held.to_data(), true);
+        let (own_adamw, _, _) = adamw(
+            own(),
+            grad.clone(),
+            grad.zeros_like(),
+            grad.zeros_like(),
+            step,
+        );
+        own_adamw.to_data().assert_eq(&held_adamw.to_data(), true);
+        let expected = own() - (grad + own() * 0.1) * 0.5;
+        held.to_data().assert_eq(&expected.to_data(), true);
     }
 
     #[test]

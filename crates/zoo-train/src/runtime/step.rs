@@ -158,8 +158,8 @@ pub fn clip_to_norm<M: Module>(
     impl ModuleVisitor for Scale<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.remove::<D>(param.id) {
-                let factor = self.factor.clone().reshape([1; D]);
-                self.grads.register::<D>(param.id, grad * factor);
+                let scaled = zoo_blocks::kernels::scale(grad, self.factor.clone());
+                self.grads.register::<D>(param.id, scaled);
             }
         }
     }

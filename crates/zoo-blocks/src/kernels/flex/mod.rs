@@ -54,7 +54,7 @@ impl ZooOps for Flex {
             return Flex::gelu(x);
         };
         let input = x.as_slice::<f32>().expect("contiguous");
-        let mut out = vec![0.0f32; input.len()];
+        let mut out = zeroed(input.len());
         out.par_chunks_mut(CHUNK)
             .zip(input.par_chunks(CHUNK))
             .for_each(|(o, i)| rows::gelu(o, i));
@@ -96,7 +96,7 @@ impl ZooOps for Flex {
         let shape = split_shape(&q, &k);
         let [q, k, v] = [&q, &k, &v].map(f32_contiguous);
         let padding = f32_contiguous(&padding);
-        let mut out = vec![0.0f32; q.layout().num_elements()];
+        let mut out = zeroed(q.layout().num_elements());
         let [b, h, t, d, s] = [
             shape.batch,
             shape.heads,
@@ -104,7 +104,7 @@ impl ZooOps for Flex {
             shape.dim,
             shape.k_len,
         ];
-        let mut probs = vec![0.0f32; b * h * t * s];
+        let mut probs = zeroed(b * h * t * s);
         let (query, kv) = split_heads(&shape);
         attention::forward(
             shape,
@@ -132,9 +132,9 @@ impl ZooOps for Flex {
         let shape = split_shape(&q, &k);
         let [q, k, v, out, probs, grad] = [&q, &k, &v, &out, &probs, &grad].map(f32_contiguous);
         let (query, kv) = split_heads(&shape);
-        let mut dq = vec![0.0f32; q.layout().num_elements()];
-        let mut dk = vec![0.0f32; k.layout().num_elements()];
-        let mut dv = vec![0.0f32; k.layout().num_elements()];
+        let mut dq = zeroed(q.layout().num_elements());
+        let mut dk = zeroed(k.layout().num_elements());
+        let mut dv = zeroed(k.layout().num_elements());
         attention::backward(
             shape,
             [input(&q, query), input(&k, kv), input(&v, kv)],
@@ -166,8 +166,8 @@ impl ZooOps for Flex {
         let qkv = f32_contiguous(&qkv);
         let padding = f32_contiguous(&padding);
         let [b, h, t, d] = [shape.batch, shape.heads, shape.q_len, shape.dim];
-        let mut out = vec![0.0f32; b * t * h * d];
-        let mut probs = vec![0.0f32; b * h * t * t];
+        let mut out = zeroed(b * t * h * d);
+        let mut probs = zeroed(b * h * t * t);
         let heads = packed_heads(&shape);
         attention::forward(
             shape,
@@ -198,7 +198,7 @@ impl ZooOps for Flex {
         let out_heads = attention::Heads::packed(0, t, shape.heads * d, d);
         let heads = packed_heads(&shape);
         // Every element is written: each head of q, k and v gets its gradient.
-        let mut dqkv = vec![0.0f32; qkv.layout().num_elements()];
+        let mut dqkv = zeroed(qkv.layout().num_elements());
         let d_heads = heads.map(|heads| attention::Output::new(&mut dqkv, heads));
         attention::backward(
             shape,
@@ -219,29 +219,38 @@ impl ZooOps for Flex {
         moment_2: FlexTensor,
         step: AdamWStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let tensors = [&param, &grad, &moment_1, &moment_2].map(f32_contiguous);
-        let [p, g, m, v] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
+        let grad = f32_contiguous(&grad);
+        let g = grad.as_slice::<f32>().unwrap();
         let bias = step.bias_corrections();
-        let mut out = [p, m, v].map(|x| vec![0.0f32; x.len()]);
-        let [out_p, out_m, out_v] = &mut out;
-        out_p
-            .par_chunks_mut(CHUNK)
-            .zip(out_m.par_chunks_mut(CHUNK).zip(out_v.par_chunks_mut(CHUNK)))
-            .enumerate()
-            .for_each(|(c, (out_p, (out_m, out_v)))| {
-                let at = c * CHUNK;
-                for i in 0..out_p.len() {
-                    let j = at + i;
-                    [out_p[i], out_m[i], out_v[i]] = step.apply(p[j], g[j], m[j], v[j], bias);
+        // The parameter and its moments are updated where they lie when nothing else holds
+        // them (the moments, which the optimiser hands over), else in copies.
+        let [mut p, mut m, mut v] = [param, moment_1, moment_2].map(unique_f32);
+        let [ps, ms, vs] = [&mut p, &mut m, &mut v].map(|t| t.storage_mut::<f32>());
+        ps.par_chunks_mut(CHUNK)
+            .zip(ms.par_chunks_mut(CHUNK).zip(vs.par_chunks_mut(CHUNK)))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|((ps, (ms, vs)), gs)| {
+                for (((p, m), v), &g) in ps.iter_mut().zip(ms).zip(vs).zip(gs) {
+                    [*p, *m, *v] = step.apply(*p, g, *m, *v, bias);
                 }
             });
-        let shape = param.layout().shape().clone();
-        let [p, m, v] = out;
-        (
-            from_f32(p, shape.clone()),
-            from_f32(m, shape.clone()),
-            from_f32(v, shape),
-        )
+        (p, m, v)
+    }
+
+    fn zoo_sgd(param: FlexTensor, grad: FlexTensor, lr: f32, weight_decay: f32) -> FlexTensor {
+        let grad = f32_contiguous(&grad);
+        let mut param = unique_f32(param);
+        param
+            .storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .zip(grad.as_slice::<f32>().unwrap().par_chunks(CHUNK))
+            .for_each(|(ps, gs)| {
+                for (p, &g) in ps.iter_mut().zip(gs) {
+                    // Burn's order: the decay added to the gradient, then the step.
+                    *p -= (g + *p * weight_decay) * lr;
+                }
+            });
+        param
     }
 
     fn zoo_embedding_backward(grad: FlexTensor, ids: FlexTensor, vocab: usize) -> FlexTensor {
@@ -255,7 +264,7 @@ impl ZooOps for Flex {
         let ids = class_ids("embedding", ids, rows.len(), vocab);
         // Rows a few hundred wide, a few thousand of them: one thread adds them faster than
         // two could share the (repeating) ids.
-        let mut weight = vec![0.0f32; vocab * d];
+        let mut weight = zeroed(vocab * d);
         for (row, id) in rows.zip(ids) {
             let dst = &mut weight[id * d..][..d];
             dst.iter_mut().zip(row).for_each(|(w, g)| *w += g);
@@ -341,9 +350,9 @@ impl ZooOps for Flex {
         let width = 3 * hidden;
         let tensors = [&x_proj, &weight, &bias, &h0].map(f32_contiguous);
         let [x, w, b, h0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
-        let mut y = vec![0.0f32; batch * len * hidden];
-        let mut gates = vec![0.0f32; x.len()];
-        let mut hn = vec![0.0f32; y.len()];
+        let mut y = zeroed(batch * len * hidden);
+        let mut gates = zeroed(x.len());
+        let mut hn = zeroed(y.len());
         gru::forward(dims, x, w, b, h0, &mut y, &mut gates, &mut hn);
         (
             from_f32(y, [batch, len, hidden].into()),
@@ -364,10 +373,10 @@ impl ZooOps for Flex {
         let (batch, len, width) = (dims.batch, dims.len, 3 * dims.hidden);
         let tensors = [&weight, &h0, &y, &gates, &hn, &grad].map(f32_contiguous);
         let [w, h0s, y, gates, hn, dy] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
-        let mut dx = vec![0.0f32; gates.len()];
-        let mut dw = vec![0.0f32; w.len()];
-        let mut db = vec![0.0f32; width];
-        let mut dh0 = vec![0.0f32; h0s.len()];
+        let mut dx = zeroed(gates.len());
+        let mut dw = zeroed(w.len());
+        let mut db = zeroed(width);
+        let mut dh0 = zeroed(h0s.len());
         gru::backward(
             dims, w, h0s, y, gates, hn, dy, &mut dx, &mut dw, &mut db, &mut dh0,
         );
@@ -390,9 +399,9 @@ impl ZooOps for Flex {
         let tensors = [&x_proj, &weight, &h0, &c0].map(f32_contiguous);
         let [x, w, h0, c0] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
         let hidden = dims.hidden;
-        let mut y = vec![0.0f32; batch * (len + 1) * hidden];
-        let mut gates = vec![0.0f32; x.len()];
-        let mut cells = vec![0.0f32; batch * len * hidden];
+        let mut y = zeroed(batch * (len + 1) * hidden);
+        let mut gates = zeroed(x.len());
+        let mut cells = zeroed(batch * len * hidden);
         lstm::forward(dims, x, w, h0, c0, &mut y, &mut gates, &mut cells);
         (
             from_f32(y, [batch, len + 1, hidden].into()),
@@ -415,10 +424,10 @@ impl ZooOps for Flex {
         let tensors = [&weight, &h0, &c0, &y, &gates, &cells, &grad].map(f32_contiguous);
         let [w, h0s, c0s, y, gates, cells, dy] =
             tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
-        let mut dx = vec![0.0f32; gates.len()];
-        let mut dw = vec![0.0f32; w.len()];
-        let mut dh0 = vec![0.0f32; h0s.len()];
-        let mut dc0 = vec![0.0f32; c0s.len()];
+        let mut dx = zeroed(gates.len());
+        let mut dw = zeroed(w.len());
+        let mut dh0 = zeroed(h0s.len());
+        let mut dc0 = zeroed(c0s.len());
         lstm::backward(
             dims, w, h0s, c0s, y, gates, cells, dy, &mut dx, &mut dw, &mut dh0, &mut dc0,
         );
@@ -513,7 +522,7 @@ impl ZooOps for Flex {
         let [xs, gamma, beta] = [&x, &gamma, &beta].map(|t| t.as_slice::<f32>().unwrap());
         let d = gamma.len();
         let rows = xs.len() / d;
-        let mut y = vec![0.0f32; xs.len()];
+        let mut y = zeroed(xs.len());
         let mut stats = vec![(0.0f32, 0.0f32); rows];
         y.par_chunks_mut(d * ROWS)
             .zip(xs.par_chunks(d * ROWS))
@@ -541,7 +550,7 @@ impl ZooOps for Flex {
         let tensors = [&x, &gamma, &mean, &rstd, &grad].map(f32_contiguous);
         let [xs, gamma, mean, rstd, dy] = tensors.each_ref().map(|t| t.as_slice::<f32>().unwrap());
         let d = gamma.len();
-        let mut dx = vec![0.0f32; xs.len()];
+        let mut dx = zeroed(xs.len());
         // Each chunk of rows sums its own share of dgamma and dbeta; the shares add up after,
         // in chunk order. (Not with rayon's `reduce`: its tree follows how the work happened to
         // be split between threads, so float sums, and a resumed run, would differ run to run.)
@@ -772,13 +781,44 @@ fn overwritable(t: &FlexTensor) -> bool {
         && t.storage::<f32>().len() == t.layout().num_elements()
 }
 
+/// `len` zeros, written by both cores when there are many: a large `vec![0.0; len]` is one
+/// `memset` on the calling thread, which the other core waits out (2% of a 650-unit LSTM's
+/// step, over its kernels' buffers).
+pub(super) fn zeroed(len: usize) -> Vec<f32> {
+    if len < 1 << 16 {
+        return vec![0.0; len];
+    }
+    let mut values = Vec::with_capacity(len);
+    values
+        .spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: every element was just written.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// `t` as a contiguous f32 tensor of its own to overwrite: `t` itself when it is
 /// [`overwritable`], else a copy.
 fn unique_f32(t: FlexTensor) -> FlexTensor {
     if overwritable(&t) {
         return t;
     }
-    let values = f32_contiguous(&t).as_slice::<f32>().unwrap().to_vec();
+    let source = f32_contiguous(&t);
+    let source = source.as_slice::<f32>().unwrap();
+    // Copied by both cores, into a buffer never zero-filled first.
+    let mut values = Vec::with_capacity(source.len());
+    values
+        .spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(source.par_chunks(CHUNK))
+        .for_each(|(to, from)| {
+            for (to, &from) in to.iter_mut().zip(from) {
+                to.write(from);
+            }
+        });
+    // SAFETY: every element was just written.
+    unsafe { values.set_len(source.len()) };
     from_f32(values, t.layout().shape().clone())
 }
 

@@ -2,6 +2,7 @@
 //! gate non-linearities, and the recurrent weights' gradient over all steps.
 
 use super::strided::{Matrix, gemm_parallel};
+use super::zeroed;
 use crate::kernels::exp_f32;
 use rayon::prelude::*;
 
@@ -70,7 +71,7 @@ pub fn recurrent_weight_gradient(
     let width = dweight.len() / hidden;
     assert!(dgates.len() == batch * len * width && h0.len() == batch * hidden);
     assert!(y.len() >= (batch - 1) * y_row + len * hidden);
-    let mut prev = vec![0.0f32; batch * len * hidden];
+    let mut prev = zeroed(batch * len * hidden);
     for b in 0..batch {
         let rows = &mut prev[b * len * hidden..][..len * hidden];
         rows[..hidden].copy_from_slice(&h0[b * hidden..][..hidden]);
@@ -119,7 +120,7 @@ impl Packed {
             (rows, cols)
         };
         let count = n.div_ceil(PANEL);
-        let mut panels = vec![0.0f32; count * k * PANEL];
+        let mut panels = zeroed(count * k * PANEL);
         let fill = |(p, panel): (usize, &mut [f32])| {
             let width = n.saturating_sub(p * PANEL).min(PANEL);
             if transposed {
