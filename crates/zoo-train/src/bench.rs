@@ -165,14 +165,9 @@ pub fn bench_bert(
         // No padding: every id is a real token.
         let padding = tokens.clone().equal_elem(-1);
         let segments = tokens.zeros_like();
-        let times = timed_step(
-            &mut model,
-            &mut optimizer,
-            1e-4,
-            0.0,
-            &train_device,
-            |m| m.loss(tokens, segments, padding, targets).loss,
-        )?;
+        let times = timed_step(&mut model, &mut optimizer, 1e-4, 0.0, &train_device, |m| {
+            m.loss(tokens, segments, padding, targets).loss
+        })?;
         Ok(times)
     })?;
 
@@ -240,22 +235,11 @@ pub fn bench_seq2seq(
         let source = random_ids([batch, src_len], vocab, &train_device);
         let target = random_ids([batch, tgt_len + 1], vocab, &train_device);
         let padding = source.clone().equal_elem(-1);
-        let times = timed_step(
-            &mut model,
-            &mut optimizer,
-            1e-4,
-            0.0,
-            &train_device,
-            |m| {
-                let logits = m.forward(source, padding, target.clone().narrow(1, 0, tgt_len));
-                let expected = target.narrow(1, 1, tgt_len).reshape([batch * tgt_len]);
-                label_smoothed_cross_entropy(
-                    logits.reshape([batch * tgt_len, vocab]),
-                    expected,
-                    0.1,
-                )
-            },
-        )?;
+        let times = timed_step(&mut model, &mut optimizer, 1e-4, 0.0, &train_device, |m| {
+            let logits = m.forward(source, padding, target.clone().narrow(1, 0, tgt_len));
+            let expected = target.narrow(1, 1, tgt_len).reshape([batch * tgt_len]);
+            label_smoothed_cross_entropy(logits.reshape([batch * tgt_len, vocab]), expected, 0.1)
+        })?;
         Ok(times)
     })?;
 
