@@ -5,6 +5,7 @@
 //! `tests/wgpu.rs` checks the wgpu backend against the same file.
 
 use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +16,8 @@ use zoo_blocks::{CellKind, PositionKind};
 use zoo_gpt::GptConfig;
 use zoo_rnn::RnnConfig;
 use zoo_seq2seq::{RnnAttentionConfig, TransformerConfig, source_batch};
+use zoo_train::runtime::optim::Sgd;
+use zoo_train::runtime::step::{clip_global_norm, gradients};
 
 /// One model's output on its inputs.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -45,6 +48,15 @@ impl ModuleMapper for HostWeights {
                 .collect();
             Tensor::from_data(TensorData::new(values, shape), &device)
         })
+    }
+}
+
+/// Marks every float parameter for gradients (host weights are plain tensors).
+struct Tracked;
+
+impl ModuleMapper for Tracked {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|tensor| tensor.require_grad())
     }
 }
 
@@ -126,8 +138,12 @@ pub fn outputs(device: &Device) -> Vec<Output> {
     };
     let bert = with_host_weights(bert.init_encoder(device).unwrap(), 3);
     let segments = tokens.zeros_like();
-    let hidden = bert.forward(tokens.clone(), segments, Some(padding.clone()));
+    let hidden = bert.forward(tokens.clone(), segments.clone(), Some(padding.clone()));
     out.push(output("bert", hidden));
+    // The classifier's path: the last layer at [CLS] alone (flex's fused kernel; elsewhere the
+    // full layer, narrowed).
+    let pooled = bert.pooled(tokens.clone(), segments, Some(padding.clone()));
+    out.push(output("bert pooled", pooled));
     let transformer = TransformerConfig {
         src_vocab_size: VOCAB,
         tgt_vocab_size: VOCAB,
@@ -147,7 +163,38 @@ pub fn outputs(device: &Device) -> Vec<Output> {
         "rnn-attention",
         rnn_attention.forward(tokens, padding, target_in),
     ));
+    out.push(output(
+        "lstm after a clipped sgd step",
+        after_sgd_step(device),
+    ));
     out
+}
+
+/// An LSTM LM's logits after one SGD step (weight decay 0.01, learning rate 1) on gradients
+/// clipped to norm 0.1: the clipping's norm and scale and the update, which flex runs through
+/// the zoo's own kernels and other backends through Burn's ops.
+fn after_sgd_step(device: &Device) -> Tensor<3> {
+    let train_device = device.clone().autodiff();
+    let config = RnnConfig {
+        vocab_size: VOCAB,
+        cell: CellKind::Lstm,
+        n_layer: 1,
+        d_embed: 16,
+        d_hidden: 16,
+        dropout: 0.0,
+        ..RnnConfig::default()
+    };
+    let rnn = with_host_weights(config.init(&train_device).unwrap(), 6).map(&mut Tracked);
+    let (inputs, targets) = (
+        ids(2, 7, VOCAB, &train_device),
+        ids(2, 7, 23, &train_device),
+    );
+    let (loss, _) = rnn.loss(inputs.clone(), targets, None);
+    let mut grads = gradients(&rnn, &loss, 1.0);
+    clip_global_norm(&rnn, &mut grads, 0.1);
+    let mut optimizer: ModuleOptimizer = Sgd::new(0.01, 0.0).into();
+    let rnn = optimizer.step(1.0, rnn, grads);
+    rnn.forward(inputs, None).0
 }
 
 /// The largest absolute difference between `ours` and the reference, per model, and the
