@@ -373,23 +373,41 @@ impl Bert {
         self.finish(x)
     }
 
-    /// The pooled sequence vector `[batch, d_model]` of token ids and segment ids:
-    /// `pool(forward(..))`, with the last layer computing the `[CLS]` position alone (a
-    /// quarter less work for a 4-layer encoder), as a classifier needs nothing else.
-    pub fn pooled(
+    /// The final hidden state of the first token, `[CLS]` (`[batch, d_model]`): `forward(..)`
+    /// at position 0, with the last layer computing that position alone (a quarter less work
+    /// for a 4-layer encoder), as a classifier or a `[CLS]` embedding needs nothing else.
+    pub fn first_hidden(
         &self,
         tokens: Tensor<2, Int>,
         segments: Tensor<2, Int>,
         padding: Option<Tensor<2, Bool>>,
     ) -> Tensor<2> {
         let mut x = self.embed(tokens, segments);
-        let Some((last, below)) = self.layers.split_last() else {
-            return self.pool(self.finish(x));
+        let [batch, _, d_model] = x.dims();
+        let last = match self.layers.split_last() {
+            Some((last, below)) => {
+                for layer in below {
+                    x = layer.forward(x, padding.clone());
+                }
+                last.forward_first(x, padding)
+            }
+            None => x.narrow(1, 0, 1),
         };
-        for layer in below {
-            x = layer.forward(x, padding.clone());
-        }
-        self.pool(self.finish(last.forward_first(x, padding)))
+        self.finish(last).reshape([batch, d_model])
+    }
+
+    /// The pooled sequence vector `[batch, d_model]` of token ids and segment ids:
+    /// `pool(forward(..))`, through [`first_hidden`](Self::first_hidden).
+    pub fn pooled(
+        &self,
+        tokens: Tensor<2, Int>,
+        segments: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> Tensor<2> {
+        tanh(
+            self.pooler
+                .forward(self.first_hidden(tokens, segments, padding)),
+        )
     }
 
     /// The pooled sequence vector `[batch, d_model]` of hidden states: `tanh(W h_[CLS] + b)`.

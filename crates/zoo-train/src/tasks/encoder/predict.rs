@@ -277,19 +277,19 @@ pub fn embed(
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in inputs.chunks(EMBED_BATCH) {
         let (tokens, segments, padding) = padded(chunk, pad, &device);
-        let hidden = run
-            .model
-            .encoder
-            .forward(tokens, segments, Some(padding.clone()));
-        let [batch, len, d] = hidden.dims();
+        let encoder = &run.model.encoder;
         let pooled = match pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1).reshape([batch, d]),
+            // The last layer at [CLS] alone.
+            Pooling::Cls => encoder.first_hidden(tokens, segments, Some(padding)),
             Pooling::Mean => {
+                let hidden = encoder.forward(tokens, segments, Some(padding.clone()));
+                let [batch, len, d] = hidden.dims();
                 let real: Tensor<3> = padding.bool_not().float().reshape([batch, len, 1]);
                 let counts = real.clone().sum_dim(1).reshape([batch, 1]);
                 (hidden * real).sum_dim(1).reshape([batch, d]) / counts
             }
         };
+        let width = pooled.dims()[1];
         let pooled = if normalize {
             let norms = pooled.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
             pooled / norms
@@ -301,7 +301,7 @@ pub fn embed(
             .convert::<f32>()
             .try_to_vec()
             .map_err(|e| ZooError::Training(format!("reading embeddings: {e:?}")))?;
-        vectors.extend(values.chunks(d).map(<[f32]>::to_vec));
+        vectors.extend(values.chunks(width).map(<[f32]>::to_vec));
     }
     Ok(vectors)
 }
