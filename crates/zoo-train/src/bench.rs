@@ -123,8 +123,8 @@ pub fn bench_rnn(
 
 /// Times BERT on random full-length sequences: `steps` masked-LM training steps (15% of the
 /// positions predicted, dropout as configured, AdamW at 1e-4) after `warmup` untimed ones, then
-/// inference (encoder, pooler and a two-class head, no autodiff: `BertModel::predict`) over as many batches. Returns
-/// the training report and inference sequences per second.
+/// inference (encoder, pooler and a two-class head, no autodiff: `BertModel::predict`) over as
+/// many batches. Returns the training report and inference sequences per second.
 pub fn bench_bert(
     config: &BertConfig,
     batch: usize,
@@ -419,8 +419,8 @@ pub fn memory_bandwidth() -> f64 {
 
 /// One timed training step: `loss` (the forward pass), the backward pass with the global
 /// gradient norm clipped to `clip` (0: not clipped), the optimiser update at `lr`, and the loss
-/// read back as the reference scripts do. Returns the updated model and the time from the start
-/// to the end of each of the three phases.
+/// read back as the reference scripts do. The model in `slot` is replaced by the updated one;
+/// returns the time from the start to the end of each of the three phases.
 fn timed_step<M: Module>(
     slot: &mut Option<M>,
     optimizer: &mut ModuleOptimizer,

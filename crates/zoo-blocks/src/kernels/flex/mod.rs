@@ -788,12 +788,21 @@ pub(super) fn zeroed(len: usize) -> Vec<f32> {
     if len < 1 << 16 {
         return vec![0.0; len];
     }
+    written_in_parallel(len, |_, chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)))
+}
+
+/// A vector of `len` floats whose chunks of [`CHUNK`] `write` fills on both cores, given each
+/// chunk's offset; never zero-filled first. `write` must write every element of its chunk.
+fn written_in_parallel(
+    len: usize,
+    write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
     let mut values = Vec::with_capacity(len);
-    values
-        .spare_capacity_mut()
+    values.spare_capacity_mut()[..len]
         .par_chunks_mut(CHUNK)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: every element was just written.
+        .enumerate()
+        .for_each(|(c, chunk)| write(c * CHUNK, chunk));
+    // SAFETY: `write` wrote every element of every chunk.
     unsafe { values.set_len(len) };
     values
 }
@@ -807,18 +816,11 @@ fn unique_f32(t: FlexTensor) -> FlexTensor {
     let source = f32_contiguous(&t);
     let source = source.as_slice::<f32>().unwrap();
     // Copied by both cores, into a buffer never zero-filled first.
-    let mut values = Vec::with_capacity(source.len());
-    values
-        .spare_capacity_mut()
-        .par_chunks_mut(CHUNK)
-        .zip(source.par_chunks(CHUNK))
-        .for_each(|(to, from)| {
-            for (to, &from) in to.iter_mut().zip(from) {
-                to.write(from);
-            }
-        });
-    // SAFETY: every element was just written.
-    unsafe { values.set_len(source.len()) };
+    let values = written_in_parallel(source.len(), |at, chunk| {
+        for (to, &from) in chunk.iter_mut().zip(&source[at..]) {
+            to.write(from);
+        }
+    });
     from_f32(values, t.layout().shape().clone())
 }
 

@@ -71,11 +71,11 @@ pub fn recurrent_weight_gradient(
     let width = dweight.len() / hidden;
     assert!(dgates.len() == batch * len * width && h0.len() == batch * hidden);
     assert!(y.len() >= (batch - 1) * y_row + len * hidden);
-    let mut prev = zeroed(batch * len * hidden);
+    // Every element is copied in: nothing to zero first.
+    let mut prev = Vec::with_capacity(batch * len * hidden);
     for b in 0..batch {
-        let rows = &mut prev[b * len * hidden..][..len * hidden];
-        rows[..hidden].copy_from_slice(&h0[b * hidden..][..hidden]);
-        rows[hidden..].copy_from_slice(&y[b * y_row..][..(len - 1) * hidden]);
+        prev.extend_from_slice(&h0[b * hidden..][..hidden]);
+        prev.extend_from_slice(&y[b * y_row..][..(len - 1) * hidden]);
     }
     let prev_t = Matrix::rows(prev.as_ptr(), hidden).transposed();
     let dg = Matrix::rows(dgates.as_ptr(), width);
