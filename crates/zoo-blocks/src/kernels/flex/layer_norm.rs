@@ -20,21 +20,20 @@ vectorised! {
 
 vectorised! {
     /// With `x̂ = (x - mean) rstd` and `g = dy ∘ gamma`:
-    /// `dx = rstd (g - mean(g) - x̂ mean(g ∘ x̂))`; adds the row's `dy ∘ x̂` and `dy` to
+    /// `dx = rstd (g - mean(g) - x̂ mean(g ∘ x̂))`, written over `dy` (each `dx[i]` needs
+    /// only `dy[i]` once the row's sums are taken); adds the row's `dy ∘ x̂` and `dy` to
     /// `dgamma` and `dbeta`. `stats` is the row's `(mean, rstd)`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         x: &[f32],
         gamma: &[f32],
         stats: (f32, f32),
-        dy: &[f32],
-        dx: &mut [f32],
+        dy: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
         let (mean, rstd) = stats;
         let n = x.len();
-        let (gamma, dy, dgamma, dbeta) = (&gamma[..n], &dy[..n], &mut dgamma[..n], &mut dbeta[..n]);
+        let (gamma, dy, dgamma, dbeta) = (&gamma[..n], &mut dy[..n], &mut dgamma[..n], &mut dbeta[..n]);
         let sum_g = lane_sum(n, |i| dy[i] * gamma[i]);
         let sum_gx = lane_sum(n, |i| dy[i] * gamma[i] * (x[i] - mean) * rstd);
         for i in 0..n {
@@ -45,7 +44,7 @@ vectorised! {
         let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
         for i in 0..x.len() {
             let x_hat = (x[i] - mean) * rstd;
-            dx[i] = rstd * (dy[i] * gamma[i] - mean_g - x_hat * mean_gx);
+            dy[i] = rstd * (dy[i] * gamma[i] - mean_g - x_hat * mean_gx);
         }
     }
 }
