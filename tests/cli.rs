@@ -165,7 +165,6 @@ fn train_resume_eval_and_generate() {
         &dir,
     );
     assert!(greedy.status.success(), "{}", stderr(&greedy));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A recurrent LM small enough to train in a second on the embedded corpus.
@@ -417,7 +416,6 @@ fn speculative_decoding_and_beam_search_from_the_command_line() {
         );
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -525,7 +523,6 @@ fn bad_recipes_name_the_file_and_the_key() {
         1,
         &["segments.toml", "type_vocab_size = 1", "segment id 1"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -566,7 +563,6 @@ fn a_missing_dataset_says_which_file_to_put_where() {
         1,
         &["wikitext-103", "tinyshakespeare", "ptb"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -592,7 +588,6 @@ fn a_corrupt_checkpoint_is_reported_by_name() {
     assert_clean_error(&out, 1, &["model-1.bpk"]);
     assert_clean_error(&zoo(&["eval", "r"], &dir), 1, &["model-1.bpk"]);
     assert_clean_error(&zoo(&["eval", "no-such-run"], &dir), 1, &["no-such-run"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -603,7 +598,6 @@ fn a_device_that_is_not_compiled_in_exits_2_and_lists_the_ones_that_are() {
         return;
     }
     assert_clean_error(&out, 2, &["cuda", "flex"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -634,7 +628,6 @@ fn info_reports_parameters_flops_and_memory() {
         "{}",
         stdout(&out)
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A BERT small enough to pretrain a few steps in seconds on the embedded corpus.
@@ -1349,7 +1342,6 @@ fn attention_maps_are_the_weights_transformers_computes_and_are_drawn() {
     assert_clean_error(&too_deep, 1, &["--layer 2", "2 attention layers"]);
     let too_wide = zoo(&["attention", gpt2, "--input", "the", "--head", "4"], &dir);
     assert_clean_error(&too_wide, 1, &["--head 4", "4 heads"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Output piped into a reader that stops early (`zoo ... | head`) ends the process quietly.
@@ -1641,7 +1633,6 @@ fn a_language_model_fine_tunes_from_a_run_or_a_hugging_face_gpt2() {
         "{}",
         stdout(&out)
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `freeze_embeddings` and `freeze_layers` keep those parts of a GPT, an LSTM and a transformer
@@ -1734,7 +1725,6 @@ fn frozen_parts_of_every_family_stay_as_they_were() {
             "freeze_layers (3) is more than the model's 2 layers",
         ],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The newest model checkpoint of `run`, tensor by tensor.
@@ -1909,7 +1899,6 @@ fn lora_runs_keep_only_their_adapters_resume_merge_and_export() {
         1,
         &["runs/lora", "weights have changed", "base.json"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A GPT classifies as the GPT-1 paper fine-tunes it: from a language-model run, with three
@@ -1986,7 +1975,6 @@ fn a_gpt_classifies_with_an_auxiliary_language_model_loss() {
         1,
         &["lm.toml", "training.lm_loss_weight does not apply"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// ELMo features: a biLM trains with `zoo train` (both directions' loss, perplexity by
@@ -2158,7 +2146,6 @@ fn elmo_features_classify_and_tag() {
         1,
         &["alone.toml", "reads a trained biLM: set init_from"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `zoo predict`'s line for a classified text: the likeliest label and its probability, then
@@ -2272,7 +2259,6 @@ fn token_scores_give_the_perplexity_eval_gives() {
             "1 token(s): scoring needs a token and one after it",
         ],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A tiny BERT classifier of `layers` layers on embedded-sums.
@@ -2423,7 +2409,6 @@ fn a_student_learns_from_its_teacher() {
             "data.extra_train are for task = \"masked-lm\", not \"classification\" (the teacher's task)",
         ],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A masked-LM encoder whose weights cannot move (rate 1e-30, everything but the head frozen):
@@ -2536,7 +2521,6 @@ fn early_stopping_ends_a_run_when_its_metric_stops_improving() {
         1,
         &["zero.toml", "early_stopping.patience must be at least 1"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn scores(run: &Path) -> Vec<serde_json::Value> {
@@ -2839,7 +2823,7 @@ fn compare_spends_equal_flops_reports_and_skips_finished_runs_on_restart() {
 
 /// Runs `zoo compare cmp.toml` in a scratch directory holding `comparison` as cmp.toml and
 /// the tiny GPT recipe as gpt.toml.
-fn compare_tiny_gpt(name: &str, comparison: &str) -> (PathBuf, Output) {
+fn compare_tiny_gpt(name: &str, comparison: &str) -> (Scratch, Output) {
     let dir = scratch(name);
     write(&dir, "gpt.toml", TINY);
     write(&dir, "cmp.toml", comparison);
@@ -3010,5 +2994,4 @@ fn benchmarks_print_their_figures() {
         1,
         &["unknown preset 'gpt-nano'", "transformer-small"],
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -210,7 +210,6 @@ fn a_batch_split_across_two_devices_is_the_one_device_step_that_accumulates_its_
         "{resumed}"
     );
     assert_eq!(val_losses(&dir.join("gpt-moved")).len(), 3);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -276,5 +275,4 @@ tokens = 0
     );
     let out = zoo(&["train", "lstm.toml", "--devices", "flex,flex"], &dir);
     assert_clean_error(&out, 1, &["lstm.toml", "cannot run side by side", "one"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }

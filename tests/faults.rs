@@ -246,7 +246,6 @@ fn every_family_killed_at_random_moments_resumes_to_the_same_weights() {
         landed.iter().all(|(_, n)| *n >= 2),
         "too few kills landed: {landed:?}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A GPT whose intervals are short enough to have checkpoints after a few steps.
@@ -302,7 +301,6 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .map(|line| line["skipped"].as_u64().unwrap())
         .sum();
     assert!(skipped > 0 && skipped <= 12, "{skipped}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -345,7 +343,6 @@ fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_bef
     let out = zoo(&["train", "one.toml", "--run-dir", "one", "--resume"], &dir);
     assert_clean_error(&out, 1, &["optim-1.bpk", "no earlier checkpoint"]);
     assert!(dir.join("one/checkpoint/optim-1.bpk").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -377,7 +374,6 @@ fn a_stop_inside_an_interval_resumes_to_the_uninterrupted_run() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_run(&dir.join("whole"), &dir.join("stopped"), "stopped");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -399,7 +395,6 @@ fn a_run_killed_between_its_last_checkpoint_and_its_summary_finishes_on_resume()
     // Once summarised, there is nothing left to resume.
     let out = zoo(&["train", "gpt.toml", "--run-dir", "run", "--resume"], &dir);
     assert_clean_error(&out, 1, &["is already complete (12 steps)"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Runs `zoo args` in `dir` under a shell `limits` line (`ulimit -f 64`), with SIGXFSZ ignored
@@ -451,7 +446,6 @@ fn a_full_disk_is_a_clear_error_and_the_run_resumes_once_there_is_room() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_run(&dir.join("whole"), &dir.join("full"), "full");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -512,5 +506,4 @@ fn a_read_only_run_directory_is_a_clear_error_and_keeps_its_files() {
         })
         .collect();
     assert_eq!(before, after);
-    std::fs::remove_dir_all(dir).unwrap();
 }

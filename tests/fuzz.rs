@@ -301,11 +301,10 @@ fn seeds(dir: &str, suffix: &str) -> Arc<Vec<Vec<u8>>> {
     Arc::new(files(&root().join(dir), suffix))
 }
 
-/// A scratch directory for this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-fuzz-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh scratch directory, removed when the caller drops it.
+fn scratch(name: &str) -> tempfile::TempDir {
+    let prefix = format!("zoo-fuzz-{name}-");
+    tempfile::Builder::new().prefix(&prefix).tempdir().unwrap()
 }
 
 proptest! {
@@ -439,7 +438,8 @@ proptest! {
         // Mostly the header: its length prefix and JSON come first.
         let header = 8 + u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
         let bytes = apply(weights, &edits, header + 16);
-        let path = scratch("safetensors").join(format!("model-{which}.safetensors"));
+        let dir = scratch("safetensors");
+        let path = dir.path().join(format!("model-{which}.safetensors"));
         std::fs::write(&path, &bytes).unwrap();
         import_weights(&path, config);
     }
@@ -453,7 +453,11 @@ fn checkpoint_run(name: &str, recipe: &str) -> &'static PathBuf {
     let runs = RUNS.get_or_init(Default::default);
     let mut runs = runs.lock().unwrap();
     runs.entry(name.to_string()).or_insert_with(|| {
-        let dir = scratch(&format!("checkpoint-{name}"));
+        // It serves every case of the process, so it outlives any guard: Cargo's scratch
+        // space for tests holds it, trained afresh (over the last process's) once a process.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-checkpoint-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("r.toml"), recipe).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_zoo"))
             .args(["train", "r.toml", "--run-dir", "run"])

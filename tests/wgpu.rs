@@ -143,7 +143,6 @@ fn a_gpt_trains_resumes_evaluates_and_generates_on_wgpu() {
         ],
         &dir,
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 const BERT: &str = r#"
@@ -203,7 +202,6 @@ fn a_batch_split_between_two_handles_of_the_gpu_trains_as_doubled_accumulation()
     for (a, b) in split.iter().zip(&one) {
         assert!((a - b).abs() < 1e-4, "{split:?} vs {one:?}");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -219,7 +217,6 @@ fn an_encoder_pretrains_resumes_evaluates_and_fills_masks_on_wgpu() {
         &dir,
     ));
     assert!(predicted.starts_with("[MASK] -> "), "{predicted}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 const SEQ2SEQ: &str = r#"
@@ -267,5 +264,4 @@ fn an_encoder_decoder_trains_resumes_and_translates_on_wgpu() {
         ],
         &dir,
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -24,12 +24,38 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A fresh directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when the test is done with it, whether it passed or
+/// not (with `ZOO_KEEP_SCRATCH` set, kept for a look; its path is in the failure's messages).
+pub fn scratch(name: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("zoo-e2e-{name}-"))
+        .disable_cleanup(std::env::var_os("ZOO_KEEP_SCRATCH").is_some())
+        .tempdir()
+        .unwrap();
+    Scratch(dir)
+}
+
+/// A test's scratch directory (see [`scratch`]), used as the path it is.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -53,17 +53,16 @@ pub fn replace_atomically(
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("zoo-files-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory, removed when the test is done with it.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        let prefix = format!("zoo-files-{name}-");
+        tempfile::Builder::new().prefix(&prefix).tempdir().unwrap()
     }
 
     #[test]
     fn a_file_is_replaced_whole() {
         let dir = scratch("whole");
-        let path = dir.join("a.json");
+        let path = dir.path().join("a.json");
         write_atomically(&path, b"old").unwrap();
         write_atomically(&path, b"new contents").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
@@ -73,7 +72,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_the_old_file_and_no_temporary() {
         let dir = scratch("failed");
-        let path = dir.join("a.json");
+        let path = dir.path().join("a.json");
         write_atomically(&path, b"old").unwrap();
         let error = replace_atomically(&path, |temporary| {
             std::fs::write(temporary, b"half")?;
@@ -92,7 +91,7 @@ mod tests {
             return;
         }
         let dir = scratch("full");
-        let path = dir.join("a.bin");
+        let path = dir.path().join("a.bin");
         let error = replace_atomically(&path, |_| {
             let mut full = std::fs::OpenOptions::new().write(true).open("/dev/full")?;
             full.write_all(&[0; 4096])?;
