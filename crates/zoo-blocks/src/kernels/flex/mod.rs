@@ -41,22 +41,19 @@ fn from_f32(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
 }
 
 impl ZooOps for Flex {
-    fn zoo_gelu(mut x: FlexTensor) -> FlexTensor {
+    fn zoo_gelu(x: FlexTensor) -> FlexTensor {
         // In place when nothing else holds the input (inference; a recorded forward keeps it for
         // the backward): no output to allocate and fill.
         if overwritable(&x) {
-            x.storage_mut::<f32>()
-                .par_chunks_mut(CHUNK)
-                .for_each(rows::gelu_in_place);
-            return x;
+            return updated(x, |_, chunk| rows::gelu_in_place(chunk));
         }
         let Some(x) = contiguous_f32(&x) else {
             return Flex::gelu(x);
         };
         let input = x.as_slice::<f32>().expect("contiguous");
         // SAFETY: `rows::gelu` writes every element of its chunk.
-        let out = unsafe {
-            written_by(input.len(), |out| {
+        let [out] = unsafe {
+            written_by([input.len()], |[out]| {
                 out.par_chunks_mut(CHUNK)
                     .zip(input.par_chunks(CHUNK))
                     .for_each(|(o, i)| rows::gelu(o, i))
@@ -71,23 +68,15 @@ impl ZooOps for Flex {
         };
         let input = x.as_slice::<f32>().expect("contiguous");
         // Into the incoming gradient when nothing else holds it (the usual case).
-        let mut out = unique_f32(grad);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .zip(input.par_chunks(CHUNK))
-            .for_each(|(g, i)| rows::gelu_backward(g, i));
-        out
+        updated(grad, |at, g| {
+            rows::gelu_backward(g, &input[at..][..g.len()])
+        })
     }
 
     fn zoo_dropout(x: FlexTensor, prob: f32, seed: u64) -> FlexTensor {
         // In place when nothing else holds the input: the forward's usually, as the backward
         // draws the mask again rather than keeping anything, and the backward's gradient.
-        let mut out = unique_f32(x);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, x)| rows::dropout_in_place(x, prob, seed, (chunk * CHUNK) as u64));
-        out
+        updated(x, |at, x| rows::dropout_in_place(x, prob, seed, at as u64))
     }
 
     fn zoo_attention(
@@ -108,12 +97,12 @@ impl ZooOps for Flex {
             shape.k_len,
         ];
         let (query, kv) = split_heads(&shape);
-        let mut probs = Vec::new();
         // SAFETY: the forward writes every element of the output's heads (which tile it) and
         // of the probabilities.
-        let out = unsafe {
-            written_by(q.layout().num_elements(), |out| {
-                probs = written_by(b * h * t * s, |probs| {
+        let [out, probs] = unsafe {
+            written_by(
+                [q.layout().num_elements(), b * h * t * s],
+                |[out, probs]| {
                     attention::forward(
                         shape,
                         [input(&q, query), input(&k, kv), input(&v, kv)],
@@ -122,8 +111,8 @@ impl ZooOps for Flex {
                         key_padding(&padding),
                         weights,
                     )
-                })
-            })
+                },
+            )
         };
         (
             from_f32(out, [b, h, t, d].into()),
@@ -153,28 +142,23 @@ impl ZooOps for Flex {
                 zeros(),
             );
         }
-        let (mut dk, mut dv) = (Vec::new(), Vec::new());
         // SAFETY: with a query at least, the backward writes every element of the gradients'
         // heads, which tile them.
-        let dq = unsafe {
-            written_by(q_size, |dq| {
-                dk = written_by(kv_size, |dk| {
-                    dv = written_by(kv_size, |dv| {
-                        attention::backward(
-                            shape,
-                            [input(&q, query), input(&k, kv), input(&v, kv)],
-                            input(&out, query),
-                            input(&grad, query),
-                            probs.as_slice::<f32>().unwrap(),
-                            [
-                                attention::Output::new(dq, query),
-                                attention::Output::new(dk, kv),
-                                attention::Output::new(dv, kv),
-                            ],
-                            weights,
-                        )
-                    })
-                })
+        let [dq, dk, dv] = unsafe {
+            written_by([q_size, kv_size, kv_size], |[dq, dk, dv]| {
+                attention::backward(
+                    shape,
+                    [input(&q, query), input(&k, kv), input(&v, kv)],
+                    input(&out, query),
+                    input(&grad, query),
+                    probs.as_slice::<f32>().unwrap(),
+                    [
+                        attention::Output::new(dq, query),
+                        attention::Output::new(dk, kv),
+                        attention::Output::new(dv, kv),
+                    ],
+                    weights,
+                )
             })
         };
         (
@@ -196,21 +180,18 @@ impl ZooOps for Flex {
         let padding = f32_contiguous(&padding);
         let [b, h, t, d] = [shape.batch, shape.heads, shape.q_len, shape.dim];
         let heads = packed_heads(&shape);
-        let mut probs = Vec::new();
         // SAFETY: the forward writes every element of the output's heads (which tile it) and
         // of the probabilities.
-        let out = unsafe {
-            written_by(b * t * h * d, |out| {
-                probs = written_by(b * h * t * t, |probs| {
-                    attention::forward(
-                        shape,
-                        heads.map(|heads| input(&qkv, heads)),
-                        attention::Output::new(out, attention::Heads::packed(0, t, h * d, d)),
-                        probs,
-                        key_padding(&padding),
-                        weights,
-                    )
-                })
+        let [out, probs] = unsafe {
+            written_by([b * t * h * d, b * h * t * t], |[out, probs]| {
+                attention::forward(
+                    shape,
+                    heads.map(|heads| input(&qkv, heads)),
+                    attention::Output::new(out, attention::Heads::packed(0, t, h * d, d)),
+                    probs,
+                    key_padding(&padding),
+                    weights,
+                )
             })
         };
         (
@@ -235,8 +216,8 @@ impl ZooOps for Flex {
         let heads = packed_heads(&shape);
         // SAFETY: every element is written: each head of q, k and v gets its gradient (with no
         // query there are no keys either, and so no element).
-        let dqkv = unsafe {
-            written_by(qkv.layout().num_elements(), |dqkv| {
+        let [dqkv] = unsafe {
+            written_by([qkv.layout().num_elements()], |[dqkv]| {
                 attention::backward(
                     shape,
                     heads.map(|heads| input(&qkv, heads)),
@@ -278,18 +259,13 @@ impl ZooOps for Flex {
 
     fn zoo_sgd(param: FlexTensor, grad: FlexTensor, lr: f32, weight_decay: f32) -> FlexTensor {
         let grad = f32_contiguous(&grad);
-        let mut param = unique_f32(param);
-        param
-            .storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .zip(grad.as_slice::<f32>().unwrap().par_chunks(CHUNK))
-            .for_each(|(ps, gs)| {
-                for (p, &g) in ps.iter_mut().zip(gs) {
-                    // Burn's order: the decay added to the gradient, then the step.
-                    *p -= (g + *p * weight_decay) * lr;
-                }
-            });
-        param
+        let grads = grad.as_slice::<f32>().unwrap();
+        updated(param, |at, ps| {
+            for (p, &g) in ps.iter_mut().zip(&grads[at..]) {
+                // Burn's order: the decay added to the gradient, then the step.
+                *p -= (g + *p * weight_decay) * lr;
+            }
+        })
     }
 
     fn zoo_embedding_backward(grad: FlexTensor, ids: FlexTensor, vocab: usize) -> FlexTensor {
@@ -371,11 +347,7 @@ impl ZooOps for Flex {
         if factor == 1.0 {
             return x;
         }
-        let mut out = unique_f32(x);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .for_each(|chunk| chunk.iter_mut().for_each(|v| *v *= factor));
-        out
+        updated(x, |_, chunk| chunk.iter_mut().for_each(|v| *v *= factor))
     }
 
     fn zoo_gru(
@@ -563,8 +535,8 @@ impl ZooOps for Flex {
         let rows = xs.len() / d;
         let mut stats = vec![(0.0f32, 0.0f32); rows];
         // SAFETY: `layer_norm::forward` writes every element of its row.
-        let y = unsafe {
-            written_by(xs.len(), |y| {
+        let [y] = unsafe {
+            written_by([xs.len()], |[y]| {
                 y.par_chunks_mut(d * ROWS)
                     .zip(xs.par_chunks(d * ROWS))
                     .zip(stats.par_chunks_mut(ROWS))
@@ -836,23 +808,46 @@ pub(super) fn zeroed(len: usize) -> Vec<f32> {
     written_in_parallel(len, |_, chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)))
 }
 
-/// A vector of `len` floats that `write` fills, never zero-filled first: for kernels that write
-/// every element of their output (zero fills of such outputs took 1.5% of a 6 x 384 GPT's step).
+/// Vectors of these lengths that `write` fills, never zero-filled first: for kernels that write
+/// every element of their outputs (zero fills of such outputs took 1.5% of a 6 x 384 GPT's step).
 ///
 /// # Safety
-/// `write` must write every element of the slice it is handed before reading it.
-unsafe fn written_by(len: usize, write: impl FnOnce(&mut [f32])) -> Vec<f32> {
-    let mut values = Vec::<f32>::with_capacity(len);
-    if cfg!(test) {
-        // The kernels' tests see NaN wherever a kernel fails to write, not whatever the
-        // allocator handed out (often zeros).
-        values.resize(len, f32::NAN);
+/// `write` must write every element of the slices it is handed before reading it.
+unsafe fn written_by<const N: usize>(
+    lens: [usize; N],
+    write: impl FnOnce([&mut [f32]; N]),
+) -> [Vec<f32>; N] {
+    let mut values = lens.map(|len| {
+        let mut values = Vec::<f32>::with_capacity(len);
+        if cfg!(test) {
+            // The kernels' tests see NaN wherever a kernel fails to write, not whatever the
+            // allocator handed out (often zeros).
+            values.resize(len, f32::NAN);
+        }
+        values
+    });
+    let mut lengths = lens.iter();
+    write(values.each_mut().map(|values| {
+        let len = *lengths.next().expect("a length per vector");
+        // SAFETY: the capacity holds `len` floats, and the caller writes each before reading it.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr(), len) }
+    }));
+    for (values, len) in values.iter_mut().zip(lens) {
+        // SAFETY: `write` wrote every element.
+        unsafe { values.set_len(len) };
     }
-    // SAFETY: the capacity holds `len` floats, and the caller writes each before reading it.
-    write(unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr(), len) });
-    // SAFETY: `write` wrote every element.
-    unsafe { values.set_len(len) };
     values
+}
+
+/// `t` as a buffer of its own ([`unique_f32`]: itself when nothing else holds it), with `update`
+/// run over its chunks of [`CHUNK`] on both cores, given each chunk's offset.
+fn updated(t: FlexTensor, update: impl Fn(usize, &mut [f32]) + Sync) -> FlexTensor {
+    let mut t = unique_f32(t);
+    t.storage_mut::<f32>()
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| update(c * CHUNK, chunk));
+    t
 }
 
 /// A vector of `len` floats whose chunks of [`CHUNK`] `write` fills on both cores, given each
